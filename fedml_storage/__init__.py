@@ -1,0 +1,14 @@
+"""fedml-storage: the FedML Storage API on safe, fast object storage (LOCAL, S3, R2)."""
+
+from . import api
+from .client import StorageClient
+from .config import StorageSettings
+from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
+from .results import DownloadResult, StorageMetadata, UploadResult, asset_uri, human_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DownloadResult", "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "StorageClient",
+    "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
+]

@@ -1,0 +1,106 @@
+"""The documented FedML Storage API. Every function returns a `FedMLResponse` and never raises.
+
+`service` picks LOCAL, S3 or R2 (any case); `service=None` means the configured default service
+(LOCAL out of the box). Keyword-only arguments after `*` are this package's extensions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..client import StorageClient
+from ..config import config_path, write_config_file
+from ..errors import InvalidInput, to_response
+from ..response import FedMLResponse, ResponseCode
+from .fedml_response import FedMLStorageError, Reason
+
+_KEY_FORM = re.compile(r"^[^:\s]+:\S+$")
+
+
+def _client(api_key: str | None, service: str | None) -> StorageClient:
+    return StorageClient(api_key=api_key, service=service)
+
+
+def upload(data_path, api_key=None, service="R2", name=None, description=None, metadata=None, show_progress=False,
+           out_progress_to_err=True, progress_desc=None, tag_list=None) -> FedMLResponse:
+    """Store a file or directory; `data` is the stored object's URI (an UploadResult with details)."""
+    with _client(api_key, service) as client:
+        return client.upload(data_path, name, description, metadata, tag_list, show_progress=show_progress,
+                             out_progress_to_err=out_progress_to_err, progress_desc=progress_desc)
+
+
+def download(data_name, api_key=None, service="R2", dest_path=None, show_progress=True, *,
+             version: str | None = None, out_progress_to_err: bool = True,
+             progress_desc: str | None = None) -> FedMLResponse:
+    """Fetch a dataset into `dest_path` (default: current folder); `data` is the absolute path."""
+    with _client(api_key, service) as client:
+        return client.download(data_name, dest_path, version=version, show_progress=show_progress,
+                               out_progress_to_err=out_progress_to_err, progress_desc=progress_desc)
+
+
+def delete(data_name, service, api_key=None) -> FedMLResponse:
+    """Delete a dataset; `data` is True when it was deleted."""
+    with _client(api_key, service) as client:
+        response = client.delete(data_name)
+    if not response.ok:
+        response.data = False
+    return response
+
+
+def get_storage_metadata(data_name, api_key=None, *, service: str | None = None) -> FedMLResponse:
+    """Stored metadata (dataName, description, createdAt, updatedAt, size, tag_list, download_url, ...)."""
+    with _client(api_key, service) as client:
+        return client.get_metadata(data_name)
+
+
+def get_storage_user_defined_metadata(data_name, api_key=None, *, service: str | None = None) -> FedMLResponse:
+    """The metadata dict given at upload (`{}` when none)."""
+    with _client(api_key, service) as client:
+        return client.get_user_metadata(data_name)
+
+
+def list_storage_objects(api_key=None, *, service: str | None = None) -> FedMLResponse:
+    """Every stored dataset's metadata, sorted by name."""
+    with _client(api_key, service) as client:
+        return client.list()
+
+
+def fedml_login(api_key: str | None = None, service: str | None = None) -> FedMLResponse:
+    """Check the key's form (ACCESS_KEY_ID:SECRET_ACCESS_KEY) and save it in the config file (0600)."""
+    secrets = [api_key]
+    try:
+        if not isinstance(api_key, str) or not _KEY_FORM.match(api_key.strip()):
+            raise InvalidInput(
+                "the API key must be written ACCESS_KEY_ID:SECRET_ACCESS_KEY (the pair an R2 or S3 token gives)"
+            )
+        updates: dict[str, Any] = {"api_key": api_key.strip()}
+        if service is not None:
+            updates["service"] = service
+        path = write_config_file(updates)
+    except Exception as exc:
+        return to_response(exc, "login", secrets)
+    return FedMLResponse(ResponseCode.SUCCESS, f"API key saved to {path} (readable only by you)", True)
+
+
+def configure(**settings: Any) -> FedMLResponse:
+    """Save settings (service, bucket, endpoint_url, region, r2_account_id, namespace, local_root, ...)."""
+    try:
+        path = write_config_file(settings)
+    except Exception as exc:
+        return to_response(exc, "configure", [settings.get("api_key")])
+    return FedMLResponse(ResponseCode.SUCCESS, f"settings saved to {path}", str(path))
+
+
+def cleanup(service: str | None = None, api_key: str | None = None,
+            older_than_seconds: float = 3600) -> FedMLResponse:
+    """Remove data left by interrupted uploads (older than the grace period)."""
+    with _client(api_key, service) as client:
+        return client.cleanup(older_than_seconds)
+
+
+__all__ = [
+    "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "cleanup", "config_path", "configure", "delete",
+    "download", "fedml_login", "get_storage_metadata", "get_storage_user_defined_metadata", "list_storage_objects",
+    "upload",
+]

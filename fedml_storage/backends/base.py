@@ -1,0 +1,82 @@
+"""The small object interface every backend implements. Nothing here knows about manifests."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+Progress = Callable[[int], None]
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or head tells about one object."""
+
+    key: str
+    size: int
+    etag: str | None
+    modified: float  # seconds since the epoch
+
+
+class ObjectMissing(KeyError):
+    """The key does not exist."""
+
+
+class ObjectStore(ABC):
+    """Put, get, head, list, delete and conditional put of keyed objects."""
+
+    service: str
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """A URI naming the object (s3://bucket/key, file:///...)."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        """Store a local file under `key` (parallel multipart where the backend has it)."""
+
+    @abstractmethod
+    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
+        """Store everything read from a non-seekable stream under `key`."""
+
+    @abstractmethod
+    def get_into(self, key: str, sink: Writable, progress: Progress | None = None) -> None:
+        """Write the object's bytes to `sink` strictly in order. Raises ObjectMissing."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> tuple[bytes, str]:
+        """A small object's bytes and etag. Raises ObjectMissing."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
+        """Write a small object, only if its etag is `if_match` / it does not exist. Returns the new etag.
+
+        Raises errors.PreconditionFailed when the condition does not hold.
+        """
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, etag and time of an object, or None if it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`."""
+
+    @abstractmethod
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove an object (absent is fine); with `if_match`, only if unchanged."""
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove several objects."""
+        for key in keys:
+            self.delete(key)
+
+    def close(self) -> None:
+        """Release connections and threads."""

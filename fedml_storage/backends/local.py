@@ -1,0 +1,154 @@
+"""The embedded LOCAL store: the same keys as S3, as files under one folder."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import InvalidInput, PreconditionFailed
+from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Writable
+
+CHUNK = 8 * 1024 * 1024
+TMP_DIR = ".tmp"
+
+
+class LocalStore(ObjectStore):
+    """Objects are files; writes go to a temp file and are renamed into place, so readers never see part of one."""
+
+    service = "LOCAL"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        try:
+            (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot use LOCAL store folder {self.root}: {exc.strerror}; set local_root") from None
+
+    def _path(self, key: str) -> Path:
+        path = self.root / key
+        if ".." in Path(key).parts or key.startswith("/"):
+            raise InvalidInput(f"unsafe key {key!r}")
+        return path
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _write_atomic(self, key: str, fill) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                fill(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _copy(self, src: BinaryIO, out: BinaryIO, progress: Progress | None) -> None:
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
+
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        with open(path, "rb") as src:
+            self._write_atomic(key, lambda out: self._copy(src, out, progress))
+
+    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
+        self._write_atomic(key, lambda out: self._copy(stream, out, progress))
+
+    def get_into(self, key: str, sink: Writable, progress: Progress | None = None) -> None:
+        try:
+            src = open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        with src:
+            self._copy(src, sink, progress)  # type: ignore[arg-type]
+
+    def read_bytes(self, key: str) -> tuple[bytes, str]:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        return data, _etag(data)
+
+    def write_bytes(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
+        if if_match is None and not if_absent:
+            self._write_atomic(key, lambda out: out.write(data))
+            return _etag(data)
+        with self._lock():
+            try:
+                current = _etag(self._path(key).read_bytes())
+            except FileNotFoundError:
+                current = None
+            if (if_absent and current is not None) or (if_match is not None and current != if_match):
+                raise PreconditionFailed(key)
+            self._write_atomic(key, lambda out: out.write(data))
+        return _etag(data)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}", st.st_mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not (dirpath == str(self.root) and d == TMP_DIR))
+            for filename in sorted(filenames):
+                full = Path(dirpath, filename)
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix) and key != ".lock":
+                    st = full.stat()
+                    yield ObjectInfo(key, st.st_size, None, st.st_mtime)
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        path = self._path(key)
+        if if_match is None:
+            path.unlink(missing_ok=True)
+        else:
+            with self._lock():
+                try:
+                    current = _etag(path.read_bytes())
+                except FileNotFoundError:
+                    return
+                if current != if_match:
+                    raise PreconditionFailed(key)
+                path.unlink(missing_ok=True)
+        self._prune_dirs(path.parent)
+
+    def _prune_dirs(self, folder: Path) -> None:
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
+    def stale_temp_files(self, older_than: float) -> list[Path]:
+        """Temp files left by interrupted writes, older than `older_than` (epoch seconds)."""
+        return [p for p in (self.root / TMP_DIR).iterdir() if p.stat().st_mtime < older_than]
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'

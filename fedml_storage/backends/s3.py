@@ -1,0 +1,235 @@
+"""S3 and R2 (and any S3-compatible endpoint) through boto3 and s3transfer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from ..config import StorageSettings
+from ..errors import AccessDenied, NotConfigured, NotFound, PreconditionFailed, StorageFailure, TransientError
+from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Writable
+
+IO_CHUNK = 1024 * 1024
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
+
+
+class _Progress(BaseSubscriber):
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def on_progress(self, bytes_transferred: int, **kwargs) -> None:
+        self._progress(bytes_transferred)
+
+
+class _InOrderSink:
+    """Non-seekable wrapper: makes s3transfer deliver ranged parts to `sink` in order (bounded window)."""
+
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+
+class S3Store(ObjectStore):
+    """One bucket (and namespace prefix handled by the catalog) on an S3 API."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.service = settings.service
+        if not settings.bucket:
+            raise NotConfigured(
+                f"no bucket configured for {settings.service}; pass bucket=..., set FEDML_STORAGE_BUCKET "
+                "or run fedml_storage.api.configure(bucket=...)"
+            )
+        endpoint = settings.resolved_endpoint
+        if settings.service == "R2" and not endpoint:
+            raise NotConfigured("R2 needs an account id or endpoint; set FEDML_STORAGE_R2_ACCOUNT_ID or endpoint_url")
+        self.bucket = settings.bucket
+        custom = endpoint is not None
+        config = Config(
+            retries={"max_attempts": 6, "mode": "standard"},
+            max_pool_connections=settings.concurrency + 4,
+            connect_timeout=10,
+            read_timeout=60,
+            # Newer boto3 adds CRC checksums that R2 and other S3-compatible stores reject.
+            request_checksum_calculation="when_required" if custom else "when_supported",
+            response_checksum_validation="when_required" if custom else "when_supported",
+            s3={"addressing_style": "path"} if custom else None,
+        )
+        key_id = secret = None
+        if settings.api_key:
+            key_id, secret = settings.api_key.get_secret_value().split(":", 1)
+        region = settings.region or ("auto" if settings.service == "R2" else None)
+        session = boto3.session.Session()
+        self._client = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            config=config,
+        )
+        self._upload_config = TransferConfig(
+            multipart_threshold=settings.part_size,
+            multipart_chunksize=settings.part_size,
+            max_request_concurrency=settings.concurrency,
+            max_in_memory_upload_chunks=settings.concurrency,
+        )
+        self._download_config = TransferConfig(
+            multipart_threshold=settings.download_part_size,
+            multipart_chunksize=settings.download_part_size,
+            max_request_concurrency=settings.concurrency,
+            io_chunksize=IO_CHUNK,
+            # Bounds memory of out-of-order parts: about this many parts at once.
+            max_in_memory_download_chunks=max(2, min(settings.concurrency, (256 << 20) // settings.download_part_size)),
+        )
+        self._transfers: TransferManager | None = None
+        self._location = f"{endpoint.rstrip('/')}/{self.bucket}" if endpoint else f"s3://{self.bucket}"
+
+    def _manager(self) -> TransferManager:
+        if self._transfers is None:
+            self._transfers = TransferManager(self._client, self._upload_config)
+        return self._transfers
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
+        subs = [_Progress(progress)] if progress else None
+        with _translate(key, self._location):
+            self._manager().upload(str(path), self.bucket, key, subscribers=subs).result()
+
+    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
+        subs = [_Progress(progress)] if progress else None
+        with _translate(key, self._location):
+            self._manager().upload(stream, self.bucket, key, subscribers=subs).result()
+
+    def get_into(self, key: str, sink: Writable, progress: Progress | None = None) -> None:
+        subs = [_Progress(progress)] if progress else None
+        with _translate(key, self._location), TransferManager(self._client, self._download_config) as manager:
+            manager.download(self.bucket, key, _InOrderSink(sink), subscribers=subs).result()
+
+    def read_bytes(self, key: str) -> tuple[bytes, str]:
+        with _translate(key, self._location):
+            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            return resp["Body"].read(), resp["ETag"]
+
+    def write_bytes(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
+        kwargs = {}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            with _translate(key, self._location, conditional=True):
+                resp = self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, ContentType="application/json", **kwargs
+                )
+        except ObjectMissing:  # If-Match on a key deleted meanwhile
+            raise PreconditionFailed(key) from None
+        return resp["ETag"]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with _translate(key, self._location):
+                resp = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ObjectMissing:
+            return None
+        return ObjectInfo(key, resp["ContentLength"], resp.get("ETag"), resp["LastModified"].timestamp())
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with _translate(prefix, self._location):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"], item["Size"], item.get("ETag"), item["LastModified"].timestamp())
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        kwargs = {"IfMatch": if_match} if if_match is not None else {}
+        try:
+            with _translate(key, self._location, conditional=True):
+                self._client.delete_object(Bucket=self.bucket, Key=key, **kwargs)
+        except ObjectMissing:
+            pass
+
+    def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            if batch:
+                with _translate(batch[0]["Key"], self._location):
+                    self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+        """Abort multipart uploads under `prefix` started before `older_than`; how many."""
+        count = 0
+        with _translate(prefix, self._location):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < older_than:
+                        self._client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        count += 1
+        return count
+
+    def close(self) -> None:
+        if self._transfers is not None:
+            self._transfers.shutdown()
+            self._transfers = None
+        self._client.close()
+
+
+class _translate:
+    """Context manager mapping botocore errors to the core's errors, with advice and no secrets."""
+
+    def __init__(self, key: str, location: str, conditional: bool = False) -> None:
+        self.key, self.location, self.conditional = key, location, conditional
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
+            return False
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            raise NotConfigured(
+                "no storage credentials found; run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), "
+                "pass api_key=... or set FEDML_STORAGE_API_KEY"
+            ) from None
+        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
+            raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__})") from None
+        if isinstance(exc, botocore.exceptions.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
+                raise PreconditionFailed(self.key) from None
+            if code == "NoSuchBucket":
+                raise NotFound(f"bucket {self.location} does not exist; create it or configure another bucket") from None
+            if code in _MISSING:
+                raise ObjectMissing(self.key) from None
+            if code in _DENIED:
+                raise AccessDenied(
+                    f"access denied by {self.location} ({code}); check the API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY) "
+                    "and that it may read and write this bucket"
+                ) from None
+            if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
+                raise TransientError(f"storage service busy or failing ({code or status}) at {self.location}") from None
+            raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
+        if isinstance(exc, botocore.exceptions.BotoCoreError):
+            raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
+        return False

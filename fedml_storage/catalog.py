@@ -1,0 +1,205 @@
+"""The catalog: one JSON manifest per name is the entry and the commit point of a dataset.
+
+Layout under a namespace:  <ns>/manifests/<name>.json   and   <ns>/data/<name>/<version>/<file>.
+Publish writes data under a fresh key, then the manifest (conditional write), then drops replaced data.
+Delete removes the manifest first, then the data. Data no manifest points at is invisible and
+removed by `cleanup`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .backends.base import ObjectMissing, ObjectStore
+from .errors import Conflict, IntegrityError, NotFound, PreconditionFailed
+
+log = logging.getLogger("fedml_storage")
+
+FORMAT_VERSION = 1
+COMMIT_ATTEMPTS = 8
+
+
+def utc_now() -> str:
+    """Current time as ISO-8601 UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_version_id() -> str:
+    """Sortable, unique version id: UTC time plus randomness."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
+
+
+class VersionRecord(BaseModel):
+    """One stored version of a dataset."""
+
+    version: str
+    key: str
+    kind: Literal["file", "directory"]
+    size: int  # bytes stored
+    sha256: str  # of the stored bytes
+    content_digest: str  # of the source: file sha256 or tree digest
+    source_size: int
+    file_count: int
+    created_at: str
+
+
+class Manifest(BaseModel):
+    """The catalog entry of one name; `versions[0]` is the current one."""
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    user_metadata: dict[str, str] = Field(default_factory=dict)
+    created_at: str
+    updated_at: str
+    versions: list[VersionRecord]
+
+    @property
+    def current(self) -> VersionRecord:
+        return self.versions[0]
+
+    def find(self, version: str | None) -> VersionRecord:
+        """The requested version (current when None), or NotFound naming what is kept."""
+        if version is None:
+            return self.current
+        for record in self.versions:
+            if record.version == version:
+                return record
+        kept = ", ".join(v.version for v in self.versions)
+        raise NotFound(
+            f"version {version!r} of {self.name!r} is no longer kept (kept: {kept}); "
+            "raise keep_versions to keep more, or download the current version"
+        )
+
+
+class Catalog:
+    """Reads and commits manifests of one namespace in one store."""
+
+    def __init__(self, store: ObjectStore, namespace: str) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.manifest_prefix = f"{namespace}/manifests/"
+        self.data_prefix = f"{namespace}/data/"
+
+    def manifest_key(self, name: str) -> str:
+        return f"{self.manifest_prefix}{name}.json"
+
+    def data_key(self, name: str, version: str, filename: str) -> str:
+        return f"{self.data_prefix}{name}/{version}/{filename}"
+
+    def read(self, name: str) -> tuple[Manifest, str] | None:
+        """The manifest and its etag, or None when the name is not stored."""
+        try:
+            raw, etag = self.store.read_bytes(self.manifest_key(name))
+        except ObjectMissing:
+            return None
+        return _parse(raw, name), etag
+
+    def get(self, name: str) -> Manifest:
+        """The manifest, or NotFound with advice."""
+        found = self.read(name)
+        if found is None:
+            raise NotFound(f"no data named {name!r} in namespace {self.namespace!r}; list_storage_objects() shows what is stored")
+        return found[0]
+
+    def commit(self, name: str, build: Callable[[Manifest | None], Manifest]) -> tuple[Manifest, list[str]]:
+        """Write `build(current)` only over the manifest it was built from; retried when another writer won.
+
+        Returns the new manifest and the data keys it no longer references (to delete after).
+        """
+        for attempt in range(COMMIT_ATTEMPTS):
+            found = self.read(name)
+            current, etag = found if found else (None, None)
+            manifest = build(current)
+            body = manifest.model_dump_json(indent=1).encode("utf-8")
+            try:
+                if etag is None:
+                    self.store.write_bytes(self.manifest_key(name), body, if_absent=True)
+                else:
+                    self.store.write_bytes(self.manifest_key(name), body, if_match=etag)
+            except PreconditionFailed:
+                log.info("another writer updated %r first; retrying the commit (%d)", name, attempt + 1)
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            kept = {v.key for v in manifest.versions}
+            dropped = [v.key for v in (current.versions if current else []) if v.key not in kept]
+            return manifest, dropped
+        raise Conflict(f"{name!r} kept changing under concurrent writers; nothing of this upload was published, try again")
+
+    def remove(self, name: str) -> Manifest:
+        """Delete the manifest (the commit point), then its data."""
+        for _ in range(COMMIT_ATTEMPTS):
+            found = self.read(name)
+            if found is None:
+                raise NotFound(f"no data named {name!r} in namespace {self.namespace!r}; nothing was deleted")
+            manifest, etag = found
+            try:
+                self.store.delete(self.manifest_key(name), if_match=etag)
+            except PreconditionFailed:
+                continue
+            self.drop_data([v.key for v in manifest.versions])
+            return manifest
+        raise Conflict(f"{name!r} kept changing while being deleted; try again")
+
+    def drop_data(self, keys: list[str]) -> None:
+        """Best-effort removal of data no manifest references any more (cleanup catches the rest)."""
+        if not keys:
+            return
+        try:
+            self.store.delete_many(keys)
+        except Exception as exc:  # the commit already happened; leftovers are invisible
+            log.warning("could not remove replaced data (%s); run cleanup() later to remove it", type(exc).__name__)
+
+    def list(self, workers: int = 8) -> list[Manifest]:
+        """Every manifest in the namespace, sorted by name."""
+        keys = [o.key for o in self.store.list(self.manifest_prefix) if o.key.endswith(".json")]
+        names = [k[len(self.manifest_prefix) : -len(".json")] for k in keys if "/" not in k[len(self.manifest_prefix) :]]
+
+        def one(name: str) -> Manifest | None:
+            found = self.read(name)
+            return found[0] if found else None  # deleted while listing
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
+            manifests = [m for m in pool.map(one, names) if m is not None]
+        return sorted(manifests, key=lambda m: m.name)
+
+    def cleanup(self, older_than_seconds: float) -> dict[str, int]:
+        """Remove data and temp leftovers older than the grace period that no manifest references."""
+        cutoff = time.time() - older_than_seconds
+        referenced = {v.key for m in self.list() for v in m.versions}
+        orphans = [
+            o.key for o in self.store.list(self.data_prefix) if o.key not in referenced and o.modified < cutoff
+        ]
+        self.store.delete_many(orphans)
+        extra = 0
+        stale = getattr(self.store, "stale_temp_files", None)
+        if stale:
+            for path in stale(cutoff):
+                path.unlink(missing_ok=True)
+                extra += 1
+        abort = getattr(self.store, "abort_stale_uploads", None)
+        if abort:
+            extra += abort(self.data_prefix, cutoff)
+        return {"orphaned_objects_removed": len(orphans), "incomplete_uploads_removed": extra}
+
+
+def _parse(raw: bytes, name: str) -> Manifest:
+    try:
+        manifest = Manifest.model_validate(json.loads(raw))
+    except (ValueError, ValidationError):
+        raise IntegrityError(f"the catalog entry of {name!r} is unreadable; delete it and upload again") from None
+    if manifest.format_version > FORMAT_VERSION:
+        raise IntegrityError(f"{name!r} was written by a newer fedml-storage (format {manifest.format_version}); upgrade")
+    if not manifest.versions:
+        raise IntegrityError(f"the catalog entry of {name!r} lists no data; delete it and upload again")
+    return manifest

@@ -1,0 +1,190 @@
+"""`StorageClient`: the Storage API bound to one set of settings. Never raises; returns FedMLResponse."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .backends import ObjectStore, open_store
+from .catalog import Catalog, Manifest
+from .config import StorageSettings, storage_home, validate_settings
+from .digests import DigestCache
+from .downloads import download as _download
+from .errors import to_response
+from .response import FedMLResponse, FedMLStorageError, ResponseCode
+from .results import StorageMetadata, asset_uri, human_size
+from .uploads import UploadRequest
+from .uploads import upload as _upload
+from .validation import check_name
+
+T = TypeVar("T")
+
+
+class StorageClient:
+    """Upload, download, delete, inspect and list named datasets in one store and namespace."""
+
+    def __init__(self, settings: StorageSettings | None = None, **overrides: Any) -> None:
+        self._base = settings
+        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._settings: StorageSettings | None = None
+        self._store: ObjectStore | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self._overrides.items() if k != "api_key"}
+        return f"StorageClient({shown})"
+
+    # -- resolution ---------------------------------------------------------
+    def _resolve(self) -> StorageSettings:
+        overrides = dict(self._overrides)
+        api_key = overrides.pop("api_key", None)
+        if self._base is not None:
+            merged = {**self._base.model_dump(), **overrides}
+            settings = validate_settings(merged)
+        else:
+            settings = StorageSettings.resolve(**overrides)
+        # LOCAL needs no credential: a platform-style key passed out of habit is ignored there.
+        if api_key is not None and settings.service != "LOCAL":
+            settings = validate_settings({**settings.model_dump(), "api_key": api_key})
+        return settings
+
+    @property
+    def settings(self) -> StorageSettings:
+        """The resolved settings; raises FedMLStorageError when they are invalid."""
+        response = self._run("resolving settings", self._ensure_settings)
+        return response.unwrap()
+
+    def _ensure_settings(self) -> StorageSettings:
+        with self._lock:
+            if self._settings is None:
+                self._settings = self._resolve()
+            return self._settings
+
+    def _catalog(self) -> Catalog:
+        settings = self._ensure_settings()
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(settings)
+            return Catalog(self._store, settings.namespace)
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> StorageClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _secrets(self) -> list[str | None]:
+        found: list[str | None] = [self._overrides.get("api_key"), os.environ.get("FEDML_STORAGE_API_KEY")]
+        if self._settings is not None:
+            found += self._settings.secret_values()
+        if self._base is not None:
+            found += self._base.secret_values()
+        return found
+
+    def _run(self, action: str, fn: Callable[[], T], message: Callable[[T], str] | None = None) -> FedMLResponse:
+        try:
+            data = fn()
+        except Exception as exc:  # the core API reports failures, it does not raise them
+            return to_response(exc, action, self._secrets())
+        text = message(data) if message else f"{action} succeeded"
+        return FedMLResponse(ResponseCode.SUCCESS, text, data)
+
+    # -- operations ---------------------------------------------------------
+    def upload(self, data_path: Any, name: str | None = None, description: str | None = None,
+               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None, *,
+               show_progress: bool = False, out_progress_to_err: bool = True,
+               progress_desc: str | None = None) -> FedMLResponse:
+        """Store a file or directory; data is an UploadResult (the stored object's URI)."""
+        req = UploadRequest(data_path, name, description, metadata, tag_list, show_progress,
+                            out_progress_to_err, progress_desc)
+
+        def run():
+            catalog = self._catalog()
+            cache = DigestCache(storage_home() / "cache" / "digests.sqlite")
+            try:
+                return _upload(req, self._ensure_settings(), catalog, cache)
+            finally:
+                cache.close()
+
+        return self._run(f"upload of {data_path!s}", run, lambda r: r.summary())
+
+    def download(self, data_name: str, dest_path: str | os.PathLike | None = None, *, version: str | None = None,
+                 show_progress: bool = False, out_progress_to_err: bool = True,
+                 progress_desc: str | None = None) -> FedMLResponse:
+        """Fetch a dataset into dest_path (default: the current folder); data is a DownloadResult (its path)."""
+        return self._run(
+            f"download of {data_name!r}",
+            lambda: _download(self._catalog(), data_name, dest_path, version, show_progress, out_progress_to_err,
+                              progress_desc),
+            lambda r: r.summary(),
+        )
+
+    def delete(self, data_name: str) -> FedMLResponse:
+        """Remove a dataset (catalog entry first, then data); data is True."""
+
+        def run() -> bool:
+            self._catalog().remove(check_name(data_name))
+            return True
+
+        return self._run(f"delete of {data_name!r}", run, lambda _: f"deleted {data_name!r}")
+
+    def get_metadata(self, data_name: str) -> FedMLResponse:
+        """Stored metadata of a dataset; data is a StorageMetadata."""
+
+        def run() -> StorageMetadata:
+            catalog = self._catalog()
+            return self._metadata(catalog, catalog.get(check_name(data_name)))
+
+        return self._run(f"metadata of {data_name!r}", run)
+
+    def get_user_metadata(self, data_name: str) -> FedMLResponse:
+        """The metadata dict given at upload ({} when none)."""
+        return self._run(
+            f"user metadata of {data_name!r}",
+            lambda: dict(self._catalog().get(check_name(data_name)).user_metadata),
+        )
+
+    def list(self) -> FedMLResponse:
+        """Every dataset in the namespace; data is a list of StorageMetadata."""
+
+        def run() -> list[StorageMetadata]:
+            catalog = self._catalog()
+            return [self._metadata(catalog, m) for m in catalog.list(self._ensure_settings().concurrency)]
+
+        return self._run("listing stored data", run, lambda items: f"{len(items)} stored object(s)")
+
+    def exists(self, data_name: str) -> FedMLResponse:
+        """Whether a name is stored; data is a bool."""
+        return self._run(f"lookup of {data_name!r}",
+                         lambda: self._catalog().read(check_name(data_name)) is not None)
+
+    def cleanup(self, older_than_seconds: float = 3600) -> FedMLResponse:
+        """Remove leftovers of interrupted uploads older than the grace period; data holds counts."""
+        return self._run("cleanup", lambda: self._catalog().cleanup(older_than_seconds))
+
+    def asset_uri(self, data_name: str) -> str:
+        """The lineage URI fedml://<namespace>/<name>; raises FedMLStorageError on invalid settings or name."""
+        response = self._run("asset uri", lambda: asset_uri(self._ensure_settings().namespace, check_name(data_name)))
+        return response.unwrap()
+
+    def _metadata(self, catalog: Catalog, m: Manifest) -> StorageMetadata:
+        cur = m.current
+        uri = catalog.store.uri(cur.key)
+        return StorageMetadata(
+            dataName=m.name, description=m.description, createdAt=m.created_at, updatedAt=m.updated_at,
+            size=human_size(cur.size), tag_list=list(m.tags), download_url=uri, size_bytes=cur.size,
+            sha256=cur.sha256, content_digest=cur.content_digest, kind=cur.kind, file_count=cur.file_count,
+            source_size=cur.source_size, version=cur.version, versions=[v.version for v in m.versions],
+            service=catalog.store.service, namespace=catalog.namespace, uri=uri, user_metadata=dict(m.user_metadata),
+        )
+
+
+__all__ = ["FedMLStorageError", "StorageClient"]

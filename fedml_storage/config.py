@@ -1,0 +1,190 @@
+"""Settings: one validated model, resolved from arguments, FEDML_STORAGE_* variables and a config file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import InvalidInput
+
+log = logging.getLogger("fedml_storage")
+
+SERVICES = ("LOCAL", "S3", "R2")
+ENV_PREFIX = "FEDML_STORAGE_"
+MiB = 1024 * 1024
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_API_KEY_RE = re.compile(r"^[^:\s]+:\S+$")
+
+
+def storage_home() -> Path:
+    """Folder for the config file, digest cache and default LOCAL store."""
+    return Path(os.environ.get(ENV_PREFIX + "HOME") or Path.home() / ".fedml-storage").expanduser()
+
+
+def config_path() -> Path:
+    """Path of the user config file (JSON, mode 0600)."""
+    return storage_home() / "config.json"
+
+
+class StorageSettings(BaseModel):
+    """Everything the core needs to reach a store. Secrets are `SecretStr` and never printed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: Literal["LOCAL", "S3", "R2"] = Field("LOCAL", description="Default storage service.")
+    local_root: Path | None = Field(None, description="Folder of the embedded LOCAL store.")
+    bucket: str | None = Field(None, description="Bucket for S3 and R2.")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2, moto).")
+    region: str | None = Field(None, description="Region for S3.")
+    r2_account_id: str | None = Field(None, description="Cloudflare account id; gives the R2 endpoint.")
+    namespace: str = Field("default", description="Key prefix, so several teams can share a bucket.")
+    api_key: SecretStr | None = Field(None, description="ACCESS_KEY_ID:SECRET_ACCESS_KEY for S3 and R2.")
+    part_size: int = Field(16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB, description="Multipart upload part size.")
+    download_part_size: int = Field(64 * MiB, ge=1 * MiB, description="Ranged download part size.")
+    concurrency: int = Field(8, ge=1, le=64, description="Parallel parts per transfer.")
+    keep_versions: int = Field(1, ge=1, le=1000, description="Versions kept downloadable per name.")
+    compression: Literal["stored", "deflated"] = Field("stored", description="Zip method for directories.")
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            upper = value.strip().upper()
+            if upper not in SERVICES:
+                raise ValueError(f"unknown service; valid services are {', '.join(SERVICES)}")
+            return upper
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _NAMESPACE_RE.match(value):
+            raise ValueError("namespace must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_key(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or raw == "":
+            return None
+        if not isinstance(raw, str) or not _API_KEY_RE.match(raw.strip()):
+            raise ValueError("api_key must be written ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        return SecretStr(raw.strip())
+
+    @field_validator("bucket", "endpoint_url", "region", "r2_account_id", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def store_root(self) -> Path:
+        """The LOCAL store folder (default: `<home>/store`)."""
+        return (self.local_root or storage_home() / "store").expanduser().resolve()
+
+    @property
+    def resolved_endpoint(self) -> str | None:
+        """The endpoint URL, derived from the account id for R2."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        if self.service == "R2" and self.r2_account_id:
+            return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
+        return None
+
+    def secret_values(self) -> list[str]:
+        """Strings that must never appear in output."""
+        return [self.api_key.get_secret_value()] if self.api_key else []
+
+    def masked_dict(self) -> dict[str, Any]:
+        """Settings for display: JSON-able, with the API key masked."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = "****" if self.api_key else None
+        data["local_root"] = str(self.store_root)
+        return data
+
+    def __repr_args__(self):  # keep reprs short and secret-free
+        return [(k, v) for k, v in super().__repr_args__() if k != "api_key" or v is None] + (
+            [("api_key", "****")] if self.api_key else []
+        )
+
+    @classmethod
+    def resolve(cls, **overrides: Any) -> StorageSettings:
+        """Explicit arguments, then FEDML_STORAGE_* variables, then the config file, then defaults."""
+        unknown = set(overrides) - set(cls.model_fields)
+        if unknown:
+            raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
+        values: dict[str, Any] = {}
+        values.update(read_config_file())
+        for field in cls.model_fields:
+            env = os.environ.get(ENV_PREFIX + field.upper())
+            if env is not None and env != "":
+                values[field] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return validate_settings(values)
+
+
+def validate_settings(values: dict[str, Any]) -> StorageSettings:
+    """Build settings, turning validation errors into a secret-free InvalidInput."""
+    try:
+        return StorageSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise InvalidInput(f"invalid settings ({problems}). Fix the argument, FEDML_STORAGE_* variable or {config_path()}.") from None
+
+
+def read_config_file() -> dict[str, Any]:
+    """The saved settings, or {} when there is no config file."""
+    path = config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
+    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        log.warning("config file %s is readable by other users; run: chmod 600 %s", path, path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidInput(f"config file {path} is not valid JSON; fix or remove it") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"config file {path} must hold a JSON object")
+    known = {k: v for k, v in data.items() if k in StorageSettings.model_fields}
+    if len(known) != len(data):
+        log.warning("ignoring unknown keys in %s: %s", path, sorted(set(data) - set(known)))
+    return known
+
+
+def write_config_file(updates: dict[str, Any]) -> Path:
+    """Merge `updates` into the config file (None removes a key), validated, written 0600 atomically."""
+    unknown = set(updates) - set(StorageSettings.model_fields)
+    if unknown:
+        raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(StorageSettings.model_fields)}")
+    data = read_config_file()
+    for key, value in updates.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    validate_settings(data)
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,78 @@
+"""SHA-256 of files, with a stat-keyed cache so unchanged data is not read again."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+log = logging.getLogger("fedml_storage")
+
+CHUNK = 4 * 1024 * 1024
+RACY_SECONDS = 2.0  # a file written this recently may still change within one mtime tick
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DigestCache:
+    """Maps (path, size, mtime, inode) to a file's SHA-256, as git's index does. Never fails a transfer."""
+
+    def __init__(self, path: Path) -> None:
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=5, check_same_thread=False)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+                " ino INTEGER, sha256 TEXT)"
+            )
+        except sqlite3.Error as exc:
+            log.debug("digest cache disabled: %s", exc)
+            self._db = None
+
+    def lookup(self, items: list[tuple[str, os.stat_result]]) -> dict[str, str]:
+        """Cached digests for the given (absolute path, stat) pairs whose stat still matches."""
+        if self._db is None or not items:
+            return {}
+        found: dict[str, str] = {}
+        try:
+            for start in range(0, len(items), 500):
+                batch = dict(items[start : start + 500])
+                marks = ",".join("?" * len(batch))
+                rows = self._db.execute(
+                    f"SELECT path, size, mtime_ns, ino, sha256 FROM digests WHERE path IN ({marks})", list(batch)
+                )
+                for path, size, mtime_ns, ino, sha in rows:
+                    st = batch[path]
+                    if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, ino):
+                        found[path] = sha
+        except sqlite3.Error as exc:
+            log.debug("digest cache lookup failed: %s", exc)
+        return found
+
+    def store(self, items: list[tuple[str, os.stat_result, str]]) -> None:
+        """Remember digests, except for files modified too recently to trust their mtime."""
+        if self._db is None:
+            return
+        horizon = (time.time() - RACY_SECONDS) * 1e9
+        rows = [(p, st.st_size, st.st_mtime_ns, st.st_ino, sha) for p, st, sha in items if st.st_mtime_ns < horizon]
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            log.debug("digest cache update failed: %s", exc)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

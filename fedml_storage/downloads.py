@@ -1,0 +1,93 @@
+"""Fetching a dataset: stream to a temp file beside the destination, verify, extract, rename into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .archive import HashingWriter, safe_extract
+from .backends.base import ObjectMissing
+from .catalog import Catalog
+from .errors import IntegrityError, InvalidInput, NotFound
+from .progress import DOWNLOAD_DESC, progress_bar
+from .results import DownloadResult
+from .validation import check_name
+
+TEMP_PREFIX = ".fedml-download-"
+
+
+def download(
+    catalog: Catalog,
+    data_name: str,
+    dest_path: str | os.PathLike | None,
+    version: str | None = None,
+    show_progress: bool = True,
+    out_progress_to_err: bool = True,
+    progress_desc: str | None = None,
+) -> DownloadResult:
+    """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there."""
+    started = time.monotonic()
+    name = check_name(data_name)
+    if dest_path is not None and not isinstance(dest_path, (str, os.PathLike)):
+        raise InvalidInput("dest_path must be a folder path")
+    dest = Path(dest_path or os.getcwd()).expanduser().absolute()
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
+    manifest = catalog.get(name)
+    record = manifest.find(version)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / name
+    fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
+    unpacked: Path | None = None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer = HashingWriter(fh)
+            with progress_bar(record.size, show_progress, out_progress_to_err, progress_desc or DOWNLOAD_DESC) as adv:
+                try:
+                    catalog.store.get_into(record.key, writer, adv)
+                except ObjectMissing:
+                    raise NotFound(
+                        f"the data of {name!r} version {record.version} is missing from the store (deleted or "
+                        "replaced meanwhile?); list it again and retry"
+                    ) from None
+        if writer.size != record.size or writer.sha256.hexdigest() != record.sha256:
+            raise IntegrityError(
+                f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not match "
+                "its manifest); nothing was written. Upload the dataset again"
+            )
+        if record.kind == "file":
+            if target.is_dir() and not target.is_symlink():
+                raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
+            os.replace(part, target)
+        else:
+            unpacked = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest))
+            safe_extract(Path(part), unpacked, record.source_size)
+            _swap_in(unpacked, target)
+            unpacked = None
+    finally:
+        Path(part).unlink(missing_ok=True)
+        if unpacked is not None:
+            shutil.rmtree(unpacked, ignore_errors=True)
+    return DownloadResult(
+        str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
+        seconds=round(time.monotonic() - started, 3), kind=record.kind,
+    )
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename `new` to `target`, replacing what was there; restore it if the rename fails."""
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent)) / "old"
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""Internal exceptions and their translation into `FedMLResponse` failures."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterable
+
+from .response import FedMLResponse, Reason, ResponseCode
+
+log = logging.getLogger("fedml_storage")
+log.addHandler(logging.NullHandler())
+
+
+class StorageFailure(Exception):
+    """An expected failure: becomes a FAILURE response with this message."""
+
+    reason = Reason.INTERNAL
+
+    def __init__(self, message: str, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidInput(StorageFailure):
+    reason = Reason.INVALID_INPUT
+
+
+class NotFound(StorageFailure):
+    reason = Reason.NOT_FOUND
+
+
+class NotConfigured(StorageFailure):
+    reason = Reason.NOT_CONFIGURED
+
+
+class AccessDenied(StorageFailure):
+    reason = Reason.ACCESS_DENIED
+
+
+class Conflict(StorageFailure):
+    reason = Reason.CONFLICT
+
+
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class TransientError(Exception):
+    """A failure that may pass on retry (network, throttling, 5xx): becomes ERROR, retryable."""
+
+
+class IntegrityError(StorageFailure):
+    """Stored bytes do not match the manifest (corruption or tampering)."""
+
+    reason = Reason.INTERNAL
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every secret (and its access-key-id half) in `text` with '****'."""
+    for secret in secrets:
+        if not secret:
+            continue
+        parts = [secret, *secret.split(":", 1)]
+        for part in sorted(parts, key=len, reverse=True):
+            if len(part) >= 4:
+                text = text.replace(part, "****")
+    return text
+
+
+def to_response(exc: BaseException, action: str, secrets: Iterable[str | None] = ()) -> FedMLResponse:
+    """Turn an exception raised while doing `action` into a FAILURE or ERROR response."""
+    secrets = list(secrets)
+    if isinstance(exc, StorageFailure):
+        code, reason, message = ResponseCode.FAILURE, exc.reason, f"{action} failed: {exc}"
+    elif isinstance(exc, TransientError):
+        code, reason = ResponseCode.ERROR, Reason.TRANSIENT
+        message = f"{action} failed: {exc}. This may pass: try again."
+    else:
+        code, reason = ResponseCode.ERROR, Reason.INTERNAL
+        message = (
+            f"{action} failed unexpectedly: {type(exc).__name__}: {exc}. "
+            "Nothing was published; please report this with the log if it happens again."
+        )
+        trace = "".join(traceback.format_exception(exc))
+        log.debug("unexpected error during %s:\n%s", action, redact(trace, secrets))
+    message = redact(message, secrets)
+    log.info("%s", message)
+    return FedMLResponse(code, message, None, reason.value)

@@ -1,0 +1,100 @@
+"""What the API returns: upload and download results (strings with details) and stored metadata."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+
+def human_size(num: int) -> str:
+    """Sizes as the reference shows them: '12.40 MB'."""
+    value = float(num)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.2f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.2f} PB"
+
+
+def asset_uri(namespace: str, name: str) -> str:
+    """The lineage URI of a dataset, shared by Airflow Assets and Prefect assets: fedml://<namespace>/<name>."""
+    return f"fedml://{namespace}/{quote(name, safe='-._~')}"
+
+
+class _Detailed(str):
+    """A str (the documented return value) that also carries details as attributes."""
+
+    _fields: tuple[str, ...] = ()
+
+    def __new__(cls, value: str, **details: Any):
+        obj = super().__new__(cls, value)
+        for key in cls._fields:
+            setattr(obj, key, details.get(key))
+        return obj
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable details."""
+        return {key: getattr(self, key) for key in self._fields}
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), str(self), self.to_dict()))
+
+
+def _rebuild(cls, value, details):
+    return cls(value, **details)
+
+
+class UploadResult(_Detailed):
+    """The stored object's URI, with name, version, digests, sizes and whether it was skipped."""
+
+    _fields = ("name", "uri", "version", "sha256", "content_digest", "size", "source_size", "file_count",
+               "kind", "skipped", "seconds", "service", "namespace")
+
+    def summary(self) -> str:
+        """One log line."""
+        if self.skipped:
+            return f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
+        rate = self.size / self.seconds / 1e6 if self.seconds else 0.0
+        return (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate:.1f} MB/s, "
+                f"version {self.version}) to {self.uri}")
+
+
+class DownloadResult(_Detailed):
+    """The absolute local path, with name, version, digest, size and time."""
+
+    _fields = ("name", "path", "version", "sha256", "size", "seconds", "kind")
+
+    def summary(self) -> str:
+        """One log line."""
+        return (f"downloaded {self.name!r} (version {self.version}, {human_size(self.size)} in "
+                f"{self.seconds:.2f} s, sha256 verified) to {self.path}")
+
+
+@dataclass
+class StorageMetadata:
+    """Stored metadata of one dataset, with the documented camelCase attributes."""
+
+    dataName: str
+    description: str
+    createdAt: str
+    updatedAt: str
+    size: str
+    tag_list: list[str]
+    download_url: str
+    size_bytes: int
+    sha256: str
+    content_digest: str
+    kind: str
+    file_count: int
+    source_size: int
+    version: str
+    versions: list[str]
+    service: str
+    namespace: str
+    uri: str
+    user_metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable copy."""
+        return asdict(self)

@@ -1,0 +1,90 @@
+"""A bounded in-memory pipe: a producer thread writes, the uploader reads full parts."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+
+class PipeAborted(Exception):
+    """The producer failed; carries its exception as `__cause__`."""
+
+
+class BoundedPipe:
+    """Writer blocks past `limit` buffered bytes; `read(n)` blocks until n bytes or end of stream."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._closed = False
+        self._reader_gone = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    # producer side
+    def write(self, data: bytes) -> int:
+        if not data:
+            return 0
+        with self._cond:
+            while self._buffered >= self._limit and not self._reader_gone:
+                self._cond.wait()
+            if self._reader_gone:
+                raise BrokenPipeError("the upload stopped reading")
+            self._chunks.append(bytes(data))
+            self._buffered += len(data)
+            self._cond.notify_all()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        """End the stream with an error the reader raises instead of a short end."""
+        with self._cond:
+            self._error = exc
+            self._closed = True
+            self._cond.notify_all()
+
+    # consumer side
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        out: list[bytes] = []
+        got = 0
+        with self._cond:
+            while n < 0 or got < n:
+                if self._chunks:
+                    chunk = self._chunks.popleft()
+                    if n >= 0 and got + len(chunk) > n:
+                        keep = n - got
+                        self._chunks.appendleft(chunk[keep:])
+                        chunk = chunk[:keep]
+                    out.append(chunk)
+                    got += len(chunk)
+                    self._buffered -= len(chunk)
+                    self._cond.notify_all()
+                elif self._error is not None:
+                    raise PipeAborted("the data source failed while streaming") from self._error
+                elif self._closed:
+                    break
+                else:
+                    self._cond.wait()
+        return b"".join(out)
+
+    def close_reader(self) -> None:
+        """The consumer gave up: unblock and fail the producer."""
+        with self._cond:
+            self._reader_gone = True
+            self._chunks.clear()
+            self._buffered = 0
+            self._cond.notify_all()

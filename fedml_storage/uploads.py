@@ -1,0 +1,203 @@
+"""Publishing a file or directory: digest, skip if unchanged, stream data, commit the manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .archive import Entry, HashingWriter, scan_tree, tree_digest, write_zip
+from .catalog import Catalog, Manifest, VersionRecord, new_version_id, utc_now
+from .config import StorageSettings
+from .digests import DigestCache, sha256_file
+from .errors import Conflict, InvalidInput
+from .progress import UPLOAD_DESC, progress_bar
+from .results import UploadResult
+from .streams import BoundedPipe, PipeAborted
+from .validation import check_description, check_metadata, check_name, check_tags
+
+log = logging.getLogger("fedml_storage")
+
+
+@dataclass
+class UploadRequest:
+    data_path: object
+    name: str | None = None
+    description: str | None = None
+    metadata: dict | None = None
+    tag_list: list | None = None
+    show_progress: bool = False
+    out_progress_to_err: bool = True
+    progress_desc: str | None = None
+
+
+def stored_name(src: Path, name: str | None) -> str:
+    """The reference's naming: a directory keeps `name` (or its own); a file keeps its extension."""
+    if name is None:
+        return check_name(src.name)
+    check_name(name)
+    if src.is_file() and src.suffix and not Path(name).suffix:
+        name += src.suffix
+    return check_name(name)
+
+
+def _source(data_path: object) -> Path:
+    if not isinstance(data_path, (str, os.PathLike)) or not str(data_path):
+        raise InvalidInput("data_path must be the path of a file or directory")
+    src = Path(data_path).expanduser().absolute()
+    if not src.exists():
+        raise InvalidInput(f"data_path {str(src)!r} does not exist; check the path")
+    if not (src.is_file() or src.is_dir()):
+        raise InvalidInput(f"data_path {str(src)!r} is neither a regular file nor a directory")
+    return src
+
+
+def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cache: DigestCache) -> UploadResult:
+    """Publish `req.data_path` under its stored name; nothing is sent when the content is unchanged."""
+    started = time.monotonic()
+    src = _source(req.data_path)
+    name = stored_name(src, req.name)
+    description = check_description(req.description)
+    metadata = check_metadata(req.metadata)
+    tags = check_tags(req.tag_list)
+    found = catalog.read(name)
+    current = found[0].current if found else None
+    desc = req.progress_desc or UPLOAD_DESC
+
+    if src.is_file():
+        record, data_key = _file(src, name, settings, catalog, cache, current, req, desc)
+    else:
+        record, data_key = _directory(src, name, settings, catalog, cache, current, req, desc)
+    skipped = data_key is None
+
+    def build(cur: Manifest | None) -> Manifest:
+        now = utc_now()
+        if skipped and (cur is None or cur.current.content_digest != record.content_digest):
+            raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
+        versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
+        return Manifest(
+            name=name,
+            description=description if description is not None else (cur.description if cur else ""),
+            tags=tags if tags is not None else (cur.tags if cur else []),
+            user_metadata=metadata if metadata is not None else (cur.user_metadata if cur else {}),
+            created_at=cur.created_at if cur else now,
+            updated_at=now,
+            versions=versions[: settings.keep_versions],
+        )
+
+    unchanged_meta = found is not None and all(
+        new is None or new == old
+        for new, old in ((description, found[0].description), (tags, found[0].tags), (metadata, found[0].user_metadata))
+    )
+    try:
+        if skipped and unchanged_meta:
+            manifest = found[0]
+        else:
+            manifest, dropped = catalog.commit(name, build)
+            catalog.drop_data(dropped)
+    except BaseException:
+        if data_key is not None:
+            catalog.drop_data([data_key])  # never published: invisible, but do not leave it
+        raise
+    final = manifest.current
+    return UploadResult(
+        catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
+        sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
+        file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
+        service=settings.service, namespace=catalog.namespace,
+    )
+
+
+def _record(data_key: str, version: str, kind: str, size: int, sha256: str, digest: str, source_size: int,
+            count: int) -> VersionRecord:
+    return VersionRecord(version=version, key=data_key, kind=kind, size=size, sha256=sha256, content_digest=digest,
+                         source_size=source_size, file_count=count, created_at=utc_now())
+
+
+def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
+    st = src.stat()
+    path = str(src)
+    digest = cache.lookup([(path, st)]).get(path)
+    same_shape = current is not None and current.kind == "file" and current.source_size == st.st_size
+    if digest is None and same_shape:
+        digest = sha256_file(src)  # likely unchanged: read once to avoid sending it again
+        cache.store([(path, st, digest)])
+    if digest is not None and same_shape and current.content_digest == digest:
+        return current, None
+    version = new_version_id()
+    key = catalog.data_key(name, version, name)
+    with progress_bar(st.st_size, req.show_progress, req.out_progress_to_err, desc) as advance:
+        with ThreadPoolExecutor(1) as pool:
+            hashing = pool.submit(sha256_file, src) if digest is None else None
+            try:
+                catalog.store.put_file(key, src, advance)
+            finally:
+                digest = hashing.result() if hashing else digest
+    after = src.stat()
+    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+        catalog.drop_data([key])
+        raise InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
+    cache.store([(path, st, digest)])
+    return _record(key, version, "file", st.st_size, digest, digest, st.st_size, 1), key
+
+
+def _directory(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
+    entries = scan_tree(src)
+    files = [e for e in entries if not e.is_dir]
+    total = sum(e.st.st_size for e in files)
+    by_path = cache.lookup([(str(e.path), e.st) for e in files])
+    digests = {e.rel: by_path[str(e.path)] for e in files if str(e.path) in by_path}
+    same_shape = (
+        current is not None and current.kind == "directory"
+        and current.file_count == len(files) and current.source_size == total
+    )
+    if same_shape and len(digests) < len(files):
+        missing = [e for e in files if e.rel not in digests]
+        fresh = _hash_all(missing)
+        digests.update(fresh)
+        cache.store([(str(e.path), e.st, fresh[e.rel]) for e in missing])
+    if same_shape and len(digests) == len(files) and current.content_digest == tree_digest(entries, digests):
+        return current, None
+    version = new_version_id()
+    key = catalog.data_key(name, version, name + ".zip")
+    pipe = BoundedPipe(limit=max(settings.part_size, 8 << 20))
+    writer = HashingWriter(pipe)
+
+    def produce() -> dict[str, str]:
+        try:
+            result = write_zip(entries, writer, settings.compression, advance)
+        except BaseException as exc:
+            pipe.fail(exc)
+            raise
+        pipe.close()
+        return result
+
+    with progress_bar(total, req.show_progress, req.out_progress_to_err, desc) as advance:
+        with ThreadPoolExecutor(1) as pool:
+            zipping = pool.submit(produce)
+            try:
+                catalog.store.put_stream(key, pipe)
+            except PipeAborted as exc:
+                _ = zipping.exception()
+                catalog.drop_data([key])
+                cause = exc.__cause__
+                if isinstance(cause, InvalidInput):
+                    raise cause from None
+                raise InvalidInput(f"could not read {src} while packing it ({type(cause).__name__}: {cause}); "
+                                   "nothing was published") from None
+            except BaseException:
+                pipe.close_reader()
+                raise
+            digests = zipping.result()
+    cache.store([(str(e.path), e.st, digests[e.rel]) for e in files])
+    record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(),
+                     tree_digest(entries, digests), total, len(files))
+    return record, key
+
+
+def _hash_all(files: list[Entry]) -> dict[str, str]:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return dict(zip((e.rel for e in files), pool.map(lambda e: sha256_file(e.path), files)))

@@ -1,0 +1,69 @@
+"""Checks of user input, with messages that say what to change."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+from .errors import InvalidInput
+
+MAX_NAME_LENGTH = 255
+MAX_USER_METADATA_BYTES = 16 * 1024
+MAX_DESCRIPTION_LENGTH = 4096
+MAX_TAGS = 64
+
+
+def check_name(name: Any) -> str:
+    """A stored name: one path component, printable, not '.' or '..'."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("a data name must be a non-empty string")
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise InvalidInput(f"invalid data name {name!r}: it must be a single name without '/', '\\\\', '.' or '..'")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise InvalidInput(f"invalid data name {name!r}: control characters are not allowed")
+    if name != name.strip():
+        raise InvalidInput(f"invalid data name {name!r}: remove leading or trailing spaces")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"data name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
+    return name
+
+
+def check_metadata(metadata: Any) -> dict[str, str] | None:
+    """User metadata: a dict of string keys and string values, at most 16 KiB as JSON."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"metadata must be a dict of strings, not {type(metadata).__name__}")
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise InvalidInput(f"metadata keys and values must be strings; fix the entries {bad[:5]!r}")
+    size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_USER_METADATA_BYTES:
+        raise InvalidInput(
+            f"metadata is {size} bytes as JSON; at most {MAX_USER_METADATA_BYTES} are allowed. "
+            "Store large metadata as a file in the dataset"
+        )
+    return dict(metadata)
+
+
+def check_tags(tags: Any) -> list[str] | None:
+    """Tags: a list of non-empty strings."""
+    if tags is None:
+        return None
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise InvalidInput("tag_list must be a list of strings, e.g. ['images', 'v2']")
+    if len(tags) > MAX_TAGS or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise InvalidInput(f"tag_list must hold at most {MAX_TAGS} non-empty strings")
+    return list(dict.fromkeys(t.strip() for t in tags))
+
+
+def check_description(description: Any) -> str | None:
+    """Description: a string of at most 4096 characters."""
+    if description is None:
+        return None
+    if not isinstance(description, str):
+        raise InvalidInput("description must be a string")
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInput(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
+    return description
