@@ -1,0 +1,96 @@
+"""Bad input: what the user sees, and that nothing was stored or lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import StorageClient, api
+from fedml_storage.api.fedml_response import ResponseCode
+
+from .conftest import Store
+
+
+@pytest.fixture
+def stored(store: Store, tmp_path: Path) -> Path:
+    """One dataset already stored, to show bad calls do not harm it."""
+    src = tmp_path / "keep"
+    src.mkdir()
+    (src / "k.txt").write_text("precious")
+    assert store.client().upload(src).ok
+    return src
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason", "words"),
+    [
+        ({"data_path": "does/not/exist"}, "invalid_input", "does not exist"),
+        ({"metadata": {"epochs": 3}}, "invalid_input", "must be strings"),
+        ({"metadata": ["not", "a", "dict"]}, "invalid_input", "dict of strings"),
+        ({"metadata": {"blob": "x" * 20_000}}, "invalid_input", "at most 16384"),
+        ({"name": "../x"}, "invalid_input", "single name"),
+        ({"name": "a/b"}, "invalid_input", "single name"),
+        ({"name": "bad\nname"}, "invalid_input", "control characters"),
+        ({"tag_list": "images"}, "invalid_input", "list of strings"),
+        ({"description": 42}, "invalid_input", "description must be a string"),
+    ],
+)
+def test_bad_upload_input_fails_clearly_and_stores_nothing(
+    store: Store, stored: Path, tmp_path: Path, kwargs: dict, reason: str, words: str
+) -> None:
+    src = tmp_path / "new.txt"
+    src.write_text("new")
+    before = store.keys()
+    args = {"data_path": str(src), "api_key": store.api_key, "service": store.service, **kwargs}
+    response = api.upload(**args)
+    assert response.code == ResponseCode.FAILURE
+    assert response.reason == reason and words in response.message, response.message
+    assert store.keys() == before
+    assert (store.client().download("keep", tmp_path / "o").ok and (tmp_path / "o" / "keep" / "k.txt").read_text()
+            == "precious")
+
+
+def test_unknown_service_lists_valid_ones(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    response = api.upload(str(tmp_path / "f.txt"), service="GCS")
+    assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input"
+    assert "LOCAL, S3, R2" in response.message
+    assert api.list_storage_objects(service="azure").code == ResponseCode.FAILURE
+
+
+def test_service_is_case_insensitive_and_none_means_configured_default(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    assert api.upload(str(tmp_path / "f.txt"), service="local").code == ResponseCode.SUCCESS
+    assert [o.dataName for o in api.list_storage_objects().data] == ["f.txt"]  # default service: LOCAL
+
+
+def test_s3_without_bucket_says_how_to_configure(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    response = api.upload(str(tmp_path / "f.txt"), service="S3")
+    assert response.code == ResponseCode.FAILURE and response.reason == "not_configured"
+    assert "FEDML_STORAGE_BUCKET" in response.message
+
+
+def test_r2_without_account_or_endpoint_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    response = StorageClient(service="R2", bucket="b1").upload(tmp_path / "f.txt")
+    assert response.reason == "not_configured" and "R2_ACCOUNT_ID" in response.message
+
+
+def test_download_into_a_file_path_is_refused(store: Store, stored: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "iam-a-file"
+    blocker.write_text("do not overwrite")
+    response = store.client().download("keep", blocker)
+    assert response.reason == "invalid_input" and "is a file" in response.message
+    assert blocker.read_text() == "do not overwrite"
+
+
+def test_download_replaces_existing_target_completely(store: Store, stored: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "out" / "keep"
+    stale.mkdir(parents=True)
+    (stale / "stale.txt").write_text("old run")
+    response = store.client().download("keep", tmp_path / "out")
+    assert response.ok
+    assert sorted(p.name for p in stale.iterdir()) == ["k.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep"]  # no temp leftovers

@@ -1,0 +1,153 @@
+"""Every API function on LOCAL and S3: files, trees, metadata, list, delete, overwrite, versions, skip-unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fedml_storage import StorageClient, api
+from fedml_storage.api.fedml_response import ResponseCode
+from fedml_storage.backends.local import LocalStore
+from fedml_storage.backends.s3 import S3Store
+
+from .conftest import Store, make_tree, tree_bytes
+
+
+def test_directory_round_trip_with_metadata(store: Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "mydata")
+    up = api.upload(str(src), api_key=store.api_key, service=store.service, description="nested tree",
+                    metadata={"owner": "ml-team", "split": "train"}, tag_list=["images", "v1"])
+    assert up.code == ResponseCode.SUCCESS, up.message
+    assert up.data.endswith("/mydata.zip") and up.data.name == "mydata" and up.data.kind == "directory"
+    assert up.data.file_count == 5 and not up.data.skipped
+
+    down = api.download("mydata", api_key=store.api_key, service=store.service, dest_path=str(tmp_path / "out"),
+                        show_progress=False)
+    assert down.code == ResponseCode.SUCCESS, down.message
+    assert down.data == str((tmp_path / "out" / "mydata").resolve())
+    assert tree_bytes(Path(down.data)) == tree_bytes(src)
+
+    meta = api.get_storage_metadata("mydata", api_key=store.api_key, service=store.service)
+    assert meta.code == ResponseCode.SUCCESS
+    m = meta.data
+    assert (m.dataName, m.description, m.tag_list, m.kind) == ("mydata", "nested tree", ["images", "v1"], "directory")
+    assert m.createdAt and m.updatedAt and m.size.endswith("KB") and m.download_url == up.data
+    assert m.version == up.data.version and m.sha256 == up.data.sha256 and m.service == store.service
+    json.dumps(m.to_dict())
+    json.dumps(up.data.to_dict())
+
+    user = api.get_storage_user_defined_metadata("mydata", api_key=store.api_key, service=store.service)
+    assert user.data == {"owner": "ml-team", "split": "train"}
+
+
+def test_file_naming_and_round_trip(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "model.pt"
+    src.write_bytes(os.urandom(300_000))
+    up = api.upload(str(src), api_key=store.api_key, service=store.service, name="weights")
+    assert up.code == ResponseCode.SUCCESS, up.message
+    assert up.data.name == "weights.pt"  # the file's extension is kept, as the reference does
+    down = api.download("weights.pt", api_key=store.api_key, service=store.service, dest_path=str(tmp_path / "d"))
+    assert Path(down.data) == (tmp_path / "d" / "weights.pt").resolve()
+    assert Path(down.data).read_bytes() == src.read_bytes()
+    assert api.get_storage_user_defined_metadata("weights.pt", store.api_key, service=store.service).data == {}
+
+
+def test_empty_file_and_unicode_name(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "leere Datei ü.txt"
+    src.touch()
+    client = store.client()
+    up = client.upload(src)
+    assert up.ok, up.message
+    down = client.download("leere Datei ü.txt", tmp_path / "out")
+    assert down.ok and Path(down.data).read_bytes() == b""
+
+
+def test_list_delete_and_unknown_names(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    for name in ("b-set", "a-set"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.txt").write_text(name)
+        assert client.upload(tmp_path / name, description=f"desc {name}").ok
+    listed = api.list_storage_objects(store.api_key, service=store.service)
+    assert listed.code == ResponseCode.SUCCESS
+    assert [(o.dataName, o.description) for o in listed.data] == [("a-set", "desc a-set"), ("b-set", "desc b-set")]
+
+    deleted = api.delete("a-set", store.service, api_key=store.api_key)
+    assert deleted.code == ResponseCode.SUCCESS and deleted.data is True
+    assert [o.dataName for o in client.list().data] == ["b-set"]
+    assert not any("/a-set/" in k or "/a-set." in k for k in store.keys())  # data and manifest gone
+
+    again = api.delete("a-set", store.service, api_key=store.api_key)
+    assert again.code == ResponseCode.FAILURE and again.data is False and "a-set" in again.message
+    missing = api.download("a-set", store.api_key, store.service, dest_path=str(tmp_path / "o"))
+    assert missing.code == ResponseCode.FAILURE and missing.reason == "not_found"
+    assert "list_storage_objects" in missing.message
+    assert not (tmp_path / "o" / "a-set").exists()
+    assert api.get_storage_metadata("a-set", store.api_key, service=store.service).reason == "not_found"
+
+
+def test_overwrite_creates_version_and_drops_old_data(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    src = tmp_path / "data.txt"
+    src.write_text("one")
+    first = client.upload(src).data
+    src.write_text("two!")
+    second = client.upload(src).data
+    assert second.version != first.version and not second.skipped
+    assert client.download("data.txt", tmp_path / "o").data and (tmp_path / "o" / "data.txt").read_text() == "two!"
+    old = client.download("data.txt", tmp_path / "o2", version=first.version)
+    assert old.code == ResponseCode.FAILURE and "no longer kept" in old.message and "keep_versions" in old.message
+    data_keys = [k for k in store.keys() if "/data/" in k]
+    assert data_keys == [f"default/data/data.txt/{second.version}/data.txt"]  # replaced data removed
+
+
+def test_keep_versions_lets_downstream_pin_a_version(store: Store, tmp_path: Path) -> None:
+    client = store.client(keep_versions=2)
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f.txt").write_text("v1")
+    v1 = client.upload(src).data.version
+    (src / "f.txt").write_text("v2 longer")
+    v2 = client.upload(src).data.version
+    assert client.get_metadata("d").data.versions == [v2, v1]
+    pinned = client.download("d", tmp_path / "pinned", version=v1)
+    assert pinned.ok, pinned.message
+    assert (tmp_path / "pinned" / "d" / "f.txt").read_text() == "v1"
+    (src / "f.txt").write_text("v3 longest")
+    client.upload(src)
+    assert client.download("d", tmp_path / "gone", version=v1).reason == "not_found"
+
+
+def test_unchanged_reupload_sends_no_data(store: Store, tmp_path: Path, monkeypatch) -> None:
+    src = make_tree(tmp_path / "tree")
+    client = store.client()
+    first = client.upload(src, description="first").data
+    sent: list[str] = []
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    for method in ("put_file", "put_stream"):
+        original = getattr(backend, method)
+
+        def spy(self, key, *a, _original=original, **kw):
+            sent.append(key)
+            return _original(self, key, *a, **kw)
+
+        monkeypatch.setattr(backend, method, spy)
+    keys_before = store.keys()
+    again = client.upload(src, description="second", metadata={"run": "2"})
+    assert again.ok and again.data.skipped and again.data.version == first.version
+    assert sent == []
+    assert [k for k in store.keys() if "/data/" in k] == [k for k in keys_before if "/data/" in k]
+    meta = client.get_metadata("tree").data
+    assert meta.description == "second" and meta.user_metadata == {"run": "2"}  # metadata still updated
+    (src / "a.txt").write_text("changed")
+    changed = client.upload(src)
+    assert not changed.data.skipped and len(sent) == 1
+
+
+def test_client_settings_repr_and_settings_hide_secret(store: Store) -> None:
+    client = StorageClient(service=store.service, api_key="AKIAXXXXXXXX:very-secret-value-123")
+    assert "very-secret" not in repr(client)
+    if store.service != "LOCAL":
+        assert "very-secret" not in repr(client.settings)
+        assert client.settings.masked_dict()["api_key"] == "****"

@@ -1,0 +1,168 @@
+"""Corruption, crashes, concurrent writers and hostile archives: the old or the new dataset, never a mix."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import StorageClient
+
+from .conftest import Store, make_tree, tree_bytes
+
+
+def _manifest(store: Store, name: str) -> dict:
+    return json.loads(store.read(f"default/manifests/{name}.json"))
+
+
+def test_corrupted_object_fails_and_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ds")
+    client = store.client()
+    assert client.upload(src).ok
+    key = _manifest(store, "ds")["versions"][0]["key"]
+    data = bytearray(store.read(key))
+    data[len(data) // 2] ^= 0xFF
+    store.write(key, bytes(data))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    response = client.download("ds", dest)
+    assert not response.ok and "corrupt" in response.message
+    assert list(dest.iterdir()) == []
+
+
+def test_crash_between_data_and_manifest_keeps_old_dataset(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "ds"
+    src.mkdir()
+    (src / "f.txt").write_text("old")
+    client = store.client()
+    old = client.upload(src).data
+    (src / "f.txt").write_text("new content that never gets published")
+    # A real crash: the process dies after storing data, before the manifest commit.
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from fedml_storage import StorageClient
+        from fedml_storage.catalog import Catalog
+        Catalog.commit = lambda *a, **k: os._exit(17)
+        StorageClient(service={store.service!r}, api_key={store.api_key!r}).upload({str(src)!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=os.environ.copy(), capture_output=True, text=True)
+    assert proc.returncode == 17, proc.stderr
+    orphans = [k for k in store.keys() if "/data/" in k and old.version not in k]
+    assert len(orphans) == 1  # the new data reached the store but is invisible
+    meta = client.get_metadata("ds").data
+    assert meta.version == old.version
+    assert client.download("ds", tmp_path / "out").ok
+    assert (tmp_path / "out" / "ds" / "f.txt").read_text() == "old"
+    assert client.cleanup(older_than_seconds=3600).data["orphaned_objects_removed"] == 0  # grace period
+    assert client.cleanup(older_than_seconds=0).data["orphaned_objects_removed"] == 1
+    assert [k for k in store.keys() if "/data/" in k] == [k for k in store.keys() if old.version in k]
+
+
+def test_failed_commit_removes_its_data(store: Store, tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage.catalog import Catalog
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 1000)
+    monkeypatch.setattr(Catalog, "commit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    response = store.client().upload(src)
+    assert response.reason == "internal" and "boom" in response.message and "Nothing was published" in response.message
+    assert store.keys() == []
+
+
+def test_two_concurrent_writers_leave_one_complete_dataset(store: Store, tmp_path: Path) -> None:
+    sources = []
+    for i in range(2):
+        src = tmp_path / f"w{i}" / "shared"
+        src.mkdir(parents=True)
+        for j in range(30):
+            (src / f"part-{j}.bin").write_bytes(bytes([i]) * (2000 + j))
+        sources.append(src)
+    barrier = threading.Barrier(2)
+    results = [None, None]
+
+    def write(i: int) -> None:
+        client = store.client(keep_versions=1)
+        barrier.wait()
+        results[i] = client.upload(sources[i])
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r is not None and r.ok for r in results), [r.message for r in results]
+    final = store.client().download("shared", tmp_path / "out")
+    assert final.ok
+    got = tree_bytes(Path(final.data))
+    assert got in (tree_bytes(sources[0]), tree_bytes(sources[1]))  # one writer's data, whole
+    manifest = _manifest(store, "shared")
+    assert len(manifest["versions"]) == 1
+    assert [k for k in store.keys() if "/data/" in k] == [manifest["versions"][0]["key"]]
+
+
+def _plant(store: Store, name: str, archive: bytes, source_size: int) -> None:
+    """Put an archive and a manifest that vouches for it, as an attacker with write access could."""
+    key = f"default/data/{name}/v1/{name}.zip"
+    store.write(key, archive)
+    record = {"version": "v1", "key": key, "kind": "directory", "size": len(archive),
+              "sha256": hashlib.sha256(archive).hexdigest(), "content_digest": "x", "source_size": source_size,
+              "file_count": 1, "created_at": "2026-01-01T00:00:00Z"}
+    manifest = {"name": name, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                "versions": [record]}
+    store.write(f"default/manifests/{name}.json", json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "/abs/escaped.txt", "sub/../../escaped.txt"])
+def test_zip_slip_archive_is_refused(store: Store, tmp_path: Path, member: str) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr(member, "pwned")
+    _plant(store, "evil", buf.getvalue(), 9)
+    dest = tmp_path / "a" / "b" / "dest"
+    dest.mkdir(parents=True)
+    response = store.client().download("evil", dest)
+    assert not response.ok and "outside" in response.message
+    assert list(dest.iterdir()) == []
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_link_pointing_outside_is_refused(store: Store, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (0o120777) << 16
+        zf.writestr(info, "../../etc/passwd")
+    _plant(store, "linky", buf.getvalue(), 100)
+    dest = tmp_path / "dest"
+    response = store.client().download("linky", dest)
+    assert not response.ok and "points outside" in response.message
+    assert list(dest.iterdir()) == []
+
+
+def test_archive_expanding_past_recorded_size_is_refused(store: Store, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.bin", b"\0" * 5_000_000)
+    _plant(store, "bomb", buf.getvalue(), 1000)
+    dest = tmp_path / "dest"
+    response = store.client().download("bomb", dest)
+    assert not response.ok and "recorded at upload" in response.message
+    assert list(dest.iterdir()) == []
+
+
+def test_unreadable_manifest_is_reported(store: Store, tmp_path: Path) -> None:
+    store.write("default/manifests/broken.json", b"{not json")
+    response = StorageClient(service=store.service, api_key=store.api_key).get_metadata("broken")
+    assert not response.ok and "unreadable" in response.message
