@@ -1,0 +1,94 @@
+"""Settings resolution, login, and that the secret never shows in messages, logs or reprs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import StorageClient, StorageSettings, api
+from fedml_storage.api.fedml_response import ResponseCode
+from fedml_storage.config import config_path
+from tests.conftest import TEST_API_KEY
+
+SECRET = TEST_API_KEY.split(":", 1)[1]
+KEY_ID = TEST_API_KEY.split(":", 1)[0]
+
+
+def test_resolution_order_arguments_then_env_then_file(monkeypatch) -> None:
+    assert api.configure(bucket="from-file", namespace="filens", region="eu-west-1").ok
+    s = StorageSettings.resolve()
+    assert (s.bucket, s.namespace, s.region, s.service) == ("from-file", "filens", "eu-west-1", "LOCAL")
+    monkeypatch.setenv("FEDML_STORAGE_BUCKET", "from-env")
+    s = StorageSettings.resolve()
+    assert (s.bucket, s.namespace) == ("from-env", "filens")
+    s = StorageSettings.resolve(bucket="from-arg", namespace=None)
+    assert (s.bucket, s.namespace) == ("from-arg", "filens")
+
+
+def test_configure_rejects_bad_values_and_unknown_keys() -> None:
+    bad = api.configure(namespace="no spaces allowed")
+    assert bad.code == ResponseCode.FAILURE and "namespace" in bad.message
+    unknown = api.configure(buckett="typo")
+    assert unknown.code == ResponseCode.FAILURE and "buckett" in unknown.message
+    assert not config_path().exists()
+
+
+def test_login_stores_key_0600_and_never_echoes_it() -> None:
+    response = api.fedml_login(TEST_API_KEY)
+    assert response.code == ResponseCode.SUCCESS and SECRET not in response.message
+    path = config_path()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["api_key"] == TEST_API_KEY
+    assert StorageSettings.resolve().api_key.get_secret_value() == TEST_API_KEY
+
+
+@pytest.mark.parametrize("key", ["no-colon-here", ":secret-only", "id-only:", "", None, "id:with space"])
+def test_login_rejects_malformed_keys(key) -> None:
+    response = api.fedml_login(key)
+    assert response.code == ResponseCode.FAILURE and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in response.message
+    if key:
+        assert key not in response.message or len(key) < 4
+    assert not config_path().exists()
+
+
+def test_masked_settings_and_reprs_hide_the_key() -> None:
+    s = StorageSettings.resolve(service="S3", bucket="b", api_key=TEST_API_KEY)
+    for text in (repr(s), str(s), json.dumps(s.masked_dict()), repr(StorageClient(s))):
+        assert SECRET not in text and KEY_ID not in text
+
+
+def test_secret_absent_from_failures_and_logs(moto_endpoint: str, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    (tmp_path / "f.txt").write_text("x")
+    responses = [
+        # bucket that does not exist, endpoint that refuses connections, malformed key
+        api.upload(str(tmp_path / "f.txt"), api_key=TEST_API_KEY, service="S3"),
+        StorageClient(service="S3", bucket="no-such-bucket-here", endpoint_url=moto_endpoint,
+                      api_key=TEST_API_KEY).upload(tmp_path / "f.txt"),
+        StorageClient(service="S3", bucket="bucket-x", endpoint_url="http://127.0.0.1:9",
+                      api_key=TEST_API_KEY).list(),
+        StorageClient(service="S3", bucket="bucket-x", api_key=f"{KEY_ID}-{SECRET}").list(),
+    ]
+    assert [r.code for r in responses] == [ResponseCode.FAILURE, ResponseCode.FAILURE, ResponseCode.ERROR,
+                                          ResponseCode.FAILURE]
+    assert responses[1].reason == "not_found" and "does not exist" in responses[1].message
+    assert responses[2].retryable and "try again" in responses[2].message
+    for r in responses:
+        assert SECRET not in r.message and KEY_ID not in r.message and SECRET not in repr(r)
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("fedml_storage") or r.levelno >= logging.INFO]
+    assert ours and not any(SECRET in m or KEY_ID in m for m in ours)
+    # botocore's own DEBUG lines carry the key id in signed headers, never the secret
+    assert SECRET not in caplog.text
+
+
+def test_unwrap_raises_with_message_and_reason(tmp_path: Path) -> None:
+    from fedml_storage import FedMLStorageError
+
+    response = StorageClient().download("missing", tmp_path)
+    with pytest.raises(FedMLStorageError) as info:
+        response.unwrap()
+    assert info.value.reason == "not_found" and not info.value.retryable and "missing" in str(info.value)

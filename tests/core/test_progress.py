@@ -1,0 +1,45 @@
+"""Progress bars count exactly the bytes moved, to stderr or stdout as asked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+import fedml_storage.progress as progress_module
+
+from .conftest import Store, make_tree
+
+BARS: list[tqdm] = []
+
+
+class RecordingBar(tqdm):
+    """A real tqdm bar that remembers itself, so the test can read its final count."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        BARS.append(self)
+
+
+def test_progress_counts_are_exact(store: Store, tmp_path: Path, monkeypatch, capsys) -> None:
+    BARS.clear()
+    monkeypatch.setattr(progress_module, "tqdm", RecordingBar)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 * 1024 * 1024 + 123))  # several parts on S3
+    tree = make_tree(tmp_path / "tree")
+    client = store.client(part_size=5 * 1024 * 1024, download_part_size=1024 * 1024)
+    up_file = client.upload(big, show_progress=True).data
+    up_tree = client.upload(tree, show_progress=True, out_progress_to_err=False, progress_desc="Packing tree").data
+    client.download("big.bin", tmp_path / "o", show_progress=True)
+    client.download("tree", tmp_path / "o", show_progress=True)
+    totals = [(b.desc, b.n, b.total) for b in BARS]
+    assert totals == [
+        ("Uploading Package to Remote Storage", big.stat().st_size, big.stat().st_size),
+        ("Packing tree", up_tree.source_size, up_tree.source_size),
+        ("Downloading from Remote Storage", up_file.size, up_file.size),
+        ("Downloading from Remote Storage", up_tree.size, up_tree.size),
+    ]
+    out, err = capsys.readouterr()
+    assert "Packing tree" in out and "Packing tree" not in err
+    assert "Uploading Package to Remote Storage" in err
