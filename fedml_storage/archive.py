@@ -155,7 +155,10 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             if stat.S_ISLNK(mode):
-                link = zf.read(info).decode("utf-8")
+                with zf.open(info) as src:
+                    link = src.read(4097).decode("utf-8", "replace")
+                if len(link) > 4096:
+                    raise IntegrityError(f"archive link {info.filename!r} has an oversized target; refusing")
                 resolved = PurePosixPath(os.path.normpath(PurePosixPath(rel.parent, link)))
                 if link.startswith("/") or resolved.parts[:1] == ("..",):
                     raise IntegrityError(f"archive link {info.filename!r} -> {link!r} points outside; refusing")

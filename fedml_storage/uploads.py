@@ -37,6 +37,8 @@ class UploadRequest:
 def stored_name(src: Path, name: str | None) -> str:
     """The reference's naming: a directory keeps `name` (or its own); a file keeps its extension."""
     if name is None:
+        if not src.name:
+            raise InvalidInput(f"cannot take a data name from {str(src)!r}; pass name=...")
         return check_name(src.name)
     check_name(name)
     if src.is_file() and src.suffix and not Path(name).suffix:

@@ -151,3 +151,15 @@ def test_client_settings_repr_and_settings_hide_secret(store: Store) -> None:
     if store.service != "LOCAL":
         assert "very-secret" not in repr(client.settings)
         assert client.settings.masked_dict()["api_key"] == "****"
+
+
+def test_empty_directory_round_trip(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()
+    client = store.client()
+    up = client.upload(tmp_path / "nothing")
+    assert up.ok and up.data.file_count == 0
+    assert client.upload(tmp_path / "nothing").data.skipped
+    down = client.download("nothing", tmp_path / "out")
+    assert down.ok and list(Path(down.data).iterdir()) == []
+    root = client.upload("/")
+    assert root.reason == "invalid_input" and "pass name=" in root.message
