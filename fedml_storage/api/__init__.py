@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -22,15 +23,18 @@ def _client(api_key: str | None, service: str | None) -> StorageClient:
     return StorageClient(api_key=api_key, service=service)
 
 
-def upload(data_path, api_key=None, service="R2", name=None, description=None, metadata=None, show_progress=False,
-           out_progress_to_err=True, progress_desc=None, tag_list=None) -> FedMLResponse:
+def upload(data_path: str | os.PathLike, api_key: str | None = None, service: str | None = "R2",
+           name: str | None = None, description: str | None = None, metadata: dict[str, str] | None = None,
+           show_progress: bool = False, out_progress_to_err: bool = True, progress_desc: str | None = None,
+           tag_list: list[str] | None = None) -> FedMLResponse:
     """Store a file or directory; `data` is the stored object's URI (an UploadResult with details)."""
     with _client(api_key, service) as client:
         return client.upload(data_path, name, description, metadata, tag_list, show_progress=show_progress,
                              out_progress_to_err=out_progress_to_err, progress_desc=progress_desc)
 
 
-def download(data_name, api_key=None, service="R2", dest_path=None, show_progress=True, *,
+def download(data_name: str, api_key: str | None = None, service: str | None = "R2",
+             dest_path: str | os.PathLike | None = None, show_progress: bool = True, *,
              version: str | None = None, out_progress_to_err: bool = True,
              progress_desc: str | None = None) -> FedMLResponse:
     """Fetch a dataset into `dest_path` (default: current folder); `data` is the absolute path."""
@@ -39,7 +43,7 @@ def download(data_name, api_key=None, service="R2", dest_path=None, show_progres
                                out_progress_to_err=out_progress_to_err, progress_desc=progress_desc)
 
 
-def delete(data_name, service, api_key=None) -> FedMLResponse:
+def delete(data_name: str, service: str | None, api_key: str | None = None) -> FedMLResponse:
     """Delete a dataset; `data` is True when it was deleted."""
     with _client(api_key, service) as client:
         response = client.delete(data_name)
@@ -48,19 +52,19 @@ def delete(data_name, service, api_key=None) -> FedMLResponse:
     return response
 
 
-def get_storage_metadata(data_name, api_key=None, *, service: str | None = None) -> FedMLResponse:
+def get_storage_metadata(data_name: str, api_key: str | None = None, *, service: str | None = None) -> FedMLResponse:
     """Stored metadata (dataName, description, createdAt, updatedAt, size, tag_list, download_url, ...)."""
     with _client(api_key, service) as client:
         return client.get_metadata(data_name)
 
 
-def get_storage_user_defined_metadata(data_name, api_key=None, *, service: str | None = None) -> FedMLResponse:
+def get_storage_user_defined_metadata(data_name: str, api_key: str | None = None, *, service: str | None = None) -> FedMLResponse:
     """The metadata dict given at upload (`{}` when none)."""
     with _client(api_key, service) as client:
         return client.get_user_metadata(data_name)
 
 
-def list_storage_objects(api_key=None, *, service: str | None = None) -> FedMLResponse:
+def list_storage_objects(api_key: str | None = None, *, service: str | None = None) -> FedMLResponse:
     """Every stored dataset's metadata, sorted by name."""
     with _client(api_key, service) as client:
         return client.list()
