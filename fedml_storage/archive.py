@@ -92,6 +92,20 @@ class HashingWriter:
     def flush(self) -> None:
         pass
 
+    def unordered(self) -> BinaryIO:
+        """The seekable file beneath, for out-of-order (ranged) writes; call `rehash()` after them."""
+        return self._out
+
+    def rehash(self) -> None:
+        """Hash and count the whole file beneath, after out-of-order writes."""
+        self._out.flush()
+        self.sha256, self.size = hashlib.sha256(), 0
+        with open(self._out.fileno(), "rb", closefd=False) as fh:
+            fh.seek(0)
+            while chunk := fh.read(CHUNK * 4):
+                self.sha256.update(chunk)
+                self.size += len(chunk)
+
 
 def write_zip(
     entries: list[Entry], out: BinaryIO, method: str = "stored", progress: Callable[[int], None] | None = None

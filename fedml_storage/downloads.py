@@ -47,7 +47,7 @@ def download(
             writer = HashingWriter(fh)
             with progress_bar(record.size, show_progress, out_progress_to_err, progress_desc or DOWNLOAD_DESC) as adv:
                 try:
-                    catalog.store.get_into(record.key, writer, adv)
+                    catalog.store.get_into(record.key, writer, record.size, adv)
                 except ObjectMissing:
                     raise NotFound(
                         f"the data of {name!r} version {record.version} is missing from the store (deleted or "

@@ -11,8 +11,14 @@ from typing import BinaryIO, Protocol
 Progress = Callable[[int], None]
 
 
-class Writable(Protocol):
+class Sink(Protocol):
+    """Where downloads go: in-order writes, or the seekable file beneath and a rehash after."""
+
     def write(self, data: bytes, /) -> int | None: ...
+
+    def unordered(self) -> BinaryIO: ...
+
+    def rehash(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,8 @@ class ObjectStore(ABC):
         """Store everything read from a non-seekable stream under `key`."""
 
     @abstractmethod
-    def get_into(self, key: str, sink: Writable, progress: Progress | None = None) -> None:
-        """Write the object's bytes to `sink` strictly in order. Raises ObjectMissing."""
+    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
+        """Write the object (of `size` bytes, per the manifest) into `sink`. Raises ObjectMissing."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> tuple[bytes, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import InvalidInput, PreconditionFailed
-from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Writable
+from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
 CHUNK = 8 * 1024 * 1024
 TMP_DIR = ".tmp"
@@ -75,7 +75,7 @@ class LocalStore(ObjectStore):
     def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
         self._write_atomic(key, lambda out: self._copy(stream, out, progress))
 
-    def get_into(self, key: str, sink: Writable, progress: Progress | None = None) -> None:
+    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
         try:
             src = open(self._path(key), "rb")
         except FileNotFoundError:

@@ -166,3 +166,19 @@ def test_unreadable_manifest_is_reported(store: Store, tmp_path: Path) -> None:
     store.write("default/manifests/broken.json", b"{not json")
     response = StorageClient(service=store.service, api_key=store.api_key).get_metadata("broken")
     assert not response.ok and "unreadable" in response.message
+
+
+def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(5 * 1024 * 1024 + 17))
+    client = store.client(download_threshold=0, download_part_size=1024 * 1024, concurrency=4)
+    assert client.upload(src).ok
+    down = client.download("big.bin", tmp_path / "ok")
+    assert down.ok and Path(down.data).read_bytes() == src.read_bytes()
+    key = _manifest(store, "big.bin")["versions"][0]["key"]
+    data = bytearray(store.read(key))
+    data[-1] ^= 0x01
+    store.write(key, bytes(data))
+    bad = client.download("big.bin", tmp_path / "bad")
+    assert not bad.ok and "corrupt" in bad.message
+    assert list((tmp_path / "bad").iterdir()) == []
