@@ -9,9 +9,8 @@ import stat
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from .errors import IntegrityError, InvalidInput
 
@@ -21,12 +20,11 @@ CHUNK = 1024 * 1024
 METHODS = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One file or folder of a tree, by its POSIX path relative to the root."""
 
     rel: str
-    path: Path
+    path: str
     st: os.stat_result
     is_dir: bool
 
@@ -34,36 +32,39 @@ class Entry:
 def scan_tree(root: Path) -> list[Entry]:
     """Files (links to files followed) and folders under `root`, sorted; links to folders are skipped."""
     entries: list[Entry] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
-        base = Path(dirpath)
-        rel_base = base.relative_to(root).as_posix()
-        kept = []
-        for d in sorted(dirnames):
-            full = base / d
-            if full.is_symlink():
-                log.warning("skipping linked folder %s (links to folders are not followed)", full)
-                continue
-            kept.append(d)
-            rel = d if rel_base == "." else f"{rel_base}/{d}"
-            entries.append(Entry(rel, full, full.stat(), True))
-        dirnames[:] = kept
-        for f in sorted(filenames):
-            full = base / f
-            try:
-                st = full.stat()
-            except FileNotFoundError:
-                raise InvalidInput(f"{full} is a broken link; remove it or fix its target") from None
-            if not stat.S_ISREG(st.st_mode):
-                log.warning("skipping %s: not a regular file", full)
-                continue
-            rel = f if rel_base == "." else f"{rel_base}/{f}"
-            entries.append(Entry(rel, full, st, False))
+    _scan(str(root), "", entries)
     entries.sort(key=lambda e: e.rel)
     return entries
 
 
-def _raise(exc: OSError) -> None:
-    raise InvalidInput(f"cannot read {exc.filename}: {exc.strerror}") from None
+def _scan(folder: str, prefix: str, out: list[Entry]) -> None:
+    try:
+        with os.scandir(folder) as it:
+            items = list(it)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {folder}: {exc.strerror}") from None
+    for item in items:
+        rel = prefix + item.name
+        if item.is_dir(follow_symlinks=False):
+            out.append(Entry(rel, item.path, item.stat(), True))
+            _scan(item.path, rel + "/", out)
+            continue
+        try:
+            st = item.stat()
+        except FileNotFoundError:
+            raise InvalidInput(f"{item.path} is a broken link; remove it or fix its target") from None
+        if stat.S_ISDIR(st.st_mode):
+            log.warning("skipping linked folder %s (links to folders are not followed)", item.path)
+        elif stat.S_ISREG(st.st_mode):
+            out.append(Entry(rel, item.path, st, False))
+        else:
+            log.warning("skipping %s: not a regular file", item.path)
+
+
+def tree_fingerprint(entries: list[Entry]) -> str:
+    """Changes whenever any path, size, mtime or inode in the tree does: the key of the tree digest cache."""
+    lines = "".join(f"{e.rel}\0{e.st.st_size}\0{e.st.st_mtime_ns}\0{e.st.st_ino}\0{e.is_dir:d}\n" for e in entries)
+    return hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def tree_digest(entries: list[Entry], digests: dict[str, str]) -> str:

@@ -36,6 +36,7 @@ class DigestCache:
                 "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
                 " ino INTEGER, sha256 TEXT)"
             )
+            self._db.execute("CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, fingerprint TEXT, digest TEXT)")
         except sqlite3.Error as exc:
             log.debug("digest cache disabled: %s", exc)
             self._db = None
@@ -69,6 +70,27 @@ class DigestCache:
         try:
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            log.debug("digest cache update failed: %s", exc)
+
+    def lookup_tree(self, root: str, fingerprint: str) -> str | None:
+        """The cached tree digest of `root` if its stat fingerprint is unchanged."""
+        if self._db is None:
+            return None
+        try:
+            row = self._db.execute("SELECT fingerprint, digest FROM trees WHERE root = ?", (root,)).fetchone()
+        except sqlite3.Error as exc:
+            log.debug("digest cache lookup failed: %s", exc)
+            return None
+        return row[1] if row and row[0] == fingerprint else None
+
+    def store_tree(self, root: str, fingerprint: str, digest: str, newest_mtime_ns: int) -> None:
+        """Remember a tree digest, unless a file in it is too recent to trust its mtime."""
+        if self._db is None or newest_mtime_ns >= (time.time() - RACY_SECONDS) * 1e9:
+            return
+        try:
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO trees VALUES (?, ?, ?)", (root, fingerprint, digest))
         except sqlite3.Error as exc:
             log.debug("digest cache update failed: %s", exc)
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import Entry, HashingWriter, scan_tree, tree_digest, write_zip
+from .archive import Entry, HashingWriter, scan_tree, tree_digest, tree_fingerprint, write_zip
 from .catalog import Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
@@ -150,19 +150,25 @@ def _directory(src, name, settings, catalog, cache, current, req, desc) -> tuple
     entries = scan_tree(src)
     files = [e for e in entries if not e.is_dir]
     total = sum(e.st.st_size for e in files)
-    by_path = cache.lookup([(str(e.path), e.st) for e in files])
-    digests = {e.rel: by_path[str(e.path)] for e in files if str(e.path) in by_path}
+    fingerprint = tree_fingerprint(entries)
+    newest = max((e.st.st_mtime_ns for e in entries), default=0)
     same_shape = (
         current is not None and current.kind == "directory"
         and current.file_count == len(files) and current.source_size == total
     )
-    if same_shape and len(digests) < len(files):
+    if same_shape and cache.lookup_tree(str(src), fingerprint) == current.content_digest:
+        return current, None  # nothing in the tree changed since it was last digested
+    if same_shape:
+        by_path = cache.lookup([(e.path, e.st) for e in files])
+        digests = {e.rel: by_path[e.path] for e in files if e.path in by_path}
         missing = [e for e in files if e.rel not in digests]
         fresh = _hash_all(missing)
         digests.update(fresh)
-        cache.store([(str(e.path), e.st, fresh[e.rel]) for e in missing])
-    if same_shape and len(digests) == len(files) and current.content_digest == tree_digest(entries, digests):
-        return current, None
+        cache.store([(e.path, e.st, fresh[e.rel]) for e in missing])
+        digest = tree_digest(entries, digests)
+        cache.store_tree(str(src), fingerprint, digest, newest)
+        if current.content_digest == digest:
+            return current, None
     version = new_version_id()
     key = catalog.data_key(name, version, name + ".zip")
     pipe = BoundedPipe(limit=max(settings.part_size, 8 << 20))
@@ -194,9 +200,10 @@ def _directory(src, name, settings, catalog, cache, current, req, desc) -> tuple
                 pipe.close_reader()
                 raise
             digests = zipping.result()
-    cache.store([(str(e.path), e.st, digests[e.rel]) for e in files])
-    record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(),
-                     tree_digest(entries, digests), total, len(files))
+    cache.store([(e.path, e.st, digests[e.rel]) for e in files])
+    digest = tree_digest(entries, digests)
+    cache.store_tree(str(src), fingerprint, digest, newest)
+    record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, total, len(files))
     return record, key
 
 
