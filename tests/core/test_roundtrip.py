@@ -163,3 +163,18 @@ def test_empty_directory_round_trip(store: Store, tmp_path: Path) -> None:
     assert down.ok and list(Path(down.data).iterdir()) == []
     root = client.upload("/")
     assert root.reason == "invalid_input" and "pass name=" in root.message
+
+
+def test_digest_cache_never_hides_a_change(store: Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "cached")
+    old = 1_600_000_000
+    for p in src.rglob("*"):
+        os.utime(p, (old, old))  # old enough that the cache trusts these stats
+    client = store.client()
+    first = client.upload(src).data
+    assert client.upload(src).data.skipped  # served by the tree digest cache
+    (src / "sub" / "deeper" / "c.csv").write_text("x,y\n9,9\n")  # same size, new mtime
+    changed = client.upload(src).data
+    assert not changed.skipped and changed.content_digest != first.content_digest
+    down = client.download("cached", tmp_path / "out")
+    assert (Path(down.data) / "sub" / "deeper" / "c.csv").read_text() == "x,y\n9,9\n"
