@@ -6,7 +6,6 @@ download it elsewhere, verify it byte for byte, show its metadata, and clean up.
 
 from __future__ import annotations
 
-import filecmp
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from prettytable import PrettyTable
 
 import fedml_storage
 from fedml_storage.api.fedml_response import ResponseCode
+from fedml_storage.compare import tree_differences
 
 SERVICE = "LOCAL"
 DATA_NAME = "quickstart-dataset"
@@ -30,15 +30,6 @@ def make_dataset(root: Path) -> Path:
     (data / "empty.txt").touch()
     (data / "notes-é.txt").write_text("unicode names survive the round trip\n")
     return data
-
-
-def same_tree(a: Path, b: Path) -> bool:
-    """True when two folders hold the same names and bytes."""
-    cmp = filecmp.dircmp(a, b)
-    if cmp.left_only or cmp.right_only or cmp.funny_files:
-        return False
-    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
-    return not mismatch and not errors and all(same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
 def main(keep: bool = False) -> int:
@@ -64,7 +55,7 @@ def main(keep: bool = False) -> int:
         print(down.message)
         if down.code != ResponseCode.SUCCESS:
             return 1
-        ok = same_tree(source, Path(down.data))
+        ok = not tree_differences(source, down.data)
         print("verified byte for byte:", ok)
         meta = fedml_storage.api.get_storage_user_defined_metadata(DATA_NAME, service=SERVICE)
         print("user metadata:", meta.data)

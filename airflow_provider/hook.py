@@ -1,0 +1,135 @@
+"""`FedMLStorageHook`: a fedml_storage client built from an Airflow connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+
+from fedml_storage import FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata
+
+# Connection extra keys that map one to one onto the core's settings.
+SETTING_KEYS = ("service", "bucket", "endpoint_url", "region", "r2_account_id", "namespace", "local_root",
+                "part_size", "download_part_size", "download_threshold", "concurrency", "keep_versions", "compression")
+
+
+class FedMLStorageException(AirflowException):
+    """A storage call did not succeed; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, reason: str | None, retryable: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+
+def raise_for(response: FedMLResponse) -> Any:
+    """Return `data`, or raise: bad input fails the task at once, anything else lets Airflow retry."""
+    if response.ok:
+        return response.data
+    if response.reason == "invalid_input":
+        raise AirflowFailException(response.message)
+    raise FedMLStorageException(response.message, response.reason, response.retryable)
+
+
+class FedMLStorageHook(BaseHook):
+    """Talks to FedML storage with the settings of connection `fedml_storage_conn_id`.
+
+    Without that connection (only for the default id) the core's own configuration is used:
+    FEDML_STORAGE_* variables, the config file, or the embedded LOCAL store.
+    """
+
+    conn_name_attr = "fedml_storage_conn_id"
+    default_conn_name = "fedml_storage_default"
+    conn_type = "fedml_storage"
+    hook_name = "FedML Storage"
+
+    def __init__(self, fedml_storage_conn_id: str = default_conn_name, **overrides: Any) -> None:
+        super().__init__()
+        self.fedml_storage_conn_id = fedml_storage_conn_id
+        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._client: StorageClient | None = None
+
+    def settings_from_connection(self) -> dict[str, Any]:
+        """Core settings from the connection's fields (extra) and password (the API key)."""
+        try:
+            conn = self.get_connection(self.fedml_storage_conn_id)
+        except AirflowNotFoundException:
+            if self.fedml_storage_conn_id != self.default_conn_name:
+                raise
+            self.log.info("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
+            return {}
+        extra = conn.extra_dejson
+        settings = {k: extra[k] for k in SETTING_KEYS if extra.get(k) not in (None, "")}
+        if conn.password:
+            password = conn.password
+            settings["api_key"] = password if ":" in password or not conn.login else f"{conn.login}:{password}"
+        return settings
+
+    def get_client(self) -> StorageClient:
+        """The core client for this connection (built once)."""
+        if self._client is None:
+            self._client = StorageClient(**{**self.settings_from_connection(), **self._overrides})
+        return self._client
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this connection stores under."""
+        try:
+            return self.get_client().settings.namespace
+        except FedMLStorageError as exc:
+            return raise_for(exc.response)
+
+    def upload(self, data_path: str, name: str | None = None, description: str | None = None,
+               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:
+        """Store a file or directory; the upload's details as a JSON-able dict."""
+        result = raise_for(self.get_client().upload(data_path, name, description, metadata, tag_list))
+        self.log.info("%s", result.summary())
+        return result.to_dict()
+
+    def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
+        """Fetch a dataset; its absolute local path."""
+        result = raise_for(self.get_client().download(name, dest_path, version=version))
+        self.log.info("%s", result.summary())
+        return str(result)
+
+    def delete(self, name: str) -> bool:
+        """Remove a dataset; True."""
+        raise_for(self.get_client().delete(name))
+        self.log.info("deleted %r", name)
+        return True
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every dataset's metadata as dicts."""
+        items: list[StorageMetadata] = raise_for(self.get_client().list())
+        return [m.to_dict() for m in items]
+
+    def get_metadata(self, name: str) -> dict[str, Any]:
+        """Stored metadata of a dataset as a dict."""
+        return raise_for(self.get_client().get_metadata(name)).to_dict()
+
+    def get_user_metadata(self, name: str) -> dict[str, str]:
+        """The metadata dict given at upload."""
+        return raise_for(self.get_client().get_user_metadata(name))
+
+    def exists(self, name: str) -> bool:
+        """Whether a dataset of that name is stored."""
+        return raise_for(self.get_client().exists(name))
+
+    def asset_uri(self, name: str) -> str:
+        """fedml://<namespace>/<name> for this connection."""
+        try:
+            return self.get_client().asset_uri(name)
+        except FedMLStorageError as exc:
+            return raise_for(exc.response)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """A real round trip (list); the error on failure, never the secret."""
+        try:
+            settings = self.settings_from_connection()
+        except AirflowNotFoundException as exc:
+            return False, str(exc)
+        response = StorageClient(**settings).list()
+        if response.ok:
+            return True, f"Connection works: {len(response.data)} dataset(s) visible"
+        return False, response.message

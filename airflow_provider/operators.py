@@ -1,0 +1,150 @@
+"""Operators that upload, download, delete, list and inspect FedML storage datasets.
+
+They only translate between Airflow and the core: templated arguments in, one log line and a
+JSON-serialisable XCom value out; a failed call raises so Airflow's retries apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from fedml_storage import asset_uri
+
+from .hook import FedMLStorageHook
+
+
+class _StorageOperator(BaseOperator):
+    """Connection id and per-task overrides shared by the operators."""
+
+    def __init__(self, *, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
+                 service: str | None = None, namespace: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fedml_storage_conn_id = fedml_storage_conn_id
+        self.service = service
+        self.namespace = namespace
+
+    def hook(self) -> FedMLStorageHook:
+        return FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
+
+
+def _static_asset(name: str | None, namespace: str | None) -> list[Asset]:
+    """The dataset's Asset when its name is known at parse time (not templated)."""
+    if not name or "{{" in name or (namespace and "{{" in namespace):
+        return []
+    return [Asset(asset_uri(namespace or "default", name))]
+
+
+class FedMLStorageUploadOperator(_StorageOperator):
+    """Upload a file or directory; XCom: name, uri, version, sha256, size, skipped, ...
+
+    Declares the outlet Asset ``fedml://<namespace>/<name>`` (namespace "default" unless given), so DAGs
+    scheduled on it run after each upload.
+    """
+
+    template_fields: Sequence[str] = ("data_path", "name", "description", "metadata", "tag_list", "service",
+                                      "namespace")
+    template_fields_renderers = {"metadata": "json"}
+
+    def __init__(self, *, data_path: str, name: str | None = None, description: str | None = None,
+                 metadata: dict[str, str] | str | None = None, tag_list: list[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_path = data_path
+        self.name = name
+        self.description = description
+        self.metadata = metadata
+        self.tag_list = tag_list
+        if not self.outlets:
+            asset_name = name or (os.path.basename(str(data_path).rstrip("/")) if "{{" not in str(data_path) else None)
+            self.outlets = _static_asset(asset_name, kwargs.get("namespace") or self.namespace)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        metadata = self.metadata
+        if isinstance(metadata, str):
+            try:
+                metadata = json.loads(metadata) if metadata.strip() else None
+            except json.JSONDecodeError:
+                raise AirflowFailException("metadata must be a dict or a JSON object of strings") from None
+        hook = self.hook()
+        result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
+        uri = hook.asset_uri(result["name"])
+        declared = [a for a in self.outlets if isinstance(a, Asset)]
+        for asset in declared:
+            if asset.uri == uri:
+                context["outlet_events"][asset].extra = {
+                    k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")
+                }
+        if declared and uri not in {a.uri for a in declared}:
+            self.log.warning("declared outlets %s do not match the stored dataset %s; pass namespace=/name= to "
+                             "match", [a.uri for a in declared], uri)
+        return result
+
+
+class FedMLStorageDownloadOperator(_StorageOperator):
+    """Download a dataset (optionally an exact version) into `dest_path`; XCom: its absolute path."""
+
+    template_fields: Sequence[str] = ("name", "dest_path", "version", "service", "namespace")
+
+    def __init__(self, *, name: str, dest_path: str | None = None, version: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.dest_path = dest_path
+        self.version = version
+        if not self.inlets:
+            self.inlets = _static_asset(name, kwargs.get("namespace") or self.namespace)
+
+    def execute(self, context: Context) -> str:
+        return self.hook().download(self.name, self.dest_path, self.version or None)
+
+
+class FedMLStorageDeleteOperator(_StorageOperator):
+    """Delete a dataset; XCom: True."""
+
+    template_fields: Sequence[str] = ("name", "service", "namespace")
+
+    def __init__(self, *, name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+
+    def execute(self, context: Context) -> bool:
+        return self.hook().delete(self.name)
+
+
+class FedMLStorageListOperator(_StorageOperator):
+    """List stored datasets; XCom: a list of metadata dicts."""
+
+    template_fields: Sequence[str] = ("service", "namespace")
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        items = self.hook().list()
+        self.log.info("listed %d dataset(s): %s", len(items), ", ".join(i["dataName"] for i in items[:20]))
+        return items
+
+
+class FedMLStorageMetadataOperator(_StorageOperator):
+    """Read a dataset's stored metadata (or only the user-defined dict); XCom: a dict."""
+
+    template_fields: Sequence[str] = ("name", "service", "namespace")
+
+    def __init__(self, *, name: str, user_defined_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.user_defined_only = user_defined_only
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        hook = self.hook()
+        if self.user_defined_only:
+            meta = hook.get_user_metadata(self.name)
+            self.log.info("user metadata of %r: %d key(s)", self.name, len(meta))
+            return meta
+        meta = hook.get_metadata(self.name)
+        self.log.info("metadata of %r: version %s, %s, %d file(s)", self.name, meta["version"], meta["size"],
+                      meta["file_count"])
+        return meta
