@@ -11,7 +11,8 @@ from fedml_storage import FedMLResponse, FedMLStorageError, StorageClient, Stora
 
 # Connection extra keys that map one to one onto the core's settings.
 SETTING_KEYS = ("service", "bucket", "endpoint_url", "region", "r2_account_id", "namespace", "local_root",
-                "part_size", "download_part_size", "download_threshold", "concurrency", "keep_versions", "compression")
+                "part_size", "download_part_size", "download_threshold", "concurrency", "keep_versions", "compression",
+                "max_attempts")
 
 
 class FedMLStorageException(AirflowException):

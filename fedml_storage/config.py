@@ -53,6 +53,7 @@ class StorageSettings(BaseModel):
     )
     download_part_size: int = Field(64 * MiB, ge=1 * MiB, description="Ranged download part size.")
     concurrency: int = Field(8, ge=1, le=64, description="Parallel parts per transfer.")
+    max_attempts: int = Field(6, ge=1, le=20, description="Attempts per request (botocore retries with backoff).")
     keep_versions: int = Field(1, ge=1, le=1000, description="Versions kept downloadable per name.")
     compression: Literal["stored", "deflated"] = Field("stored", description="Zip method for directories.")
 

@@ -46,7 +46,7 @@ class S3Store(ObjectStore):
         self.bucket = settings.bucket
         custom = endpoint is not None
         config = Config(
-            retries={"max_attempts": 6, "mode": "standard"},
+            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
             max_pool_connections=settings.concurrency + 4,
             connect_timeout=10,
             read_timeout=60,

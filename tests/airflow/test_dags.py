@@ -1,0 +1,63 @@
+"""The example DAGs end to end with `airflow dags test`, on LOCAL and on moto S3, compared byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from tests.conftest import TEST_API_KEY, s3_client
+from tests.core.conftest import tree_bytes
+
+from .conftest import query, run_dag, succeeded
+
+DATASET = "handoff-dataset"
+SECRET = TEST_API_KEY.split(":", 1)[1]
+
+
+def _xcom(home: Path, dag_id: str, task_id: str):
+    rows = query(home, "SELECT value FROM xcom WHERE dag_id=? AND task_id=? AND key='return_value' "
+                       "ORDER BY timestamp DESC LIMIT 1", dag_id, task_id)
+    value = rows[0][0]
+    return json.loads(value if isinstance(value, str) else value.decode())
+
+
+def _handoff_then_consumer(home: Path, work: Path, env: dict[str, str]) -> str:
+    env = {**env, "FEDML_EXAMPLE_WORKDIR": str(work), "FEDML_EXAMPLE_KEEP": "1"}
+    producer = run_dag(home, "fedml_storage_handoff", env)
+    assert succeeded(producer), (producer.stdout + producer.stderr)[-4000:]
+    produced, downloaded = work / "produced" / DATASET, work / "downloaded" / DATASET
+    assert tree_bytes(downloaded) == tree_bytes(produced) and len(tree_bytes(produced)) == 12
+    upload = _xcom(home, "fedml_storage_handoff", "upload")
+    assert upload["name"] == DATASET and upload["version"] and not upload["skipped"]
+    # the download was pinned to the uploaded version, and the Asset event carries it
+    events = query(home, "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? "
+                         "ORDER BY e.timestamp DESC LIMIT 1", f"fedml://default/{DATASET}")
+    assert json.loads(events[0][0])["version"] == upload["version"]
+    queued = query(home, "SELECT target_dag_id FROM asset_dag_run_queue")
+    assert ("fedml_storage_consumer",) in queued  # data-aware scheduling picked the consumer
+    listed = _xcom(home, "fedml_storage_handoff", "list")
+    assert DATASET in [item["dataName"] for item in listed]
+
+    consumer = run_dag(home, "fedml_storage_consumer", env)
+    assert succeeded(consumer), (consumer.stdout + consumer.stderr)[-4000:]
+    assert tree_bytes(work / "consumed" / DATASET) == tree_bytes(produced)
+    return producer.stdout + producer.stderr + consumer.stdout + consumer.stderr
+
+
+def test_handoff_and_consumer_on_local(airflow_home: Path, tmp_path: Path, isolated_home: Path) -> None:
+    _handoff_then_consumer(airflow_home, tmp_path / "work", {"FEDML_STORAGE_HOME": str(isolated_home)})
+    assert not list((isolated_home / "store" / "default" / "manifests").glob("*.json"))  # consumer cleaned up
+
+
+def test_handoff_and_consumer_on_s3_with_uri_connection(airflow_home: Path, tmp_path: Path, moto_endpoint: str,
+                                                        s3_bucket: str) -> None:
+    key_id, secret = TEST_API_KEY.split(":", 1)
+    uri = (f"fedml-storage://{quote(key_id, safe='')}:{quote(secret, safe='')}@/?service=S3&bucket={s3_bucket}"
+           f"&endpoint_url={quote(moto_endpoint, safe='')}&region=us-east-1")
+    output = _handoff_then_consumer(airflow_home, tmp_path / "work", {"AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": uri})
+    assert SECRET not in output
+    keys = [o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert keys == []  # uploaded, consumed and deleted on S3, not on LOCAL
+    assert all(SECRET not in str(row) for row in query(airflow_home, "SELECT value FROM xcom"))

@@ -1,0 +1,66 @@
+"""Airflow retries: the first try fails because S3 is not up yet, the retry succeeds, data is stored once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from moto.server import ThreadedMotoServer
+
+from tests.conftest import TEST_API_KEY, s3_client
+
+from .conftest import AIRFLOW, base_env, query
+
+DAGFILE = Path(__file__).parent / "dags" / "fedml_retry_dag.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    data = tmp_path / "retried"
+    data.mkdir()
+    (data / "part.bin").write_bytes(os.urandom(10_000))
+    conn = {"conn_type": "fedml_storage", "password": TEST_API_KEY,
+            "extra": {"service": "S3", "bucket": "retry-bucket", "endpoint_url": f"http://127.0.0.1:{port}",
+                      "region": "us-east-1", "max_attempts": 1}}
+    env = {**os.environ, **base_env(airflow_home), "AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": json.dumps(conn),
+           "FEDML_RETRY_DATA": str(data), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
+    log = (tmp_path / "dags-test.log").open("w")
+    proc = subprocess.Popen([AIRFLOW, "dags", "test", "fedml_storage_retry", "-f", str(DAGFILE)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    server = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            states = query(airflow_home, "SELECT state FROM task_instance WHERE dag_id='fedml_storage_retry' "
+                                         "AND task_id='upload'")
+            if ("up_for_retry",) in states:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the DAG run ended before its first try failed"
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        s3_client(f"http://127.0.0.1:{port}").create_bucket(Bucket="retry-bucket")
+        assert proc.wait(timeout=120) == 0
+        output = (tmp_path / "dags-test.log").read_text()
+        assert "cannot reach the storage endpoint" in output and "Marking run" in output
+        assert TEST_API_KEY.split(":")[1] not in output
+        tries = query(airflow_home, "SELECT state, try_number FROM task_instance WHERE dag_id='fedml_storage_retry'")
+        assert tries == [("success", 2)]
+        keys = [o["Key"] for o in s3_client(f"http://127.0.0.1:{port}").list_objects_v2(
+            Bucket="retry-bucket")["Contents"]]
+        assert len([k for k in keys if "/data/" in k]) == 1 and keys.count("default/manifests/retried.json") == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if server is not None:
+            server.stop()
