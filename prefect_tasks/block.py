@@ -1,0 +1,75 @@
+"""`FedMLStorage`: a Prefect block holding the settings of one FedML store (the API key as a secret)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from fedml_storage import StorageClient
+
+
+class FedMLStorage(Block):
+    """Where datasets live: the embedded LOCAL store, S3 (or any S3-compatible endpoint) or Cloudflare R2.
+
+    Fields left empty fall back to fedml-storage's own configuration (FEDML_STORAGE_* variables, the
+    config file, or the embedded LOCAL store).
+    """
+
+    _block_type_name = "FedML Storage"
+    _block_type_slug = "fedml-storage"
+    _logo_url = None
+    _description = "Settings to move datasets through FedML storage (LOCAL, S3 or R2) from Prefect flows."
+    _documentation_url = "https://pypi.org/project/fedml-storage/"
+    _code_example = """
+```python
+from prefect_tasks import FedMLStorage, upload_data
+
+storage = FedMLStorage(service="S3", bucket="ml-datasets", api_key="ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+storage.save("ml-datasets")
+
+upload_data("data/mnist", storage=FedMLStorage.load("ml-datasets"))
+```"""
+
+    service: Literal["LOCAL", "S3", "R2"] | None = Field(None, description="Storage service: LOCAL, S3 or R2.")
+    bucket: str | None = Field(None, description="Bucket for S3 and R2.")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (MinIO, Ceph, R2).")
+    region: str | None = Field(None, description="Region for S3.")
+    r2_account_id: str | None = Field(None, description="Cloudflare account id, which gives the R2 endpoint.")
+    namespace: str | None = Field(None, description="Key prefix, so several teams can share one bucket.")
+    local_root: str | None = Field(None, description="Folder of the embedded LOCAL store.")
+    api_key: SecretStr | None = Field(None, description="Storage credential written ACCESS_KEY_ID:SECRET_ACCESS_KEY.")
+
+    def settings(self) -> dict[str, Any]:
+        """The fields as core settings (only the ones set)."""
+        values = {k: getattr(self, k) for k in ("service", "bucket", "endpoint_url", "region", "r2_account_id",
+                                                "namespace", "local_root")}
+        if self.api_key is not None:
+            values["api_key"] = self.api_key.get_secret_value()
+        return {k: v for k, v in values.items() if v not in (None, "")}
+
+    def client(self, **overrides: Any) -> StorageClient:
+        """A core client for this store."""
+        return StorageClient(**{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
+
+    def upload(self, data_path: str, name: str | None = None, description: str | None = None,
+               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:
+        """Store a file or directory; the upload's details. Raises FedMLStorageError on failure."""
+        return self.client().upload(data_path, name, description, metadata, tag_list).unwrap().to_dict()
+
+    def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
+        """Fetch a dataset; its absolute path."""
+        return str(self.client().download(name, dest_path, version=version).unwrap())
+
+    def delete(self, name: str) -> bool:
+        """Remove a dataset; True."""
+        return self.client().delete(name).unwrap()
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every dataset's metadata as dicts."""
+        return [m.to_dict() for m in self.client().list().unwrap()]
+
+    def get_metadata(self, name: str) -> dict[str, Any]:
+        """Stored metadata (including the user-defined dict) of a dataset."""
+        return self.client().get_metadata(name).unwrap().to_dict()
