@@ -1,0 +1,159 @@
+"""Real Prefect flow runs: the example flow on LOCAL and S3, retries, bad input, block, artifacts, assets."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+
+from fedml_storage import FedMLStorageError, StorageClient
+from fedml_storage.backends.s3 import S3Store
+from fedml_storage.errors import TransientError
+from prefect_tasks import FedMLStorage, download_data, list_data, upload_data
+from tests.conftest import TEST_API_KEY, s3_client
+from tests.core.conftest import tree_bytes
+
+SECRET = TEST_API_KEY.split(":", 1)[1]
+
+
+def _load_example():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "dags_examples" / "prefect_dataset_flow.py"
+    spec = importlib.util.spec_from_file_location("prefect_dataset_flow", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _s3_block(s3_settings: dict) -> FedMLStorage:
+    return FedMLStorage(service="S3", bucket=s3_settings["bucket"], endpoint_url=s3_settings["endpoint_url"],
+                        region="us-east-1", api_key=s3_settings["api_key"])
+
+
+def test_example_flow_on_local(tmp_path: Path) -> None:
+    example = _load_example()
+    report = example.dataset_handoff(workdir=str(tmp_path), keep=True)
+    produced = tmp_path / "produced" / example.DATASET
+    assert tree_bytes(Path(report["downloaded"])) == tree_bytes(produced) and report["files"] == 11
+    assert report["metadata"]["version"] == report["uploaded"]["version"]
+    assert example.DATASET in report["listed"] and report["deleted"] is True
+    assert StorageClient().list().data == []  # cleaned up
+
+
+def test_example_flow_on_s3_with_block(tmp_path: Path, s3_settings: dict, moto_endpoint: str) -> None:
+    example = _load_example()
+    report = example.dataset_handoff(workdir=str(tmp_path), storage=_s3_block(s3_settings), keep=True)
+    assert tree_bytes(Path(report["downloaded"])) == tree_bytes(tmp_path / "produced" / example.DATASET)
+    assert report["uploaded"]["uri"].startswith(f"s3://{s3_settings['bucket']}/")
+    assert "Contents" not in s3_client(moto_endpoint).list_objects_v2(Bucket=s3_settings["bucket"])
+    assert not (Path(StorageClient().settings.store_root) / "default" / "manifests").exists()  # not on LOCAL
+
+
+def test_transient_fault_is_retried_and_data_stored_once(tmp_path: Path, s3_settings: dict, moto_endpoint: str,
+                                                         monkeypatch) -> None:
+    src = tmp_path / "flaky"
+    src.mkdir()
+    (src / "f.bin").write_bytes(b"x" * 5000)
+    calls = {"n": 0}
+    original = S3Store.put_stream
+
+    def flaky_once(self, key, stream, progress=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise TransientError("injected: storage service busy (503)")
+        return original(self, key, stream, progress)
+
+    monkeypatch.setattr(S3Store, "put_stream", flaky_once)
+
+    @flow
+    def once(block: FedMLStorage) -> dict:
+        return upload_data.with_options(retry_delay_seconds=0)(str(src), storage=block)
+
+    result = once(_s3_block(s3_settings))
+    assert calls["n"] == 2 and result["name"] == "flaky"
+    keys = [o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=s3_settings["bucket"])["Contents"]]
+    assert len([k for k in keys if "/data/" in k]) == 1 and len([k for k in keys if "/manifests/" in k]) == 1
+
+
+def test_bad_input_is_not_retried(tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    original = StorageClient.upload
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StorageClient, "upload", counting)
+
+    @flow
+    def bad() -> None:
+        upload_data.with_options(retry_delay_seconds=0)(str(tmp_path / "missing"))
+
+    with pytest.raises(FedMLStorageError, match="does not exist"):
+        bad()
+    assert calls["n"] == 1
+
+
+def test_tasks_are_real_tasks_and_work_in_async_flows(tmp_path: Path) -> None:
+    for t in (upload_data, download_data, list_data):
+        assert hasattr(t, "submit") and hasattr(t, "map") and hasattr(t, "with_options")
+    for i in range(3):
+        (tmp_path / f"part{i}.txt").write_text(str(i))
+
+    @flow
+    async def async_flow() -> list[str]:
+        futures = upload_data.map([str(tmp_path / f"part{i}.txt") for i in range(3)])
+        names = [f.result()["name"] for f in futures]
+        path = download_data.submit("part1.txt", dest_path=str(tmp_path / "o")).result()
+        return names + [Path(path).read_text()]
+
+    assert asyncio.run(async_flow()) == ["part0.txt", "part1.txt", "part2.txt", "1"]
+
+
+def test_block_saves_and_loads_with_the_secret_hidden(s3_settings: dict) -> None:
+    block = _s3_block(s3_settings)
+    block.save("fedml-test-block", overwrite=True)
+    loaded = FedMLStorage.load("fedml-test-block")
+    assert loaded.api_key.get_secret_value() == TEST_API_KEY
+    assert loaded.bucket == s3_settings["bucket"]
+    for text in (repr(loaded), str(loaded), loaded.model_dump_json()):
+        assert SECRET not in text
+    assert loaded.list() == []
+
+
+def test_artifacts_and_asset_lineage(tmp_path: Path) -> None:
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "a.txt").write_text("artifact")
+
+    @flow
+    def with_artifacts() -> dict:
+        up = upload_data(str(tmp_path / "art"), description="for artifacts")
+        list_data()
+        return up
+
+    up = with_artifacts()
+
+    async def read() -> tuple[list, list, list]:
+        async with get_client() as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+            from prefect.client.schemas.sorting import ArtifactSort
+
+            newest = ArtifactSort.CREATED_DESC
+            table = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["fedml-storage-list"])), sort=newest)
+            upload = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["fedml-upload-art"])), sort=newest)
+            from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(any_=["materialize fedml://default/art"])))
+            return table, upload, runs
+
+    table, upload, runs = asyncio.run(read())
+    assert runs and all(r.state.is_completed() for r in runs)  # lineage: fedml://default/art was materialised
+    assert table and '"name": "art"' in str(table[0].data) and "for artifacts" in str(table[0].data)
+    assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
