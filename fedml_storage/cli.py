@@ -1,0 +1,226 @@
+"""`fedml-storage`: the Storage API at a terminal. Exit codes: 0 success, 1 FAILURE/ERROR, 2 usage errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+from prettytable import PrettyTable
+
+from . import __version__, api
+from .client import StorageClient
+from .config import config_path
+from .response import FedMLResponse
+from .errors import redact
+
+
+class Ctx:
+    """Options every command shares."""
+
+    def __init__(self, service: str | None, namespace: str | None, api_key: str | None, quiet: bool,
+                 debug: bool) -> None:
+        self.service, self.namespace, self.api_key = service, namespace, api_key
+        self.quiet, self.debug = quiet, debug
+
+    def client(self) -> StorageClient:
+        return StorageClient(service=self.service, namespace=self.namespace, api_key=self.api_key)
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet and sys.stderr.isatty()
+
+
+def _finish(response: FedMLResponse) -> Any:
+    """Data on success; otherwise the message on stderr and exit code 1."""
+    if response.ok:
+        return response.data
+    click.echo(f"error: {response.message}", err=True)
+    sys.exit(1)
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
+    if not values:
+        return None
+    result: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not key=value, e.g. --metadata owner=vision")
+        result[key.strip()] = value
+    return result
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--service", help="LOCAL, S3 or R2 (default: the configured service, LOCAL out of the box).")
+@click.option("--namespace", help="Key prefix inside the bucket (default: configured, or 'default').")
+@click.option("--api-key", envvar="FEDML_STORAGE_API_KEY", show_envvar=True,
+              help="ACCESS_KEY_ID:SECRET_ACCESS_KEY (prefer `login` or the environment variable).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.version_option(__version__, prog_name="fedml-storage")
+@click.pass_context
+def cli(ctx: click.Context, service: str | None, namespace: str | None, api_key: str | None, quiet: bool,
+        debug: bool) -> None:
+    """Keep named datasets (files or directories) in S3, R2 or the embedded LOCAL store."""
+    ctx.obj = Ctx(service, namespace, api_key, quiet, debug)
+
+
+@cli.command()
+@click.argument("api_key", required=False)
+@click.pass_obj
+def login(obj: Ctx, api_key: str | None) -> None:
+    """Save the storage API key (asks for it, hidden, when not given)."""
+    if api_key is None:
+        api_key = click.prompt("API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY)", hide_input=True)
+    _finish(api.fedml_login(api_key, service=obj.service))
+    click.echo(f"API key saved to {config_path()} (readable only by you)")
+
+
+@cli.command()
+@click.option("--bucket")
+@click.option("--endpoint-url")
+@click.option("--region")
+@click.option("--r2-account-id")
+@click.option("--local-root", type=click.Path(file_okay=False))
+@click.option("--keep-versions", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print settings as JSON.")
+@click.pass_obj
+def configure(obj: Ctx, as_json: bool, **fields: Any) -> None:
+    """Save default settings (with --service/--namespace too); with no option, show the current ones."""
+    updates = {k: v for k, v in {**fields, "service": obj.service, "namespace": obj.namespace}.items() if v is not None}
+    if updates:
+        _finish(api.configure(**updates))
+        if not as_json:
+            click.echo(f"saved {', '.join(sorted(updates))} to {config_path()}")
+    settings = _finish(_settings(obj))
+    if as_json:
+        _emit(settings)
+        return
+    table = PrettyTable(["Setting", "Value"], align="l")
+    for key, value in settings.items():
+        table.add_row([key, "" if value is None else value])
+    click.echo(table)
+
+
+def _settings(obj: Ctx) -> FedMLResponse:
+    client = obj.client()
+    try:
+        return FedMLResponse(api.ResponseCode.SUCCESS, "settings", client.settings.masked_dict())
+    except api.FedMLStorageError as exc:
+        return exc.response
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--name", help="Stored name (default: the file or directory name).")
+@click.option("--description")
+@click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
+@click.option("--metadata", "metadata", multiple=True, callback=_parse_metadata, help="key=value; repeat for more.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags: tuple[str, ...],
+           metadata: dict[str, str] | None, as_json: bool) -> None:
+    """Upload a file or directory (unchanged content is not sent again)."""
+    result = _finish(obj.client().upload(path, name, description, metadata, list(tags) or None,
+                                         show_progress=obj.progress))
+    _emit(result.to_dict()) if as_json else click.echo(result.summary())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dest", type=click.Path(file_okay=False), help="Folder to download into (default: here).")
+@click.option("--version", "version", help="An exact version (default: the current one).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def download(obj: Ctx, name: str, dest: str | None, version: str | None, as_json: bool) -> None:
+    """Download a dataset, verified, into DEST/NAME."""
+    result = _finish(obj.client().download(name, dest, version=version, show_progress=obj.progress))
+    _emit(result.to_dict()) if as_json else click.echo(result.summary())
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_(obj: Ctx, as_json: bool) -> None:
+    """List stored datasets."""
+    items = _finish(obj.client().list())
+    if as_json:
+        _emit([m.to_dict() for m in items])
+        return
+    table = PrettyTable(["Name", "Size", "Files", "Description", "Tags", "Created", "Updated"], align="l")
+    table.align["Size"] = table.align["Files"] = "r"
+    for m in items:
+        table.add_row([m.dataName, m.size, m.file_count, m.description, ", ".join(m.tag_list), m.createdAt,
+                       m.updatedAt])
+    click.echo(table if items else "no datasets stored")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def metadata(obj: Ctx, name: str, as_json: bool) -> None:
+    """Show a dataset's stored metadata."""
+    meta = _finish(obj.client().get_metadata(name)).to_dict()
+    if as_json:
+        _emit(meta)
+        return
+    table = PrettyTable(["Field", "Value"], align="l")
+    for key in ("dataName", "description", "kind", "size", "size_bytes", "file_count", "tag_list", "version",
+                "versions", "createdAt", "updatedAt", "sha256", "service", "namespace", "download_url",
+                "user_metadata"):
+        value = meta[key]
+        table.add_row([key, ", ".join(value) if isinstance(value, list) else
+                       json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value])
+    click.echo(table)
+
+
+@cli.command(name="user-metadata")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def user_metadata(obj: Ctx, name: str, as_json: bool) -> None:
+    """Show the metadata given at upload."""
+    meta = _finish(obj.client().get_user_metadata(name))
+    if as_json:
+        _emit(meta)
+        return
+    table = PrettyTable(["Key", "Value"], align="l")
+    for key, value in meta.items():
+        table.add_row([key, value])
+    click.echo(table if meta else "no user-defined metadata")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def delete(obj: Ctx, name: str, yes: bool) -> None:
+    """Delete a dataset (asks first unless --yes)."""
+    if not yes and not click.confirm(f"Delete {name!r} and all its kept versions?", default=False):
+        click.echo("aborted: nothing deleted", err=True)
+        sys.exit(1)
+    _finish(obj.client().delete(name))
+    click.echo(f"deleted {name!r}")
+
+
+def main() -> None:
+    """Console entry point."""
+    debug = "--debug" in sys.argv
+    try:
+        cli.main(prog_name="fedml-storage", standalone_mode=True)
+    except Exception as exc:  # unexpected: the core reports failures, so this is a bug
+        secrets = [os.environ.get("FEDML_STORAGE_API_KEY"), *sys.argv]
+        if debug:
+            click.echo(redact("".join(traceback.format_exception(exc)), secrets), err=True)
+        click.echo(redact(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", secrets),
+                   err=True)
+        sys.exit(1)

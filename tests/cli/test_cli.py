@@ -1,0 +1,95 @@
+"""The real console script in a subprocess, against LOCAL and moto S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_API_KEY
+from tests.core.conftest import make_tree, tree_bytes
+
+SECRET = TEST_API_KEY.split(":", 1)[1]
+SCRIPT = str(Path(sys.executable).parent / "fedml-storage")
+
+
+def run(*args: str, env: dict | None = None, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([SCRIPT, *args], env={**os.environ, **(env or {})}, input=stdin, capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+    assert SECRET not in proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(params=["LOCAL", "S3"])
+def backend_env(request) -> dict[str, str]:
+    if request.param == "LOCAL":
+        return {}
+    return request.getfixturevalue("s3_env")
+
+
+def test_upload_list_metadata_download_delete(backend_env: dict, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "dataset")
+    up = run("upload", str(src), "--description", "cli data", "--tag", "a", "--tag", "b",
+             "--metadata", "owner=ml", "--metadata", "split=train", env=backend_env)
+    assert up.returncode == 0, up.stderr
+    assert "uploaded 'dataset'" in up.stdout
+    table = run("list", env=backend_env)
+    assert table.returncode == 0 and "| dataset" in table.stdout and "cli data" in table.stdout and "a, b" in table.stdout
+    listed = json.loads(run("list", "--json", env=backend_env).stdout)
+    assert [item["dataName"] for item in listed] == ["dataset"] and listed[0]["tag_list"] == ["a", "b"]
+    meta = json.loads(run("metadata", "dataset", "--json", env=backend_env).stdout)
+    assert meta["file_count"] == 5 and meta["user_metadata"] == {"owner": "ml", "split": "train"}
+    assert "| user_metadata" in run("metadata", "dataset", env=backend_env).stdout
+    assert json.loads(run("user-metadata", "dataset", "--json", env=backend_env).stdout) == {"owner": "ml",
+                                                                                            "split": "train"}
+    down = run("download", "dataset", "--dest", str(tmp_path / "out"), "--json", env=backend_env)
+    assert down.returncode == 0, down.stderr
+    assert tree_bytes(Path(json.loads(down.stdout)["path"])) == tree_bytes(src)
+
+    refused = run("delete", "dataset", env=backend_env, stdin="n\n")
+    assert refused.returncode == 1 and "nothing deleted" in refused.stderr
+    assert "dataset" in run("list", env=backend_env).stdout
+    gone = run("delete", "dataset", "--yes", env=backend_env)
+    assert gone.returncode == 0 and "deleted 'dataset'" in gone.stdout
+    assert run("list", env=backend_env).stdout.strip() == "no datasets stored"
+
+
+def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
+    missing = run("upload", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "f.txt").write_text("x")
+    malformed = run("upload", str(tmp_path / "f.txt"), "--metadata", "no-equals-sign")
+    assert malformed.returncode == 2 and "key=value" in malformed.stderr
+    assert run("list", "--json").stdout.strip() == "[]"  # nothing was stored
+    unknown = run("download", "never-stored")
+    assert unknown.returncode == 1 and "no data named 'never-stored'" in unknown.stderr
+    assert run("--service", "GCS", "list").returncode == 1
+    assert run("frobnicate").returncode == 2
+
+
+def test_login_prompts_without_echo_and_configure_masks(isolated_home: Path) -> None:
+    login = run("login", stdin=TEST_API_KEY + "\n")
+    assert login.returncode == 0 and "API key saved" in login.stdout
+    config = isolated_home / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert json.loads(config.read_text())["api_key"] == TEST_API_KEY
+    bad = run("login", "not-a-pair")
+    assert bad.returncode == 1 and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in bad.stderr
+    saved = run("--service", "S3", "--namespace", "team-x", "configure", "--bucket", "my-bucket",
+                "--region", "eu-west-1")
+    assert saved.returncode == 0 and "saved" in saved.stdout
+    shown = json.loads(run("configure", "--json").stdout)
+    assert (shown["service"], shown["bucket"], shown["namespace"], shown["api_key"]) == ("S3", "my-bucket",
+                                                                                          "team-x", "****")
+    table = run("configure").stdout
+    assert "my-bucket" in table and "****" in table
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    proc = subprocess.run([sys.executable, "-m", "fedml_storage", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "upload" in proc.stdout and "user-metadata" in proc.stdout
