@@ -157,6 +157,8 @@ def _check_member(name: str) -> PurePosixPath:
 def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
     """Extract into the empty folder `dest`, refusing escaping paths, outside links and more than `max_bytes`."""
     written = 0
+    made: set[Path] = {dest}
+    default_mode = 0o666 & ~_umask()
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         members = [(info, _check_member(info.filename)) for info in infos]
@@ -167,8 +169,11 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
             mode = info.external_attr >> 16
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
+                made.add(target)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             if stat.S_ISLNK(mode):
                 with zf.open(info) as src:
                     link = src.read(4097).decode("utf-8", "replace")
@@ -185,6 +190,12 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
                     if written > max_bytes:
                         raise IntegrityError(f"archive expands past the {max_bytes} bytes recorded at upload; refusing")
                     out.write(chunk)
-            if stat.S_IMODE(mode):
+            if stat.S_IMODE(mode) and stat.S_IMODE(mode) & 0o777 != default_mode:
                 os.chmod(target, stat.S_IMODE(mode) & 0o777)
     return written
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

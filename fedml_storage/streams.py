@@ -13,8 +13,11 @@ class PipeAborted(Exception):
 class BoundedPipe:
     """Writer blocks past `limit` buffered bytes; `read(n)` blocks until n bytes or end of stream."""
 
+    BATCH = 256 * 1024  # producer-side batching: zipfile writes many small pieces
+
     def __init__(self, limit: int) -> None:
         self._limit = limit
+        self._batch = bytearray()
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._closed = False
@@ -24,22 +27,29 @@ class BoundedPipe:
 
     # producer side
     def write(self, data: bytes) -> int:
+        self._batch += data
+        if len(self._batch) >= self.BATCH:
+            self._push()
+        return len(data)
+
+    def _push(self) -> None:
+        data, self._batch = bytes(self._batch), bytearray()
         if not data:
-            return 0
+            return
         with self._cond:
             while self._buffered >= self._limit and not self._reader_gone:
                 self._cond.wait()
             if self._reader_gone:
                 raise BrokenPipeError("the upload stopped reading")
-            self._chunks.append(bytes(data))
+            self._chunks.append(data)
             self._buffered += len(data)
             self._cond.notify_all()
-        return len(data)
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
+        self._push()
         with self._cond:
             self._closed = True
             self._cond.notify_all()

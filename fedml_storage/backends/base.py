@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,40 @@ class ObjectInfo:
     size: int
     etag: str | None
     modified: float  # seconds since the epoch
+
+
+def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | None, depth: int = 16) -> None:
+    """Write `chunks` to `sink` in order on a second thread, so hashing and disk overlap the network.
+
+    At most `depth` chunks wait in memory.
+    """
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            while (chunk := pending.get()) is not None:
+                if not failure:
+                    sink.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        except BaseException as exc:  # reported to the reading thread
+            failure.append(exc)
+            while pending.get() is not None:
+                pass
+
+    writer = threading.Thread(target=drain, name="fedml-storage-writer", daemon=True)
+    writer.start()
+    try:
+        for chunk in chunks:
+            if failure:
+                break
+            pending.put(chunk)
+    finally:
+        pending.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
 
 
 class ObjectMissing(KeyError):

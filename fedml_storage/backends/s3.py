@@ -14,7 +14,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from ..config import StorageSettings
 from ..errors import AccessDenied, NotConfigured, NotFound, PreconditionFailed, StorageFailure, TransientError
-from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
+from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 
 IO_CHUNK = 1024 * 1024
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
@@ -109,10 +109,7 @@ class S3Store(ObjectStore):
         if size <= self._download_threshold:
             with _translate(key, self._location):
                 body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-                for chunk in body.iter_chunks(IO_CHUNK):
-                    sink.write(chunk)
-                    if progress:
-                        progress(len(chunk))
+                pipelined_copy(body.iter_chunks(IO_CHUNK), sink, progress)
             return
         subs = [_Progress(progress)] if progress else None
         with _translate(key, self._location), TransferManager(self._client, self._download_config) as manager:

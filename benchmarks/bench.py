@@ -1,0 +1,207 @@
+"""Throughput and peak memory of fedml-storage against boto3 baselines, in one run on one moto S3 server.
+
+    python benchmarks/bench.py            # 1 GiB file, 10,000 x 4 KiB files
+    python benchmarks/bench.py --quick    # 128 MiB, 2,000 files
+
+moto runs in its own process; every measured operation runs in a fresh child process, so its peak RSS is
+its own. Times cover the operation only (imports and set-up excluded). Prints ratios against the baselines
+measured in the same run and the goals of issue 2; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+BUCKET = "bench"
+API_KEY = "AKIABENCH:bench-secret"
+PART = 16 * 1024 * 1024
+CONCURRENCY = 8
+
+
+def _s3(endpoint: str):
+    import boto3
+
+    key_id, secret = API_KEY.split(":")
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key_id, aws_secret_access_key=secret,
+                        region_name="us-east-1")
+
+
+def _tm_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=CONCURRENCY)
+
+
+def _client(endpoint: str):
+    from fedml_storage import StorageClient
+
+    return StorageClient(service="S3", bucket=BUCKET, endpoint_url=endpoint, api_key=API_KEY, region="us-east-1",
+                         part_size=PART, concurrency=CONCURRENCY)
+
+
+def run_op(op: str, endpoint: str, data: Path, scratch: Path) -> float:
+    """Do one operation; return the seconds it took."""
+    s3, client = _s3(endpoint), _client(endpoint)
+    big, tree = data / "big.bin", data / "tree"
+    out = scratch / op
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if op in ("fs_upload_file", "fs_upload_dir"):
+        client.delete("big.bin" if op.endswith("file") else "tree")  # a first upload, not a skipped one
+    client.exists("warm-up")  # build the boto3 client before timing, as the baselines do
+    start = time.perf_counter()
+    if op == "tm_upload_file":
+        s3.upload_file(str(big), BUCKET, "baseline/big.bin", Config=_tm_config())
+    elif op in ("fs_upload_file", "fs_reupload_file"):
+        client.upload(big).unwrap()
+    elif op == "tm_download_file":
+        s3.download_file(BUCKET, "baseline/big.bin", str(out / "big.bin"), Config=_tm_config())
+    elif op == "get_download_file":
+        with open(out / "big.bin", "wb") as fh:
+            for chunk in s3.get_object(Bucket=BUCKET, Key="baseline/big.bin")["Body"].iter_chunks(1 << 20):
+                fh.write(chunk)
+    elif op == "fs_download_file":
+        client.download("big.bin", out).unwrap()
+    elif op == "zip_upload_dir":
+        with tempfile.NamedTemporaryFile(suffix=".zip", dir=scratch) as tmp:
+            with zipfile.ZipFile(tmp.name, "w", zipfile.ZIP_STORED) as zf:
+                for path in sorted(tree.rglob("*")):
+                    zf.write(path, path.relative_to(tree).as_posix())
+            s3.upload_file(tmp.name, BUCKET, "baseline/tree.zip", Config=_tm_config())
+    elif op in ("fs_upload_dir", "fs_reupload_dir"):
+        client.upload(tree).unwrap()
+    elif op == "get_download_dir":
+        archive = out / "tree.zip"
+        with open(archive, "wb") as fh:
+            for chunk in s3.get_object(Bucket=BUCKET, Key="baseline/tree.zip")["Body"].iter_chunks(1 << 20):
+                fh.write(chunk)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(out / "tree")
+    elif op == "fs_download_dir":
+        client.download("tree", out).unwrap()
+    else:
+        raise SystemExit(f"unknown op {op}")
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def child(op: str, endpoint: str, data: Path, scratch: Path, home: Path) -> dict:
+    """Run `op` in a fresh process; its seconds and peak RSS."""
+    env = {**os.environ, "FEDML_STORAGE_HOME": str(home)}
+    proc = subprocess.run([sys.executable, __file__, "--op", op, "--endpoint", endpoint, "--data", str(data),
+                           "--scratch", str(scratch)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{op} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import time; from moto.server import ThreadedMotoServer; "
+            f"ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False).start(); time.sleep(1e9)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def make_data(data: Path, size_mib: int, files: int, file_kib: int) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with open(data / "big.bin", "wb") as fh:
+        for i in range(size_mib):
+            fh.write(block[i % 251:] + block[: i % 251])  # distinct blocks, cheap to make
+    tree = data / "tree"
+    for i in range(files):
+        sub = tree / f"d{i // 1000:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:05d}.bin").write_bytes(os.urandom(file_kib * 1024))
+    past = time.time() - 60  # older than the digest cache's racy window, as real data would be
+    for path in [data / "big.bin", *tree.rglob("*")]:
+        os.utime(path, (past, past))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--file-kib", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per operation; the best is reported")
+    parser.add_argument("--quick", action="store_true", help="128 MiB and 2,000 files")
+    parser.add_argument("--op"), parser.add_argument("--endpoint"), parser.add_argument("--data")
+    parser.add_argument("--scratch")
+    args = parser.parse_args()
+    if args.op:  # child process
+        seconds = run_op(args.op, args.endpoint, Path(args.data), Path(args.scratch))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"seconds": seconds, "rss_mib": rss}))
+        return
+    if args.quick:
+        args.size_mib, args.files = 128, 2000
+    work = Path(tempfile.mkdtemp(prefix="fedml-bench-"))
+    server, endpoint = start_moto()
+    try:
+        _s3(endpoint).create_bucket(Bucket=BUCKET)
+        print(f"data: {args.size_mib} MiB file, {args.files} x {args.file_kib} KiB files; moto at {endpoint}")
+        make_data(work / "data", args.size_mib, args.files, args.file_kib)
+        home = work / "home"
+        order = ["tm_upload_file", "fs_upload_file", "fs_reupload_file", "tm_download_file", "get_download_file",
+                 "fs_download_file", "zip_upload_dir", "fs_upload_dir", "fs_reupload_dir", "get_download_dir",
+                 "fs_download_dir"]
+        results: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for op in order:
+                if op.startswith("fs_upload"):
+                    shutil.rmtree(home, ignore_errors=True)  # a first upload: empty digest cache
+                r = child(op, endpoint, work / "data", work / "scratch", home)
+                best = results.get(op)
+                results[op] = r if best is None or r["seconds"] < best["seconds"] else {
+                    **best, "rss_mib": max(best["rss_mib"], r["rss_mib"])}
+        report(results, args.size_mib * (1 << 20), args.files * args.file_kib * 1024)
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(r: dict[str, dict], file_bytes: int, tree_bytes: int) -> None:
+    print(f"\n{'operation':<20}{'seconds':>9}{'MB/s':>9}{'peak RSS MiB':>14}")
+    for op, v in r.items():
+        size = file_bytes if op.endswith("file") else tree_bytes
+        print(f"{op:<20}{v['seconds']:>9.3f}{size / v['seconds'] / 1e6:>9.1f}{v['rss_mib']:>14.0f}")
+    t = {op: v["seconds"] for op, v in r.items()}
+    fastest_file = min(t["tm_download_file"], t["get_download_file"])
+    goals = [
+        ("file upload vs TransferManager", t["tm_upload_file"] / t["fs_upload_file"], ">=", 0.95),
+        ("file download vs best baseline", fastest_file / t["fs_download_file"], ">=", 0.9),
+        ("dir upload vs zip+upload", t["fs_upload_dir"] / t["zip_upload_dir"], "<=", 1.2),
+        ("dir download vs GET+unzip", t["get_download_dir"] / t["fs_download_dir"], ">=", 0.9),
+        ("file re-upload / first upload", t["fs_reupload_file"] / t["fs_upload_file"], "<", 0.02),
+        ("dir re-upload / first upload", t["fs_reupload_dir"] / t["fs_upload_dir"], "<", 0.02),
+        ("peak RSS MiB (fedml-storage)", max(v["rss_mib"] for op, v in r.items() if op.startswith("fs_")), "<", 300),
+    ]
+    print(f"\n{'goal':<34}{'value':>9}  target   verdict")
+    for name, value, op, target in goals:
+        ok = value >= target if op == ">=" else value <= target if op == "<=" else value < target
+        print(f"{name:<34}{value:>9.3f}  {op}{target:<6}  {'PASS' if ok else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
