@@ -26,7 +26,7 @@ from airflow_provider.operators import (
     FedMLStorageMetadataOperator,
     FedMLStorageUploadOperator,
 )
-from fedml_storage.compare import tree_differences
+from example_data import make_dataset, verify_copy
 
 DATASET = "handoff-dataset"
 WORKDIR = Path(os.environ.get("FEDML_EXAMPLE_WORKDIR") or Path(tempfile.gettempdir()) / "fedml-handoff")
@@ -43,16 +43,8 @@ WORKDIR = Path(os.environ.get("FEDML_EXAMPLE_WORKDIR") or Path(tempfile.gettempd
 def handoff():
     @task
     def produce(run_id: str | None = None) -> str:
-        """Write a small dataset directory (nested folder, empty file, unicode name)."""
-        root = WORKDIR / "produced" / DATASET
-        shutil.rmtree(root, ignore_errors=True)
-        (root / "shards").mkdir(parents=True)
-        for i in range(8):
-            (root / "shards" / f"shard-{i:02d}.bin").write_bytes(os.urandom(4096 + i))
-        (root / "labels.csv").write_text("id,label\n" + "".join(f"{i},{i % 2}\n" for i in range(8)))
-        (root / "empty.txt").touch()
-        (root / "résumé.txt").write_text(f"produced by run {run_id}\n")
-        return str(root)
+        """Write a small dataset directory."""
+        return str(make_dataset(WORKDIR / "produced" / DATASET, f"produced by run {run_id}"))
 
     produced = produce()
     upload = FedMLStorageUploadOperator(
@@ -73,10 +65,7 @@ def handoff():
     @task
     def verify(produced_path: str, downloaded_path: str) -> int:
         """Fail unless the downloaded copy equals what was produced."""
-        diffs = tree_differences(produced_path, downloaded_path)
-        if diffs:
-            raise ValueError(f"downloaded data differs from what was produced: {diffs[:10]}")
-        return sum(1 for p in Path(downloaded_path).rglob("*") if p.is_file())
+        return verify_copy(produced_path, downloaded_path)
 
     metadata = FedMLStorageMetadataOperator(task_id="metadata", name=DATASET)
     listing = FedMLStorageListOperator(task_id="list")

@@ -8,14 +8,13 @@ Runs on the embedded LOCAL store with no configuration; pass a saved `FedMLStora
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from example_data import make_dataset, verify_copy
 from prefect import flow, task
 
-from fedml_storage.compare import tree_differences
 from prefect_tasks import (
     FedMLStorage,
     delete_data,
@@ -30,25 +29,14 @@ DATASET = "prefect-handoff-dataset"
 
 @task
 def produce(workdir: str) -> str:
-    """Write a small dataset directory (nested folder, empty file, unicode name)."""
-    root = Path(workdir) / "produced" / DATASET
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "shards").mkdir(parents=True)
-    for i in range(8):
-        (root / "shards" / f"shard-{i:02d}.bin").write_bytes(os.urandom(4096 + i))
-    (root / "labels.csv").write_text("id,label\n" + "".join(f"{i},{i % 2}\n" for i in range(8)))
-    (root / "empty.txt").touch()
-    (root / "résumé.txt").write_text("produced by prefect\n")
-    return str(root)
+    """Write a small dataset directory."""
+    return str(make_dataset(Path(workdir) / "produced" / DATASET, "produced by prefect"))
 
 
 @task
 def verify(produced: str, downloaded: str) -> int:
     """Fail unless the downloaded copy equals what was produced; the number of files."""
-    diffs = tree_differences(produced, downloaded)
-    if diffs:
-        raise ValueError(f"downloaded data differs from what was produced: {diffs[:10]}")
-    return sum(1 for p in Path(downloaded).rglob("*") if p.is_file())
+    return verify_copy(produced, downloaded)
 
 
 @flow(name="fedml-dataset-handoff")

@@ -140,7 +140,7 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     return t[:6]
 
 
-def _check_member(name: str) -> PurePosixPath:
+def _check_member(name: str) -> str:
     path = PurePosixPath(name)
     if (
         not name
@@ -151,36 +151,36 @@ def _check_member(name: str) -> PurePosixPath:
         or (path.parts and ":" in path.parts[0])
     ):
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
-    return path
+    return name.rstrip("/")
 
 
 def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
     """Extract into the empty folder `dest`, refusing escaping paths, outside links and more than `max_bytes`."""
     written = 0
-    made: set[Path] = {dest}
+    root = str(dest)
+    made: set[str] = {root}
     default_mode = 0o666 & ~_umask()
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        members = [(info, _check_member(info.filename)) for info in infos]
+        members = [(info, _check_member(info.filename)) for info in infos]  # all checked before any write
         if sum(info.file_size for info in infos) > max_bytes:
             raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
         for info, rel in members:
-            target = dest.joinpath(*rel.parts)
+            target = f"{root}/{rel}"
             mode = info.external_attr >> 16
             if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
+                os.makedirs(target, exist_ok=True)
                 made.add(target)
                 continue
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
+            parent = os.path.dirname(target)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             if stat.S_ISLNK(mode):
                 with zf.open(info) as src:
                     link = src.read(4097).decode("utf-8", "replace")
-                if len(link) > 4096:
-                    raise IntegrityError(f"archive link {info.filename!r} has an oversized target; refusing")
-                resolved = PurePosixPath(os.path.normpath(PurePosixPath(rel.parent, link)))
-                if link.startswith("/") or resolved.parts[:1] == ("..",):
+                resolved = os.path.normpath(os.path.join(os.path.dirname(rel), link))
+                if len(link) > 4096 or link.startswith("/") or resolved == ".." or resolved.startswith("../"):
                     raise IntegrityError(f"archive link {info.filename!r} -> {link!r} points outside; refusing")
                 os.symlink(link, target)
                 continue

@@ -21,8 +21,12 @@ SECRET = TEST_API_KEY.split(":", 1)[1]
 
 def _load_example():
     import importlib.util
+    import sys
 
-    path = Path(__file__).resolve().parents[2] / "dags_examples" / "prefect_dataset_flow.py"
+    examples = Path(__file__).resolve().parents[2] / "dags_examples"
+    if str(examples) not in sys.path:
+        sys.path.insert(0, str(examples))  # as `python dags_examples/prefect_dataset_flow.py` has it
+    path = examples / "prefect_dataset_flow.py"
     spec = importlib.util.spec_from_file_location("prefect_dataset_flow", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
