@@ -26,10 +26,10 @@ class FedMLStorage(Block):
 ```python
 from prefect_tasks import FedMLStorage, upload_data
 
-storage = FedMLStorage(service="S3", bucket="ml-datasets", api_key="ACCESS_KEY_ID:SECRET_ACCESS_KEY")
-storage.save("ml-datasets")
+FedMLStorage(service="S3", bucket="ml-datasets", api_key="ACCESS_KEY_ID:SECRET_ACCESS_KEY").save("BLOCK_NAME")
 
-upload_data("data/mnist", storage=FedMLStorage.load("ml-datasets"))
+storage = FedMLStorage.load("BLOCK_NAME")
+upload_data("data/mnist", storage=storage)
 ```"""
 
     service: Literal["LOCAL", "S3", "R2"] | None = Field(None, description="Storage service: LOCAL, S3 or R2.")
