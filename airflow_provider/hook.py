@@ -7,12 +7,10 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 
-from fedml_storage import FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata
+from fedml_storage import FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata, StorageSettings
 
-# Connection extra keys that map one to one onto the core's settings.
-SETTING_KEYS = ("service", "bucket", "endpoint_url", "region", "r2_account_id", "namespace", "local_root",
-                "part_size", "download_part_size", "download_threshold", "concurrency", "keep_versions", "compression",
-                "max_attempts")
+# Connection extra keys are the core's settings, by name; the API key is the connection's password.
+SETTING_KEYS = tuple(k for k in StorageSettings.model_fields if k != "api_key")
 
 
 class FedMLStorageException(AirflowException):
