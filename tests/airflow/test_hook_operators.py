@@ -152,10 +152,11 @@ def test_test_connection_reports_errors_without_the_secret(s3_conn_json: dict, m
 
 def test_provider_is_found_by_airflow() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
     assert "fedml-storage" in manager.providers
-    hook_info = manager.hooks["fedml_storage"]
+    hook_info = ProvidersManagerTaskRuntime().hooks["fedml_storage"]
     assert hook_info is not None and hook_info.hook_class_name == "airflow_provider.hook.FedMLStorageHook"
     info = manager.providers["fedml-storage"].data
     fields = info["connection-types"][0]["conn-fields"]
