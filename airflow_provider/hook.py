@@ -22,13 +22,16 @@ class FedMLStorageException(AirflowException):
         self.retryable = retryable
 
 
+class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
+    """A failure retrying cannot cure (bad input, unknown name, refused credentials): fails the task at once."""
+
+
 def raise_for(response: FedMLResponse) -> Any:
-    """Return `data`, or raise: bad input fails the task at once, anything else lets Airflow retry."""
+    """Return `data`, or raise: failures that can pass let Airflow retry, the others fail the task at once."""
     if response.ok:
         return response.data
-    if response.reason == "invalid_input":
-        raise AirflowFailException(response.message)
-    raise FedMLStorageException(response.message, response.reason, response.retryable)
+    kind = FedMLStorageException if response.retryable else FedMLStorageFailException
+    raise kind(response.message, response.reason, response.retryable)
 
 
 class FedMLStorageHook(BaseHook):
@@ -114,6 +117,26 @@ class FedMLStorageHook(BaseHook):
     def exists(self, name: str) -> bool:
         """Whether a dataset of that name is stored."""
         return raise_for(self.get_client().exists(name))
+
+    def dataset_ready(self, name: str, metadata_key: str | None = None,
+                      metadata_value: str | None = None) -> tuple[bool, str]:
+        """Whether `name` is stored (with `metadata_key` set, to `metadata_value` when given), and why not.
+
+        Failures that waiting can cure (service unreachable, name not yet there) count as not ready;
+        others raise.
+        """
+        try:
+            if not self.exists(name):
+                return False, f"dataset {name!r} not stored yet"
+            if metadata_key is None:
+                return True, f"dataset {name!r} is stored"
+            value = self.get_user_metadata(name).get(metadata_key)
+        except FedMLStorageException as exc:  # e.g. deleted between the two calls
+            if exc.retryable or exc.reason == "not_found":
+                return False, str(exc)
+            raise
+        ready = value is not None if metadata_value is None else value == metadata_value
+        return ready, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ready else 'waiting'})"
 
     def asset_uri(self, name: str) -> str:
         """fedml://<namespace>/<name> for this connection."""

@@ -74,15 +74,15 @@ class FedMLStorageUploadOperator(_StorageOperator):
         hook = self.hook()
         result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
         uri = hook.asset_uri(result["name"])
-        declared = [a for a in self.outlets if isinstance(a, Asset)]
-        for asset in declared:
-            if asset.uri == uri:
-                context["outlet_events"][asset].extra = {
-                    k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")
-                }
+        declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
         if declared and uri not in {a.uri for a in declared}:
-            self.log.warning("declared outlets %s do not match the stored dataset %s; pass namespace=/name= to "
-                             "match", [a.uri for a in declared], uri)
+            # Succeeding would emit events for an Asset that was not written and trigger the wrong DAGs.
+            raise AirflowFailException(
+                f"stored as {uri}, but this task declares the outlet(s) {[a.uri for a in declared]}; the namespace "
+                "probably comes from the connection: pass namespace= (and name=) to the operator so they match"
+            )
+        for asset in declared:
+            context["outlet_events"][asset].extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
         return result
 
 

@@ -23,6 +23,7 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [{"integration-name": "FedML Storage", "python-modules": ["airflow_provider.hook"]}],
         "operators": [{"integration-name": "FedML Storage", "python-modules": ["airflow_provider.operators"]}],
         "sensors": [{"integration-name": "FedML Storage", "python-modules": ["airflow_provider.sensors"]}],
+        "triggers": [{"integration-name": "FedML Storage", "python-modules": ["airflow_provider.triggers"]}],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider.hook.FedMLStorageHook",

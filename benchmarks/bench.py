@@ -11,6 +11,7 @@ measured in the same run and the goals of issue 2; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -50,6 +51,14 @@ def _client(endpoint: str):
                          part_size=PART, concurrency=CONCURRENCY)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def run_op(op: str, endpoint: str, data: Path, scratch: Path) -> float:
     """Do one operation; return the seconds it took."""
     s3, client = _s3(endpoint), _client(endpoint)
@@ -63,6 +72,13 @@ def run_op(op: str, endpoint: str, data: Path, scratch: Path) -> float:
     start = time.perf_counter()
     if op == "tm_upload_file":
         s3.upload_file(str(big), BUCKET, "baseline/big.bin", Config=_tm_config())
+    elif op == "tmsha_upload_file":  # the floor for an upload that records a sha256: hash beside the upload
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            hashing = pool.submit(_sha256, big)
+            s3.upload_file(str(big), BUCKET, "baseline/big.bin", Config=_tm_config())
+            hashing.result()
     elif op in ("fs_upload_file", "fs_reupload_file"):
         client.upload(big).unwrap()
     elif op == "tm_download_file":
@@ -71,6 +87,12 @@ def run_op(op: str, endpoint: str, data: Path, scratch: Path) -> float:
         with open(out / "big.bin", "wb") as fh:
             for chunk in s3.get_object(Bucket=BUCKET, Key="baseline/big.bin")["Body"].iter_chunks(1 << 20):
                 fh.write(chunk)
+    elif op == "getsha_download_file":  # the floor for a verified download: hash as the bytes arrive
+        digest = hashlib.sha256()
+        with open(out / "big.bin", "wb") as fh:
+            for chunk in s3.get_object(Bucket=BUCKET, Key="baseline/big.bin")["Body"].iter_chunks(1 << 20):
+                fh.write(chunk)
+                digest.update(chunk)
     elif op == "fs_download_file":
         client.download("big.bin", out).unwrap()
     elif op == "zip_upload_dir":
@@ -144,7 +166,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--file-kib", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=2, help="runs per operation; the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per operation; the best is reported")
     parser.add_argument("--quick", action="store_true", help="128 MiB and 2,000 files")
     parser.add_argument("--op"), parser.add_argument("--endpoint"), parser.add_argument("--data")
     parser.add_argument("--scratch")
@@ -163,8 +185,8 @@ def main() -> None:
         print(f"data: {args.size_mib} MiB file, {args.files} x {args.file_kib} KiB files; moto at {endpoint}")
         make_data(work / "data", args.size_mib, args.files, args.file_kib)
         home = work / "home"
-        order = ["tm_upload_file", "fs_upload_file", "fs_reupload_file", "tm_download_file", "get_download_file",
-                 "fs_download_file", "zip_upload_dir", "fs_upload_dir", "fs_reupload_dir", "get_download_dir",
+        order = ["tm_upload_file", "tmsha_upload_file", "fs_upload_file", "fs_reupload_file", "tm_download_file",
+                 "get_download_file", "getsha_download_file", "fs_download_file", "zip_upload_dir", "fs_upload_dir", "fs_reupload_dir", "get_download_dir",
                  "fs_download_dir"]
         results: dict[str, dict] = {}
         for _ in range(args.repeat):
@@ -190,7 +212,9 @@ def report(r: dict[str, dict], file_bytes: int, tree_bytes: int) -> None:
     fastest_file = min(t["tm_download_file"], t["get_download_file"])
     goals = [
         ("file upload vs TransferManager", t["tm_upload_file"] / t["fs_upload_file"], ">=", 0.95),
+        ("  (vs TransferManager + sha256)", t["tmsha_upload_file"] / t["fs_upload_file"], ">=", 0.95),
         ("file download vs best baseline", fastest_file / t["fs_download_file"], ">=", 0.9),
+        ("  (vs GET + sha256)", t["getsha_download_file"] / t["fs_download_file"], ">=", 0.9),
         ("dir upload vs zip+upload", t["fs_upload_dir"] / t["zip_upload_dir"], "<=", 1.2),
         ("dir download vs GET+unzip", t["get_download_dir"] / t["fs_download_dir"], ">=", 0.9),
         ("file re-upload / first upload", t["fs_reupload_file"] / t["fs_upload_file"], "<", 0.02),

@@ -37,8 +37,10 @@ class DigestCache:
                 " ino INTEGER, sha256 TEXT)"
             )
             self._db.execute("CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, fingerprint TEXT, digest TEXT)")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # e.g. a read-only home: transfers go on without the cache
             log.debug("digest cache disabled: %s", exc)
+            if self._db is not None:
+                self._db.close()
             self._db = None
 
     def lookup(self, items: list[tuple[str, os.stat_result]]) -> dict[str, str]:

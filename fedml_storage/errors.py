@@ -57,10 +57,12 @@ class IntegrityError(StorageFailure):
     reason = Reason.INTERNAL
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
+def redact(text: str, secrets: Iterable[object]) -> str:
     """Replace every secret (and its access-key-id half) in `text` with '****'."""
     for secret in secrets:
-        if not secret:
+        if hasattr(secret, "get_secret_value"):
+            secret = secret.get_secret_value()
+        if not secret or not isinstance(secret, str):
             continue
         parts = [secret, *secret.split(":", 1)]
         for part in sorted(parts, key=len, reverse=True):

@@ -54,8 +54,8 @@ class FedMLResponse:
 
     @property
     def retryable(self) -> bool:
-        """True when trying the same call again may succeed (network, throttling, 5xx)."""
-        return self.reason == Reason.TRANSIENT.value
+        """True when trying the same call again may succeed (network, throttling, 5xx, a concurrent writer)."""
+        return self.reason in (Reason.TRANSIENT.value, Reason.CONFLICT.value)
 
     def unwrap(self) -> Any:
         """Return `data` on success; raise `FedMLStorageError` with the message otherwise."""

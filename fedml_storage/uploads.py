@@ -65,14 +65,17 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     description = check_description(req.description)
     metadata = check_metadata(req.metadata)
     tags = check_tags(req.tag_list)
-    found = catalog.read(name)
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(catalog.read, name)  # a round trip, overlapped with scanning the tree
+        entries = None if src.is_file() else scan_tree(src)
+        found = reading.result()
     current = found[0].current if found else None
     desc = req.progress_desc or UPLOAD_DESC
 
-    if src.is_file():
+    if entries is None:
         record, data_key = _file(src, name, settings, catalog, cache, current, req, desc)
     else:
-        record, data_key = _directory(src, name, settings, catalog, cache, current, req, desc)
+        record, data_key = _directory(src, entries, name, settings, catalog, cache, current, req, desc)
     skipped = data_key is None
 
     def build(cur: Manifest | None) -> Manifest:
@@ -146,8 +149,7 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     return _record(key, version, "file", st.st_size, digest, digest, st.st_size, 1), key
 
 
-def _directory(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
-    entries = scan_tree(src)
+def _directory(src, entries, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
     files = [e for e in entries if not e.is_dir]
     total = sum(e.st.st_size for e in files)
     fingerprint = tree_fingerprint(entries)

@@ -13,7 +13,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from ..config import StorageSettings
-from ..errors import AccessDenied, NotConfigured, NotFound, PreconditionFailed, StorageFailure, TransientError
+from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 
 IO_CHUNK = 1024 * 1024
@@ -213,7 +213,7 @@ class _translate:
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
                 raise PreconditionFailed(self.key) from None
             if code == "NoSuchBucket":
-                raise NotFound(f"bucket {self.location} does not exist; create it or configure another bucket") from None
+                raise NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket") from None
             if code in _MISSING:
                 raise ObjectMissing(self.key) from None
             if code in _DENIED:

@@ -113,6 +113,24 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     assert SECRET not in everything and TEST_API_KEY.split(":")[0] not in json.dumps([result, listed, meta])
 
 
+def test_outlet_must_name_the_namespace_the_connection_stores_under(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
+        {"conn_type": "fedml_storage", "extra": {"service": "LOCAL", "namespace": "team-a"}}))
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("x")
+    unaware = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "ds"))
+    ctx = _context()
+    with pytest.raises(AirflowFailException, match="pass namespace="):  # never an event for fedml://default/ds
+        unaware.execute(ctx)
+    assert not ctx["outlet_events"]
+    aware = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "ds"), namespace="team-a")
+    assert [a.uri for a in aware.outlets] == ["fedml://team-a/ds"]
+    ctx = _context()
+    assert aware.execute(ctx)["name"] == "ds"
+    assert [a.uri for a in ctx["outlet_events"]] == ["fedml://team-a/ds"]
+
+
 def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
     op = FedMLStorageUploadOperator(task_id="up", data_path="{{ params.root }}/data", name="{{ params.name }}",
                                     metadata={"run": "{{ run_id }}"})

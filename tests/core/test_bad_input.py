@@ -94,3 +94,26 @@ def test_download_replaces_existing_target_completely(store: Store, stored: Path
     assert response.ok
     assert sorted(p.name for p in stale.iterdir()) == ["k.txt"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep"]  # no temp leftovers
+
+
+@pytest.mark.parametrize("key", [12345, ["AKIA", "x"]])
+def test_non_string_api_key_is_a_failure_not_a_crash(key, tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    for response in (api.fedml_login(key), api.upload(str(tmp_path / "f.txt"), api_key=key, service="S3")):
+        assert response.code == ResponseCode.FAILURE and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in response.message
+
+
+def test_directory_changed_after_scanning_is_not_published(tmp_path: Path) -> None:
+    import io
+
+    from fedml_storage.archive import scan_tree, write_zip
+    from fedml_storage.errors import InvalidInput
+
+    src = tmp_path / "growing"
+    src.mkdir()
+    (src / "log.txt").write_text("first line\n")
+    entries = scan_tree(src)
+    with open(src / "log.txt", "a") as fh:  # a writer appends between the scan and the packing
+        fh.write("second line\n")
+    with pytest.raises(InvalidInput, match="changed while it was being uploaded"):
+        write_zip(entries, io.BytesIO())

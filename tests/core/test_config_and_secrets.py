@@ -75,7 +75,7 @@ def test_secret_absent_from_failures_and_logs(moto_endpoint: str, tmp_path: Path
     ]
     assert [r.code for r in responses] == [ResponseCode.FAILURE, ResponseCode.FAILURE, ResponseCode.ERROR,
                                           ResponseCode.FAILURE]
-    assert responses[1].reason == "not_found" and "does not exist" in responses[1].message
+    assert responses[1].reason == "not_configured" and "does not exist" in responses[1].message
     assert responses[2].retryable and "try again" in responses[2].message
     for r in responses:
         assert SECRET not in r.message and KEY_ID not in r.message and SECRET not in repr(r)

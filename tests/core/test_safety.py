@@ -138,17 +138,28 @@ def test_zip_slip_archive_is_refused(store: Store, tmp_path: Path, member: str) 
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
-def test_link_pointing_outside_is_refused(store: Store, tmp_path: Path) -> None:
+def _link(zf: zipfile.ZipFile, name: str, target: str) -> None:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (0o120777) << 16
+    zf.writestr(info, target)
+
+
+@pytest.mark.parametrize("links", [[("link", "../../etc/passwd")],
+                                   [("y", "."), ("x", "y/.."), ("x/escaped.txt", None)]])  # a chain that looks inside
+def test_links_in_an_archive_are_refused(store: Store, tmp_path: Path, links: list) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        info = zipfile.ZipInfo("link")
-        info.external_attr = (0o120777) << 16
-        zf.writestr(info, "../../etc/passwd")
+        for name, target in links:
+            if target is None:
+                zf.writestr(name, "pwned")
+            else:
+                _link(zf, name, target)
     _plant(store, "linky", buf.getvalue(), 100)
-    dest = tmp_path / "dest"
+    dest = tmp_path / "a" / "dest"
     response = store.client().download("linky", dest)
-    assert not response.ok and "points outside" in response.message
+    assert not response.ok and "symbolic link" in response.message
     assert list(dest.iterdir()) == []
+    assert not list(tmp_path.rglob("escaped.txt"))
 
 
 def test_archive_expanding_past_recorded_size_is_refused(store: Store, tmp_path: Path) -> None:

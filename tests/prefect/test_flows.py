@@ -129,6 +129,28 @@ def test_block_saves_and_loads_with_the_secret_hidden(s3_settings: dict) -> None
     assert loaded.list() == []
 
 
+def test_block_registers_with_the_prefect_cli() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    proc = subprocess.run([prefect, "block", "register", "-m", "prefect_tasks"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Successfully registered 1 block" in proc.stdout
+
+    async def read_type():
+        async with get_client() as client:
+            return await client.read_block_type_by_slug("fedml-storage")
+
+    block_type = asyncio.run(read_type())
+    assert block_type.name == "FedML Storage" and "FedMLStorage.load" in block_type.code_example
+
+
 def test_artifacts_and_asset_lineage(tmp_path: Path) -> None:
     (tmp_path / "art").mkdir()
     (tmp_path / "art" / "a.txt").write_text("artifact")

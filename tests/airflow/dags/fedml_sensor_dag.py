@@ -1,0 +1,24 @@
+"""Test DAG: a deferrable sensor waits (in the trigger) until the test uploads `late-data` with status=ready."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+from airflow_provider.sensors import FedMLStorageDatasetSensor
+
+
+@dag(dag_id="fedml_storage_sensor", schedule=None, start_date=datetime(2026, 1, 1), catchup=False)
+def sensor_dag():
+    wait = FedMLStorageDatasetSensor(task_id="wait", name="late-data", metadata_key="status", metadata_value="ready",
+                                     deferrable=True, poke_interval=0.5, timeout=120)
+
+    @task
+    def after() -> str:
+        return "ran after the dataset was ready"
+
+    wait >> after()
+
+
+sensor_dag()
