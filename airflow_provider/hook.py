@@ -21,6 +21,9 @@ class FedMLStorageException(AirflowException):
         self.reason = reason
         self.retryable = retryable
 
+    def __reduce__(self):
+        return type(self), (str(self), self.reason, self.retryable)
+
 
 class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
     """A failure retrying cannot cure (bad input, unknown name, refused credentials): fails the task at once."""

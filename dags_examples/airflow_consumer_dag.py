@@ -1,7 +1,8 @@
 """Airflow consumer scheduled on the Asset the hand-off DAG's upload emits.
 
 Runs after every upload of fedml://default/handoff-dataset: downloads the current version (verified
-against its SHA-256 on the way), reports what arrived, then deletes the stored dataset to clean up.
+against its SHA-256 on the way) and reports what arrived. It leaves the stored dataset alone: the producer's
+run may still be reading it, and other consumers may be scheduled on the same Asset.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, dag, task
 
-from airflow_provider.operators import FedMLStorageDeleteOperator, FedMLStorageDownloadOperator
+from airflow_provider.operators import FedMLStorageDownloadOperator
 from fedml_storage import asset_uri
 
 DATASET = "handoff-dataset"
@@ -26,6 +27,7 @@ WORKDIR = Path(os.environ.get("FEDML_EXAMPLE_WORKDIR") or Path(tempfile.gettempd
     schedule=[Asset(asset_uri("default", DATASET))],
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    max_active_runs=1,
     tags=["fedml-storage", "example"],
 )
 def consumer():
@@ -40,8 +42,7 @@ def consumer():
             shutil.rmtree(path, ignore_errors=True)
         return summary
 
-    delete = FedMLStorageDeleteOperator(task_id="delete", name=DATASET)
-    report(download.output) >> delete
+    report(download.output)
 
 
 consumer()

@@ -37,6 +37,7 @@ WORKDIR = Path(os.environ.get("FEDML_EXAMPLE_WORKDIR") or Path(tempfile.gettempd
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    max_active_runs=1,  # runs share one dataset name and scratch folder
     tags=["fedml-storage", "example"],
     default_args={"retries": 2, "retry_delay": timedelta(seconds=2)},
 )
@@ -72,9 +73,10 @@ def handoff():
 
     @task
     def cleanup() -> None:
-        """Remove the local scratch copies (the stored dataset stays for consumers)."""
+        """Remove this DAG's local scratch copies (the stored dataset stays for consumers)."""
         if os.environ.get("FEDML_EXAMPLE_KEEP") != "1":
-            shutil.rmtree(WORKDIR, ignore_errors=True)
+            for folder in ("produced", "downloaded"):  # not "consumed": the consumer DAG may be using it
+                shutil.rmtree(WORKDIR / folder, ignore_errors=True)
 
     checked = verify(produced, download.output)
     produced >> upload >> download

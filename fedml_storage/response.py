@@ -37,6 +37,9 @@ class FedMLStorageError(Exception):
         self.reason = response.reason
         self.retryable = response.retryable
 
+    def __reduce__(self):  # picklable: Prefect stores and ships failed tasks' exceptions
+        return type(self), (self.response,)
+
 
 @dataclass
 class FedMLResponse:

@@ -48,7 +48,8 @@ def _handoff_then_consumer(home: Path, work: Path, env: dict[str, str]) -> str:
 
 def test_handoff_and_consumer_on_local(airflow_home: Path, tmp_path: Path, isolated_home: Path) -> None:
     _handoff_then_consumer(airflow_home, tmp_path / "work", {"FEDML_STORAGE_HOME": str(isolated_home)})
-    assert not list((isolated_home / "store" / "default" / "manifests").glob("*.json"))  # consumer cleaned up
+    # the consumer leaves the dataset for other readers
+    assert [p.name for p in (isolated_home / "store" / "default" / "manifests").glob("*.json")] == [f"{DATASET}.json"]
 
 
 def test_handoff_and_consumer_on_s3_with_uri_connection(airflow_home: Path, tmp_path: Path, moto_endpoint: str,
@@ -59,5 +60,6 @@ def test_handoff_and_consumer_on_s3_with_uri_connection(airflow_home: Path, tmp_
     output = _handoff_then_consumer(airflow_home, tmp_path / "work", {"AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": uri})
     assert SECRET not in output
     keys = [o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
-    assert keys == []  # uploaded, consumed and deleted on S3, not on LOCAL
+    manifests = [k for k in keys if "/manifests/" in k]
+    assert manifests == [f"default/manifests/{DATASET}.json"] and len(keys) == 2  # on S3, not on LOCAL: one dataset
     assert all(SECRET not in str(row) for row in query(airflow_home, "SELECT value FROM xcom"))

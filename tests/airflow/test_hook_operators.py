@@ -72,6 +72,11 @@ def test_failures_raise_with_the_core_message(tmp_path: Path) -> None:
     with pytest.raises(FedMLStorageException) as missing:
         hook.download("never-stored", str(tmp_path))
     assert "no data named 'never-stored'" in str(missing.value) and missing.value.reason == "not_found"
+    assert isinstance(missing.value, AirflowFailException)  # waiting will not store it: no retries
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(missing.value))
+    assert str(copy) == str(missing.value) and type(copy) is type(missing.value) and copy.reason == "not_found"
     with pytest.raises(AirflowFailException, match="does not exist"):  # bad input: no retries
         hook.upload(str(tmp_path / "nope"))
 

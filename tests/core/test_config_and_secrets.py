@@ -92,3 +92,14 @@ def test_unwrap_raises_with_message_and_reason(tmp_path: Path) -> None:
     with pytest.raises(FedMLStorageError) as info:
         response.unwrap()
     assert info.value.reason == "not_found" and not info.value.retryable and "missing" in str(info.value)
+
+
+def test_storage_error_survives_pickling() -> None:
+    import pickle
+
+    from fedml_storage import FedMLStorageError, StorageClient
+
+    with pytest.raises(FedMLStorageError) as info:
+        StorageClient().download("never-stored").unwrap()
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert str(copy) == str(info.value) and copy.reason == "not_found" and copy.response == info.value.response
