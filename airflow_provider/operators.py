@@ -81,8 +81,9 @@ class FedMLStorageUploadOperator(_StorageOperator):
                 f"stored as {uri}, but this task declares the outlet(s) {[a.uri for a in declared]}; the namespace "
                 "probably comes from the connection: pass namespace= (and name=) to the operator so they match"
             )
+        extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
         for asset in declared:
-            context["outlet_events"][asset].extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
+            context["outlet_events"][asset].extra = extra
         return result
 
 

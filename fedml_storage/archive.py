@@ -165,7 +165,7 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
     written = 0
     root = str(dest)
     made: set[str] = {root}
-    default_mode = 0o666 & ~_umask()
+    default_mode = 0o666 & ~umask()
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         members = [(info, _check_member(info.filename)) for info in infos]  # all checked before any write
@@ -195,7 +195,15 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
     return written
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def umask() -> int:
+    """The process's umask, read without loosening it even for a moment (other threads may create files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # briefly stricter, never looser
     os.umask(mask)
     return mask

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .archive import HashingWriter, safe_extract
+from .archive import HashingWriter, safe_extract, umask
 from .backends.base import ObjectMissing
 from .catalog import Catalog
 from .errors import IntegrityError, InvalidInput, NotFound
@@ -61,10 +61,12 @@ def download(
         if record.kind == "file":
             if target.is_dir() and not target.is_symlink():
                 raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
+            os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode
             os.replace(part, target)
         else:
             unpacked = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest))
             safe_extract(Path(part), unpacked, record.source_size)
+            os.chmod(unpacked, 0o777 & ~umask())
             _swap_in(unpacked, target)
             unpacked = None
     finally:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from fedml_storage import StorageClient
+from fedml_storage import StorageClient, StorageSettings
 
 
 class FedMLStorage(Block):
@@ -40,11 +40,15 @@ upload_data("data/mnist", storage=storage)
     namespace: str | None = Field(None, description="Key prefix, so several teams can share one bucket.")
     local_root: str | None = Field(None, description="Folder of the embedded LOCAL store.")
     api_key: SecretStr | None = Field(None, description="Storage credential written ACCESS_KEY_ID:SECRET_ACCESS_KEY.")
+    keep_versions: int | None = Field(None, ge=1, description="How many versions of a dataset stay downloadable.")
+    part_size: int | None = Field(None, description="Multipart upload part size in bytes.")
+    concurrency: int | None = Field(None, ge=1, description="Parallel requests per transfer.")
+    max_attempts: int | None = Field(None, ge=1, description="Attempts per request (botocore retries with backoff).")
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
-        values = {k: getattr(self, k) for k in ("service", "bucket", "endpoint_url", "region", "r2_account_id",
-                                                "namespace", "local_root")}
+        values = {k: getattr(self, k) for k in StorageSettings.model_fields
+                  if k != "api_key" and k in type(self).model_fields}
         if self.api_key is not None:
             values["api_key"] = self.api_key.get_secret_value()
         return {k: v for k, v in values.items() if v not in (None, "")}

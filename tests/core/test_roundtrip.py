@@ -178,3 +178,18 @@ def test_digest_cache_never_hides_a_change(store: Store, tmp_path: Path) -> None
     assert not changed.skipped and changed.content_digest != first.content_digest
     down = client.download("cached", tmp_path / "out")
     assert (Path(down.data) / "sub" / "deeper" / "c.csv").read_text() == "x,y\n9,9\n"
+
+
+def test_downloads_get_the_usual_permissions(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "perm"
+    src.mkdir()
+    (src / "a.txt").write_text("shared")
+    (tmp_path / "single.txt").write_text("one")
+    client = store.client()
+    assert client.upload(src).ok and client.upload(tmp_path / "single.txt").ok
+    mask = os.umask(0o022)
+    os.umask(mask)
+    folder = Path(client.download("perm", tmp_path / "out").data)
+    single = Path(client.download("single.txt", tmp_path / "out").data)
+    assert (folder.stat().st_mode & 0o777) == 0o777 & ~mask
+    assert (single.stat().st_mode & 0o777) == 0o666 & ~mask

@@ -127,6 +127,8 @@ def test_block_saves_and_loads_with_the_secret_hidden(s3_settings: dict) -> None
     for text in (repr(loaded), str(loaded), loaded.model_dump_json()):
         assert SECRET not in text
     assert loaded.list() == []
+    tuned = FedMLStorage(service="LOCAL", keep_versions=3, concurrency=2)
+    assert tuned.client().settings.keep_versions == 3 and tuned.client().settings.concurrency == 2
 
 
 def test_block_registers_with_the_prefect_cli() -> None:
