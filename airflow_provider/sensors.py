@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context, conf
 
 from .hook import FedMLStorageFailException, FedMLStorageHook
-from .triggers import FedMLStorageDatasetTrigger
+from .triggers import WAIT_FIELDS, FedMLStorageDatasetTrigger
 
 
 class FedMLStorageDatasetSensor(BaseSensorOperator):
@@ -45,11 +45,8 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         if self.poke(context):
             return None
         self.defer(
-            trigger=FedMLStorageDatasetTrigger(
-                name=self.name, metadata_key=self.metadata_key, metadata_value=self.metadata_value,
-                fedml_storage_conn_id=self.fedml_storage_conn_id, service=self.service, namespace=self.namespace,
-                poke_interval=_seconds(self.poke_interval),
-            ),
+            trigger=FedMLStorageDatasetTrigger(**{k: getattr(self, k) for k in WAIT_FIELDS},
+                                               poke_interval=_seconds(self.poke_interval)),
             method_name="execute_complete",
             timeout=timedelta(seconds=_seconds(self.timeout)),
         )

@@ -11,6 +11,9 @@ from asgiref.sync import sync_to_async
 
 from .hook import FedMLStorageHook
 
+# What the sensor hands to the trigger: what to wait for and where, never a secret.
+WAIT_FIELDS = ("name", "metadata_key", "metadata_value", "fedml_storage_conn_id", "service", "namespace")
+
 
 class FedMLStorageDatasetTrigger(BaseTrigger):
     """Fires once the dataset is ready (see `FedMLStorageHook.dataset_ready`), or with the error that stops waiting.
@@ -22,34 +25,27 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                  fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name, service: str | None = None,
                  namespace: str | None = None, poke_interval: float = 60.0) -> None:
         super().__init__()
-        self.name = name
-        self.metadata_key = metadata_key
-        self.metadata_value = metadata_value
-        self.fedml_storage_conn_id = fedml_storage_conn_id
-        self.service = service
-        self.namespace = namespace
+        self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, fedml_storage_conn_id, service,
+                                           namespace)))
         self.poke_interval = poke_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {
-            "name": self.name, "metadata_key": self.metadata_key, "metadata_value": self.metadata_value,
-            "fedml_storage_conn_id": self.fedml_storage_conn_id, "service": self.service,
-            "namespace": self.namespace, "poke_interval": self.poke_interval,
-        }
+        return f"{type(self).__module__}.{type(self).__qualname__}", {**self.wait, "poke_interval": self.poke_interval}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
+        w = self.wait
+        hook = FedMLStorageHook(w["fedml_storage_conn_id"], service=w["service"], namespace=w["namespace"])
         # Connection lookups and the core are synchronous: run them off the event loop, on a thread of their
         # own (not the shared one), so a slow endpoint does not hold up other triggers.
         check = sync_to_async(hook.dataset_ready, thread_sensitive=False)
         while True:
             try:
-                ready, detail = await check(self.name, self.metadata_key, self.metadata_value)
+                ready, detail = await check(w["name"], w["metadata_key"], w["metadata_value"])
             except Exception as exc:  # not curable by waiting: hand it to the task, which fails with it
-                yield TriggerEvent({"status": "error", "name": self.name, "message": str(exc)})
+                yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                 return
             if ready:
-                yield TriggerEvent({"status": "success", "name": self.name, "message": detail})
+                yield TriggerEvent({"status": "success", "name": w["name"], "message": detail})
                 return
             self.log.info("%s; checking again in %ss", detail, self.poke_interval)
             await asyncio.sleep(self.poke_interval)
