@@ -97,16 +97,17 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         new is None or new == old
         for new, old in ((description, found[0].description), (tags, found[0].tags), (metadata, found[0].user_metadata))
     )
+    dropped: list[str] = []
     try:
         if skipped and unchanged_meta:
             manifest = found[0]
         else:
             manifest, dropped = catalog.commit(name, build)
-            catalog.drop_data(dropped)
-    except BaseException:
-        if data_key is not None:
+    except BaseException as exc:
+        if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):
             catalog.drop_data([data_key])  # never published: invisible, but do not leave it
         raise
+    catalog.drop_data(dropped)
     final = manifest.current
     return UploadResult(
         catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
@@ -114,6 +115,16 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
         service=settings.service, namespace=catalog.namespace,
     )
+
+
+def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
+    """After a failed commit: could the manifest point at `data_key`? (A write may succeed and still report
+    a transport error.) When that cannot be ruled out the data stays; cleanup() removes it if unreferenced."""
+    try:
+        found = catalog.read(name)
+    except Exception:
+        return True
+    return found is not None and any(v.key == data_key for v in found[0].versions)
 
 
 def _record(data_key: str, version: str, kind: str, size: int, sha256: str, digest: str, source_size: int,

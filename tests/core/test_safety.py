@@ -80,6 +80,28 @@ def test_failed_commit_removes_its_data(store: Store, tmp_path: Path, monkeypatc
     assert store.keys() == []
 
 
+def test_commit_applied_but_reported_lost_keeps_its_data(store: Store, tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage.catalog import Catalog
+    from fedml_storage.errors import TransientError
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"y" * 1000)
+    real_commit = Catalog.commit
+
+    def lost_reply(self, *a, **k):  # the manifest write lands, then the connection drops before the reply
+        real_commit(self, *a, **k)
+        raise TransientError("connection reset while reading the reply")
+
+    monkeypatch.setattr(Catalog, "commit", lost_reply)
+    response = store.client().upload(src)
+    assert not response.ok and response.retryable
+    monkeypatch.setattr(Catalog, "commit", real_commit)
+    client = store.client()
+    assert client.download("f.bin", tmp_path / "out").ok  # the manifest's data was not removed
+    assert (tmp_path / "out" / "f.bin").read_bytes() == b"y" * 1000
+    assert client.upload(src).data.skipped  # and the retry finds it stored
+
+
 def test_two_concurrent_writers_leave_one_complete_dataset(store: Store, tmp_path: Path) -> None:
     sources = []
     for i in range(2):
