@@ -7,10 +7,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 
-from fedml_storage import FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata, StorageSettings
-
-# Connection extra keys are the core's settings, by name; the API key is the connection's password.
-SETTING_KEYS = tuple(k for k in StorageSettings.model_fields if k != "api_key")
+from fedml_storage import PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata
 
 
 class FedMLStorageException(AirflowException):
@@ -65,7 +62,8 @@ class FedMLStorageHook(BaseHook):
             self.log.info("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
         extra = conn.extra_dejson
-        settings = {k: extra[k] for k in SETTING_KEYS if extra.get(k) not in (None, "")}
+        # Extras are the core's settings by name; the API key is the connection's password.
+        settings = {k: extra[k] for k in PLAIN_SETTINGS if extra.get(k) not in (None, "")}
         if conn.password:
             password = conn.password
             settings["api_key"] = password if ":" in password or not conn.login else f"{conn.login}:{password}"

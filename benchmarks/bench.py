@@ -51,14 +51,6 @@ def _client(endpoint: str):
                          part_size=PART, concurrency=CONCURRENCY)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(4 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def run_op(op: str, endpoint: str, data: Path, scratch: Path) -> float:
     """Do one operation; return the seconds it took."""
     s3, client = _s3(endpoint), _client(endpoint)
@@ -75,8 +67,10 @@ def run_op(op: str, endpoint: str, data: Path, scratch: Path) -> float:
     elif op == "tmsha_upload_file":  # the floor for an upload that records a sha256: hash beside the upload
         from concurrent.futures import ThreadPoolExecutor
 
+        from fedml_storage.digests import sha256_file
+
         with ThreadPoolExecutor(1) as pool:
-            hashing = pool.submit(_sha256, big)
+            hashing = pool.submit(sha256_file, big)
             s3.upload_file(str(big), BUCKET, "baseline/big.bin", Config=_tm_config())
             hashing.result()
     elif op in ("fs_upload_file", "fs_reupload_file"):
@@ -186,8 +180,8 @@ def main() -> None:
         make_data(work / "data", args.size_mib, args.files, args.file_kib)
         home = work / "home"
         order = ["tm_upload_file", "tmsha_upload_file", "fs_upload_file", "fs_reupload_file", "tm_download_file",
-                 "get_download_file", "getsha_download_file", "fs_download_file", "zip_upload_dir", "fs_upload_dir", "fs_reupload_dir", "get_download_dir",
-                 "fs_download_dir"]
+                 "get_download_file", "getsha_download_file", "fs_download_file", "zip_upload_dir", "fs_upload_dir",
+                 "fs_reupload_dir", "get_download_dir", "fs_download_dir"]
         results: dict[str, dict] = {}
         for _ in range(args.repeat):
             for op in order:

@@ -2,13 +2,13 @@
 
 from . import api
 from .client import StorageClient
-from .config import StorageSettings
+from .config import PLAIN_SETTINGS, StorageSettings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
 from .results import DownloadResult, StorageMetadata, UploadResult, asset_uri, human_size
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DownloadResult", "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "StorageClient",
-    "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
+    "PLAIN_SETTINGS", "DownloadResult", "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode",
+    "StorageClient", "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
 ]

@@ -135,6 +135,10 @@ class StorageSettings(BaseModel):
         return validate_settings(values)
 
 
+# The settings a framework may hold in plain fields (connection extras, block fields); the API key is a secret.
+PLAIN_SETTINGS = tuple(k for k in StorageSettings.model_fields if k != "api_key")
+
+
 def validate_settings(values: dict[str, Any]) -> StorageSettings:
     """Build settings, turning validation errors into a secret-free InvalidInput."""
     try:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from fedml_storage import StorageClient, StorageSettings
+from fedml_storage import PLAIN_SETTINGS, StorageClient
 
 
 class FedMLStorage(Block):
@@ -47,8 +47,7 @@ upload_data("data/mnist", storage=storage)
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
-        values = {k: getattr(self, k) for k in StorageSettings.model_fields
-                  if k != "api_key" and k in type(self).model_fields}
+        values = {k: getattr(self, k) for k in PLAIN_SETTINGS if k in type(self).model_fields}
         if self.api_key is not None:
             values["api_key"] = self.api_key.get_secret_value()
         return {k: v for k, v in values.items() if v not in (None, "")}
