@@ -6,10 +6,11 @@ import hashlib
 import logging
 import os
 import stat
+import struct
 import time
 import zipfile
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from .errors import IntegrityError, InvalidInput
@@ -17,6 +18,7 @@ from .errors import IntegrityError, InvalidInput
 log = logging.getLogger("fedml_storage")
 
 CHUNK = 1024 * 1024
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header (30 bytes)
 METHODS = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
 
 
@@ -147,26 +149,30 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
 
 
 def _check_member(name: str) -> str:
-    path = PurePosixPath(name)
+    parts = name.split("/")
     if (
         not name
         or name.startswith(("/", "\\"))
         or "\\" in name
         or "\0" in name
-        or ".." in path.parts
-        or (path.parts and ":" in path.parts[0])
+        or ".." in parts
+        or ":" in parts[0]
     ):
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
     return name.rstrip("/")
 
 
 def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
-    """Extract into the empty folder `dest`, refusing escaping paths, links and more than `max_bytes`."""
+    """Extract into the empty folder `dest`, refusing escaping paths, links and more than `max_bytes`.
+
+    The archive must already be verified against its recorded SHA-256: stored members are then copied straight
+    from their offsets, without zipfile's per-member CRC (the whole-archive digest is the stronger check).
+    """
     written = 0
     root = str(dest)
     made: set[str] = {root}
-    default_mode = 0o666 & ~umask()
-    with zipfile.ZipFile(archive) as zf:
+    umask_bits = umask()
+    with zipfile.ZipFile(archive) as zf, open(archive, "rb") as raw:
         infos = zf.infolist()
         members = [(info, _check_member(info.filename)) for info in infos]  # all checked before any write
         if sum(info.file_size for info in infos) > max_bytes:
@@ -184,15 +190,60 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
                 made.add(parent)
             if stat.S_ISLNK(mode):  # write_zip never stores links: this archive was not written by fedml-storage
                 raise IntegrityError(f"archive member {info.filename!r} is a symbolic link; refusing to extract")
-            with zf.open(info) as src, open(target, "xb") as out:
-                while chunk := src.read(CHUNK):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise IntegrityError(f"archive expands past the {max_bytes} bytes recorded at upload; refusing")
-                    out.write(chunk)
-            if stat.S_IMODE(mode) and stat.S_IMODE(mode) & 0o777 != default_mode:
-                os.chmod(target, stat.S_IMODE(mode) & 0o777)
+            perm = stat.S_IMODE(mode) & 0o777 or 0o666 & ~umask_bits
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), perm)
+            try:
+                if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1 and (
+                        info.compress_size == info.file_size):
+                    written += _copy_stored(raw, info, fd, max_bytes - written, zf.start_dir)
+                else:
+                    written += _copy_member(zf, info, fd, max_bytes - written)
+            finally:
+                os.close(fd)
+            if perm & umask_bits:  # the kernel dropped bits the archive records; restore them
+                os.chmod(target, perm)
     return written
+
+
+def _copy_stored(raw: BinaryIO, info: zipfile.ZipInfo, fd: int, allowed: int, data_end: int) -> int:
+    """Copy a stored member's bytes from their offset in the archive (which ends at `data_end`)."""
+    raw.seek(info.header_offset)
+    header = raw.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+        raise IntegrityError(f"archive member {info.filename!r} has a bad local header; refusing to extract")
+    name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
+    start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    left = info.file_size
+    if left > allowed:
+        raise IntegrityError("archive expands past the bytes recorded at upload; refusing")
+    if start + left > data_end:
+        raise IntegrityError(f"archive member {info.filename!r} runs past the archive's data; refusing to extract")
+    raw.seek(start)
+    while left:
+        chunk = raw.read(min(CHUNK, left))
+        if not chunk:
+            raise IntegrityError(f"archive member {info.filename!r} is truncated; refusing to extract")
+        _write_all(fd, chunk)
+        left -= len(chunk)
+    return info.file_size
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, fd: int, allowed: int) -> int:
+    """Decompress a member through zipfile (which checks its CRC), stopping past `allowed` bytes."""
+    written = 0
+    with zf.open(info) as src:
+        while chunk := src.read(CHUNK):
+            written += len(chunk)
+            if written > allowed:
+                raise IntegrityError("archive expands past the bytes recorded at upload; refusing")
+            _write_all(fd, chunk)
+    return written
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def umask() -> int:

@@ -195,6 +195,38 @@ def test_archive_expanding_past_recorded_size_is_refused(store: Store, tmp_path:
     assert list(dest.iterdir()) == []
 
 
+def test_foreign_deflated_archive_extracts_with_its_modes(store: Store, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        script = zipfile.ZipInfo("bin/run.sh")
+        script.external_attr = 0o100755 << 16
+        zf.writestr(script, "#!/bin/sh\necho hi\n")
+        zf.writestr("data/rows.csv", "a,b\n" * 1000)
+        zf.writestr(zipfile.ZipInfo("plain.txt"), b"stored", compress_type=zipfile.ZIP_STORED)
+    _plant(store, "foreign", buf.getvalue(), 10_000)
+    down = store.client().download("foreign", tmp_path / "out")
+    assert down.ok, down.message
+    root = Path(down.data)
+    assert (root / "data" / "rows.csv").read_text() == "a,b\n" * 1000
+    assert (root / "plain.txt").read_bytes() == b"stored"
+    assert (root / "bin" / "run.sh").stat().st_mode & 0o777 == 0o755
+
+
+def test_stored_member_running_past_its_data_is_refused(store: Store, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.txt", "first")
+        zf.writestr("b.txt", "second")
+    archive = bytearray(buf.getvalue())
+    central = archive.rindex(b"PK\x01\x02")  # b.txt's central entry: claim 200 bytes where there are 6
+    archive[central + 20:central + 28] = (200).to_bytes(4, "little") * 2
+    _plant(store, "overrun", bytes(archive), 1000)
+    dest = tmp_path / "dest"
+    response = store.client().download("overrun", dest)
+    assert not response.ok and "runs past" in response.message
+    assert list(dest.iterdir()) == []
+
+
 def test_unreadable_manifest_is_reported(store: Store, tmp_path: Path) -> None:
     store.write("default/manifests/broken.json", b"{not json")
     response = StorageClient(service=store.service, api_key=store.api_key).get_metadata("broken")
