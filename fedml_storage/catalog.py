@@ -99,11 +99,14 @@ class Catalog:
 
     def read(self, name: str) -> tuple[Manifest, str] | None:
         """The manifest and its etag, or None when the name is not stored."""
+        found = self._read_raw(name)
+        return None if found is None else (_parse(found[0], name), found[1])
+
+    def _read_raw(self, name: str) -> tuple[bytes, str] | None:
         try:
-            raw, etag = self.store.read_bytes(self.manifest_key(name))
+            return self.store.read_bytes(self.manifest_key(name))
         except ObjectMissing:
             return None
-        return _parse(raw, name), etag
 
     def get(self, name: str) -> Manifest:
         """The manifest, or NotFound with advice."""
@@ -136,18 +139,25 @@ class Catalog:
             return manifest, dropped
         raise Conflict(f"{name!r} kept changing under concurrent writers; nothing of this upload was published, try again")
 
-    def remove(self, name: str) -> Manifest:
-        """Delete the manifest (the commit point), then its data."""
+    def remove(self, name: str) -> Manifest | None:
+        """Delete the manifest (the commit point), then its data; None when the manifest was unreadable."""
         for _ in range(COMMIT_ATTEMPTS):
-            found = self.read(name)
+            found = self._read_raw(name)
             if found is None:
                 raise NotFound(f"no data named {name!r} in namespace {self.namespace!r}; nothing was deleted")
-            manifest, etag = found
+            raw, etag = found
+            try:
+                manifest: Manifest | None = _parse(raw, name)
+            except IntegrityError:
+                manifest = None  # still deletable; its data, which nothing can name now, goes at cleanup()
             try:
                 self.store.delete(self.manifest_key(name), if_match=etag)
             except PreconditionFailed:
                 continue
-            self.drop_data([v.key for v in manifest.versions])
+            if manifest is None:
+                log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
+            else:
+                self.drop_data([v.key for v in manifest.versions])
             return manifest
         raise Conflict(f"{name!r} kept changing while being deleted; try again")
 
@@ -156,31 +166,53 @@ class Catalog:
         if not keys:
             return
         try:
-            self.store.delete_many(keys)
+            failed = self.store.delete_many(keys)
         except Exception as exc:  # the commit already happened; leftovers are invisible
             log.warning("could not remove replaced data (%s); run cleanup() later to remove it", type(exc).__name__)
+            return
+        if failed:
+            log.warning("could not remove %d replaced object(s) (e.g. %s); run cleanup() later", len(failed), failed[0])
 
     def list(self, workers: int = 8) -> list[Manifest]:
-        """Every manifest in the namespace, sorted by name."""
+        """Every readable manifest in the namespace, sorted by name; unreadable ones are logged and skipped."""
+        manifests, unreadable = self._scan(workers)
+        for name in unreadable:
+            log.warning("skipping %r: its catalog entry is unreadable; delete(%r) removes it", name, name)
+        return manifests
+
+    def _scan(self, workers: int = 8) -> tuple[list[Manifest], list[str]]:
         keys = [o.key for o in self.store.list(self.manifest_prefix) if o.key.endswith(".json")]
         names = [k[len(self.manifest_prefix) : -len(".json")] for k in keys if "/" not in k[len(self.manifest_prefix) :]]
 
-        def one(name: str) -> Manifest | None:
-            found = self.read(name)
+        def one(name: str) -> Manifest | str | None:
+            try:
+                found = self.read(name)
+            except IntegrityError:
+                return name
             return found[0] if found else None  # deleted while listing
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
-            manifests = [m for m in pool.map(one, names) if m is not None]
-        return sorted(manifests, key=lambda m: m.name)
+            results = [r for r in pool.map(one, names) if r is not None]
+        manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
+        return manifests, sorted(r for r in results if isinstance(r, str))
 
     def cleanup(self, older_than_seconds: float) -> dict[str, int]:
         """Remove data and temp leftovers older than the grace period that no manifest references."""
         cutoff = time.time() - older_than_seconds
-        referenced = {v.key for m in self.list() for v in m.versions}
+        manifests, unreadable = self._scan()
+        referenced = {v.key for m in manifests for v in m.versions}
+        # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
+        protected = tuple(f"{self.data_prefix}{name}/" for name in unreadable)
+        for name in unreadable:
+            log.warning("cleanup leaves the data of %r: its catalog entry is unreadable", name)
         orphans = [
-            o.key for o in self.store.list(self.data_prefix) if o.key not in referenced and o.modified < cutoff
+            o.key for o in self.store.list(self.data_prefix)
+            if o.key not in referenced and o.modified < cutoff and not o.key.startswith(protected)
         ]
-        self.store.delete_many(orphans)
+        failed = self.store.delete_many(orphans)
+        if failed:
+            log.warning("cleanup could not remove %d object(s), e.g. %s; check the key may delete them",
+                        len(failed), failed[0])
         extra = 0
         stale = getattr(self.store, "stale_temp_files", None)
         if stale:
@@ -190,14 +222,15 @@ class Catalog:
         abort = getattr(self.store, "abort_stale_uploads", None)
         if abort:
             extra += abort(self.data_prefix, cutoff)
-        return {"orphaned_objects_removed": len(orphans), "incomplete_uploads_removed": extra}
+        return {"orphaned_objects_removed": len(orphans) - len(failed), "incomplete_uploads_removed": extra,
+                "objects_not_removed": len(failed)}
 
 
 def _parse(raw: bytes, name: str) -> Manifest:
     try:
         manifest = Manifest.model_validate(json.loads(raw))
     except (ValueError, ValidationError):
-        raise IntegrityError(f"the catalog entry of {name!r} is unreadable; delete it and upload again") from None
+        raise IntegrityError(f"the catalog entry of {name!r} is unreadable; delete({name!r}) removes it, then upload again") from None
     if manifest.format_version > FORMAT_VERSION:
         raise IntegrityError(f"{name!r} was written by a newer fedml-storage (format {manifest.format_version}); upgrade")
     if not manifest.versions:

@@ -89,11 +89,12 @@ class StorageClient:
             found += self._base.secret_values()
         return found
 
-    def _run(self, action: str, fn: Callable[[], T], message: Callable[[T], str] | None = None) -> FedMLResponse:
+    def _run(self, action: str, fn: Callable[[], T], message: Callable[[T], str] | None = None, *,
+             after_error: str = "") -> FedMLResponse:
         try:
             data = fn()
         except Exception as exc:  # the core API reports failures, it does not raise them
-            return to_response(exc, action, self._secrets())
+            return to_response(exc, action, self._secrets(), after_error)
         text = message(data) if message else f"{action} succeeded"
         return FedMLResponse(ResponseCode.SUCCESS, text, data)
 
@@ -114,7 +115,7 @@ class StorageClient:
             finally:
                 cache.close()
 
-        return self._run(f"upload of {data_path!s}", run, lambda r: r.summary())
+        return self._run(f"upload of {data_path!s}", run, lambda r: r.summary(), after_error="Nothing was published")
 
     def download(self, data_name: str, dest_path: str | os.PathLike | None = None, *, version: str | None = None,
                  show_progress: bool = False, out_progress_to_err: bool = True,
@@ -125,6 +126,7 @@ class StorageClient:
             lambda: _download(self._catalog(), data_name, dest_path, version, show_progress, out_progress_to_err,
                               progress_desc),
             lambda r: r.summary(),
+            after_error="Nothing was left at the destination",
         )
 
     def delete(self, data_name: str) -> FedMLResponse:
@@ -170,9 +172,11 @@ class StorageClient:
         """Remove leftovers of interrupted uploads older than the grace period; data holds counts."""
         return self._run("cleanup", lambda: self._catalog().cleanup(older_than_seconds))
 
-    def asset_uri(self, data_name: str) -> str:
-        """The lineage URI fedml://<namespace>/<name>; raises FedMLStorageError on invalid settings or name."""
-        response = self._run("asset uri", lambda: asset_uri(self._ensure_settings().namespace, check_name(data_name)))
+    def asset_uri(self, data_name: str, *, iri: bool = False) -> str:
+        """The lineage URI fedml://<namespace>/<name> (see `asset_uri`); raises FedMLStorageError when invalid."""
+        response = self._run(
+            "asset uri", lambda: asset_uri(self._ensure_settings().namespace, check_name(data_name), iri=iri)
+        )
         return response.unwrap()
 
     def _metadata(self, catalog: Catalog, m: Manifest) -> StorageMetadata:

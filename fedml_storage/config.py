@@ -184,6 +184,8 @@ def write_config_file(updates: dict[str, Any]) -> Path:
             data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
     validate_settings(data)
     data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+    if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
+        data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +18,9 @@ from .results import DownloadResult
 from .validation import check_name
 
 TEMP_PREFIX = ".fedml-download-"
+STALE_TEMP_SECONDS = 24 * 3600
+
+log = logging.getLogger("fedml_storage")
 
 
 def download(
@@ -38,10 +42,12 @@ def download(
         raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
     manifest = catalog.get(name)
     record = manifest.find(version)
-    dest.mkdir(parents=True, exist_ok=True)
+    created = _make_folder(dest)
+    _remove_stale_temps(dest)
     target = dest / name
     fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
     unpacked: Path | None = None
+    done = False
     try:
         with os.fdopen(fd, "wb") as fh:
             writer = HashingWriter(fh)
@@ -69,14 +75,48 @@ def download(
             os.chmod(unpacked, 0o777 & ~umask())
             _swap_in(unpacked, target)
             unpacked = None
+        done = True
     finally:
         Path(part).unlink(missing_ok=True)
         if unpacked is not None:
             shutil.rmtree(unpacked, ignore_errors=True)
+        if not done:
+            for folder in created:  # deepest first; only what this call made, and only while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return DownloadResult(
         str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
         seconds=round(time.monotonic() - started, 3), kind=record.kind,
     )
+
+
+def _make_folder(dest: Path) -> list[Path]:
+    """Create `dest` and missing parents; the folders created, deepest first."""
+    missing = []
+    for folder in (dest, *dest.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    dest.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_stale_temps(dest: Path) -> None:
+    """Remove what killed downloads left in `dest` (untouched for a day: no live download is that idle)."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for leftover in dest.glob(TEMP_PREFIX + "*"):
+        try:
+            if leftover.lstat().st_mtime >= cutoff:
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            log.info("removed %s, left by an interrupted download", leftover)
+        except OSError:
+            pass  # another download's cleanup got there first, or it is not ours to remove
 
 
 def _swap_in(new: Path, target: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
 from collections.abc import Iterable
@@ -71,9 +72,27 @@ def redact(text: str, secrets: Iterable[object]) -> str:
     return text
 
 
-def to_response(exc: BaseException, action: str, secrets: Iterable[str | None] = ()) -> FedMLResponse:
-    """Turn an exception raised while doing `action` into a FAILURE or ERROR response."""
+def local_os_error(exc: OSError) -> StorageFailure | TransientError | None:
+    """The user-facing form of a local file-system error the user can act on, or None."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientError(f"no space left on the local disk{where}; free some space or choose another folder")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AccessDenied(f"the local file system refused access{where}: {exc.strerror}; check its permissions "
+                            "or choose another folder")
+    return None
+
+
+def to_response(
+    exc: BaseException, action: str, secrets: Iterable[str | None] = (), after_error: str = ""
+) -> FedMLResponse:
+    """Turn an exception raised while doing `action` into a FAILURE or ERROR response.
+
+    `after_error` says what an unexpected error left behind (e.g. "Nothing was published").
+    """
     secrets = list(secrets)
+    if isinstance(exc, OSError) and (mapped := local_os_error(exc)) is not None:
+        exc = mapped
     if isinstance(exc, StorageFailure):
         code, reason, message = ResponseCode.FAILURE, exc.reason, f"{action} failed: {exc}"
     elif isinstance(exc, TransientError):
@@ -81,9 +100,10 @@ def to_response(exc: BaseException, action: str, secrets: Iterable[str | None] =
         message = f"{action} failed: {exc}. This may pass: try again."
     else:
         code, reason = ResponseCode.ERROR, Reason.INTERNAL
+        left = f"{after_error}; please" if after_error else "Please"
         message = (
             f"{action} failed unexpectedly: {type(exc).__name__}: {exc}. "
-            "Nothing was published; please report this with the log if it happens again."
+            f"{left} report this with the log if it happens again."
         )
         trace = "".join(traceback.format_exception(exc))
         log.debug("unexpected error during %s:\n%s", action, redact(trace, secrets))

@@ -17,8 +17,13 @@ def human_size(num: int) -> str:
     return f"{value:.2f} PB"
 
 
-def asset_uri(namespace: str, name: str) -> str:
-    """The lineage URI of a dataset, shared by Airflow Assets and Prefect assets: fedml://<namespace>/<name>."""
+def asset_uri(namespace: str, name: str, *, iri: bool = False) -> str:
+    """The lineage URI of a dataset: fedml://<namespace>/<name>, percent-encoded (Airflow wants ASCII).
+
+    `iri=True` leaves non-ASCII letters as they are (Prefect refuses '%' in asset keys).
+    """
+    if iri:
+        return f"fedml://{namespace}/" + "".join(ch if ord(ch) > 127 else quote(ch, safe="-._~") for ch in name)
     return f"fedml://{namespace}/{quote(name, safe='-._~')}"
 
 

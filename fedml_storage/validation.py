@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import InvalidInput
 
-MAX_NAME_LENGTH = 255
+MAX_NAME_BYTES = 200  # in UTF-8: leaves room for '.json'/'.zip' within a file system's 255-byte names
 MAX_USER_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_TAGS = 64
@@ -24,8 +24,12 @@ def check_name(name: Any) -> str:
         raise InvalidInput(f"invalid data name {name!r}: control characters are not allowed")
     if name != name.strip():
         raise InvalidInput(f"invalid data name {name!r}: remove leading or trailing spaces")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"data name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"invalid data name {name!r}: it is not valid Unicode (undecodable file name?)") from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidInput(f"data name is {size} bytes long in UTF-8; at most {MAX_NAME_BYTES} are allowed")
     return name
 
 

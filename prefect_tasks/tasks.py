@@ -88,7 +88,7 @@ def upload_data(data_path: str, name: str | None = None, description: str | None
                   f"| skipped (unchanged) | {result.skipped} |\n"),
         description=f"fedml-storage upload of {result.name}",
     )
-    _materialize(client.asset_uri(result.name), {k: details[k] for k in ("version", "sha256", "size", "uri")})
+    _materialize(client.asset_uri(result.name, iri=True), {k: details[k] for k in ("version", "sha256", "size", "uri")})
     return details
 
 

@@ -115,10 +115,11 @@ class ObjectStore(ABC):
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         """Remove an object (absent is fine); with `if_match`, only if unchanged."""
 
-    def delete_many(self, keys: list[str]) -> None:
-        """Remove several objects."""
+    def delete_many(self, keys: list[str]) -> list[str]:
+        """Remove several objects; the keys that could not be removed."""
         for key in keys:
             self.delete(key)
+        return []
 
     def close(self) -> None:
         """Release connections and threads."""

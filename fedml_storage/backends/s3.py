@@ -21,6 +21,13 @@ _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Inval
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
 
+_SETUP_ERRORS = (  # settings that can never work: retrying does not help
+    botocore.exceptions.ParamValidationError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.NoRegionError,
+    botocore.exceptions.InvalidRegionError,
+)
+
 
 class _Progress(BaseSubscriber):
     def __init__(self, progress: Progress) -> None:
@@ -60,14 +67,18 @@ class S3Store(ObjectStore):
             key_id, secret = settings.api_key.get_secret_value().split(":", 1)
         region = settings.region or ("auto" if settings.service == "R2" else None)
         session = boto3.session.Session()
-        self._client = session.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=key_id,
-            aws_secret_access_key=secret,
-            config=config,
-        )
+        try:
+            self._client = session.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region,
+                aws_access_key_id=key_id,
+                aws_secret_access_key=secret,
+                config=config,
+            )
+        except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. a malformed endpoint or region
+            raise NotConfigured(f"cannot set up the {settings.service} client: {exc}; check endpoint_url and "
+                                "region") from None
         self._upload_config = TransferConfig(
             multipart_threshold=settings.part_size,
             multipart_chunksize=settings.part_size,
@@ -159,12 +170,15 @@ class S3Store(ObjectStore):
         except ObjectMissing:
             pass
 
-    def delete_many(self, keys: list[str]) -> None:
+    def delete_many(self, keys: list[str]) -> list[str]:
+        failed: list[str] = []
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             if batch:
                 with _translate(batch[0]["Key"], self._location):
-                    self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                    resp = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                failed += [e["Key"] for e in resp.get("Errors", []) if e.get("Code") not in _MISSING]
+        return failed
 
     def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
         """Abort multipart uploads under `prefix` started before `older_than`; how many."""
@@ -224,6 +238,9 @@ class _translate:
             if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
                 raise TransientError(f"storage service busy or failing ({code or status}) at {self.location}") from None
             raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
+        if isinstance(exc, _SETUP_ERRORS):
+            raise NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
+                                "check the bucket name, region and credentials in the settings") from None
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
         return False

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from fedml_storage import StorageClient, api
 from fedml_storage.api.fedml_response import ResponseCode
+from fedml_storage.errors import to_response
 
 from .conftest import Store
 
@@ -32,6 +35,8 @@ def stored(store: Store, tmp_path: Path) -> Path:
         ({"name": "../x"}, "invalid_input", "single name"),
         ({"name": "a/b"}, "invalid_input", "single name"),
         ({"name": "bad\nname"}, "invalid_input", "control characters"),
+        ({"name": "é" * 101}, "invalid_input", "202 bytes long in UTF-8; at most 200"),
+        ({"name": "bad\udcffname"}, "invalid_input", "not valid Unicode"),
         ({"tag_list": "images"}, "invalid_input", "list of strings"),
         ({"description": 42}, "invalid_input", "description must be a string"),
     ],
@@ -49,6 +54,17 @@ def test_bad_upload_input_fails_clearly_and_stores_nothing(
     assert store.keys() == before
     assert (store.client().download("keep", tmp_path / "o").ok and (tmp_path / "o" / "keep" / "k.txt").read_text()
             == "precious")
+
+
+def test_longest_allowed_name_round_trips(store: Store, tmp_path: Path) -> None:
+    name = "é" * 98 + ".csv"  # 102 characters, 200 bytes: the limit is in bytes, which file systems count
+    src = tmp_path / "f.csv"
+    src.write_text("long")
+    client = store.client()
+    assert client.upload(src, name=name).ok
+    down = client.download(name, tmp_path / "out")
+    assert down.ok and Path(down.data).read_text() == "long"
+    assert client.delete(name).ok
 
 
 def test_unknown_service_lists_valid_ones(tmp_path: Path) -> None:
@@ -117,3 +133,35 @@ def test_directory_changed_after_scanning_is_not_published(tmp_path: Path) -> No
         fh.write("second line\n")
     with pytest.raises(InvalidInput, match="changed while it was being uploaded"):
         write_zip(entries, io.BytesIO())
+
+
+def test_malformed_endpoint_is_a_configuration_failure(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    response = StorageClient(service="S3", bucket="b1", endpoint_url="htp:/nowhere here", api_key="AKIAX:secret-x",
+                             region="us-east-1").upload(tmp_path / "f.txt")
+    assert response.code == ResponseCode.FAILURE and response.reason == "not_configured", response.message
+    assert "endpoint_url" in response.message and "secret-x" not in response.message
+
+
+def test_invalid_bucket_name_is_a_configuration_failure(moto_endpoint: str, tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    client = StorageClient(service="S3", bucket="no such bucket!", endpoint_url=moto_endpoint, api_key="AKIAX:s-x",
+                           region="us-east-1")
+    response = client.upload(tmp_path / "f.txt")
+    assert response.code == ResponseCode.FAILURE and response.reason == "not_configured", response.message
+    assert not response.retryable and "bucket" in response.message
+
+
+@pytest.mark.parametrize(
+    ("err", "code", "reason", "words"),
+    [
+        (errno.ENOSPC, ResponseCode.ERROR, "transient", "no space left"),
+        (errno.EACCES, ResponseCode.FAILURE, "access_denied", "refused access"),
+        (errno.EROFS, ResponseCode.FAILURE, "access_denied", "refused access"),
+        (errno.EIO, ResponseCode.ERROR, "internal", "report this"),
+    ],
+)
+def test_local_file_system_errors_say_what_to_do(err: int, code: ResponseCode, reason: str, words: str) -> None:
+    response = to_response(OSError(err, os.strerror(err), "/data/out/x.part"), "download of 'x'")
+    assert response.code == code and response.reason == reason and words in response.message
+    assert "/data/out/x.part" in response.message

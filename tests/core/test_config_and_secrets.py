@@ -29,6 +29,15 @@ def test_resolution_order_arguments_then_env_then_file(monkeypatch) -> None:
     assert (s.bucket, s.namespace) == ("from-arg", "filens")
 
 
+def test_configured_local_root_is_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert api.configure(local_root="stores/team").ok
+    saved = json.loads(config_path().read_text())["local_root"]
+    assert saved == str(tmp_path / "stores" / "team")
+    monkeypatch.chdir("/")  # the store does not move with the caller's folder
+    assert StorageSettings.resolve().store_root == (tmp_path / "stores" / "team").resolve()
+
+
 def test_configure_rejects_bad_values_and_unknown_keys() -> None:
     bad = api.configure(namespace="no spaces allowed")
     assert bad.code == ResponseCode.FAILURE and "namespace" in bad.message

@@ -193,3 +193,11 @@ def test_downloads_get_the_usual_permissions(store: Store, tmp_path: Path) -> No
     single = Path(client.download("single.txt", tmp_path / "out").data)
     assert (folder.stat().st_mode & 0o777) == 0o777 & ~mask
     assert (single.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_asset_uri_forms() -> None:
+    from fedml_storage import asset_uri
+
+    assert asset_uri("team", "café data") == "fedml://team/caf%C3%A9%20data"  # Airflow: ASCII only
+    assert asset_uri("team", "café data", iri=True) == "fedml://team/café%20data"  # Prefect: no '%' for letters
+    assert asset_uri("team", "plain-1.csv", iri=True) == asset_uri("team", "plain-1.csv") == "fedml://team/plain-1.csv"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time as time_module
 import zipfile
 from pathlib import Path
 
@@ -37,6 +38,51 @@ def test_corrupted_object_fails_and_leaves_nothing(store: Store, tmp_path: Path)
     response = client.download("ds", dest)
     assert not response.ok and "corrupt" in response.message
     assert list(dest.iterdir()) == []
+
+
+def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.catalog import Catalog
+
+    class Stubborn(LocalStore):  # a store that refuses some deletions, as S3 reports per key
+        def delete_many(self, keys: list[str]) -> list[str]:
+            super().delete_many(keys[1:])
+            return keys[:1]
+
+    store = Stubborn(tmp_path / "store")
+    for n in range(3):
+        store.write_bytes(f"default/data/gone{n}/v1/f", b"x")
+    result = Catalog(store, "default").cleanup(older_than_seconds=0)
+    assert result["orphaned_objects_removed"] == 2 and result["objects_not_removed"] == 1
+    assert "could not remove 1 object" in caplog.text
+
+
+def test_failed_download_removes_the_folders_it_created(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "ds")).ok
+    key = _manifest(store, "ds")["versions"][0]["key"]
+    store.write(key, store.read(key)[:-10])  # truncated
+    (tmp_path / "runs").mkdir()
+    response = client.download("ds", tmp_path / "runs" / "today" / "in")
+    assert not response.ok and "corrupt" in response.message
+    assert list((tmp_path / "runs").iterdir()) == []  # 'today/in' made for this call, and removed with it
+
+
+def test_download_removes_what_killed_downloads_left(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "ds")).ok
+    dest = tmp_path / "out"
+    dest.mkdir()
+    old_part, old_dir = dest / ".fedml-download-dead.part", dest / ".fedml-download-dead"
+    old_part.write_bytes(b"half")
+    (old_dir / "half").mkdir(parents=True)
+    live_part = dest / ".fedml-download-live.part"  # another download, still writing
+    live_part.write_bytes(b"busy")
+    day_ago = time_module.time() - 25 * 3600
+    for p in (old_part, old_dir):
+        os.utime(p, (day_ago, day_ago))
+    assert client.download("ds", dest).ok
+    assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
 
 
 def test_crash_between_data_and_manifest_keeps_old_dataset(store: Store, tmp_path: Path) -> None:
@@ -180,7 +226,7 @@ def test_links_in_an_archive_are_refused(store: Store, tmp_path: Path, links: li
     dest = tmp_path / "a" / "dest"
     response = store.client().download("linky", dest)
     assert not response.ok and "symbolic link" in response.message
-    assert list(dest.iterdir()) == []
+    assert not (tmp_path / "a").exists()  # the folders this download made are gone with it
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
@@ -192,7 +238,7 @@ def test_archive_expanding_past_recorded_size_is_refused(store: Store, tmp_path:
     dest = tmp_path / "dest"
     response = store.client().download("bomb", dest)
     assert not response.ok and "recorded at upload" in response.message
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()  # made for this download, removed with it
 
 
 def test_foreign_deflated_archive_extracts_with_its_modes(store: Store, tmp_path: Path) -> None:
@@ -224,13 +270,32 @@ def test_stored_member_running_past_its_data_is_refused(store: Store, tmp_path: 
     dest = tmp_path / "dest"
     response = store.client().download("overrun", dest)
     assert not response.ok and "runs past" in response.message
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()  # made for this download, removed with it
 
 
 def test_unreadable_manifest_is_reported(store: Store, tmp_path: Path) -> None:
     store.write("default/manifests/broken.json", b"{not json")
     response = StorageClient(service=store.service, api_key=store.api_key).get_metadata("broken")
     assert not response.ok and "unreadable" in response.message
+
+
+def test_unreadable_manifest_blocks_neither_list_nor_delete(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "good")).ok and client.upload(make_tree(tmp_path / "hurt")).ok
+    hurt_data = _manifest(store, "hurt")["versions"][0]["key"]
+    store.write("default/manifests/hurt.json", b"{not json")
+    listed = client.list()
+    assert listed.ok and [m.dataName for m in listed.data] == ["good"]
+    assert "'hurt'" in caplog.text and "unreadable" in caplog.text
+    # cleanup must not take the data of an entry it cannot read (it may be a newer format's)
+    assert client.cleanup(older_than_seconds=0).ok and hurt_data in store.keys()
+    deleted = client.delete("hurt")
+    assert deleted.ok and deleted.data is True
+    assert "default/manifests/hurt.json" not in store.keys()
+    assert client.cleanup(older_than_seconds=0).ok and hurt_data not in store.keys()
+    assert client.download("good", tmp_path / "out").ok  # the readable neighbour is untouched
 
 
 def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) -> None:
@@ -246,4 +311,4 @@ def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) 
     store.write(key, bytes(data))
     bad = client.download("big.bin", tmp_path / "bad")
     assert not bad.ok and "corrupt" in bad.message
-    assert list((tmp_path / "bad").iterdir()) == []
+    assert not (tmp_path / "bad").exists()  # made for this download, removed with it
