@@ -75,6 +75,18 @@ class FedMLStorageHook(BaseHook):
             self._client = StorageClient(**{**self.settings_from_connection(), **self._overrides})
         return self._client
 
+    def close(self) -> None:
+        """Release the client's connections (use the hook as a context manager to do it for you)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> FedMLStorageHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def namespace(self) -> str:
         """The namespace this connection stores under."""
@@ -123,21 +135,13 @@ class FedMLStorageHook(BaseHook):
                       metadata_value: str | None = None) -> tuple[bool, str]:
         """Whether `name` is stored (with `metadata_key` set, to `metadata_value` when given), and why not.
 
-        Failures that waiting can cure (service unreachable, name not yet there) count as not ready;
-        others raise.
+        A failure that waiting can cure (service unreachable, busy) counts as not ready; others raise.
         """
-        try:
-            if not self.exists(name):
-                return False, f"dataset {name!r} not stored yet"
-            if metadata_key is None:
-                return True, f"dataset {name!r} is stored"
-            value = self.get_user_metadata(name).get(metadata_key)
-        except FedMLStorageException as exc:  # e.g. deleted between the two calls
-            if exc.retryable or exc.reason == "not_found":
-                return False, str(exc)
-            raise
-        ready = value is not None if metadata_value is None else value == metadata_value
-        return ready, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ready else 'waiting'})"
+        response = self.get_client().ready(name, metadata_key, metadata_value)
+        if not response.ok and response.retryable:
+            return False, response.message
+        readiness = raise_for(response)
+        return readiness.ready, readiness.detail
 
     def asset_uri(self, name: str) -> str:
         """fedml://<namespace>/<name> for this connection."""
@@ -152,7 +156,8 @@ class FedMLStorageHook(BaseHook):
             settings = self.settings_from_connection()
         except AirflowNotFoundException as exc:
             return False, str(exc)
-        response = StorageClient(**settings).list()
+        with StorageClient(**settings) as client:
+            response = client.list()
         if response.ok:
             return True, f"Connection works: {len(response.data)} dataset(s) visible"
         return False, response.message

@@ -71,9 +71,9 @@ class FedMLStorageUploadOperator(_StorageOperator):
                 metadata = json.loads(metadata) if metadata.strip() else None
             except json.JSONDecodeError:
                 raise AirflowFailException("metadata must be a dict or a JSON object of strings") from None
-        hook = self.hook()
-        result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
-        uri = hook.asset_uri(result["name"])
+        with self.hook() as hook:
+            result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
+            uri = hook.asset_uri(result["name"])
         declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
         if declared and uri not in {a.uri for a in declared}:
             # Succeeding would emit events for an Asset that was not written and trigger the wrong DAGs.
@@ -102,7 +102,8 @@ class FedMLStorageDownloadOperator(_StorageOperator):
             self.inlets = _static_asset(name, kwargs.get("namespace") or self.namespace)
 
     def execute(self, context: Context) -> str:
-        return self.hook().download(self.name, self.dest_path, self.version or None)
+        with self.hook() as hook:
+            return hook.download(self.name, self.dest_path, self.version or None)
 
 
 class FedMLStorageDeleteOperator(_StorageOperator):
@@ -115,7 +116,8 @@ class FedMLStorageDeleteOperator(_StorageOperator):
         self.name = name
 
     def execute(self, context: Context) -> bool:
-        return self.hook().delete(self.name)
+        with self.hook() as hook:
+            return hook.delete(self.name)
 
 
 class FedMLStorageListOperator(_StorageOperator):
@@ -124,7 +126,8 @@ class FedMLStorageListOperator(_StorageOperator):
     template_fields: Sequence[str] = ("service", "namespace")
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        items = self.hook().list()
+        with self.hook() as hook:
+            items = hook.list()
         self.log.info("listed %d dataset(s): %s", len(items), ", ".join(i["dataName"] for i in items[:20]))
         return items
 
@@ -140,12 +143,12 @@ class FedMLStorageMetadataOperator(_StorageOperator):
         self.user_defined_only = user_defined_only
 
     def execute(self, context: Context) -> dict[str, Any]:
-        hook = self.hook()
-        if self.user_defined_only:
-            meta = hook.get_user_metadata(self.name)
-            self.log.info("user metadata of %r: %d key(s)", self.name, len(meta))
-            return meta
-        meta = hook.get_metadata(self.name)
+        with self.hook() as hook:
+            if self.user_defined_only:
+                meta = hook.get_user_metadata(self.name)
+                self.log.info("user metadata of %r: %d key(s)", self.name, len(meta))
+                return meta
+            meta = hook.get_metadata(self.name)
         self.log.info("metadata of %r: version %s, %s, %d file(s)", self.name, meta["version"], meta["size"],
                       meta["file_count"])
         return meta

@@ -34,8 +34,8 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def poke(self, context: Context) -> bool:
-        hook = FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
-        ready, detail = hook.dataset_ready(self.name, self.metadata_key, self.metadata_value)
+        with FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace) as hook:
+            ready, detail = hook.dataset_ready(self.name, self.metadata_key, self.metadata_value)
         self.log.info("%s", detail)
         return ready
 

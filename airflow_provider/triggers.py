@@ -38,14 +38,17 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
         # Connection lookups and the core are synchronous: run them off the event loop, on a thread of their
         # own (not the shared one), so a slow endpoint does not hold up other triggers.
         check = sync_to_async(hook.dataset_ready, thread_sensitive=False)
-        while True:
-            try:
-                ready, detail = await check(w["name"], w["metadata_key"], w["metadata_value"])
-            except Exception as exc:  # not curable by waiting: hand it to the task, which fails with it
-                yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
-                return
-            if ready:
-                yield TriggerEvent({"status": "success", "name": w["name"], "message": detail})
-                return
-            self.log.info("%s; checking again in %ss", detail, self.poke_interval)
-            await asyncio.sleep(self.poke_interval)
+        try:
+            while True:
+                try:
+                    ready, detail = await check(w["name"], w["metadata_key"], w["metadata_value"])
+                except Exception as exc:  # not curable by waiting: hand it to the task, which fails with it
+                    yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
+                    return
+                if ready:
+                    yield TriggerEvent({"status": "success", "name": w["name"], "message": detail})
+                    return
+                self.log.info("%s; checking again in %ss", detail, self.poke_interval)
+                await asyncio.sleep(self.poke_interval)
+        finally:  # on the thread pool too: a cancelled check may still be using the client
+            await sync_to_async(hook.close, thread_sensitive=False)()

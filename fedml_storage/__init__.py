@@ -4,11 +4,11 @@ from . import api
 from .client import StorageClient
 from .config import PLAIN_SETTINGS, StorageSettings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
-from .results import DownloadResult, StorageMetadata, UploadResult, asset_uri, human_size
+from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PLAIN_SETTINGS", "DownloadResult", "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode",
+    "PLAIN_SETTINGS", "DownloadResult", "FedMLResponse", "FedMLStorageError", "Readiness", "Reason", "ResponseCode",
     "StorageClient", "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
 ]

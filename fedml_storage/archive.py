@@ -9,6 +9,7 @@ import stat
 import struct
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -162,21 +163,23 @@ def _check_member(name: str) -> str:
     return name.rstrip("/")
 
 
-def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
-    """Extract into the empty folder `dest`, refusing escaping paths, links and more than `max_bytes`.
+def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
+    """Extract the open zip `archive` into the empty folder `dest`, refusing escaping paths, links, clashing
+    names and more than `max_bytes`; a malformed archive raises IntegrityError.
 
-    The archive must already be verified against its recorded SHA-256: stored members are then copied straight
-    from their offsets, without zipfile's per-member CRC (the whole-archive digest is the stronger check).
+    The archive must already be verified against its recorded SHA-256 (through this same handle): stored
+    members are then copied straight from their offsets, without zipfile's per-member CRC.
     """
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise IntegrityError(f"the stored archive is not a readable zip ({exc}); refusing to extract") from None
     written = 0
     root = str(dest)
     made: set[str] = {root}
     umask_bits = umask()
-    with zipfile.ZipFile(archive) as zf, open(archive, "rb") as raw:
-        infos = zf.infolist()
-        members = [(info, _check_member(info.filename)) for info in infos]  # all checked before any write
-        if sum(info.file_size for info in infos) > max_bytes:
-            raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
+    with zf:
+        members = _plan(zf.infolist(), max_bytes)  # all checked before any write
         for info, rel in members:
             target = f"{root}/{rel}"
             mode = info.external_attr >> 16
@@ -188,25 +191,50 @@ def safe_extract(archive: Path, dest: Path, max_bytes: int) -> int:
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
-            if stat.S_ISLNK(mode):  # write_zip never stores links: this archive was not written by fedml-storage
-                raise IntegrityError(f"archive member {info.filename!r} is a symbolic link; refusing to extract")
             perm = stat.S_IMODE(mode) & 0o777 or 0o666 & ~umask_bits
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), perm)
             try:
                 if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1 and (
                         info.compress_size == info.file_size):
-                    written += _copy_stored(raw, info, fd, max_bytes - written, zf.start_dir)
+                    written += _copy_stored(archive, info, fd, max_bytes - written, zf.start_dir)
                 else:
                     written += _copy_member(zf, info, fd, max_bytes - written)
+                if perm & umask_bits and hasattr(os, "fchmod"):  # the kernel dropped bits the archive records
+                    os.fchmod(fd, perm)
             finally:
                 os.close(fd)
-            if perm & umask_bits:  # the kernel dropped bits the archive records; restore them
-                os.chmod(target, perm)
     return written
 
 
+def _plan(infos: list[zipfile.ZipInfo], max_bytes: int) -> list[tuple[zipfile.ZipInfo, str]]:
+    """Check every member before anything is written: paths, links, clashes, declared size."""
+    members = [(info, _check_member(info.filename)) for info in infos]
+    if sum(info.file_size for info in infos) > max_bytes:
+        raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
+    files: set[str] = set()
+    folders: set[str] = set()
+    for info, rel in members:
+        if stat.S_ISLNK(info.external_attr >> 16):  # write_zip never stores links: not written by fedml-storage
+            raise IntegrityError(f"archive member {info.filename!r} is a symbolic link; refusing to extract")
+        parts = rel.split("/")
+        if "." in parts or "" in parts:
+            raise IntegrityError(f"archive member {info.filename!r} has an empty or '.' path part; refusing")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if info.is_dir():
+            folders.add(rel)
+        elif rel in files:
+            raise IntegrityError(f"archive holds {rel!r} twice; refusing to extract")
+        else:
+            files.add(rel)
+    if files & folders:
+        raise IntegrityError(f"archive holds {sorted(files & folders)[0]!r} as a file and a folder; refusing")
+    return members
+
+
 def _copy_stored(raw: BinaryIO, info: zipfile.ZipInfo, fd: int, allowed: int, data_end: int) -> int:
-    """Copy a stored member's bytes from their offset in the archive (which ends at `data_end`)."""
+    """Copy a stored member's bytes from their offset in the archive (whose member data ends at `data_end`)."""
+    if not 0 <= info.header_offset < data_end:
+        raise IntegrityError(f"archive member {info.filename!r} lies outside the archive; refusing to extract")
     raw.seek(info.header_offset)
     header = raw.read(_LOCAL_HEADER.size)
     if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
@@ -231,12 +259,15 @@ def _copy_stored(raw: BinaryIO, info: zipfile.ZipInfo, fd: int, allowed: int, da
 def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, fd: int, allowed: int) -> int:
     """Decompress a member through zipfile (which checks its CRC), stopping past `allowed` bytes."""
     written = 0
-    with zf.open(info) as src:
-        while chunk := src.read(CHUNK):
-            written += len(chunk)
-            if written > allowed:
-                raise IntegrityError("archive expands past the bytes recorded at upload; refusing")
-            _write_all(fd, chunk)
+    try:
+        with zf.open(info) as src:
+            while chunk := src.read(CHUNK):
+                written += len(chunk)
+                if written > allowed:
+                    raise IntegrityError("archive expands past the bytes recorded at upload; refusing")
+                _write_all(fd, chunk)
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError, ValueError) as exc:
+        raise IntegrityError(f"archive member {info.filename!r} cannot be read ({exc}); refusing to extract") from None
     return written
 
 

@@ -14,7 +14,7 @@ from .digests import DigestCache
 from .downloads import download as _download
 from .errors import to_response
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
-from .results import StorageMetadata, asset_uri, human_size
+from .results import Readiness, StorageMetadata, asset_uri, human_size
 from .uploads import UploadRequest
 from .uploads import upload as _upload
 from .validation import check_name
@@ -132,11 +132,14 @@ class StorageClient:
     def delete(self, data_name: str) -> FedMLResponse:
         """Remove a dataset (catalog entry first, then data); data is True."""
 
+        notes: list[str] = []
+
         def run() -> bool:
-            self._catalog().remove(check_name(data_name))
+            if self._catalog().remove(check_name(data_name)) is None:
+                notes.append(" (its catalog entry was unreadable: cleanup() removes its data)")
             return True
 
-        return self._run(f"delete of {data_name!r}", run, lambda _: f"deleted {data_name!r}")
+        return self._run(f"delete of {data_name!r}", run, lambda _: f"deleted {data_name!r}" + "".join(notes))
 
     def get_metadata(self, data_name: str) -> FedMLResponse:
         """Stored metadata of a dataset; data is a StorageMetadata."""
@@ -167,6 +170,26 @@ class StorageClient:
         """Whether a name is stored; data is a bool."""
         return self._run(f"lookup of {data_name!r}",
                          lambda: self._catalog().read(check_name(data_name)) is not None)
+
+    def ready(self, data_name: str, metadata_key: str | None = None,
+              metadata_value: str | None = None) -> FedMLResponse:
+        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given).
+
+        data is a Readiness; a name not stored yet is a success with `ready` False, what a sensor waits on.
+        """
+
+        def run() -> Readiness:
+            name = check_name(data_name)
+            found = self._catalog().read(name)  # one read: the name and its metadata from the same manifest
+            if found is None:
+                return Readiness(False, f"dataset {name!r} not stored yet")
+            if metadata_key is None:
+                return Readiness(True, f"dataset {name!r} is stored")
+            value = found[0].user_metadata.get(metadata_key)
+            ok = value is not None if metadata_value is None else value == metadata_value
+            return Readiness(ok, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ok else 'waiting'})")
+
+        return self._run(f"readiness of {data_name!r}", run, lambda r: r.detail)
 
     def cleanup(self, older_than_seconds: float = 3600) -> FedMLResponse:
         """Remove leftovers of interrupted uploads older than the grace period; data holds counts."""

@@ -15,9 +15,9 @@ from .catalog import Catalog
 from .errors import IntegrityError, InvalidInput, NotFound
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult
-from .validation import check_name
+from .validation import RESERVED_PREFIX, check_name
 
-TEMP_PREFIX = ".fedml-download-"
+TEMP_PREFIX = RESERVED_PREFIX
 STALE_TEMP_SECONDS = 24 * 3600
 
 log = logging.getLogger("fedml_storage")
@@ -45,11 +45,12 @@ def download(
     created = _make_folder(dest)
     _remove_stale_temps(dest)
     target = dest / name
-    fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
+    part: str | None = None
     unpacked: Path | None = None
     done = False
     try:
-        with os.fdopen(fd, "wb") as fh:
+        fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
+        with os.fdopen(fd, "w+b") as fh:
             writer = HashingWriter(fh)
             with progress_bar(record.size, show_progress, out_progress_to_err, progress_desc or DOWNLOAD_DESC) as adv:
                 try:
@@ -59,25 +60,28 @@ def download(
                         f"the data of {name!r} version {record.version} is missing from the store (deleted or "
                         "replaced meanwhile?); list it again and retry"
                     ) from None
-        if writer.size != record.size or writer.sha256.hexdigest() != record.sha256:
-            raise IntegrityError(
-                f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not match "
-                "its manifest); nothing was written. Upload the dataset again"
-            )
+            if writer.size != record.size or writer.sha256.hexdigest() != record.sha256:
+                raise IntegrityError(
+                    f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not "
+                    "match its manifest); nothing was written. Upload the dataset again"
+                )
+            if record.kind != "file":
+                unpacked = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest))
+                fh.flush()
+                safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
         if record.kind == "file":
             if target.is_dir() and not target.is_symlink():
                 raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
             os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode
             os.replace(part, target)
         else:
-            unpacked = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest))
-            safe_extract(Path(part), unpacked, record.source_size)
             os.chmod(unpacked, 0o777 & ~umask())
             _swap_in(unpacked, target)
             unpacked = None
         done = True
     finally:
-        Path(part).unlink(missing_ok=True)
+        if part is not None:
+            Path(part).unlink(missing_ok=True)
         if unpacked is not None:
             shutil.rmtree(unpacked, ignore_errors=True)
         if not done:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 
@@ -17,14 +17,25 @@ def human_size(num: int) -> str:
     return f"{value:.2f} PB"
 
 
-def asset_uri(namespace: str, name: str, *, iri: bool = False) -> str:
-    """The lineage URI of a dataset: fedml://<namespace>/<name>, percent-encoded (Airflow wants ASCII).
+_PATH_SAFE = "-._~!$()*+,;=:@"  # what a URI path segment may hold as it is, less what Prefect refuses ('&', "'")
 
-    `iri=True` leaves non-ASCII letters as they are (Prefect refuses '%' in asset keys).
+
+def asset_uri(namespace: str, name: str, *, iri: bool = False) -> str:
+    """The lineage URI of a dataset: fedml://<namespace>/<name>, percent-encoded where needed (Airflow wants ASCII).
+
+    `iri=True` leaves non-ASCII letters as they are: Prefect refuses '%' in asset keys. The two forms are equal
+    for ASCII names.
     """
     if iri:
-        return f"fedml://{namespace}/" + "".join(ch if ord(ch) > 127 else quote(ch, safe="-._~") for ch in name)
-    return f"fedml://{namespace}/{quote(name, safe='-._~')}"
+        return f"fedml://{namespace}/" + "".join(ch if ord(ch) > 127 else quote(ch, safe=_PATH_SAFE) for ch in name)
+    return f"fedml://{namespace}/{quote(name, safe=_PATH_SAFE)}"
+
+
+class Readiness(NamedTuple):
+    """Whether a dataset is ready for a downstream step, and a line saying why (not)."""
+
+    ready: bool
+    detail: str
 
 
 class _Detailed(str):

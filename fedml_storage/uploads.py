@@ -39,11 +39,11 @@ def stored_name(src: Path, name: str | None) -> str:
     if name is None:
         if not src.name:
             raise InvalidInput(f"cannot take a data name from {str(src)!r}; pass name=...")
-        return check_name(src.name)
-    check_name(name)
+        return check_name(src.name, new=True)
+    check_name(name, new=True)
     if src.is_file() and src.suffix and not Path(name).suffix:
         name += src.suffix
-    return check_name(name)
+    return check_name(name, new=True)
 
 
 def _source(data_path: object) -> Path:

@@ -8,14 +8,16 @@ from typing import Any
 
 from .errors import InvalidInput
 
-MAX_NAME_BYTES = 200  # in UTF-8: leaves room for '.json'/'.zip' within a file system's 255-byte names
+MAX_NAME_BYTES = 200  # in UTF-8, for new names: leaves room for '.json'/'.zip' in a file system's 255-byte names
+MAX_STORED_NAME_BYTES = 1000  # what an S3 key can hold: older, longer names stay readable and deletable
+RESERVED_PREFIX = ".fedml-download-"  # temp files of downloads; a dataset of that name would be swept with them
 MAX_USER_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_TAGS = 64
 
 
-def check_name(name: Any) -> str:
-    """A stored name: one path component, printable, not '.' or '..'."""
+def check_name(name: Any, *, new: bool = False) -> str:
+    """A stored name: one path component, printable, not '.' or '..'; `new` for a name about to be stored."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput("a data name must be a non-empty string")
     if name in (".", "..") or "/" in name or "\\" in name:
@@ -28,8 +30,11 @@ def check_name(name: Any) -> str:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidInput(f"invalid data name {name!r}: it is not valid Unicode (undecodable file name?)") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidInput(f"data name is {size} bytes long in UTF-8; at most {MAX_NAME_BYTES} are allowed")
+    limit = MAX_NAME_BYTES if new else MAX_STORED_NAME_BYTES
+    if size > limit:
+        raise InvalidInput(f"data name is {size} bytes long in UTF-8; at most {limit} are allowed")
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidInput(f"invalid data name {name!r}: names starting with {RESERVED_PREFIX!r} are reserved")
     return name
 
 

@@ -53,26 +53,31 @@ upload_data("data/mnist", storage=storage)
         return {k: v for k, v in values.items() if v not in (None, "")}
 
     def client(self, **overrides: Any) -> StorageClient:
-        """A core client for this store."""
+        """A core client for this store; close it (or use it in a `with` block) when done."""
         return StorageClient(**{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:
         """Store a file or directory; the upload's details. Raises FedMLStorageError on failure."""
-        return self.client().upload(data_path, name, description, metadata, tag_list).unwrap().to_dict()
+        with self.client() as client:
+            return client.upload(data_path, name, description, metadata, tag_list).unwrap().to_dict()
 
     def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
         """Fetch a dataset; its absolute path."""
-        return str(self.client().download(name, dest_path, version=version).unwrap())
+        with self.client() as client:
+            return str(client.download(name, dest_path, version=version).unwrap())
 
     def delete(self, name: str) -> bool:
         """Remove a dataset; True."""
-        return self.client().delete(name).unwrap()
+        with self.client() as client:
+            return client.delete(name).unwrap()
 
     def list(self) -> list[dict[str, Any]]:
         """Every dataset's metadata as dicts."""
-        return [m.to_dict() for m in self.client().list().unwrap()]
+        with self.client() as client:
+            return [m.to_dict() for m in client.list().unwrap()]
 
     def get_metadata(self, name: str) -> dict[str, Any]:
         """Stored metadata (including the user-defined dict) of a dataset."""
-        return self.client().get_metadata(name).unwrap().to_dict()
+        with self.client() as client:
+            return client.get_metadata(name).unwrap().to_dict()

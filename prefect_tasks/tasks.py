@@ -76,8 +76,9 @@ def upload_data(data_path: str, name: str | None = None, description: str | None
                 storage: FedMLStorage | None = None, service: str | None = None,
                 namespace: str | None = None) -> dict[str, Any]:
     """Store a file or directory; returns name, uri, version, sha256, size, skipped, ... (JSON-able)."""
-    client = _client(storage, service, namespace)
-    result = client.upload(data_path, name, description, metadata, tag_list).unwrap()
+    with _client(storage, service, namespace) as client:
+        result = client.upload(data_path, name, description, metadata, tag_list).unwrap()
+        uri = client.asset_uri(result.name, iri=True)
     get_run_logger().info("%s", result.summary())
     details = result.to_dict()
     create_markdown_artifact(
@@ -88,7 +89,7 @@ def upload_data(data_path: str, name: str | None = None, description: str | None
                   f"| skipped (unchanged) | {result.skipped} |\n"),
         description=f"fedml-storage upload of {result.name}",
     )
-    _materialize(client.asset_uri(result.name, iri=True), {k: details[k] for k in ("version", "sha256", "size", "uri")})
+    _materialize(uri, {k: details[k] for k in ("version", "sha256", "size", "uri")})
     return details
 
 
@@ -97,7 +98,8 @@ def download_data(name: str, dest_path: str | None = None, version: str | None =
                   storage: FedMLStorage | None = None, service: str | None = None,
                   namespace: str | None = None) -> str:
     """Fetch a dataset (optionally an exact version), verified; returns its absolute path."""
-    result = _client(storage, service, namespace).download(name, dest_path, version=version).unwrap()
+    with _client(storage, service, namespace) as client:
+        result = client.download(name, dest_path, version=version).unwrap()
     get_run_logger().info("%s", result.summary())
     return str(result)
 
@@ -106,7 +108,8 @@ def download_data(name: str, dest_path: str | None = None, version: str | None =
 def delete_data(name: str, storage: FedMLStorage | None = None, service: str | None = None,
                 namespace: str | None = None) -> bool:
     """Remove a dataset; returns True."""
-    _client(storage, service, namespace).delete(name).unwrap()
+    with _client(storage, service, namespace) as client:
+        client.delete(name).unwrap()
     get_run_logger().info("deleted %r", name)
     return True
 
@@ -115,7 +118,8 @@ def delete_data(name: str, storage: FedMLStorage | None = None, service: str | N
 def list_data(storage: FedMLStorage | None = None, service: str | None = None,
               namespace: str | None = None) -> list[dict[str, Any]]:
     """Every stored dataset's metadata as dicts; also a table artifact."""
-    items = [m.to_dict() for m in _client(storage, service, namespace).list().unwrap()]
+    with _client(storage, service, namespace) as client:
+        items = [m.to_dict() for m in client.list().unwrap()]
     get_run_logger().info("listed %d dataset(s)", len(items))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
@@ -128,9 +132,11 @@ def list_data(storage: FedMLStorage | None = None, service: str | None = None,
 def get_data_metadata(name: str, user_defined_only: bool = False, storage: FedMLStorage | None = None,
                       service: str | None = None, namespace: str | None = None) -> dict[str, Any]:
     """Stored metadata of a dataset as a dict (or only the user-defined dict)."""
-    client = _client(storage, service, namespace)
-    if user_defined_only:
-        return client.get_user_metadata(name).unwrap()
-    meta = client.get_metadata(name).unwrap().to_dict()
+    with _client(storage, service, namespace) as client:
+        if user_defined_only:
+            user = client.get_user_metadata(name).unwrap()
+            get_run_logger().info("user metadata of %r: %d key(s)", name, len(user))
+            return user
+        meta = client.get_metadata(name).unwrap().to_dict()
     get_run_logger().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
     return meta

@@ -117,9 +117,13 @@ class ObjectStore(ABC):
 
     def delete_many(self, keys: list[str]) -> list[str]:
         """Remove several objects; the keys that could not be removed."""
+        failed = []
         for key in keys:
-            self.delete(key)
-        return []
+            try:
+                self.delete(key)
+            except OSError:
+                failed.append(key)
+        return failed
 
     def close(self) -> None:
         """Release connections and threads."""

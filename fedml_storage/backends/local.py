@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import tempfile
@@ -41,6 +40,15 @@ class LocalStore(ObjectStore):
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        """One writer of manifests at a time, across processes."""
+        if os.name == "nt":  # no flock: the filelock package (a Windows-only dependency) does it there
+            from filelock import FileLock
+
+            with FileLock(self.root / ".lock"):
+                yield
+            return
+        import fcntl
+
         with open(self.root / ".lock", "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

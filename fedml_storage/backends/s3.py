@@ -240,7 +240,7 @@ class _translate:
             raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
         if isinstance(exc, _SETUP_ERRORS):
             raise NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
-                                "check the bucket name, region and credentials in the settings") from None
+                                "fix the setting it names (retrying will not help)") from None
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
         return False

@@ -164,6 +164,22 @@ def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
         broken.poke({})
 
 
+def test_operators_release_their_connections(s3_conn_json: dict, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage import StorageClient
+
+    closed: list[StorageClient] = []
+    real_close = StorageClient.close
+    monkeypatch.setattr(StorageClient, "close", lambda self: (closed.append(self), real_close(self))[1])
+    (tmp_path / "f.txt").write_text("x")
+    FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt")).execute(_context())
+    FedMLStorageListOperator(task_id="ls").execute(_context())
+    assert len(closed) == 2
+    with FedMLStorageHook() as hook:
+        assert hook.exists("f.txt")
+    assert len(closed) == 3 and hook.exists("f.txt")  # a closed hook opens a new client when used again
+
+
 def test_test_connection_reports_errors_without_the_secret(s3_conn_json: dict, monkeypatch) -> None:
     ok, message = FedMLStorageHook().test_connection()
     assert ok and "0 dataset(s)" in message

@@ -37,6 +37,7 @@ def stored(store: Store, tmp_path: Path) -> Path:
         ({"name": "bad\nname"}, "invalid_input", "control characters"),
         ({"name": "é" * 101}, "invalid_input", "202 bytes long in UTF-8; at most 200"),
         ({"name": "bad\udcffname"}, "invalid_input", "not valid Unicode"),
+        ({"name": ".fedml-download-x"}, "invalid_input", "reserved"),
         ({"tag_list": "images"}, "invalid_input", "list of strings"),
         ({"description": 42}, "invalid_input", "description must be a string"),
     ],

@@ -201,3 +201,22 @@ def test_asset_uri_forms() -> None:
     assert asset_uri("team", "café data") == "fedml://team/caf%C3%A9%20data"  # Airflow: ASCII only
     assert asset_uri("team", "café data", iri=True) == "fedml://team/café%20data"  # Prefect: no '%' for letters
     assert asset_uri("team", "plain-1.csv", iri=True) == asset_uri("team", "plain-1.csv") == "fedml://team/plain-1.csv"
+    assert asset_uri("team", "a+b(1)&c", iri=True) == "fedml://team/a+b(1)%26c"  # Prefect refuses '&', not '+()'
+
+
+
+def test_ready_says_whether_a_downstream_step_can_start(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    waiting = client.ready("f.txt")
+    assert waiting.ok and waiting.data == (False, "dataset 'f.txt' not stored yet")
+    assert client.upload(src, metadata={"status": "writing"}).ok
+    assert client.ready("f.txt").data.ready
+    assert not client.ready("f.txt", "status", "done").data.ready
+    assert not client.ready("f.txt", "owner").data.ready
+    assert client.upload(src, metadata={"status": "done"}).ok
+    done = client.ready("f.txt", "status", "done")
+    assert done.data.ready and "status='done'" in done.data.detail
+    bad = client.ready("../x")
+    assert not bad.ok and bad.reason == "invalid_input"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 import time as time_module
 import zipfile
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fedml_storage import StorageClient
+from fedml_storage.api.fedml_response import ResponseCode
 
 from .conftest import Store, make_tree, tree_bytes
 
@@ -271,6 +273,47 @@ def test_stored_member_running_past_its_data_is_refused(store: Store, tmp_path: 
     response = store.client().download("overrun", dest)
     assert not response.ok and "runs past" in response.message
     assert not dest.exists()  # made for this download, removed with it
+
+
+def _zip(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names these tests need
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in members:
+                zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _negative_offset() -> bytes:
+    archive = bytearray(_zip([("a.txt", b"first")]))
+    end = archive.rindex(b"PK\x05\x06")  # claim the central directory starts far later than it does
+    archive[end + 16:end + 20] = (len(archive) + 4096).to_bytes(4, "little")
+    return bytes(archive)
+
+
+@pytest.mark.parametrize(("archive", "words"), [
+    (_zip([("a.txt", b"1"), ("a.txt", b"2")]), "twice"),
+    (_zip([("a", b"file"), ("a/b.txt", b"under a file")]), "as a file and a folder"),
+    (_zip([("./a.txt", b"dot")]), "'.' path part"),
+    (b"PK\x03\x04 not really a zip" * 4, "not a readable zip"),
+    (_negative_offset(), "lies outside the archive"),
+])
+def test_malformed_archives_are_refused_as_such(store: Store, tmp_path: Path, archive: bytes, words: str) -> None:
+    _plant(store, "odd", archive, 10_000)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    response = store.client().download("odd", dest)
+    assert response.code == ResponseCode.FAILURE and words in response.message, response.message
+    assert list(dest.iterdir()) == []
+
+
+def test_names_stored_before_the_byte_limit_stay_deletable(store: Store, tmp_path: Path) -> None:
+    name = "é" * 110 + "x"  # 221 bytes: longer than a new name may be, as older releases allowed
+    _plant(store, name, _zip([("a.txt", b"old")]), 100)
+    client = store.client()
+    assert client.get_metadata(name).ok and client.download(name, tmp_path / "out").ok
+    assert client.delete(name).ok and client.list().data == []
 
 
 def test_unreadable_manifest_is_reported(store: Store, tmp_path: Path) -> None:

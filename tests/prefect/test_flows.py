@@ -191,3 +191,21 @@ def test_artifacts_and_asset_lineage(tmp_path: Path) -> None:
     assert len({r.name for r in runs}) == 2 and all(r.state.is_completed() for r in runs)
     assert table and '"name": "art"' in str(table[0].data) and "for artifacts" in str(table[0].data)
     assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
+
+
+def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: dict,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[StorageClient] = []
+    real_close = StorageClient.close
+    monkeypatch.setattr(StorageClient, "close", lambda self: (closed.append(self), real_close(self))[1])
+    (tmp_path / "f.txt").write_text("x")
+    block = _s3_block(s3_settings)
+
+    @flow
+    def two_steps() -> list:
+        upload_data(str(tmp_path / "f.txt"), storage=block)
+        return list_data(storage=block)
+
+    assert [m["dataName"] for m in two_steps()] == ["f.txt"]
+    assert len(closed) == 2
+    assert block.get_metadata("f.txt")["dataName"] == "f.txt" and len(closed) == 3
