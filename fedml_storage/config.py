@@ -49,9 +49,13 @@ class StorageSettings(BaseModel):
     api_key: SecretStr | None = Field(None, description="ACCESS_KEY_ID:SECRET_ACCESS_KEY for S3 and R2.")
     part_size: int = Field(16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB, description="Multipart upload part size.")
     download_threshold: int = Field(
-        1024 * MiB, ge=0, description="Objects up to this size download as one streamed GET; larger in parallel ranges."
+        1024 * MiB, ge=0, description="Objects up to this size start as one streamed GET; larger in parallel ranges."
     )
     download_part_size: int = Field(64 * MiB, ge=1 * MiB, description="Ranged download part size.")
+    stream_min_rate: int = Field(
+        128 * MiB, ge=0, description="A streamed GET slower than this (bytes/s) over its first part hands the rest "
+        "to parallel ranges; 0 never switches."
+    )
     concurrency: int = Field(8, ge=1, le=64, description="Parallel parts per transfer.")
     max_attempts: int = Field(6, ge=1, le=20, description="Attempts per request (botocore retries with backoff).")
     keep_versions: int = Field(1, ge=1, le=1000, description="Versions kept downloadable per name.")

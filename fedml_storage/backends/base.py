@@ -33,11 +33,12 @@ class ObjectInfo:
     modified: float  # seconds since the epoch
 
 
-def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | None, depth: int = 16) -> None:
+def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | None, depth: int = 16) -> int:
     """Write `chunks` to `sink` in order on a second thread, so hashing and disk overlap the network.
 
-    At most `depth` chunks wait in memory.
+    At most `depth` chunks wait in memory. Returns the bytes copied.
     """
+    copied = 0
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
     failure: list[BaseException] = []
 
@@ -60,11 +61,13 @@ def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | Non
             if failure:
                 break
             pending.put(chunk)
+            copied += len(chunk)
     finally:
         pending.put(None)
         writer.join()
     if failure:
         raise failure[0]
+    return copied
 
 
 class ObjectMissing(KeyError):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -93,6 +97,7 @@ class S3Store(ObjectStore):
             max_io_queue_size=64,  # bounds memory of received, not yet written chunks: 64 MiB
         )
         self._download_threshold = settings.download_threshold
+        self._stream_min_rate = settings.stream_min_rate
         self._transfers: TransferManager | None = None
         self._location = f"{endpoint.rstrip('/')}/{self.bucket}" if endpoint else f"s3://{self.bucket}"
 
@@ -115,16 +120,59 @@ class S3Store(ObjectStore):
             self._manager().upload(stream, self.bucket, key, subscribers=subs).result()
 
     def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
-        # One streamed GET, verified as it arrives, unless the object is large enough for parallel ranges
-        # to pay: on some S3-compatible servers (moto, small gateways) every ranged GET re-reads the object.
-        if size <= self._download_threshold:
-            with _translate(key, self._location):
-                body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-                pipelined_copy(body.iter_chunks(IO_CHUNK), sink, progress)
+        # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
+        # serves ~100 MB/s per connection) the rest comes in parallel ranges. Streaming first suits servers
+        # where every ranged GET re-reads the object (moto, small gateways). Huge objects go ranged at once.
+        if size > self._download_threshold:
+            subs = [_Progress(progress)] if progress else None
+            with _translate(key, self._location), TransferManager(self._client, self._download_config) as manager:
+                manager.download(self.bucket, key, sink.unordered(), subscribers=subs).result()
+            sink.rehash()
             return
-        subs = [_Progress(progress)] if progress else None
-        with _translate(key, self._location), TransferManager(self._client, self._download_config) as manager:
-            manager.download(self.bucket, key, sink.unordered(), subscribers=subs).result()
+        part = self._download_config.multipart_chunksize
+        with _translate(key, self._location):
+            started = time.monotonic()
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            chunks = body.iter_chunks(IO_CHUNK)
+            if self._stream_min_rate <= 0 or size < 3 * part:
+                pipelined_copy(chunks, sink, progress)
+                return
+            got = pipelined_copy(_first(chunks, part), sink, progress)
+            if got / max(time.monotonic() - started, 1e-6) >= self._stream_min_rate:
+                pipelined_copy(chunks, sink, progress)
+                return
+            body.close()
+        self._get_ranges(key, sink, got, size, part, progress)
+
+    def _get_ranges(self, key: str, sink: Sink, start: int, size: int, part: int, progress: Progress | None) -> None:
+        """Fetch bytes [start, size) in parallel ranged GETs, written at their offsets; then hash the whole file."""
+        out = sink.unordered()
+        out.flush()
+        writer = _OffsetWriter(out)
+
+        def fetch(lo: int) -> None:
+            hi = min(lo + part, size)
+            with _translate(key, self._location):
+                body = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")["Body"]
+                pos = lo
+                for chunk in body.iter_chunks(IO_CHUNK):
+                    writer.write_at(chunk, pos)
+                    pos += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            if pos != hi:
+                raise TransientError(f"a ranged read of {key!r} ended early ({pos - lo} of {hi - lo} bytes)")
+
+        workers = self._download_config.max_request_concurrency
+        with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
+            futures = [pool.submit(fetch, lo) for lo in range(start, size, part)]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()  # the download failed: do not start the parts still waiting
+                raise
         sink.rehash()
 
     def read_bytes(self, key: str) -> tuple[bytes, str]:
@@ -199,6 +247,35 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
             self._transfers = None
         self._client.close()
+
+
+def _first(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
+    """Chunks from `chunks` until at least `limit` bytes have passed; the rest stays in `chunks`."""
+    got = 0
+    for chunk in chunks:
+        yield chunk
+        got += len(chunk)
+        if got >= limit:
+            return
+
+
+class _OffsetWriter:
+    """Positional writes from several threads into one file."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._fd = out.fileno()
+        self._lock = threading.Lock()
+
+    def write_at(self, data: bytes, offset: int) -> None:
+        if hasattr(os, "pwrite"):
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
+            return
+        with self._lock:  # no pwrite (Windows): seek and write under a lock
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            os.write(self._fd, data)
 
 
 class _translate:

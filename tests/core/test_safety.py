@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -355,3 +356,27 @@ def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) 
     bad = client.download("big.bin", tmp_path / "bad")
     assert not bad.ok and "corrupt" in bad.message
     assert not (tmp_path / "bad").exists()  # made for this download, removed with it
+
+
+@pytest.mark.parametrize("min_rate", [0, 1 << 50])
+def test_slow_stream_hands_the_rest_to_parallel_ranges(store: Store, tmp_path: Path, min_rate: int,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    if store.service != "S3":
+        pytest.skip("ranged GETs are an S3 matter")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(5 * 1024 * 1024 + 17))
+    # every stream counts as slow with min_rate 2**50 B/s: after its first 1 MiB part the rest goes ranged
+    client = store.client(stream_min_rate=min_rate, download_part_size=1024 * 1024, concurrency=3)
+    assert client.upload(src).ok
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="werkzeug"):
+        down = client.download("big.bin", tmp_path / "ok")
+    assert down.ok and Path(down.data).read_bytes() == src.read_bytes()
+    ranged = [r for r in caplog.records if '" 206 ' in r.getMessage()]
+    assert len(ranged) == (0 if min_rate == 0 else 5)  # the 1 MiB parts after the first, and the last 17 bytes
+    key = _manifest(store, "big.bin")["versions"][0]["key"]
+    data = bytearray(store.read(key))
+    data[-1] ^= 0x01  # in the part a ranged GET fetches
+    store.write(key, bytes(data))
+    bad = client.download("big.bin", tmp_path / "bad")
+    assert not bad.ok and "corrupt" in bad.message and not (tmp_path / "bad").exists()
