@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import threading
+import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +17,9 @@ from s3transfer.subscribers import BaseSubscriber
 from ..config import StorageSettings
 from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
+from .ranges import StreamProbe, fetch_ranges, ranges_pay
+
+log = logging.getLogger("fedml_storage")
 
 IO_CHUNK = 1024 * 1024
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
@@ -130,50 +131,39 @@ class S3Store(ObjectStore):
             sink.rehash()
             return
         part = self._download_config.multipart_chunksize
-        with _translate(key, self._location):
-            started = time.monotonic()
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            chunks = body.iter_chunks(IO_CHUNK)
-            if self._stream_min_rate <= 0 or size < 3 * part:
-                pipelined_copy(chunks, sink, progress)
-                return
-            got = pipelined_copy(_first(chunks, part), sink, progress)
-            if got / max(time.monotonic() - started, 1e-6) >= self._stream_min_rate:
-                pipelined_copy(chunks, sink, progress)
-                return
-            body.close()
-        self._get_ranges(key, sink, got, size, part, progress)
-
-    def _get_ranges(self, key: str, sink: Sink, start: int, size: int, part: int, progress: Progress | None) -> None:
-        """Fetch bytes [start, size) in parallel ranged GETs, written at their offsets; then hash the whole file."""
-        out = sink.unordered()
-        out.flush()
-        writer = _OffsetWriter(out)
-
-        def fetch(lo: int) -> None:
-            hi = min(lo + part, size)
-            with _translate(key, self._location):
-                body = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")["Body"]
-                pos = lo
-                for chunk in body.iter_chunks(IO_CHUNK):
-                    writer.write_at(chunk, pos)
-                    pos += len(chunk)
-                    if progress:
-                        progress(len(chunk))
-            if pos != hi:
-                raise TransientError(f"a ranged read of {key!r} ended early ({pos - lo} of {hi - lo} bytes)")
-
         workers = self._download_config.max_request_concurrency
-        with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
-            futures = [pool.submit(fetch, lo) for lo in range(start, size, part)]
+        with _translate(key, self._location):
+            requested_at = time.monotonic()
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:
-                for future in futures:
-                    future.result()
+                chunks = body.iter_chunks(IO_CHUNK)
+                if self._stream_min_rate <= 0 or workers < 2 or size < 3 * part:
+                    pipelined_copy(chunks, sink, progress)
+                    return
+                probe = StreamProbe(chunks, part, requested_at)
+                got = pipelined_copy(probe, sink, progress)
+                if not ranges_pay(probe, size - got, part, workers, self._stream_min_rate):
+                    pipelined_copy(chunks, sink, progress)
+                    return
+                log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
             except BaseException:
-                for future in futures:
-                    future.cancel()  # the download failed: do not start the parts still waiting
+                body.close()
                 raise
-        sink.rehash()
+            body.close()
+        fetch_ranges(lambda lo, hi: self._open_range(key, lo, hi), got, size, part, workers, sink, progress)
+
+    def _open_range(self, key: str, lo: int, hi: int) -> Iterator[bytes]:
+        """The bytes [lo, hi) of an object, as chunks."""
+        with _translate(key, self._location):
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
+            body = resp["Body"]
+            try:
+                if resp.get("ContentLength") != hi - lo:
+                    raise StorageFailure(f"{self._location} ignored a byte range of {key!r}; set stream_min_rate=0 "
+                                         "for this endpoint")
+                yield from body.iter_chunks(IO_CHUNK)
+            finally:
+                body.close()
 
     def read_bytes(self, key: str) -> tuple[bytes, str]:
         with _translate(key, self._location):
@@ -247,35 +237,6 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
             self._transfers = None
         self._client.close()
-
-
-def _first(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
-    """Chunks from `chunks` until at least `limit` bytes have passed; the rest stays in `chunks`."""
-    got = 0
-    for chunk in chunks:
-        yield chunk
-        got += len(chunk)
-        if got >= limit:
-            return
-
-
-class _OffsetWriter:
-    """Positional writes from several threads into one file."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self._fd = out.fileno()
-        self._lock = threading.Lock()
-
-    def write_at(self, data: bytes, offset: int) -> None:
-        if hasattr(os, "pwrite"):
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(self._fd, view, offset)
-                view, offset = view[written:], offset + written
-            return
-        with self._lock:  # no pwrite (Windows): seek and write under a lock
-            os.lseek(self._fd, offset, os.SEEK_SET)
-            os.write(self._fd, data)
 
 
 class _translate:

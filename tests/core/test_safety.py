@@ -358,22 +358,24 @@ def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) 
     assert not (tmp_path / "bad").exists()  # made for this download, removed with it
 
 
-@pytest.mark.parametrize("min_rate", [0, 1 << 50])
+@pytest.mark.parametrize("min_rate", [0, 1, 1 << 50])
 def test_slow_stream_hands_the_rest_to_parallel_ranges(store: Store, tmp_path: Path, min_rate: int,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     if store.service != "S3":
         pytest.skip("ranged GETs are an S3 matter")
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(5 * 1024 * 1024 + 17))
-    # every stream counts as slow with min_rate 2**50 B/s: after its first 1 MiB part the rest goes ranged
-    client = store.client(stream_min_rate=min_rate, download_part_size=1024 * 1024, concurrency=3)
+    # 0: never switch; 1 B/s: every stream is fast enough; 2**50 B/s: every stream is slow, and moto's time to
+    # first byte is small, so after the first 1 MiB part the rest goes in ranges
+    # the probe is one 1 MiB chunk, so its rate counts the first byte's wait: 5 parts on 8 connections then pay
+    client = store.client(stream_min_rate=min_rate, download_part_size=1024 * 1024, concurrency=8)
     assert client.upload(src).ok
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="werkzeug"):
         down = client.download("big.bin", tmp_path / "ok")
     assert down.ok and Path(down.data).read_bytes() == src.read_bytes()
     ranged = [r for r in caplog.records if '" 206 ' in r.getMessage()]
-    assert len(ranged) == (0 if min_rate == 0 else 5)  # the 1 MiB parts after the first, and the last 17 bytes
+    assert len(ranged) == (5 if min_rate == 1 << 50 else 0)  # the 1 MiB parts after the first, and the last 17 B
     key = _manifest(store, "big.bin")["versions"][0]["key"]
     data = bytearray(store.read(key))
     data[-1] ^= 0x01  # in the part a ranged GET fetches

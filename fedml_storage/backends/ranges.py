@@ -1,0 +1,134 @@
+"""Parallel ranged downloads: when to leave a slow stream for ranges, and fetching ranges into one file."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
+
+from ..errors import StorageFailure, TransientError
+from .base import Progress, Sink
+
+RANGE_ATTEMPTS = 3  # per part, resuming where a broken read stopped (botocore retries each request as well)
+
+
+class StreamProbe:
+    """Passes on chunks until `limit` bytes, timing only the waits for data after the first chunk.
+
+    Time blocked downstream (hashing, disk) is not counted: ranges would not make that faster.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], limit: int, requested_at: float) -> None:
+        self._chunks, self._limit, self._requested_at = chunks, limit, requested_at
+        self.first_byte = 0.0  # seconds from the request to its first chunk: what every ranged GET pays again
+        self.got = 0
+        self._timed_bytes = 0
+        self._timed_seconds = 0.0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.got < self._limit:
+            before = time.monotonic()
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            now = time.monotonic()
+            if self.got == 0:
+                self.first_byte = now - self._requested_at
+            else:
+                self._timed_seconds += now - before
+                self._timed_bytes += len(chunk)
+            self.got += len(chunk)
+            yield chunk
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second the stream delivered after its first chunk (or with it, when that was all)."""
+        if self._timed_bytes:
+            return self._timed_bytes / max(self._timed_seconds, 1e-6)
+        return self.got / max(self.first_byte, 1e-6)
+
+
+def ranges_pay(probe: StreamProbe, remaining: int, part: int, workers: int, min_rate: float) -> bool:
+    """Whether parallel ranges should fetch the `remaining` bytes instead of the probed stream."""
+    if workers < 2 or min_rate <= 0 or remaining < 2 * part or probe.rate >= min_rate:
+        return False
+    parts = math.ceil(remaining / part)
+    stream_seconds = remaining / probe.rate
+    # each range waits for its first byte again (some servers re-read the whole object per range)
+    ranged_seconds = math.ceil(parts / workers) * probe.first_byte + remaining / (probe.rate * min(workers, parts))
+    return ranged_seconds < 0.7 * stream_seconds
+
+
+class OffsetWriter:
+    """Positional writes from several threads into one open file."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        out.flush()  # what was written through the buffered file must land before positional writes
+        self._fd = out.fileno()
+        self._lock = threading.Lock()
+
+    def write_at(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        if hasattr(os, "pwrite"):
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
+            return
+        with self._lock:  # no pwrite (Windows): seek and write under a lock
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            while view:
+                view = view[os.write(self._fd, view):]
+
+
+def fetch_ranges(
+    open_range: Callable[[int, int], Iterator[bytes]],
+    start: int,
+    size: int,
+    part: int,
+    workers: int,
+    sink: Sink,
+    progress: Progress | None,
+) -> None:
+    """Fetch bytes [start, size) of an object with `open_range(lo, hi)` in parallel parts into the sink's file,
+    then re-hash the whole file. A part whose read breaks resumes where it stopped."""
+    writer = OffsetWriter(sink.unordered())
+    stop = threading.Event()
+
+    def fetch(lo: int) -> None:
+        hi = min(lo + part, size)
+        pos = lo
+        for attempt in range(RANGE_ATTEMPTS):
+            try:
+                for chunk in open_range(pos, hi):
+                    if stop.is_set():
+                        return
+                    if pos + len(chunk) > hi:
+                        raise StorageFailure(f"the server sent more than the byte range {lo}-{hi - 1} asked for; "
+                                             "set stream_min_rate=0 for this endpoint")
+                    writer.write_at(chunk, pos)
+                    pos += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            except TransientError:
+                if attempt == RANGE_ATTEMPTS - 1 or stop.is_set():
+                    raise
+                continue
+            if pos == hi:
+                return
+        raise TransientError(f"a ranged read kept ending early ({pos - lo} of {hi - lo} bytes)")
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
+        futures = [pool.submit(fetch, lo) for lo in range(start, size, part)]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            stop.set()  # parts in flight stop at their next chunk; queued ones never start
+            for future in futures:
+                future.cancel()
+            raise
+    sink.rehash()

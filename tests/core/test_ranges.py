@@ -1,0 +1,66 @@
+"""The ranged-download decision and fetching, with a scripted server (the moto path is in test_safety)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedml_storage.archive import HashingWriter
+from fedml_storage.backends.ranges import StreamProbe, fetch_ranges, ranges_pay
+from fedml_storage.errors import TransientError
+
+MiB = 1024 * 1024
+
+
+def _probe(rate: float, first_byte: float) -> StreamProbe:
+    probe = StreamProbe(iter(()), 0, 0.0)
+    probe.first_byte, probe._timed_bytes, probe._timed_seconds = first_byte, int(rate), 1.0
+    return probe
+
+
+@pytest.mark.parametrize(("rate", "first_byte", "workers", "expected"), [
+    (100e6, 0.05, 8, True),     # real S3: ~100 MB/s per connection, quick first byte
+    (1000e6, 0.05, 8, False),   # moto on localhost: the stream is already fast
+    (100e6, 5.0, 8, False),     # slow first byte: each range would pay it again
+    (100e6, 0.05, 1, False),    # one connection allowed: nothing to gain
+])
+def test_ranges_pay_only_when_they_would_be_faster(rate: float, first_byte: float, workers: int,
+                                                   expected: bool) -> None:
+    assert ranges_pay(_probe(rate, first_byte), 960 * MiB, 64 * MiB, workers, 128 * MiB) is expected
+
+
+def test_a_broken_range_resumes_where_it_stopped_and_progress_is_exact(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 40_000  # ~10 MB
+    prefix = 1_000_000
+    calls: list[tuple[int, int]] = []
+
+    def open_range(lo: int, hi: int) -> Iterator[bytes]:
+        calls.append((lo, hi))
+        if len(calls) == 2:  # the second request breaks half-way
+            yield data[lo:(lo + hi) // 2]
+            raise TransientError("connection reset")
+        for i in range(lo, hi, 65536):
+            yield data[i:min(i + 65536, hi)]
+
+    counted: list[int] = []
+    with open(tmp_path / "part", "w+b") as out:
+        sink = HashingWriter(out)
+        sink.write(data[:prefix])  # the streamed first part, still in the file object's buffer
+        fetch_ranges(open_range, prefix, len(data), 3_000_000, 2, sink, counted.append)
+    assert (tmp_path / "part").read_bytes() == data
+    assert sink.sha256.hexdigest() == hashlib.sha256(data).hexdigest() and sink.size == len(data)
+    assert sum(counted) == len(data) - prefix
+    starts = {1_000_000, 4_000_000, 7_000_000, 10_000_000}
+    assert len(calls) == 5 and len([lo for lo, _ in calls if lo not in starts]) == 1  # one resumed mid-part
+
+
+def test_a_range_that_keeps_failing_fails_the_download(tmp_path: Path) -> None:
+    def open_range(lo: int, hi: int) -> Iterator[bytes]:
+        raise TransientError("service unavailable")
+        yield b""
+
+    with open(tmp_path / "part", "w+b") as out, pytest.raises(TransientError, match="unavailable"):
+        fetch_ranges(open_range, 10, 100, 30, 2, HashingWriter(out), None)
