@@ -79,3 +79,19 @@ def s3_env(s3_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+@pytest.fixture
+def closed_clients(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every StorageClient closed during the test, in order (close still runs)."""
+    from fedml_storage import StorageClient
+
+    closed: list[StorageClient] = []
+    real_close = StorageClient.close
+
+    def spy(self: StorageClient) -> None:
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(StorageClient, "close", spy)
+    return closed

@@ -164,13 +164,8 @@ def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
         broken.poke({})
 
 
-def test_operators_release_their_connections(s3_conn_json: dict, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedml_storage import StorageClient
-
-    closed: list[StorageClient] = []
-    real_close = StorageClient.close
-    monkeypatch.setattr(StorageClient, "close", lambda self: (closed.append(self), real_close(self))[1])
+def test_operators_release_their_connections(s3_conn_json: dict, tmp_path: Path, closed_clients: list) -> None:
+    closed = closed_clients
     (tmp_path / "f.txt").write_text("x")
     FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt")).execute(_context())
     FedMLStorageListOperator(task_id="ls").execute(_context())

@@ -193,11 +193,8 @@ def test_artifacts_and_asset_lineage(tmp_path: Path) -> None:
     assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
 
 
-def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: dict,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    closed: list[StorageClient] = []
-    real_close = StorageClient.close
-    monkeypatch.setattr(StorageClient, "close", lambda self: (closed.append(self), real_close(self))[1])
+def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: dict, closed_clients: list) -> None:
+    closed = closed_clients
     (tmp_path / "f.txt").write_text("x")
     block = _s3_block(s3_settings)
 
