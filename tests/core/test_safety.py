@@ -359,10 +359,9 @@ def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("min_rate", [0, 1, 1 << 50])
-def test_slow_stream_hands_the_rest_to_parallel_ranges(store: Store, tmp_path: Path, min_rate: int,
+def test_slow_stream_hands_the_rest_to_parallel_ranges(s3_store: Store, tmp_path: Path, min_rate: int,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    if store.service != "S3":
-        pytest.skip("ranged GETs are an S3 matter")
+    store = s3_store
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(5 * 1024 * 1024 + 17))
     # 0: never switch; 1 B/s: every stream is fast enough; 2**50 B/s: every stream is slow, and moto's time to
