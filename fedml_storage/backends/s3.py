@@ -219,18 +219,28 @@ class S3Store(ObjectStore):
         return failed
 
     def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
-        """Abort multipart uploads under `prefix` started before `older_than`; how many."""
+        """Abort multipart uploads under `prefix` idle since before `older_than` (started then, and no part
+        since: a long upload still sending parts is left alone); how many."""
         count = 0
         with _translate(prefix, self._location):
             paginator = self._client.get_paginator("list_multipart_uploads")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for upload in page.get("Uploads", []):
-                    if upload["Initiated"].timestamp() < older_than:
-                        self._client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
-                        count += 1
+                    key, upload_id = upload["Key"], upload["UploadId"]
+                    if upload["Initiated"].timestamp() >= older_than or self._last_part_at(key, upload_id) >= older_than:
+                        continue
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    count += 1
         return count
+
+    def _last_part_at(self, key: str, upload_id: str) -> float:
+        """When the newest part of a multipart upload arrived (0 when it has none)."""
+        latest = 0.0
+        paginator = self._client.get_paginator("list_parts")
+        for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+            for part in page.get("Parts", []):
+                latest = max(latest, part["LastModified"].timestamp())
+        return latest
 
     def close(self) -> None:
         if self._transfers is not None:

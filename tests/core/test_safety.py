@@ -21,6 +21,8 @@ import pytest
 from fedml_storage import StorageClient
 from fedml_storage.api.fedml_response import ResponseCode
 
+from tests.conftest import s3_client
+
 from .conftest import Store, make_tree, tree_bytes
 
 
@@ -381,3 +383,23 @@ def test_slow_stream_hands_the_rest_to_parallel_ranges(s3_store: Store, tmp_path
     store.write(key, bytes(data))
     bad = client.download("big.bin", tmp_path / "bad")
     assert not bad.ok and "corrupt" in bad.message and not (tmp_path / "bad").exists()
+
+
+def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store) -> None:
+    s3 = s3_client(s3_store.endpoint)
+    bucket = s3_store.bucket
+
+    def start(key: str) -> str:
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1024)
+        return upload_id
+
+    idle = start("default/data/idle/v1/idle")
+    active = s3.create_multipart_upload(Bucket=bucket, Key="default/data/busy/v1/busy")["UploadId"]
+    time_module.sleep(2.5)
+    s3.upload_part(Bucket=bucket, Key="default/data/busy/v1/busy", UploadId=active, PartNumber=1, Body=b"y" * 1024)
+    # both started over 2 s ago; only the idle one has sent nothing since
+    result = s3_store.client().cleanup(older_than_seconds=2)
+    assert result.ok and result.data["incomplete_uploads_removed"] == 1
+    left = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == [active] and idle not in left
