@@ -33,8 +33,8 @@ CONCURRENCY = 8
 def _s3(endpoint: str, when_required: bool = False):
     """A plain boto3 client; `when_required`: the checksum setting S3-compatible endpoints need (as ours uses).
 
-    Over plain http that setting makes botocore hash every part for the request signature, which the default
-    setting's CRC32 trailer avoids: on moto it costs ~20% of upload speed, on https endpoints nothing.
+    With it no checksum algorithm is declared, and moto then computes a full-object CRC64NVME inside
+    CompleteMultipartUpload, which boto3's defaults (CRC32 per part) avoid: see benchmarks/README.md.
     """
     import boto3
     from botocore.config import Config

@@ -57,6 +57,13 @@ class S3Store(ObjectStore):
             raise NotConfigured("R2 needs an account id or endpoint; set FEDML_STORAGE_R2_ACCOUNT_ID or endpoint_url")
         self.bucket = settings.bucket
         custom = endpoint is not None
+        s3_options: dict | None = None
+        if custom:
+            s3_options = {"addressing_style": "path"}
+            if endpoint.lower().startswith("https://"):
+                # With when_required checksums botocore would SHA-256 every part for the signature. Over TLS that
+                # buys nothing (AWS's own SDKs leave payloads unsigned there; R2 asks for it); plain http stays signed.
+                s3_options["payload_signing_enabled"] = False
         config = Config(
             retries={"max_attempts": settings.max_attempts, "mode": "standard"},
             max_pool_connections=settings.concurrency + 4,
@@ -65,7 +72,7 @@ class S3Store(ObjectStore):
             # Newer boto3 adds CRC checksums that R2 and other S3-compatible stores reject.
             request_checksum_calculation="when_required" if custom else "when_supported",
             response_checksum_validation="when_required" if custom else "when_supported",
-            s3={"addressing_style": "path"} if custom else None,
+            s3=s3_options,
         )
         key_id = secret = None
         if settings.api_key:
