@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from .backends.base import ObjectMissing, ObjectStore
-from .errors import Conflict, IntegrityError, NotFound, PreconditionFailed
+from .errors import Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed
 
 log = logging.getLogger("fedml_storage")
 
@@ -198,17 +198,19 @@ class Catalog:
 
     def cleanup(self, older_than_seconds: float) -> dict[str, int]:
         """Remove data and temp leftovers older than the grace period that no manifest references."""
+        if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) \
+                or not older_than_seconds >= 0:
+            raise InvalidInput("older_than_seconds must be a number of seconds >= 0 (use 0 only while no upload runs)")
         cutoff = time.time() - older_than_seconds
+        # Data is listed before manifests are read, so data whose manifest commits meanwhile is seen referenced.
+        candidates = [o.key for o in self.store.list(self.data_prefix) if o.modified < cutoff]
         manifests, unreadable = self._scan()
         referenced = {v.key for m in manifests for v in m.versions}
         # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
         protected = tuple(f"{self.data_prefix}{name}/" for name in unreadable)
         for name in unreadable:
             log.warning("cleanup leaves the data of %r: its catalog entry is unreadable", name)
-        orphans = [
-            o.key for o in self.store.list(self.data_prefix)
-            if o.key not in referenced and o.modified < cutoff and not o.key.startswith(protected)
-        ]
+        orphans = [k for k in candidates if k not in referenced and not k.startswith(protected)]
         failed = self.store.delete_many(orphans)
         if failed:
             log.warning("cleanup could not remove %d object(s), e.g. %s; check the key may delete them",

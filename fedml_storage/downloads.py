@@ -35,6 +35,10 @@ def download(
     """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there."""
     started = time.monotonic()
     name = check_name(data_name)
+    if name.startswith(TEMP_PREFIX):
+        raise InvalidInput(f"{name!r} cannot be downloaded: names starting with {TEMP_PREFIX!r} are reserved for "
+                           "download temp files (it was stored by an older version). Its data is at the download_url of "
+                           "get_storage_metadata; delete() removes it")
     if dest_path is not None and not isinstance(dest_path, (str, os.PathLike)):
         raise InvalidInput("dest_path must be a folder path")
     dest = Path(dest_path or os.getcwd()).expanduser().absolute()

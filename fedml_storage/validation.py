@@ -33,7 +33,7 @@ def check_name(name: Any, *, new: bool = False) -> str:
     limit = MAX_NAME_BYTES if new else MAX_STORED_NAME_BYTES
     if size > limit:
         raise InvalidInput(f"data name is {size} bytes long in UTF-8; at most {limit} are allowed")
-    if name.startswith(RESERVED_PREFIX):
+    if new and name.startswith(RESERVED_PREFIX):  # stored earlier: still listed, described and deletable
         raise InvalidInput(f"invalid data name {name!r}: names starting with {RESERVED_PREFIX!r} are reserved")
     return name
 

@@ -65,7 +65,14 @@ class LocalStore(ObjectStore):
                 fill(out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, target)
+            for attempt in range(3):
+                try:
+                    os.replace(tmp, target)
+                    break
+                except FileNotFoundError:  # a delete pruned the (then empty) folder meanwhile
+                    if attempt == 2 or not os.path.exists(tmp):
+                        raise
+                    target.parent.mkdir(parents=True, exist_ok=True)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -127,7 +134,10 @@ class LocalStore(ObjectStore):
                 full = Path(dirpath, filename)
                 key = full.relative_to(self.root).as_posix()
                 if key.startswith(prefix) and key != ".lock":
-                    st = full.stat()
+                    try:
+                        st = full.stat()
+                    except FileNotFoundError:
+                        continue  # deleted while listing
                     yield ObjectInfo(key, st.st_size, None, st.st_mtime)
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
@@ -155,7 +165,14 @@ class LocalStore(ObjectStore):
 
     def stale_temp_files(self, older_than: float) -> list[Path]:
         """Temp files left by interrupted writes, older than `older_than` (epoch seconds)."""
-        return [p for p in (self.root / TMP_DIR).iterdir() if p.stat().st_mtime < older_than]
+        stale = []
+        for path in (self.root / TMP_DIR).iterdir():
+            try:
+                if path.stat().st_mtime < older_than:
+                    stale.append(path)
+            except FileNotFoundError:
+                pass  # a write just finished with it
+        return stale
 
 
 def _etag(data: bytes) -> str:

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import BinaryIO
 
 from ..errors import StorageFailure, TransientError
@@ -54,8 +54,8 @@ class StreamProbe:
 
 def ranges_pay(probe: StreamProbe, remaining: int, part: int, workers: int, min_rate: float) -> bool:
     """Whether parallel ranges should fetch the `remaining` bytes instead of the probed stream."""
-    if workers < 2 or min_rate <= 0 or remaining < 2 * part or probe.rate >= min_rate:
-        return False
+    if workers < 2 or min_rate <= 0 or remaining < 2 * part or not 0 < probe.rate < min_rate:
+        return False  # (a stream that gave nothing is a short object: the size check reports it)
     parts = math.ceil(remaining / part)
     stream_seconds = remaining / probe.rate
     # each range waits for its first byte again (some servers re-read the whole object per range)
@@ -102,6 +102,8 @@ def fetch_ranges(
         hi = min(lo + part, size)
         pos = lo
         for attempt in range(RANGE_ATTEMPTS):
+            if stop.is_set():
+                return
             try:
                 for chunk in open_range(pos, hi):
                     if stop.is_set():
@@ -124,7 +126,8 @@ def fetch_ranges(
     with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
         futures = [pool.submit(fetch, lo) for lo in range(start, size, part)]
         try:
-            for future in futures:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)  # the first failure ends the download at once
+            for future in done:
                 future.result()
         except BaseException:
             stop.set()  # parts in flight stop at their next chunk; queued ones never start

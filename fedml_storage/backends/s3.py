@@ -15,7 +15,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from ..config import StorageSettings
-from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFailure, TransientError
+from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import StreamProbe, fetch_ranges, ranges_pay
 
@@ -97,13 +97,8 @@ class S3Store(ObjectStore):
             max_request_concurrency=settings.concurrency,
             max_in_memory_upload_chunks=settings.concurrency,
         )
-        self._download_config = TransferConfig(
-            multipart_threshold=settings.download_part_size,
-            multipart_chunksize=settings.download_part_size,
-            max_request_concurrency=settings.concurrency,
-            io_chunksize=IO_CHUNK,
-            max_io_queue_size=64,  # bounds memory of received, not yet written chunks: 64 MiB
-        )
+        self._download_part_size = settings.download_part_size
+        self._concurrency = settings.concurrency
         self._download_threshold = settings.download_threshold
         self._stream_min_rate = settings.stream_min_rate
         self._transfers: TransferManager | None = None
@@ -131,40 +126,41 @@ class S3Store(ObjectStore):
         # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
         # serves ~100 MB/s per connection) the rest comes in parallel ranges. Streaming first suits servers
         # where every ranged GET re-reads the object (moto, small gateways). Huge objects go ranged at once.
-        if size > self._download_threshold:
-            subs = [_Progress(progress)] if progress else None
-            with _translate(key, self._location), TransferManager(self._client, self._download_config) as manager:
-                manager.download(self.bucket, key, sink.unordered(), subscribers=subs).result()
-            sink.rehash()
-            return
-        part = self._download_config.multipart_chunksize
-        workers = self._download_config.max_request_concurrency
-        with _translate(key, self._location):
-            requested_at = time.monotonic()
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            try:
-                chunks = body.iter_chunks(IO_CHUNK)
-                if self._stream_min_rate <= 0 or workers < 2 or size < 3 * part:
-                    pipelined_copy(chunks, sink, progress)
-                    return
-                probe = StreamProbe(chunks, part, requested_at)
-                got = pipelined_copy(probe, sink, progress)
-                if not ranges_pay(probe, size - got, part, workers, self._stream_min_rate):
-                    pipelined_copy(chunks, sink, progress)
-                    return
-                log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
-            except BaseException:
-                body.close()
-                raise
-            body.close()
-        fetch_ranges(lambda lo, hi: self._open_range(key, lo, hi), got, size, part, workers, sink, progress)
+        part, workers = self._download_part_size, self._concurrency
+        got = 0
+        if size <= self._download_threshold or workers < 2:
+            with _translate(key, self._location):
+                requested_at = time.monotonic()
+                body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+                try:
+                    chunks = body.iter_chunks(IO_CHUNK)
+                    if self._stream_min_rate <= 0 or workers < 2 or size < 3 * part:
+                        pipelined_copy(chunks, sink, progress)
+                        return
+                    probe = StreamProbe(chunks, part, requested_at)
+                    got = pipelined_copy(probe, sink, progress)
+                    if not ranges_pay(probe, size - got, part, workers, self._stream_min_rate):
+                        pipelined_copy(chunks, sink, progress)
+                        return
+                    log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
+                finally:
+                    body.close()
+        fetch_ranges(lambda lo, hi: self._open_range(key, lo, hi, size), got, size, part, workers, sink, progress)
 
-    def _open_range(self, key: str, lo: int, hi: int) -> Iterator[bytes]:
-        """The bytes [lo, hi) of an object, as chunks."""
+    def _open_range(self, key: str, lo: int, hi: int, size: int) -> Iterator[bytes]:
+        """The bytes [lo, hi) of an object of `size` bytes, as chunks."""
         with _translate(key, self._location):
-            resp = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
+            try:
+                resp = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    raise _short_object(key, size, None) from None
+                raise
             body = resp["Body"]
             try:
+                total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+                if total.isdigit() and int(total) != size:
+                    raise _short_object(key, size, int(total))
                 if resp.get("ContentLength") != hi - lo:
                     raise StorageFailure(f"{self._location} ignored a byte range of {key!r}; set stream_min_rate=0 "
                                          "for this endpoint")
@@ -234,9 +230,14 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for upload in page.get("Uploads", []):
                     key, upload_id = upload["Key"], upload["UploadId"]
-                    if upload["Initiated"].timestamp() >= older_than or self._last_part_at(key, upload_id) >= older_than:
-                        continue
-                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    try:
+                        if upload["Initiated"].timestamp() >= older_than or self._last_part_at(key, upload_id) >= older_than:
+                            continue
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    except botocore.exceptions.ClientError as exc:
+                        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                            continue  # completed or aborted meanwhile
+                        raise
                     count += 1
         return count
 
@@ -254,6 +255,12 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
             self._transfers = None
         self._client.close()
+
+
+def _short_object(key: str, size: int, actual: int | None) -> IntegrityError:
+    found = "smaller" if actual is None else f"{actual} bytes"
+    return IntegrityError(f"the stored data {key!r} is corrupt: it is {found}, not the {size} bytes its manifest "
+                          "records; upload the dataset again")
 
 
 class _translate:

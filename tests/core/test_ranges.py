@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from fedml_storage.archive import HashingWriter
 from fedml_storage.backends.ranges import StreamProbe, fetch_ranges, ranges_pay
-from fedml_storage.errors import TransientError
+from fedml_storage.errors import StorageFailure, TransientError
 
 MiB = 1024 * 1024
 
@@ -64,3 +65,29 @@ def test_a_range_that_keeps_failing_fails_the_download(tmp_path: Path) -> None:
 
     with open(tmp_path / "part", "w+b") as out, pytest.raises(TransientError, match="unavailable"):
         fetch_ranges(open_range, 10, 100, 30, 2, HashingWriter(out), None)
+
+
+def test_a_failed_part_stops_the_others_at_once(tmp_path: Path) -> None:
+    part, parts = 4096, 40
+    opened: list[int] = []
+    first_part_bytes: list[int] = []
+
+    def open_range(lo: int, hi: int) -> Iterator[bytes]:
+        opened.append(lo)
+        if lo == part:
+            raise StorageFailure("refused")
+        for i in range(lo, hi):  # a slow part: byte by byte
+            time.sleep(0.001)
+            if lo == 0:
+                first_part_bytes.append(i)
+            yield b"x"
+
+    with open(tmp_path / "part", "w+b") as out, pytest.raises(StorageFailure, match="refused"):
+        fetch_ranges(open_range, 0, part * parts, part, 4, HashingWriter(out), None)
+    assert len(first_part_bytes) < part  # the slow first part was stopped, not waited for
+    assert len(opened) < parts  # queued parts never started
+
+
+def test_a_stream_that_gave_nothing_is_not_worth_ranges() -> None:
+    empty = StreamProbe(iter(()), 64 * MiB, 0.0)
+    assert list(empty) == [] and ranges_pay(empty, 960 * MiB, 64 * MiB, 8, 128 * MiB) is False

@@ -360,6 +360,43 @@ def test_parallel_ranged_download_is_verified_too(store: Store, tmp_path: Path) 
     assert not (tmp_path / "bad").exists()  # made for this download, removed with it
 
 
+@pytest.mark.parametrize("damage", ["empty", "short", "long"])
+@pytest.mark.parametrize("threshold", [0, 1 << 30])  # ranged from the start, or one stream
+def test_stored_data_of_the_wrong_size_is_reported_as_corrupt(store: Store, tmp_path: Path, damage: str,
+                                                              threshold: int) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(5 * 1024 * 1024 + 17))
+    client = store.client(download_threshold=threshold, download_part_size=1024 * 1024, concurrency=4)
+    assert client.upload(src).ok
+    key = _manifest(store, "big.bin")["versions"][0]["key"]
+    data = src.read_bytes()
+    store.write(key, {"empty": b"", "short": data[: len(data) // 2], "long": data + b"x"}[damage])
+    bad = client.download("big.bin", tmp_path / "bad")
+    assert bad.code == ResponseCode.FAILURE and "corrupt" in bad.message, bad.message
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cleanup_refuses_a_grace_period_that_is_not_a_number(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "kept")).ok
+    keys = store.keys()
+    for bad in (-1, "3600", None, True, float("nan")):
+        response = client.cleanup(older_than_seconds=bad)
+        assert not response.ok and response.reason == "invalid_input" and "older_than_seconds" in response.message
+    assert store.keys() == keys
+
+
+def test_a_name_stored_with_the_reserved_prefix_stays_deletable(store: Store, tmp_path: Path) -> None:
+    name = ".fedml-download-old"  # reserved later for download temp files
+    _plant(store, name, _zip([("a.txt", b"old")]), 3)
+    client = store.client()
+    assert client.get_metadata(name).ok
+    refused = client.download(name, tmp_path / "out")
+    assert not refused.ok and "reserved" in refused.message and "download_url" in refused.message
+    assert not (tmp_path / "out").exists()
+    assert client.delete(name).ok and client.list().data == []
+
+
 @pytest.mark.parametrize("min_rate", [0, 1, 1 << 50])
 def test_slow_stream_hands_the_rest_to_parallel_ranges(s3_store: Store, tmp_path: Path, min_rate: int,
                                                         caplog: pytest.LogCaptureFixture) -> None:
