@@ -14,7 +14,7 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from fedml_storage import asset_uri
+from fedml_storage import asset_uri, planned_name
 
 from .hook import FedMLStorageHook
 
@@ -61,7 +61,10 @@ class FedMLStorageUploadOperator(_StorageOperator):
         self.metadata = metadata
         self.tag_list = tag_list
         if not self.outlets:
-            asset_name = name or (os.path.basename(str(data_path).rstrip("/")) if "{{" not in str(data_path) else None)
+            if isinstance(data_path, (str, os.PathLike)) and "{{" not in str(data_path):
+                asset_name = planned_name(data_path, name) if "{{" not in str(name) else None
+            else:  # the path comes from an upstream task: the name as given (checked before uploading)
+                asset_name = name
             self.outlets = _static_asset(asset_name, kwargs.get("namespace") or self.namespace)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -71,20 +74,27 @@ class FedMLStorageUploadOperator(_StorageOperator):
                 metadata = json.loads(metadata) if metadata.strip() else None
             except json.JSONDecodeError:
                 raise AirflowFailException("metadata must be a dict or a JSON object of strings") from None
-        with self.hook() as hook:
-            result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
-            uri = hook.asset_uri(result["name"])
         declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
-        if declared and uri not in {a.uri for a in declared}:
-            # Succeeding would emit events for an Asset that was not written and trigger the wrong DAGs.
-            raise AirflowFailException(
-                f"stored as {uri}, but this task declares the outlet(s) {[a.uri for a in declared]}; the namespace "
-                "probably comes from the connection: pass namespace= (and name=) to the operator so they match"
-            )
+        with self.hook() as hook:
+            planned = planned_name(self.data_path, self.name)
+            if declared and planned is not None:  # refuse before publishing rather than after
+                self._check_outlets(hook.asset_uri(planned), declared, published=False)
+            result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
+            self._check_outlets(hook.asset_uri(result["name"]), declared, published=True)
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
         for asset in declared:
             context["outlet_events"][asset].extra = extra
         return result
+
+    @staticmethod
+    def _check_outlets(uri: str, declared: list[Asset], *, published: bool) -> None:
+        """Succeeding would emit events for an Asset that was not written and trigger the wrong DAGs."""
+        if declared and uri not in {a.uri for a in declared}:
+            raise AirflowFailException(
+                f"{'stored' if published else 'would store'} as {uri}, but this task declares the outlet(s) "
+                f"{[a.uri for a in declared]}; {'' if published else 'nothing was uploaded. '}Pass namespace= (when "
+                "it comes from the connection) and name= to the operator so they match, or set outlets="
+            )
 
 
 class FedMLStorageDownloadOperator(_StorageOperator):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -36,8 +37,10 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
         w = self.wait
         hook = FedMLStorageHook(w["fedml_storage_conn_id"], service=w["service"], namespace=w["namespace"])
         # Connection lookups and the core are synchronous: run them off the event loop, on a thread of their
-        # own (not the shared one), so a slow endpoint does not hold up other triggers.
-        check = sync_to_async(hook.dataset_ready, thread_sensitive=False)
+        # own (not the shared one), so a slow endpoint does not hold up other triggers. One thread: the close
+        # below then runs only after a check that a cancellation left running.
+        worker = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-trigger")
+        check = sync_to_async(hook.dataset_ready, thread_sensitive=False, executor=worker)
         try:
             while True:
                 try:
@@ -50,5 +53,6 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     return
                 self.log.info("%s; checking again in %ss", detail, self.poke_interval)
                 await asyncio.sleep(self.poke_interval)
-        finally:  # on the thread pool too: a cancelled check may still be using the client
-            await sync_to_async(hook.close, thread_sensitive=False)()
+        finally:  # not awaited: a cancelled trigger must not wait for a slow check to end
+            worker.submit(hook.close)
+            worker.shutdown(wait=False)

@@ -4,6 +4,7 @@ from . import api
 from .client import StorageClient
 from .config import PLAIN_SETTINGS, StorageSettings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
+from .uploads import planned_name
 from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
 
 __version__ = "0.1.0"
@@ -11,4 +12,5 @@ __version__ = "0.1.0"
 __all__ = [
     "PLAIN_SETTINGS", "DownloadResult", "FedMLResponse", "FedMLStorageError", "Readiness", "Reason", "ResponseCode",
     "StorageClient", "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
+    "planned_name",
 ]

@@ -7,7 +7,12 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from fedml_storage import PLAIN_SETTINGS, StorageClient
+from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings
+
+
+def _core(setting: str) -> str:
+    """The core's description of a setting (limits and defaults live there)."""
+    return str(StorageSettings.model_fields[setting].description)
 
 
 class FedMLStorage(Block):
@@ -44,6 +49,10 @@ upload_data("data/mnist", storage=storage)
     part_size: int | None = Field(None, description="Multipart upload part size in bytes.")
     concurrency: int | None = Field(None, ge=1, description="Parallel requests per transfer.")
     max_attempts: int | None = Field(None, ge=1, description="Attempts per request (botocore retries with backoff).")
+    download_threshold: int | None = Field(None, ge=0, description=_core("download_threshold"))
+    download_part_size: int | None = Field(None, ge=1, description=_core("download_part_size"))
+    stream_min_rate: int | None = Field(None, ge=0, description=_core("stream_min_rate"))
+    compression: Literal["stored", "deflated"] | None = Field(None, description=_core("compression"))
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -81,17 +82,36 @@ def s3_env(s3_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict
     return env
 
 
+@dataclass
+class ClientSpy:
+    """StorageClients that opened a store during a test, and those closed (in order)."""
+
+    opened: list = field(default_factory=list)
+    closed: list = field(default_factory=list)
+
+    def leaked(self) -> list:
+        """Clients still holding an open store."""
+        return [c for c in self.opened if c._store is not None]
+
+
 @pytest.fixture
-def closed_clients(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every StorageClient closed during the test, in order (close still runs)."""
+def client_spy(monkeypatch: pytest.MonkeyPatch) -> ClientSpy:
+    """Watches every StorageClient: which opened a store, which were closed (both still run for real)."""
     from fedml_storage import StorageClient
 
-    closed: list[StorageClient] = []
-    real_close = StorageClient.close
+    spy = ClientSpy()
+    real_catalog, real_close = StorageClient._catalog, StorageClient.close
 
-    def spy(self: StorageClient) -> None:
-        closed.append(self)
+    def catalog(self: StorageClient):
+        result = real_catalog(self)
+        if not any(c is self for c in spy.opened):
+            spy.opened.append(self)
+        return result
+
+    def close(self: StorageClient) -> None:
+        spy.closed.append(self)
         real_close(self)
 
-    monkeypatch.setattr(StorageClient, "close", spy)
-    return closed
+    monkeypatch.setattr(StorageClient, "_catalog", catalog)
+    monkeypatch.setattr(StorageClient, "close", close)
+    return spy

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,37 @@ def test_trigger_reports_errors_that_waiting_cannot_cure() -> None:
     bad_service = FedMLStorageDatasetTrigger(name="ok", service="FTP", poke_interval=0.1)
     event = asyncio.run(_first_event(bad_service, within=30))
     assert event["status"] == "error" and "LOCAL" in event["message"]
+
+
+def test_a_cancelled_trigger_closes_its_client_after_the_check_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    release = threading.Event()
+
+    def slow_check(self, *args) -> tuple[bool, str]:
+        events.append("check")
+        release.wait(10)  # an endpoint that does not answer yet
+        events.append("check done")
+        return False, "not yet"
+
+    monkeypatch.setattr(FedMLStorageHook, "dataset_ready", slow_check)
+    monkeypatch.setattr(FedMLStorageHook, "close", lambda self: events.append("close"))
+
+    async def cancel_mid_check() -> None:
+        waiting = asyncio.ensure_future(_first_event(FedMLStorageDatasetTrigger(name="ds", poke_interval=0.1), 30))
+        while "check" not in events:
+            await asyncio.sleep(0.01)
+        waiting.cancel()  # the triggerer cancels on timeout, on clear, at shutdown
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(cancel_mid_check())
+    assert events == ["check"]  # the cancellation did not wait for the check, nor close under its feet
+    release.set()
+    for _ in range(500):
+        if "close" in events:
+            break
+        time.sleep(0.01)
+    assert events == ["check", "check done", "close"]
 
 
 def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path, isolated_home: Path) -> None:

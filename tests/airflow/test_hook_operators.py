@@ -21,6 +21,7 @@ from airflow_provider.operators import (
     FedMLStorageUploadOperator,
 )
 from airflow_provider.sensors import FedMLStorageDatasetSensor
+from fedml_storage import StorageClient
 from tests.conftest import TEST_API_KEY
 
 SECRET = TEST_API_KEY.split(":", 1)[1]
@@ -126,14 +127,28 @@ def test_outlet_must_name_the_namespace_the_connection_stores_under(tmp_path: Pa
     (tmp_path / "ds" / "a.txt").write_text("x")
     unaware = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "ds"))
     ctx = _context()
-    with pytest.raises(AirflowFailException, match="pass namespace="):  # never an event for fedml://default/ds
-        unaware.execute(ctx)
+    with pytest.raises(AirflowFailException, match="nothing was uploaded. Pass namespace="):
+        unaware.execute(ctx)  # never an event for fedml://default/ds
     assert not ctx["outlet_events"]
+    assert StorageClient(service="LOCAL", namespace="team-a").list().data == []  # refused before publishing
     aware = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "ds"), namespace="team-a")
     assert [a.uri for a in aware.outlets] == ["fedml://team-a/ds"]
     ctx = _context()
     assert aware.execute(ctx)["name"] == "ds"
     assert [a.uri for a in ctx["outlet_events"]] == ["fedml://team-a/ds"]
+    assert [m.dataName for m in StorageClient(service="LOCAL", namespace="team-a").list().data] == ["ds"]
+
+
+def test_outlet_follows_the_core_naming_of_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
+        {"conn_type": "fedml_storage", "extra": {"service": "LOCAL"}}))
+    model = tmp_path / "model.pt"
+    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights")  # file not there yet
+    assert [a.uri for a in upload.outlets] == ["fedml://default/weights.pt"]  # a file keeps its extension
+    model.write_bytes(b"weights")
+    ctx = _context()
+    assert upload.execute(ctx)["name"] == "weights.pt"
+    assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.pt"]
 
 
 def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
@@ -164,15 +179,19 @@ def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
         broken.poke({})
 
 
-def test_operators_release_their_connections(s3_conn_json: dict, tmp_path: Path, closed_clients: list) -> None:
-    closed = closed_clients
+def test_operators_release_their_connections(s3_conn_json: dict, tmp_path: Path, client_spy) -> None:
     (tmp_path / "f.txt").write_text("x")
     FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt")).execute(_context())
     FedMLStorageListOperator(task_id="ls").execute(_context())
-    assert len(closed) == 2
+    FedMLStorageMetadataOperator(task_id="m", name="f.txt").execute(_context())
+    FedMLStorageDownloadOperator(task_id="down", name="f.txt", dest_path=str(tmp_path / "o")).execute(_context())
+    assert FedMLStorageDatasetSensor(task_id="s", name="f.txt").poke(_context())
+    assert FedMLStorageHook().test_connection()[0]
+    FedMLStorageDeleteOperator(task_id="rm", name="f.txt").execute(_context())
+    assert len(client_spy.opened) == 7 and client_spy.leaked() == []  # one client per step, each closed
     with FedMLStorageHook() as hook:
-        assert hook.exists("f.txt")
-    assert len(closed) == 3 and hook.exists("f.txt")  # a closed hook opens a new client when used again
+        assert not hook.exists("f.txt")
+    assert client_spy.leaked() == [] and not hook.exists("f.txt")  # a closed hook opens a new client when used
 
 
 def test_test_connection_reports_errors_without_the_secret(s3_conn_json: dict, monkeypatch) -> None:

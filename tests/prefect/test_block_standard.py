@@ -13,7 +13,7 @@ class TestFedMLStorageBlock(BlockStandardTestSuite):
     def block(self) -> type[FedMLStorage]:
         return FedMLStorage
 
+    @pytest.mark.xfail(reason="FedMLStorage ships without a logo (_logo_url is None), which Prefect's check "
+                              "requires before it downloads and opens the image", strict=True)
     def test_has_a_valid_image(self, block: type[FedMLStorage]) -> None:
-        # Prefect's suite fetches the logo over the network (with Pillow installed); the block ships without one.
-        assert block._logo_url is None
-        pytest.skip("FedMLStorage has no logo, and the suite's check would download it")
+        super().test_has_a_valid_image(block)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from fedml_storage import FedMLStorageError, StorageClient
+from fedml_storage import PLAIN_SETTINGS, FedMLStorageError, StorageClient
 from fedml_storage.backends.s3 import S3Store
 from fedml_storage.errors import TransientError
-from prefect_tasks import FedMLStorage, download_data, list_data, upload_data
+from prefect_tasks import FedMLStorage, delete_data, download_data, get_data_metadata, list_data, upload_data
 from tests.conftest import TEST_API_KEY, s3_client
 from tests.core.conftest import tree_bytes
 
@@ -127,8 +128,11 @@ def test_block_saves_and_loads_with_the_secret_hidden(s3_settings: dict) -> None
     for text in (repr(loaded), str(loaded), loaded.model_dump_json()):
         assert SECRET not in text
     assert loaded.list() == []
-    tuned = FedMLStorage(service="LOCAL", keep_versions=3, concurrency=2)
-    assert tuned.client().settings.keep_versions == 3 and tuned.client().settings.concurrency == 2
+    tuned = FedMLStorage(service="LOCAL", keep_versions=3, concurrency=2, stream_min_rate=0, compression="deflated")
+    with tuned.client() as client:
+        assert (client.settings.keep_versions, client.settings.concurrency) == (3, 2)
+        assert (client.settings.stream_min_rate, client.settings.compression) == (0, "deflated")
+    assert set(PLAIN_SETTINGS) <= set(FedMLStorage.model_fields)  # every core setting can be set on the block
 
 
 def test_block_registers_with_the_prefect_cli() -> None:
@@ -193,16 +197,33 @@ def test_artifacts_and_asset_lineage(tmp_path: Path) -> None:
     assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
 
 
-def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: dict, closed_clients: list) -> None:
-    closed = closed_clients
+def test_a_name_prefect_refuses_as_an_asset_still_uploads_with_a_warning(tmp_path: Path, caplog) -> None:
+    (tmp_path / "a&b").mkdir()
+    (tmp_path / "a&b" / "x.txt").write_text("no lineage")
+
+    @flow
+    def odd_name() -> dict:
+        return upload_data(str(tmp_path / "a&b"))
+
+    caplog.set_level(logging.WARNING)
+    up = odd_name()
+    assert up["name"] == "a&b" and up["version"]
+    assert "not recording lineage: fedml://default/a%26b is not a valid Prefect asset key" in caplog.text
+
+
+def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: dict, client_spy) -> None:
     (tmp_path / "f.txt").write_text("x")
     block = _s3_block(s3_settings)
 
     @flow
-    def two_steps() -> list:
+    def every_task() -> list:
         upload_data(str(tmp_path / "f.txt"), storage=block)
-        return list_data(storage=block)
+        download_data("f.txt", str(tmp_path / "o"), storage=block)
+        get_data_metadata("f.txt", storage=block)
+        listed = list_data(storage=block)
+        delete_data("f.txt", storage=block)
+        return listed
 
-    assert [m["dataName"] for m in two_steps()] == ["f.txt"]
-    assert len(closed) == 2
-    assert block.get_metadata("f.txt")["dataName"] == "f.txt" and len(closed) == 3
+    assert [m["dataName"] for m in every_task()] == ["f.txt"]
+    assert len(client_spy.opened) == 5 and client_spy.leaked() == []  # one client per task, each closed
+    assert block.list() == [] and len(client_spy.opened) == 6 and client_spy.leaked() == []
