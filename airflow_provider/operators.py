@@ -64,7 +64,7 @@ class FedMLStorageUploadOperator(_StorageOperator):
             if isinstance(data_path, (str, os.PathLike)) and "{{" not in str(data_path):
                 asset_name = planned_name(data_path, name) if "{{" not in str(name) else None
             else:  # the path comes from an upstream task: the name as given (checked before uploading)
-                asset_name = name
+                asset_name = name if isinstance(name, str) else None
             self.outlets = _static_asset(asset_name, kwargs.get("namespace") or self.namespace)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -92,8 +92,9 @@ class FedMLStorageUploadOperator(_StorageOperator):
         if declared and uri not in {a.uri for a in declared}:
             raise AirflowFailException(
                 f"{'stored' if published else 'would store'} as {uri}, but this task declares the outlet(s) "
-                f"{[a.uri for a in declared]}; {'' if published else 'nothing was uploaded. '}Pass namespace= (when "
-                "it comes from the connection) and name= to the operator so they match, or set outlets="
+                f"{[a.uri for a in declared]}; {'' if published else 'nothing was uploaded. '}Make them agree: "
+                "pass namespace= when it comes from the connection, a name= with the file's extension (a file keeps "
+                "it: name='weights' for model.pt is stored as weights.pt), or outlets="
             )
 
 

@@ -25,12 +25,13 @@ _PATH_SAFE = "-._~!$()*+,;=:@"  # what a URI path segment may hold as it is, les
 def asset_uri(namespace: str, name: str, *, iri: bool = False) -> str:
     """The lineage URI of a dataset: fedml://<namespace>/<name>, percent-encoded where needed (Airflow wants ASCII).
 
-    `iri=True` leaves non-ASCII letters, digits and marks as they are: Prefect refuses '%' in asset keys. The two
-    forms are equal for ASCII names.
+    `iri=True` leaves non-ASCII characters as they are, except spaces and invisible ones: Prefect refuses '%' in
+    asset keys. The two forms are equal for ASCII names.
     """
     if iri:
         return f"fedml://{namespace}/" + "".join(
-            ch if ord(ch) > 127 and unicodedata.category(ch)[0] in "LMN" else quote(ch, safe=_PATH_SAFE) for ch in name
+            ch if ord(ch) > 127 and unicodedata.category(ch)[0] not in "ZC" else quote(ch, safe=_PATH_SAFE)
+            for ch in name
         )
     return f"fedml://{namespace}/{quote(name, safe=_PATH_SAFE)}"
 

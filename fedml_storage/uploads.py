@@ -35,26 +35,25 @@ class UploadRequest:
 
 
 def stored_name(src: Path, name: str | None) -> str:
-    """The reference's naming: a directory keeps `name` (or its own); a file keeps its extension. A path that
-    does not exist (yet) counts as a file."""
+    """The reference's naming: a directory keeps `name` (or its own); a file keeps its extension."""
     if name is None:
         if not src.name:
             raise InvalidInput(f"cannot take a data name from {str(src)!r}; pass name=...")
         return check_name(src.name, new=True)
     check_name(name, new=True)
-    if not src.is_dir() and src.suffix and not Path(name).suffix:
+    if src.is_file() and src.suffix and not Path(name).suffix:
         name += src.suffix
     return check_name(name, new=True)
 
 
 def planned_name(data_path: str | os.PathLike, name: str | None = None) -> str | None:
-    """The name `upload(data_path, name)` will store under, without reading the data; None when the upload
-    would refuse it (the upload then says why)."""
+    """The name `upload(data_path, name)` will store under, without reading the data (a path that does not
+    exist yet keeps `name` as given); None when it cannot be told or the upload would refuse it."""
     if not isinstance(data_path, (str, os.PathLike)) or not str(data_path):
         return None
     try:
         return stored_name(Path(data_path).expanduser().absolute(), name)
-    except InvalidInput:
+    except (InvalidInput, OSError, RuntimeError):  # RuntimeError: expanduser of an unknown ~user
         return None
 
 

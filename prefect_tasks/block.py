@@ -10,9 +10,11 @@ from pydantic import Field, SecretStr
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings
 
 
-def _core(setting: str) -> str:
-    """The core's description of a setting (limits and defaults live there)."""
-    return str(StorageSettings.model_fields[setting].description)
+def _core(setting: str) -> dict[str, Any]:
+    """The core's description and limits of a setting, for a block field of the same name."""
+    info = StorageSettings.model_fields[setting]
+    limits = {attr: getattr(m, attr) for m in info.metadata for attr in ("ge", "le") if hasattr(m, attr)}
+    return {"description": info.description, **limits}
 
 
 class FedMLStorage(Block):
@@ -45,14 +47,14 @@ upload_data("data/mnist", storage=storage)
     namespace: str | None = Field(None, description="Key prefix, so several teams can share one bucket.")
     local_root: str | None = Field(None, description="Folder of the embedded LOCAL store.")
     api_key: SecretStr | None = Field(None, description="Storage credential written ACCESS_KEY_ID:SECRET_ACCESS_KEY.")
-    keep_versions: int | None = Field(None, ge=1, description="How many versions of a dataset stay downloadable.")
-    part_size: int | None = Field(None, description="Multipart upload part size in bytes.")
-    concurrency: int | None = Field(None, ge=1, description="Parallel requests per transfer.")
-    max_attempts: int | None = Field(None, ge=1, description="Attempts per request (botocore retries with backoff).")
-    download_threshold: int | None = Field(None, ge=0, description=_core("download_threshold"))
-    download_part_size: int | None = Field(None, ge=1, description=_core("download_part_size"))
-    stream_min_rate: int | None = Field(None, ge=0, description=_core("stream_min_rate"))
-    compression: Literal["stored", "deflated"] | None = Field(None, description=_core("compression"))
+    keep_versions: int | None = Field(None, **_core("keep_versions"))
+    part_size: int | None = Field(None, **_core("part_size"))
+    concurrency: int | None = Field(None, **_core("concurrency"))
+    max_attempts: int | None = Field(None, **_core("max_attempts"))
+    download_threshold: int | None = Field(None, **_core("download_threshold"))
+    download_part_size: int | None = Field(None, **_core("download_part_size"))
+    stream_min_rate: int | None = Field(None, **_core("stream_min_rate"))
+    compression: Literal["stored", "deflated"] | None = Field(None, **_core("compression"))
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""

@@ -13,6 +13,8 @@ from typing import BinaryIO
 from ..errors import StorageFailure, TransientError
 from .base import Progress, Sink
 
+RANGE_ADVICE = ("this endpoint does not serve byte ranges: set stream_min_rate=0 and a download_threshold above "
+                "the object's size for it (one streamed GET)")
 RANGE_ATTEMPTS = 3  # per part, resuming where a broken read stopped (botocore retries each request as well)
 
 
@@ -110,7 +112,7 @@ def fetch_ranges(
                         return
                     if pos + len(chunk) > hi:
                         raise StorageFailure(f"the server sent more than the byte range {lo}-{hi - 1} asked for; "
-                                             "set stream_min_rate=0 for this endpoint")
+                                             + RANGE_ADVICE)
                     writer.write_at(chunk, pos)
                     pos += len(chunk)
                     if progress:

@@ -17,7 +17,7 @@ from s3transfer.subscribers import BaseSubscriber
 from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
-from .ranges import StreamProbe, fetch_ranges, ranges_pay
+from .ranges import RANGE_ADVICE, StreamProbe, fetch_ranges, ranges_pay
 
 log = logging.getLogger("fedml_storage")
 
@@ -162,8 +162,7 @@ class S3Store(ObjectStore):
                 if total.isdigit() and int(total) != size:
                     raise _short_object(key, size, int(total))
                 if resp.get("ContentLength") != hi - lo:
-                    raise StorageFailure(f"{self._location} ignored a byte range of {key!r}; set stream_min_rate=0 "
-                                         "for this endpoint")
+                    raise StorageFailure(f"{self._location} ignored a byte range of {key!r}; {RANGE_ADVICE}")
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()

@@ -127,7 +127,7 @@ def test_outlet_must_name_the_namespace_the_connection_stores_under(tmp_path: Pa
     (tmp_path / "ds" / "a.txt").write_text("x")
     unaware = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "ds"))
     ctx = _context()
-    with pytest.raises(AirflowFailException, match="nothing was uploaded. Pass namespace="):
+    with pytest.raises(AirflowFailException, match="nothing was uploaded. Make them agree: pass namespace="):
         unaware.execute(ctx)  # never an event for fedml://default/ds
     assert not ctx["outlet_events"]
     assert StorageClient(service="LOCAL", namespace="team-a").list().data == []  # refused before publishing
@@ -139,16 +139,33 @@ def test_outlet_must_name_the_namespace_the_connection_stores_under(tmp_path: Pa
     assert [m.dataName for m in StorageClient(service="LOCAL", namespace="team-a").list().data] == ["ds"]
 
 
-def test_outlet_follows_the_core_naming_of_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
         {"conn_type": "fedml_storage", "extra": {"service": "LOCAL"}}))
     model = tmp_path / "model.pt"
-    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights")  # file not there yet
-    assert [a.uri for a in upload.outlets] == ["fedml://default/weights.pt"]  # a file keeps its extension
     model.write_bytes(b"weights")
+    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights")
+    assert [a.uri for a in upload.outlets] == ["fedml://default/weights.pt"]  # a file keeps its extension
     ctx = _context()
     assert upload.execute(ctx)["name"] == "weights.pt"
     assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.pt"]
+
+    # a folder made only at run time, with a dot in its name, keeps the name as given
+    run_dir = tmp_path / "runs" / "v1.0"
+    later = FedMLStorageUploadOperator(task_id="up2", data_path=str(run_dir), name="mnist")
+    assert [a.uri for a in later.outlets] == ["fedml://default/mnist"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "a.txt").write_text("x")
+    assert later.execute(_context())["name"] == "mnist"
+
+    # a file made only at run time: its extension cannot be known at parse time, so the mismatch is refused
+    # before anything is published, with the way out
+    late_file = tmp_path / "late.pt"
+    guessed = FedMLStorageUploadOperator(task_id="up3", data_path=str(late_file), name="late-weights")
+    late_file.write_bytes(b"late")
+    with pytest.raises(AirflowFailException, match="nothing was uploaded.*name='weights' for model.pt"):
+        guessed.execute(_context())
+    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["mnist", "weights.pt"]
 
 
 def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:

@@ -91,3 +91,12 @@ def test_a_failed_part_stops_the_others_at_once(tmp_path: Path) -> None:
 def test_a_stream_that_gave_nothing_is_not_worth_ranges() -> None:
     empty = StreamProbe(iter(()), 64 * MiB, 0.0)
     assert list(empty) == [] and ranges_pay(empty, 960 * MiB, 64 * MiB, 8, 128 * MiB) is False
+
+
+def test_a_server_sending_more_than_the_range_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    def open_range(lo: int, hi: int) -> Iterator[bytes]:
+        yield b"x" * (hi - lo + 1)  # the whole object, say, instead of the range
+
+    with open(tmp_path / "part", "w+b") as out, pytest.raises(StorageFailure) as caught:
+        fetch_ranges(open_range, 0, 4096, 1024, 2, HashingWriter(out), None)
+    assert "stream_min_rate=0 and a download_threshold above" in str(caught.value)

@@ -203,6 +203,7 @@ def test_asset_uri_forms() -> None:
     assert asset_uri("team", "plain-1.csv", iri=True) == asset_uri("team", "plain-1.csv") == "fedml://team/plain-1.csv"
     assert asset_uri("team", "a+b(1)&c", iri=True) == "fedml://team/a+b(1)%26c"  # Prefect refuses '&', not '+()'
     assert asset_uri("team", "a\u00a0b", iri=True) == "fedml://team/a%C2%A0b"  # invisible spaces stay visible
+    assert asset_uri("team", "データ・セット–€", iri=True) == "fedml://team/データ・セット–€"  # non-ASCII symbols too
 
 
 def test_ready_says_whether_a_downstream_step_can_start(store: Store, tmp_path: Path) -> None:

@@ -440,3 +440,35 @@ def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store) 
     assert result.ok and result.data["incomplete_uploads_removed"] == 1
     left = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     assert left == [active] and idle not in left
+
+
+def test_cleanup_counts_an_upload_finished_meanwhile_as_done(s3_store: Store, monkeypatch) -> None:
+    from fedml_storage.backends.s3 import S3Store
+
+    s3 = s3_client(s3_store.endpoint)
+    key = "default/data/racing/v1/racing"
+    upload_id = s3.create_multipart_upload(Bucket=s3_store.bucket, Key=key)["UploadId"]
+    real_last_part_at = S3Store._last_part_at
+
+    def finished_meanwhile(self, key: str, upload_id: str) -> float:
+        when = real_last_part_at(self, key, upload_id)
+        s3.abort_multipart_upload(Bucket=s3_store.bucket, Key=key, UploadId=upload_id)  # another actor ends it
+        return when
+
+    monkeypatch.setattr(S3Store, "_last_part_at", finished_meanwhile)
+    result = s3_store.client().cleanup(older_than_seconds=0)
+    assert result.ok and result.data["incomplete_uploads_removed"] == 0, result.message
+
+
+def test_local_write_survives_a_concurrent_prune(tmp_path: Path) -> None:
+    from fedml_storage.backends.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+
+    def fill_while_pruned(out) -> None:
+        out.write(b"data")
+        (tmp_path / "store" / "ns" / "manifests").rmdir()  # a delete pruned the folder, still empty, meanwhile
+
+    store._write_atomic("ns/manifests/a.json", fill_while_pruned)
+    assert (tmp_path / "store" / "ns" / "manifests" / "a.json").read_bytes() == b"data"
+    assert [o.key for o in store.list("ns/")] == ["ns/manifests/a.json"]

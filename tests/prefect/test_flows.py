@@ -133,6 +133,8 @@ def test_block_saves_and_loads_with_the_secret_hidden(s3_settings: dict) -> None
         assert (client.settings.keep_versions, client.settings.concurrency) == (3, 2)
         assert (client.settings.stream_min_rate, client.settings.compression) == (0, "deflated")
     assert set(PLAIN_SETTINGS) <= set(FedMLStorage.model_fields)  # every core setting can be set on the block
+    with pytest.raises(ValueError, match="download_part_size"):  # the core's limits, checked when the block is made
+        FedMLStorage(download_part_size=1024)
 
 
 def test_block_registers_with_the_prefect_cli() -> None:
