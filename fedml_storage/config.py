@@ -60,6 +60,11 @@ class StorageSettings(BaseModel):
     max_attempts: int = Field(6, ge=1, le=20, description="Attempts per request (botocore retries with backoff).")
     keep_versions: int = Field(1, ge=1, le=1000, description="Versions kept downloadable per name.")
     compression: Literal["stored", "deflated"] = Field("stored", description="Zip method for directories.")
+    checksum_calculation: Literal["auto", "when_required", "when_supported"] = Field(
+        "auto", description="boto3's request checksums (CRC32 per part, checked by the server): auto = "
+        "when_supported on AWS S3, when_required on custom endpoints (some reject them); when_supported suits "
+        "MinIO and moto."
+    )
 
     @field_validator("service", mode="before")
     @classmethod

@@ -55,6 +55,8 @@ upload_data("data/mnist", storage=storage)
     download_part_size: int | None = Field(None, **_core("download_part_size"))
     stream_min_rate: int | None = Field(None, **_core("stream_min_rate"))
     compression: Literal["stored", "deflated"] | None = Field(None, **_core("compression"))
+    checksum_calculation: Literal["auto", "when_required", "when_supported"] | None = Field(
+        None, **_core("checksum_calculation"))
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""

@@ -64,14 +64,16 @@ class S3Store(ObjectStore):
                 # With when_required checksums botocore would SHA-256 every part for the signature. Over TLS that
                 # buys nothing (AWS's own SDKs leave payloads unsigned there; R2 asks for it); plain http stays signed.
                 s3_options["payload_signing_enabled"] = False
+        checksums = settings.checksum_calculation
+        if checksums == "auto":  # newer boto3 adds CRC checksums that R2 and other S3-compatible stores reject
+            checksums = "when_required" if custom else "when_supported"
         config = Config(
             retries={"max_attempts": settings.max_attempts, "mode": "standard"},
             max_pool_connections=settings.concurrency + 4,
             connect_timeout=10,
             read_timeout=60,
-            # Newer boto3 adds CRC checksums that R2 and other S3-compatible stores reject.
-            request_checksum_calculation="when_required" if custom else "when_supported",
-            response_checksum_validation="when_required" if custom else "when_supported",
+            request_checksum_calculation=checksums,
+            response_checksum_validation=checksums,
             s3=s3_options,
         )
         key_id = secret = None

@@ -25,11 +25,15 @@ class Recorder:
 
     app: object
     seen: list[tuple[str, str, str]] = field(default_factory=list)
+    put_checksums: list[bool] = field(default_factory=list)  # per PUT: carried a flexible checksum?
 
     def __call__(self, environ, start_response):
         if environ["REQUEST_METHOD"] in ("PUT", "POST"):
             self.seen.append((environ["REQUEST_METHOD"], environ.get("HTTP_X_AMZ_CONTENT_SHA256", ""),
                               environ.get("HTTP_CONTENT_ENCODING", "")))
+        if environ["REQUEST_METHOD"] == "PUT":
+            self.put_checksums.append(any(k.startswith(("HTTP_X_AMZ_CHECKSUM_", "HTTP_X_AMZ_TRAILER"))
+                                          for k in environ))
         return self.app(environ, start_response)
 
 
@@ -61,25 +65,31 @@ def server(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     yield from _serve(tmp_path_factory.mktemp("moto-tls"), request.param == "https")
 
 
-def test_payloads_are_signed_only_without_tls(server: Server, tmp_path: Path, monkeypatch) -> None:
+def _round_trip(server: Server, tmp_path: Path, monkeypatch, **settings) -> None:
+    """Upload and download 11 MiB (three parts) through `server`, with a fresh record of what it received."""
     if server.ca_bundle:
         monkeypatch.setenv("AWS_CA_BUNDLE", server.ca_bundle)  # trust the test server's self-signed certificate
     bucket = f"tls-{uuid.uuid4().hex[:12]}"
     key_id, secret = TEST_API_KEY.split(":", 1)
     boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id=key_id,
                  aws_secret_access_key=secret).create_bucket(Bucket=bucket)
-    data = os.urandom(11 * MiB)  # three parts of 5 MiB
+    data = os.urandom(11 * MiB)
     (tmp_path / "blob.bin").write_bytes(data)
     server.recorder.seen.clear()
+    server.recorder.put_checksums.clear()
 
     with StorageClient(service="S3", bucket=bucket, endpoint_url=server.endpoint, region="us-east-1",
-                       api_key=TEST_API_KEY, part_size=5 * MiB) as client:
+                       api_key=TEST_API_KEY, part_size=5 * MiB, **settings) as client:
         up = client.upload(str(tmp_path / "blob.bin"), name="blob")
         assert up.code == ResponseCode.SUCCESS, up.message
         down = client.download("blob.bin", str(tmp_path / "out"))
         assert down.code == ResponseCode.SUCCESS, down.message
     assert Path(down.data).read_bytes() == data
 
+
+def test_payloads_are_signed_only_without_tls(server: Server, tmp_path: Path, monkeypatch) -> None:
+    _round_trip(server, tmp_path, monkeypatch)
+    assert not any(server.recorder.put_checksums)  # custom endpoint: no flexible checksums unless asked for
     bodies = server.recorder.seen
     assert len([m for m, _, _ in bodies if m == "PUT"]) >= 4  # three parts and the manifest
     # Never aws-chunked: S3-compatible stores (R2 among them) reject streaming trailers.
@@ -89,3 +99,9 @@ def test_payloads_are_signed_only_without_tls(server: Server, tmp_path: Path, mo
         assert hashes == {"UNSIGNED-PAYLOAD"}  # TLS protects the body; no SHA-256 per part for the signature
     else:
         assert "UNSIGNED-PAYLOAD" not in hashes and all(len(h) == 64 for h in hashes)  # plain http: signed
+
+
+def test_flexible_checksums_on_request(server: Server, tmp_path: Path, monkeypatch) -> None:
+    _round_trip(server, tmp_path, monkeypatch, checksum_calculation="when_supported")
+    sent = server.recorder.put_checksums
+    assert len(sent) >= 4 and all(sent)  # every part and the manifest carried a CRC32 for the server to check
