@@ -8,14 +8,19 @@ Runs on the embedded LOCAL store with no configuration; pass a saved `FedMLStora
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from example_data import make_dataset, verify_copy
-from prefect import flow, task
+# Run without a Prefect server, Prefect starts a temporary one whose telemetry needs the internet (and, failing,
+# prints a traceback); the example needs none. An explicit setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect_tasks import (
+from example_data import make_dataset, verify_copy  # noqa: E402
+from prefect import flow, task  # noqa: E402
+
+from prefect_tasks import (  # noqa: E402
     FedMLStorage,
     delete_data,
     download_data,

@@ -4,8 +4,8 @@ from . import api
 from .client import StorageClient
 from .config import PLAIN_SETTINGS, StorageSettings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
-from .uploads import planned_name
 from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
+from .uploads import planned_name
 
 __version__ = "0.1.0"
 

@@ -77,8 +77,8 @@ class Manifest(BaseModel):
                 return record
         kept = ", ".join(v.version for v in self.versions)
         raise NotFound(
-            f"version {version!r} of {self.name!r} is no longer kept (kept: {kept}); "
-            "raise keep_versions to keep more, or download the current version"
+            f"version {version!r} of {self.name!r} is not kept (never stored, or dropped: only the newest "
+            f"keep_versions are kept; kept: {kept}); raise keep_versions to keep more, or download the current version"
         )
 
 
@@ -112,8 +112,16 @@ class Catalog:
         """The manifest, or NotFound with advice."""
         found = self.read(name)
         if found is None:
-            raise NotFound(f"no data named {name!r} in namespace {self.namespace!r}; list_storage_objects() shows what is stored")
+            raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
+                           f"{self._similar(name)}; list_storage_objects() shows what is stored")
         return found[0]
+
+    def _similar(self, name: str) -> str:
+        """A hint for a file's name given without its extension (a file keeps it when stored)."""
+        prefix = f"{self.manifest_prefix}{name}."
+        close = [o.key[len(self.manifest_prefix) : -len(".json")] for o in self.store.list(prefix)
+                 if o.key.endswith(".json") and "/" not in o.key[len(self.manifest_prefix) :]][:3]
+        return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
 
     def commit(self, name: str, build: Callable[[Manifest | None], Manifest]) -> tuple[Manifest, list[str]]:
         """Write `build(current)` only over the manifest it was built from; retried when another writer won.
@@ -144,7 +152,8 @@ class Catalog:
         for _ in range(COMMIT_ATTEMPTS):
             found = self._read_raw(name)
             if found is None:
-                raise NotFound(f"no data named {name!r} in namespace {self.namespace!r}; nothing was deleted")
+                raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
+                               f"{self._similar(name)}; nothing was deleted")
             raw, etag = found
             try:
                 manifest: Manifest | None = _parse(raw, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -134,27 +135,53 @@ class StorageSettings(BaseModel):
         unknown = set(overrides) - set(cls.model_fields)
         if unknown:
             raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
-        values: dict[str, Any] = {}
-        values.update(read_config_file())
+        values: dict[str, Any] = read_config_file()
+        sources = dict.fromkeys(values, str(config_path()))
         for field in cls.model_fields:
             env = os.environ.get(ENV_PREFIX + field.upper())
             if env is not None and env != "":
-                values[field] = env
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return validate_settings(values)
+                values[field], sources[field] = env, ENV_PREFIX + field.upper()
+        _warn_unknown_variables()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        sources.update(dict.fromkeys(given, "the argument"))
+        return validate_settings(values, sources)
 
 
 # The settings a framework may hold in plain fields (connection extras, block fields); the API key is a secret.
 PLAIN_SETTINGS = tuple(k for k in StorageSettings.model_fields if k != "api_key")
 
 
-def validate_settings(values: dict[str, Any]) -> StorageSettings:
-    """Build settings, turning validation errors into a secret-free InvalidInput."""
+def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = None) -> StorageSettings:
+    """Build settings, turning validation errors into a secret-free InvalidInput naming where each bad value came
+    from (`sources`: setting -> argument, variable or file)."""
     try:
         return StorageSettings.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise InvalidInput(f"invalid settings ({problems}). Fix the argument, FEDML_STORAGE_* variable or {config_path()}.") from None
+        problems = []
+        for e in exc.errors():
+            field = ".".join(map(str, e["loc"])) or "settings"
+            problem = f"{field}: {e['msg'].removeprefix('Value error, ')}"
+            if field in (sources or {}):  # the value itself only when it is not the secret
+                shown = "" if field == "api_key" else f"{values[field]!r:.60} "
+                problem += f" (got {shown}from {sources[field]})"
+            problems.append(problem)
+        raise InvalidInput(f"invalid settings ({'; '.join(problems)}). Fix the argument, FEDML_STORAGE_* variable or "
+                           f"{config_path()}.") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown_variables() -> None:
+    """Say once about a FEDML_STORAGE_* variable that is no setting (a typo is otherwise silently ignored)."""
+    known = {ENV_PREFIX + "HOME", *(ENV_PREFIX + f.upper() for f in StorageSettings.model_fields)}
+    for name in sorted(os.environ):
+        if name.startswith(ENV_PREFIX) and name not in known and name not in _warned:
+            _warned.add(name)
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            log.warning("ignoring %s: no such setting%s", name, f" (did you mean {close[0]}?)" if close else
+                        f"; settings are {', '.join(ENV_PREFIX + f.upper() for f in StorageSettings.model_fields)}")
 
 
 def read_config_file() -> dict[str, Any]:

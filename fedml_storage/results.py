@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import unicodedata
-
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import quote

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +14,16 @@ import boto3
 import pytest
 
 TEST_API_KEY = "AKIATESTKEYID0000000:test-secret-key-never-logged-42"
+
+# Airflow and Prefect read their homes when first imported (at collection): never the user's ~/airflow, ~/.prefect.
+_FRAMEWORK_HOMES = Path(tempfile.mkdtemp(prefix="fedml-storage-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_FRAMEWORK_HOMES / "airflow")
+os.environ["PREFECT_HOME"] = str(_FRAMEWORK_HOMES / "prefect")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_FRAMEWORK_HOMES / "prefect" / "storage")  # not under HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_FRAMEWORK_HOMES, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -84,7 +84,8 @@ def fedml_login(api_key: str | None = None, service: str | None = None) -> FedML
         path = write_config_file(updates)
     except Exception as exc:
         return to_response(exc, "login", secrets)
-    return FedMLResponse(ResponseCode.SUCCESS, f"API key saved to {path} (readable only by you)", True)
+    note = f"; default service is now {str(service).strip().upper()}" if service is not None else ""
+    return FedMLResponse(ResponseCode.SUCCESS, f"API key saved to {path} (readable only by you){note}", True)
 
 
 def configure(**settings: Any) -> FedMLResponse:

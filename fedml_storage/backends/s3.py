@@ -49,8 +49,9 @@ class S3Store(ObjectStore):
         self.service = settings.service
         if not settings.bucket:
             raise NotConfigured(
-                f"no bucket configured for {settings.service}; pass bucket=..., set FEDML_STORAGE_BUCKET "
-                "or run fedml_storage.api.configure(bucket=...)"
+                f"no bucket configured for {settings.service}; set FEDML_STORAGE_BUCKET, run "
+                "fedml_storage.api.configure(bucket=...) or pass bucket= to StorageClient (or service='LOCAL' for the "
+                "embedded store)"
             )
         endpoint = settings.resolved_endpoint
         if settings.service == "R2" and not endpoint:

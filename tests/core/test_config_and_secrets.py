@@ -46,6 +46,22 @@ def test_configure_rejects_bad_values_and_unknown_keys() -> None:
     assert not config_path().exists()
 
 
+def test_bad_settings_say_where_they_came_from(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("FEDML_STORAGE_CONCURRENCY", "abc")
+    monkeypatch.setenv("FEDML_STORAGE_API_KEY", f"{KEY_ID}-{SECRET}")  # malformed: no colon
+    monkeypatch.setenv("FEDML_STORAGE_BUCKETT", "typo")
+    with caplog.at_level(logging.WARNING, logger="fedml_storage"):
+        response = api.list_storage_objects()
+    assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input"
+    assert "concurrency: " in response.message and "(got 'abc' from FEDML_STORAGE_CONCURRENCY)" in response.message
+    assert "api_key: " in response.message and "(got from FEDML_STORAGE_API_KEY)" in response.message
+    assert SECRET not in response.message and KEY_ID not in response.message
+    assert "ignoring FEDML_STORAGE_BUCKETT: no such setting (did you mean FEDML_STORAGE_BUCKET?)" in caplog.text
+    monkeypatch.delenv("FEDML_STORAGE_API_KEY")
+    assert "keep_versions: Input should be greater than or equal to 1 (got 0 from the argument)" in StorageClient(
+        keep_versions=0).list().message
+
+
 def test_login_stores_key_0600_and_never_echoes_it() -> None:
     response = api.fedml_login(TEST_API_KEY)
     assert response.code == ResponseCode.SUCCESS and SECRET not in response.message

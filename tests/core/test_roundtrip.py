@@ -51,6 +51,10 @@ def test_file_naming_and_round_trip(store: Store, tmp_path: Path) -> None:
     assert Path(down.data) == (tmp_path / "d" / "weights.pt").resolve()
     assert Path(down.data).read_bytes() == src.read_bytes()
     assert api.get_storage_user_defined_metadata("weights.pt", store.api_key, service=store.service).data == {}
+    missed = api.download("weights", api_key=store.api_key, service=store.service, dest_path=str(tmp_path / "m"))
+    assert missed.code == ResponseCode.FAILURE and missed.reason == "not_found"
+    assert f"on {store.service} (did you mean 'weights.pt'? a file keeps its extension)" in missed.message
+    assert not (tmp_path / "m").exists()
 
 
 def test_empty_file_and_unicode_name(store: Store, tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_overwrite_creates_version_and_drops_old_data(store: Store, tmp_path: Pa
     assert second.version != first.version and not second.skipped
     assert client.download("data.txt", tmp_path / "o").data and (tmp_path / "o" / "data.txt").read_text() == "two!"
     old = client.download("data.txt", tmp_path / "o2", version=first.version)
-    assert old.code == ResponseCode.FAILURE and "no longer kept" in old.message and "keep_versions" in old.message
+    assert old.code == ResponseCode.FAILURE and "is not kept" in old.message and "keep_versions" in old.message
     data_keys = [k for k in store.keys() if "/data/" in k]
     assert data_keys == [f"default/data/data.txt/{second.version}/data.txt"]  # replaced data removed
 
