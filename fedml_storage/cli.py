@@ -34,11 +34,22 @@ class Ctx:
         return not self.quiet and sys.stderr.isatty()
 
 
+# The core's advice names Python calls; on the command line, the commands that do the same.
+_CLI_ADVICE = {
+    "list_storage_objects() shows what is stored": "`fedml-storage list` shows what is stored",
+    "fedml_storage.api.configure(bucket=...)": "`fedml-storage configure --bucket ...`",
+    "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY')": "run `fedml-storage login`",
+}
+
+
 def _finish(response: FedMLResponse) -> Any:
     """Data on success; otherwise the message on stderr and exit code 1."""
     if response.ok:
         return response.data
-    click.echo(f"error: {response.message}", err=True)
+    message = response.message
+    for python, command in _CLI_ADVICE.items():
+        message = message.replace(python, command)
+    click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
 

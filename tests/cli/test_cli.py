@@ -68,6 +68,9 @@ def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
     assert run("list", "--json").stdout.strip() == "[]"  # nothing was stored
     unknown = run("download", "never-stored")
     assert unknown.returncode == 1 and "no data named 'never-stored'" in unknown.stderr
+    assert "`fedml-storage list` shows what is stored" in unknown.stderr  # command-line advice, not Python's
+    no_bucket = run("--service", "S3", "list")
+    assert no_bucket.returncode == 1 and "`fedml-storage configure --bucket ...`" in no_bucket.stderr
     assert run("--service", "GCS", "list").returncode == 1
     assert run("frobnicate").returncode == 2
 
