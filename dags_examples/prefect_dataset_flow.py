@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 # Run without a Prefect server, Prefect starts a temporary one whose telemetry needs the internet (and, failing,
-# prints a traceback); the example needs none. An explicit setting wins.
+# prints a traceback); the example needs none. The variable, when set, wins (a Prefect profile's value does not).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from example_data import make_dataset, verify_copy  # noqa: E402

@@ -8,6 +8,7 @@ removed by `cleanup`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -117,10 +118,14 @@ class Catalog:
         return found[0]
 
     def _similar(self, name: str) -> str:
-        """A hint for a file's name given without its extension (a file keeps it when stored)."""
+        """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
         prefix = f"{self.manifest_prefix}{name}."
-        close = [o.key[len(self.manifest_prefix) : -len(".json")] for o in self.store.list(prefix)
-                 if o.key.endswith(".json") and "/" not in o.key[len(self.manifest_prefix) :]][:3]
+        try:
+            found = (o.key[len(self.manifest_prefix) : -len(".json")] for o in self.store.list(prefix)
+                     if o.key.endswith(".json") and "/" not in o.key[len(self.manifest_prefix) :])
+            close = list(itertools.islice(found, 3))
+        except Exception:  # a hint must never turn "not found" into another failure
+            return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
 
     def commit(self, name: str, build: Callable[[Manifest | None], Manifest]) -> tuple[Manifest, list[str]]:

@@ -39,6 +39,9 @@ _CLI_ADVICE = {
     "list_storage_objects() shows what is stored": "`fedml-storage list` shows what is stored",
     "fedml_storage.api.configure(bucket=...)": "`fedml-storage configure --bucket ...`",
     "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY')": "run `fedml-storage login`",
+    "pass api_key=...": "pass --api-key",
+    "pass bucket= to StorageClient (or service='LOCAL' for the embedded store)": "pass --service LOCAL for the "
+    "embedded store",
 }
 
 
@@ -91,8 +94,9 @@ def login(obj: Ctx, api_key: str | None) -> None:
     """Save the storage API key (asks for it, hidden, when not given)."""
     if api_key is None:
         api_key = click.prompt("API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY)", hide_input=True)
-    _finish(api.fedml_login(api_key, service=obj.service))
-    click.echo(f"API key saved to {config_path()} (readable only by you)")
+    response = api.fedml_login(api_key, service=obj.service)
+    _finish(response)
+    click.echo(response.message)
 
 
 @cli.command()

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .backends import ObjectStore, open_store
 from .catalog import Catalog, Manifest
-from .config import StorageSettings, storage_home, validate_settings
+from .config import StorageSettings, read_config_file, storage_home, validate_settings
 from .digests import DigestCache
 from .downloads import download as _download
 from .errors import to_response
@@ -82,7 +82,8 @@ class StorageClient:
         self.close()
 
     def _secrets(self) -> list[str | None]:
-        found: list[str | None] = [self._overrides.get("api_key"), os.environ.get("FEDML_STORAGE_API_KEY")]
+        found: list[str | None] = [self._overrides.get("api_key"), os.environ.get("FEDML_STORAGE_API_KEY"),
+                                   _saved_key()]
         if self._settings is not None:
             found += self._settings.secret_values()
         if self._base is not None:
@@ -215,3 +216,12 @@ class StorageClient:
 
 
 __all__ = ["FedMLStorageError", "StorageClient"]
+
+
+def _saved_key() -> str | None:
+    """The API key in the config file, to redact even when the settings around it fail to validate."""
+    try:
+        key = read_config_file().get("api_key")
+    except Exception:
+        return None
+    return key if isinstance(key, str) else None

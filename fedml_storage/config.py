@@ -154,7 +154,7 @@ PLAIN_SETTINGS = tuple(k for k in StorageSettings.model_fields if k != "api_key"
 
 def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = None) -> StorageSettings:
     """Build settings, turning validation errors into a secret-free InvalidInput naming where each bad value came
-    from (`sources`: setting -> argument, variable or file)."""
+    from (`sources`: setting -> argument, variable or file) but never the value."""
     try:
         return StorageSettings.model_validate(values)
     except ValidationError as exc:
@@ -162,9 +162,8 @@ def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = N
         for e in exc.errors():
             field = ".".join(map(str, e["loc"])) or "settings"
             problem = f"{field}: {e['msg'].removeprefix('Value error, ')}"
-            if field in (sources or {}):  # the value itself only when it is not the secret
-                shown = "" if field == "api_key" else f"{values[field]!r:.60} "
-                problem += f" (got {shown}from {sources[field]})"
+            if field in (sources or {}):  # where, not what: a value might be (part of) a pasted key
+                problem += f" (from {sources[field]})"
             problems.append(problem)
         raise InvalidInput(f"invalid settings ({'; '.join(problems)}). Fix the argument, FEDML_STORAGE_* variable or "
                            f"{config_path()}.") from None
@@ -179,9 +178,10 @@ def _warn_unknown_variables() -> None:
     for name in sorted(os.environ):
         if name.startswith(ENV_PREFIX) and name not in known and name not in _warned:
             _warned.add(name)
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            log.warning("ignoring %s: no such setting%s", name, f" (did you mean {close[0]}?)" if close else
-                        f"; settings are {', '.join(ENV_PREFIX + f.upper() for f in StorageSettings.model_fields)}")
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX).lower(), [*StorageSettings.model_fields,
+                                                                                     "home"], n=1)
+            log.warning("ignoring %s: no such setting%s", name, f" (did you mean {ENV_PREFIX}{close[0].upper()}?)"
+                        if close else f"; settings are {', '.join(sorted(known))}")
 
 
 def read_config_file() -> dict[str, Any]:

@@ -166,3 +166,15 @@ def test_local_file_system_errors_say_what_to_do(err: int, code: ResponseCode, r
     response = to_response(OSError(err, os.strerror(err), "/data/out/x.part"), "download of 'x'")
     assert response.code == code and response.reason == reason and words in response.message
     assert "/data/out/x.part" in response.message
+
+
+def test_a_failing_name_hint_leaves_a_plain_not_found(tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage.backends.local import LocalStore
+
+    def refused(self, prefix: str):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(LocalStore, "list", refused)  # only the hint lists; the lookup itself reads one entry
+    for response in (api.get_storage_metadata("nothere"), api.delete("nothere", "LOCAL")):
+        assert response.code == ResponseCode.FAILURE and response.reason == "not_found", response.message
+        assert "no data named 'nothere'" in response.message and "did you mean" not in response.message

@@ -53,13 +53,33 @@ def test_bad_settings_say_where_they_came_from(monkeypatch, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="fedml_storage"):
         response = api.list_storage_objects()
     assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input"
-    assert "concurrency: " in response.message and "(got 'abc' from FEDML_STORAGE_CONCURRENCY)" in response.message
-    assert "api_key: " in response.message and "(got from FEDML_STORAGE_API_KEY)" in response.message
+    assert "concurrency: " in response.message and "(from FEDML_STORAGE_CONCURRENCY)" in response.message
+    assert "api_key: " in response.message and "(from FEDML_STORAGE_API_KEY)" in response.message
     assert SECRET not in response.message and KEY_ID not in response.message
     assert "ignoring FEDML_STORAGE_BUCKETT: no such setting (did you mean FEDML_STORAGE_BUCKET?)" in caplog.text
     monkeypatch.delenv("FEDML_STORAGE_API_KEY")
-    assert "keep_versions: Input should be greater than or equal to 1 (got 0 from the argument)" in StorageClient(
+    assert "keep_versions: Input should be greater than or equal to 1 (from the argument)" in StorageClient(
         keep_versions=0).list().message
+
+
+def test_a_key_pasted_into_another_setting_is_not_echoed(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("FEDML_STORAGE_SECRET_KEY", SECRET)  # no such setting: named, never echoed
+    for where in ("env", "file"):
+        if where == "env":
+            monkeypatch.setenv("FEDML_STORAGE_API_KEY", TEST_API_KEY)
+            monkeypatch.setenv("FEDML_STORAGE_NAMESPACE", TEST_API_KEY)  # a paste into the wrong variable
+            monkeypatch.setenv("FEDML_STORAGE_CONCURRENCY", SECRET[:20])
+        else:
+            for name in ("FEDML_STORAGE_API_KEY", "FEDML_STORAGE_NAMESPACE", "FEDML_STORAGE_CONCURRENCY"):
+                monkeypatch.delenv(name)
+            config_path().write_text(json.dumps({"api_key": TEST_API_KEY, "concurrency": TEST_API_KEY,
+                                                 "keep_versions": SECRET[:20]}))
+        with caplog.at_level(logging.WARNING, logger="fedml_storage"):
+            message = api.list_storage_objects().message
+        assert "invalid settings" in message
+        for piece in (SECRET, KEY_ID, SECRET[:12], SECRET[-12:]):
+            assert piece not in message and piece not in caplog.text, (where, message)
+    assert "ignoring FEDML_STORAGE_SECRET_KEY: no such setting" in caplog.text and "did you mean" not in caplog.text
 
 
 def test_login_stores_key_0600_and_never_echoes_it() -> None:
