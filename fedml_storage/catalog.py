@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Literal
@@ -119,11 +119,8 @@ class Catalog:
 
     def _similar(self, name: str) -> str:
         """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
-        prefix = f"{self.manifest_prefix}{name}."
         try:
-            found = (o.key[len(self.manifest_prefix) : -len(".json")] for o in self.store.list(prefix)
-                     if o.key.endswith(".json") and "/" not in o.key[len(self.manifest_prefix) :])
-            close = list(itertools.islice(found, 3))
+            close = list(itertools.islice(self._names(f"{name}."), 3))
         except Exception:  # a hint must never turn "not found" into another failure
             return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
@@ -194,9 +191,15 @@ class Catalog:
             log.warning("skipping %r: its catalog entry is unreadable; delete(%r) removes it", name, name)
         return manifests
 
+    def _names(self, starting: str = "") -> Iterator[str]:
+        """Stored names (those with a manifest) that start with `starting`, as the store lists them."""
+        for o in self.store.list(self.manifest_prefix + starting):
+            rel = o.key[len(self.manifest_prefix) :]
+            if rel.endswith(".json") and "/" not in rel:
+                yield rel[: -len(".json")]
+
     def _scan(self, workers: int = 8) -> tuple[list[Manifest], list[str]]:
-        keys = [o.key for o in self.store.list(self.manifest_prefix) if o.key.endswith(".json")]
-        names = [k[len(self.manifest_prefix) : -len(".json")] for k in keys if "/" not in k[len(self.manifest_prefix) :]]
+        names = list(self._names())
 
         def one(name: str) -> Manifest | str | None:
             try:
