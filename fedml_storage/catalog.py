@@ -120,7 +120,8 @@ class Catalog:
     def _similar(self, name: str) -> str:
         """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
         try:
-            close = list(itertools.islice(self._names(f"{name}."), 3))
+            # `name` itself matches when it was stored again since the miss: never suggest it
+            close = list(itertools.islice((n for n in self._names(f"{name}.") if n != name), 3))
         except Exception:  # a hint must never turn "not found" into another failure
             return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -12,13 +13,15 @@ from pathlib import Path
 from .archive import HashingWriter, safe_extract, umask
 from .backends.base import ObjectMissing
 from .catalog import Catalog
-from .errors import IntegrityError, InvalidInput, NotFound
+from .errors import Conflict, IntegrityError, InvalidInput, NotFound
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult
 from .validation import RESERVED_PREFIX, check_name
 
 TEMP_PREFIX = RESERVED_PREFIX
 STALE_TEMP_SECONDS = 24 * 3600
+SWAP_ATTEMPTS = 5  # renames tried when other downloads into the same folder keep replacing the target
+FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
 
 log = logging.getLogger("fedml_storage")
 
@@ -44,8 +47,7 @@ def download(
     dest = Path(dest_path or os.getcwd()).expanduser().absolute()
     if dest.exists() and not dest.is_dir():
         raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
-    manifest = catalog.get(name)
-    record = manifest.find(version)
+    record = catalog.get(name).find(version)
     created = _make_folder(dest)
     _remove_stale_temps(dest)
     target = dest / name
@@ -55,15 +57,27 @@ def download(
     try:
         fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
         with os.fdopen(fd, "w+b") as fh:
-            writer = HashingWriter(fh)
-            with progress_bar(record.size, show_progress, out_progress_to_err, progress_desc or DOWNLOAD_DESC) as adv:
+            for attempt in range(FETCH_ATTEMPTS):
+                fh.seek(0)
+                fh.truncate()
+                writer = HashingWriter(fh)
                 try:
-                    catalog.store.get_into(record.key, writer, record.size, adv)
+                    with progress_bar(record.size, show_progress, out_progress_to_err,
+                                      progress_desc or DOWNLOAD_DESC) as adv:
+                        catalog.store.get_into(record.key, writer, record.size, adv)
+                    break
                 except ObjectMissing:
-                    raise NotFound(
-                        f"the data of {name!r} version {record.version} is missing from the store (deleted or "
-                        "replaced meanwhile?); list it again and retry"
-                    ) from None
+                    # Most often a writer replaced the dataset (and dropped this data) after we read the catalog:
+                    # read it again and fetch what it names now.
+                    fresh = catalog.get(name).find(version)
+                    if fresh.key == record.key or attempt + 1 == FETCH_ATTEMPTS:
+                        raise NotFound(
+                            f"the data of {name!r} version {record.version} is missing from the store although the "
+                            "catalog lists it (removed outside fedml-storage, or by a cleanup with too short a grace "
+                            "period); upload the dataset again to store it anew"
+                        ) from None
+                    log.info("%r changed while downloading it; fetching version %s", name, fresh.version)
+                    record = fresh
             if writer.size != record.size or writer.sha256.hexdigest() != record.sha256:
                 raise IntegrityError(
                     f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not "
@@ -128,16 +142,28 @@ def _remove_stale_temps(dest: Path) -> None:
 
 
 def _swap_in(new: Path, target: Path) -> None:
-    """Rename `new` to `target`, replacing what was there; restore it if the rename fails."""
-    old: Path | None = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent)) / "old"
-        os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)
+    """Rename `new` to `target`, replacing what is there; put that back if the rename fails for another reason.
+
+    Downloads into the same folder at once may race here: the last rename wins and nothing is left behind.
+    """
+    for _ in range(SWAP_ATTEMPTS):
+        aside = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
+        old: Path | None = aside / "old"
+        try:
+            try:
+                os.rename(target, old)
+            except FileNotFoundError:
+                old = None  # nothing there, or another download moved it aside first
+            try:
+                os.rename(new, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    if old is not None and not os.path.lexists(target):
+                        os.rename(old, target)
+                    raise
+            # another download renamed its copy in since we moved the old one aside: move that aside in turn
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    raise Conflict(f"{target} kept being replaced by other downloads into {target.parent}; download into "
+                   "separate folders (nothing of this download was left there)")

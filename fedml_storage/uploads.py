@@ -77,10 +77,10 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     metadata = check_metadata(req.metadata)
     tags = check_tags(req.tag_list)
     with ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(catalog.read, name)  # a round trip, overlapped with scanning the tree
+        reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         entries = None if src.is_file() else scan_tree(src)
-        found = reading.result()
-    current = found[0].current if found else None
+        found, intact = reading.result()
+    current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
     desc = req.progress_desc or UPLOAD_DESC
 
     if entries is None:
@@ -126,6 +126,20 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
         service=settings.service, namespace=catalog.namespace,
     )
+
+
+def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool]:
+    """The stored manifest (and etag), and whether its current data is still in the store at its size."""
+    found = catalog.read(name)
+    if found is None:
+        return None, False
+    current = found[0].current
+    info = catalog.store.head(current.key)
+    if info is not None and info.size == current.size:
+        return found, True
+    log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again",
+                name, current.version)
+    return found, False
 
 
 def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:

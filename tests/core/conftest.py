@@ -40,6 +40,12 @@ class Store:
             return (self.root / key).read_bytes()
         return s3_client(self.endpoint).get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
+    def remove(self, key: str) -> None:
+        if self.root is not None:
+            (self.root / key).unlink()
+        else:
+            s3_client(self.endpoint).delete_object(Bucket=self.bucket, Key=key)
+
     def write(self, key: str, data: bytes) -> None:
         if self.root is not None:
             (self.root / key).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,148 @@
+"""Races with other writers and other downloads: the user gets one complete version, or a failure that says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import StorageClient
+from fedml_storage.backends.local import LocalStore
+from fedml_storage.catalog import Catalog
+
+from .conftest import Store, make_tree, tree_bytes
+
+
+def _current_key(store: Store, name: str) -> str:
+    return json.loads(store.read(f"default/manifests/{name}.json"))["versions"][0]["key"]
+
+
+def _replace_during_first_fetch(reader: StorageClient, replace) -> list[str]:
+    """Make `replace()` run just after `reader` has read the catalog, before it fetches any data."""
+    reader.exists("warm-up")  # opens the store
+    real = reader._store.get_into
+    fetched: list[str] = []
+
+    def fetch(key, sink, size, progress=None):
+        if not fetched:
+            replace()
+        fetched.append(key)
+        return real(key, sink, size, progress)
+
+    reader._store.get_into = fetch
+    return fetched
+
+
+def test_a_download_racing_a_reupload_gets_the_new_version(store: Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "ds")
+    assert store.client().upload(src).ok
+
+    def reupload() -> None:  # keep_versions=1: the version the reader chose loses its data
+        (src / "a.txt").write_text("the new version\n")
+        assert store.client().upload(src).ok
+
+    reader = store.client()
+    fetched = _replace_during_first_fetch(reader, reupload)
+    got = reader.download("ds", tmp_path / "out")
+    assert got.ok, got.message
+    assert len(fetched) == 2 and fetched[0] != fetched[1]
+    assert tree_bytes(tmp_path / "out" / "ds") == tree_bytes(src)
+    assert got.data.version == store.client().get_metadata("ds").data.version
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ds"]
+
+
+def test_a_download_of_a_version_dropped_meanwhile_says_it_is_not_kept(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"one")
+    first = store.client().upload(src).data.version
+
+    def reupload() -> None:
+        src.write_bytes(b"two")
+        assert store.client().upload(src).ok
+
+    reader = store.client()
+    _replace_during_first_fetch(reader, reupload)
+    got = reader.download("w.bin", tmp_path / "out", version=first)
+    assert not got.ok and got.data is None
+    assert f"version {first!r}" in got.message and "not kept" in got.message and "keep_versions" in got.message
+    assert not (tmp_path / "out").exists()  # made for this call, removed with it
+
+
+def test_data_lost_from_the_store_is_reported_and_a_reupload_stores_it_again(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(5000))
+    client = store.client()
+    assert client.upload(src).ok
+    store.remove(_current_key(store, "w.bin"))  # removed outside fedml-storage (or by a too eager cleanup)
+    lost = client.download("w.bin", tmp_path / "out")
+    assert not lost.ok and "missing from the store" in lost.message and "upload the dataset again" in lost.message
+    assert not (tmp_path / "out").exists()
+    again = client.upload(src)  # unchanged content, but its data is gone: sent again, not skipped
+    assert again.ok and not again.data.skipped, again.message
+    got = client.download("w.bin", tmp_path / "out")
+    assert got.ok and (tmp_path / "out" / "w.bin").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("race", ["another copy renamed in", "old copy moved away by another"])
+def test_downloads_into_one_folder_race_without_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          race: str) -> None:
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    src = make_tree(tmp_path / "ds")
+    assert client.upload(src).ok
+    dest = tmp_path / "out"
+    assert client.download("ds", dest).ok  # an earlier copy is in place
+    target = dest / "ds"
+    real_rename = os.rename
+    fired: list[str] = []
+
+    def racing_rename(a, b) -> None:  # what another download into `dest` does at the worst moment
+        if not fired and race == "another copy renamed in" and Path(b) == target:
+            fired.append(race)
+            theirs = tmp_path / "theirs"
+            theirs.mkdir()
+            (theirs / "a.txt").write_text("their copy\n")
+            real_rename(theirs, target)
+        elif not fired and race == "old copy moved away by another" and Path(a) == target:
+            fired.append(race)
+            real_rename(target, tmp_path / "moved-by-other")
+        return real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", racing_rename)
+    got = client.download("ds", dest)
+    monkeypatch.undo()
+    assert fired and got.ok, got.message
+    assert tree_bytes(target) == tree_bytes(src)
+    assert [p.name for p in dest.iterdir()] == ["ds"]  # nothing moved aside stays behind
+
+
+def test_many_downloads_into_one_folder_at_once(tmp_path: Path) -> None:
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    src = make_tree(tmp_path / "ds")
+    assert client.upload(src).ok
+    dest = tmp_path / "out"
+    failures: list[str] = []
+
+    def fetch() -> None:
+        for _ in range(15):
+            got = client.download("ds", dest)
+            if not got.ok:
+                failures.append(got.message)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert [p.name for p in dest.iterdir()] == ["ds"] and tree_bytes(dest / "ds") == tree_bytes(src)
+
+
+def test_not_found_hint_never_suggests_the_name_asked_for(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    catalog = Catalog(store, "default")
+    store.write_bytes("default/manifests/x.bin.json", b"{}")  # stored again just after a miss
+    assert catalog._similar("x.bin") == ""
+    assert "'x.bin'" in catalog._similar("x")
