@@ -193,7 +193,11 @@ class StorageClient:
         return self._run(f"readiness of {data_name!r}", run, lambda r: r.detail)
 
     def cleanup(self, older_than_seconds: float = 3600) -> FedMLResponse:
-        """Remove leftovers of interrupted uploads older than the grace period; data holds counts."""
+        """Remove leftovers of interrupted uploads older than the grace period; data holds counts.
+
+        The grace period must exceed the longest upload that may run meanwhile: an upload's data is dated from
+        its start and is unreferenced until its manifest commits. Use 0 only when no upload runs.
+        """
         return self._run("cleanup", lambda: self._catalog().cleanup(older_than_seconds))
 
     def asset_uri(self, data_name: str, *, iri: bool = False) -> str:

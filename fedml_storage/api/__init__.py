@@ -99,7 +99,8 @@ def configure(**settings: Any) -> FedMLResponse:
 
 def cleanup(service: str | None = None, api_key: str | None = None,
             older_than_seconds: float = 3600) -> FedMLResponse:
-    """Remove data left by interrupted uploads (older than the grace period)."""
+    """Remove data left by interrupted uploads, older than the grace period (which must exceed the longest
+    upload running meanwhile; 0 only when none runs)."""
     with _client(api_key, service) as client:
         return client.cleanup(older_than_seconds)
 
