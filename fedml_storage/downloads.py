@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,11 +144,19 @@ def _remove_stale_temps(dest: Path) -> None:
 
 
 def _swap_in(new: Path, target: Path) -> None:
-    """Rename `new` to `target`, replacing what is there; put that back if the rename fails for another reason.
+    """Rename `new` to `target`, replacing what is there in one step where the system can (no moment without a
+    copy at `target`, even if the process is killed); elsewhere move it aside first and put it back on failure.
 
     Downloads into the same folder at once may race here: the last rename wins and nothing is left behind.
     """
     for _ in range(SWAP_ATTEMPTS):
+        if os.path.lexists(target):
+            try:
+                if _exchange(new, target):
+                    _remove(new)  # now the replaced copy
+                    return
+            except FileNotFoundError:
+                pass  # another download moved it aside meanwhile
         aside = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
         old: Path | None = aside / "old"
         try:
@@ -167,3 +177,28 @@ def _swap_in(new: Path, target: Path) -> None:
             shutil.rmtree(aside, ignore_errors=True)
     raise Conflict(f"{target} kept being replaced by other downloads into {target.parent}; download into "
                    "separate folders (nothing of this download was left there)")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+        return False  # an old kernel or a filesystem without it
+    raise OSError(err, os.strerror(err), str(a), None, str(b))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from fedml_storage import StorageClient
+from fedml_storage import StorageClient, downloads
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.catalog import Catalog
 
@@ -86,19 +89,24 @@ def test_data_lost_from_the_store_is_reported_and_a_reupload_stores_it_again(sto
     assert got.ok and (tmp_path / "out" / "w.bin").read_bytes() == src.read_bytes()
 
 
-@pytest.mark.parametrize("race", ["another copy renamed in", "old copy moved away by another"])
-def test_downloads_into_one_folder_race_without_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          race: str) -> None:
+def _downloaded_twice(tmp_path: Path) -> tuple[StorageClient, Path, Path]:
+    """A LOCAL dataset with an earlier copy already downloaded to out/ds."""
     client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
     src = make_tree(tmp_path / "ds")
     assert client.upload(src).ok
-    dest = tmp_path / "out"
-    assert client.download("ds", dest).ok  # an earlier copy is in place
-    target = dest / "ds"
+    assert client.download("ds", tmp_path / "out").ok
+    return client, src, tmp_path / "out" / "ds"
+
+
+@pytest.mark.parametrize("race", ["another copy renamed in", "old copy moved away by another"])
+def test_downloads_into_one_folder_race_without_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          race: str) -> None:
+    client, src, target = _downloaded_twice(tmp_path)
+    monkeypatch.setattr(downloads, "_renameat2", None)  # where the system has no one-step swap
     real_rename = os.rename
     fired: list[str] = []
 
-    def racing_rename(a, b) -> None:  # what another download into `dest` does at the worst moment
+    def racing_rename(a, b) -> None:  # what another download into the folder does at the worst moment
         if not fired and race == "another copy renamed in" and Path(b) == target:
             fired.append(race)
             theirs = tmp_path / "theirs"
@@ -111,11 +119,60 @@ def test_downloads_into_one_folder_race_without_leftovers(tmp_path: Path, monkey
         return real_rename(a, b)
 
     monkeypatch.setattr(os, "rename", racing_rename)
-    got = client.download("ds", dest)
+    got = client.download("ds", target.parent)
     monkeypatch.undo()
     assert fired and got.ok, got.message
     assert tree_bytes(target) == tree_bytes(src)
-    assert [p.name for p in dest.iterdir()] == ["ds"]  # nothing moved aside stays behind
+    assert [p.name for p in target.parent.iterdir()] == ["ds"]  # nothing moved aside stays behind
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
+def test_one_step_swap_survives_the_old_copy_vanishing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, src, target = _downloaded_twice(tmp_path)
+    real_exchange = downloads._exchange
+    calls: list[bool] = []
+
+    def exchange_after_another_moved_it(a: Path, b: Path) -> bool:
+        if not calls:
+            os.rename(target, tmp_path / "moved-by-other")
+        calls.append(True)
+        return real_exchange(a, b)
+
+    monkeypatch.setattr(downloads, "_exchange", exchange_after_another_moved_it)
+    got = client.download("ds", target.parent)
+    assert calls and got.ok, got.message
+    assert tree_bytes(target) == tree_bytes(src) and [p.name for p in target.parent.iterdir()] == ["ds"]
+
+
+_KILL_WHILE_REPLACING = """
+import os, signal, sys
+from pathlib import Path
+from fedml_storage import StorageClient, downloads
+
+target = Path(sys.argv[2]) / "ds"
+
+def kill_at_the_swap(event, args):
+    touches = [str(a) for a in args[:2] if isinstance(a, (str, os.PathLike))]
+    # just before a copy is renamed onto the target, or the replaced copy is removed
+    if (event == "os.rename" and touches[1:] == [str(target)]) or (
+            event == "shutil.rmtree" and touches and Path(touches[0]).parent == target.parent):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(kill_at_the_swap)
+StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
+def test_a_download_killed_while_replacing_a_folder_leaves_a_whole_copy(tmp_path: Path) -> None:
+    client, src, target = _downloaded_twice(tmp_path)
+    old = tree_bytes(target)
+    (src / "a.txt").write_text("the new version\n")
+    assert client.upload(src).ok
+    child = subprocess.run([sys.executable, "-c", _KILL_WHILE_REPLACING, str(tmp_path / "store"), str(target.parent)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr  # killed in the middle of replacing the folder
+    assert tree_bytes(target) in (old, tree_bytes(src))  # never a moment without a whole copy there
 
 
 def test_many_downloads_into_one_folder_at_once(tmp_path: Path) -> None:
