@@ -239,6 +239,9 @@ class Catalog:
             for path in stale(cutoff):
                 path.unlink(missing_ok=True)
                 extra += 1
+        prune = getattr(self.store, "prune_empty_folders", None)
+        if prune:
+            prune(self.data_prefix, cutoff)
         abort = getattr(self.store, "abort_stale_uploads", None)
         if abort:
             extra += abort(self.data_prefix, cutoff)

@@ -163,6 +163,19 @@ class LocalStore(ObjectStore):
                 return
             folder = folder.parent
 
+    def prune_empty_folders(self, prefix: str, older_than: float) -> None:
+        """Remove empty folders under `prefix` unchanged since `older_than` (epoch seconds): killed uploads
+        leave them. A write racing this makes its folder again (see _write_atomic)."""
+        base = self._path(prefix.rstrip("/"))
+        folders = []
+        for dirpath, _, _ in os.walk(base):
+            with contextlib.suppress(OSError):
+                folders.append((dirpath, os.stat(dirpath).st_mtime))
+        for dirpath, mtime in reversed(folders):  # deepest first, judged by their times before this pass
+            if dirpath != str(base) and mtime < older_than:
+                with contextlib.suppress(OSError):  # not empty, or gone
+                    os.rmdir(dirpath)
+
     def stale_temp_files(self, older_than: float) -> list[Path]:
         """Temp files left by interrupted writes, older than `older_than` (epoch seconds)."""
         stale = []

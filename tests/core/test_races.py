@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,20 @@ def test_not_found_hint_never_suggests_the_name_asked_for(tmp_path: Path) -> Non
     store.write_bytes("default/manifests/x.bin.json", b"{}")  # stored again just after a miss
     assert catalog._similar("x.bin") == ""
     assert "'x.bin'" in catalog._similar("x")
+
+
+def test_cleanup_removes_empty_folders_killed_uploads_left(tmp_path: Path) -> None:
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"kept")
+    assert client.upload(src).ok
+    data = tmp_path / "store" / "default" / "data"
+    killed, recent = data / "gone" / "20260101T000000000000Z-dead", data / "busy" / "20990101T000000000000Z-live"
+    killed.mkdir(parents=True)
+    recent.mkdir(parents=True)  # an upload that has just started
+    past = time.time() - 7200
+    for folder in (killed, killed.parent):
+        os.utime(folder, (past, past))
+    assert client.cleanup(3600).ok
+    assert not killed.parent.exists() and recent.is_dir()
+    assert client.download("w.bin", tmp_path / "out").ok  # folders holding data stay
