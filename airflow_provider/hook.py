@@ -7,7 +7,9 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 
-from fedml_storage import PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata
+from fedml_storage import (
+    PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata, unknown_settings,
+)
 
 
 class FedMLStorageException(AirflowException):
@@ -58,11 +60,18 @@ class FedMLStorageHook(BaseHook):
             conn = self.get_connection(self.fedml_storage_conn_id)
         except AirflowNotFoundException:
             if self.fedml_storage_conn_id != self.default_conn_name:
-                raise
+                raise FedMLStorageFailException(  # retrying does not define it
+                    f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
+                    "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
+                ) from None
             self.log.info("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
         extra = conn.extra_dejson
         # Extras are the core's settings by name; the API key is the connection's password.
+        problem = unknown_settings(k for k, v in extra.items() if v not in (None, ""))
+        if problem:
+            raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "
+                                            "its extra (the API key is its password)", "invalid_input", False)
         settings = {k: extra[k] for k in PLAIN_SETTINGS if extra.get(k) not in (None, "")}
         if conn.password:
             password = conn.password
@@ -154,7 +163,7 @@ class FedMLStorageHook(BaseHook):
         """A real round trip (list); the error on failure, never the secret."""
         try:
             settings = self.settings_from_connection()
-        except AirflowNotFoundException as exc:
+        except (AirflowNotFoundException, FedMLStorageException) as exc:
             return False, str(exc)
         with StorageClient(**settings) as client:
             response = client.list()

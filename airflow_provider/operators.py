@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator, Context
+from airflow.sdk import Asset, AssetAlias, BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from fedml_storage import asset_uri, planned_name
@@ -40,11 +41,26 @@ def _static_asset(name: str | None, namespace: str | None) -> list[Asset]:
     return [Asset(asset_uri(namespace or "default", name))]
 
 
+def _templated(value: object) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
+    """The name an upload will store under, when the DAG file alone tells it; None when only the run can."""
+    if _templated(name) or not isinstance(data_path, (str, os.PathLike)) or _templated(str(data_path)):
+        return None  # templated, or the path comes from an upstream task
+    if Path(data_path).exists() or name is None or Path(name).suffix or not Path(data_path).suffix:
+        return planned_name(data_path, name)
+    return None  # made later: a file gets the extension added (weights + model.pt -> weights.pt), a folder not
+
+
 class FedMLStorageUploadOperator(_StorageOperator):
     """Upload a file or directory; XCom: name, uri, version, sha256, size, skipped, ...
 
     Declares the outlet Asset ``fedml://<namespace>/<name>`` (namespace "default" unless given), so DAGs
-    scheduled on it run after each upload.
+    scheduled on it run after each upload. When only the run tells the name (templated, from XCom, or a path made
+    later whose extension the name would gain), it declares the AssetAlias
+    ``fedml-storage-upload:<dag_id>.<task_id>`` instead and the run emits the Asset through it.
     """
 
     template_fields: Sequence[str] = ("data_path", "name", "description", "metadata", "tag_list", "service",
@@ -61,11 +77,11 @@ class FedMLStorageUploadOperator(_StorageOperator):
         self.metadata = metadata
         self.tag_list = tag_list
         if not self.outlets:
-            if isinstance(data_path, (str, os.PathLike)) and "{{" not in str(data_path):
-                asset_name = planned_name(data_path, name) if "{{" not in str(name) else None
-            else:  # the path comes from an upstream task: the name as given (checked before uploading)
-                asset_name = name if isinstance(name, str) else None
-            self.outlets = _static_asset(asset_name, kwargs.get("namespace") or self.namespace)
+            namespace = kwargs.get("namespace") or self.namespace
+            known = _upload_name_at_parse(data_path, name)
+            # a name only the run tells is emitted then, through an alias of this task
+            self.outlets = _static_asset(known, namespace) if known and not _templated(namespace) else [
+                AssetAlias(f"fedml-storage-upload:{self.dag_id}.{self.task_id}")]
 
     def execute(self, context: Context) -> dict[str, Any]:
         metadata = self.metadata
@@ -80,10 +96,13 @@ class FedMLStorageUploadOperator(_StorageOperator):
             if declared and planned is not None:  # refuse before publishing rather than after
                 self._check_outlets(hook.asset_uri(planned), declared, published=False)
             result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
-            self._check_outlets(hook.asset_uri(result["name"]), declared, published=True)
+            uri = hook.asset_uri(result["name"])
+            self._check_outlets(uri, declared, published=True)
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
         for asset in declared:
             context["outlet_events"][asset].extra = extra
+        for alias in (a for a in self.outlets if isinstance(a, AssetAlias) and a.name.startswith("fedml-storage-")):
+            context["outlet_events"][alias].add(Asset(uri), extra=extra)
         return result
 
     @staticmethod

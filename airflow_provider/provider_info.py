@@ -40,8 +40,10 @@ def get_provider_info() -> dict[str, Any]:
                     "local_root": {"label": "LOCAL store folder", "schema": _TEXT},
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["host", "schema", "port", "login", "extra"],
-                    "relabeling": {"password": "API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY)"},
+                    "hidden-fields": ["host", "schema", "port"],
+                    "relabeling": {"password": "API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY, or the secret alone)",
+                                   "login": "Access key id (when the API key is the secret alone)",
+                                   "extra": "Other settings by name (JSON), e.g. {\"keep_versions\": 3}"},
                     "placeholders": {"password": "ACCESS_KEY_ID:SECRET_ACCESS_KEY", "service": "S3",
                                      "namespace": "default"},
                 },

@@ -10,6 +10,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -182,6 +183,20 @@ def _warn_unknown_variables() -> None:
                                                                                      "home"], n=1)
             log.warning("ignoring %s: no such setting%s", name, f" (did you mean {ENV_PREFIX}{close[0].upper()}?)"
                         if close else f"; settings are {', '.join(sorted(known))}")
+
+
+def unknown_settings(names: Iterable[str]) -> str | None:
+    """What is wrong with keys that are not plain settings (a typo, or the API key out of its place); None if
+    every key is one. For wrappers reading settings from their framework's own fields."""
+    bad = sorted({str(n) for n in names} - set(PLAIN_SETTINGS))
+    if not bad:
+        return None
+    hints = []
+    for name in bad:
+        close = difflib.get_close_matches(name.lower(), PLAIN_SETTINGS, n=1)
+        hints.append(repr(name) + (" (secrets go in their own field)" if name == "api_key" else
+                                   f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown setting(s) {', '.join(hints)}; the settings are {', '.join(PLAIN_SETTINGS)}"
 
 
 def read_config_file() -> dict[str, Any]:

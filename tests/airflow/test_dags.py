@@ -63,3 +63,18 @@ def test_handoff_and_consumer_on_s3_with_uri_connection(airflow_home: Path, tmp_
     manifests = [k for k in keys if "/manifests/" in k]
     assert manifests == [f"default/manifests/{DATASET}.json"] and len(keys) == 2  # on S3, not on LOCAL: one dataset
     assert all(SECRET not in str(row) for row in query(airflow_home, "SELECT value FROM xcom"))
+
+
+def test_names_only_the_run_tells_reach_lineage_through_an_alias(airflow_home: Path, tmp_path: Path,
+                                                                 isolated_home: Path) -> None:
+    dagfile = Path(__file__).parent / "dags" / "fedml_lineage_dag.py"
+    env = {"FEDML_STORAGE_HOME": str(isolated_home), "FEDML_LINEAGE_WORK": str(tmp_path / "work"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(dagfile.parent)}
+    run = run_dag(airflow_home, "fedml_storage_lineage", env, dagfile)
+    assert succeeded(run), (run.stdout + run.stderr)[-4000:]
+    events = dict(query(airflow_home, "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id"))
+    for task_id, uri in (("upload", "fedml://default/weights.pt"), ("upload_templated", "fedml://default/templated.pt")):
+        assert json.loads(events[uri])["version"] == _xcom(airflow_home, "fedml_storage_lineage", task_id)["version"]
+    assert "fedml://default/weights" not in events  # the name as given, which the file's extension extends
+    queued = query(airflow_home, "SELECT target_dag_id FROM asset_dag_run_queue")
+    assert ("fedml_storage_lineage_consumer",) in queued

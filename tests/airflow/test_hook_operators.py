@@ -10,7 +10,8 @@ from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+from airflow.sdk import Asset, AssetAlias
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider.hook import FedMLStorageException, FedMLStorageHook
 from airflow_provider.operators import (
@@ -40,8 +41,15 @@ def s3_conn_json(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
     return conn
 
 
+class _OutletEvents(SimpleNamespace):
+    """What a task's `outlet_events[...]` accessor records: `extra` for an Asset, `add()` for an AssetAlias."""
+
+    def add(self, asset: Asset, extra: dict | None = None) -> None:
+        self.added.append((asset.uri, extra))
+
+
 def _context() -> dict:
-    return {"outlet_events": defaultdict(lambda: SimpleNamespace(extra=None)), "run_id": "manual__1",
+    return {"outlet_events": defaultdict(lambda: _OutletEvents(extra=None, added=[])), "run_id": "manual__1",
             "ds": "2026-11-24"}
 
 
@@ -64,8 +72,24 @@ def test_no_default_connection_uses_core_config_but_named_one_must_exist(tmp_pat
     hook = FedMLStorageHook()
     assert hook.upload(str(tmp_path / "f.txt"))["service"] == "LOCAL"
     assert [m["dataName"] for m in hook.list()] == ["f.txt"]
-    with pytest.raises(AirflowNotFoundException):
-        FedMLStorageHook("missing_conn").list()
+    with pytest.raises(AirflowFailException, match="'missing_conn' is not defined; create it") as missing:
+        FedMLStorageHook("missing_conn").list()  # retrying will not define it
+    assert missing.value.reason == "not_configured"
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"endpoint": "http://127.0.0.1:9"}, "'endpoint' (did you mean 'endpoint_url'?)"),
+    ({"api_key": "AKIA:s3cr3t"}, "'api_key' (secrets go in their own field)"),
+])
+def test_connection_extras_that_are_no_setting_fail_the_task(monkeypatch: pytest.MonkeyPatch, extra: dict,
+                                                             words: str) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_TYPO", json.dumps({"conn_type": "fedml_storage", "extra": {"service": "S3",
+                                                                                                 **extra}}))
+    hook = FedMLStorageHook("typo")
+    with pytest.raises(AirflowFailException) as refused:
+        hook.list()  # the typo would otherwise send the calls to AWS, and retry them
+    assert words in str(refused.value) and "s3cr3t" not in str(refused.value)
+    assert hook.test_connection() == (False, str(refused.value))
 
 
 def test_failures_raise_with_the_core_message(tmp_path: Path) -> None:
@@ -150,28 +174,38 @@ def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.Monk
     assert upload.execute(ctx)["name"] == "weights.pt"
     assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.pt"]
 
-    # a folder made only at run time, with a dot in its name, keeps the name as given
+    # a folder made only at run time, with a dot in its name, keeps the name as given; a file made at run time
+    # gains its extension: neither is known at parse time, so the run emits the Asset through the task's alias
     run_dir = tmp_path / "runs" / "v1.0"
     later = FedMLStorageUploadOperator(task_id="up2", data_path=str(run_dir), name="mnist")
-    assert [a.uri for a in later.outlets] == ["fedml://default/mnist"]
-    run_dir.mkdir(parents=True)
-    (run_dir / "a.txt").write_text("x")
-    assert later.execute(_context())["name"] == "mnist"
-
-    # a file made only at run time: its extension cannot be known at parse time, so the mismatch is refused
-    # before anything is published, with the way out
     late_file = tmp_path / "late.pt"
     guessed = FedMLStorageUploadOperator(task_id="up3", data_path=str(late_file), name="late-weights")
+    for op in (later, guessed):
+        assert [type(a) for a in op.outlets] == [AssetAlias]
+        assert op.outlets[0].name == f"fedml-storage-upload:{op.dag_id}.{op.task_id}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "a.txt").write_text("x")
     late_file.write_bytes(b"late")
+    for op, stored in ((later, "mnist"), (guessed, "late-weights.pt")):
+        ctx = _context()
+        result = op.execute(ctx)
+        assert result["name"] == stored
+        assert ctx["outlet_events"][op.outlets[0]].added == [
+            (f"fedml://default/{stored}", {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")})]
+
+    # outlets declared by hand that the upload would not write are refused before anything is published
+    wrong = FedMLStorageUploadOperator(task_id="up4", data_path=str(late_file), name="other",
+                                       outlets=[Asset("fedml://default/other")])
     with pytest.raises(AirflowFailException, match="nothing was uploaded.*name='weights' for model.pt"):
-        guessed.execute(_context())
-    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["mnist", "weights.pt"]
+        wrong.execute(_context())
+    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["late-weights.pt", "mnist",
+                                                                                "weights.pt"]
 
 
 def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
     op = FedMLStorageUploadOperator(task_id="up", data_path="{{ params.root }}/data", name="{{ params.name }}",
                                     metadata={"run": "{{ run_id }}"})
-    assert op.outlets == []  # a templated name is only known at run time
+    assert [type(a) for a in op.outlets] == [AssetAlias]  # a templated name is only known at run time
     assert op.template_fields_renderers["metadata"] == "json"
     op.render_template_fields({"params": {"root": str(tmp_path), "name": "rendered"}, "run_id": "manual__7"})
     assert (op.data_path, op.name, op.metadata) == (f"{tmp_path}/data", "rendered", {"run": "manual__7"})
