@@ -51,7 +51,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                 if ready:
                     yield TriggerEvent({"status": "success", "name": w["name"], "message": detail})
                     return
-                self.log.info("%s; checking again in %ss", detail, self.poke_interval)
+                self.log.info("%s (checking again in %ss)", detail.rstrip(". "), self.poke_interval)
                 await asyncio.sleep(self.poke_interval)
         finally:  # not awaited: a cancelled trigger must not wait for a slow check to end
             worker.submit(hook.close)
