@@ -81,7 +81,10 @@ class FedMLStorageHook(BaseHook):
     def get_client(self) -> StorageClient:
         """The core client for this connection (built once)."""
         if self._client is None:
-            self._client = StorageClient(**{**self.settings_from_connection(), **self._overrides})
+            settings = self.settings_from_connection()
+            origin = (f"the Airflow connection {self.fedml_storage_conn_id!r} or " if settings else "") + \
+                "the operator's arguments"
+            self._client = StorageClient(origin=origin, **{**settings, **self._overrides})
         return self._client
 
     def close(self) -> None:

@@ -25,8 +25,12 @@ T = TypeVar("T")
 class StorageClient:
     """Upload, download, delete, inspect and list named datasets in one store and namespace."""
 
-    def __init__(self, settings: StorageSettings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: StorageSettings | None = None, *, origin: str = "the argument",
+                 **overrides: Any) -> None:
+        """`overrides`: settings by name over the configured ones; `origin` says where they come from in messages
+        about bad values (e.g. "the Airflow connection 'x'")."""
         self._base = settings
+        self._origin = origin
         self._overrides = {k: v for k, v in overrides.items() if v is not None}
         self._settings: StorageSettings | None = None
         self._store: ObjectStore | None = None
@@ -42,12 +46,13 @@ class StorageClient:
         api_key = overrides.pop("api_key", None)
         if self._base is not None:
             merged = {**self._base.model_dump(), **overrides}
-            settings = validate_settings(merged)
+            settings = validate_settings(merged, dict.fromkeys(overrides, self._origin), self._origin)
         else:
-            settings = StorageSettings.resolve(**overrides)
+            settings = StorageSettings.resolve(self._origin, **overrides)
         # LOCAL needs no credential: a platform-style key passed out of habit is ignored there.
         if api_key is not None and settings.service != "LOCAL":
-            settings = validate_settings({**settings.model_dump(), "api_key": api_key})
+            settings = validate_settings({**settings.model_dump(), "api_key": api_key}, {"api_key": self._origin},
+                                         self._origin)
         return settings
 
     @property

@@ -131,8 +131,9 @@ class StorageSettings(BaseModel):
         )
 
     @classmethod
-    def resolve(cls, **overrides: Any) -> StorageSettings:
-        """Explicit arguments, then FEDML_STORAGE_* variables, then the config file, then defaults."""
+    def resolve(cls, origin: str = "the argument", **overrides: Any) -> StorageSettings:
+        """Explicit arguments, then FEDML_STORAGE_* variables, then the config file, then defaults; `origin`
+        names where the explicit ones came from, for messages."""
         unknown = set(overrides) - set(cls.model_fields)
         if unknown:
             raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
@@ -145,17 +146,18 @@ class StorageSettings(BaseModel):
         _warn_unknown_variables()
         given = {k: v for k, v in overrides.items() if v is not None}
         values.update(given)
-        sources.update(dict.fromkeys(given, "the argument"))
-        return validate_settings(values, sources)
+        sources.update(dict.fromkeys(given, origin))
+        return validate_settings(values, sources, origin)
 
 
 # The settings a framework may hold in plain fields (connection extras, block fields); the API key is a secret.
 PLAIN_SETTINGS = tuple(k for k in StorageSettings.model_fields if k != "api_key")
 
 
-def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = None) -> StorageSettings:
+def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = None,
+                      origin: str = "the argument") -> StorageSettings:
     """Build settings, turning validation errors into a secret-free InvalidInput naming where each bad value came
-    from (`sources`: setting -> argument, variable or file) but never the value."""
+    from (`sources`: setting -> `origin` of explicit ones, variable or file) but never the value."""
     try:
         return StorageSettings.model_validate(values)
     except ValidationError as exc:
@@ -166,8 +168,8 @@ def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = N
             if field in (sources or {}):  # where, not what: a value might be (part of) a pasted key
                 problem += f" (from {sources[field]})"
             problems.append(problem)
-        raise InvalidInput(f"invalid settings ({'; '.join(problems)}). Fix the argument, FEDML_STORAGE_* variable or "
-                           f"{config_path()}.") from None
+        raise InvalidInput(f"invalid settings ({'; '.join(problems)}). Fix {origin}, the FEDML_STORAGE_* variable "
+                           f"or {config_path()}.") from None
 
 
 _warned: set[str] = set()

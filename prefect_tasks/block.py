@@ -67,7 +67,9 @@ upload_data("data/mnist", storage=storage)
 
     def client(self, **overrides: Any) -> StorageClient:
         """A core client for this store; close it (or use it in a `with` block) when done."""
-        return StorageClient(**{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
+        saved = getattr(self, "_block_document_name", None)
+        origin = f"the FedMLStorage block{f' {saved!r}' if saved else ''} or the task's arguments"
+        return StorageClient(origin=origin, **{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:

@@ -265,3 +265,14 @@ def test_provider_is_found_by_airflow() -> None:
     info = manager.providers["fedml-storage"].data
     fields = info["connection-types"][0]["conn-fields"]
     assert {"service", "bucket", "endpoint_url", "region", "r2_account_id", "namespace"} <= set(fields)
+
+
+def test_a_bad_setting_in_the_connection_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_BADSVC", json.dumps({"conn_type": "fedml_storage", "password": "no-colon-s3cr3t",
+                                                          "extra": {"service": "GCS"}}))
+    with pytest.raises(AirflowFailException) as refused:
+        FedMLStorageHook("badsvc").list()
+    message = str(refused.value)
+    assert "service: unknown service" in message and "(from the Airflow connection 'badsvc'" in message
+    assert "Fix the Airflow connection 'badsvc' or the operator's arguments" in message
+    assert "s3cr3t" not in message

@@ -229,3 +229,17 @@ def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: 
     assert [m["dataName"] for m in every_task()] == ["f.txt"]
     assert len(client_spy.opened) == 5 and client_spy.leaked() == []  # one client per task, each closed
     assert block.list() == [] and len(client_spy.opened) == 6 and client_spy.leaked() == []
+
+
+def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
+    block = FedMLStorage(service="S3", bucket="datasets", api_key="no-colon-s3cr3t")
+
+    @flow
+    def uses_bad_block() -> None:
+        list_data(storage=block)
+
+    with pytest.raises(FedMLStorageError) as refused:
+        uses_bad_block()
+    message = str(refused.value)
+    assert "api_key" in message and "(from the FedMLStorage block or the task's arguments)" in message
+    assert "Fix the FedMLStorage block or the task's arguments" in message and "s3cr3t" not in message
