@@ -100,6 +100,20 @@ class HashingWriter:
         """The seekable file beneath, for out-of-order (ranged) writes; call `rehash()` after them."""
         return self._out
 
+    def absorb(self, offset: int, length: int) -> None:
+        """Hash and count `length` bytes that out-of-order writes put in the file beneath at `offset`, right after
+        what was hashed so far (needs os.pread; else use `rehash`)."""
+        if offset != self.size:
+            raise ValueError(f"absorbing at {offset}, but {self.size} bytes are hashed")
+        fd, end = self._out.fileno(), offset + length
+        while offset < end:
+            chunk = os.pread(fd, min(CHUNK * 4, end - offset), offset)
+            if not chunk:
+                return  # the file is shorter: the size check reports it
+            self.sha256.update(chunk)
+            self.size += len(chunk)
+            offset += len(chunk)
+
     def rehash(self) -> None:
         """Hash and count the whole file beneath, after out-of-order writes."""
         self._out.flush()

@@ -14,11 +14,14 @@ Progress = Callable[[int], None]
 
 
 class Sink(Protocol):
-    """Where downloads go: in-order writes, or the seekable file beneath and a rehash after."""
+    """Where downloads go: in-order writes, or the seekable file beneath, hashed in order as parts complete
+    (`absorb`) or all at once after (`rehash`)."""
 
     def write(self, data: bytes, /) -> int | None: ...
 
     def unordered(self) -> BinaryIO: ...
+
+    def absorb(self, offset: int, length: int) -> None: ...
 
     def rehash(self) -> None: ...
 

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import BinaryIO
 
 from ..errors import StorageFailure, TransientError
@@ -96,7 +96,8 @@ def fetch_ranges(
     progress: Progress | None,
 ) -> None:
     """Fetch bytes [start, size) of an object with `open_range(lo, hi)` in parallel parts into the sink's file,
-    then re-hash the whole file. A part whose read breaks resumes where it stopped."""
+    hashing each part (read back) once it and all before it are in. A part whose read breaks resumes where it
+    stopped."""
     writer = OffsetWriter(sink.unordered())
     stop = threading.Event()
 
@@ -125,15 +126,24 @@ def fetch_ranges(
                 return
         raise TransientError(f"a ranged read kept ending early ({pos - lo} of {hi - lo} bytes)")
 
+    in_order = hasattr(os, "pread")  # else (Windows) the whole file is hashed at the end
     with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
-        futures = [pool.submit(fetch, lo) for lo in range(start, size, part)]
+        parts = [(lo, pool.submit(fetch, lo)) for lo in range(start, size, part)]
+        pending = {future for _, future in parts}
+        hashed = 0  # parts hashed, in order, while later ones still download
         try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)  # the first failure ends the download at once
-            for future in done:
-                future.result()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # the first failure ends the download at once
+                while in_order and hashed < len(parts) and parts[hashed][1].done():
+                    lo = parts[hashed][0]
+                    sink.absorb(lo, min(lo + part, size) - lo)
+                    hashed += 1
         except BaseException:
             stop.set()  # parts in flight stop at their next chunk; queued ones never start
-            for future in futures:
+            for _, future in parts:
                 future.cancel()
             raise
-    sink.rehash()
+    if not in_order:
+        sink.rehash()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,3 +101,30 @@ def test_a_server_sending_more_than_the_range_is_refused_with_the_way_out(tmp_pa
     with open(tmp_path / "part", "w+b") as out, pytest.raises(StorageFailure) as caught:
         fetch_ranges(open_range, 0, 4096, 1024, 2, HashingWriter(out), None)
     assert "stream_min_rate=0 and a download_threshold above" in str(caught.value)
+
+
+def test_parts_are_hashed_in_order_while_later_ones_still_download(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    part = len(data) // 4
+    first_part_hashed = threading.Event()
+    absorbed: list[tuple[int, int]] = []
+
+    class Spy(HashingWriter):
+        def absorb(self, offset: int, length: int) -> None:
+            super().absorb(offset, length)
+            absorbed.append((offset, length))
+            if offset == 0:
+                first_part_hashed.set()
+
+    def open_range(lo: int, hi: int) -> Iterator[bytes]:
+        if lo == 0:
+            time.sleep(0.2)  # the first part comes last of the first three
+        if lo == 3 * part and not first_part_hashed.wait(10):  # the last part waits for the first to be hashed
+            raise StorageFailure("the first part was not hashed while the last one was downloading")
+        yield data[lo:hi]
+
+    with open(tmp_path / "part", "w+b") as out:
+        sink = Spy(out)
+        fetch_ranges(open_range, 0, len(data), part, 4, sink, None)
+    assert absorbed == [(i * part, part) for i in range(4)]
+    assert sink.sha256.hexdigest() == hashlib.sha256(data).hexdigest() and sink.size == len(data)
