@@ -88,10 +88,17 @@ class HashingWriter:
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
+        self._hash(data)
         self._out.write(data)
         return len(data)
+
+    def _hash(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+
+    def stages(self) -> list:
+        """`write` as two steps that may run on two threads, each seeing every chunk in order."""
+        return [self._hash, self._out.write]
 
     def flush(self) -> None:
         pass

@@ -19,6 +19,8 @@ class Sink(Protocol):
 
     def write(self, data: bytes, /) -> int | None: ...
 
+    def stages(self) -> list[Callable[[bytes], object]]: ...
+
     def unordered(self) -> BinaryIO: ...
 
     def absorb(self, offset: int, length: int) -> None: ...
@@ -37,37 +39,44 @@ class ObjectInfo:
 
 
 def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | None, depth: int = 16) -> int:
-    """Write `chunks` to `sink` in order on a second thread, so hashing and disk overlap the network.
+    """Write `chunks` to `sink` in order on other threads, so hashing and disk overlap the network.
 
-    At most `depth` chunks wait in memory. Returns the bytes copied.
+    A sink that can (`stages()`: a hashing and a writing step) gets a thread for each, so they overlap each
+    other too. At most `depth` chunks wait in memory. Returns the bytes copied.
     """
+    stages: list[Callable[[bytes], object]] = list(getattr(sink, "stages", lambda: [sink.write])())
     copied = 0
-    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+    queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=depth) for _ in stages]
     failure: list[BaseException] = []
 
-    def drain() -> None:
+    def drain(step: Callable[[bytes], object], pending: queue.Queue[bytes | None], last: bool) -> None:
         try:
             while (chunk := pending.get()) is not None:
                 if not failure:
-                    sink.write(chunk)
-                    if progress:
+                    step(chunk)
+                    if last and progress:
                         progress(len(chunk))
         except BaseException as exc:  # reported to the reading thread
             failure.append(exc)
             while pending.get() is not None:
                 pass
 
-    writer = threading.Thread(target=drain, name="fedml-storage-writer", daemon=True)
-    writer.start()
+    threads = [threading.Thread(target=drain, args=(step, q, i == len(stages) - 1), name="fedml-storage-writer",
+                                daemon=True) for i, (step, q) in enumerate(zip(stages, queues))]
+    for t in threads:
+        t.start()
     try:
         for chunk in chunks:
             if failure:
                 break
-            pending.put(chunk)
+            for q in queues:
+                q.put(chunk)  # the same immutable bytes to every stage
             copied += len(chunk)
     finally:
-        pending.put(None)
-        writer.join()
+        for q in queues:
+            q.put(None)
+        for t in threads:
+            t.join()
     if failure:
         raise failure[0]
     return copied

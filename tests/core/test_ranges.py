@@ -128,3 +128,44 @@ def test_parts_are_hashed_in_order_while_later_ones_still_download(tmp_path: Pat
         fetch_ranges(open_range, 0, len(data), part, 4, sink, None)
     assert absorbed == [(i * part, part) for i in range(4)]
     assert sink.sha256.hexdigest() == hashlib.sha256(data).hexdigest() and sink.size == len(data)
+
+
+def test_a_streamed_copy_feeds_hashing_and_disk_in_order_on_their_own_threads(tmp_path: Path) -> None:
+    from fedml_storage.backends.base import pipelined_copy
+
+    chunks = [bytes([i]) * (1000 + i) for i in range(200)]
+    seen: dict[str, list[bytes]] = {"hash": [], "disk": []}
+    threads: dict[str, set[str]] = {"hash": set(), "disk": set()}
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            raise AssertionError("a sink with stages is not written whole")
+
+        def stages(self):
+            def step(label: str):
+                def run(data: bytes) -> None:
+                    seen[label].append(data)
+                    threads[label].add(threading.current_thread().name + str(threading.get_ident()))
+                return run
+            return [step("hash"), step("disk")]
+
+    counted: list[int] = []
+    assert pipelined_copy(iter(chunks), Sink(), counted.append) == sum(map(len, chunks))
+    assert seen["hash"] == chunks and seen["disk"] == chunks and sum(counted) == sum(map(len, chunks))
+    assert len(threads["hash"] | threads["disk"]) == 2  # one thread each
+
+    class Full(Sink):
+        def stages(self):
+            def disk(data: bytes) -> None:
+                raise OSError(28, "No space left on device")
+            return [lambda data: None, disk]
+
+    with pytest.raises(OSError, match="No space left"):
+        pipelined_copy(iter(chunks), Full(), None)
+
+    with open(tmp_path / "out", "w+b") as out:  # the real sink
+        sink = HashingWriter(out)
+        pipelined_copy(iter(chunks), sink, None)
+        out.flush()
+    assert sink.sha256.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest() and sink.size == len(b"".join(chunks))
+    assert (tmp_path / "out").read_bytes() == b"".join(chunks)
