@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,9 @@ COMMIT_ATTEMPTS = 8
 def utc_now() -> str:
     """Current time as ISO-8601 UTC with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+VERSION_ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{8}")  # what new_version_id makes
 
 
 def new_version_id() -> str:
@@ -77,6 +81,9 @@ class Manifest(BaseModel):
             if record.version == version:
                 return record
         kept = ", ".join(v.version for v in self.versions)
+        if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
+            raise InvalidInput(f"{version!r} is not a version id of {self.name!r} (kept: {kept}); pass the `version` "
+                               "an upload returned or get_storage_metadata shows, or none for the current one")
         raise NotFound(
             f"version {version!r} of {self.name!r} is not kept (never stored, or dropped: only the newest "
             f"keep_versions are kept; kept: {kept}); raise keep_versions to keep more, or download the current version"

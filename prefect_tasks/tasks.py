@@ -17,15 +17,13 @@ from .block import FedMLStorage
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only failures that can pass: connection errors, throttling, 5xx. Never bad input or a missing name."""
-    try:
-        state.result()
-    except FedMLStorageError as exc:
-        return exc.retryable
-    except (ConnectionError, TimeoutError):
-        return True
+    try:  # the failure as a value: raising it here would add this check to the traceback the user reads
+        failure = state.result(raise_on_failure=False)
     except Exception:
         return False
-    return False
+    if isinstance(failure, FedMLStorageError):
+        return failure.retryable
+    return isinstance(failure, (ConnectionError, TimeoutError))
 
 
 # Every task: no input-based caching (an upload is a side effect, and a block's masked secret would give

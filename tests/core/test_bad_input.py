@@ -103,6 +103,15 @@ def test_download_into_a_file_path_is_refused(store: Store, stored: Path, tmp_pa
     assert blocker.read_text() == "do not overwrite"
 
 
+@pytest.mark.parametrize("version", ["../../etc", "latest", 3])
+def test_a_malformed_version_is_bad_input_not_an_expired_one(store: Store, stored: Path, tmp_path: Path,
+                                                            version: object) -> None:
+    got = store.client().download("keep", tmp_path / "out", version=version)
+    assert got.code == ResponseCode.FAILURE and got.reason == "invalid_input"
+    assert "is not a version id" in got.message and "keep_versions" not in got.message
+    assert not (tmp_path / "out").exists()
+
+
 def test_download_replaces_existing_target_completely(store: Store, stored: Path, tmp_path: Path) -> None:
     stale = tmp_path / "out" / "keep"
     stale.mkdir(parents=True)

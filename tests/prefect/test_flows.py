@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from pathlib import Path
 
 import pytest
@@ -98,9 +99,11 @@ def test_bad_input_is_not_retried(tmp_path: Path, monkeypatch) -> None:
     def bad() -> None:
         upload_data.with_options(retry_delay_seconds=0)(str(tmp_path / "missing"))
 
-    with pytest.raises(FedMLStorageError, match="does not exist"):
+    with pytest.raises(FedMLStorageError, match="does not exist") as failed:
         bad()
     assert calls["n"] == 1
+    # the retry check reads the failure as a value: it does not show up in the traceback as if it had crashed
+    assert "retry_transient" not in "".join(traceback.format_tb(failed.value.__traceback__))
 
 
 def test_tasks_are_real_tasks_and_work_in_async_flows(tmp_path: Path) -> None:
