@@ -66,8 +66,8 @@ class FedMLStorageHook(BaseHook):
                 ) from None
             self.log.info("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
-        extra = conn.extra_dejson
-        # Extras are the core's settings by name; the API key is the connection's password.
+        # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
+        extra = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()}
         problem = unknown_settings(k for k, v in extra.items() if v not in (None, ""))
         if problem:
             raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "
@@ -82,10 +82,12 @@ class FedMLStorageHook(BaseHook):
         """The core client for this connection (built once)."""
         if self._client is None:
             settings = self.settings_from_connection()
-            origin = (f"the Airflow connection {self.fedml_storage_conn_id!r} or " if settings else "") + \
-                "the operator's arguments"
-            self._client = StorageClient(origin=origin, **{**settings, **self._overrides})
+            self._client = StorageClient(origin=self._origin(settings), **{**settings, **self._overrides})
         return self._client
+
+    def _origin(self, settings: dict[str, Any]) -> str:
+        """Where explicit settings came from, for messages about a bad one."""
+        return (f"the Airflow connection {self.fedml_storage_conn_id!r} or " if settings else "") + "the task's arguments"
 
     def close(self) -> None:
         """Release the client's connections (use the hook as a context manager to do it for you)."""
@@ -168,7 +170,7 @@ class FedMLStorageHook(BaseHook):
             settings = self.settings_from_connection()
         except (AirflowNotFoundException, FedMLStorageException) as exc:
             return False, str(exc)
-        with StorageClient(**settings) as client:
+        with StorageClient(origin=self._origin(settings), **settings) as client:
             response = client.list()
         if response.ok:
             return True, f"Connection works: {len(response.data)} dataset(s) visible"

@@ -46,20 +46,24 @@ def _templated(value: object) -> bool:
 
 
 def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
-    """The name an upload will store under, when the DAG file alone tells it; None when only the run can."""
+    """The name an upload will store under, when the DAG file's strings alone tell it (never what is on disk
+    where it is parsed: the DAG processor and the worker would disagree); None when only the run can."""
     if _templated(name) or not isinstance(data_path, (str, os.PathLike)) or _templated(str(data_path)):
         return None  # templated, or the path comes from an upstream task
-    if Path(data_path).exists() or name is None or Path(name).suffix or not Path(data_path).suffix:
-        return planned_name(data_path, name)
-    return None  # made later: a file gets the extension added (weights + model.pt -> weights.pt), a folder not
+    path = Path(data_path)
+    if name is None:
+        return planned_name(data_path) if path.name not in ("", "..") else None  # "." names the parser's folder
+    if Path(name).suffix or not path.suffix:
+        return planned_name(data_path, name)  # the same for a file and a folder
+    return None  # a file gains the extension (weights + model.pt -> weights.pt), a folder does not
 
 
 class FedMLStorageUploadOperator(_StorageOperator):
     """Upload a file or directory; XCom: name, uri, version, sha256, size, skipped, ...
 
     Declares the outlet Asset ``fedml://<namespace>/<name>`` (namespace "default" unless given), so DAGs
-    scheduled on it run after each upload. When only the run tells the name (templated, from XCom, or a path made
-    later whose extension the name would gain), it declares the AssetAlias
+    scheduled on it run after each upload. When only the run tells the name (templated, from XCom, or a name
+    without an extension for a path with one, which a file gains and a folder not), it declares the AssetAlias
     ``fedml-storage-upload:<dag_id>.<task_id>`` instead and the run emits the Asset through it.
     """
 

@@ -96,7 +96,7 @@ class HashingWriter:
         self.sha256.update(data)
         self.size += len(data)
 
-    def stages(self) -> list:
+    def stages(self) -> list[Callable[[bytes], object]]:
         """`write` as two steps that may run on two threads, each seeing every chunk in order."""
         return [self._hash, self._out.write]
 
@@ -104,7 +104,7 @@ class HashingWriter:
         pass
 
     def unordered(self) -> BinaryIO:
-        """The seekable file beneath, for out-of-order (ranged) writes; call `rehash()` after them."""
+        """The seekable file beneath, for out-of-order (ranged) writes; `absorb` (in order) or `rehash` them."""
         return self._out
 
     def absorb(self, offset: int, length: int) -> None:

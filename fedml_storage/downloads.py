@@ -72,7 +72,9 @@ def download(
                     # Most often a writer replaced the dataset (and dropped this data) after we read the catalog:
                     # read it again and fetch what it names now.
                     fresh = catalog.get(name).find(version)
-                    if fresh.key == record.key or attempt + 1 == FETCH_ATTEMPTS:
+                    if fresh.key != record.key and attempt + 1 == FETCH_ATTEMPTS:
+                        raise Conflict(f"{name!r} kept being replaced while downloading it; try again") from None
+                    if fresh.key == record.key:
                         raise NotFound(
                             f"the data of {name!r} version {record.version} is missing from the store although the "
                             "catalog lists it (removed outside fedml-storage, or by a cleanup with too short a grace "
@@ -174,7 +176,10 @@ def _swap_in(new: Path, target: Path) -> None:
                     raise
             # another download renamed its copy in since we moved the old one aside: move that aside in turn
         finally:
-            shutil.rmtree(aside, ignore_errors=True)
+            if old is None or not old.exists() or os.path.lexists(target):
+                shutil.rmtree(aside, ignore_errors=True)
+            else:  # it could not be put back: keep it, and say where it is
+                log.error("the previous %s could not be put back; it is in %s", target, old)
     raise Conflict(f"{target} kept being replaced by other downloads into {target.parent}; download into "
                    "separate folders (nothing of this download was left there)")
 
@@ -199,6 +204,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
-        return False  # an old kernel or a filesystem without it
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False  # an old kernel, a filesystem without it, or a sandbox that forbids it
     raise OSError(err, os.strerror(err), str(a), None, str(b))

@@ -13,7 +13,7 @@ from .archive import Entry, HashingWriter, scan_tree, tree_digest, tree_fingerpr
 from .catalog import Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
-from .errors import Conflict, InvalidInput
+from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
@@ -134,7 +134,10 @@ def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | No
     if found is None:
         return None, False
     current = found[0].current
-    info = catalog.store.head(current.key)
+    try:
+        info = catalog.store.head(current.key)
+    except (StorageFailure, TransientError):  # e.g. a key that may not read data: cannot tell, trust the catalog
+        return found, True
     if info is not None and info.size == current.size:
         return found, True
     log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again",

@@ -137,7 +137,8 @@ def fetch_ranges(
                 for future in done:
                     future.result()  # the first failure ends the download at once
                 while in_order and hashed < len(parts) and parts[hashed][1].done():
-                    lo = parts[hashed][0]
+                    lo, future = parts[hashed]
+                    future.result()  # it may have failed since `wait` returned: never hash a partial part
                     sink.absorb(lo, min(lo + part, size) - lo)
                     hashed += 1
         except BaseException:

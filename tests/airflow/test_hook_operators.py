@@ -77,6 +77,13 @@ def test_no_default_connection_uses_core_config_but_named_one_must_exist(tmp_pat
     assert missing.value.reason == "not_configured"
 
 
+def test_extras_named_the_airflow_2_way_still_work(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    old_style = {f"extra__fedml_storage__{k}": s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}
+    monkeypatch.setenv("AIRFLOW_CONN_MIGRATED", json.dumps({"conn_type": "fedml_storage", "extra": old_style,
+                                                             "password": s3_settings["api_key"]}))
+    assert FedMLStorageHook("migrated").list() == []
+
+
 @pytest.mark.parametrize(("extra", "words"), [
     ({"endpoint": "http://127.0.0.1:9"}, "'endpoint' (did you mean 'endpoint_url'?)"),
     ({"api_key": "AKIA:s3cr3t"}, "'api_key' (secrets go in their own field)"),
@@ -168,25 +175,28 @@ def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.Monk
         {"conn_type": "fedml_storage", "extra": {"service": "LOCAL"}}))
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
-    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights")
-    assert [a.uri for a in upload.outlets] == ["fedml://default/weights.pt"]  # a file keeps its extension
+    static = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights.bin")
+    assert [a.uri for a in static.outlets] == ["fedml://default/weights.bin"]  # a name with an extension is kept
+    assert [a.uri for a in FedMLStorageUploadOperator(task_id="up0", data_path=str(model)).outlets] == [
+        "fedml://default/model.pt"]
     ctx = _context()
-    assert upload.execute(ctx)["name"] == "weights.pt"
-    assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.pt"]
+    assert static.execute(ctx)["name"] == "weights.bin"
+    assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.bin"]
 
-    # a folder made only at run time, with a dot in its name, keeps the name as given; a file made at run time
-    # gains its extension: neither is known at parse time, so the run emits the Asset through the task's alias
+    # name="weights" for a path ending in ".pt": a file gains the extension, a folder (here one made only at run
+    # time, "v1.0") does not. The DAG file does not tell which, so the run emits the Asset through the task's alias
+    upload = FedMLStorageUploadOperator(task_id="up1", data_path=str(model), name="weights")
     run_dir = tmp_path / "runs" / "v1.0"
     later = FedMLStorageUploadOperator(task_id="up2", data_path=str(run_dir), name="mnist")
     late_file = tmp_path / "late.pt"
     guessed = FedMLStorageUploadOperator(task_id="up3", data_path=str(late_file), name="late-weights")
-    for op in (later, guessed):
+    for op in (upload, later, guessed):
         assert [type(a) for a in op.outlets] == [AssetAlias]
         assert op.outlets[0].name == f"fedml-storage-upload:{op.dag_id}.{op.task_id}"
     run_dir.mkdir(parents=True)
     (run_dir / "a.txt").write_text("x")
     late_file.write_bytes(b"late")
-    for op, stored in ((later, "mnist"), (guessed, "late-weights.pt")):
+    for op, stored in ((upload, "weights.pt"), (later, "mnist"), (guessed, "late-weights.pt")):
         ctx = _context()
         result = op.execute(ctx)
         assert result["name"] == stored
@@ -199,7 +209,7 @@ def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(AirflowFailException, match="nothing was uploaded.*name='weights' for model.pt"):
         wrong.execute(_context())
     assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["late-weights.pt", "mnist",
-                                                                                "weights.pt"]
+                                                                                "weights.bin", "weights.pt"]
 
 
 def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
@@ -274,5 +284,5 @@ def test_a_bad_setting_in_the_connection_is_named_as_such(monkeypatch: pytest.Mo
         FedMLStorageHook("badsvc").list()
     message = str(refused.value)
     assert "service: unknown service" in message and "(from the Airflow connection 'badsvc'" in message
-    assert "Fix the Airflow connection 'badsvc' or the operator's arguments" in message
+    assert "Fix the Airflow connection 'badsvc' or the task's arguments" in message
     assert "s3cr3t" not in message

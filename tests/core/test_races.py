@@ -75,6 +75,25 @@ def test_a_download_of_a_version_dropped_meanwhile_says_it_is_not_kept(store: St
     assert not (tmp_path / "out").exists()  # made for this call, removed with it
 
 
+def test_a_dataset_replaced_during_every_fetch_is_a_retryable_conflict(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"0")
+    assert store.client().upload(src).ok
+    reader = store.client()
+    reader.exists("warm-up")
+    real = reader._store.get_into
+
+    def always_replaced(key, sink, size, progress=None):
+        src.write_bytes(os.urandom(8))
+        assert store.client().upload(src).ok  # drops the data the reader is about to fetch
+        return real(key, sink, size, progress)
+
+    reader._store.get_into = always_replaced
+    got = reader.download("w.bin", tmp_path / "out")
+    assert not got.ok and got.reason == "conflict" and got.retryable and "kept being replaced" in got.message
+    assert not (tmp_path / "out").exists()
+
+
 def test_data_lost_from_the_store_is_reported_and_a_reupload_stores_it_again(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "w.bin"
     src.write_bytes(os.urandom(5000))
@@ -127,6 +146,27 @@ def test_downloads_into_one_folder_race_without_leftovers(tmp_path: Path, monkey
     assert [p.name for p in target.parent.iterdir()] == ["ds"]  # nothing moved aside stays behind
 
 
+def test_an_old_copy_that_cannot_be_put_back_is_kept_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    client, src, target = _downloaded_twice(tmp_path)
+    old = tree_bytes(target)
+    monkeypatch.setattr(downloads, "_renameat2", None)
+    real_rename = os.rename
+
+    def no_rename_onto_target(a, b) -> None:  # e.g. permissions changed mid-way
+        if Path(b) == target:
+            raise PermissionError(13, "Permission denied", str(b))
+        return real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", no_rename_onto_target)
+    got = client.download("ds", target.parent)
+    monkeypatch.undo()
+    assert not got.ok and got.reason == "access_denied"
+    kept = [p for p in target.parent.rglob("old") if p.parent.name.startswith(".fedml-download-")]
+    assert len(kept) == 1 and tree_bytes(kept[0]) == old  # never deleted
+    assert f"could not be put back; it is in {kept[0]}" in caplog.text
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
 def test_one_step_swap_survives_the_old_copy_vanishing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, src, target = _downloaded_twice(tmp_path)
@@ -164,16 +204,23 @@ StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2
 """
 
 
+def _exchange_works_in(folder: Path) -> bool:
+    a, b = folder / "probe-a", folder / "probe-b"
+    a.mkdir(), b.mkdir()
+    return downloads._exchange(a, b)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
 def test_a_download_killed_while_replacing_a_folder_leaves_a_whole_copy(tmp_path: Path) -> None:
+    if not _exchange_works_in(tmp_path):
+        pytest.skip("this filesystem has no RENAME_EXCHANGE (the move-aside fallback is used)")
     client, src, target = _downloaded_twice(tmp_path)
-    old = tree_bytes(target)
     (src / "a.txt").write_text("the new version\n")
     assert client.upload(src).ok
     child = subprocess.run([sys.executable, "-c", _KILL_WHILE_REPLACING, str(tmp_path / "store"), str(target.parent)],
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr  # killed in the middle of replacing the folder
-    assert tree_bytes(target) in (old, tree_bytes(src))  # never a moment without a whole copy there
+    assert tree_bytes(target) == tree_bytes(src)  # swapped in one step before the kill: never without a copy
 
 
 def test_many_downloads_into_one_folder_at_once(tmp_path: Path) -> None:
@@ -221,3 +268,15 @@ def test_cleanup_removes_empty_folders_killed_uploads_left(tmp_path: Path) -> No
     assert client.cleanup(3600).ok
     assert not killed.parent.exists() and recent.is_dir()
     assert client.download("w.bin", tmp_path / "out").ok  # folders holding data stay
+
+
+def test_an_unchanged_upload_trusts_the_catalog_when_the_data_cannot_be_checked(store: Store, tmp_path: Path) -> None:
+    from fedml_storage.errors import AccessDenied
+
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"kept")
+    client = store.client()
+    assert client.upload(src).ok
+    client._store.head = lambda key: (_ for _ in ()).throw(AccessDenied("may write but not read data"))
+    again = client.upload(src)
+    assert again.ok and again.data.skipped, again.message  # as before the check existed: nothing is sent

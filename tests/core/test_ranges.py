@@ -169,3 +169,26 @@ def test_a_streamed_copy_feeds_hashing_and_disk_in_order_on_their_own_threads(tm
         out.flush()
     assert sink.sha256.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest() and sink.size == len(b"".join(chunks))
     assert (tmp_path / "out").read_bytes() == b"".join(chunks)
+
+
+def test_a_part_failing_while_an_earlier_one_is_hashed_reports_its_own_error(tmp_path: Path) -> None:
+    part = 1000
+    hashing_first = threading.Event()
+
+    class SlowHash(HashingWriter):
+        def absorb(self, offset: int, length: int) -> None:
+            if offset == 0:
+                hashing_first.set()
+                time.sleep(0.3)  # parts 1 and 2 fail meanwhile
+            super().absorb(offset, length)
+
+    def open_range(lo: int, hi: int) -> Iterator[bytes]:
+        if lo in (part, 2 * part):  # parts 1 and 2 fail every attempt, writing nothing
+            hashing_first.wait(5)
+            raise TransientError(f"connection reset in the part at {lo}")
+        if lo == 3 * part:
+            time.sleep(1)
+        yield b"d" * (hi - lo)
+
+    with open(tmp_path / "part", "w+b") as out, pytest.raises(TransientError, match="connection reset"):
+        fetch_ranges(open_range, 0, 4 * part, part, 4, SlowHash(out), None)  # not a hashing error about offsets
