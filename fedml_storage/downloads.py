@@ -12,6 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from .archive import HashingWriter, safe_extract, umask
 from .backends.base import ObjectMissing
 from .catalog import Catalog
@@ -21,7 +26,8 @@ from .results import DownloadResult
 from .validation import RESERVED_PREFIX, check_name
 
 TEMP_PREFIX = RESERVED_PREFIX
-STALE_TEMP_SECONDS = 24 * 3600
+STALE_TEMP_SECONDS = 24 * 3600  # temps that no lock tells about (Windows; moved-aside folders) go after a day
+CLAIM_GRACE_SECONDS = 60  # a part file just created may not be locked yet
 SWAP_ATTEMPTS = 5  # renames tried when other downloads into the same folder keep replacing the target
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
 
@@ -55,9 +61,11 @@ def download(
     target = dest / name
     part: str | None = None
     unpacked: Path | None = None
+    claim: int | None = None
     done = False
     try:
         fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
+        claim = _claim(part)
         with os.fdopen(fd, "w+b") as fh:
             for attempt in range(FETCH_ATTEMPTS):
                 fh.seek(0)
@@ -88,7 +96,8 @@ def download(
                     "match its manifest); nothing was written. Upload the dataset again"
                 )
             if record.kind != "file":
-                unpacked = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=dest))
+                unpacked = Path(part).with_suffix(".d")  # lives as long as the claimed part file
+                unpacked.mkdir()
                 fh.flush()
                 safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
         if record.kind == "file":
@@ -102,10 +111,12 @@ def download(
             unpacked = None
         done = True
     finally:
+        if unpacked is not None:  # before the part file: a folder without one is taken for a killed download's
+            shutil.rmtree(unpacked, ignore_errors=True)
         if part is not None:
             Path(part).unlink(missing_ok=True)
-        if unpacked is not None:
-            shutil.rmtree(unpacked, ignore_errors=True)
+        if claim is not None:
+            os.close(claim)
         if not done:
             for folder in created:  # deepest first; only what this call made, and only while empty
                 try:
@@ -129,20 +140,59 @@ def _make_folder(dest: Path) -> list[Path]:
     return missing
 
 
+def _claim(part: str) -> int | None:
+    """Lock our part file for the whole download, so that other downloads can tell it is live; the lock's fd."""
+    if fcntl is None:
+        return None
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # no locks on this filesystem: then no other download can take the file for abandoned either
+        pass
+    return fd
+
+
+def _abandoned(part: Path) -> bool:
+    """Whether no live download holds this part file (it could be locked, so its owner is gone)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held by a live download, or no locks here: cannot tell
+        return False
+    finally:
+        os.close(fd)
+
+
 def _remove_stale_temps(dest: Path) -> None:
-    """Remove what killed downloads left in `dest` (untouched for a day: no live download is that idle)."""
-    cutoff = time.time() - STALE_TEMP_SECONDS
+    """Remove what killed downloads left in `dest`: a part file no live download holds, with its unpacked
+    folder, at once (after a minute's grace for one being created); anything else of ours after a day."""
+    now = time.time()
     for leftover in dest.glob(TEMP_PREFIX + "*"):
         try:
-            if leftover.lstat().st_mtime >= cutoff:
+            age = now - leftover.lstat().st_mtime
+            if age < CLAIM_GRACE_SECONDS:
                 continue
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
+            if leftover.suffix == ".part":
+                if not (_abandoned(leftover) or age > STALE_TEMP_SECONDS):
+                    continue
+                _remove(leftover.with_suffix(".d"))
+            elif not (age > STALE_TEMP_SECONDS or (leftover.suffix == ".d" and _orphan(leftover))):
+                continue
+            _remove(leftover)
             log.info("removed %s, left by an interrupted download", leftover)
         except OSError:
             pass  # another download's cleanup got there first, or it is not ours to remove
+
+
+def _orphan(unpacked: Path) -> bool:
+    """An unpacked folder whose part file is gone: a live download removes the folder first."""
+    return fcntl is not None and not unpacked.with_suffix(".part").exists()
 
 
 def _swap_in(new: Path, target: Path) -> None:

@@ -280,3 +280,39 @@ def test_an_unchanged_upload_trusts_the_catalog_when_the_data_cannot_be_checked(
     client._store.head = lambda key: (_ for _ in ()).throw(AccessDenied("may write but not read data"))
     again = client.upload(src)
     assert again.ok and again.data.skipped, again.message  # as before the check existed: nothing is sent
+
+
+_KILL_WHILE_UNPACKING = """
+import os, signal, sys
+from fedml_storage import StorageClient
+
+def kill_when_unpacking(event, args):  # at the first file written into the unpacked folder
+    if event == "open" and args and ".d" + os.sep in str(args[0]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(kill_when_unpacking)
+StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="live downloads are told by file locks (Windows waits a day)")
+def test_what_a_killed_download_left_goes_at_the_next_one_not_a_day_later(tmp_path: Path) -> None:
+    import fcntl
+
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    assert client.upload(make_tree(tmp_path / "ds")).ok
+    dest = tmp_path / "out"
+    child = subprocess.run([sys.executable, "-c", _KILL_WHILE_UNPACKING, str(tmp_path / "store"), str(dest)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    left = sorted(p.name for p in dest.iterdir())
+    assert len(left) == 2 and left[0].endswith(".d") and left[1].endswith(".part")  # a whole archive, and more
+    live = dest / ".fedml-download-live.part"  # another download, still running, quiet for a while
+    live.write_bytes(b"busy")
+    minutes_ago = time.time() - 120
+    for p in dest.iterdir():
+        os.utime(p, (minutes_ago, minutes_ago))
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert client.download("ds", dest).ok
+        assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
