@@ -131,17 +131,22 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
 def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool]:
     """The stored manifest (and etag), and whether its current data is still in the store at its size."""
     found = catalog.read(name)
-    if found is None:
-        return None, False
-    current = found[0].current
-    try:
-        info = catalog.store.head(current.key)
-    except (StorageFailure, TransientError):  # e.g. a key that may not read data: cannot tell, trust the catalog
-        return found, True
-    if info is not None and info.size == current.size:
-        return found, True
-    log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again",
-                name, current.version)
+    for _ in range(3):
+        if found is None:
+            return None, False
+        current = found[0].current
+        try:
+            info = catalog.store.head(current.key)
+        except (StorageFailure, TransientError):  # e.g. a key that may not read data: cannot tell, trust the catalog
+            return found, True
+        if info is not None and info.size == current.size:
+            return found, True
+        again = catalog.read(name)  # replaced or deleted since it was read? then judge what is there now
+        if again is not None and again[1] == found[1]:
+            log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again",
+                        name, current.version)
+            break
+        found = again
     return found, False
 
 

@@ -316,3 +316,28 @@ def test_what_a_killed_download_left_goes_at_the_next_one_not_a_day_later(tmp_pa
         fcntl.flock(held, fcntl.LOCK_EX)
         assert client.download("ds", dest).ok
         assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
+
+
+def test_data_replaced_between_reading_the_catalog_and_checking_it_is_no_false_alarm(
+        store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"one")
+    client = store.client()
+    assert client.upload(src).ok
+    real_head = client._store.head
+    replaced: list[bool] = []
+
+    def head_after_a_replace(key):
+        if not replaced:  # another writer replaces the dataset (dropping the data just read about) right now
+            replaced.append(True)
+            other = tmp_path / "other" / "w.bin"
+            other.parent.mkdir()
+            other.write_bytes(b"two")
+            assert store.client().upload(other).ok
+        return real_head(key)
+
+    client._store.head = head_after_a_replace
+    src.write_bytes(b"two")  # the same content the other writer stored
+    again = client.upload(src)
+    assert again.ok and again.data.skipped, again.message  # judged against the entry there now
+    assert "missing or damaged" not in caplog.text
