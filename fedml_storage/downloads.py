@@ -107,7 +107,7 @@ def download(
             os.replace(part, target)
         else:
             os.chmod(unpacked, 0o777 & ~umask())
-            _swap_in(unpacked, target)
+            _swap_in(unpacked, target, Path(part).with_suffix(".old"))
             unpacked = None
         done = True
     finally:
@@ -181,8 +181,9 @@ def _remove_stale_temps(dest: Path) -> None:
             if leftover.suffix == ".part":
                 if not (_abandoned(leftover) or age > STALE_TEMP_SECONDS):
                     continue
-                _remove(leftover.with_suffix(".d"))
-            elif not (age > STALE_TEMP_SECONDS or (leftover.suffix == ".d" and _orphan(leftover))):
+                for sibling in _SIBLINGS:
+                    _remove(leftover.with_suffix(sibling))
+            elif not (age > STALE_TEMP_SECONDS or (leftover.suffix in _SIBLINGS and _orphan(leftover))):
                 continue
             _remove(leftover)
             log.info("removed %s, left by an interrupted download", leftover)
@@ -190,14 +191,18 @@ def _remove_stale_temps(dest: Path) -> None:
             pass  # another download's cleanup got there first, or it is not ours to remove
 
 
+_SIBLINGS = (".d", ".old")  # what a download names after its part file: the unpacked folder, the replaced copy
+
+
 def _orphan(unpacked: Path) -> bool:
-    """An unpacked folder whose part file is gone: a live download removes the folder first."""
+    """A sibling of a part file that is gone: a live download removes its siblings first."""
     return fcntl is not None and not unpacked.with_suffix(".part").exists()
 
 
-def _swap_in(new: Path, target: Path) -> None:
+def _swap_in(new: Path, target: Path, aside: Path) -> None:
     """Rename `new` to `target`, replacing what is there in one step where the system can (no moment without a
-    copy at `target`, even if the process is killed); elsewhere move it aside first and put it back on failure.
+    copy at `target`, even if the process is killed); elsewhere move it to `aside` first (a name the download's
+    lock covers) and put it back on failure.
 
     Downloads into the same folder at once may race here: the last rename wins and nothing is left behind.
     """
@@ -209,13 +214,14 @@ def _swap_in(new: Path, target: Path) -> None:
                     return
             except FileNotFoundError:
                 pass  # another download moved it aside meanwhile
-        aside = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target.parent))
-        old: Path | None = aside / "old"
+        old: Path | None = None
         try:
-            try:
-                os.rename(target, old)
-            except FileNotFoundError:
-                old = None  # nothing there, or another download moved it aside first
+            if os.path.lexists(target):
+                try:
+                    os.rename(target, aside)
+                    old = aside
+                except FileNotFoundError:
+                    pass  # another download moved it aside first
             try:
                 os.rename(new, target)
                 return
@@ -223,15 +229,27 @@ def _swap_in(new: Path, target: Path) -> None:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     if old is not None and not os.path.lexists(target):
                         os.rename(old, target)
+                        old = None
                     raise
-            # another download renamed its copy in since we moved the old one aside: move that aside in turn
+            # another download renamed its copy in since we looked: move that aside in turn
         finally:
-            if old is None or not old.exists() or os.path.lexists(target):
-                shutil.rmtree(aside, ignore_errors=True)
-            else:  # it could not be put back: keep it, and say where it is
-                log.error("the previous %s could not be put back; it is in %s", target, old)
+            if old is not None:
+                _drop_or_keep(old, target)
     raise Conflict(f"{target} kept being replaced by other downloads into {target.parent}; download into "
                    "separate folders (nothing of this download was left there)")
+
+
+def _drop_or_keep(old: Path, target: Path) -> None:
+    """Remove the copy moved aside once another is in place; else keep it beside the target, and say where."""
+    if os.path.lexists(target):
+        _remove(old)
+        return
+    kept = target.with_name(f"{target.name}.previous-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.rename(old, kept)
+    except OSError:
+        kept = old
+    log.error("the previous %s could not be put back; it is kept at %s", target, kept)
 
 
 def _remove(path: Path) -> None:

@@ -162,9 +162,10 @@ def test_an_old_copy_that_cannot_be_put_back_is_kept_aside(tmp_path: Path, monke
     got = client.download("ds", target.parent)
     monkeypatch.undo()
     assert not got.ok and got.reason == "access_denied"
-    kept = [p for p in target.parent.rglob("old") if p.parent.name.startswith(".fedml-download-")]
-    assert len(kept) == 1 and tree_bytes(kept[0]) == old  # never deleted
-    assert f"could not be put back; it is in {kept[0]}" in caplog.text
+    kept = [p for p in target.parent.iterdir() if p.name.startswith("ds.previous-")]
+    assert len(kept) == 1 and tree_bytes(kept[0]) == old  # never deleted, and in plain sight
+    assert f"could not be put back; it is kept at {kept[0]}" in caplog.text
+    assert sorted(p.name for p in target.parent.iterdir()) == [kept[0].name]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
@@ -341,3 +342,40 @@ def test_data_replaced_between_reading_the_catalog_and_checking_it_is_no_false_a
     again = client.upload(src)
     assert again.ok and again.data.skipped, again.message  # judged against the entry there now
     assert "missing or damaged" not in caplog.text
+
+
+_KILL_AT_THE_FALLBACK_RENAME = """
+import os, signal, sys
+from pathlib import Path
+import fedml_storage.downloads as downloads
+from fedml_storage import StorageClient
+
+downloads._renameat2 = None  # a system without the one-step swap
+target = Path(sys.argv[2]) / "ds"
+
+def kill_at_rename_onto_target(event, args):
+    if event == "os.rename" and str(args[1]) == str(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(kill_at_rename_onto_target)
+StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="live downloads are told by file locks (Windows waits a day)")
+@pytest.mark.parametrize("earlier_copy", [False, True])
+def test_a_kill_in_the_fallback_swap_leaves_nothing_the_next_download_keeps(tmp_path: Path, earlier_copy: bool) -> None:
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    src = make_tree(tmp_path / "ds")
+    assert client.upload(src).ok
+    dest = tmp_path / "out"
+    if earlier_copy:
+        assert client.download("ds", dest).ok
+    child = subprocess.run([sys.executable, "-c", _KILL_AT_THE_FALLBACK_RENAME, str(tmp_path / "store"), str(dest)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    minutes_ago = time.time() - 120
+    for p in dest.iterdir():
+        os.utime(p, (minutes_ago, minutes_ago))
+    assert client.download("ds", dest).ok
+    assert [p.name for p in dest.iterdir()] == ["ds"] and tree_bytes(dest / "ds") == tree_bytes(src)
