@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedml_storage import StorageClient, downloads
+from fedml_storage import StorageClient, dest_temps
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.catalog import Catalog
 
@@ -122,7 +122,7 @@ def _downloaded_twice(tmp_path: Path) -> tuple[StorageClient, Path, Path]:
 def test_downloads_into_one_folder_race_without_leftovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           race: str) -> None:
     client, src, target = _downloaded_twice(tmp_path)
-    monkeypatch.setattr(downloads, "_renameat2", None)  # where the system has no one-step swap
+    monkeypatch.setattr(dest_temps, "_renameat2", None)  # where the system has no one-step swap
     real_rename = os.rename
     fired: list[str] = []
 
@@ -150,7 +150,7 @@ def test_an_old_copy_that_cannot_be_put_back_is_kept_aside(tmp_path: Path, monke
                                                           caplog: pytest.LogCaptureFixture) -> None:
     client, src, target = _downloaded_twice(tmp_path)
     old = tree_bytes(target)
-    monkeypatch.setattr(downloads, "_renameat2", None)
+    monkeypatch.setattr(dest_temps, "_renameat2", None)
     real_rename = os.rename
 
     def no_rename_onto_target(a, b) -> None:  # e.g. permissions changed mid-way
@@ -162,16 +162,17 @@ def test_an_old_copy_that_cannot_be_put_back_is_kept_aside(tmp_path: Path, monke
     got = client.download("ds", target.parent)
     monkeypatch.undo()
     assert not got.ok and got.reason == "access_denied"
-    kept = [p for p in target.parent.iterdir() if p.name.startswith("ds.previous-")]
-    assert len(kept) == 1 and tree_bytes(kept[0]) == old  # never deleted, and in plain sight
-    assert f"could not be put back; it is kept at {kept[0]}" in caplog.text
-    assert sorted(p.name for p in target.parent.iterdir()) == [kept[0].name]
+    kept = [p / "ds" for p in target.parent.iterdir() if p.name.endswith(".old")]
+    assert len(kept) == 1 and tree_bytes(kept[0]) == old  # never deleted
+    assert f"could not put {target} back; it is kept at {kept[0]}" in caplog.text
+    dest_temps.sweep(target.parent)  # the next download into the folder puts it back first
+    assert [p.name for p in target.parent.iterdir()] == ["ds"] and tree_bytes(target) == old
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
 def test_one_step_swap_survives_the_old_copy_vanishing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, src, target = _downloaded_twice(tmp_path)
-    real_exchange = downloads._exchange
+    real_exchange = dest_temps._exchange
     calls: list[bool] = []
 
     def exchange_after_another_moved_it(a: Path, b: Path) -> bool:
@@ -180,7 +181,7 @@ def test_one_step_swap_survives_the_old_copy_vanishing(tmp_path: Path, monkeypat
         calls.append(True)
         return real_exchange(a, b)
 
-    monkeypatch.setattr(downloads, "_exchange", exchange_after_another_moved_it)
+    monkeypatch.setattr(dest_temps, "_exchange", exchange_after_another_moved_it)
     got = client.download("ds", target.parent)
     assert calls and got.ok, got.message
     assert tree_bytes(target) == tree_bytes(src) and [p.name for p in target.parent.iterdir()] == ["ds"]
@@ -189,7 +190,7 @@ def test_one_step_swap_survives_the_old_copy_vanishing(tmp_path: Path, monkeypat
 _KILL_WHILE_REPLACING = """
 import os, signal, sys
 from pathlib import Path
-from fedml_storage import StorageClient, downloads
+from fedml_storage import StorageClient, dest_temps
 
 target = Path(sys.argv[2]) / "ds"
 
@@ -208,7 +209,7 @@ StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2
 def _exchange_works_in(folder: Path) -> bool:
     a, b = folder / "probe-a", folder / "probe-b"
     a.mkdir(), b.mkdir()
-    return downloads._exchange(a, b)
+    return dest_temps._exchange(a, b)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is Linux's renameat2")
@@ -308,12 +309,11 @@ def test_what_a_killed_download_left_goes_at_the_next_one_not_a_day_later(tmp_pa
     assert child.returncode == -signal.SIGKILL, child.stderr
     left = sorted(p.name for p in dest.iterdir())
     assert len(left) == 2 and left[0].endswith(".d") and left[1].endswith(".part")  # a whole archive, and more
-    live = dest / ".fedml-download-live.part"  # another download, still running, quiet for a while
+    live = dest / ".fedml-download-live.part"  # another download, still running, quiet for over a day
     live.write_bytes(b"busy")
-    minutes_ago = time.time() - 120
-    for p in dest.iterdir():
-        os.utime(p, (minutes_ago, minutes_ago))
-    with open(live, "rb") as held:
+    days_ago = time.time() - 3 * 24 * 3600
+    os.utime(live, (days_ago, days_ago))
+    with open(live, "rb") as held:  # rerun at once: no grace period to wait out
         fcntl.flock(held, fcntl.LOCK_EX)
         assert client.download("ds", dest).ok
         assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
@@ -347,10 +347,10 @@ def test_data_replaced_between_reading_the_catalog_and_checking_it_is_no_false_a
 _KILL_AT_THE_FALLBACK_RENAME = """
 import os, signal, sys
 from pathlib import Path
-import fedml_storage.downloads as downloads
+import fedml_storage.dest_temps as dest_temps
 from fedml_storage import StorageClient
 
-downloads._renameat2 = None  # a system without the one-step swap
+dest_temps._renameat2 = None  # a system without the one-step swap
 target = Path(sys.argv[2]) / "ds"
 
 def kill_at_rename_onto_target(event, args):
@@ -363,19 +363,42 @@ StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="live downloads are told by file locks (Windows waits a day)")
-@pytest.mark.parametrize("earlier_copy", [False, True])
-def test_a_kill_in_the_fallback_swap_leaves_nothing_the_next_download_keeps(tmp_path: Path, earlier_copy: bool) -> None:
+@pytest.mark.parametrize(("earlier_copy", "next_download"), [(False, "ds"), (True, "ds"), (True, "other")])
+def test_a_kill_in_the_fallback_swap_loses_nothing_and_leaves_nothing(tmp_path: Path, earlier_copy: bool,
+                                                                       next_download: str) -> None:
     client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
     src = make_tree(tmp_path / "ds")
     assert client.upload(src).ok
+    (tmp_path / "other").write_text("another dataset")
+    assert client.upload(tmp_path / "other").ok
     dest = tmp_path / "out"
     if earlier_copy:
         assert client.download("ds", dest).ok
+        (dest / "ds" / "mine.txt").write_text("the user's own file")  # must not be lost by the kill either
+    before = tree_bytes(dest / "ds") if earlier_copy else None
     child = subprocess.run([sys.executable, "-c", _KILL_AT_THE_FALLBACK_RENAME, str(tmp_path / "store"), str(dest)],
                            capture_output=True, text=True, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr
-    minutes_ago = time.time() - 120
-    for p in dest.iterdir():
-        os.utime(p, (minutes_ago, minutes_ago))
-    assert client.download("ds", dest).ok
-    assert [p.name for p in dest.iterdir()] == ["ds"] and tree_bytes(dest / "ds") == tree_bytes(src)
+    assert child.returncode == -signal.SIGKILL, child.stderr  # between moving the old copy aside and renaming in
+    assert client.download(next_download, dest).ok  # at once: no grace period to wait out
+    expected = ["ds", "other"] if next_download == "other" else ["ds"]
+    assert sorted(p.name for p in dest.iterdir()) == expected
+    assert tree_bytes(dest / "ds") == (before if next_download == "other" else tree_bytes(src))
+
+
+def test_an_interrupt_between_the_fallback_renames_puts_the_old_copy_back(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    client, src, target = _downloaded_twice(tmp_path)
+    old = tree_bytes(target)
+    monkeypatch.setattr(dest_temps, "_renameat2", None)
+    real_rename = os.rename
+
+    def interrupted(a, b) -> None:  # Ctrl-C, or a task timeout raised from a signal handler, at the worst moment
+        if Path(b) == target and Path(a).suffix == ".d":
+            raise KeyboardInterrupt
+        return real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        client.download("ds", target.parent)
+    monkeypatch.undo()
+    assert [p.name for p in target.parent.iterdir()] == ["ds"] and tree_bytes(target) == old

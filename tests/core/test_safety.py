@@ -81,12 +81,17 @@ def test_download_removes_what_killed_downloads_left(store: Store, tmp_path: Pat
     old_part, old_dir = dest / ".fedml-download-dead.part", dest / ".fedml-download-dead"
     old_part.write_bytes(b"half")
     (old_dir / "half").mkdir(parents=True)
-    live_part = dest / ".fedml-download-live.part"  # another download, still writing
+    live_part = dest / ".fedml-download-live.part"  # another download, still writing (and holding its lock)
     live_part.write_bytes(b"busy")
     day_ago = time_module.time() - 25 * 3600
     for p in (old_part, old_dir):
         os.utime(p, (day_ago, day_ago))
-    assert client.download("ds", dest).ok
+    with open(live_part, "rb") as held:
+        if sys.platform != "win32":
+            import fcntl
+
+            fcntl.flock(held, fcntl.LOCK_EX)
+        assert client.download("ds", dest).ok
     assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
 
 

@@ -1,0 +1,195 @@
+"""A download's temp files in its destination folder: made under a lock, swapped into place, and what killed
+downloads left swept away by the next download there.
+
+A download's files share one random stem: `<stem>.part` (the data; the live download holds an flock on it from
+before it bears that name), `<stem>.d` (the unpacked folder) and `<stem>.old/<name>` (the copy being replaced,
+moved aside where the system has no atomic exchange). A `.part` nobody holds, and a `.d` or `.old` whose `.part`
+is gone, belong to a killed download: the copy in a `.old` goes back to its place if nothing took it, the rest is
+removed. This assumes downloads into one folder run on one host (or on a filesystem whose flock locks span
+hosts); where no lock can be taken (Windows, NFS), a `.part` goes after a day untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import Conflict
+from .validation import RESERVED_PREFIX
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+TEMP_PREFIX = RESERVED_PREFIX
+STALE_TEMP_SECONDS = 24 * 3600  # a `.part` whose lock cannot be tested, or a temp of an older version
+NEW_GRACE_SECONDS = 60  # a `.new` file is renamed to `.part` as soon as it is locked
+SWAP_ATTEMPTS = 5  # renames tried when other downloads into the same folder keep replacing the target
+
+log = logging.getLogger("fedml_storage")
+
+
+def new_part(dest: Path) -> tuple[int, Path, int | None]:
+    """A new, empty part file in `dest`, locked before it bears the `.part` name: (fd to write, path, lock fd)."""
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".new", dir=dest)
+    lock: int | None = None
+    try:
+        if fcntl is not None:
+            lock = os.open(tmp, os.O_RDONLY)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # no flock here: other downloads cannot test it either, the day rule applies
+                pass
+        part = Path(tmp).with_suffix(".part")
+        os.rename(tmp, part)
+    except BaseException:
+        os.close(fd)
+        if lock is not None:
+            os.close(lock)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, part, lock
+
+
+def _lock_state(part: Path) -> str:
+    """'free' (its download is gone), 'held' (live), or 'unknown' (no locks to test here)."""
+    if fcntl is None:
+        return "unknown"
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except OSError:
+        return "unknown"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "free"
+    except BlockingIOError:
+        return "held"
+    except OSError:
+        return "unknown"
+    finally:
+        os.close(fd)
+
+
+def sweep(dest: Path) -> None:
+    """Clear what killed downloads left in `dest` (see the module's docstring)."""
+    now = time.time()
+    for leftover in sorted(dest.glob(TEMP_PREFIX + "*")):
+        try:
+            age = now - leftover.lstat().st_mtime
+            if leftover.suffix == ".part":
+                state = _lock_state(leftover)
+                if state == "held" or (state == "unknown" and age < STALE_TEMP_SECONDS):
+                    continue
+                _put_back(leftover.with_suffix(".old"), dest)
+                remove(leftover.with_suffix(".old"))
+                remove(leftover.with_suffix(".d"))
+            elif leftover.suffix in (".d", ".old"):
+                if leftover.with_suffix(".part").exists():
+                    continue  # judged with its part file
+                if leftover.suffix == ".old":
+                    _put_back(leftover, dest)
+            elif not (leftover.suffix == ".new" and age > NEW_GRACE_SECONDS) and age < STALE_TEMP_SECONDS:
+                continue
+            remove(leftover)
+            log.info("removed %s, left by an interrupted download", leftover)
+        except OSError:
+            pass  # another download's sweep got there first, or it is not ours to remove
+
+
+def _put_back(aside: Path, dest: Path) -> None:
+    """Return the copy an interrupted download moved aside to its place, when nothing has taken that place."""
+    if not aside.is_dir() or aside.is_symlink():
+        return
+    for copy in aside.iterdir():
+        target = dest / copy.name
+        if not os.path.lexists(target):
+            os.rename(copy, target)
+            log.warning("put %s back in place: an interrupted download had moved it aside", target)
+
+
+def swap_in(new: Path, target: Path, aside: Path) -> None:
+    """Rename `new` to `target`, replacing what is there in one step where the system can (no moment without a
+    copy at `target`, even if the process is killed); elsewhere move it into the folder `aside` first and put it
+    back if the rename does not happen (a kill in between leaves that to the next download's sweep).
+
+    Downloads into the same folder at once may race here: the last rename wins and nothing is left behind.
+    """
+    for _ in range(SWAP_ATTEMPTS):
+        if os.path.lexists(target):
+            try:
+                if _exchange(new, target):
+                    remove(new)  # now the replaced copy
+                    return
+            except FileNotFoundError:
+                pass  # the target was moved away meanwhile
+        moved = False
+        try:
+            if os.path.lexists(target):
+                aside.mkdir(exist_ok=True)
+                try:
+                    os.rename(target, aside / target.name)
+                    moved = True
+                except FileNotFoundError:
+                    pass  # another download moved it aside first
+            try:
+                os.rename(new, target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            # another download renamed its copy in since we looked: move that aside in turn
+        finally:
+            if moved:
+                _settle(aside, target)
+            elif aside.is_dir():
+                with contextlib.suppress(OSError):
+                    aside.rmdir()  # made for a copy another download moved away first
+    raise Conflict(f"{target} kept being replaced by other downloads into {target.parent}; download into "
+                   "separate folders (nothing of this download was left there)")
+
+
+def _settle(aside: Path, target: Path) -> None:
+    """After a swap attempt: drop the copy moved aside if one is in place, else put it back (or say where it is)."""
+    if not os.path.lexists(target):
+        try:
+            os.rename(aside / target.name, target)
+        except OSError:
+            log.error("could not put %s back; it is kept at %s, and the next download into %s puts it back",
+                      target, aside / target.name, target.parent)
+            return
+    remove(aside)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, link or folder (folders best effort)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False  # an old kernel, a filesystem without it, or a sandbox that forbids it
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
