@@ -5,8 +5,9 @@ A download's files share one random stem: `<stem>.part` (the data; the live down
 before it bears that name), `<stem>.d` (the unpacked folder) and `<stem>.old/<name>` (the copy being replaced,
 moved aside where the system has no atomic exchange). A `.part` nobody holds, and a `.d` or `.old` whose `.part`
 is gone, belong to a killed download: the copy in a `.old` goes back to its place if nothing took it, the rest is
-removed. This assumes downloads into one folder run on one host (or on a filesystem whose flock locks span
-hosts); where no lock can be taken (Windows, NFS), a `.part` goes after a day untouched.
+removed (copies are dropped by first renaming their folder to `<stem>.drop`, which is never put back). This
+assumes downloads into one folder run on one host (or on a filesystem whose flock locks span hosts); where no
+lock can be taken (Windows, NFS), a `.part` and its siblings wait a day untouched.
 """
 
 from __future__ import annotations
@@ -40,24 +41,32 @@ log = logging.getLogger("fedml_storage")
 
 def new_part(dest: Path) -> tuple[int, Path, int | None]:
     """A new, empty part file in `dest`, locked before it bears the `.part` name: (fd to write, path, lock fd)."""
+    if fcntl is None:  # no lock to take first (and Windows cannot rename a file that is open)
+        fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
+        return fd, Path(part), None
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".new", dir=dest)
+    part = Path(tmp).with_suffix(".part")
     lock: int | None = None
     try:
-        if fcntl is not None:
-            lock = os.open(tmp, os.O_RDONLY)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # no flock here: other downloads cannot test it either, the day rule applies
-                pass
-        part = Path(tmp).with_suffix(".part")
+        lock = os.open(tmp, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            # no flock on this filesystem: no download can test this file, so the day rule applies to it
         os.rename(tmp, part)
     except BaseException:
         os.close(fd)
         if lock is not None:
             os.close(lock)
         Path(tmp).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
     return fd, part, lock
+
+
+_NO_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF, errno.EINVAL}
 
 
 def _lock_state(part: Path) -> str:
@@ -90,14 +99,17 @@ def sweep(dest: Path) -> None:
                 if state == "held" or (state == "unknown" and age < STALE_TEMP_SECONDS):
                     continue
                 _put_back(leftover.with_suffix(".old"), dest)
-                remove(leftover.with_suffix(".old"))
+                drop(leftover.with_suffix(".old"))
                 remove(leftover.with_suffix(".d"))
             elif leftover.suffix in (".d", ".old"):
                 if leftover.with_suffix(".part").exists():
                     continue  # judged with its part file
                 if leftover.suffix == ".old":
                     _put_back(leftover, dest)
-            elif not (leftover.suffix == ".new" and age > NEW_GRACE_SECONDS) and age < STALE_TEMP_SECONDS:
+                    drop(leftover)
+                    continue
+            elif leftover.suffix != ".drop" and not (leftover.suffix == ".new" and age > NEW_GRACE_SECONDS) \
+                    and age < STALE_TEMP_SECONDS:
                 continue
             remove(leftover)
             log.info("removed %s, left by an interrupted download", leftover)
@@ -111,8 +123,7 @@ def _put_back(aside: Path, dest: Path) -> None:
         return
     for copy in aside.iterdir():
         target = dest / copy.name
-        if not os.path.lexists(target):
-            os.rename(copy, target)
+        if not os.path.lexists(target) and _rename_noreplace(copy, target):
             log.warning("put %s back in place: an interrupted download had moved it aside", target)
 
 
@@ -131,13 +142,11 @@ def swap_in(new: Path, target: Path, aside: Path) -> None:
                     return
             except FileNotFoundError:
                 pass  # the target was moved away meanwhile
-        moved = False
         try:
             if os.path.lexists(target):
                 aside.mkdir(exist_ok=True)
                 try:
                     os.rename(target, aside / target.name)
-                    moved = True
                 except FileNotFoundError:
                     pass  # another download moved it aside first
             try:
@@ -147,8 +156,8 @@ def swap_in(new: Path, target: Path, aside: Path) -> None:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
             # another download renamed its copy in since we looked: move that aside in turn
-        finally:
-            if moved:
+        finally:  # judged from what is on disk: an interrupt may come right after the move, before any flag
+            if os.path.lexists(aside / target.name):
                 _settle(aside, target)
             elif aside.is_dir():
                 with contextlib.suppress(OSError):
@@ -166,7 +175,30 @@ def _settle(aside: Path, target: Path) -> None:
             log.error("could not put %s back; it is kept at %s, and the next download into %s puts it back",
                       target, aside / target.name, target.parent)
             return
-    remove(aside)
+    drop(aside)
+
+
+def drop(aside: Path) -> None:
+    """Remove a folder of moved-aside copies in one rename first, so that a kill while deleting never leaves a
+    partial copy that a sweep would put back."""
+    if not os.path.lexists(aside):
+        return
+    doomed = aside.with_suffix(".drop")
+    os.rename(aside, doomed)
+    remove(doomed)
+
+
+def _rename_noreplace(a: Path, b: Path) -> bool:
+    """Rename `a` to `b` unless something is at `b` (atomically where the system can); whether it was renamed."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_NOREPLACE) == 0:
+            return True
+        if ctypes.get_errno() == errno.EEXIST:
+            return False
+    if os.path.lexists(b):
+        return False
+    os.rename(a, b)
+    return True
 
 
 def remove(path: Path) -> None:
@@ -177,7 +209,7 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100
 _renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
 if _renameat2 is not None:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]

@@ -402,3 +402,41 @@ def test_an_interrupt_between_the_fallback_renames_puts_the_old_copy_back(tmp_pa
         client.download("ds", target.parent)
     monkeypatch.undo()
     assert [p.name for p in target.parent.iterdir()] == ["ds"] and tree_bytes(target) == old
+
+
+def test_a_ctrl_c_right_after_moving_the_old_copy_aside_puts_it_back(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    client, src, target = _downloaded_twice(tmp_path)
+    old = tree_bytes(target)
+    monkeypatch.setattr(dest_temps, "_renameat2", None)
+    real_rename = os.rename
+
+    def interrupted_after(a, b) -> None:  # the signal arrives while the move-aside rename runs
+        real_rename(a, b)
+        if Path(a) == target:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", interrupted_after)
+    with pytest.raises(KeyboardInterrupt):
+        client.download("ds", target.parent)
+    monkeypatch.undo()
+    assert [p.name for p in target.parent.iterdir()] == ["ds"] and tree_bytes(target) == old
+
+
+def test_the_sweep_puts_back_whole_copies_only(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    whole = dest / ".fedml-download-killed1.old" / "a"  # moved aside, then the download was killed
+    whole.mkdir(parents=True)
+    (whole / "f.txt").write_text("whole")
+    partial = dest / ".fedml-download-killed2.drop" / "b"  # killed while a dropped copy was being deleted
+    partial.mkdir(parents=True)
+    (partial / "g.txt").write_text("half")
+    dest_temps.sweep(dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["a"] and (dest / "a" / "f.txt").read_text() == "whole"
+
+
+def test_without_locks_a_part_file_is_made_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dest_temps, "fcntl", None)  # Windows: no lock, and no renaming a file still open
+    fd, part, lock = dest_temps.new_part(tmp_path)
+    os.close(fd)
+    assert lock is None and part.suffix == ".part" and [p.name for p in tmp_path.iterdir()] == [part.name]
