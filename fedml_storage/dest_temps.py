@@ -66,7 +66,7 @@ def new_part(dest: Path) -> tuple[int, Path, int | None]:
     return fd, part, lock
 
 
-_NO_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF, errno.EINVAL}
+_NO_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF, errno.EINVAL, errno.ENOLCK}
 
 
 def _lock_state(part: Path) -> str:
@@ -175,7 +175,10 @@ def _settle(aside: Path, target: Path) -> None:
             log.error("could not put %s back; it is kept at %s, and the next download into %s puts it back",
                       target, aside / target.name, target.parent)
             return
-    drop(aside)
+    try:
+        drop(aside)
+    except OSError as exc:  # the swap itself is done; the next sweep removes what is left
+        log.warning("could not remove %s (%s); the next download into %s does", aside, exc, target.parent)
 
 
 def drop(aside: Path) -> None:
@@ -183,8 +186,8 @@ def drop(aside: Path) -> None:
     partial copy that a sweep would put back."""
     if not os.path.lexists(aside):
         return
-    doomed = aside.with_suffix(".drop")
-    os.rename(aside, doomed)
+    doomed = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=".drop", dir=aside.parent))  # never taken yet
+    os.rename(aside, doomed / "copies")
     remove(doomed)
 
 

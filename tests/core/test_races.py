@@ -385,38 +385,22 @@ def test_a_kill_in_the_fallback_swap_loses_nothing_and_leaves_nothing(tmp_path: 
     assert tree_bytes(dest / "ds") == (before if next_download == "other" else tree_bytes(src))
 
 
-def test_an_interrupt_between_the_fallback_renames_puts_the_old_copy_back(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("moment", ["before renaming the new copy in", "right after moving the old copy aside"])
+def test_a_ctrl_c_in_the_fallback_swap_puts_the_old_copy_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              moment: str) -> None:
     client, src, target = _downloaded_twice(tmp_path)
     old = tree_bytes(target)
     monkeypatch.setattr(dest_temps, "_renameat2", None)
     real_rename = os.rename
 
     def interrupted(a, b) -> None:  # Ctrl-C, or a task timeout raised from a signal handler, at the worst moment
-        if Path(b) == target and Path(a).suffix == ".d":
+        if moment.startswith("before") and Path(b) == target and Path(a).suffix == ".d":
             raise KeyboardInterrupt
-        return real_rename(a, b)
+        real_rename(a, b)
+        if moment.startswith("right after") and Path(a) == target:
+            raise KeyboardInterrupt  # the signal arrived while the rename ran
 
     monkeypatch.setattr(os, "rename", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        client.download("ds", target.parent)
-    monkeypatch.undo()
-    assert [p.name for p in target.parent.iterdir()] == ["ds"] and tree_bytes(target) == old
-
-
-def test_a_ctrl_c_right_after_moving_the_old_copy_aside_puts_it_back(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    client, src, target = _downloaded_twice(tmp_path)
-    old = tree_bytes(target)
-    monkeypatch.setattr(dest_temps, "_renameat2", None)
-    real_rename = os.rename
-
-    def interrupted_after(a, b) -> None:  # the signal arrives while the move-aside rename runs
-        real_rename(a, b)
-        if Path(a) == target:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "rename", interrupted_after)
     with pytest.raises(KeyboardInterrupt):
         client.download("ds", target.parent)
     monkeypatch.undo()
@@ -440,3 +424,36 @@ def test_without_locks_a_part_file_is_made_directly(tmp_path: Path, monkeypatch:
     fd, part, lock = dest_temps.new_part(tmp_path)
     os.close(fd)
     assert lock is None and part.suffix == ".part" and [p.name for p in tmp_path.iterdir()] == [part.name]
+
+
+def test_a_finished_swap_does_not_fail_over_a_copy_it_cannot_delete(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    new, target, aside = tmp_path / "new", tmp_path / "ds", tmp_path / ".fedml-download-x.old"
+    for folder, text in ((new, "new"), (target, "old")):
+        folder.mkdir()
+        (folder / "f.txt").write_text(text)
+    monkeypatch.setattr(dest_temps, "_renameat2", None)
+    monkeypatch.setattr(dest_temps, "remove", lambda path: None)  # e.g. a read-only folder inside the old copy
+    dest_temps.swap_in(new, target, aside)  # its drop leaves the old copy behind
+    assert (target / "f.txt").read_text() == "new"
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "f.txt").write_text("newer")
+    dest_temps.swap_in(newer, target, aside)  # the same aside name again (a retry): its drop needs a fresh name
+    assert (target / "f.txt").read_text() == "newer"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_filesystem_without_locks_still_downloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):  # NFS without lockd: "No locks available"
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    assert client.upload(make_tree(tmp_path / "ds")).ok
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # where the download lands (the store's own lock is another matter)
+    got = client.download("ds", tmp_path / "out")
+    assert got.ok, got.message
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ds"]
