@@ -8,7 +8,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
 
 from fedml_storage import (
-    PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata, unknown_settings,
+    FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata, unknown_settings,
 )
 
 
@@ -67,12 +67,12 @@ class FedMLStorageHook(BaseHook):
             self.log.info("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
-        extra = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()}
-        problem = unknown_settings(k for k, v in extra.items() if v not in (None, ""))
+        settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()
+                    if v not in (None, "")}
+        problem = unknown_settings(settings)
         if problem:
             raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "
                                             "its extra (the API key is its password)", "invalid_input", False)
-        settings = {k: extra[k] for k in PLAIN_SETTINGS if extra.get(k) not in (None, "")}
         if conn.password:
             password = conn.password
             settings["api_key"] = password if ":" in password or not conn.login else f"{conn.login}:{password}"

@@ -34,15 +34,15 @@ class _StorageOperator(BaseOperator):
         return FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
 
 
-def _static_asset(name: str | None, namespace: str | None) -> list[Asset]:
-    """The dataset's Asset when its name is known at parse time (not templated)."""
-    if not name or "{{" in name or (namespace and "{{" in namespace):
-        return []
-    return [Asset(asset_uri(namespace or "default", name))]
-
-
 def _templated(value: object) -> bool:
     return isinstance(value, str) and "{{" in value
+
+
+def _static_asset(name: str | None, namespace: str | None) -> list[Asset]:
+    """The dataset's Asset when its name is known at parse time (not templated)."""
+    if not name or _templated(name) or _templated(namespace):
+        return []
+    return [Asset(asset_uri(namespace or "default", name))]
 
 
 def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
@@ -80,11 +80,8 @@ class FedMLStorageUploadOperator(_StorageOperator):
         self.description = description
         self.metadata = metadata
         self.tag_list = tag_list
-        if not self.outlets:
-            namespace = kwargs.get("namespace") or self.namespace
-            known = _upload_name_at_parse(data_path, name)
-            # a name only the run tells is emitted then, through an alias of this task
-            self.outlets = _static_asset(known, namespace) if known and not _templated(namespace) else [
+        if not self.outlets:  # a name only the run tells is emitted then, through an alias of this task
+            self.outlets = _static_asset(_upload_name_at_parse(data_path, name), self.namespace) or [
                 AssetAlias(f"fedml-storage-upload:{self.dag_id}.{self.task_id}")]
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -133,7 +130,7 @@ class FedMLStorageDownloadOperator(_StorageOperator):
         self.dest_path = dest_path
         self.version = version
         if not self.inlets:
-            self.inlets = _static_asset(name, kwargs.get("namespace") or self.namespace)
+            self.inlets = _static_asset(name, self.namespace)
 
     def execute(self, context: Context) -> str:
         with self.hook() as hook:

@@ -193,11 +193,11 @@ def drop(aside: Path) -> None:
 
 def _rename_noreplace(a: Path, b: Path) -> bool:
     """Rename `a` to `b` unless something is at `b` (atomically where the system can); whether it was renamed."""
-    if _renameat2 is not None:
-        if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_NOREPLACE) == 0:
-            return True
-        if ctypes.get_errno() == errno.EEXIST:
-            return False
+    err = _rename2(a, b, _RENAME_NOREPLACE)
+    if err == 0:
+        return True
+    if err == errno.EEXIST:
+        return False
     if os.path.lexists(b):
         return False
     os.rename(a, b)
@@ -218,13 +218,20 @@ if _renameat2 is not None:
     _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 
+def _rename2(a: Path, b: Path, flags: int) -> int | None:
+    """Linux renameat2: 0, or the errno it failed with; None where the system has no renameat2."""
+    if _renameat2 is None:
+        return None
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
-    if _renameat2 is None:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    err = _rename2(a, b, _RENAME_EXCHANGE)
+    if err is None or err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False  # no renameat2, an old kernel, a filesystem without it, or a sandbox that forbids it
+    if err == 0:
         return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
-        return False  # an old kernel, a filesystem without it, or a sandbox that forbids it
     raise OSError(err, os.strerror(err), str(a), None, str(b))
