@@ -12,9 +12,9 @@ from .archive import HashingWriter, safe_extract, umask
 from .backends.base import ObjectMissing
 from .catalog import Catalog
 from .dest_temps import TEMP_PREFIX, new_part, swap_in, sweep
-from .errors import Conflict, IntegrityError, InvalidInput, NotFound
+from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .progress import DOWNLOAD_DESC, progress_bar
-from .results import DownloadResult
+from .results import DownloadResult, human_size
 from .validation import check_name
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
@@ -52,6 +52,7 @@ def download(
     claim: int | None = None
     done = False
     try:
+        _check_space(dest, record.size + (record.source_size if record.kind != "file" else 0))
         fd, part, claim = new_part(dest)
         with os.fdopen(fd, "w+b") as fh:
             for attempt in range(FETCH_ATTEMPTS):
@@ -114,6 +115,20 @@ def download(
         str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
         seconds=round(time.monotonic() - started, 3), kind=record.kind,
     )
+
+
+def _check_space(dest: Path, need: int) -> None:
+    """Fail before fetching anything when `dest` cannot hold what the download writes there."""
+    try:
+        usage = shutil.disk_usage(dest)
+    except OSError:
+        return
+    if usage.total and usage.free < need:  # total 0: a file system that reports no sizes
+        raise TransientError(
+            f"not enough space in {dest}: the download needs {human_size(need)} there (the data, and for a folder "
+            f"also its unpacked copy) and {human_size(usage.free)} is free; free some space or choose another "
+            "dest_path"
+        )
 
 
 def _make_folder(dest: Path) -> list[Path]:

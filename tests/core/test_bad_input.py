@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,48 @@ def test_a_failing_name_hint_leaves_a_plain_not_found(tmp_path: Path, monkeypatc
     for response in (api.get_storage_metadata("nothere"), api.delete("nothere", "LOCAL")):
         assert response.code == ResponseCode.FAILURE and response.reason == "not_found", response.message
         assert "no data named 'nothere'" in response.message and "did you mean" not in response.message
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 1 MiB file system (tmpfs), where this machine lets us mount one."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_download_that_cannot_fit_fails_before_fetching_and_leaves_the_folder_as_it_was(
+    store: Store, tmp_path: Path, small_disk: Path, kind: str
+) -> None:
+    src = tmp_path / "big"
+    if kind == "file":
+        src.write_bytes(os.urandom(2 << 20))  # larger than the disk
+    else:
+        src.mkdir()  # the archive (600 KiB) fits, the archive and its unpacked copy (1.2 MiB) do not
+        (src / "a.bin").write_bytes(os.urandom(600 << 10))
+    assert store.client().upload(src).ok
+    (small_disk / "keep.txt").write_text("mine")
+    response = api.download("big", service=store.service, api_key=store.api_key, dest_path=str(small_disk / "out"))
+    assert response.code == ResponseCode.ERROR and response.retryable, response.message
+    assert "not enough space" in response.message and "free some space" in response.message
+    assert sorted(p.name for p in small_disk.iterdir()) == ["keep.txt"]  # not even the folder it would have made
+
+
+def test_the_space_check_counts_what_the_download_writes(store: Store, tmp_path: Path, monkeypatch) -> None:
+    import shutil as sh
+
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(300 << 10))
+    up = store.client().upload(src).data
+    need = up.size + up.source_size
+    real = sh.disk_usage
+    for free, ok in ((need - 1, False), (need, True)):
+        monkeypatch.setattr(sh, "disk_usage", lambda p, free=free: real(p)._replace(free=free))
+        response = api.download("d", service=store.service, api_key=store.api_key, dest_path=str(tmp_path / "out"))
+        assert response.ok is ok, response.message
