@@ -18,6 +18,27 @@ RANGE_ADVICE = ("this endpoint does not serve byte ranges: set stream_min_rate=0
 RANGE_ATTEMPTS = 3  # per part, resuming where a broken read stopped (botocore retries each request as well)
 
 
+class Counted:
+    """Passes on chunks, counting their bytes (what reached the sink when the stream breaks)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.got = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks)
+        self.got += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class StreamProbe:
     """Passes on chunks until `limit` bytes, timing only the waits for data after the first chunk.
 

@@ -17,7 +17,7 @@ from s3transfer.subscribers import BaseSubscriber
 from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
-from .ranges import RANGE_ADVICE, StreamProbe, fetch_ranges, ranges_pay
+from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, StreamProbe, fetch_ranges, ranges_pay
 
 log = logging.getLogger("fedml_storage")
 
@@ -129,26 +129,49 @@ class S3Store(ObjectStore):
         # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
         # serves ~100 MB/s per connection) the rest comes in parallel ranges. Streaming first suits servers
         # where every ranged GET re-reads the object (moto, small gateways). Huge objects go ranged at once.
-        part, workers = self._download_part_size, self._concurrency
         got = 0
-        if size <= self._download_threshold or workers < 2:
-            with _translate(key, self._location):
-                requested_at = time.monotonic()
-                body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
-                try:
-                    chunks = body.iter_chunks(IO_CHUNK)
-                    if self._stream_min_rate <= 0 or workers < 2 or size < 3 * part:
-                        pipelined_copy(chunks, sink, progress)
-                        return
-                    probe = StreamProbe(chunks, part, requested_at)
-                    got = pipelined_copy(probe, sink, progress)
-                    if not ranges_pay(probe, size - got, part, workers, self._stream_min_rate):
-                        pipelined_copy(chunks, sink, progress)
-                        return
-                    log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
-                finally:
-                    body.close()
-        fetch_ranges(lambda lo, hi: self._open_range(key, lo, hi, size), got, size, part, workers, sink, progress)
+        if size <= self._download_threshold or self._concurrency < 2:
+            switch_at = self._stream_into(key, sink, size, progress)
+            if switch_at is None:
+                return
+            got = switch_at
+        fetch_ranges(lambda lo, hi: self._open_range(key, lo, hi, size), got, size, self._download_part_size,
+                     self._concurrency, sink, progress)
+
+    def _stream_into(self, key: str, sink: Sink, size: int, progress: Progress | None) -> int | None:
+        """Stream the object into `sink`, going on with a ranged GET from where a broken read stopped. Returns
+        None once all is in, or the offset from which parallel ranges fetch the rest (the stream proved slow)."""
+        part, workers = self._download_part_size, self._concurrency
+        probing = self._stream_min_rate > 0 and workers >= 2 and size >= 3 * part
+        got = 0
+        for attempt in range(RANGE_ATTEMPTS):
+            requested_at = time.monotonic()
+            stream = Counted(self._open_range(key, got, size, size) if got else self._open_whole(key))
+            try:
+                if probing and not got:
+                    probe = StreamProbe(stream, part, requested_at)
+                    pipelined_copy(probe, sink, progress)
+                    if ranges_pay(probe, size - stream.got, part, workers, self._stream_min_rate):
+                        log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
+                        return stream.got
+                pipelined_copy(stream, sink, progress)
+                return None
+            except TransientError:
+                got += stream.got
+                if got >= size or attempt == RANGE_ATTEMPTS - 1:
+                    raise
+                log.info("the download of %s broke after %d of %d bytes; going on from there", key, got, size)
+            finally:
+                stream.close()
+        return None  # not reached: the last attempt returns or raises
+
+    def _open_whole(self, key: str) -> Iterator[bytes]:
+        with _translate(key, self._location):
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                yield from body.iter_chunks(IO_CHUNK)
+            finally:
+                body.close()
 
     def _open_range(self, key: str, lo: int, hi: int, size: int) -> Iterator[bytes]:
         """The bytes [lo, hi) of an object of `size` bytes, as chunks."""

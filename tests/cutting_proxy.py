@@ -1,0 +1,66 @@
+"""A TCP proxy in front of a real server that can break connections mid-response, as a flaky network does."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1:<port> to `upstream`; each armed cut resets the first connection that has sent that
+    many bytes back to its client (an abrupt RST, the client sees a broken read)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self._upstream = upstream
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._cuts: list[int] = []
+        self.cut = 0  # connections cut so far
+        self.bytes_down = 0  # response bytes passed to clients, all connections
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_after(self, *thresholds: int) -> None:
+        with self._lock:
+            self._cuts.extend(thresholds)
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._upstream)
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if down:
+                    with self._lock:
+                        if self._cuts and sent + len(data) > self._cuts[0]:
+                            keep = max(self._cuts.pop(0) - sent, 0)
+                            dst.sendall(data[:keep])
+                            self.bytes_down += keep
+                            time.sleep(0.2)  # the client reads what came (a reset drops unread data), then
+                            self.cut += 1
+                            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            dst.shutdown(socket.SHUT_RD)  # wakes the other direction's recv: its close sends the RST
+                            break
+                        self.bytes_down += len(data)
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
