@@ -64,9 +64,16 @@ def _scan(folder: str, prefix: str, out: list[Entry]) -> None:
             log.warning("skipping %s: not a regular file", item.path)
 
 
+def same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether nothing wrote to the file between the two stats (ctime catches a write whose mtime was put back)."""
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
 def tree_fingerprint(entries: list[Entry]) -> str:
-    """Changes whenever any path, size, mtime or inode in the tree does: the key of the tree digest cache."""
-    lines = "".join(f"{e.rel}\0{e.st.st_size}\0{e.st.st_mtime_ns}\0{e.st.st_ino}\0{e.is_dir:d}\n" for e in entries)
+    """Changes whenever any path, size, mtime, ctime or inode in the tree does: the key of the tree digest cache.
+    (ctime too: tools that restore an mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
+    lines = "".join(f"{e.rel}\0{e.st.st_size}\0{e.st.st_mtime_ns}\0{e.st.st_ctime_ns}\0{e.st.st_ino}\0{e.is_dir:d}\n"
+                    for e in entries)
     return hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -158,7 +165,7 @@ def write_zip(
                     if progress:
                         progress(len(chunk))
                 after = os.fstat(src.fileno())
-            if read != e.st.st_size or after.st_mtime_ns != e.st.st_mtime_ns:
+            if read != e.st.st_size or not same_file_state(after, e.st):
                 raise InvalidInput(f"{e.path} changed while it was being uploaded; nothing was published, "
                                    "upload it again once it is no longer being written")
             digests[e.rel] = h.hexdigest()
@@ -166,7 +173,7 @@ def write_zip(
 
 
 def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    t = time.localtime(max(mtime, 315532800 + 86400))  # zip cannot hold dates before 1980
+    t = time.localtime(min(max(mtime, 315532800 + 86400), 4354819200 - 86400))  # zip holds 1980 to 2107 only
     return t[:6]
 
 
@@ -212,7 +219,7 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
-            perm = stat.S_IMODE(mode) & 0o777 or 0o666 & ~umask_bits
+            perm = (stat.S_IMODE(mode) & 0o777 or 0o666) & ~umask_bits  # as tar does: the uploader's modes, masked
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), perm)
             try:
                 if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1 and (
@@ -220,8 +227,6 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
                     written += _copy_stored(archive, info, fd, max_bytes - written, zf.start_dir)
                 else:
                     written += _copy_member(zf, info, fd, max_bytes - written)
-                if perm & umask_bits and hasattr(os, "fchmod"):  # the kernel dropped bits the archive records
-                    os.fchmod(fd, perm)
             finally:
                 os.close(fd)
     return written

@@ -25,7 +25,7 @@ def sha256_file(path: Path | str) -> str:
 
 
 class DigestCache:
-    """Maps (path, size, mtime, inode) to a file's SHA-256, as git's index does. Never fails a transfer."""
+    """Maps (path, size, mtime, ctime, inode) to a file's SHA-256, as git's index does. Never fails a transfer."""
 
     def __init__(self, path: Path) -> None:
         self._db: sqlite3.Connection | None = None
@@ -33,10 +33,11 @@ class DigestCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), timeout=5, check_same_thread=False)
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-                " ino INTEGER, sha256 TEXT)"
+                "CREATE TABLE IF NOT EXISTS file_digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+                " ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
             )
             self._db.execute("CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, fingerprint TEXT, digest TEXT)")
+            self._db.execute("DROP TABLE IF EXISTS digests")  # the cache of earlier versions, keyed without ctime
         except (sqlite3.Error, OSError) as exc:  # e.g. a read-only home: transfers go on without the cache
             log.debug("digest cache disabled: %s", exc)
             if self._db is not None:
@@ -53,25 +54,27 @@ class DigestCache:
                 batch = dict(items[start : start + 500])
                 marks = ",".join("?" * len(batch))
                 rows = self._db.execute(
-                    f"SELECT path, size, mtime_ns, ino, sha256 FROM digests WHERE path IN ({marks})", list(batch)
+                    f"SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM file_digests WHERE path IN ({marks})",
+                    list(batch),
                 )
-                for path, size, mtime_ns, ino, sha in rows:
+                for path, size, mtime_ns, ctime_ns, ino, sha in rows:
                     st = batch[path]
-                    if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, ino):
+                    if (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (size, mtime_ns, ctime_ns, ino):
                         found[path] = sha
         except sqlite3.Error as exc:
             log.debug("digest cache lookup failed: %s", exc)
         return found
 
     def store(self, items: list[tuple[str, os.stat_result, str]]) -> None:
-        """Remember digests, except for files modified too recently to trust their mtime."""
+        """Remember digests, except for files changed too recently to trust their times."""
         if self._db is None:
             return
         horizon = (time.time() - RACY_SECONDS) * 1e9
-        rows = [(p, st.st_size, st.st_mtime_ns, st.st_ino, sha) for p, st, sha in items if st.st_mtime_ns < horizon]
+        rows = [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha) for p, st, sha in items
+                if max(st.st_mtime_ns, st.st_ctime_ns) < horizon]
         try:
             with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:
             log.debug("digest cache update failed: %s", exc)
 
@@ -87,7 +90,7 @@ class DigestCache:
         return row[1] if row and row[0] == fingerprint else None
 
     def store_tree(self, root: str, fingerprint: str, digest: str, newest_mtime_ns: int) -> None:
-        """Remember a tree digest, unless a file in it is too recent to trust its mtime."""
+        """Remember a tree digest, unless a file in it changed too recently to trust its times."""
         if self._db is None or newest_mtime_ns >= (time.time() - RACY_SECONDS) * 1e9:
             return
         try:

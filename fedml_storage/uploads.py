@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import Entry, HashingWriter, scan_tree, tree_digest, tree_fingerprint, write_zip
+from .archive import Entry, HashingWriter, same_file_state, scan_tree, tree_digest, tree_fingerprint, write_zip
 from .catalog import Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
@@ -185,8 +185,7 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
                 catalog.store.put_file(key, src, advance)
             finally:
                 digest = hashing.result() if hashing else digest
-    after = src.stat()
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+    if not same_file_state(src.stat(), st):
         catalog.drop_data([key])
         raise InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
     cache.store([(path, st, digest)])
@@ -197,7 +196,7 @@ def _directory(src, entries, name, settings, catalog, cache, current, req, desc)
     files = [e for e in entries if not e.is_dir]
     total = sum(e.st.st_size for e in files)
     fingerprint = tree_fingerprint(entries)
-    newest = max((e.st.st_mtime_ns for e in entries), default=0)
+    newest = max((max(e.st.st_mtime_ns, e.st.st_ctime_ns) for e in entries), default=0)
     same_shape = (
         current is not None and current.kind == "directory"
         and current.file_count == len(files) and current.source_size == total

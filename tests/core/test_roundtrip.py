@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from fedml_storage import StorageClient, api
 from fedml_storage.api.fedml_response import ResponseCode
 from fedml_storage.backends.local import LocalStore
@@ -225,3 +227,42 @@ def test_ready_says_whether_a_downstream_step_can_start(store: Store, tmp_path: 
     assert done.data.ready and "status='done'" in done.data.detail
     bad = client.ready("../x")
     assert not bad.ok and bad.reason == "invalid_input"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_rewrite_that_puts_the_mtime_back_is_not_taken_for_unchanged(store: Store, tmp_path: Path, monkeypatch,
+                                                                      kind: str) -> None:
+    import fedml_storage.digests
+
+    monkeypatch.setattr(fedml_storage.digests, "RACY_SECONDS", 0)  # cache at once instead of after 2 s
+    src = make_tree(tmp_path / "t") if kind == "folder" else tmp_path / "t.csv"
+    target = src / "sub" / "deeper" / "c.csv" if kind == "folder" else src
+    target.write_text("cat,1\n")
+    client = store.client()
+    assert client.upload(src).ok
+    assert client.upload(src).data.skipped  # served by the digest cache
+    before = target.stat()
+    with open(target, "r+") as fh:  # what tar, unzip or cp -p do: new bytes, then the old mtime back
+        fh.write("dog,2\n")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = client.upload(src)
+    assert again.ok and not again.data.skipped, again.message
+    down = Path(client.download(src.name, tmp_path / "out").data)
+    assert (down / "sub" / "deeper" / "c.csv" if kind == "folder" else down).read_text() == "dog,2\n"
+
+
+def test_downloaded_folders_keep_modes_only_as_the_umask_allows(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "modes"
+    src.mkdir()
+    for name, mode in (("open.sh", 0o777), ("plain.txt", 0o644)):
+        (src / name).write_text(name)
+        os.chmod(src / name, mode)
+    client = store.client()
+    assert client.upload(src).ok
+    mask = os.umask(0o027)
+    try:
+        down = Path(client.download("modes", tmp_path / "out").data)
+    finally:
+        os.umask(mask)
+    assert (down / "open.sh").stat().st_mode & 0o777 == 0o750  # never world-writable by the uploader's choice
+    assert (down / "plain.txt").stat().st_mode & 0o777 == 0o640
