@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from .errors import IntegrityError, InvalidInput
+from .errors import IntegrityError, InvalidInput, StorageFailure
 
 log = logging.getLogger("fedml_storage")
 
@@ -32,15 +33,24 @@ class Entry(NamedTuple):
     is_dir: bool
 
 
-def scan_tree(root: Path) -> list[Entry]:
-    """Files (links to files followed) and folders under `root`, sorted; links to folders are skipped."""
-    entries: list[Entry] = []
-    _scan(str(root), "", entries)
-    entries.sort()  # by rel: it is the first field and unique
-    return entries
+class Tree(NamedTuple):
+    """A folder's files and subfolders (sorted by relative path), and what was left out."""
+
+    entries: list[Entry]
+    left_out: list[str]  # relative paths of FIFOs, sockets and devices: not data
 
 
-def _scan(folder: str, prefix: str, out: list[Entry]) -> None:
+def scan_tree(root: Path) -> Tree:
+    """Files and folders under `root`, links followed (a link loop is refused); other kinds are left out."""
+    tree = Tree([], [])
+    top = root.stat()
+    _scan(str(root), "", tree, frozenset({(top.st_dev, top.st_ino)}))
+    tree.entries.sort()  # by rel: it is the first field and unique
+    tree.left_out.sort()
+    return tree
+
+
+def _scan(folder: str, prefix: str, tree: Tree, above: frozenset[tuple[int, int]]) -> None:
     try:
         with os.scandir(folder) as it:
             items = list(it)
@@ -48,20 +58,26 @@ def _scan(folder: str, prefix: str, out: list[Entry]) -> None:
         raise InvalidInput(f"cannot read {folder}: {exc.strerror}") from None
     for item in items:
         rel = prefix + item.name
-        if item.is_dir(follow_symlinks=False):
-            out.append(Entry(rel, item.path, item.stat(), True))
-            _scan(item.path, rel + "/", out)
-            continue
         try:
             st = item.stat()
         except FileNotFoundError:
             raise InvalidInput(f"{item.path} is a broken link; remove it or fix its target") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise InvalidInput(f"{item.path} is a link that leads back to itself; remove it or fix its target") from None
         if stat.S_ISDIR(st.st_mode):
-            log.warning("skipping linked folder %s (links to folders are not followed)", item.path)
+            here = (st.st_dev, st.st_ino)
+            if here in above:
+                raise InvalidInput(f"{item.path} links to a folder that contains it (a loop); remove the link or "
+                                   "upload another folder")
+            tree.entries.append(Entry(rel, item.path, st, True))
+            _scan(item.path, rel + "/", tree, above | {here})
         elif stat.S_ISREG(st.st_mode):
-            out.append(Entry(rel, item.path, st, False))
+            tree.entries.append(Entry(rel, item.path, st, False))
         else:
-            log.warning("skipping %s: not a regular file", item.path)
+            log.warning("leaving out %s: neither a file nor a folder", item.path)
+            tree.left_out.append(rel)
 
 
 def same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
@@ -179,15 +195,11 @@ def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
 
 def _check_member(name: str) -> str:
     parts = name.split("/")
-    if (
-        not name
-        or name.startswith(("/", "\\"))
-        or "\\" in name
-        or "\0" in name
-        or ".." in parts
-        or ":" in parts[0]
-    ):
+    if not name or name.startswith("/") or "\0" in name or ".." in parts:
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
+    if os.sep == "\\" and ("\\" in name or ":" in name):
+        raise StorageFailure(f"archive member {name!r} has a name Windows cannot hold ('\\' or ':'); download it on "
+                             "Linux or macOS, or rename it there and upload the folder again")
     return name.rstrip("/")
 
 

@@ -69,15 +69,20 @@ class UploadResult(_Detailed):
     """The stored object's URI, with name, version, digests, sizes and whether it was skipped."""
 
     _fields = ("name", "uri", "version", "sha256", "content_digest", "size", "source_size", "file_count",
-               "kind", "skipped", "seconds", "service", "namespace")
+               "kind", "skipped", "seconds", "service", "namespace", "left_out")
 
     def summary(self) -> str:
         """One log line."""
         if self.skipped:
-            return f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
-        rate = self.size / self.seconds / 1e6 if self.seconds else 0.0
-        return (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate:.1f} MB/s, "
-                f"version {self.version}) to {self.uri}")
+            line = f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
+        else:
+            rate = self.size / self.seconds / 1e6 if self.seconds else 0.0
+            line = (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate:.1f} MB/s, "
+                    f"version {self.version}) to {self.uri}")
+        if self.left_out:
+            shown = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
+            line += f"; left out {len(self.left_out)} that are neither files nor folders: {shown}"
+        return line
 
 
 class DownloadResult(_Detailed):

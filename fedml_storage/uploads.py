@@ -78,15 +78,15 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     tags = check_tags(req.tag_list)
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
-        entries = None if src.is_file() else scan_tree(src)
+        tree = None if src.is_file() else scan_tree(src)
         found, intact = reading.result()
     current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
     desc = req.progress_desc or UPLOAD_DESC
 
-    if entries is None:
+    if tree is None:
         record, data_key = _file(src, name, settings, catalog, cache, current, req, desc)
     else:
-        record, data_key = _directory(src, entries, name, settings, catalog, cache, current, req, desc)
+        record, data_key = _directory(src, tree.entries, name, settings, catalog, cache, current, req, desc)
     skipped = data_key is None
 
     def build(cur: Manifest | None) -> Manifest:
@@ -124,7 +124,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
         file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
-        service=settings.service, namespace=catalog.namespace,
+        service=settings.service, namespace=catalog.namespace, left_out=tree.left_out if tree else [],
     )
 
 

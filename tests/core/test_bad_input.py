@@ -139,7 +139,7 @@ def test_directory_changed_after_scanning_is_not_published(tmp_path: Path) -> No
     src = tmp_path / "growing"
     src.mkdir()
     (src / "log.txt").write_text("first line\n")
-    entries = scan_tree(src)
+    entries = scan_tree(src).entries
     with open(src / "log.txt", "a") as fh:  # a writer appends between the scan and the packing
         fh.write("second line\n")
     with pytest.raises(InvalidInput, match="changed while it was being uploaded"):
