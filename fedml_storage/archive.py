@@ -59,6 +59,11 @@ def _scan(folder: str, prefix: str, tree: Tree, above: frozenset[tuple[int, int]
     for item in items:
         rel = prefix + item.name
         try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{item.path!r} has a name that is not valid UTF-8, which a zip cannot hold; rename it "
+                               "and upload again") from None
+        try:
             st = item.stat()
         except FileNotFoundError:
             raise InvalidInput(f"{item.path} is a broken link; remove it or fix its target") from None
@@ -173,7 +178,12 @@ def write_zip(
             info.file_size = e.st.st_size
             h = hashlib.sha256()
             read = 0
-            with open(e.path, "rb") as src, zf.open(info, "w", force_zip64=e.st.st_size > 0x7FFFFFFF) as dst:
+            try:
+                src = open(e.path, "rb")
+            except FileNotFoundError:
+                raise InvalidInput(f"{e.path} was removed while the folder was being uploaded; nothing was "
+                                   "published, upload it again") from None
+            with src, zf.open(info, "w", force_zip64=e.st.st_size > 0x7FFFFFFF) as dst:
                 while chunk := src.read(CHUNK):
                     read += len(chunk)
                     h.update(chunk)

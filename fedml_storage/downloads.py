@@ -15,7 +15,7 @@ from .dest_temps import TEMP_PREFIX, new_part, swap_in, sweep
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
-from .validation import check_name
+from .validation import check_name, check_path, check_progress_desc
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
 
@@ -34,13 +34,13 @@ def download(
     """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there."""
     started = time.monotonic()
     name = check_name(data_name)
+    check_progress_desc(progress_desc)
     if name.startswith(TEMP_PREFIX):
         raise InvalidInput(f"{name!r} cannot be downloaded: names starting with {TEMP_PREFIX!r} are reserved for "
                            "download temp files (it was stored by an older version). Its data is at the download_url of "
                            "get_storage_metadata; delete() removes it")
-    if dest_path is not None and not isinstance(dest_path, (str, os.PathLike)):
-        raise InvalidInput("dest_path must be a folder path")
-    dest = Path(dest_path or os.getcwd()).expanduser().absolute()
+    dest = check_path(os.getcwd() if dest_path is None or dest_path == "" else dest_path,
+                      "dest_path must be a folder path")
     if dest.exists() and not dest.is_dir():
         raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
     record = catalog.get(name).find(version)
@@ -138,5 +138,9 @@ def _make_folder(dest: Path) -> list[Path]:
         if folder.exists():
             break
         missing.append(folder)
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InvalidInput(f"dest_path {str(dest)!r} cannot be a folder: something that is not one is there (a broken "
+                           "link?); remove it or choose another dest_path") from None
     return missing

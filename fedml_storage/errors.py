@@ -80,7 +80,20 @@ def local_os_error(exc: OSError) -> StorageFailure | TransientError | None:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AccessDenied(f"the local file system refused access{where}: {exc.strerror}; check its permissions "
                             "or choose another folder")
+    if exc.errno == errno.EFBIG:
+        return InvalidInput(f"a file grew larger than this file system or the process's file-size limit (ulimit -f) "
+                            f"allows{where}; choose another folder or raise the limit")
+    if exc.errno in _PATH_ERRORS:
+        return InvalidInput(f"a local path cannot be used{where}: {exc.strerror} ({_PATH_ERRORS[exc.errno]}); "
+                            "check the path")
     return None
+
+
+_PATH_ERRORS = {
+    errno.ENAMETOOLONG: "a name or the whole path is longer than the file system allows",
+    errno.ELOOP: "links lead in a circle",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
 
 
 def to_response(

@@ -17,7 +17,7 @@ from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
-from .validation import check_description, check_metadata, check_name, check_tags
+from .validation import check_description, check_metadata, check_name, check_path, check_progress_desc, check_tags
 
 log = logging.getLogger("fedml_storage")
 
@@ -39,7 +39,10 @@ def stored_name(src: Path, name: str | None) -> str:
     if name is None:
         if not src.name:
             raise InvalidInput(f"cannot take a data name from {str(src)!r}; pass name=...")
-        return check_name(src.name, new=True)
+        try:
+            return check_name(src.name, new=True)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{exc} (the name of {str(src)!r}); pass name=... to store it under another name") from None
     check_name(name, new=True)
     if src.is_file() and src.suffix and not Path(name).suffix:
         name += src.suffix
@@ -58,9 +61,7 @@ def planned_name(data_path: str | os.PathLike, name: str | None = None) -> str |
 
 
 def _source(data_path: object) -> Path:
-    if not isinstance(data_path, (str, os.PathLike)) or not str(data_path):
-        raise InvalidInput("data_path must be the path of a file or directory")
-    src = Path(data_path).expanduser().absolute()
+    src = check_path(data_path, "data_path must be the path of a file or directory")
     if not src.exists():
         raise InvalidInput(f"data_path {str(src)!r} does not exist; check the path")
     if not (src.is_file() or src.is_dir()):
@@ -76,6 +77,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     description = check_description(req.description)
     metadata = check_metadata(req.metadata)
     tags = check_tags(req.tag_list)
+    check_progress_desc(req.progress_desc)
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src)

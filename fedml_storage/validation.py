@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInput
@@ -14,6 +16,24 @@ RESERVED_PREFIX = ".fedml-download-"  # temp files of downloads; a dataset of th
 MAX_USER_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_TAGS = 64
+
+
+def check_path(value: Any, what: str) -> Path:
+    """The absolute local path a user gave as `what` ('data_path must be ...'); unusable ones are InvalidInput."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise InvalidInput(what)
+    text = os.fspath(value)
+    if isinstance(text, bytes) or "\0" in text:
+        raise InvalidInput(f"{what}; {value!r} is not a usable path (bytes or a NUL character)")
+    try:
+        return Path(text).expanduser().absolute()
+    except RuntimeError:  # '~someone' for a user this system does not know
+        raise InvalidInput(f"{what}; {text!r} names a home folder (~user) this system does not know") from None
+
+
+def check_progress_desc(desc: Any) -> None:
+    if desc is not None and not isinstance(desc, str):
+        raise InvalidInput(f"progress_desc must be a string (the progress bar's label), not {type(desc).__name__}")
 
 
 def check_name(name: Any, *, new: bool = False) -> str:

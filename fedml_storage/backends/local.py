@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -93,16 +94,16 @@ class LocalStore(ObjectStore):
     def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
         try:
             src = open(self._path(key), "rb")
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
+        except OSError as exc:
+            raise _missing(exc, key) from None
         with src:
             self._copy(src, sink, progress)  # type: ignore[arg-type]
 
     def read_bytes(self, key: str) -> tuple[bytes, str]:
         try:
             data = self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
+        except OSError as exc:
+            raise _missing(exc, key) from None
         return data, _etag(data)
 
     def write_bytes(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
@@ -112,7 +113,8 @@ class LocalStore(ObjectStore):
         with self._lock():
             try:
                 current = _etag(self._path(key).read_bytes())
-            except FileNotFoundError:
+            except OSError as exc:
+                _missing(exc, key)
                 current = None
             if (if_absent and current is not None) or (if_match is not None and current != if_match):
                 raise PreconditionFailed(key)
@@ -122,7 +124,8 @@ class LocalStore(ObjectStore):
     def head(self, key: str) -> ObjectInfo | None:
         try:
             st = self._path(key).stat()
-        except FileNotFoundError:
+        except OSError as exc:
+            _missing(exc, key)
             return None
         return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}", st.st_mtime)
 
@@ -186,6 +189,14 @@ class LocalStore(ObjectStore):
             except FileNotFoundError:
                 pass  # a write just finished with it
         return stale
+
+
+def _missing(exc: OSError, key: str) -> ObjectMissing:
+    """ObjectMissing for an error that means there is no such object (also a key too long for this file system,
+    as S3 keys may be, or one under a file); any other error is raised as it is."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or exc.errno == errno.ENAMETOOLONG:
+        return ObjectMissing(key)
+    raise exc
 
 
 def _etag(data: bytes) -> str:

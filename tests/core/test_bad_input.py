@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,10 @@ def stored(store: Store, tmp_path: Path) -> Path:
         ({"name": ".fedml-download-x"}, "invalid_input", "reserved"),
         ({"tag_list": "images"}, "invalid_input", "list of strings"),
         ({"description": 42}, "invalid_input", "description must be a string"),
+        ({"data_path": "x" * 300}, "invalid_input", "longer than the file system allows"),
+        ({"data_path": "~no_such_user_zz/data"}, "invalid_input", "home folder (~user) this system does not know"),
+        ({"data_path": "da\0ta"}, "invalid_input", "NUL"),
+        ({"progress_desc": 123, "show_progress": True}, "invalid_input", "progress_desc must be a string"),
     ],
 )
 def test_bad_upload_input_fails_clearly_and_stores_nothing(
@@ -233,3 +238,81 @@ def test_the_space_check_counts_what_the_download_writes(store: Store, tmp_path:
         monkeypatch.setattr(sh, "disk_usage", lambda p, free=free: real(p)._replace(free=free))
         response = api.download("d", service=store.service, api_key=store.api_key, dest_path=str(tmp_path / "out"))
         assert response.ok is ok, response.message
+
+
+@pytest.mark.parametrize(
+    ("dest", "words"),
+    [
+        ("out\0x", "NUL"),
+        ("~no_such_user_zz/out", "home folder (~user) this system does not know"),
+        ("a-file/sub", "a part of the path is a file, not a folder"),
+        ("dangling", "broken link"),
+        ("deep", "longer than the file system allows"),
+    ],
+)
+def test_a_destination_that_cannot_be_used_is_bad_input(store: Store, stored: Path, tmp_path: Path, dest: str,
+                                                        words: str) -> None:
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    deep = tmp_path.joinpath(*["d" * 250] * 20)  # past PATH_MAX
+    path = deep if dest == "deep" else dest if dest.startswith("~") else str(tmp_path / dest)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    response = store.client().download("keep", path)
+    assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input", response.message
+    assert words in response.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_name_too_long_for_the_local_file_system_is_simply_not_there(store: Store, stored: Path) -> None:
+    name = "x" * 300  # a stored name may be this long (S3 keys); no LOCAL file can be
+    for response in (api.get_storage_metadata(name, store.api_key, service=store.service),
+                     api.delete(name, store.service, store.api_key),
+                     api.download(name, store.api_key, store.service)):
+        assert response.code == ResponseCode.FAILURE and response.reason == "not_found", response.message
+
+
+def test_a_bad_progress_label_is_bad_input(store: Store, stored: Path, tmp_path: Path) -> None:
+    response = store.client().download("keep", tmp_path / "out", progress_desc=123, show_progress=True)
+    assert response.reason == "invalid_input" and "progress_desc must be a string" in response.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_whose_own_name_cannot_be_stored_says_to_pass_name(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "trailing "
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    response = store.client().upload(src)
+    assert response.reason == "invalid_input" and "pass name=" in response.message
+    assert store.client().upload(src, name="trailing").ok
+
+
+def test_a_file_whose_name_is_not_utf8_is_named(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "latin1"
+    src.mkdir()
+    (src / os.fsdecode(b"caf\xe9.txt")).write_text("x")
+    response = store.client().upload(src)
+    assert response.reason == "invalid_input" and "not valid UTF-8" in response.message and "rename it" in response.message
+    assert [k for k in store.keys() if "/data/" in k] == []
+
+
+def test_a_file_over_the_size_limit_fails_as_bad_input_and_leaves_nothing(store: Store, stored: Path,
+                                                                         tmp_path: Path) -> None:
+    """A real write refused by the kernel (RLIMIT_FSIZE, as FAT32 or a quota would), in a child process."""
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    assert store.client().upload(src).ok
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "from fedml_storage import api\n"
+        "r = api.download('big.bin', sys.argv[1], sys.argv[2], dest_path=sys.argv[3])\n"
+        "print(r.reason); print(r.message)\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.run([sys.executable, "-c", script, str(store.api_key or ""), store.service, str(out)],
+                         capture_output=True, text=True, env=os.environ, timeout=120)
+    reason, message = run.stdout.split("\n", 1)
+    assert reason == "invalid_input" and "file-size limit" in message, run.stdout + run.stderr
+    assert list(out.iterdir()) == []
