@@ -18,6 +18,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -205,11 +206,29 @@ def _rename_noreplace(a: Path, b: Path) -> bool:
 
 
 def remove(path: Path) -> None:
-    """Remove a file, link or folder (folders best effort)."""
+    """Remove a file, link or folder (folders best effort). Folders made read-only inside a copy being replaced
+    are made writable first, as deleting their files needs."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            shutil.rmtree(path)
+        except OSError:
+            _make_writable(path)
+            shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def _make_writable(root: Path) -> None:
+    """Give the owner read, write and search rights on every folder under `root` (links are not followed)."""
+    with contextlib.suppress(OSError):
+        os.chmod(root, stat.S_IMODE(os.lstat(root).st_mode) | stat.S_IRWXU)
+    for folder, subfolders, _ in os.walk(root):  # top-down: each folder is opened up before it is listed
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100

@@ -1,0 +1,40 @@
+"""What a download finds at its destination and must cope with: copies the user changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCENARIO = """
+import json, os, sys
+from fedml_storage import api
+src, dest = sys.argv[1], sys.argv[2]
+assert api.upload(src, service="LOCAL").ok
+assert api.download("ds", service="LOCAL", dest_path=dest).ok
+os.chmod(os.path.join(dest, "ds", "sub"), 0o555)  # the user protected part of the copy
+r = api.download("ds", service="LOCAL", dest_path=dest)
+print(json.dumps([r.code.value, r.message, sorted(os.listdir(dest)), sorted(os.listdir(os.path.join(dest, "ds", "sub")))]))
+"""
+
+
+def test_replacing_a_copy_with_a_read_only_folder_leaves_no_hidden_copy(isolated_home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "ds"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f.txt").write_text("x")
+    dest = tmp_path / "dest"
+    cmd = [sys.executable, "-c", SCENARIO, str(src), str(dest)]
+    if os.geteuid() == 0:  # root ignores permissions: run without the capabilities that let it
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions cannot be enforced")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *cmd]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    assert run.returncode == 0, run.stderr
+    code, message, listing, inside = json.loads(run.stdout)
+    assert code == "SUCCESS", message
+    assert listing == ["ds"] and inside == ["f.txt"]  # no .fedml-download-* copy left behind
