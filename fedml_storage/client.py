@@ -12,7 +12,7 @@ from .catalog import Catalog, Manifest
 from .config import StorageSettings, read_config_file, storage_home, validate_settings
 from .digests import DigestCache
 from .downloads import download as _download
-from .errors import to_response
+from .errors import NotFound, to_response
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
 from .results import Readiness, StorageMetadata, asset_uri, human_size
 from .uploads import UploadRequest
@@ -95,11 +95,21 @@ class StorageClient:
             found += self._base.secret_values()
         return found
 
+    def _default_service_hint(self) -> str:
+        """Why a name may be missing: the call went to the default LOCAL store while a bucket is configured."""
+        s = self._settings
+        if self._overrides.get("service") is None and s is not None and s.service == "LOCAL" and s.bucket:
+            return (f"; calls without service= use the default service, LOCAL, while bucket {s.bucket!r} is configured: "
+                    "pass service='R2' or 'S3', or make one the default (configure(service=...))")
+        return ""
+
     def _run(self, action: str, fn: Callable[[], T], message: Callable[[T], str] | None = None, *,
              after_error: str = "") -> FedMLResponse:
         try:
             data = fn()
         except Exception as exc:  # the core API reports failures, it does not raise them
+            if isinstance(exc, NotFound) and (hint := self._default_service_hint()):
+                exc = NotFound(f"{exc}{hint}")
             return to_response(exc, action, self._secrets(), after_error)
         text = message(data) if message else f"{action} succeeded"
         return FedMLResponse(ResponseCode.SUCCESS, text, data)

@@ -81,7 +81,8 @@ def download(
             if writer.size != record.size or writer.sha256.hexdigest() != record.sha256:
                 raise IntegrityError(
                     f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not "
-                    "match its manifest); nothing was written. Upload the dataset again"
+                    f"match its manifest); nothing was written. Delete it (delete({name!r})) and upload it again (an "
+                    "upload of unchanged data alone sends nothing)"
                 )
             if record.kind != "file":
                 unpacked = part.with_suffix(".d")

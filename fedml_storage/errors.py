@@ -58,6 +58,10 @@ class IntegrityError(StorageFailure):
     reason = Reason.INTERNAL
 
 
+MIN_SECRET_CHARS = 8  # key ids and secrets are 20-64 characters; masking shorter strings garbles messages
+# (a placeholder api_key="api_key" would hide every mention of the setting)
+
+
 def redact(text: str, secrets: Iterable[object]) -> str:
     """Replace every secret (and its access-key-id half) in `text` with '****'."""
     for secret in secrets:
@@ -67,7 +71,7 @@ def redact(text: str, secrets: Iterable[object]) -> str:
             continue
         parts = [secret, *secret.split(":", 1)]
         for part in sorted(parts, key=len, reverse=True):
-            if len(part) >= 4:
+            if len(part) >= MIN_SECRET_CHARS:
                 text = text.replace(part, "****")
     return text
 

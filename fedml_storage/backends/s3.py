@@ -306,7 +306,8 @@ class _translate:
                 "pass api_key=... or set FEDML_STORAGE_API_KEY"
             ) from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
-            raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__})") from None
+            raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
+                                 "endpoint_url (or r2_account_id) and the network") from None
         if isinstance(exc, botocore.exceptions.ClientError):
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))

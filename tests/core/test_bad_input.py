@@ -316,3 +316,14 @@ def test_a_file_over_the_size_limit_fails_as_bad_input_and_leaves_nothing(store:
     reason, message = run.stdout.split("\n", 1)
     assert reason == "invalid_input" and "file-size limit" in message, run.stdout + run.stderr
     assert list(out.iterdir()) == []
+
+
+def test_a_name_missing_from_the_default_local_store_points_at_the_configured_bucket(
+        s3_env: dict[str, str], monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("FEDML_STORAGE_SERVICE", raising=False)  # default service: LOCAL
+    (tmp_path / "d").mkdir()
+    assert api.upload(str(tmp_path / "d"), service="S3").ok
+    response = api.get_storage_metadata("d")
+    assert response.reason == "not_found" and "pass service='R2' or 'S3'" in response.message, response.message
+    assert api.get_storage_metadata("d", service="S3").ok
+    assert "pass service=" not in api.get_storage_metadata("nothere", service="LOCAL").message

@@ -148,3 +148,10 @@ def test_storage_error_survives_pickling() -> None:
         StorageClient().download("never-stored").unwrap()
     copy = pickle.loads(pickle.dumps(info.value))
     assert str(copy) == str(info.value) and copy.reason == "not_found" and copy.response == info.value.response
+
+
+def test_a_placeholder_key_does_not_garble_the_message(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    response = api.upload(str(tmp_path / "d"), api_key="api_key", service="R2")  # the spec's placeholder
+    assert response.reason in ("invalid_input", "not_configured") and "api_key" in response.message, response.message
+    assert "****" not in response.message

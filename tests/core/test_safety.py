@@ -43,6 +43,8 @@ def test_corrupted_object_fails_and_leaves_nothing(store: Store, tmp_path: Path)
     response = client.download("ds", dest)
     assert not response.ok and "corrupt" in response.message
     assert list(dest.iterdir()) == []
+    assert "delete('ds')" in response.message  # the advice works:
+    assert client.delete("ds").ok and client.upload(src).ok and client.download("ds", dest).ok
 
 
 def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
