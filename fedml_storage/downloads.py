@@ -52,6 +52,7 @@ def download(
     claim: int | None = None
     done = False
     try:
+        _check_target(target, record.kind)
         _check_space(dest, record.size + (record.source_size if record.kind != "file" else 0))
         fd, part, claim = new_part(dest)
         with os.fdopen(fd, "w+b") as fh:
@@ -90,8 +91,7 @@ def download(
                 fh.flush()
                 safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
         if record.kind == "file":
-            if target.is_dir() and not target.is_symlink():
-                raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
+            _check_target(target, record.kind)  # again: something may have taken the place meanwhile
             os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode
             os.replace(part, target)
         else:
@@ -116,6 +116,17 @@ def download(
         str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
         seconds=round(time.monotonic() - started, 3), kind=record.kind,
     )
+
+
+def _check_target(target: Path, kind: str) -> None:
+    """Refuse to put a file where a folder is, or a folder where a file is: that is not a copy to replace."""
+    if target.is_symlink() or not target.exists():
+        return
+    if kind == "file" and target.is_dir():
+        raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
+    if kind != "file" and not target.is_dir():
+        raise InvalidInput(f"{target} is a file, and this dataset is a folder; remove the file or download into "
+                           "another dest_path")
 
 
 def _check_space(dest: Path, need: int) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import Store
+
 SCENARIO = """
 import json, os, sys
 from fedml_storage import api
@@ -38,3 +40,21 @@ def test_replacing_a_copy_with_a_read_only_folder_leaves_no_hidden_copy(isolated
     code, message, listing, inside = json.loads(run.stdout)
     assert code == "SUCCESS", message
     assert listing == ["ds"] and inside == ["f.txt"]  # no .fedml-download-* copy left behind
+
+
+def test_a_file_and_a_folder_never_replace_each_other(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("a")
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    client = store.client()
+    assert client.upload(tmp_path / "ds").ok and client.upload(tmp_path / "w.bin").ok
+    dest = tmp_path / "dest"
+    (dest / "w.bin").mkdir(parents=True)
+    (dest / "w.bin" / "mine.txt").write_text("the user's folder")
+    (dest / "ds").write_text("the user's file")
+    for name, kind in (("w.bin", "is a folder"), ("ds", "is a file")):
+        response = client.download(name, dest)
+        assert response.reason == "invalid_input" and kind in response.message, response.message
+    assert (dest / "w.bin" / "mine.txt").read_text() == "the user's folder"
+    assert (dest / "ds").read_text() == "the user's file"
+    assert sorted(p.name for p in dest.iterdir()) == ["ds", "w.bin"]
