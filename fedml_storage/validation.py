@@ -42,8 +42,8 @@ def check_name(name: Any, *, new: bool = False) -> str:
         raise InvalidInput("a data name must be a non-empty string")
     if name in (".", "..") or "/" in name or "\\" in name:
         raise InvalidInput(f"invalid data name {name!r}: it must be a single name without '/', '\\\\', '.' or '..'")
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise InvalidInput(f"invalid data name {name!r}: control characters are not allowed")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+        raise InvalidInput(f"invalid data name {name!r}: control characters and line breaks are not allowed")
     if name != name.strip():
         raise InvalidInput(f"invalid data name {name!r}: remove leading or trailing spaces")
     try:

@@ -59,7 +59,6 @@ class LocalStore(ObjectStore):
 
     def _write_atomic(self, key: str, fill) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -67,13 +66,13 @@ class LocalStore(ObjectStore):
                 out.flush()
                 os.fsync(out.fileno())
             for attempt in range(3):
+                target.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed write leaves no folder
                 try:
                     os.replace(tmp, target)
                     break
                 except FileNotFoundError:  # a delete pruned the (then empty) folder meanwhile
                     if attempt == 2 or not os.path.exists(tmp):
                         raise
-                    target.parent.mkdir(parents=True, exist_ok=True)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

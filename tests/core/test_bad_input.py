@@ -37,6 +37,7 @@ def stored(store: Store, tmp_path: Path) -> Path:
         ({"name": "../x"}, "invalid_input", "single name"),
         ({"name": "a/b"}, "invalid_input", "single name"),
         ({"name": "bad\nname"}, "invalid_input", "control characters"),
+        ({"name": "bad\u2028name"}, "invalid_input", "line breaks"),
         ({"name": "é" * 101}, "invalid_input", "202 bytes long in UTF-8; at most 200"),
         ({"name": "bad\udcffname"}, "invalid_input", "not valid Unicode"),
         ({"name": ".fedml-download-x"}, "invalid_input", "reserved"),
@@ -327,3 +328,19 @@ def test_a_name_missing_from_the_default_local_store_points_at_the_configured_bu
     assert response.reason == "not_found" and "pass service='R2' or 'S3'" in response.message, response.message
     assert api.get_storage_metadata("d", service="S3").ok
     assert "pass service=" not in api.get_storage_metadata("nothere", service="LOCAL").message
+
+
+def test_an_upload_that_fills_the_disk_leaves_the_store_as_it_was(small_disk: Path, tmp_path: Path) -> None:
+    client = StorageClient(service="LOCAL", local_root=str(small_disk / "store"))
+    (tmp_path / "small.txt").write_text("fits")
+    assert client.upload(tmp_path / "small.txt").ok
+    before = sorted(p.relative_to(small_disk).as_posix() for p in small_disk.rglob("*"))
+    for src in (tmp_path / "big.bin", tmp_path / "bigdir"):
+        if src.name == "bigdir":
+            src.mkdir()
+            (src / "a.bin").write_bytes(os.urandom(2 << 20))
+        else:
+            src.write_bytes(os.urandom(2 << 20))
+        response = client.upload(src)
+        assert response.code == ResponseCode.ERROR and response.retryable and "space" in response.message
+        assert sorted(p.relative_to(small_disk).as_posix() for p in small_disk.rglob("*")) == before
