@@ -467,15 +467,20 @@ def test_cleanup_counts_an_upload_finished_meanwhile_as_done(s3_store: Store, mo
     assert result.ok and result.data["incomplete_uploads_removed"] == 0, result.message
 
 
-def test_local_write_survives_a_concurrent_prune(tmp_path: Path) -> None:
-    from fedml_storage.backends.local import LocalStore
+def test_local_write_survives_a_concurrent_prune(tmp_path: Path, monkeypatch) -> None:
+    import fedml_storage.backends.local as local
 
-    store = LocalStore(tmp_path / "store")
+    store = local.LocalStore(tmp_path / "store")
+    real_replace, calls = os.replace, []
 
-    def fill_while_pruned(out) -> None:
-        out.write(b"data")
-        (tmp_path / "store" / "ns" / "manifests").rmdir()  # a delete pruned the folder, still empty, meanwhile
+    def pruned_first(src, dst) -> None:
+        calls.append(dst)
+        if len(calls) == 1:  # a delete pruned the folder, still empty, between its mkdir and this rename
+            os.rmdir(os.path.dirname(dst))
+        real_replace(src, dst)
 
-    store._write_atomic("ns/manifests/a.json", fill_while_pruned)
+    monkeypatch.setattr(local.os, "replace", pruned_first)
+    store._write_atomic("ns/manifests/a.json", lambda out: out.write(b"data"))
+    assert len(calls) == 2
     assert (tmp_path / "store" / "ns" / "manifests" / "a.json").read_bytes() == b"data"
     assert [o.key for o in store.list("ns/")] == ["ns/manifests/a.json"]
