@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from .errors import IntegrityError, InvalidInput, StorageFailure
+from .errors import IntegrityError, InvalidInput
 
 log = logging.getLogger("fedml_storage")
 
@@ -37,23 +37,40 @@ class Tree(NamedTuple):
     """A folder's files and subfolders (sorted by relative path), and what was left out."""
 
     entries: list[Entry]
-    left_out: list[str]  # relative paths of FIFOs, sockets and devices: not data
+    left_out: list[str]  # FIFOs, sockets, devices, and links to folders the upload already holds
 
 
 def scan_tree(root: Path) -> Tree:
-    """Files and folders under `root`, links followed (a link loop is refused); other kinds are left out."""
+    """Files and folders under `root`, links followed. Every folder is read once: a link to a folder the
+    upload already holds (`latest -> run-7`, a link back up, two links to one place) is left out, like FIFOs,
+    sockets and devices. So links can neither loop nor multiply the tree."""
     tree = Tree([], [])
-    top = root.stat()
-    _scan(str(root), "", tree, frozenset({(top.st_dev, top.st_ino)}))
+    seen = {_folder_id(os.stat(root))}
+    links: list[tuple[str, str, os.stat_result]] = []
+    _scan(str(root), "", tree, seen, links)
+    while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
+        rel, path, st = links.pop(0)
+        if _folder_id(st) in seen:
+            log.warning("leaving out %s: it links to a folder the upload already holds", path)
+            tree.left_out.append(rel)
+            continue
+        seen.add(_folder_id(st))
+        tree.entries.append(Entry(rel, path, st, True))
+        _scan(path, rel + "/", tree, seen, links)
     tree.entries.sort()  # by rel: it is the first field and unique
     tree.left_out.sort()
     return tree
 
 
-def _scan(folder: str, prefix: str, tree: Tree, above: frozenset[tuple[int, int]]) -> None:
+def _folder_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _scan(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
+          links: list[tuple[str, str, os.stat_result]]) -> None:
     try:
         with os.scandir(folder) as it:
-            items = list(it)
+            items = sorted(it, key=lambda item: item.name)  # which of two links is followed must not vary
     except OSError as exc:
         raise InvalidInput(f"cannot read {folder}: {exc.strerror}") from None
     for item in items:
@@ -64,7 +81,7 @@ def _scan(folder: str, prefix: str, tree: Tree, above: frozenset[tuple[int, int]
             raise InvalidInput(f"{item.path!r} has a name that is not valid UTF-8, which a zip cannot hold; rename it "
                                "and upload again") from None
         try:
-            st = item.stat()
+            st = _stat(item)
         except FileNotFoundError:
             raise InvalidInput(f"{item.path} is a broken link; remove it or fix its target") from None
         except OSError as exc:
@@ -72,17 +89,27 @@ def _scan(folder: str, prefix: str, tree: Tree, above: frozenset[tuple[int, int]
                 raise
             raise InvalidInput(f"{item.path} is a link that leads back to itself; remove it or fix its target") from None
         if stat.S_ISDIR(st.st_mode):
-            here = (st.st_dev, st.st_ino)
-            if here in above:
-                raise InvalidInput(f"{item.path} links to a folder that contains it (a loop); remove the link or "
-                                   "upload another folder")
+            if item.is_symlink():
+                links.append((rel, item.path, st))
+                continue
+            if _folder_id(st) in seen:  # inside a linked folder, already held through another link (or a bind mount)
+                log.warning("leaving out %s: the upload already holds this folder", item.path)
+                tree.left_out.append(rel)
+                continue
+            seen.add(_folder_id(st))
             tree.entries.append(Entry(rel, item.path, st, True))
-            _scan(item.path, rel + "/", tree, above | {here})
+            _scan(item.path, rel + "/", tree, seen, links)
         elif stat.S_ISREG(st.st_mode):
             tree.entries.append(Entry(rel, item.path, st, False))
         else:
             log.warning("leaving out %s: neither a file nor a folder", item.path)
             tree.left_out.append(rel)
+
+
+def _stat(item: os.DirEntry) -> os.stat_result:
+    """The entry's stat, links followed, with real inode numbers (a DirEntry on Windows reports 0)."""
+    st = item.stat()
+    return st if st.st_ino else os.stat(item.path)
 
 
 def same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
@@ -208,7 +235,7 @@ def _check_member(name: str) -> str:
     if not name or name.startswith("/") or "\0" in name or ".." in parts:
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
     if os.sep == "\\" and ("\\" in name or ":" in name):
-        raise StorageFailure(f"archive member {name!r} has a name Windows cannot hold ('\\' or ':'); download it on "
+        raise InvalidInput(f"archive member {name!r} has a name Windows cannot hold ('\\' or ':'); download it on "
                              "Linux or macOS, or rename it there and upload the folder again")
     return name.rstrip("/")
 

@@ -96,6 +96,7 @@ def download(
             os.replace(part, target)
         else:
             os.chmod(unpacked, 0o777 & ~umask())
+            _check_target(target, record.kind)
             swap_in(unpacked, target, part.with_suffix(".old"))
             unpacked = None
         done = True

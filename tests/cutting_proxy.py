@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -12,8 +13,9 @@ class CuttingProxy:
     """Forwards 127.0.0.1:<port> to `upstream`; each armed cut resets the first connection that has sent that
     many bytes back to its client (an abrupt RST, the client sees a broken read)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], *, strip_ranges: bool = False) -> None:
         self._upstream = upstream
+        self._strip_ranges = strip_ranges  # drop Range headers: a server that does not serve byte ranges
         self._server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._lock = threading.Lock()
@@ -43,6 +45,8 @@ class CuttingProxy:
         sent = 0
         try:
             while data := src.recv(65536):
+                if not down and self._strip_ranges:
+                    data = re.sub(rb"\r\nrange: [^\r]*", b"", data, flags=re.IGNORECASE)
                 if down:
                     with self._lock:
                         if self._cuts and sent + len(data) > self._cuts[0]:

@@ -65,6 +65,7 @@ def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | Non
                                 daemon=True) for i, (step, q) in enumerate(zip(stages, queues))]
     for t in threads:
         t.start()
+    read_error: Exception | None = None
     try:
         for chunk in chunks:
             if failure:
@@ -72,6 +73,8 @@ def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | Non
             for q in queues:
                 q.put(chunk)  # the same immutable bytes to every stage
             copied += len(chunk)
+    except Exception as exc:  # reported after the stages: a write error that came first is the one that counts
+        read_error = exc
     finally:
         for q in queues:
             q.put(None)
@@ -79,6 +82,8 @@ def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | Non
             t.join()
     if failure:
         raise failure[0]
+    if read_error is not None:
+        raise read_error
     return copied
 
 

@@ -15,6 +15,10 @@ from .base import Progress, Sink
 
 RANGE_ADVICE = ("this endpoint does not serve byte ranges: set stream_min_rate=0 and a download_threshold above "
                 "the object's size for it (one streamed GET)")
+class RangeIgnored(StorageFailure):
+    """The server answered a ranged GET with other bytes than the range."""
+
+
 RANGE_ATTEMPTS = 3  # per part, resuming where a broken read stopped (botocore retries each request as well)
 
 
@@ -133,8 +137,8 @@ def fetch_ranges(
                     if stop.is_set():
                         return
                     if pos + len(chunk) > hi:
-                        raise StorageFailure(f"the server sent more than the byte range {lo}-{hi - 1} asked for; "
-                                             + RANGE_ADVICE)
+                        raise RangeIgnored(f"the server sent more than the byte range {lo}-{hi - 1} asked for; "
+                                           + RANGE_ADVICE)
                     writer.write_at(chunk, pos)
                     pos += len(chunk)
                     if progress:

@@ -17,7 +17,7 @@ from s3transfer.subscribers import BaseSubscriber
 from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
-from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, StreamProbe, fetch_ranges, ranges_pay
+from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
 
 log = logging.getLogger("fedml_storage")
 
@@ -144,6 +144,7 @@ class S3Store(ObjectStore):
         part, workers = self._download_part_size, self._concurrency
         probing = self._stream_min_rate > 0 and workers >= 2 and size >= 3 * part
         got = 0
+        broke: TransientError | None = None
         for attempt in range(RANGE_ATTEMPTS):
             requested_at = time.monotonic()
             stream = Counted(self._open_range(key, got, size, size) if got else self._open_whole(key))
@@ -156,11 +157,16 @@ class S3Store(ObjectStore):
                         return stream.got
                 pipelined_copy(stream, sink, progress)
                 return None
-            except TransientError:
+            except TransientError as exc:
                 got += stream.got
                 if got >= size or attempt == RANGE_ATTEMPTS - 1:
                     raise
+                broke = exc
                 log.info("the download of %s broke after %d of %d bytes; going on from there", key, got, size)
+            except RangeIgnored:
+                if broke is None:
+                    raise
+                raise broke from None  # no ranges here to go on with: the break itself is what to report (retryable)
             finally:
                 stream.close()
         return None  # not reached: the last attempt returns or raises
@@ -188,7 +194,7 @@ class S3Store(ObjectStore):
                 if total.isdigit() and int(total) != size:
                     raise _short_object(key, size, int(total))
                 if resp.get("ContentLength") != hi - lo:
-                    raise StorageFailure(f"{self._location} ignored a byte range of {key!r}; {RANGE_ADVICE}")
+                    raise RangeIgnored(f"{self._location} ignored a byte range of {key!r}; {RANGE_ADVICE}")
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()

@@ -58,3 +58,26 @@ def test_a_file_and_a_folder_never_replace_each_other(store: Store, tmp_path: Pa
     assert (dest / "w.bin" / "mine.txt").read_text() == "the user's folder"
     assert (dest / "ds").read_text() == "the user's file"
     assert sorted(p.name for p in dest.iterdir()) == ["ds", "w.bin"]
+
+
+def test_a_file_made_at_the_target_during_a_folder_download_is_kept(store: Store, tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.backends.s3 import S3Store
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("a")
+    client = store.client()
+    assert client.upload(tmp_path / "ds").ok
+    dest = tmp_path / "dest"
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    fetch = backend.get_into
+
+    def user_writes_meanwhile(self, *args, **kwargs):
+        (dest / "ds").write_text("written by the user while the download ran")
+        return fetch(self, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "get_into", user_writes_meanwhile)
+    response = client.download("ds", dest)
+    assert response.reason == "invalid_input" and "is a file" in response.message, response.message
+    assert (dest / "ds").read_text() == "written by the user while the download ran"
+    assert sorted(p.name for p in dest.iterdir()) == ["ds"]

@@ -18,10 +18,10 @@ MiB = 1024 * 1024
 SIZE = 12 * MiB
 
 
-@pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[CuttingProxy]:
+@pytest.fixture(params=[False], ids=["serves-ranges"])
+def proxy(moto_endpoint: str, request) -> Iterator[CuttingProxy]:
     url = urlsplit(moto_endpoint)
-    proxy = CuttingProxy((url.hostname, url.port))
+    proxy = CuttingProxy((url.hostname, url.port), strip_ranges=request.param)
     yield proxy
     proxy.close()
 
@@ -62,4 +62,14 @@ def test_a_stream_that_keeps_breaking_fails_retryably_and_leaves_nothing(
         response = client.download("blob.bin", str(tmp_path / "out"))
     assert response.code == ResponseCode.ERROR and response.retryable, response.message
     assert proxy.cut == 3
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("proxy", [True], ids=["no-ranges"], indirect=True)
+def test_a_break_on_a_server_without_ranges_stays_retryable(s3_store: Store, stored: bytes, proxy: CuttingProxy,
+                                                            tmp_path: Path) -> None:
+    proxy.cut_after(5 * MiB)
+    with s3_store.client(endpoint_url=proxy.endpoint, **MODES["stream"][0]) as client:
+        response = client.download("blob.bin", str(tmp_path / "out"))
+    assert response.code == ResponseCode.ERROR and response.retryable, response.message  # not "ignored a range"
     assert not (tmp_path / "out").exists()

@@ -192,3 +192,25 @@ def test_a_part_failing_while_an_earlier_one_is_hashed_reports_its_own_error(tmp
 
     with open(tmp_path / "part", "w+b") as out, pytest.raises(TransientError, match="connection reset"):
         fetch_ranges(open_range, 0, 4 * part, part, 4, SlowHash(out), None)  # not a hashing error about offsets
+
+
+def test_a_write_error_wins_over_a_read_error_that_followed_it() -> None:
+    """Else a broken connection right after a failed write would be resumed at the wrong offset."""
+    from fedml_storage.backends.base import pipelined_copy
+
+    wrote = threading.Event()
+
+    class Failing:
+        def stages(self):
+            def disk(data: bytes) -> None:
+                wrote.set()
+                raise OSError(5, "Input/output error")
+            return [lambda data: None, disk]
+
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * 100
+        assert wrote.wait(5)  # the write failed before the connection broke
+        raise TransientError("connection reset")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        pipelined_copy(chunks(), Failing(), None)

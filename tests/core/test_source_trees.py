@@ -28,25 +28,59 @@ def test_links_are_followed_and_what_is_no_data_is_left_out_and_said(store: Stor
         server.close()
     assert up.ok, up.message
     assert up.data.left_out == ["pipe", "sock"] and up.data.file_count == 3
-    assert "left out 2 that are neither files nor folders: pipe, sock" in up.message
+    assert "left out 2 that are not data (FIFOs, sockets, devices) or link to a folder it already holds: pipe, sock" \
+        in up.message
     down = Path(store.client().download("proj", tmp_path / "out").data)
     assert tree_bytes(down) == {"README": b"read me", "data": None, "data/s0.bin": b"\x00shard",
                                 "labels.csv": b"a,1\n"}
     assert not (down / "data").is_symlink()
 
 
-def test_a_link_loop_is_refused_before_anything_is_stored(store: Store, tmp_path: Path) -> None:
+def test_links_never_loop_or_multiply_the_tree(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "runs"
+    (src / "run-7").mkdir(parents=True)
+    (src / "run-7" / "w.bin").write_bytes(b"w")
+    os.symlink("run-7", src / "latest")  # the usual pointer to a folder the upload holds anyway
+    os.symlink(src, src / "run-7" / "back")  # back up to the folder being uploaded
+    chain = tmp_path / "chain"  # 30 levels, each linking twice to the next: 2**30 paths, 31 folders
+    for level in range(30, -1, -1):
+        (chain / str(level)).mkdir(parents=True)
+        if level < 30:
+            for twin in "ab":
+                os.symlink(chain / str(level + 1), chain / str(level) / twin)
+    (chain / "30" / "end.txt").write_text("end")
+    os.symlink(chain / "0", src / "chain")
+    up = store.client().upload(src)
+    assert up.ok, up.message
+    assert up.data.file_count == 2  # w.bin once, end.txt once
+    assert "latest" in up.data.left_out and "run-7/back" in up.data.left_out
+    assert len(up.data.left_out) == 32  # latest, back, and the second twin at each of the 30 levels
+    down = Path(store.client().download("runs", tmp_path / "out").data)
+    assert (down / "run-7" / "w.bin").read_bytes() == b"w" and not (down / "latest").exists()
+    assert (down / "chain" / "a" / "a").is_dir()
+
+
+def test_a_link_to_itself_is_refused_before_anything_is_stored(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "looped"
-    (src / "sub").mkdir(parents=True)
-    (src / "sub" / "f.txt").write_text("x")
-    os.symlink(src, src / "sub" / "back")  # back to the folder being uploaded
-    response = store.client().upload(src)
-    assert response.reason == "invalid_input" and "loop" in response.message and "sub/back" in response.message
-    os.unlink(src / "sub" / "back")
-    os.symlink("self", src / "self")  # a link to itself
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    os.symlink("self", src / "self")
     response = store.client().upload(src)
     assert response.reason == "invalid_input" and "leads back to itself" in response.message
     assert [k for k in store.keys() if "/data/" in k] == []
+
+
+def test_folder_identity_uses_real_inode_numbers_where_scandir_gives_none(tmp_path: Path) -> None:
+    from fedml_storage.archive import _stat
+
+    class WindowsLikeEntry:  # os.DirEntry.stat() on Windows reports st_ino 0
+        path = str(tmp_path)
+
+        def stat(self) -> os.stat_result:
+            real = os.stat(self.path)
+            return os.stat_result((real.st_mode, 0, 0, *tuple(real)[3:]))
+
+    assert _stat(WindowsLikeEntry()).st_ino == os.stat(tmp_path).st_ino != 0
 
 
 def test_names_valid_here_round_trip(store: Store, tmp_path: Path) -> None:
