@@ -149,9 +149,12 @@ class Catalog:
                 else:
                     self.store.write_bytes(self.manifest_key(name), body, if_match=etag)
             except PreconditionFailed:
-                log.info("another writer updated %r first; retrying the commit (%d)", name, attempt + 1)
-                time.sleep(0.05 * (attempt + 1))
-                continue
+                written = self._read_raw(name)
+                if written is None or written[0] != body:
+                    log.info("another writer updated %r first; retrying the commit (%d)", name, attempt + 1)
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                # our write went through and only its answer was lost: a retry of it then found it in place
             kept = {v.key for v in manifest.versions}
             dropped = [v.key for v in (current.versions if current else []) if v.key not in kept]
             return manifest, dropped
@@ -172,7 +175,9 @@ class Catalog:
             try:
                 self.store.delete(self.manifest_key(name), if_match=etag)
             except PreconditionFailed:
-                continue
+                if self._read_raw(name) is not None:
+                    continue
+                # gone: our delete went through and only its answer was lost (or another delete of it won)
             if manifest is None:
                 log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
             else:
@@ -235,7 +240,7 @@ class Catalog:
         protected = tuple(f"{self.data_prefix}{name}/" for name in unreadable)
         for name in unreadable:
             log.warning("cleanup leaves the data of %r: its catalog entry is unreadable", name)
-        orphans = [k for k in candidates if k not in referenced and not k.startswith(protected)]
+        orphans = self._confirm_orphans([k for k in candidates if k not in referenced and not k.startswith(protected)])
         failed = self.store.delete_many(orphans)
         if failed:
             log.warning("cleanup could not remove %d object(s), e.g. %s; check the key may delete them",
@@ -254,6 +259,25 @@ class Catalog:
             extra += abort(self.data_prefix, cutoff)
         return {"orphaned_objects_removed": len(orphans) - len(failed), "incomplete_uploads_removed": extra,
                 "objects_not_removed": len(failed)}
+
+
+    def _confirm_orphans(self, keys: list[str]) -> list[str]:
+        """Of data keys the manifest listing left unreferenced, those their name's manifest, read on its own, does not
+        reference either: a listing that came back short must never cost published data."""
+        by_name: dict[str, list[str]] = {}
+        for key in keys:
+            by_name.setdefault(key[len(self.data_prefix):].split("/", 1)[0], []).append(key)
+        confirmed = []
+        for name, name_keys in by_name.items():
+            try:
+                found = self.read(name)
+            except IntegrityError:
+                continue  # unreadable: its data stays, as above
+            kept = {v.key for v in found[0].versions} if found else set()
+            if kept & set(name_keys):
+                log.warning("cleanup leaves the data of %r: the listing of catalog entries missed it", name)
+            confirmed += [k for k in name_keys if k not in kept]
+        return confirmed
 
 
 def _parse(raw: bytes, name: str) -> Manifest:

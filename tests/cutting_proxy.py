@@ -20,6 +20,7 @@ class CuttingProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._lock = threading.Lock()
         self._cuts: list[int] = []
+        self._header_cuts: list[tuple[bytes, int]] = []
         self.cut = 0  # connections cut so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
         threading.Thread(target=self._accept, daemon=True).start()
@@ -27,6 +28,12 @@ class CuttingProxy:
     def cut_after(self, *thresholds: int) -> None:
         with self._lock:
             self._cuts.extend(thresholds)
+
+    def cut_headers(self, request_part: str, at: int, times: int = 1) -> None:
+        """Close the connection cleanly (FIN) `at` bytes into the response to the next `times` requests whose
+        request line holds `request_part`: inside its headers, which http.client then takes as complete."""
+        with self._lock:
+            self._header_cuts.extend([(request_part.encode(), at)] * times)
 
     def close(self) -> None:
         self._server.close()
@@ -38,15 +45,20 @@ class CuttingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self._upstream)
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+            conn = {"request": b""}  # the request line last sent on this connection
+            threading.Thread(target=self._pipe, args=(client, upstream, False, conn), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True, conn), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool, conn: dict[str, bytes]) -> None:
         sent = 0
         try:
             while data := src.recv(65536):
                 if not down and self._strip_ranges:
                     data = re.sub(rb"\r\nrange: [^\r]*", b"", data, flags=re.IGNORECASE)
+                if not down and re.match(rb"[A-Z]+ /", data):
+                    conn["request"] = data.split(b"\r\n", 1)[0]
+                if down and re.match(rb"HTTP/1\.. [2-5]", data) and self._cut_headers_now(conn["request"], data, dst):
+                    break
                 if down:
                     with self._lock:
                         if self._cuts and sent + len(data) > self._cuts[0]:
@@ -68,3 +80,14 @@ class CuttingProxy:
                 s.close()
             except OSError:
                 pass
+
+    def _cut_headers_now(self, request: bytes, data: bytes, dst: socket.socket) -> bool:
+        with self._lock:
+            rule = next((r for r in self._header_cuts if r[0] in request), None)
+            if rule is None:
+                return False
+            self._header_cuts.remove(rule)
+            self.cut += 1
+        dst.sendall(data[: rule[1]])
+        dst.shutdown(socket.SHUT_WR)  # a clean close, not a reset
+        return True

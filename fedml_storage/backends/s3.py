@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import BinaryIO
 
 import boto3
 import botocore.exceptions
+import urllib3.exceptions
 from botocore.config import Config
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
@@ -18,6 +20,8 @@ from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
+from .responses import IncompleteResponse
+from .responses import register as check_responses
 
 log = logging.getLogger("fedml_storage")
 
@@ -94,6 +98,7 @@ class S3Store(ObjectStore):
         except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. a malformed endpoint or region
             raise NotConfigured(f"cannot set up the {settings.service} client: {exc}; check endpoint_url and "
                                 "region") from None
+        check_responses(self._client, settings.max_attempts)
         self._upload_config = TransferConfig(
             multipart_threshold=settings.part_size,
             multipart_chunksize=settings.part_size,
@@ -147,7 +152,7 @@ class S3Store(ObjectStore):
         broke: TransientError | None = None
         for attempt in range(RANGE_ATTEMPTS):
             requested_at = time.monotonic()
-            stream = Counted(self._open_range(key, got, size, size) if got else self._open_whole(key))
+            stream = Counted(self._open_range(key, got, size, size) if got else self._open_whole(key, size))
             try:
                 if probing and not got:
                     probe = StreamProbe(stream, part, requested_at)
@@ -156,6 +161,8 @@ class S3Store(ObjectStore):
                         log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
                         return stream.got
                 pipelined_copy(stream, sink, progress)
+                if got + stream.got < size:  # a body cut short without an error (no length to check it against)
+                    raise TransientError(f"the answer for {key!r} ended after {got + stream.got} of {size} bytes")
                 return None
             except TransientError as exc:
                 got += stream.got
@@ -171,10 +178,13 @@ class S3Store(ObjectStore):
                 stream.close()
         return None  # not reached: the last attempt returns or raises
 
-    def _open_whole(self, key: str) -> Iterator[bytes]:
+    def _open_whole(self, key: str, size: int) -> Iterator[bytes]:
         with _translate(key, self._location):
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            body = resp["Body"]
             try:
+                if resp["ContentLength"] != size:  # the stored object, whole, is not what the manifest says
+                    raise _short_object(key, size, resp["ContentLength"])
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()
@@ -311,6 +321,9 @@ class _translate:
                 "no storage credentials found; run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), "
                 "pass api_key=... or set FEDML_STORAGE_API_KEY"
             ) from None
+        if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                            ConnectionError)):  # a transport error that reached us unwrapped
+            raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
             raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
                                  "endpoint_url (or r2_account_id) and the network") from None

@@ -73,3 +73,54 @@ def test_a_break_on_a_server_without_ranges_stays_retryable(s3_store: Store, sto
         response = client.download("blob.bin", str(tmp_path / "out"))
     assert response.code == ResponseCode.ERROR and response.retryable, response.message  # not "ignored a range"
     assert not (tmp_path / "out").exists()
+
+
+HEADER_CUTS = {  # what the client does: the request whose answer is cut inside its headers, and how often
+    "download": ("GET /{bucket}/default/data/", 2),  # fewer than the download's own tries: it must succeed
+    "get_metadata": ("GET /{bucket}/default/manifests/blob.bin.json", 8),  # more than the 3 attempts per request
+    "list": ("list-type=2", 8),
+    "cleanup": ("prefix=default%2Fmanifests", 8),
+    "upload": ("PUT /{bucket}/default/manifests/blob.bin.json", 8),
+    "upload_part": ("partNumber=2", 8),
+    "delete": ("DELETE /{bucket}/default/manifests/blob.bin.json", 1),
+}
+
+
+@pytest.mark.parametrize("at", [40, 120])
+@pytest.mark.parametrize("call", HEADER_CUTS)
+def test_an_answer_cut_inside_its_headers_is_never_trusted(s3_store: Store, stored: bytes, proxy: CuttingProxy,
+                                                           tmp_path: Path, call: str, at: int) -> None:
+    """A clean close inside the headers reads, to http.client, as a complete answer without ETag, length or body."""
+    request, times = HEADER_CUTS[call]
+    proxy.cut_headers(request.format(bucket=s3_store.bucket), at, times=times)
+    new = os.urandom(SIZE)
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "blob.bin").write_bytes(new)
+    with s3_store.client(endpoint_url=proxy.endpoint, stream_min_rate=0, part_size=5 * MiB, keep_versions=2,
+                         max_attempts=3) as client:
+        response = {
+            "download": lambda: client.download("blob.bin", str(tmp_path / "out")),
+            "get_metadata": lambda: client.get_metadata("blob.bin"),
+            "list": lambda: client.list(),
+            "cleanup": lambda: client.cleanup(older_than_seconds=0),
+            "upload": lambda: client.upload(str(tmp_path / "new" / "blob.bin")),
+            "upload_part": lambda: client.upload(str(tmp_path / "new" / "blob.bin")),
+            "delete": lambda: client.delete("blob.bin"),
+        }[call]()
+    assert proxy.cut >= 1
+    # never a wrong success, a FAILURE that blames the data, or an internal error: done, or retryable
+    assert response.ok or (response.code == ResponseCode.ERROR and response.retryable), response.message
+    if call == "download":
+        assert response.ok and (tmp_path / "out" / "blob.bin").read_bytes() == stored, response.message
+    if call in ("list", "cleanup", "get_metadata"):
+        assert not response.ok  # an empty listing or a metadata-less answer is not taken for the truth
+    with s3_store.client() as direct:  # what is stored is whole: the old dataset, the new one, or (deleted) none
+        if call == "delete":
+            assert response.ok and not direct.get_metadata("blob.bin").ok
+            return
+        meta = direct.get_metadata("blob.bin").data
+        assert len(set(meta.versions)) == len(meta.versions)  # a commit whose answer was lost is not counted twice
+        for version in meta.versions:  # every kept version is whole
+            got = direct.download("blob.bin", str(tmp_path / version), version=version)
+            assert got.ok, got.message
+            assert (tmp_path / version / "blob.bin").read_bytes() in (stored, new)

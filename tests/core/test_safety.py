@@ -484,3 +484,18 @@ def test_local_write_survives_a_concurrent_prune(tmp_path: Path, monkeypatch) ->
     assert len(calls) == 2
     assert (tmp_path / "store" / "ns" / "manifests" / "a.json").read_bytes() == b"data"
     assert [o.key for o in store.list("ns/")] == ["ns/manifests/a.json"]
+
+
+def test_cleanup_never_takes_a_short_listing_of_the_catalog_for_the_truth(store: Store, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from fedml_storage.catalog import Catalog
+
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "kept")).ok
+    data = [k for k in store.keys() if "/data/" in k]
+    monkeypatch.setattr(Catalog, "_names", lambda self, starting="": iter(()))  # the listing came back empty
+    response = client.cleanup(older_than_seconds=0)
+    assert response.ok and response.data["orphaned_objects_removed"] == 0, response.message
+    assert [k for k in store.keys() if "/data/" in k] == data
+    monkeypatch.undo()
+    assert client.download("kept", tmp_path / "out").ok

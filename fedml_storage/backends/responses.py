@@ -1,0 +1,57 @@
+"""Refusing S3 answers that arrived cut short.
+
+A connection closed cleanly inside a response's headers reads, to http.client, as the end of the headers: botocore
+then hands back a 200 without its ETag, UploadId or Content-Length, and a body that ends wherever the connection
+did (an empty listing, a short object). Such an answer is raised as IncompleteResponse, a retryable failure,
+before anything acts on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IncompleteResponse(Exception):
+    """A success answer whose headers or required fields are missing: it was cut short in transit."""
+
+
+_REQUIRED = {  # what every well-formed success answer of these operations carries
+    "GetObject": "ContentLength",
+    "HeadObject": "ContentLength",
+    "PutObject": "ETag",
+    "UploadPart": "ETag",
+    "CreateMultipartUpload": "UploadId",
+    "ListObjectsV2": "IsTruncated",
+    "ListParts": "IsTruncated",
+    "ListMultipartUploads": "IsTruncated",
+}
+
+
+def register(client: Any, max_attempts: int) -> None:
+    """Have `client` send a request again when its answer came cut short, and refuse the answer if it still does."""
+
+    def retry(response: Any, operation: Any, attempts: int, **_: Any) -> float | None:
+        if response is None or attempts >= max_attempts or _missing(response[0], response[1], operation) is None:
+            return None  # botocore's own retry rules decide
+        return min(0.05 * 2 ** attempts, 2.0)  # seconds before the next attempt
+
+    def check(http_response: Any, parsed: dict, model: Any, **_: Any) -> None:
+        if (missing := _missing(http_response, parsed, model)) is not None:
+            raise IncompleteResponse(f"the answer to {model.name} came without {missing}, {max_attempts} times: it was "
+                                     "cut short in transit")
+
+    client.meta.events.register_first("needs-retry.s3", retry)
+    client.meta.events.register("after-call.s3", check)
+
+
+def _missing(http_response: Any, parsed: dict, model: Any) -> str | None:
+    """What a success answer lacks that every whole one has, or None."""
+    status = getattr(http_response, "status_code", 0)
+    if not 200 <= status < 300 or status == 204:
+        return None
+    headers = {k.lower() for k in http_response.headers}
+    if "content-length" not in headers and "transfer-encoding" not in headers:
+        return "its length (no Content-Length or Transfer-Encoding)"
+    if (field := _REQUIRED.get(model.name)) is not None and field not in parsed:
+        return field
+    return None
