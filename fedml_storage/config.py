@@ -60,6 +60,8 @@ class StorageSettings(BaseModel):
     )
     concurrency: int = Field(8, ge=1, le=64, description="Parallel parts per transfer.")
     max_attempts: int = Field(6, ge=1, le=20, description="Attempts per request (botocore retries with backoff).")
+    read_timeout: int = Field(60, ge=1, le=3600, description="Seconds a request may wait for data before it is "
+                              "retried (a server that stopped sending).")
     keep_versions: int = Field(1, ge=1, le=1000, description="Versions kept downloadable per name.")
     compression: Literal["stored", "deflated"] = Field("stored", description="Zip method for directories.")
     checksum_calculation: Literal["auto", "when_required", "when_supported"] = Field(

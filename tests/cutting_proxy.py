@@ -20,7 +20,7 @@ class CuttingProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._lock = threading.Lock()
         self._cuts: list[int] = []
-        self._header_cuts: list[tuple[bytes, int]] = []
+        self._header_cuts: list[tuple[bytes, int, float]] = []
         self.cut = 0  # connections cut so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
         threading.Thread(target=self._accept, daemon=True).start()
@@ -29,11 +29,12 @@ class CuttingProxy:
         with self._lock:
             self._cuts.extend(thresholds)
 
-    def cut_headers(self, request_part: str, at: int, times: int = 1) -> None:
+    def cut_headers(self, request_part: str, at: int, times: int = 1, stall: float = 0) -> None:
         """Close the connection cleanly (FIN) `at` bytes into the response to the next `times` requests whose
-        request line holds `request_part`: inside its headers, which http.client then takes as complete."""
+        request line holds `request_part`: inside its headers, which http.client then takes as complete. With
+        `stall`, first send nothing more for that many seconds (a server that stopped sending)."""
         with self._lock:
-            self._header_cuts.extend([(request_part.encode(), at)] * times)
+            self._header_cuts.extend([(request_part.encode(), at, stall)] * times)
 
     def close(self) -> None:
         self._server.close()
@@ -89,5 +90,6 @@ class CuttingProxy:
             self._header_cuts.remove(rule)
             self.cut += 1
         dst.sendall(data[: rule[1]])
+        time.sleep(rule[2])
         dst.shutdown(socket.SHUT_WR)  # a clean close, not a reset
         return True

@@ -73,10 +73,10 @@ class S3Store(ObjectStore):
         if checksums == "auto":  # newer boto3 adds CRC checksums that R2 and other S3-compatible stores reject
             checksums = "when_required" if custom else "when_supported"
         config = Config(
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
             max_pool_connections=settings.concurrency + 4,
             connect_timeout=10,
-            read_timeout=60,
+            read_timeout=settings.read_timeout,
             request_checksum_calculation=checksums,
             response_checksum_validation=checksums,
             s3=s3_options,
@@ -324,6 +324,9 @@ class _translate:
         if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
                             ConnectionError)):  # a transport error that reached us unwrapped
             raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+            raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
+                                 "overloaded: try again, or raise read_timeout for a slow endpoint") from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
             raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
                                  "endpoint_url (or r2_account_id) and the network") from None

@@ -124,3 +124,12 @@ def test_an_answer_cut_inside_its_headers_is_never_trusted(s3_store: Store, stor
             got = direct.download("blob.bin", str(tmp_path / version), version=version)
             assert got.ok, got.message
             assert (tmp_path / version / "blob.bin").read_bytes() in (stored, new)
+
+
+def test_a_server_that_stops_sending_is_given_up_on_after_read_timeout(s3_store: Store, stored: bytes,
+                                                                       proxy: CuttingProxy, tmp_path: Path) -> None:
+    proxy.cut_headers(f"GET /{s3_store.bucket}/default/manifests/blob.bin.json", 0, times=2, stall=3)  # each attempt
+    with s3_store.client(endpoint_url=proxy.endpoint, read_timeout=1, max_attempts=2) as client:
+        response = client.get_metadata("blob.bin")
+    assert response.code == ResponseCode.ERROR and response.retryable, response.message
+    assert "stopped sending data" in response.message and "read_timeout" in response.message
