@@ -2,8 +2,8 @@
 
 A connection closed cleanly inside a response's headers reads, to http.client, as the end of the headers: botocore
 then hands back a 200 without its ETag, UploadId or Content-Length, and a body that ends wherever the connection
-did (an empty listing, a short object). Such an answer is raised as IncompleteResponse, a retryable failure,
-before anything acts on it.
+did (an empty listing, a short object). Such an answer is sent again like any failed request and, if it still
+comes cut short, raised as IncompleteResponse (a retryable failure) before anything acts on it.
 """
 
 from __future__ import annotations
