@@ -133,8 +133,9 @@ class Catalog:
             return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
 
-    def commit(self, name: str, build: Callable[[Manifest | None], Manifest]) -> tuple[Manifest, list[str]]:
+    def commit(self, name: str, build: Callable[[Manifest | None], Manifest | None]) -> tuple[Manifest, list[str]]:
         """Write `build(current)` only over the manifest it was built from; retried when another writer won.
+        `build` returns None when `current` already holds what it would write (an earlier try that landed).
 
         Returns the new manifest and the data keys it no longer references (to delete after).
         """
@@ -142,6 +143,10 @@ class Catalog:
             found = self.read(name)
             current, etag = found if found else (None, None)
             manifest = build(current)
+            if manifest is None:
+                if current is None:
+                    raise RuntimeError(f"nothing to write for {name!r} over no catalog entry")
+                return current, []
             body = manifest.model_dump_json(indent=1).encode("utf-8")
             try:
                 if etag is None:

@@ -91,7 +91,17 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         record, data_key = _directory(src, tree.entries, name, settings, catalog, cache, current, req, desc)
     skipped = data_key is None
 
-    def build(cur: Manifest | None) -> Manifest:
+    tries = 0
+
+    def build(cur: Manifest | None) -> Manifest | None:
+        nonlocal tries
+        tries += 1
+        if tries > 1 and data_key is not None:  # a try whose answer was lost may have landed, and been built upon
+            if cur is not None and any(v.key == data_key for v in cur.versions):
+                return None  # it did: published, nothing more to write
+            if catalog.store.head(data_key) is None:
+                raise Conflict(f"{name!r} was published and at once replaced by another upload, which removed this "
+                               "one's data; upload again if this one should be current")
         now = utc_now()
         if skipped and (cur is None or cur.current.content_digest != record.content_digest):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
@@ -112,16 +122,14 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     )
     dropped: list[str] = []
     try:
-        if skipped and unchanged_meta:
-            manifest = found[0]
-        else:
-            manifest, dropped = catalog.commit(name, build)
+        if not (skipped and unchanged_meta):
+            _, dropped = catalog.commit(name, build)
     except BaseException as exc:
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):
             catalog.drop_data([data_key])  # never published: invisible, but do not leave it
         raise
     catalog.drop_data(dropped)
-    final = manifest.current
+    final = record  # what this upload published (another may already stand on top of it)
     return UploadResult(
         catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,

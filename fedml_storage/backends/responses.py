@@ -15,15 +15,14 @@ class IncompleteResponse(Exception):
     """A success answer whose headers or required fields are missing: it was cut short in transit."""
 
 
-_REQUIRED = {  # what every well-formed success answer of these operations carries
-    "GetObject": "ContentLength",
-    "HeadObject": "ContentLength",
-    "PutObject": "ETag",
-    "UploadPart": "ETag",
-    "CreateMultipartUpload": "UploadId",
-    "ListObjectsV2": "IsTruncated",
-    "ListParts": "IsTruncated",
-    "ListMultipartUploads": "IsTruncated",
+_REQUIRED = {  # what every well-formed success answer of these operations carries (and the code reads)
+    "HeadObject": ("ContentLength", "LastModified"),
+    "PutObject": ("ETag",),
+    "UploadPart": ("ETag",),
+    "CreateMultipartUpload": ("UploadId",),
+    "ListObjectsV2": ("IsTruncated",),
+    "ListParts": ("IsTruncated",),
+    "ListMultipartUploads": ("IsTruncated",),
 }
 
 
@@ -51,7 +50,5 @@ def _missing(http_response: Any, parsed: dict, model: Any) -> str | None:
         return None
     headers = {k.lower() for k in http_response.headers}
     if "content-length" not in headers and "transfer-encoding" not in headers:
-        return "its length (no Content-Length or Transfer-Encoding)"
-    if (field := _REQUIRED.get(model.name)) is not None and field not in parsed:
-        return field
-    return None
+        return "its length (no Content-Length, not chunked)"
+    return next((field for field in _REQUIRED.get(model.name, ()) if field not in parsed), None)

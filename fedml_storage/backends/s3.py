@@ -183,8 +183,9 @@ class S3Store(ObjectStore):
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
             body = resp["Body"]
             try:
-                if resp["ContentLength"] != size:  # the stored object, whole, is not what the manifest says
-                    raise _short_object(key, size, resp["ContentLength"])
+                length = resp.get("ContentLength")  # none when chunked: a short body is caught by its count
+                if length is not None and length != size:  # the stored object, whole, is not what the manifest says
+                    raise _short_object(key, size, length)
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()

@@ -457,3 +457,64 @@ def test_a_filesystem_without_locks_still_downloads(tmp_path: Path, monkeypatch:
     got = client.download("ds", tmp_path / "out")
     assert got.ok, got.message
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["ds"]
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_a_commit_whose_answer_was_lost_and_was_built_upon_is_never_published_twice(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
+    """Our manifest write lands but its answer is lost; another upload commits on top before our retry, which
+    then fails its precondition. Ours must not be put back in front (with its data already dropped, for keep=1)."""
+    from fedml_storage.backends.s3 import S3Store
+    from fedml_storage.errors import PreconditionFailed
+
+    for label in ("base", "a", "b"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "ds.txt").write_text(f"content {label}")
+    assert store.client(keep_versions=keep).upload(tmp_path / "base" / "ds.txt").ok
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    write = backend.write_bytes
+    lost: list[bool] = []
+
+    def landed_but_answer_lost(self, key, data, **kw):
+        etag = write(self, key, data, **kw)
+        if key.endswith("/manifests/ds.txt.json") and not lost:
+            lost.append(True)
+            monkeypatch.setattr(backend, "write_bytes", write)
+            assert store.client(keep_versions=keep).upload(tmp_path / "b" / "ds.txt").ok  # b commits on top
+            raise PreconditionFailed(key)  # what the retry of our write, sent after b's, answers
+        return etag
+
+    monkeypatch.setattr(backend, "write_bytes", landed_but_answer_lost)
+    a = store.client(keep_versions=keep).upload(tmp_path / "a" / "ds.txt")
+    client = store.client(keep_versions=keep)
+    meta = client.get_metadata("ds.txt").data
+    assert len(set(meta.versions)) == len(meta.versions) == keep
+    for version in meta.versions:  # every kept version is there and whole
+        assert client.download("ds.txt", tmp_path / version, version=version).ok
+    assert (Path(client.download("ds.txt", tmp_path / "now").data)).read_text() == "content b"  # b is current
+    if keep == 1:  # a was published, then replaced by b, which dropped its data
+        assert a.reason == "conflict" and "replaced by another upload" in a.message, a.message
+    else:  # a was published and b kept it
+        assert a.ok and a.data.version == meta.versions[1], a.message
+
+
+def test_a_delete_whose_answer_was_lost_reports_success(store: Store, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage.backends.s3 import S3Store
+    from fedml_storage.errors import PreconditionFailed
+
+    (tmp_path / "gone.txt").write_text("x")
+    client = store.client()
+    assert client.upload(tmp_path / "gone.txt").ok
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    delete = backend.delete
+
+    def deleted_but_answer_lost(self, key, **kw):
+        delete(self, key, **kw)
+        raise PreconditionFailed(key)  # what a retry of the delete may answer
+
+    monkeypatch.setattr(backend, "delete", deleted_but_answer_lost)
+    response = client.delete("gone.txt")
+    monkeypatch.undo()
+    assert response.ok and response.data is True, response.message
+    assert [k for k in store.keys() if "gone" in k] == []  # its data went too
