@@ -211,9 +211,21 @@ class S3Store(ObjectStore):
                 body.close()
 
     def read_bytes(self, key: str) -> tuple[bytes, str]:
+        for _ in range(RANGE_ATTEMPTS - 1):
+            try:
+                return self._read_once(key)
+            except _BodyBroke:  # the answer began and then broke off (botocore retries only the request): ask again
+                continue
+        return self._read_once(key)  # the last try: its failure is the one to report
+
+    def _read_once(self, key: str) -> tuple[bytes, str]:
         with _translate(key, self._location):
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
-            return resp["Body"].read(), resp["ETag"]
+        try:
+            with _translate(key, self._location):
+                return resp["Body"].read(), resp["ETag"]
+        except TransientError as exc:
+            raise _BodyBroke(str(exc)) from None
 
     def write_bytes(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
         kwargs = {}
@@ -297,6 +309,10 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
             self._transfers = None
         self._client.close()
+
+
+class _BodyBroke(TransientError):
+    """An answer's body broke off after the answer began."""
 
 
 def _short_object(key: str, size: int, actual: int | None) -> IntegrityError:

@@ -149,3 +149,11 @@ def test_an_answer_cut_once_is_simply_asked_again(s3_store: Store, stored: bytes
     assert proxy.cut == 1 and response.ok, response.message
     if call == "list":
         assert [m.dataName for m in response.data] == ["blob.bin"]
+
+
+def test_a_catalog_entry_whose_body_breaks_off_once_is_read_again(s3_store: Store, stored: bytes,
+                                                                  proxy: CuttingProxy) -> None:
+    proxy.cut_headers(f"GET /{s3_store.bucket}/default/manifests/blob.bin.json", 400)  # past the headers
+    with s3_store.client(endpoint_url=proxy.endpoint) as client:
+        response = client.get_metadata("blob.bin")
+    assert proxy.cut == 1 and response.ok, response.message
