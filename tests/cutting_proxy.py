@@ -21,6 +21,7 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self._cuts: list[int] = []
         self._header_cuts: list[tuple[bytes, int, float]] = []
+        self.request_heads: list[bytes] = []  # the head (request line and headers) of every request seen
         self.cut = 0  # connections cut so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
         threading.Thread(target=self._accept, daemon=True).start()
@@ -58,6 +59,7 @@ class CuttingProxy:
                     data = re.sub(rb"\r\nrange: [^\r]*", b"", data, flags=re.IGNORECASE)
                 if not down and re.match(rb"[A-Z]+ /", data):
                     conn["request"] = data.split(b"\r\n", 1)[0]
+                    self.request_heads.append(data.split(b"\r\n\r\n", 1)[0])
                 if down and re.match(rb"HTTP/1\.. [2-5]", data) and self._cut_headers_now(conn["request"], data, dst):
                     break
                 if down:

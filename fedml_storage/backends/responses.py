@@ -8,7 +8,10 @@ comes cut short, raised as IncompleteResponse (a retryable failure) before anyth
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
+
+import botocore.handlers
 
 
 class IncompleteResponse(Exception):
@@ -41,6 +44,15 @@ def register(client: Any, max_attempts: int) -> None:
 
     client.meta.events.register_first("needs-retry.s3", retry)
     client.meta.events.register("after-call.s3", check)
+    # No 'Expect: 100-continue' on uploads: botocore loops for ever on an interim answer cut short (boto/botocore
+    # #3755). Bodies are at most one part; a refused request costs sending it, not a hung process.
+    client.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+
+
+def malformed(exc: BaseException) -> bool:
+    """Whether botocore failed to parse an answer (a header cut inside its value: 'Wed, 25 N' as a date)."""
+    return isinstance(exc, ValueError) and any("botocore" in frame.f_code.co_filename
+                                               for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def _missing(http_response: Any, parsed: dict, model: Any) -> str | None:

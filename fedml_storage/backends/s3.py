@@ -20,7 +20,7 @@ from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
-from .responses import IncompleteResponse
+from .responses import IncompleteResponse, malformed
 from .responses import register as check_responses
 
 log = logging.getLogger("fedml_storage")
@@ -339,7 +339,7 @@ class _translate:
                 "pass api_key=... or set FEDML_STORAGE_API_KEY"
             ) from None
         if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
-                            ConnectionError)):  # a transport error that reached us unwrapped
+                            ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
             raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
         if isinstance(exc, botocore.exceptions.ReadTimeoutError):
             raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
