@@ -21,7 +21,9 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self._cuts: list[int] = []
         self._header_cuts: list[tuple[bytes, int, float]] = []
-        self.request_heads: list[bytes] = []  # the head (request line and headers) of every request seen
+        self.request_heads: list[bytes] = []
+        self._rewrites: list[tuple[bytes, bytes, bytes]] = []
+        self.rewritten = 0  # the head (request line and headers) of every request seen
         self.cut = 0  # connections cut so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
         threading.Thread(target=self._accept, daemon=True).start()
@@ -60,8 +62,10 @@ class CuttingProxy:
                 if not down and re.match(rb"[A-Z]+ /", data):
                     conn["request"] = data.split(b"\r\n", 1)[0]
                     self.request_heads.append(data.split(b"\r\n\r\n", 1)[0])
-                if down and re.match(rb"HTTP/1\.. [2-5]", data) and self._cut_headers_now(conn["request"], data, dst):
-                    break
+                if down and re.match(rb"HTTP/1\.. [2-5]", data):
+                    data = self._rewritten(conn["request"], data)
+                    if self._cut_headers_now(conn["request"], data, dst):
+                        break
                 if down:
                     with self._lock:
                         if self._cuts and sent + len(data) > self._cuts[0]:
@@ -83,6 +87,20 @@ class CuttingProxy:
                 s.close()
             except OSError:
                 pass
+
+    def rewrite_answer(self, request_part: str, pattern: bytes, replacement: bytes) -> None:
+        """Rewrite (once) the head of the answer to the next request whose line holds `request_part`."""
+        with self._lock:
+            self._rewrites.append((request_part.encode(), pattern, replacement))
+
+    def _rewritten(self, request: bytes, data: bytes) -> bytes:
+        with self._lock:
+            rule = next((r for r in self._rewrites if r[0] in request), None)
+            if rule is None:
+                return data
+            self._rewrites.remove(rule)
+            self.rewritten += 1
+        return re.sub(rule[1], rule[2], data, count=1)
 
     def _cut_headers_now(self, request: bytes, data: bytes, dst: socket.socket) -> bool:
         with self._lock:

@@ -184,8 +184,8 @@ class S3Store(ObjectStore):
             body = resp["Body"]
             try:
                 length = resp.get("ContentLength")  # none when chunked: a short body is caught by its count
-                if length is not None and length != size:  # the stored object, whole, is not what the manifest says
-                    raise _short_object(key, size, length)
+                if length is not None and length != size:  # the stored object is not what the manifest says?
+                    raise self._size_mismatch(key, size, length)
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()
@@ -203,12 +203,25 @@ class S3Store(ObjectStore):
             try:
                 total = str(resp.get("ContentRange", "")).rpartition("/")[2]
                 if total.isdigit() and int(total) != size:
-                    raise _short_object(key, size, int(total))
-                if resp.get("ContentLength") != hi - lo:
-                    raise RangeIgnored(f"{self._location} ignored a byte range of {key!r}; {RANGE_ADVICE}")
+                    raise self._size_mismatch(key, size, int(total))
+                length = resp.get("ContentLength")
+                if length != hi - lo:
+                    if length == size or not resp.get("ContentRange"):  # the whole object: no ranges here
+                        raise RangeIgnored(f"{self._location} ignored a byte range of {key!r}; {RANGE_ADVICE}")
+                    raise TransientError(f"the answer for bytes {lo}-{hi - 1} of {key!r} does not add up "
+                                         f"({length} bytes): cut short in transit")
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()
+
+    def _size_mismatch(self, key: str, size: int, told: int) -> Exception:
+        """An answer gave the object another size than its manifest: corrupt data, or (when the store, asked again,
+        says the recorded size) an answer whose header was cut inside its value."""
+        info = self.head(key)
+        if info is not None and info.size == size:
+            return TransientError(f"an answer gave {key!r} as {told} bytes, the store as {size}: it was cut short in "
+                                  "transit")
+        return _short_object(key, size, told if info is None else info.size)
 
     def read_bytes(self, key: str) -> tuple[bytes, str]:
         for _ in range(RANGE_ATTEMPTS - 1):

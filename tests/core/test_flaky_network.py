@@ -178,3 +178,19 @@ def test_an_answer_botocore_cannot_parse_is_retryable() -> None:
         parse_timestamp("Wed, 25 N")  # a Last-Modified cut inside its value
     with pytest.raises(ValueError), _translate("k", "s3://b"):
         int("not from botocore")  # our own mistakes stay visible
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_length_cut_inside_its_value_is_not_taken_for_corrupt_data(s3_store: Store, stored: bytes,
+                                                                      proxy: CuttingProxy, tmp_path: Path,
+                                                                      mode: str) -> None:
+    """'Content-Length: 12582912' cut after '12' reads as a 12-byte object (the connection then closes)."""
+    proxy.rewrite_answer(f"GET /{s3_store.bucket}/default/data/", rb"(?i)(content-length: )\d+", rb"\g<1>12")
+    with s3_store.client(endpoint_url=proxy.endpoint, **MODES[mode][0]) as client:
+        response = client.download("blob.bin", str(tmp_path / "out"))
+    assert proxy.rewritten == 1
+    assert response.ok or response.retryable, response.message  # asked again, or to be: never "corrupt, upload again"
+    assert "corrupt" not in response.message and "ranges" not in response.message
+    with s3_store.client() as direct:
+        assert direct.download("blob.bin", str(tmp_path / "out")).ok  # the data was fine all along
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == stored
