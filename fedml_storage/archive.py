@@ -236,7 +236,7 @@ def _check_member(name: str) -> str:
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
     if os.sep == "\\" and ("\\" in name or ":" in name):
         raise InvalidInput(f"archive member {name!r} has a name Windows cannot hold ('\\' or ':'); download it on "
-                             "Linux or macOS, or rename it there and upload the folder again")
+                           "Linux or macOS, or rename it there and upload the folder again")
     return name.rstrip("/")
 
 

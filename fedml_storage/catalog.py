@@ -265,7 +265,6 @@ class Catalog:
         return {"orphaned_objects_removed": len(orphans) - len(failed), "incomplete_uploads_removed": extra,
                 "objects_not_removed": len(failed)}
 
-
     def _confirm_orphans(self, keys: list[str]) -> list[str]:
         """Of data keys the manifest listing left unreferenced, those their name's manifest, read on its own, does not
         reference either: a listing that came back short must never cost published data."""
