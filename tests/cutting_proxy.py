@@ -93,22 +93,26 @@ class CuttingProxy:
         with self._lock:
             self._rewrites.append((request_part.encode(), pattern, replacement))
 
-    def _rewritten(self, request: bytes, data: bytes) -> bytes:
+    def _take(self, rules: list, request: bytes) -> tuple | None:
+        """The first rule whose request part is in `request`, removed from `rules` (each applies once)."""
         with self._lock:
-            rule = next((r for r in self._rewrites if r[0] in request), None)
-            if rule is None:
-                return data
-            self._rewrites.remove(rule)
-            self.rewritten += 1
+            rule = next((r for r in rules if r[0] in request), None)
+            if rule is not None:
+                rules.remove(rule)
+            return rule
+
+    def _rewritten(self, request: bytes, data: bytes) -> bytes:
+        rule = self._take(self._rewrites, request)
+        if rule is None:
+            return data
+        self.rewritten += 1
         return re.sub(rule[1], rule[2], data, count=1)
 
     def _cut_headers_now(self, request: bytes, data: bytes, dst: socket.socket) -> bool:
-        with self._lock:
-            rule = next((r for r in self._header_cuts if r[0] in request), None)
-            if rule is None:
-                return False
-            self._header_cuts.remove(rule)
-            self.cut += 1
+        rule = self._take(self._header_cuts, request)
+        if rule is None:
+            return False
+        self.cut += 1
         dst.sendall(data[: rule[1]])
         time.sleep(rule[2])
         dst.shutdown(socket.SHUT_WR)  # a clean close, not a reset
