@@ -15,11 +15,11 @@ from .base import Progress, Sink
 
 RANGE_ADVICE = ("this endpoint does not serve byte ranges: set stream_min_rate=0 and a download_threshold above "
                 "the object's size for it (one streamed GET)")
+RANGE_ATTEMPTS = 3  # per part, resuming where a broken read stopped (botocore retries each request as well)
+
+
 class RangeIgnored(StorageFailure):
     """The server answered a ranged GET with other bytes than the range."""
-
-
-RANGE_ATTEMPTS = 3  # per part, resuming where a broken read stopped (botocore retries each request as well)
 
 
 class Counted:

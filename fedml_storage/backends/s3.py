@@ -20,8 +20,7 @@ from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
-from .responses import IncompleteResponse, malformed
-from .responses import register as check_responses
+from .responses import IncompleteResponse, malformed, register as check_responses
 
 log = logging.getLogger("fedml_storage")
 
@@ -351,12 +350,12 @@ class _translate:
                 "no storage credentials found; run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), "
                 "pass api_key=... or set FEDML_STORAGE_API_KEY"
             ) from None
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):  # before the broad transport check below
+            raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
+                                 "overloaded: try again, or raise read_timeout for a slow endpoint") from None
         if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
                             ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
             raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
-        if isinstance(exc, botocore.exceptions.ReadTimeoutError):
-            raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
-                                 "overloaded: try again, or raise read_timeout for a slow endpoint") from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
             raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
                                  "endpoint_url (or r2_account_id) and the network") from None
