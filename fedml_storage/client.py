@@ -140,7 +140,7 @@ class StorageClient:
         return self._run(
             f"download of {data_name!r}",
             lambda: _download(self._catalog(), data_name, dest_path, version, show_progress, out_progress_to_err,
-                              progress_desc),
+                              progress_desc, self._ensure_settings().partials_folder),
             lambda r: r.summary(),
             after_error="Nothing was left at the destination",
         )

@@ -43,6 +43,11 @@ class StorageSettings(BaseModel):
 
     service: Literal["LOCAL", "S3", "R2"] = Field("LOCAL", description="Default storage service.")
     local_root: Path | None = Field(None, description="Folder of the embedded LOCAL store.")
+    partial_dir: Path | None = Field(
+        None, description="Folder where a failed download keeps what it fetched, for a day, so that the next "
+        "download of the same data goes on from there (when on the destination's filesystem; default "
+        "`<home>/partial`)."
+    )
     bucket: str | None = Field(None, description="Bucket for S3 and R2.")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2, moto).")
     region: str | None = Field(None, description="Region for S3.")
@@ -108,6 +113,11 @@ class StorageSettings(BaseModel):
         return (self.local_root or storage_home() / "store").expanduser().resolve()
 
     @property
+    def partials_folder(self) -> Path:
+        """Where failed downloads keep what they fetched (default: `<home>/partial`)."""
+        return (self.partial_dir or storage_home() / "partial").expanduser().absolute()
+
+    @property
     def resolved_endpoint(self) -> str | None:
         """The endpoint URL, derived from the account id for R2."""
         if self.endpoint_url:
@@ -125,6 +135,7 @@ class StorageSettings(BaseModel):
         data = self.model_dump(mode="json")
         data["api_key"] = "****" if self.api_key else None
         data["local_root"] = str(self.store_root)
+        data["partial_dir"] = str(self.partials_folder)
         return data
 
     def __repr_args__(self):  # keep reprs short and secret-free

@@ -22,6 +22,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Conflict
@@ -40,15 +41,23 @@ SWAP_ATTEMPTS = 5  # renames tried when other downloads into the same folder kee
 log = logging.getLogger("fedml_storage")
 
 
-def new_part(dest: Path) -> tuple[int, Path, int | None]:
-    """A new, empty part file in `dest`, locked before it bears the `.part` name: (fd to write, path, lock fd)."""
+def new_part(dest: Path, adopt: Callable[[Path], int] | None = None) -> tuple[int, Path, int | None, int]:
+    """A new part file in `dest`, locked before it bears the `.part` name: (fd to write, path, lock fd, length).
+
+    `adopt(path)` may move a file over the new one first (what an earlier download kept) and returns its length.
+    """
     if fcntl is None:  # no lock to take first (and Windows cannot rename a file that is open)
         fd, part = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest)
-        return fd, Path(part), None
+        return fd, Path(part), None, 0
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".new", dir=dest)
     part = Path(tmp).with_suffix(".part")
     lock: int | None = None
+    length = 0
     try:
+        if adopt is not None and (length := adopt(Path(tmp))):
+            adopted = os.open(tmp, os.O_RDWR)
+            os.close(fd)  # of the empty file it replaced
+            fd = adopted
         lock = os.open(tmp, os.O_RDONLY)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -64,7 +73,7 @@ def new_part(dest: Path) -> tuple[int, Path, int | None]:
         Path(tmp).unlink(missing_ok=True)
         part.unlink(missing_ok=True)
         raise
-    return fd, part, lock
+    return fd, part, lock, length
 
 
 _NO_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF, errno.EINVAL, errno.ENOLCK}

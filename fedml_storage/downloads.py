@@ -7,10 +7,13 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import BinaryIO
 
+from . import partials
 from .archive import HashingWriter, safe_extract, umask
 from .backends.base import ObjectMissing
-from .catalog import Catalog
+from .backends.ranges import RangeIgnored
+from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, swap_in, sweep
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .progress import DOWNLOAD_DESC, progress_bar
@@ -30,8 +33,10 @@ def download(
     show_progress: bool = True,
     out_progress_to_err: bool = True,
     progress_desc: str | None = None,
+    partial_dir: Path | None = None,
 ) -> DownloadResult:
-    """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there."""
+    """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there. What a failed fetch got
+    is kept in `partial_dir` (when on dest's filesystem) for the next download of the same data to go on from."""
     started = time.monotonic()
     name = check_name(data_name)
     check_progress_desc(progress_desc)
@@ -46,45 +51,23 @@ def download(
     record = catalog.get(name).find(version)
     created = _make_folder(dest)
     sweep(dest)
+    if partial_dir is not None:
+        partials.sweep(partial_dir)
     target = dest / name
     part: Path | None = None
     unpacked: Path | None = None
     claim: int | None = None
-    done = False
+    tries: list[tuple[HashingWriter, VersionRecord]] = []  # the last: what was fetched, of which data
+    adopted = 0
+    keep = done = False
     try:
         _check_target(target, record.kind)
-        _check_space(dest, record.size + (record.source_size if record.kind != "file" else 0))
-        fd, part, claim = new_part(dest)
-        with os.fdopen(fd, "w+b") as fh:
-            for attempt in range(FETCH_ATTEMPTS):
-                fh.seek(0)
-                fh.truncate()
-                writer = HashingWriter(fh)
-                try:
-                    with progress_bar(record.size, show_progress, out_progress_to_err,
-                                      progress_desc or DOWNLOAD_DESC) as adv:
-                        catalog.store.get_into(record.key, writer, record.size, adv)
-                    break
-                except ObjectMissing:
-                    # Most often a writer replaced the dataset (and dropped this data) after we read the catalog:
-                    # read it again and fetch what it names now.
-                    fresh = catalog.get(name).find(version)
-                    if fresh.key != record.key and attempt + 1 == FETCH_ATTEMPTS:
-                        raise Conflict(f"{name!r} kept being replaced while downloading it; try again") from None
-                    if fresh.key == record.key:
-                        raise NotFound(
-                            f"the data of {name!r} version {record.version} is missing from the store although the "
-                            "catalog lists it (removed outside fedml-storage, or by a cleanup with too short a grace "
-                            "period); upload the dataset again to store it anew"
-                        ) from None
-                    log.info("%r changed while downloading it; fetching version %s", name, fresh.version)
-                    record = fresh
-            if writer.size != record.size or writer.sha256.hexdigest() != record.sha256:
-                raise IntegrityError(
-                    f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not "
-                    f"match its manifest); nothing was written. Delete it (delete({name!r})) and upload it again (an "
-                    "upload of unchanged data alone sends nothing)"
-                )
+        fd, part, claim, adopted = new_part(
+            dest, None if partial_dir is None else lambda tmp: partials.take(partial_dir, record.sha256, tmp))
+        _check_space(dest, record.size - adopted + (record.source_size if record.kind != "file" else 0))
+        with os.fdopen(fd, "r+b") as fh:
+            record = _fetch(catalog, name, version, record, fh, adopted if adopted <= record.size else 0, tries,
+                            show_progress, out_progress_to_err, progress_desc)
             if record.kind != "file":
                 unpacked = part.with_suffix(".d")
                 unpacked.mkdir()
@@ -100,11 +83,17 @@ def download(
             swap_in(unpacked, target, part.with_suffix(".old"))
             unpacked = None
         done = True
+    except IntegrityError:
+        raise
+    except BaseException:  # a break, a full disk, Ctrl-C, a framework's timeout: what was fetched may serve again
+        keep = partial_dir is not None
+        raise
     finally:
         if unpacked is not None:  # before the part file: a folder without one is taken for a killed download's
             shutil.rmtree(unpacked, ignore_errors=True)
         if part is not None:
-            part.unlink(missing_ok=True)
+            if not (keep and partials.keep(partial_dir, *_fetched(part, tries, record, adopted))):
+                part.unlink(missing_ok=True)
         if claim is not None:
             os.close(claim)
         if not done:
@@ -117,6 +106,72 @@ def download(
         str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
         seconds=round(time.monotonic() - started, 3), kind=record.kind,
     )
+
+
+def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionRecord, fh: BinaryIO, resume_at: int,
+           tries: list[tuple[HashingWriter, VersionRecord]], show_progress: bool, out_progress_to_err: bool,
+           progress_desc: str | None) -> VersionRecord:
+    """Fetch the data of `record` into `fh` and check it against its manifest, going on from byte `resume_at`
+    (what an earlier download kept); the record it matches. Each try is added to `tries`."""
+    replaced = 0
+    while True:
+        fh.seek(resume_at)
+        fh.truncate()
+        writer = HashingWriter(fh)
+        tries.append((writer, record))
+        if resume_at:
+            writer.absorb(0, resume_at)
+            log.info("going on with the %s of %r an earlier download fetched", human_size(resume_at), name)
+        try:
+            with progress_bar(record.size, show_progress, out_progress_to_err, progress_desc or DOWNLOAD_DESC,
+                              resume_at) as adv:
+                catalog.store.get_into(record.key, writer, record.size, adv, resume_at)
+        except ObjectMissing:
+            # Most often a writer replaced the dataset (and dropped this data) after we read the catalog:
+            # read it again and fetch what it names now.
+            replaced += 1
+            fresh = catalog.get(name).find(version)
+            if fresh.key != record.key and replaced == FETCH_ATTEMPTS:
+                raise Conflict(f"{name!r} kept being replaced while downloading it; try again") from None
+            if fresh.key == record.key:
+                raise NotFound(
+                    f"the data of {name!r} version {record.version} is missing from the store although the "
+                    "catalog lists it (removed outside fedml-storage, or by a cleanup with too short a grace "
+                    "period); upload the dataset again to store it anew"
+                ) from None
+            log.info("%r changed while downloading it; fetching version %s", name, fresh.version)
+            record, resume_at = fresh, 0
+            continue
+        except RangeIgnored:
+            if not resume_at:
+                raise
+            log.info("the server sends whole objects only: fetching %r from its start", name)
+            resume_at = 0
+            continue
+        if writer.size == record.size and writer.sha256.hexdigest() == record.sha256:
+            return record
+        if resume_at:
+            log.warning("what an earlier download of %r kept does not match; fetching it from its start", name)
+            resume_at = 0
+            continue
+        raise IntegrityError(
+            f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not "
+            f"match its manifest); nothing was written. Delete it (delete({name!r})) and upload it again (an "
+            "upload of unchanged data alone sends nothing)"
+        )
+
+
+def _fetched(part: Path, tries: list[tuple[HashingWriter, VersionRecord]], record: VersionRecord,
+             adopted: int) -> tuple[str, Path, int]:
+    """The SHA-256 of the data the part file begins, the file, and how many bytes at its start are known to be
+    that data's, in order."""
+    if not tries:
+        return record.sha256, part, adopted  # taken over, not yet touched
+    writer, fetching = tries[-1]
+    try:
+        return fetching.sha256, part, min(writer.size, part.stat().st_size)  # past it, out-of-order ranges may lie
+    except OSError:
+        return fetching.sha256, part, 0
 
 
 def _check_target(target: Path, kind: str) -> None:

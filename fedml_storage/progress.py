@@ -15,14 +15,15 @@ DOWNLOAD_DESC = "Downloading from Remote Storage"
 
 
 @contextmanager
-def progress_bar(total: int, show: bool, to_stderr: bool, desc: str) -> Iterator[Callable[[int], None]]:
-    """Yield a thread-safe `advance(n)`; shows a tqdm bar in bytes when `show`."""
+def progress_bar(total: int, show: bool, to_stderr: bool, desc: str, initial: int = 0
+                 ) -> Iterator[Callable[[int], None]]:
+    """Yield a thread-safe `advance(n)`; shows a tqdm bar in bytes, starting at `initial`, when `show`."""
     if not show:
         yield lambda n: None
         return
     lock = threading.Lock()
     bar = tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
         file=sys.stderr if to_stderr else sys.stdout, leave=True,
     )
 

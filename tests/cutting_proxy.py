@@ -32,9 +32,15 @@ class CuttingProxy:
         with self._lock:
             self._cuts.extend(thresholds)
 
+    def disarm(self) -> None:
+        """Drop the cuts not used yet."""
+        with self._lock:
+            self._cuts.clear()
+            self._header_cuts.clear()
+
     def cut_headers(self, request_part: str, at: int, times: int = 1, stall: float = 0) -> None:
         """Close the connection cleanly (FIN) `at` bytes into the response to the next `times` requests whose
-        request line holds `request_part`: inside its headers, which http.client then takes as complete. With
+        request line or headers hold `request_part`: inside its headers, which http.client then takes as complete. With
         `stall`, first send nothing more for that many seconds (a server that stopped sending)."""
         with self._lock:
             self._header_cuts.extend([(request_part.encode(), at, stall)] * times)
@@ -49,7 +55,7 @@ class CuttingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self._upstream)
-            conn = {"request": b""}  # the request line last sent on this connection
+            conn = {"request": b""}  # the head of the request last sent on this connection
             threading.Thread(target=self._pipe, args=(client, upstream, False, conn), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, True, conn), daemon=True).start()
 
@@ -60,8 +66,8 @@ class CuttingProxy:
                 if not down and self._strip_ranges:
                     data = re.sub(rb"\r\nrange: [^\r]*", b"", data, flags=re.IGNORECASE)
                 if not down and re.match(rb"[A-Z]+ /", data):
-                    conn["request"] = data.split(b"\r\n", 1)[0]
-                    self.request_heads.append(data.split(b"\r\n\r\n", 1)[0])
+                    conn["request"] = data.split(b"\r\n\r\n", 1)[0]
+                    self.request_heads.append(conn["request"])
                 if down and re.match(rb"HTTP/1\.. [2-5]", data):
                     data = self._rewritten(conn["request"], data)
                     if self._cut_headers_now(conn["request"], data, dst):
@@ -89,7 +95,7 @@ class CuttingProxy:
                 pass
 
     def rewrite_answer(self, request_part: str, pattern: bytes, replacement: bytes) -> None:
-        """Rewrite (once) the head of the answer to the next request whose line holds `request_part`."""
+        """Rewrite (once) the head of the answer to the next request whose line or headers hold `request_part`."""
         with self._lock:
             self._rewrites.append((request_part.encode(), pattern, replacement))
 

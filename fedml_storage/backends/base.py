@@ -109,8 +109,9 @@ class ObjectStore(ABC):
         """Store everything read from a non-seekable stream under `key`."""
 
     @abstractmethod
-    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
-        """Write the object (of `size` bytes, per the manifest) into `sink`. Raises ObjectMissing."""
+    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:
+        """Write the object (of `size` bytes, per the manifest) from byte `start` on into `sink`. Raises
+        ObjectMissing, and ranges.RangeIgnored when `start` > 0 and the server sends whole objects only."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> tuple[bytes, str]:

@@ -90,12 +90,13 @@ class LocalStore(ObjectStore):
     def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
         self._write_atomic(key, lambda out: self._copy(stream, out, progress))
 
-    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
+    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:
         try:
             src = open(self._path(key), "rb")
         except OSError as exc:
             raise _missing(exc, key) from None
         with src:
+            src.seek(start)
             self._copy(src, sink, progress)  # type: ignore[arg-type]
 
     def read_bytes(self, key: str) -> tuple[bytes, str]:

@@ -129,36 +129,37 @@ class S3Store(ObjectStore):
         with _translate(key, self._location):
             self._manager().upload(stream, self.bucket, key, subscribers=subs).result()
 
-    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None) -> None:
+    def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:
         # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
         # serves ~100 MB/s per connection) the rest comes in parallel ranges. Streaming first suits servers
         # where every ranged GET re-reads the object (moto, small gateways). Huge objects go ranged at once.
-        got = 0
-        if size <= self._download_threshold or self._concurrency < 2:
-            switch_at = self._stream_into(key, sink, size, progress)
+        got = start
+        if size - start <= self._download_threshold or self._concurrency < 2:
+            switch_at = self._stream_into(key, sink, start, size, progress)
             if switch_at is None:
                 return
             got = switch_at
         fetch_ranges(lambda lo, hi: self._open_range(key, lo, hi, size), got, size, self._download_part_size,
                      self._concurrency, sink, progress)
 
-    def _stream_into(self, key: str, sink: Sink, size: int, progress: Progress | None) -> int | None:
-        """Stream the object into `sink`, going on with a ranged GET from where a broken read stopped. Returns
-        None once all is in, or the offset from which parallel ranges fetch the rest (the stream proved slow)."""
+    def _stream_into(self, key: str, sink: Sink, start: int, size: int, progress: Progress | None) -> int | None:
+        """Stream the object from byte `start` into `sink`, going on with a ranged GET from where a broken read
+        stopped. Returns None once all is in, or the offset from which parallel ranges fetch the rest (the stream
+        proved slow)."""
         part, workers = self._download_part_size, self._concurrency
-        probing = self._stream_min_rate > 0 and workers >= 2 and size >= 3 * part
-        got = 0
+        probing = self._stream_min_rate > 0 and workers >= 2 and size - start >= 3 * part
+        got = start
         broke: TransientError | None = None
         for attempt in range(RANGE_ATTEMPTS):
             requested_at = time.monotonic()
             stream = Counted(self._open_range(key, got, size, size) if got else self._open_whole(key, size))
             try:
-                if probing and not got:
+                if probing and attempt == 0:
                     probe = StreamProbe(stream, part, requested_at)
                     pipelined_copy(probe, sink, progress)
-                    if ranges_pay(probe, size - stream.got, part, workers, self._stream_min_rate):
+                    if ranges_pay(probe, size - got - stream.got, part, workers, self._stream_min_rate):
                         log.info("%s streams at %.0f MB/s: fetching the rest in parallel ranges", key, probe.rate / 1e6)
-                        return stream.got
+                        return got + stream.got
                 pipelined_copy(stream, sink, progress)
                 if got + stream.got < size:  # a body cut short without an error (no length to check it against)
                     raise TransientError(f"the answer for {key!r} ended after {got + stream.got} of {size} bytes")
@@ -175,7 +176,7 @@ class S3Store(ObjectStore):
                 raise broke from None  # no ranges here to go on with: the break itself is what to report (retryable)
             finally:
                 stream.close()
-        return None  # not reached: the last attempt returns or raises
+        raise AssertionError("not reached: the last attempt returns or raises")
 
     def _open_whole(self, key: str, size: int) -> Iterator[bytes]:
         with _translate(key, self._location):

@@ -30,11 +30,11 @@ def _replace_during_first_fetch(reader: StorageClient, replace) -> list[str]:
     real = reader._store.get_into
     fetched: list[str] = []
 
-    def fetch(key, sink, size, progress=None):
+    def fetch(key, sink, size, progress=None, start=0):
         if not fetched:
             replace()
         fetched.append(key)
-        return real(key, sink, size, progress)
+        return real(key, sink, size, progress, start)
 
     reader._store.get_into = fetch
     return fetched
@@ -83,10 +83,10 @@ def test_a_dataset_replaced_during_every_fetch_is_a_retryable_conflict(store: St
     reader.exists("warm-up")
     real = reader._store.get_into
 
-    def always_replaced(key, sink, size, progress=None):
+    def always_replaced(key, sink, size, progress=None, start=0):
         src.write_bytes(os.urandom(8))
         assert store.client().upload(src).ok  # drops the data the reader is about to fetch
-        return real(key, sink, size, progress)
+        return real(key, sink, size, progress, start)
 
     reader._store.get_into = always_replaced
     got = reader.download("w.bin", tmp_path / "out")
@@ -421,7 +421,7 @@ def test_the_sweep_puts_back_whole_copies_only(tmp_path: Path) -> None:
 
 def test_without_locks_a_part_file_is_made_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dest_temps, "fcntl", None)  # Windows: no lock, and no renaming a file still open
-    fd, part, lock = dest_temps.new_part(tmp_path)
+    fd, part, lock, _ = dest_temps.new_part(tmp_path)
     os.close(fd)
     assert lock is None and part.suffix == ".part" and [p.name for p in tmp_path.iterdir()] == [part.name]
 

@@ -1,0 +1,72 @@
+"""What a failed download had fetched, kept for a while so that the next download of the same data goes on
+from there instead of starting again.
+
+A kept file is named by the SHA-256 of the stored data it begins (the manifest's), so it serves any version and
+any destination with that content; the final SHA-256 check covers its bytes too. It is only ever moved by a
+rename, so it is kept only where the keeping folder is on the destination's filesystem.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from .results import human_size
+
+KEEP_SECONDS = 24 * 3600  # a kept prefix not taken up within this time is removed by the next download
+MIN_BYTES = 8 * 1024 * 1024  # less is fetched again faster than it is worth keeping
+
+_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+log = logging.getLogger("fedml_storage")
+
+
+def take(folder: Path, sha256: str, into: Path) -> int:
+    """Move the kept beginning of the data with this SHA-256 to `into` (replacing it); its length, 0 if none."""
+    kept = folder / sha256
+    try:
+        if time.time() - kept.stat().st_mtime >= KEEP_SECONDS:
+            return 0
+        os.utime(kept)  # it becomes a fresh temp file of `into`'s folder, not an old one a sweep would remove
+        os.rename(kept, into)  # atomic: of two downloads of the same data, one gets it, the other starts afresh
+    except OSError:
+        return 0  # none, taken by another download, or on another filesystem
+    return into.stat().st_size
+
+
+def keep(folder: Path, sha256: str, part: Path, valid: int) -> bool:
+    """Keep the first `valid` bytes of the part file `part` for the next download of this data; whether kept
+    (the part file is left for the caller to remove if not)."""
+    if valid < MIN_BYTES or not _NAME.match(sha256):
+        return False
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.truncate(part, valid)  # what lies past it was not (yet) verified as in order: out-of-order ranges
+        os.utime(part)
+        os.rename(part, folder / sha256)
+    except OSError as exc:
+        level = logging.DEBUG if exc.errno == errno.EXDEV else logging.WARNING
+        log.log(level, "could not keep the %s already downloaded for the next try (%s)", human_size(valid), exc)
+        return False
+    log.info("kept the %s already downloaded in %s: a download of the same data within a day goes on from there",
+             human_size(valid), folder)
+    return True
+
+
+def sweep(folder: Path) -> None:
+    """Remove what was kept longer than KEEP_SECONDS ago."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            if _NAME.match(entry.name) and now - entry.stat(follow_symlinks=False).st_mtime >= KEEP_SECONDS:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # taken up or removed by another download meanwhile
