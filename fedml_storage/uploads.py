@@ -52,11 +52,9 @@ def stored_name(src: Path, name: str | None) -> str:
 def planned_name(data_path: str | os.PathLike, name: str | None = None) -> str | None:
     """The name `upload(data_path, name)` will store under, without reading the data (a path that does not
     exist yet keeps `name` as given); None when it cannot be told or the upload would refuse it."""
-    if not isinstance(data_path, (str, os.PathLike)) or not str(data_path):
-        return None
     try:
-        return stored_name(Path(data_path).expanduser().absolute(), name)
-    except (InvalidInput, OSError, RuntimeError):  # RuntimeError: expanduser of an unknown ~user
+        return stored_name(check_path(data_path, "data_path"), name)
+    except (InvalidInput, OSError):
         return None
 
 
