@@ -197,10 +197,12 @@ class Catalog:
         try:
             failed = self.store.delete_many(keys)
         except Exception as exc:  # the commit already happened; leftovers are invisible
-            log.warning("could not remove replaced data (%s); run cleanup() later to remove it", type(exc).__name__)
+            log.warning("could not remove unreferenced data (%s); run cleanup() later to remove it",
+                        type(exc).__name__)
             return
         if failed:
-            log.warning("could not remove %d replaced object(s) (e.g. %s); run cleanup() later", len(failed), failed[0])
+            log.warning("could not remove %d unreferenced object(s) (e.g. %s); run cleanup() later", len(failed),
+                        failed[0])
 
     def list(self, workers: int = 8) -> list[Manifest]:
         """Every readable manifest in the namespace, sorted by name; unreadable ones are logged and skipped."""

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -15,11 +16,13 @@ CHUNK = 4 * 1024 * 1024
 RACY_SECONDS = 2.0  # a file written this recently may still change within one mtime tick
 
 
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file's bytes."""
+def sha256_file(path: Path | str, stop: threading.Event | None = None) -> str:
+    """Hex SHA-256 of a file's bytes ("" when `stop` is set before the end)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
+            if stop is not None and stop.is_set():
+                return ""
             digest.update(chunk)
     return digest.hexdigest()
 

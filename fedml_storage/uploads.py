@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -188,11 +189,15 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     key = catalog.data_key(name, version, name)
     with progress_bar(st.st_size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
-            hashing = pool.submit(sha256_file, src) if digest is None else None
+            stop = threading.Event()
+            hashing = pool.submit(sha256_file, src, stop) if digest is None else None
             try:
                 catalog.store.put_file(key, src, advance)
-            finally:
-                digest = hashing.result() if hashing else digest
+            except BaseException:
+                stop.set()  # no use for the digest now: Ctrl-C need not wait for the rest of the file to be read
+                catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
+                raise
+            digest = hashing.result() if hashing else digest
     if not same_file_state(src.stat(), st):
         catalog.drop_data([key])
         raise InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
@@ -251,6 +256,7 @@ def _directory(src, entries, name, settings, catalog, cache, current, req, desc)
                                    "nothing was published") from None
             except BaseException:
                 pipe.close_reader()
+                catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
                 raise
             digests = zipping.result()
     cache.store([(e.path, e.st, digests[e.rel]) for e in files])

@@ -7,6 +7,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 
 class CuttingProxy:
@@ -23,6 +24,7 @@ class CuttingProxy:
         self._header_cuts: list[tuple[bytes, int, float]] = []
         self.request_heads: list[bytes] = []
         self._rewrites: list[tuple[bytes, bytes, bytes]] = []
+        self._hooks: list[tuple[re.Pattern[bytes], Callable[[], object]]] = []
         self.rewritten = 0  # the head (request line and headers) of every request seen
         self.cut = 0  # connections cut so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
@@ -31,6 +33,12 @@ class CuttingProxy:
     def cut_after(self, *thresholds: int) -> None:
         with self._lock:
             self._cuts.extend(thresholds)
+
+    def on_request(self, pattern: bytes, action: Callable[[], object]) -> None:
+        """Call `action` (once) in the proxy's thread when a request whose head matches `pattern` arrives, before
+        it is passed on."""
+        with self._lock:
+            self._hooks.append((re.compile(pattern), action))
 
     def disarm(self) -> None:
         """Drop the cuts not used yet."""
@@ -68,6 +76,12 @@ class CuttingProxy:
                 if not down and re.match(rb"[A-Z]+ /", data):
                     conn["request"] = data.split(b"\r\n\r\n", 1)[0]
                     self.request_heads.append(conn["request"])
+                    with self._lock:
+                        hook = next((h for h in self._hooks if h[0].search(conn["request"])), None)
+                        if hook is not None:
+                            self._hooks.remove(hook)
+                    if hook is not None:
+                        hook[1]()
                 if down and re.match(rb"HTTP/1\.. [2-5]", data):
                     data = self._rewritten(conn["request"], data)
                     if self._cut_headers_now(conn["request"], data, dst):

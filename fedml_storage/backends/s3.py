@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import time
@@ -13,6 +14,7 @@ import boto3
 import botocore.exceptions
 import urllib3.exceptions
 from botocore.config import Config
+from s3transfer.futures import TransferFuture
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
@@ -122,12 +124,12 @@ class S3Store(ObjectStore):
     def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
         subs = [_Progress(progress)] if progress else None
         with _translate(key, self._location):
-            self._manager().upload(str(path), self.bucket, key, subscribers=subs).result()
+            _finish(self._manager().upload(str(path), self.bucket, key, subscribers=subs))
 
     def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
         subs = [_Progress(progress)] if progress else None
         with _translate(key, self._location):
-            self._manager().upload(stream, self.bucket, key, subscribers=subs).result()
+            _finish(self._manager().upload(stream, self.bucket, key, subscribers=subs))
 
     def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:
         # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
@@ -322,6 +324,18 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
             self._transfers = None
         self._client.close()
+
+
+def _finish(transfer: TransferFuture) -> None:
+    """Wait for an upload. Interrupted while waiting (Ctrl-C, a framework's timeout), cancel it and let the requests
+    in flight end first (a second interrupt stops that), so that no object is completed after this returns."""
+    try:
+        transfer.result()
+    except BaseException:
+        transfer.cancel()
+        with contextlib.suppress(BaseException):
+            transfer.result()  # at once when it had ended; else once its last request is answered
+        raise
 
 
 class _BodyBroke(TransientError):

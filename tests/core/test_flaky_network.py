@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -10,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from fedml_storage.api.fedml_response import ResponseCode
+from tests.conftest import s3_client
 from tests.cutting_proxy import CuttingProxy
 
 from .conftest import Store
@@ -194,3 +198,29 @@ def test_a_length_cut_inside_its_value_is_not_taken_for_corrupt_data(s3_store: S
     with s3_store.client() as direct:
         assert direct.download("blob.bin", str(tmp_path / "out")).ok  # the data was fine all along
     assert (tmp_path / "out" / "blob.bin").read_bytes() == stored
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_ctrl_c_while_an_upload_completes_leaves_no_object(s3_store: Store, proxy: CuttingProxy, tmp_path: Path,
+                                                          kind: str) -> None:
+    src = tmp_path / "big"
+    if kind == "file":
+        src.write_bytes(os.urandom(12 * MiB))
+    else:
+        src.mkdir()
+        for i in range(3):
+            (src / f"{i}.bin").write_bytes(os.urandom(4 * MiB))
+    main = threading.main_thread().ident
+
+    def ctrl_c() -> None:  # pressed just as the last request goes out, which the server then carries out
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)
+
+    proxy.on_request(rb"^POST [^ ]*\?uploadId=", ctrl_c)  # CompleteMultipartUpload
+    with s3_store.client(endpoint_url=proxy.endpoint, part_size=5 * MiB, max_attempts=1) as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.upload(src)
+    time.sleep(1)  # anything still in flight has landed by now
+    s3 = s3_client(s3_store.endpoint)
+    assert s3.list_objects_v2(Bucket=s3_store.bucket).get("KeyCount") == 0  # no manifest, and no data either
+    assert not s3.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads")
