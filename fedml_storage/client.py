@@ -26,11 +26,13 @@ class StorageClient:
     """Upload, download, delete, inspect and list named datasets in one store and namespace."""
 
     def __init__(self, settings: StorageSettings | None = None, *, origin: str = "the argument",
-                 **overrides: Any) -> None:
+                 log_failures: bool = True, **overrides: Any) -> None:
         """`overrides`: settings by name over the configured ones; `origin` says where they come from in messages
-        about bad values (e.g. "the Airflow connection 'x'")."""
+        about bad values (e.g. "the Airflow connection 'x'"); `log_failures=False` for callers that raise failures
+        (their framework logs them)."""
         self._base = settings
         self._origin = origin
+        self._log_failures = log_failures
         self._overrides = {k: v for k, v in overrides.items() if v is not None}
         self._settings: StorageSettings | None = None
         self._store: ObjectStore | None = None
@@ -110,7 +112,7 @@ class StorageClient:
         except Exception as exc:  # the core API reports failures, it does not raise them
             if isinstance(exc, NotFound) and (hint := self._default_service_hint()):
                 exc = NotFound(f"{exc}{hint}")
-            return to_response(exc, action, self._secrets(), after_error)
+            return to_response(exc, action, self._secrets(), after_error, log_it=self._log_failures)
         text = message(data) if message else f"{action} succeeded"
         return FedMLResponse(ResponseCode.SUCCESS, text, data)
 
@@ -145,17 +147,25 @@ class StorageClient:
             after_error="Nothing was left at the destination",
         )
 
-    def delete(self, data_name: str) -> FedMLResponse:
-        """Remove a dataset (catalog entry first, then data); data is True."""
+    def delete(self, data_name: str, *, missing_ok: bool = False) -> FedMLResponse:
+        """Remove a dataset (catalog entry first, then data); data is True. With `missing_ok`, a name that is not
+        stored (a retry of a delete that went through) is a success whose data is False."""
 
         notes: list[str] = []
 
         def run() -> bool:
-            if self._catalog().remove(check_name(data_name)) is None:
-                notes.append(" (its catalog entry was unreadable: cleanup() removes its data)")
+            try:
+                if self._catalog().remove(check_name(data_name)) is None:
+                    notes.append(" (its catalog entry was unreadable: cleanup() removes its data)")
+            except NotFound:
+                if not missing_ok:
+                    raise
+                return False
             return True
 
-        return self._run(f"delete of {data_name!r}", run, lambda _: f"deleted {data_name!r}" + "".join(notes))
+        return self._run(f"delete of {data_name!r}", run,
+                         lambda done: f"deleted {data_name!r}" + "".join(notes) if done else
+                         f"{data_name!r} was not stored: nothing to delete")
 
     def get_metadata(self, data_name: str) -> FedMLResponse:
         """Stored metadata of a dataset; data is a StorageMetadata."""
@@ -188,10 +198,12 @@ class StorageClient:
                          lambda: self._catalog().read(check_name(data_name)) is not None)
 
     def ready(self, data_name: str, metadata_key: str | None = None,
-              metadata_value: str | None = None) -> FedMLResponse:
-        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given).
+              metadata_value: str | None = None, *, version: str | None = None) -> FedMLResponse:
+        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given) and,
+        given `version`, that version kept (downloadable).
 
-        data is a Readiness; a name not stored yet is a success with `ready` False, what a sensor waits on.
+        data is a Readiness (with the version and SHA-256 a download would get now); a name not stored yet is a
+        success with `ready` False, what a sensor waits on.
         """
 
         def run() -> Readiness:
@@ -199,11 +211,21 @@ class StorageClient:
             found = self._catalog().read(name)  # one read: the name and its metadata from the same manifest
             if found is None:
                 return Readiness(False, f"dataset {name!r} not stored yet")
+            manifest = found[0]
+            if version is not None:
+                kept = next((v for v in manifest.versions if v.version == version), None)
+                if kept is None:
+                    return Readiness(False, f"dataset {name!r}: version {version!r} not stored (yet)",
+                                     manifest.current.version, manifest.current.sha256)
+                pinned = (kept.version, kept.sha256)
+            else:
+                pinned = (manifest.current.version, manifest.current.sha256)
             if metadata_key is None:
-                return Readiness(True, f"dataset {name!r} is stored")
-            value = found[0].user_metadata.get(metadata_key)
+                return Readiness(True, f"dataset {name!r} version {pinned[0]} is stored", *pinned)
+            value = manifest.user_metadata.get(metadata_key)
             ok = value is not None if metadata_value is None else value == metadata_value
-            return Readiness(ok, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ok else 'waiting'})")
+            return Readiness(ok, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ok else 'waiting'})",
+                             *pinned)
 
         return self._run(f"readiness of {data_name!r}", run, lambda r: r.detail)
 

@@ -101,9 +101,9 @@ _PATH_ERRORS = {
 
 
 def to_response(
-    exc: BaseException, action: str, secrets: Iterable[str | None] = (), after_error: str = ""
+    exc: BaseException, action: str, secrets: Iterable[str | None] = (), after_error: str = "", log_it: bool = True
 ) -> FedMLResponse:
-    """Turn an exception raised while doing `action` into a FAILURE or ERROR response.
+    """Turn an exception raised while doing `action` into a FAILURE or ERROR response (logged when `log_it`).
 
     `after_error` says what an unexpected error left behind (e.g. "Nothing was published").
     """
@@ -125,5 +125,6 @@ def to_response(
         trace = "".join(traceback.format_exception(exc))
         log.debug("unexpected error during %s:\n%s", action, redact(trace, secrets))
     message = redact(message, secrets)
-    log.info("%s", message)
+    if log_it:
+        log.info("%s", message)
     return FedMLResponse(code, message, None, reason.value)

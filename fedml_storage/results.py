@@ -40,6 +40,8 @@ class Readiness(NamedTuple):
 
     ready: bool
     detail: str
+    version: str | None = None  # the version a download would get now (the one asked for, when given)
+    sha256: str | None = None
 
 
 class _Detailed(str):

@@ -43,10 +43,12 @@ def download(data_name: str, api_key: str | None = None, service: str | None = "
                                out_progress_to_err=out_progress_to_err, progress_desc=progress_desc)
 
 
-def delete(data_name: str, service: str | None, api_key: str | None = None) -> FedMLResponse:
-    """Delete a dataset; `data` is True when it was deleted."""
+def delete(data_name: str, service: str | None, api_key: str | None = None, *,
+           missing_ok: bool = False) -> FedMLResponse:
+    """Delete a dataset; `data` is True when it was deleted (with `missing_ok`, a name not stored is a success
+    whose data is False)."""
     with _client(api_key, service) as client:
-        response = client.delete(data_name)
+        response = client.delete(data_name, missing_ok=missing_ok)
     if not response.ok:
         response.data = False
     return response

@@ -217,7 +217,7 @@ def test_ready_says_whether_a_downstream_step_can_start(store: Store, tmp_path: 
     src = tmp_path / "f.txt"
     src.write_text("x")
     waiting = client.ready("f.txt")
-    assert waiting.ok and waiting.data == (False, "dataset 'f.txt' not stored yet")
+    assert waiting.ok and waiting.data == (False, "dataset 'f.txt' not stored yet", None, None)
     assert client.upload(src, metadata={"status": "writing"}).ok
     assert client.ready("f.txt").data.ready
     assert not client.ready("f.txt", "status", "done").data.ready
@@ -227,6 +227,37 @@ def test_ready_says_whether_a_downstream_step_can_start(store: Store, tmp_path: 
     assert done.data.ready and "status='done'" in done.data.detail
     bad = client.ready("../x")
     assert not bad.ok and bad.reason == "invalid_input"
+
+
+def test_ready_waits_for_a_version_and_tells_which_one_a_download_gets(store: Store, tmp_path: Path) -> None:
+    client = store.client(keep_versions=2)
+    src = tmp_path / "f.txt"
+    src.write_text("one")
+    first = client.upload(src).data
+    now = client.ready("f.txt").data
+    assert now.ready and (now.version, now.sha256) == (first.version, first.sha256)
+    src.write_text("two")
+    second = client.upload(src).data
+    assert client.ready("f.txt").data.version == second.version
+    pinned = client.ready("f.txt", version=first.version).data  # still kept: ready, and that one
+    assert pinned.ready and (pinned.version, pinned.sha256) == (first.version, first.sha256)
+    later = client.ready("f.txt", version="20991231T000000000000Z-00000000").data
+    assert not later.ready and "not stored" in later.detail and later.version == second.version
+    src.write_text("three")
+    assert client.upload(src).ok  # keep_versions=2: the first is dropped
+    assert not client.ready("f.txt", version=first.version).data.ready
+
+
+def test_delete_with_missing_ok_succeeds_for_a_name_already_gone(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    (tmp_path / "f.txt").write_text("x")
+    assert client.upload(tmp_path / "f.txt").ok
+    assert client.delete("f.txt", missing_ok=True).data is True
+    again = client.delete("f.txt", missing_ok=True)  # a retry after the first went through
+    assert again.ok and again.data is False and "nothing to delete" in again.message
+    strict = client.delete("f.txt")
+    assert not strict.ok and strict.reason == "not_found"
+    assert not client.delete("../x", missing_ok=True).ok  # bad input stays bad input
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])
