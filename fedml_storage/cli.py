@@ -1,8 +1,10 @@
-"""`fedml-storage`: the Storage API at a terminal. Exit codes: 0 success, 1 FAILURE/ERROR, 2 usage errors."""
+"""`fedml-storage`: the Storage API at a terminal. Exit codes: 0 success, 1 failure, 75 a failure that may pass on
+retry (EX_TEMPFAIL), 2 usage errors, 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import traceback
@@ -45,15 +47,18 @@ _CLI_ADVICE = {
 }
 
 
+EXIT_FAILURE, EXIT_RETRYABLE, EXIT_INTERRUPTED = 1, 75, 130  # 75: EX_TEMPFAIL (sysexits.h)
+
+
 def _finish(response: FedMLResponse) -> Any:
-    """Data on success; otherwise the message on stderr and exit code 1."""
+    """Data on success; otherwise the message on stderr and exit code 1 (75 when trying again may help)."""
     if response.ok:
         return response.data
     message = response.message
     for python, command in _CLI_ADVICE.items():
         message = message.replace(python, command)
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(EXIT_RETRYABLE if response.retryable else EXIT_FAILURE)
 
 
 def _emit(data: Any) -> None:
@@ -230,12 +235,45 @@ def delete(obj: Ctx, name: str, yes: bool) -> None:
 def main() -> None:
     """Console entry point."""
     debug = "--debug" in sys.argv
+    handler = logging.StreamHandler(sys.stderr)  # the core's warnings (a mistyped variable, an open config file)
+    handler.setFormatter(_Lowercase())
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("fedml_storage").addHandler(handler)
     try:
-        cli.main(prog_name="fedml-storage", standalone_mode=True)
+        code = cli.main(prog_name="fedml-storage", standalone_mode=False)
+    except click.exceptions.Abort as exc:  # Ctrl-C (click turns it into Abort), or EOF at a prompt
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)  # click raises Abort() from None
+        click.echo("interrupted" if interrupted else "aborted", err=True)
+        sys.exit(EXIT_INTERRUPTED if interrupted else EXIT_FAILURE)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as exc:  # usage errors
+        exc.show()
+        sys.exit(exc.exit_code)
     except Exception as exc:  # unexpected: the core reports failures, so this is a bug
-        secrets = [os.environ.get("FEDML_STORAGE_API_KEY"), *sys.argv]
+        secrets = [os.environ.get("FEDML_STORAGE_API_KEY"), *_key_arguments(sys.argv)]
         if debug:
             click.echo(redact("".join(traceback.format_exception(exc)), secrets), err=True)
         click.echo(redact(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for details)", secrets),
                    err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _key_arguments(argv: list[str]) -> list[str]:
+    """The API keys given on the command line (--api-key's value, login's argument): to mask in error output."""
+    keys = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--api-key="):
+            keys.append(arg.partition("=")[2])
+        elif arg in ("--api-key", "login") and i + 1 < len(argv):
+            keys.append(argv[i + 1])
+    return keys
+
+
+class _Lowercase(logging.Formatter):
+    """`warning: ...`, like the `error: ...` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"

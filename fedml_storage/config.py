@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -9,13 +10,19 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import InvalidInput
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("fedml_storage")
 
@@ -23,7 +30,21 @@ SERVICES = ("LOCAL", "S3", "R2")
 ENV_PREFIX = "FEDML_STORAGE_"
 MiB = 1024 * 1024
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_API_KEY_RE = re.compile(r"^[^:\s]+:\S+$")
+_API_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+(:[\x21-\x39\x3b-\x7e]+){1,2}$")  # printable ASCII parts
+API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN)"
+_R2_ACCOUNT_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_api_key(raw: Any) -> None:
+    """Raise ValueError (never echoing the key) unless `raw` is written as an API key."""
+    if not isinstance(raw, str):
+        raise ValueError(f"api_key must be a string written {API_KEY_FORM}")
+    key = raw.strip()
+    if len(key) > 1 and key[0] == key[-1] and key[0] in "'\"":
+        raise ValueError("api_key is wrapped in quotes; give it without them")
+    if not _API_KEY_RE.match(key):
+        raise ValueError(f"api_key must be written {API_KEY_FORM}, each part printable ASCII without spaces (a "
+                         "pasted key may carry invisible characters: type it again)")
 
 
 def storage_home() -> Path:
@@ -39,7 +60,7 @@ def config_path() -> Path:
 class StorageSettings(BaseModel):
     """Everything the core needs to reach a store. Secrets are `SecretStr` and never printed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     service: Literal["LOCAL", "S3", "R2"] = Field("LOCAL", description="Default storage service.")
     local_root: Path | None = Field(None, description="Folder of the embedded LOCAL store.")
@@ -53,7 +74,8 @@ class StorageSettings(BaseModel):
     region: str | None = Field(None, description="Region for S3.")
     r2_account_id: str | None = Field(None, description="Cloudflare account id; gives the R2 endpoint.")
     namespace: str = Field("default", description="Key prefix, so several teams can share a bucket.")
-    api_key: SecretStr | None = Field(None, description="ACCESS_KEY_ID:SECRET_ACCESS_KEY for S3 and R2.")
+    api_key: SecretStr | None = Field(None, description="ACCESS_KEY_ID:SECRET_ACCESS_KEY for S3 and R2 (with "
+                                      "':SESSION_TOKEN' for temporary credentials).")
     part_size: int = Field(16 * MiB, ge=5 * MiB, le=5 * 1024 * MiB, description="Multipart upload part size.")
     download_threshold: int = Field(
         1024 * MiB, ge=0, description="Objects up to this size start as one streamed GET; larger in parallel ranges."
@@ -88,6 +110,7 @@ class StorageSettings(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
+        value = value.strip()
         if not _NAMESPACE_RE.match(value):
             raise ValueError("namespace must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
@@ -98,14 +121,40 @@ class StorageSettings(BaseModel):
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         if raw is None or raw == "":
             return None
-        if not isinstance(raw, str) or not _API_KEY_RE.match(raw.strip()):
-            raise ValueError("api_key must be written ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+        check_api_key(raw)
         return SecretStr(raw.strip())
 
-    @field_validator("bucket", "endpoint_url", "region", "r2_account_id", mode="before")
+    @field_validator("bucket", "endpoint_url", "region", "r2_account_id", "local_root", "partial_dir", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("compression", "checksum_calculation", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:  # never echoed: it holds a credential
+            raise ValueError("endpoint_url must not hold credentials (user:secret@); put them in api_key")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("endpoint_url must be an http:// or https:// URL, e.g. https://minio.example.com:9000")
+        return value
+
+    @field_validator("r2_account_id")
+    @classmethod
+    def _r2_account(cls, value: str | None) -> str | None:
+        if value is not None and not _R2_ACCOUNT_RE.match(value.lower()):
+            raise ValueError("r2_account_id must be the 32-character hex account id shown in the Cloudflare dashboard "
+                             "(not the endpoint: for a full URL set endpoint_url)")
+        return value.lower() if value else value
 
     @property
     def store_root(self) -> Path:
@@ -238,29 +287,52 @@ def read_config_file() -> dict[str, Any]:
 
 
 def write_config_file(updates: dict[str, Any]) -> Path:
-    """Merge `updates` into the config file (None removes a key), validated, written 0600 atomically."""
+    """Merge `updates` into the config file (None removes a key), validated, written 0600 atomically; concurrent
+    writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""
     unknown = set(updates) - set(StorageSettings.model_fields)
     if unknown:
         raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(StorageSettings.model_fields)}")
-    data = read_config_file()
-    for key, value in updates.items():
-        if value is None:
-            data.pop(key, None)
-        else:
-            data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
-    validate_settings(data)
-    data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-    if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
-        data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _locked(path.parent / ".config.lock"):
+            data = read_config_file()
+            for key, value in updates.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+            settings = validate_settings(data)
+            data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+            if "service" in data:
+                data["service"] = settings.service  # as it is used: "S3", not " s3 "
+            if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
+                data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
+            target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
+            fd, tmp = tempfile.mkstemp(prefix=".config-", dir=target.parent)
+            try:
+                os.fchmod(fd, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(data, fh, indent=2, sort_keys=True)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    except PermissionError:
+        raise InvalidInput(f"cannot write the config file {path}: its folder is not writable by you; fix the "
+                           f"folder's permissions or set FEDML_STORAGE_HOME to a folder of yours") from None
     return path
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock (flock; nothing where the system has none) while the config is read and written."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from .response import FedMLResponse, Reason, ResponseCode
 
 log = logging.getLogger("fedml_storage")
-log.addHandler(logging.NullHandler())
+# No NullHandler: where the application configures no logging, Python's last-resort handler shows our warnings
+# (a typo in a FEDML_STORAGE_* variable, a config file others can read) on stderr instead of dropping them.
 
 
 class StorageFailure(Exception):
@@ -63,13 +64,13 @@ MIN_SECRET_CHARS = 8  # key ids and secrets are 20-64 characters; masking shorte
 
 
 def redact(text: str, secrets: Iterable[object]) -> str:
-    """Replace every secret (and its access-key-id half) in `text` with '****'."""
+    """Replace every secret (and each part of an ID:SECRET[:TOKEN] key) in `text` with '****'."""
     for secret in secrets:
         if hasattr(secret, "get_secret_value"):
             secret = secret.get_secret_value()
         if not secret or not isinstance(secret, str):
             continue
-        parts = [secret, *secret.split(":", 1)]
+        parts = [secret, *secret.split(":")]
         for part in sorted(parts, key=len, reverse=True):
             if len(part) >= MIN_SECRET_CHARS:
                 text = text.replace(part, "****")

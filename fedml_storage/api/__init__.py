@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from ..client import StorageClient
-from ..config import config_path, write_config_file
+from ..config import check_api_key, config_path, write_config_file
 from ..errors import InvalidInput, to_response
 from ..response import FedMLResponse, ResponseCode
 from .fedml_response import FedMLStorageError, Reason
 
-_KEY_FORM = re.compile(r"^[^:\s]+:\S+$")
 
 
 def _client(api_key: str | None, service: str | None) -> StorageClient:
@@ -76,10 +74,10 @@ def fedml_login(api_key: str | None = None, service: str | None = None) -> FedML
     """Check the key's form (ACCESS_KEY_ID:SECRET_ACCESS_KEY) and save it in the config file (0600)."""
     secrets = [api_key]
     try:
-        if not isinstance(api_key, str) or not _KEY_FORM.match(api_key.strip()):
-            raise InvalidInput(
-                "the API key must be written ACCESS_KEY_ID:SECRET_ACCESS_KEY (the pair an R2 or S3 token gives)"
-            )
+        try:
+            check_api_key(api_key)
+        except ValueError as exc:
+            raise InvalidInput(f"{exc} (the pair an R2 or S3 token gives)") from None
         updates: dict[str, Any] = {"api_key": api_key.strip()}
         if service is not None:
             updates["service"] = service

@@ -82,9 +82,10 @@ class S3Store(ObjectStore):
             response_checksum_validation=checksums,
             s3=s3_options,
         )
-        key_id = secret = None
+        key_id = secret = token = None
         if settings.api_key:
-            key_id, secret = settings.api_key.get_secret_value().split(":", 1)
+            key_id, secret, *rest = settings.api_key.get_secret_value().split(":")
+            token = rest[0] if rest else None  # temporary credentials (STS) carry a session token
         region = settings.region or ("auto" if settings.service == "R2" else None)
         session = boto3.session.Session()
         try:
@@ -94,6 +95,7 @@ class S3Store(ObjectStore):
                 region_name=region,
                 aws_access_key_id=key_id,
                 aws_secret_access_key=secret,
+                aws_session_token=token,
                 config=config,
             )
         except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. a malformed endpoint or region

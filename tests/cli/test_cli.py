@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,35 @@ def test_login_prompts_without_echo_and_configure_masks(isolated_home: Path) -> 
 def test_python_dash_m_runs_the_same_cli() -> None:
     proc = subprocess.run([sys.executable, "-m", "fedml_storage", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "upload" in proc.stdout and "user-metadata" in proc.stdout
+
+
+def test_a_failure_that_may_pass_exits_75_and_one_that_cannot_exits_1() -> None:
+    unreachable = run("--service", "S3", "list", env={"FEDML_STORAGE_BUCKET": "b", "FEDML_STORAGE_MAX_ATTEMPTS": "1",
+                                                     "FEDML_STORAGE_ENDPOINT_URL": "http://127.0.0.1:9",
+                                                     "FEDML_STORAGE_API_KEY": TEST_API_KEY})
+    assert unreachable.returncode == 75 and "try again" in unreachable.stderr  # EX_TEMPFAIL: a scheduler retries
+    assert run("download", "never-stored").returncode == 1
+
+
+def test_ctrl_c_exits_130(isolated_home: Path) -> None:
+    # Own session: no controlling terminal, so the hidden prompt goes to stderr, merged here into one pipe.
+    proc = subprocess.Popen([SCRIPT, "login"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    prompt, deadline = b"", time.monotonic() + 60
+    while b"API key" not in prompt:  # waiting for the key: the user gives up
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(proc.stdout.fileno(), 256) if ready else b""
+        if not chunk:
+            proc.kill()
+            pytest.fail(f"the prompt never came: {prompt!r}")
+        prompt += chunk
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"interrupted" in out and b"Traceback" not in out
+    assert not (isolated_home / "config.json").exists()  # nothing saved
+
+
+def test_the_cores_warnings_are_shown(isolated_home: Path) -> None:
+    typo = run("list", env={"FEDML_STORAGE_SERVCE": "S3"})
+    assert typo.returncode == 0
+    assert "warning: ignoring FEDML_STORAGE_SERVCE" in typo.stderr and "FEDML_STORAGE_SERVICE" in typo.stderr

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +159,99 @@ def test_a_placeholder_key_does_not_garble_the_message(tmp_path: Path) -> None:
     response = api.upload(str(tmp_path / "d"), api_key="api_key", service="R2")  # the spec's placeholder
     assert response.reason in ("invalid_input", "not_configured") and "api_key" in response.message, response.message
     assert "****" not in response.message
+
+
+_CONCURRENT_SETTINGS = {
+    "bucket": "b1", "region": "eu-west-1", "namespace": "team-a", "keep_versions": 3, "part_size": 8 * 1024 * 1024,
+    "concurrency": 4, "max_attempts": 3, "read_timeout": 30, "compression": "deflated", "stream_min_rate": 0,
+    "download_part_size": 2 * 1024 * 1024, "endpoint_url": "http://127.0.0.1:9000",
+}
+
+
+def test_concurrent_configures_keep_each_others_settings(isolated_home: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    calls = [f"api.configure(**{{{key!r}: {value!r}}})" for key, value in _CONCURRENT_SETTINGS.items()]
+    calls.append(f"api.fedml_login({TEST_API_KEY!r})")
+    procs = []
+    for i, call in enumerate(calls):  # each imports, says it is ready, then all write at the same moment
+        script = (f"import os, time; from fedml_storage import api; open({str(tmp_path / str(i))!r}, 'w').close()\n"
+                  f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\nassert {call}.ok")
+        procs.append(subprocess.Popen([sys.executable, "-c", script]))
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / str(i)).exists() for i in range(len(calls))) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(procs)
+    saved = json.loads(config_path().read_text())
+    assert saved == {**_CONCURRENT_SETTINGS, "api_key": TEST_API_KEY}  # none lost to a concurrent read-modify-write
+    assert stat.S_IMODE(config_path().stat().st_mode) == 0o600
+
+
+def test_a_secret_inside_the_endpoint_url_is_refused_and_never_shown(monkeypatch) -> None:
+    monkeypatch.setenv("FEDML_STORAGE_ENDPOINT_URL", "http://minioadmin:hunter2-secret-value@127.0.0.1:1")
+    response = api.list_storage_objects(service="S3")
+    assert response.reason == "invalid_input" and not response.retryable
+    assert "hunter2-secret-value" not in response.message and "endpoint_url" in response.message
+    assert "must not hold credentials" in response.message
+
+
+def test_settings_errors_never_echo_the_key() -> None:
+    with pytest.raises(Exception) as raised:
+        StorageSettings(api_key="AKIAKEYID0001 wJalrSECRETSECRET")  # a space where the colon goes
+    assert "wJalrSECRETSECRET" not in str(raised.value) and "AKIAKEYID0001" not in str(raised.value)
+
+
+@pytest.mark.parametrize("account", ["evil.example/", "u:p@evil.example:443/", "abc.r2.cloudflarestorage.com",
+                                     "https://0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com"])
+def test_an_r2_account_id_that_is_no_account_id_is_bad_input_not_retryable(account: str) -> None:
+    response = StorageClient(service="R2", bucket="b", r2_account_id=account, api_key=TEST_API_KEY).list()
+    assert response.reason == "invalid_input" and not response.retryable, response.message
+    assert "32-character hex account id" in response.message
+
+
+def test_a_session_token_reaches_the_server(moto_endpoint: str, s3_bucket: str) -> None:
+    from urllib.parse import urlsplit
+
+    from tests.cutting_proxy import CuttingProxy
+
+    url = urlsplit(moto_endpoint)
+    proxy = CuttingProxy((url.hostname, url.port))
+    try:
+        client = StorageClient(service="S3", bucket=s3_bucket, endpoint_url=proxy.endpoint, region="us-east-1",
+                               api_key=TEST_API_KEY + ":FwoGZXIvYXdzEJr-session-token")
+        assert client.list().ok
+        assert any(b"\r\nx-amz-security-token: fwogzxivyxdzejr-session-token" in h.lower() for h in proxy.request_heads)
+        failed = StorageClient(service="S3", bucket="missing-bucket-x", endpoint_url=proxy.endpoint,
+                               region="us-east-1", api_key=TEST_API_KEY + ":FwoGZXIvYXdzEJr-session-token").list()
+        assert not failed.ok and "session-token" not in failed.message
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("key", ["\ufeffAKIAKEYID00001:secret-secret-1", "AKIAKEYID00001:secret-secret-1\u200b",
+                                 '"AKIAKEYID00001:secret-secret-1"', "AKIAKEYID00001:sec\x00ret-secret-1",
+                                 "AKIA:KEY:ID:SECRET"])
+def test_login_refuses_keys_that_cannot_work(key: str) -> None:
+    response = api.fedml_login(key)
+    assert response.reason == "invalid_input" and "secret-secret-1" not in response.message
+    assert not config_path().exists()
+
+
+def test_login_saves_the_service_as_it_is_used_and_keeps_a_linked_config(isolated_home: Path, tmp_path: Path) -> None:
+    kept_elsewhere = tmp_path / "dotfiles" / "fedml.json"
+    kept_elsewhere.parent.mkdir()
+    kept_elsewhere.write_text("{}")
+    os.chmod(kept_elsewhere, 0o600)
+    config_path().symlink_to(kept_elsewhere)
+    assert api.fedml_login(TEST_API_KEY, service=" s3 ").ok
+    assert config_path().is_symlink()  # still the user's link, and the file it names holds the settings
+    assert json.loads(kept_elsewhere.read_text()) == {"api_key": TEST_API_KEY, "service": "S3"}
+
+
+def test_warnings_reach_stderr_without_any_logging_set_up(isolated_home: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from fedml_storage import api; api.list_storage_objects()"],
+        env={**os.environ, "FEDML_STORAGE_SERVCE": "S3"}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0
+    assert "FEDML_STORAGE_SERVCE" in proc.stderr and "did you mean FEDML_STORAGE_SERVICE" in proc.stderr
