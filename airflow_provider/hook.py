@@ -6,9 +6,10 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
+from airflow.sdk.lineage import get_hook_lineage_collector
 
 from fedml_storage import (
-    FedMLResponse, FedMLStorageError, StorageClient, StorageMetadata, unknown_settings,
+    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, StorageClient, StorageMetadata, unknown_settings,
 )
 
 
@@ -64,7 +65,7 @@ class FedMLStorageHook(BaseHook):
                     f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
                     "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
                 ) from None
-            self.log.info("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
+            self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
         settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()
@@ -79,11 +80,19 @@ class FedMLStorageHook(BaseHook):
         return settings
 
     def get_client(self) -> StorageClient:
-        """The core client for this connection (built once)."""
+        """The core client for this connection (built once).
+
+        Its failures are not logged by the core: the hook raises them and Airflow logs them once.
+        """
         if self._client is None:
             settings = self.settings_from_connection()
-            self._client = StorageClient(origin=self._origin(settings), **{**settings, **self._overrides})
+            self._client = StorageClient(origin=self._origin(settings), log_failures=False,
+                                         **{**settings, **self._overrides})
         return self._client
+
+    def get_conn(self) -> StorageClient:
+        """The core client for this connection, as `get_client()` (the name other Airflow hooks use)."""
+        return self.get_client()
 
     def _origin(self, settings: dict[str, Any]) -> str:
         """Where explicit settings came from, for messages about a bad one."""
@@ -114,19 +123,22 @@ class FedMLStorageHook(BaseHook):
         """Store a file or directory; the upload's details as a JSON-able dict."""
         result = raise_for(self.get_client().upload(data_path, name, description, metadata, tag_list))
         self.log.info("%s", result.summary())
+        get_hook_lineage_collector().add_output_asset(context=self, uri=self.asset_uri(result.name))
         return result.to_dict()
 
-    def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
-        """Fetch a dataset; its absolute local path."""
+    def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> DownloadResult:
+        """Fetch a dataset; its absolute local path, a str that also carries `version`, `sha256`, `size`, ..."""
         result = raise_for(self.get_client().download(name, dest_path, version=version))
         self.log.info("%s", result.summary())
-        return str(result)
+        get_hook_lineage_collector().add_input_asset(context=self, uri=self.asset_uri(result.name))
+        return result
 
-    def delete(self, name: str) -> bool:
-        """Remove a dataset; True."""
-        raise_for(self.get_client().delete(name))
-        self.log.info("deleted %r", name)
-        return True
+    def delete(self, name: str, *, missing_ok: bool = False) -> bool:
+        """Remove a dataset; whether something was deleted (False: with `missing_ok`, it was not stored)."""
+        response = self.get_client().delete(name, missing_ok=missing_ok)
+        deleted = raise_for(response)
+        self.log.info("%s", response.message)
+        return deleted
 
     def list(self) -> list[dict[str, Any]]:
         """Every dataset's metadata as dicts."""
@@ -145,16 +157,24 @@ class FedMLStorageHook(BaseHook):
         """Whether a dataset of that name is stored."""
         return raise_for(self.get_client().exists(name))
 
+    def readiness(self, name: str, metadata_key: str | None = None, metadata_value: str | None = None, *,
+                  version: str | None = None) -> Readiness:
+        """Whether `name` is stored (with `metadata_key` set, to `metadata_value` when given; with `version` kept),
+        why not, and the version and SHA-256 a download would get.
+
+        Raises FedMLStorageException on failure: `retryable` (service unreachable, busy) means "check again later".
+        """
+        return raise_for(self.get_client().ready(name, metadata_key, metadata_value, version=version))
+
     def dataset_ready(self, name: str, metadata_key: str | None = None,
                       metadata_value: str | None = None) -> tuple[bool, str]:
-        """Whether `name` is stored (with `metadata_key` set, to `metadata_value` when given), and why not.
-
-        A failure that waiting can cure (service unreachable, busy) counts as not ready; others raise.
-        """
-        response = self.get_client().ready(name, metadata_key, metadata_value)
-        if not response.ok and response.retryable:
-            return False, response.message
-        readiness = raise_for(response)
+        """Whether `name` is ready (see `readiness`), and why not; a failure waiting can cure counts as not ready."""
+        try:
+            readiness = self.readiness(name, metadata_key, metadata_value)
+        except FedMLStorageException as exc:
+            if exc.retryable:
+                return False, str(exc)
+            raise
         return readiness.ready, readiness.detail
 
     def asset_uri(self, name: str) -> str:
@@ -170,7 +190,7 @@ class FedMLStorageHook(BaseHook):
             settings = self.settings_from_connection()
         except (AirflowNotFoundException, FedMLStorageException) as exc:
             return False, str(exc)
-        with StorageClient(origin=self._origin(settings), **settings) as client:
+        with StorageClient(origin=self._origin(settings), log_failures=False, **settings) as client:
             response = client.list()
         if response.ok:
             return True, f"Connection works: {len(response.data)} dataset(s) visible"

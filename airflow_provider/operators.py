@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, Context
+from airflow.sdk.definitions.mappedoperator import OperatorPartial
 from airflow.sdk.exceptions import AirflowFailException
 
 from fedml_storage import asset_uri, planned_name
@@ -38,11 +39,19 @@ def _templated(value: object) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
-def _static_asset(name: str | None, namespace: str | None) -> list[Asset]:
-    """The dataset's Asset when its name is known at parse time (not templated)."""
-    if not name or _templated(name) or _templated(namespace):
+def _static_asset(name: object, namespace: str | None) -> list[Asset]:
+    """The dataset's Asset when the DAG file alone tells its name and namespace; a namespace that is not passed
+    comes from the connection or the core's configuration, known only at run time."""
+    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
         return []
-    return [Asset(asset_uri(namespace or "default", name))]
+    if _templated(name) or _templated(namespace):
+        return []
+    return [Asset(asset_uri(namespace, name))]
+
+
+def _upload_alias(dag_id: str, task_id: str) -> AssetAlias:
+    """The alias through which an upload emits an Asset only the run tells."""
+    return AssetAlias(f"fedml-storage-upload:{dag_id}.{task_id}")
 
 
 def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
@@ -61,10 +70,11 @@ def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
 class FedMLStorageUploadOperator(_StorageOperator):
     """Upload a file or directory; XCom: name, uri, version, sha256, size, skipped, ...
 
-    Declares the outlet Asset ``fedml://<namespace>/<name>`` (namespace "default" unless given), so DAGs
-    scheduled on it run after each upload. When only the run tells the name (templated, from XCom, or a name
-    without an extension for a path with one, which a file gains and a folder not), it declares the AssetAlias
-    ``fedml-storage-upload:<dag_id>.<task_id>`` instead and the run emits the Asset through it.
+    With `namespace=` given and a name the DAG file tells, declares the outlet Asset
+    ``fedml://<namespace>/<name>``, so DAGs scheduled on it run after each upload. Otherwise (the namespace comes
+    from the connection, the name is templated or from XCom, a name without an extension for a path with one,
+    a mapped upload) it declares the AssetAlias ``fedml-storage-upload:<dag_id>.<task_id>`` and the run emits
+    the Asset it stored through it. An AssetAlias passed in `outlets` gets the event too.
     """
 
     template_fields: Sequence[str] = ("data_path", "name", "description", "metadata", "tag_list", "service",
@@ -81,8 +91,18 @@ class FedMLStorageUploadOperator(_StorageOperator):
         self.metadata = metadata
         self.tag_list = tag_list
         if not self.outlets:  # a name only the run tells is emitted then, through an alias of this task
-            self.outlets = _static_asset(_upload_name_at_parse(data_path, name), self.namespace) or [
-                AssetAlias(f"fedml-storage-upload:{self.dag_id}.{self.task_id}")]
+            self.outlets = (_static_asset(_upload_name_at_parse(data_path, name), self.namespace)
+                            or [_upload_alias(self.dag_id, self.task_id)])
+
+    @classmethod
+    def partial(cls, *, task_id: str, **kwargs: Any) -> OperatorPartial:  # type: ignore[override]
+        """As `BaseOperator.partial`; without `outlets=`, the mapped upload declares the task's AssetAlias (a
+        mapped operator's __init__ only runs at run time, too late to declare anything)."""
+        partial = super().partial(task_id=task_id, **kwargs)
+        dag = partial.kwargs.get("dag")
+        if not partial.kwargs.get("outlets") and dag is not None:
+            partial.kwargs["outlets"] = [_upload_alias(dag.dag_id, partial.kwargs["task_id"])]
+        return partial
 
     def execute(self, context: Context) -> dict[str, Any]:
         metadata = self.metadata
@@ -102,8 +122,9 @@ class FedMLStorageUploadOperator(_StorageOperator):
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
         for asset in declared:
             context["outlet_events"][asset].extra = extra
-        for alias in (a for a in self.outlets if isinstance(a, AssetAlias) and a.name.startswith("fedml-storage-")):
-            context["outlet_events"][alias].add(Asset(uri), extra=extra)
+        if not declared:  # else the declared Asset has its event already
+            for alias in (a for a in self.outlets if isinstance(a, AssetAlias)):
+                context["outlet_events"][alias].add(Asset(uri), extra=extra)
         return result
 
     @staticmethod
@@ -119,7 +140,12 @@ class FedMLStorageUploadOperator(_StorageOperator):
 
 
 class FedMLStorageDownloadOperator(_StorageOperator):
-    """Download a dataset (optionally an exact version) into `dest_path`; XCom: its absolute path."""
+    """Download a dataset (optionally an exact version) into `dest_path`; XCom: its absolute path, and under the
+    keys ``version`` and ``sha256`` what was downloaded (for a downstream task to pin that version).
+
+    Declares the inlet Asset ``fedml://<namespace>/<name>`` when `namespace=` is given and the name is not
+    templated; the run reports the dataset read to Airflow's hook lineage in any case.
+    """
 
     template_fields: Sequence[str] = ("name", "dest_path", "version", "service", "namespace")
 
@@ -134,21 +160,29 @@ class FedMLStorageDownloadOperator(_StorageOperator):
 
     def execute(self, context: Context) -> str:
         with self.hook() as hook:
-            return hook.download(self.name, self.dest_path, self.version or None)
+            result = hook.download(self.name, self.dest_path, self.version or None)
+        context["ti"].xcom_push(key="version", value=result.version)
+        context["ti"].xcom_push(key="sha256", value=result.sha256)
+        return str(result)
 
 
 class FedMLStorageDeleteOperator(_StorageOperator):
-    """Delete a dataset; XCom: True."""
+    """Delete a dataset; XCom: whether something was deleted.
+
+    With `missing_ok` (the default) a name that is not stored succeeds with False, so a retry after the delete
+    went through succeeds; `missing_ok=False` fails the task instead.
+    """
 
     template_fields: Sequence[str] = ("name", "service", "namespace")
 
-    def __init__(self, *, name: str, **kwargs: Any) -> None:
+    def __init__(self, *, name: str, missing_ok: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.name = name
+        self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> bool:
         with self.hook() as hook:
-            return hook.delete(self.name)
+            return hook.delete(self.name, missing_ok=self.missing_ok)
 
 
 class FedMLStorageListOperator(_StorageOperator):

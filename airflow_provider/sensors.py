@@ -1,4 +1,4 @@
-"""`FedMLStorageDatasetSensor`: wait until a dataset exists (and optionally carries a metadata value)."""
+"""`FedMLStorageDatasetSensor`: wait until a dataset exists (and optionally carries a metadata value or version)."""
 
 from __future__ import annotations
 
@@ -6,57 +6,77 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator, Context, conf
+from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue, conf
 
-from .hook import FedMLStorageFailException, FedMLStorageHook
-from .triggers import WAIT_FIELDS, FedMLStorageDatasetTrigger
+from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
+from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger
 
 
 class FedMLStorageDatasetSensor(BaseSensorOperator):
-    """Succeeds once `name` is stored; with `metadata_key`, once that user-metadata key is set
-    (to `metadata_value`, when given). Works in poke and reschedule mode, and with `deferrable=True`
-    waits in the triggerer without holding a worker slot."""
+    """Succeeds once `name` is stored; with `metadata_key`, once that user-metadata key is set (to
+    `metadata_value`, when given); with `version`, once that version is stored. XCom: {"name", "version",
+    "sha256"} of what a download gets (the version asked for, when given).
 
-    template_fields: Sequence[str] = ("name", "metadata_key", "metadata_value", "service", "namespace")
+    Works in poke and reschedule mode, and with `deferrable=True` waits in the triggerer without holding a
+    worker slot. An unreachable or busy service counts as "not yet" (logged as a warning); bad input or refused
+    credentials fail the task.
+    """
+
+    template_fields: Sequence[str] = ("name", "metadata_key", "metadata_value", "version", "service", "namespace")
 
     def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
-                 fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name, service: str | None = None,
-                 namespace: str | None = None,
+                 version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
+                 service: str | None = None, namespace: str | None = None,
                  deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.name = name
         self.metadata_key = metadata_key
         self.metadata_value = metadata_value
+        self.version = version
         self.fedml_storage_conn_id = fedml_storage_conn_id
         self.service = service
         self.namespace = namespace
         self.deferrable = deferrable
 
-    def poke(self, context: Context) -> bool:
+    def poke(self, context: Context) -> PokeReturnValue:
         with FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace) as hook:
-            ready, detail = hook.dataset_ready(self.name, self.metadata_key, self.metadata_value)
-        self.log.info("%s", detail)
-        return ready
+            try:
+                seen = hook.readiness(self.name, self.metadata_key, self.metadata_value, version=self.version or None)
+            except FedMLStorageException as exc:
+                if not exc.retryable:
+                    raise
+                self.log.warning(UNREACHABLE, self.name, _seconds(self.poke_interval), exc)
+                return PokeReturnValue(False)
+        self.log.info("%s", seen.detail)
+        return PokeReturnValue(seen.ready, _seen(self.name, seen.version, seen.sha256) if seen.ready else None)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        if self.poke(context):
-            return None
+        done = self.poke(context)
+        if done:
+            return done.xcom_value
         self.defer(
-            trigger=FedMLStorageDatasetTrigger(**{k: getattr(self, k) for k in WAIT_FIELDS},
+            trigger=FedMLStorageDatasetTrigger(**{k: getattr(self, k) for k in WAIT_FIELDS if k != "version"},
+                                               version=self.version or None,
                                                poke_interval=_seconds(self.poke_interval)),
             method_name="execute_complete",
             timeout=timedelta(seconds=_seconds(self.timeout)),
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
-        """Resumes after the trigger fired: success, or fail with the trigger's message."""
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resumes after the trigger fired: what it saw (as poke's XCom), or fail with the trigger's message."""
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "the dataset trigger ended without an event")
             raise FedMLStorageFailException(message, None, retryable=False)
         self.log.info("%s", event["message"])
+        return _seen(event.get("name", self.name), event.get("version"), event.get("sha256"))
+
+
+def _seen(name: str, version: str | None, sha256: str | None) -> dict[str, Any]:
+    """What the sensor pushes downstream: the dataset and the version (and SHA-256) a download gets."""
+    return {"name": name, "version": version, "sha256": sha256}
 
 
 def _seconds(value: timedelta | float) -> float:

@@ -10,24 +10,27 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
-from .hook import FedMLStorageHook
+from .hook import FedMLStorageException, FedMLStorageHook
 
 # What the sensor hands to the trigger: what to wait for and where, never a secret.
-WAIT_FIELDS = ("name", "metadata_key", "metadata_value", "fedml_storage_conn_id", "service", "namespace")
+WAIT_FIELDS = ("name", "metadata_key", "metadata_value", "version", "fedml_storage_conn_id", "service", "namespace")
+
+UNREACHABLE = "cannot check dataset %r, checking again in %ss (if this persists, check the connection): %s"
 
 
 class FedMLStorageDatasetTrigger(BaseTrigger):
-    """Fires once the dataset is ready (see `FedMLStorageHook.dataset_ready`), or with the error that stops waiting.
+    """Fires once the dataset is ready (see `FedMLStorageHook.readiness`) with the version and SHA-256 it saw, or
+    with the error that stops waiting. Failures that waiting can cure (service unreachable, busy) keep waiting.
 
     Holds only the connection id and what to wait for: no secret is serialised into the metadata DB.
     """
 
     def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
-                 fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name, service: str | None = None,
-                 namespace: str | None = None, poke_interval: float = 60.0) -> None:
+                 version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
+                 service: str | None = None, namespace: str | None = None, poke_interval: float = 60.0) -> None:
         super().__init__()
-        self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, fedml_storage_conn_id, service,
-                                           namespace)))
+        self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, version, fedml_storage_conn_id,
+                                           service, namespace)))
         self.poke_interval = poke_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -40,18 +43,25 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
         # own (not the shared one), so a slow endpoint does not hold up other triggers. One thread: the close
         # below then runs only after a check that a cancellation left running.
         worker = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-trigger")
-        check = sync_to_async(hook.dataset_ready, thread_sensitive=False, executor=worker)
+        check = sync_to_async(hook.readiness, thread_sensitive=False, executor=worker)
         try:
             while True:
                 try:
-                    ready, detail = await check(w["name"], w["metadata_key"], w["metadata_value"])
-                except Exception as exc:  # not curable by waiting: hand it to the task, which fails with it
+                    seen = await check(w["name"], w["metadata_key"], w["metadata_value"], version=w["version"])
+                except FedMLStorageException as exc:
+                    if not exc.retryable:  # not curable by waiting: hand it to the task, which fails with it
+                        yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
+                        return
+                    self.log.warning(UNREACHABLE, w["name"], self.poke_interval, exc)
+                except Exception as exc:  # e.g. a connection lookup that failed: the task fails with it
                     yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                     return
-                if ready:
-                    yield TriggerEvent({"status": "success", "name": w["name"], "message": detail})
-                    return
-                self.log.info("%s (checking again in %ss)", detail.rstrip(". "), self.poke_interval)
+                else:
+                    if seen.ready:
+                        yield TriggerEvent({"status": "success", "name": w["name"], "message": seen.detail,
+                                            "version": seen.version, "sha256": seen.sha256})
+                        return
+                    self.log.info("%s (checking again in %ss)", seen.detail.rstrip(". "), self.poke_interval)
                 await asyncio.sleep(self.poke_interval)
         finally:  # not awaited: a cancelled trigger must not wait for a slow check to end
             worker.submit(hook.close)

@@ -13,7 +13,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import Asset, XComArg, dag, task
 
 from airflow_provider.operators import FedMLStorageDownloadOperator
 from fedml_storage import asset_uri
@@ -34,15 +34,15 @@ def consumer():
     download = FedMLStorageDownloadOperator(task_id="download", name=DATASET, dest_path=str(WORKDIR / "consumed"))
 
     @task
-    def report(path: str) -> dict:
-        """Count what arrived; the download already verified every byte."""
+    def report(path: str, version: str) -> dict:
+        """Count what arrived (and which version); the download already verified every byte."""
         files = [p for p in Path(path).rglob("*") if p.is_file()]
-        summary = {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        summary = {"version": version, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
         if os.environ.get("FEDML_EXAMPLE_KEEP") != "1":
             shutil.rmtree(path, ignore_errors=True)
         return summary
 
-    report(download.output)
+    report(download.output, XComArg(download, key="version"))  # the download's path and the version it got
 
 
 consumer()

@@ -42,6 +42,7 @@ def _handoff_then_consumer(home: Path, work: Path, env: dict[str, str]) -> str:
     consumer = run_dag(home, "fedml_storage_consumer", env)
     assert succeeded(consumer), (consumer.stdout + consumer.stderr)[-4000:]
     assert tree_bytes(work / "consumed" / DATASET) == tree_bytes(produced)
+    assert _xcom(home, "fedml_storage_consumer", "report")["version"] == upload["version"]  # the download's key
     return producer.stdout + producer.stderr + consumer.stdout + consumer.stderr
 
 
@@ -77,3 +78,41 @@ def test_names_only_the_run_tells_reach_lineage_through_an_alias(airflow_home: P
     assert "fedml://default/weights" not in events  # the name as given, which the file's extension extends
     queued = query(airflow_home, "SELECT target_dag_id FROM asset_dag_run_queue")
     assert ("fedml_storage_lineage_consumer",) in queued
+
+
+def _xcoms(home: Path, dag_id: str, task_id: str, key: str = "return_value") -> list:
+    rows = query(home, "SELECT value FROM xcom WHERE dag_id=? AND task_id=? AND key=? ORDER BY map_index", dag_id,
+                 task_id, key)
+    return [json.loads(v if isinstance(v, str) else v.decode()) for (v,) in rows]
+
+
+def test_namespace_from_the_connection_mapped_uploads_sensor_download_and_retried_delete(
+        airflow_home: Path, tmp_path: Path) -> None:
+    dagfile = Path(__file__).parent / "dags" / "fedml_team_dag.py"
+    conn = {"conn_type": "fedml_storage", "extra": {"service": "LOCAL", "namespace": "team-a",
+                                                     "local_root": str(tmp_path / "store")}}
+    env = {"AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": json.dumps(conn), "FEDML_TEAM_WORK": str(tmp_path / "work"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(dagfile.parent)}
+    run = run_dag(airflow_home, "fedml_storage_team", env, dagfile)
+    assert succeeded(run), (run.stdout + run.stderr)[-4000:]
+    dag_id = "fedml_storage_team"
+    events = dict(query(airflow_home, "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                                      "WHERE a.uri LIKE 'fedml://team-a/%'"))
+    # every mapped upload's event is recorded, in the namespace the connection sets
+    mapped = _xcoms(airflow_home, dag_id, "upload_each")
+    assert [m["name"] for m in mapped] == ["ds1.csv", "ds2.csv", "ds3.csv"]
+    for item in mapped:
+        assert json.loads(events[f"fedml://team-a/{item['name']}"])["version"] == item["version"]
+    upload = _xcoms(airflow_home, dag_id, "upload")[0]
+    assert json.loads(events["fedml://team-a/shared"])["version"] == upload["version"]
+    assert query(airflow_home, "SELECT uri FROM asset WHERE uri IN ('fedml://default/shared', "
+                               "'fedml://default/ds1.csv', 'fedml://default/ds2.csv', 'fedml://default/ds3.csv')") == []
+    assert ("fedml_storage_team_consumer",) in query(airflow_home, "SELECT target_dag_id FROM asset_dag_run_queue")
+    # the sensor tells what it saw; the download pushes what it got, besides its path
+    seen = {"name": "shared", "version": upload["version"], "sha256": upload["sha256"]}
+    assert _xcoms(airflow_home, dag_id, "wait") == [seen]
+    assert _xcoms(airflow_home, dag_id, "download") == [str(tmp_path / "work" / "down" / "shared")]
+    assert _xcoms(airflow_home, dag_id, "download", "version") == [upload["version"]]
+    assert _xcoms(airflow_home, dag_id, "download", "sha256") == [upload["sha256"]]
+    # a delete run again after it went through succeeds, and says nothing was deleted
+    assert (_xcoms(airflow_home, dag_id, "delete"), _xcoms(airflow_home, dag_id, "delete_again")) == ([True], [False])

@@ -14,7 +14,7 @@ import pytest
 
 from airflow_provider.hook import FedMLStorageHook
 from airflow_provider.triggers import FedMLStorageDatasetTrigger
-from fedml_storage import StorageClient
+from fedml_storage import Readiness, StorageClient
 from tests.conftest import TEST_API_KEY
 
 from .conftest import AIRFLOW, base_env, query
@@ -76,13 +76,13 @@ def test_a_cancelled_trigger_closes_its_client_after_the_check_in_flight(monkeyp
     events: list[str] = []
     release = threading.Event()
 
-    def slow_check(self, *args) -> tuple[bool, str]:
+    def slow_check(self, *args, **kwargs) -> Readiness:
         events.append("check")
         release.wait(10)  # an endpoint that does not answer yet
         events.append("check done")
-        return False, "not yet"
+        return Readiness(False, "not yet")
 
-    monkeypatch.setattr(FedMLStorageHook, "dataset_ready", slow_check)
+    monkeypatch.setattr(FedMLStorageHook, "readiness", slow_check)
     monkeypatch.setattr(FedMLStorageHook, "close", lambda self: events.append("close"))
 
     async def cancel_mid_check() -> None:
@@ -126,7 +126,7 @@ def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path,
         client.upload(data, metadata={"status": "writing"}).unwrap()
         time.sleep(1.5)
         assert proc.poll() is None, "the sensor finished before the metadata value was set"
-        client.upload(data, metadata={"status": "ready"}).unwrap()
+        stored = client.upload(data, metadata={"status": "ready"}).unwrap()
         assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
@@ -136,3 +136,43 @@ def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path,
     states = query(airflow_home, "SELECT task_id, state FROM task_instance WHERE dag_id='fedml_storage_sensor' "
                                  "ORDER BY task_id")
     assert states == [("after", "success"), ("wait", "success")]
+    # what the trigger saw reaches the task's XCom, for a downstream task to pin the version
+    rows = query(airflow_home, "SELECT value FROM xcom WHERE dag_id='fedml_storage_sensor' AND task_id='wait' "
+                               "AND key='return_value'")
+    value = rows[0][0]
+    assert json.loads(value if isinstance(value, str) else value.decode()) == {
+        "name": "late-data", "version": stored.version, "sha256": stored.sha256}
+
+
+def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
+        monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
+        {"conn_type": "fedml_storage", "password": TEST_API_KEY,
+         "extra": {"service": "S3", "bucket": "b", "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}}))
+    trigger = FedMLStorageDatasetTrigger(name="ds", poke_interval=0.05)
+    checks: list[str] = []
+    real = FedMLStorageHook.readiness
+
+    def counted(self, *args, **kwargs):
+        checks.append("check")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FedMLStorageHook, "readiness", counted)
+
+    async def three_checks_then_cancel() -> None:
+        waiting = asyncio.ensure_future(_first_event(trigger, within=60))
+        while len(checks) < 3 and not waiting.done():
+            await asyncio.sleep(0.01)
+        assert not waiting.done(), waiting.result()  # an unreachable service is no reason to fail the task
+        waiting.cancel()
+
+    asyncio.run(three_checks_then_cancel())
+    out, err = capfd.readouterr()
+    warned = [line for line in (caplog.text + out + err).splitlines()
+              if "cannot check dataset 'ds'" in line and "cannot reach the storage endpoint" in line]
+    assert warned and all("warning" in line.lower() for line in warned)

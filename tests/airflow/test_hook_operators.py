@@ -48,9 +48,16 @@ class _OutletEvents(SimpleNamespace):
         self.added.append((asset.uri, extra))
 
 
+class _TaskInstance(SimpleNamespace):
+    """What a task's `ti` records of `xcom_push`."""
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
 def _context() -> dict:
     return {"outlet_events": defaultdict(lambda: _OutletEvents(extra=None, added=[])), "run_id": "manual__1",
-            "ds": "2026-11-24"}
+            "ds": "2026-11-24", "ti": _TaskInstance(pushed={})}
 
 
 def test_connection_from_uri_and_json(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +126,8 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     src = tmp_path / "ds"
     src.mkdir()
     (src / "a.txt").write_text("airflow")
-    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(src), metadata='{"k": "v"}', tag_list=["t"])
+    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(src), metadata='{"k": "v"}', tag_list=["t"],
+                                        namespace="default")
     assert [a.uri for a in upload.outlets] == ["fedml://default/ds"]
     ctx = _context()
     result = upload.execute(ctx)
@@ -134,10 +142,12 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     assert again["skipped"] and again["version"] == result["version"]  # a retried upload costs nothing
 
     down = FedMLStorageDownloadOperator(task_id="down", name="ds", dest_path=str(tmp_path / "o"),
-                                        version=result["version"])
+                                        version=result["version"], namespace="default")
     assert [a.uri for a in down.inlets] == ["fedml://default/ds"]
-    path = down.execute(_context())
-    assert Path(path, "a.txt").read_text() == "airflow"
+    ctx = _context()
+    path = down.execute(ctx)
+    assert Path(path, "a.txt").read_text() == "airflow" and type(path) is str  # XCom: the path, as before
+    assert ctx["ti"].pushed == {"version": result["version"], "sha256": result["sha256"]}  # to pin downstream
     listed = FedMLStorageListOperator(task_id="ls").execute(_context())
     assert [i["dataName"] for i in listed] == ["ds"] and json.dumps(listed)
     meta = FedMLStorageMetadataOperator(task_id="m", name="ds").execute(_context())
@@ -150,24 +160,52 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     assert SECRET not in everything and TEST_API_KEY.split(":")[0] not in json.dumps([result, listed, meta])
 
 
-def test_outlet_must_name_the_namespace_the_connection_stores_under(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_namespace_set_only_in_the_connection_reaches_outlets_and_inlets(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
         {"conn_type": "fedml_storage", "extra": {"service": "LOCAL", "namespace": "team-a"}}))
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "a.txt").write_text("x")
     unaware = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "ds"))
+    assert [type(a) for a in unaware.outlets] == [AssetAlias]  # the DAG file does not tell the namespace
+    ctx = _context()
+    result = unaware.execute(ctx)
+    assert ctx["outlet_events"][unaware.outlets[0]].added[0][0] == "fedml://team-a/ds"  # what was stored
+    assert [m.dataName for m in StorageClient(service="LOCAL", namespace="team-a").list().data] == ["ds"]
+    down = FedMLStorageDownloadOperator(task_id="down", name="ds", dest_path=str(tmp_path / "o"))
+    assert down.inlets == []  # never the wrong fedml://default/ds
+    assert down.execute(_context()).endswith("ds")
+    aware = FedMLStorageDownloadOperator(task_id="down2", name="ds", namespace="team-a")
+    assert [a.uri for a in aware.inlets] == ["fedml://team-a/ds"]
+    templated = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "ds"), namespace="{{ params.ns }}")
+    assert [type(a) for a in templated.outlets] == [AssetAlias]
+
+    # outlets declared by hand for another namespace are refused before anything is published
+    wrong = FedMLStorageUploadOperator(task_id="up3", data_path=str(tmp_path / "ds"), name="other",
+                                       outlets=[Asset("fedml://default/other")])
     ctx = _context()
     with pytest.raises(AirflowFailException, match="nothing was uploaded. Make them agree: pass namespace="):
-        unaware.execute(ctx)  # never an event for fedml://default/ds
+        wrong.execute(ctx)
     assert not ctx["outlet_events"]
-    assert StorageClient(service="LOCAL", namespace="team-a").list().data == []  # refused before publishing
-    aware = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "ds"), namespace="team-a")
-    assert [a.uri for a in aware.outlets] == ["fedml://team-a/ds"]
-    ctx = _context()
-    assert aware.execute(ctx)["name"] == "ds"
-    assert [a.uri for a in ctx["outlet_events"]] == ["fedml://team-a/ds"]
     assert [m.dataName for m in StorageClient(service="LOCAL", namespace="team-a").list().data] == ["ds"]
+    assert result["name"] == "ds"
+
+
+def test_user_aliases_get_the_event_and_mapped_uploads_declare_one(tmp_path: Path) -> None:
+    from airflow.sdk import DAG
+
+    (tmp_path / "f.txt").write_text("x")
+    mine = AssetAlias("my-alias")
+    op = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt"), outlets=[mine])
+    ctx = _context()
+    result = op.execute(ctx)
+    assert ctx["outlet_events"][mine].added == [
+        ("fedml://default/f.txt", {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")})]
+    with DAG("mapping_dag", schedule=None):
+        mapped = FedMLStorageUploadOperator.partial(task_id="up").expand(data_path=["a", "b"])
+        chosen = FedMLStorageUploadOperator.partial(task_id="up2", outlets=[mine]).expand(data_path=["a"])
+    assert mapped.outlets == [AssetAlias("fedml-storage-upload:mapping_dag.up")]
+    assert chosen.outlets == [mine]
 
 
 def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,10 +213,10 @@ def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.Monk
         {"conn_type": "fedml_storage", "extra": {"service": "LOCAL"}}))
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights")
-    static = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights.bin")
+    static = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights.bin", namespace="default")
     assert [a.uri for a in static.outlets] == ["fedml://default/weights.bin"]  # a name with an extension is kept
-    assert [a.uri for a in FedMLStorageUploadOperator(task_id="up0", data_path=str(model)).outlets] == [
-        "fedml://default/model.pt"]
+    assert [a.uri for a in FedMLStorageUploadOperator(task_id="up0", data_path=str(model),
+                                                      namespace="default").outlets] == ["fedml://default/model.pt"]
     ctx = _context()
     assert static.execute(ctx)["name"] == "weights.bin"
     assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.bin"]
@@ -227,14 +265,14 @@ def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
 def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
     sensor = FedMLStorageDatasetSensor(task_id="wait", name="ready", metadata_key="status", metadata_value="done",
                                        mode="reschedule", poke_interval=1)
-    assert sensor.poke({}) is False
+    assert not sensor.poke({})
     (tmp_path / "ready").mkdir()
     hook = FedMLStorageHook()
     hook.upload(str(tmp_path / "ready"), metadata={"status": "writing"})
-    assert sensor.poke({}) is False
+    assert not sensor.poke({})
     hook.upload(str(tmp_path / "ready"), metadata={"status": "done"})
-    assert sensor.poke({}) is True
-    assert FedMLStorageDatasetSensor(task_id="w2", name="ready").poke({}) is True
+    assert sensor.poke({})
+    assert FedMLStorageDatasetSensor(task_id="w2", name="ready").poke({})
     broken = FedMLStorageDatasetSensor(task_id="w3", name="../bad")
     with pytest.raises(AirflowException):
         broken.poke({})
@@ -286,3 +324,101 @@ def test_a_bad_setting_in_the_connection_is_named_as_such(monkeypatch: pytest.Mo
     assert "service: unknown service" in message and "(from the Airflow connection 'badsvc'" in message
     assert "Fix the Airflow connection 'badsvc' or the task's arguments" in message
     assert "s3cr3t" not in message
+
+
+def test_a_retried_delete_succeeds_and_says_nothing_was_deleted(tmp_path: Path) -> None:
+    (tmp_path / "gone").write_text("x")
+    FedMLStorageHook().upload(str(tmp_path / "gone"))
+    delete = FedMLStorageDeleteOperator(task_id="rm", name="gone")
+    assert delete.execute(_context()) is True
+    assert delete.execute(_context()) is False  # the retry after the delete went through
+    strict = FedMLStorageDeleteOperator(task_id="rm2", name="gone", missing_ok=False)
+    with pytest.raises(AirflowFailException, match="no data named 'gone'"):
+        strict.execute(_context())
+
+
+def test_get_conn_is_the_client(tmp_path: Path) -> None:
+    with FedMLStorageHook() as hook:
+        client = hook.get_conn()
+        assert isinstance(client, StorageClient) and client is hook.get_client()
+        assert client.list().ok
+
+
+def _log_lines(caplog, capfd) -> list[str]:
+    """Log lines of both kinds: stdlib records (caplog) and Airflow's structlog lines (stdout)."""
+    out, err = capfd.readouterr()
+    return caplog.text.splitlines() + out.splitlines() + err.splitlines()
+
+
+def _level(line: str) -> str:
+    """The level of a caplog line ('WARNING  logger:...') or a structlog line ('... [warning  ] ...')."""
+    for level in ("debug", "info", "warning", "error"):
+        if line.startswith(level.upper()) or f"[{level}" in line:
+            return level
+    return ""
+
+
+def test_a_failure_is_logged_once_by_airflow_not_by_the_core(tmp_path: Path, caplog, capfd) -> None:
+    caplog.set_level(logging.INFO)
+    hook = FedMLStorageHook()
+    with pytest.raises(AirflowFailException, match="no data named 'never-stored'"):
+        hook.download("never-stored", str(tmp_path))
+    lines = _log_lines(caplog, capfd)
+    assert not [line for line in lines if "never-stored" in line]  # the exception carries it: Airflow logs it once
+    assert not [line for line in lines if "No connection" in line and _level(line) != "debug"]  # on every task
+
+
+def test_sensor_waits_for_a_version_and_pushes_what_it_saw(tmp_path: Path) -> None:
+    data = tmp_path / "versioned"
+    data.mkdir()
+    (data / "a.txt").write_text("one")
+    hook = FedMLStorageHook(keep_versions=2)
+    first = hook.upload(str(data))
+    (data / "a.txt").write_text("two")
+    second = hook.upload(str(data))
+    latest = FedMLStorageDatasetSensor(task_id="w", name="versioned").poke({})
+    assert latest.is_done and latest.xcom_value == {"name": "versioned", "version": second["version"],
+                                                    "sha256": second["sha256"]}
+    pinned = FedMLStorageDatasetSensor(task_id="w2", name="versioned", version="{{ params.v }}")
+    pinned.render_template_fields({"params": {"v": first["version"]}})
+    seen = pinned.poke({})
+    assert seen.is_done and seen.xcom_value == {"name": "versioned", "version": first["version"],
+                                                "sha256": first["sha256"]}
+    assert not FedMLStorageDatasetSensor(task_id="w3", name="versioned", version="v-not-stored").poke({})
+    assert FedMLStorageDatasetSensor(task_id="w4", name="versioned", version="").poke({})  # rendered empty: any
+
+
+def test_sensor_warns_when_the_service_cannot_be_reached(monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
+        {"conn_type": "fedml_storage", "password": TEST_API_KEY,
+         "extra": {"service": "S3", "bucket": "b", "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}}))
+    caplog.set_level(logging.INFO)
+    seen = FedMLStorageDatasetSensor(task_id="w", name="ds", poke_interval=5).poke({})
+    assert not seen.is_done  # an endpoint that is down may come up: keep waiting...
+    lines = _log_lines(caplog, capfd)
+    warned = [line for line in lines if "cannot check dataset 'ds'" in line and "cannot reach the storage" in line]
+    assert [_level(line) for line in warned] in (["warning"], ["warning", "warning"]), lines  # not a quiet "not yet"
+    assert SECRET not in "\n".join(lines)
+
+
+def test_uploads_and_downloads_report_hook_lineage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import lineage, plugins_manager
+
+    monkeypatch.setattr(plugins_manager, "get_hook_lineage_readers_plugins", lambda: [lineage.HookLineageReader])
+    lineage.get_hook_lineage_collector.cache_clear()  # a real collector, as when a lineage reader is installed
+    try:
+        (tmp_path / "seen.csv").write_text("a\n")
+        hook = FedMLStorageHook(namespace="team-b")
+        hook.upload(str(tmp_path / "seen.csv"))
+        hook.download("seen.csv", str(tmp_path / "o"))
+        collected = lineage.get_hook_lineage_collector().collected_assets
+    finally:
+        lineage.get_hook_lineage_collector.cache_clear()
+    assert [i.asset.uri for i in collected.outputs] == ["fedml://team-b/seen.csv"]
+    assert [i.asset.uri for i in collected.inputs] == ["fedml://team-b/seen.csv"]
+    assert collected.outputs[0].context is hook
