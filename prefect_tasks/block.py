@@ -68,10 +68,14 @@ upload_data("data/mnist", storage=storage)
         return {k: v for k, v in values.items() if v not in (None, "")}
 
     def client(self, **overrides: Any) -> StorageClient:
-        """A core client for this store; close it (or use it in a `with` block) when done."""
+        """A core client for this store; close it (or use it in a `with` block) when done.
+
+        Its failures are raised, not logged by the core too: Prefect (or the caller) logs what is raised.
+        """
         saved = getattr(self, "_block_document_name", None)
         origin = f"the FedMLStorage block{f' {saved!r}' if saved else ''} or the task's arguments"
-        return StorageClient(origin=origin, **{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
+        return StorageClient(origin=origin, log_failures=False,
+                             **{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:

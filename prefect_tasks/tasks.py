@@ -1,18 +1,28 @@
-"""Prefect tasks over the core: retries for transient failures only, one log line, artifacts, asset lineage."""
+"""Prefect tasks over the core: retries for transient failures only, one log line, artifacts, asset lineage.
+
+Each operation is written once as a plain function and made into two real Prefect tasks: `upload_data` runs it
+where Prefect runs sync tasks; `aupload_data` is an async task that runs it in a worker thread, so an async flow
+can await it without its event loop being blocked. Prefect calls in a body pass `_sync=True`: in the worker
+thread of an async task, Prefect would otherwise return coroutines.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
-from prefect import get_run_logger, task
+import anyio.to_thread
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from fedml_storage import FedMLStorageError, StorageClient, human_size
+from fedml_storage import FedMLStorageError, StorageClient, human_size, planned_name
 
 from .block import FedMLStorage
+from .lineage import add_metadata, declare_input, declare_output
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -37,10 +47,12 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _client(storage: FedMLStorage | None, service: str | None, namespace: str | None) -> StorageClient:
+def _client(storage: FedMLStorage | str | None, service: str | None, namespace: str | None) -> StorageClient:
+    if isinstance(storage, str):  # a saved block's name
+        storage = FedMLStorage.load(storage, _sync=True)
     if storage is not None:
         return storage.client(service=service, namespace=namespace)
-    return StorageClient(service=service, namespace=namespace)
+    return StorageClient(service=service, namespace=namespace, log_failures=False)  # Prefect logs what we raise
 
 
 def _artifact_key(prefix: str, name: str) -> str:
@@ -48,35 +60,43 @@ def _artifact_key(prefix: str, name: str) -> str:
     return (prefix + "-" + re.sub(r"[^a-z0-9]+", "-", name.lower())).strip("-")[:100]
 
 
-def _materialize(uri: str, details: dict[str, Any]) -> None:
-    """Record the upload as a Prefect asset materialisation, where this Prefect has assets."""
-    try:
-        from prefect.assets import Asset, add_asset_metadata, materialize
-    except ImportError:
-        return
-    logger = get_run_logger()
-    try:
-        asset = Asset(key=uri)
-    except ValueError:
-        logger.warning("not recording lineage: %s is not a valid Prefect asset key", uri)
-        return
+def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., str]) -> tuple[Task, Task]:
+    """One operation as a sync task and as an async task that runs the same body in a worker thread."""
 
-    @materialize(asset, by="fedml-storage", cache_policy=NO_CACHE, task_run_name=f"materialize {uri}")
-    def published() -> None:
-        add_asset_metadata(asset, details)
+    @functools.wraps(body)  # Prefect reads the parameters and the docstring through __wrapped__
+    async def in_thread(*args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(functools.partial(body, *args, **kwargs))
 
-    published()
+    in_thread.__name__ = in_thread.__qualname__ = "a" + body.__name__.lstrip("_")  # its own task key
+    options = {"name": f"fedml-{name}", "task_run_name": run_name, **TASK_OPTIONS}
+    return task(body, **options), task(in_thread, **options)
 
 
-@task(name="fedml-upload", **TASK_OPTIONS)
-def upload_data(data_path: str, name: str | None = None, description: str | None = None,
-                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None,
-                storage: FedMLStorage | None = None, service: str | None = None,
-                namespace: str | None = None) -> dict[str, Any]:
-    """Store a file or directory; returns name, uri, version, sha256, size, skipped, ... (JSON-able)."""
+# Run names from the call's arguments (Prefect before 3.1 passes none: the names then stay generic).
+def _upload_run_name(parameters: dict[str, Any] | None = None) -> str:
+    p = parameters or {}
+    return f"upload {planned_name(p['data_path'], p.get('name')) or p.get('name') or p['data_path']}" if p else "upload"
+
+
+def _download_run_name(parameters: dict[str, Any] | None = None) -> str:
+    p = parameters or {}
+    return f"download {p['name']}" + (f" version {p['version']}" if p.get("version") else "") if p else "download"
+
+
+def _upload_data(data_path: str, name: str | None = None, description: str | None = None,
+                 metadata: dict[str, str] | None = None, tag_list: list[str] | None = None,
+                 storage: FedMLStorage | str | None = None, service: str | None = None,
+                 namespace: str | None = None) -> dict[str, Any]:
+    """Store a file or directory; returns name, uri, version, sha256, size, skipped, ... (JSON-able).
+
+    The task run materialises the Prefect asset fedml://<namespace>/<name>.
+    """
     with _client(storage, service, namespace) as client:
+        planned = planned_name(data_path, name)
+        key = declare_output(client, planned) if planned else None  # first: a failure is a failed materialisation
         result = client.upload(data_path, name, description, metadata, tag_list).unwrap()
-        uri = client.asset_uri(result.name, iri=True)
+        if planned is None:  # could not be told beforehand
+            key = declare_output(client, result.name)
     get_run_logger().info("%s", result.summary())
     details = result.to_dict()
     create_markdown_artifact(
@@ -86,35 +106,42 @@ def upload_data(data_path: str, name: str | None = None, description: str | None
                   f"| files | {result.file_count} |\n| sha256 | `{result.sha256}` |\n| uri | {result.uri} |\n"
                   f"| skipped (unchanged) | {result.skipped} |\n"),
         description=f"fedml-storage upload of {result.name}",
+        _sync=True,
     )
-    _materialize(uri, {k: details[k] for k in ("version", "sha256", "size", "uri")})
+    add_metadata(key, {k: details[k] for k in ("version", "sha256", "size", "uri")})
     return details
 
 
-@task(name="fedml-download", **TASK_OPTIONS)
-def download_data(name: str, dest_path: str | None = None, version: str | None = None,
-                  storage: FedMLStorage | None = None, service: str | None = None,
-                  namespace: str | None = None) -> str:
-    """Fetch a dataset (optionally an exact version), verified; returns its absolute path."""
+def _download_data(name: str, dest_path: str | None = None, version: str | None = None,
+                   storage: FedMLStorage | str | None = None, service: str | None = None,
+                   namespace: str | None = None) -> str:
+    """Fetch a dataset (optionally an exact version), verified; returns its absolute path.
+
+    Tasks given the path see the asset fedml://<namespace>/<name> upstream.
+    """
     with _client(storage, service, namespace) as client:
         result = client.download(name, dest_path, version=version).unwrap()
+        declare_input(client, name)
     get_run_logger().info("%s", result.summary())
     return str(result)
 
 
-@task(name="fedml-delete", **TASK_OPTIONS)
-def delete_data(name: str, storage: FedMLStorage | None = None, service: str | None = None,
-                namespace: str | None = None) -> bool:
-    """Remove a dataset; returns True."""
+def _delete_data(name: str, storage: FedMLStorage | str | None = None, service: str | None = None,
+                 namespace: str | None = None, missing_ok: bool = True) -> bool:
+    """Remove a dataset; returns whether it was there to delete.
+
+    With `missing_ok` (the default, so that a retry after a delete that went through succeeds) a name that is
+    not stored returns False; without it, that fails.
+    """
     with _client(storage, service, namespace) as client:
-        client.delete(name).unwrap()
-    get_run_logger().info("deleted %r", name)
-    return True
+        response = client.delete(name, missing_ok=missing_ok)
+        deleted = response.unwrap()
+    get_run_logger().info("%s", response.message)
+    return deleted
 
 
-@task(name="fedml-list", **TASK_OPTIONS)
-def list_data(storage: FedMLStorage | None = None, service: str | None = None,
-              namespace: str | None = None) -> list[dict[str, Any]]:
+def _list_data(storage: FedMLStorage | str | None = None, service: str | None = None,
+               namespace: str | None = None) -> list[dict[str, Any]]:
     """Every stored dataset's metadata as dicts; also a table artifact."""
     with _client(storage, service, namespace) as client:
         items = [m.to_dict() for m in client.list().unwrap()]
@@ -122,13 +149,12 @@ def list_data(storage: FedMLStorage | None = None, service: str | None = None,
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]
-    create_table_artifact(key="fedml-storage-list", table=rows, description="Datasets in FedML storage")
+    create_table_artifact(key="fedml-storage-list", table=rows, description="Datasets in FedML storage", _sync=True)
     return items
 
 
-@task(name="fedml-metadata", **TASK_OPTIONS)
-def get_data_metadata(name: str, user_defined_only: bool = False, storage: FedMLStorage | None = None,
-                      service: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedMLStorage | str | None = None,
+                       service: str | None = None, namespace: str | None = None) -> dict[str, Any]:
     """Stored metadata of a dataset as a dict (or only the user-defined dict)."""
     with _client(storage, service, namespace) as client:
         if user_defined_only:
@@ -138,3 +164,10 @@ def get_data_metadata(name: str, user_defined_only: bool = False, storage: FedML
         meta = client.get_metadata(name).unwrap().to_dict()
     get_run_logger().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
     return meta
+
+
+upload_data, aupload_data = _tasks(_upload_data, "upload", _upload_run_name)
+download_data, adownload_data = _tasks(_download_data, "download", _download_run_name)
+delete_data, adelete_data = _tasks(_delete_data, "delete", "delete {name}")
+list_data, alist_data = _tasks(_list_data, "list", "list datasets")
+get_data_metadata, aget_data_metadata = _tasks(_get_data_metadata, "metadata", "metadata of {name}")

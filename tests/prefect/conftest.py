@@ -22,3 +22,37 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def emitted(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every Prefect event emitted during the test (name, resource id, related ids by role), still sent for real."""
+    import prefect.events
+
+    seen: list = []
+    real = prefect.events.emit_event
+
+    def record(event: str, resource: dict, related: list | None = None, **kwargs):
+        roles: dict[str, list[str]] = {}
+        for r in related or []:
+            roles.setdefault(r["prefect.resource.role"], []).append(r["prefect.resource.id"])
+        seen.append((event, resource["prefect.resource.id"], roles))
+        return real(event=event, resource=resource, related=related, **kwargs)
+
+    monkeypatch.setattr(prefect.events, "emit_event", record)
+    return seen
+
+
+def task_run_names(flow_run_id) -> list[str]:
+    """The names of every task run of a flow run, sorted."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return sorted(r.name for r in runs)
+
+    return asyncio.run(read())

@@ -1,0 +1,77 @@
+"""Real async flow runs of the async task variants: awaited, submitted and mapped, the event loop left free."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from fedml_storage import StorageClient
+from prefect_tasks import (
+    adelete_data,
+    adownload_data,
+    aget_data_metadata,
+    alist_data,
+    aupload_data,
+    delete_data,
+    download_data,
+    get_data_metadata,
+    list_data,
+    upload_data,
+)
+
+
+def test_async_variants_are_real_async_tasks_beside_the_sync_ones() -> None:
+    pairs = [(upload_data, aupload_data), (download_data, adownload_data), (delete_data, adelete_data),
+             (list_data, alist_data), (get_data_metadata, aget_data_metadata)]
+    for sync, async_ in pairs:
+        assert async_.isasync and not sync.isasync and async_.name == sync.name
+        assert all(hasattr(async_, a) for a in ("submit", "map", "with_options"))
+        assert async_.task_key != sync.task_key and async_.description == sync.description
+
+
+def test_awaited_in_an_async_flow_without_blocking_its_event_loop(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "async-ds").mkdir()
+    (tmp_path / "async-ds" / "a.txt").write_text("awaited")
+    for i in range(2):
+        (tmp_path / f"amap{i}.txt").write_text(str(i))
+    entered, release = threading.Event(), threading.Event()
+    original = StorageClient.upload
+
+    def gated(self, *args, **kwargs):
+        entered.set()  # the core call has started: it must not hold the event loop while it runs
+        assert release.wait(30), "the flow's event loop was blocked while the core call ran"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StorageClient, "upload", gated)
+
+    @flow
+    async def async_flow() -> dict:
+        async def let_go() -> None:  # runs only if the loop is free while the upload runs
+            await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+            release.set()
+
+        up, _ = await asyncio.gather(aupload_data(str(tmp_path / "async-ds")), let_go())
+        path = await adownload_data("async-ds", dest_path=str(tmp_path / "out"), version=up["version"])
+        meta = aget_data_metadata.submit("async-ds").result()
+        mapped = [f.result()["name"] for f in aupload_data.map([str(tmp_path / f"amap{i}.txt") for i in range(2)])]
+        listed = await alist_data()
+        deleted = await adelete_data("async-ds")
+        return {"up": up, "path": path, "meta": meta, "mapped": mapped,
+                "listed": sorted(m["dataName"] for m in listed), "deleted": deleted}
+
+    got = asyncio.run(async_flow())
+    assert (Path(got["path"]) / "a.txt").read_text() == "awaited"
+    assert got["meta"]["version"] == got["up"]["version"] and got["mapped"] == ["amap0.txt", "amap1.txt"]
+    assert got["listed"] == ["amap0.txt", "amap1.txt", "async-ds"] and got["deleted"] is True
+
+    async def artifact() -> list:  # made from the worker thread too
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["fedml-upload-async-ds"])))
+
+    assert any(got["up"]["sha256"] in a.data for a in asyncio.run(artifact()))

@@ -1,0 +1,70 @@
+"""Real Prefect flow runs: the upload and download task runs carry the fedml:// asset lineage themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.assets import materialize
+from prefect.context import AssetContext
+
+from prefect_tasks import download_data, upload_data
+from tests.prefect.conftest import task_run_names
+
+
+def _dir(root: Path, name: str) -> str:
+    (root / name).mkdir()
+    (root / name / "x.txt").write_text(name)
+    return str(root / name)
+
+
+@materialize("file://tmp/report", task_run_name="report")
+def report(*upstream: object) -> list[str]:
+    """What a user's materialising task sees upstream."""
+    return sorted(a.key for a in AssetContext.get().upstream_assets)
+
+
+def test_downstream_materialize_sees_the_fedml_asset_with_no_extra_task_run(tmp_path: Path, emitted: list) -> None:
+    src = _dir(tmp_path, "lin1")
+
+    @flow
+    def lineage() -> tuple[list[str], list[str]]:
+        up = upload_data(src)
+        path = download_data("lin1", dest_path=str(tmp_path / "out"))  # takes nothing from the upload
+        return report(up), report.with_options(task_run_name="report-download")(path)
+
+    state = lineage(return_state=True)
+    after_upload, after_download = state.result()
+    assert after_upload == ["fedml://default/lin1"]
+    assert after_download == ["fedml://default/lin1"]
+    # the upload's own run materialised the asset: no nested 'materialize ...' task run
+    assert task_run_names(state.state_details.flow_run_id) == ["download lin1", "report", "report-download",
+                                                                "upload lin1"]
+    done = [(key, roles) for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"]
+    assert ("fedml://default/lin1", {"asset-materialized-by": ["fedml-storage"]}) in done
+    assert [roles["asset"] for key, roles in done if key == "file://tmp/report"] == [["fedml://default/lin1"]] * 2
+
+
+def test_mapped_uploads_materialise_one_asset_each_in_their_own_runs(tmp_path: Path, emitted: list) -> None:
+    paths = [_dir(tmp_path, "m1"), _dir(tmp_path, "café")]
+
+    @flow
+    def mapped() -> list[list[str]]:
+        ups = upload_data.map(paths)
+        return [report(up) for up in ups]
+
+    state = mapped(return_state=True)
+    state.result()
+    assert task_run_names(state.state_details.flow_run_id) == ["report", "report", "upload café", "upload m1"]
+    done = sorted(key for event, key, _ in emitted if event == "prefect.asset.materialization.succeeded"
+                  and key.startswith("fedml://"))
+    assert done == ["fedml://default/café", "fedml://default/m1"]  # non-ASCII kept: Prefect refuses '%'
+
+
+def test_a_failed_upload_is_a_failed_materialisation(tmp_path: Path, emitted: list) -> None:
+    @flow
+    def fails() -> None:
+        upload_data.with_options(retries=0)(str(tmp_path / "gone"))
+
+    assert fails(return_state=True).is_failed()
+    assert ("prefect.asset.materialization.failed", "fedml://default/gone") in [(e, k) for e, k, _ in emitted]

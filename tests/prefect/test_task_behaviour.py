@@ -1,0 +1,109 @@
+"""Real Prefect flow runs: idempotent deletes, failures logged once, task run names, a block given by name."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from fedml_storage import FedMLStorageError, StorageClient
+from prefect_tasks import (
+    FedMLStorage,
+    alist_data,
+    delete_data,
+    download_data,
+    get_data_metadata,
+    list_data,
+    upload_data,
+)
+from tests.prefect.conftest import task_run_names
+
+
+def test_delete_of_a_name_already_gone_succeeds_unless_missing_ok_is_false(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "d.txt").write_text("x")
+    calls = {"n": 0}
+    original = StorageClient.delete
+
+    def counting(self, *args, **kwargs):
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StorageClient, "delete", counting)
+
+    @flow
+    def twice() -> tuple[bool, bool]:
+        upload_data(str(tmp_path / "d.txt"))
+        return delete_data("d.txt"), delete_data("d.txt")  # the second as a retry after a delete that went through
+
+    assert twice() == (True, False)
+
+    @flow
+    def strict() -> None:
+        delete_data.with_options(retry_delay_seconds=0)("d.txt", missing_ok=False)
+
+    calls["n"] = 0
+    with pytest.raises(FedMLStorageError, match="d.txt"):
+        strict()
+    assert calls["n"] == 1  # a missing name is not retried
+
+
+def test_a_failure_is_logged_by_prefect_not_by_the_core_too(tmp_path: Path, caplog) -> None:
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+
+    @flow
+    def fails(storage: FedMLStorage | None) -> None:
+        download_data.with_options(retries=0)("never-stored", dest_path=str(tmp_path / "o"), storage=storage)
+
+    caplog.set_level(logging.INFO)
+    for storage in (None, block):  # fedml-storage's own configuration, and a block
+        caplog.clear()
+        with pytest.raises(FedMLStorageError, match="never-stored"):
+            fails(storage)
+        assert [r for r in caplog.records if "never-stored" in r.getMessage() and r.name.startswith("prefect")]
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("fedml_storage")] == []
+
+
+def test_task_runs_are_named_after_the_dataset(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+
+    @flow
+    def named() -> str:
+        up = upload_data(str(tmp_path / "model.pt"), name="weights")
+        download_data("weights.pt", dest_path=str(tmp_path / "o"), version=up["version"])
+        get_data_metadata("weights.pt")
+        list_data()
+        delete_data("weights.pt")
+        return up["version"]
+
+    state = named(return_state=True)
+    version = state.result()
+    assert task_run_names(state.state_details.flow_run_id) == [
+        "delete weights.pt", f"download weights.pt version {version}", "list datasets", "metadata of weights.pt",
+        "upload weights.pt"]
+
+
+def test_storage_can_be_a_saved_block_name_even_under_map(tmp_path: Path) -> None:
+    FedMLStorage(service="LOCAL", local_root=str(tmp_path / "named-store")).save("fedml-by-name", overwrite=True)
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"n{i}.txt"))
+        Path(paths[-1]).write_text(str(i))
+
+    @flow
+    def by_name() -> list[str]:
+        names = [f.result()["name"] for f in upload_data.map(paths, storage="fedml-by-name")]  # no unmapped()
+        return names + [m["dataName"] for m in list_data(storage="fedml-by-name")]
+
+    assert by_name() == ["n0.txt", "n1.txt", "n0.txt", "n1.txt"]
+    assert sorted(p.name for p in (tmp_path / "named-store" / "default" / "manifests").iterdir()) == [
+        "n0.txt.json", "n1.txt.json"]
+    assert StorageClient().list().data == []  # not the default store
+
+    @flow
+    async def by_name_async() -> list[str]:
+        return [m["dataName"] for m in await alist_data(storage="fedml-by-name")]
+
+    assert asyncio.run(by_name_async()) == ["n0.txt", "n1.txt"]
