@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import random
 import re
 import secrets
 import time
@@ -27,7 +28,8 @@ from .errors import Conflict, IntegrityError, InvalidInput, NotFound, Preconditi
 log = logging.getLogger("fedml_storage")
 
 FORMAT_VERSION = 1
-COMMIT_ATTEMPTS = 8
+COMMIT_ATTEMPTS = 12
+KEPT_SHOWN = 5  # versions named in a "not kept" message (newest first)
 
 
 def utc_now() -> str:
@@ -80,9 +82,11 @@ class Manifest(BaseModel):
         for record in self.versions:
             if record.version == version:
                 return record
-        kept = ", ".join(v.version for v in self.versions)
+        shown = ", ".join(v.version for v in self.versions[:KEPT_SHOWN])
+        kept = shown + (f" and {len(self.versions) - KEPT_SHOWN} older" if len(self.versions) > KEPT_SHOWN else "")
         if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
-            raise InvalidInput(f"{version!r} is not a version id of {self.name!r} (kept: {kept}); pass the `version` "
+            given = repr(version) if len(repr(version)) <= 80 else repr(version)[:77] + "..."
+            raise InvalidInput(f"{given} is not a version id of {self.name!r} (kept: {kept}); pass the `version` "
                                "an upload returned or get_storage_metadata shows, or none for the current one")
         raise NotFound(
             f"version {version!r} of {self.name!r} is not kept (never stored, or dropped: only the newest "
@@ -157,7 +161,8 @@ class Catalog:
                 written = self._read_raw(name)
                 if written is None or written[0] != body:
                     log.info("another writer updated %r first; retrying the commit (%d)", name, attempt + 1)
-                    time.sleep(0.05 * (attempt + 1))
+                    # jittered and growing, so that many writers of one name stop colliding
+                    time.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** attempt)))
                     continue
                 # our write went through and only its answer was lost: a retry of it then found it in place
             kept = {v.key for v in manifest.versions}
@@ -207,8 +212,8 @@ class Catalog:
     def list(self, workers: int = 8) -> list[Manifest]:
         """Every readable manifest in the namespace, sorted by name; unreadable ones are logged and skipped."""
         manifests, unreadable = self._scan(workers)
-        for name in unreadable:
-            log.warning("skipping %r: its catalog entry is unreadable; delete(%r) removes it", name, name)
+        for name, why in unreadable.items():
+            log.warning("skipping %r: %s", name, why)
         return manifests
 
     def _names(self, starting: str = "") -> Iterator[str]:
@@ -218,20 +223,23 @@ class Catalog:
             if rel.endswith(".json") and "/" not in rel:
                 yield rel[: -len(".json")]
 
-    def _scan(self, workers: int = 8) -> tuple[list[Manifest], list[str]]:
+    def _scan(self, workers: int = 8) -> tuple[list[Manifest], dict[str, str]]:
+        """The readable manifests, and why each other name could not be read."""
         names = list(self._names())
 
-        def one(name: str) -> Manifest | str | None:
+        def one(name: str) -> Manifest | tuple[str, str] | None:
             try:
                 found = self.read(name)
             except IntegrityError:
-                return name
+                return name, f"its catalog entry is unreadable; delete({name!r}) removes it"
+            except PermissionError:  # a shared LOCAL store where another user's entry is private to them
+                return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
             return found[0] if found else None  # deleted while listing
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
             results = [r for r in pool.map(one, names) if r is not None]
         manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
-        return manifests, sorted(r for r in results if isinstance(r, str))
+        return manifests, dict(sorted(r for r in results if isinstance(r, tuple)))
 
     def cleanup(self, older_than_seconds: float) -> dict[str, int]:
         """Remove data and temp leftovers older than the grace period that no manifest references."""
@@ -277,7 +285,7 @@ class Catalog:
         for name, name_keys in by_name.items():
             try:
                 found = self.read(name)
-            except IntegrityError:
+            except (IntegrityError, PermissionError):
                 continue  # unreadable: its data stays, as above
             kept = {v.key for v in found[0].versions} if found else set()
             if kept & set(name_keys):

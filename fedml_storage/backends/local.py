@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..archive import umask
 from ..errors import InvalidInput, PreconditionFailed
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
@@ -61,6 +62,7 @@ class LocalStore(ObjectStore):
         target = self._path(key)
         fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR)
         try:
+            os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would hide a shared store's data from its other users
             with os.fdopen(fd, "wb") as out:
                 fill(out)
                 out.flush()

@@ -1,0 +1,74 @@
+"""A LOCAL store shared by several users (the README suggests one for Airflow workers): what one user stores the
+others can read, as the umask allows; an entry another user keeps private costs the others nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import StorageClient
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_stored_files_get_the_modes_the_umask_allows(tmp_path: Path, mask: int) -> None:
+    (tmp_path / "ds" / "sub").mkdir(parents=True)
+    (tmp_path / "ds" / "sub" / "a.txt").write_text("a")
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    root = tmp_path / "store"
+    old = os.umask(mask)
+    try:
+        with StorageClient(service="LOCAL", local_root=root) as client:
+            assert client.upload(tmp_path / "ds").ok and client.upload(tmp_path / "w.bin").ok
+    finally:
+        os.umask(old)
+    stored = [p for p in root.rglob("*") if p.is_file() and p.name != ".lock"]
+    assert len(stored) == 4  # two manifests, a zip and a file
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in stored} == {oct(0o666 & ~mask)}
+
+
+SCENARIO = """
+import json, logging, sys
+from fedml_storage import StorageClient
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("fedml_storage").addHandler(handler)
+with StorageClient(service="LOCAL", local_root=sys.argv[1]) as client:
+    listed = client.list()
+    cleaned = client.cleanup(0)
+    mine = client.download("mine.txt", sys.argv[2])
+print(json.dumps({"listed": [m.dataName for m in listed.data or []], "list_message": listed.message,
+                  "cleanup": cleaned.code.value, "download": mine.code.value, "warnings": warnings}))
+"""
+
+
+def test_an_entry_another_user_keeps_private_is_skipped_not_fatal(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to stand for another user's private file")
+    root = tmp_path / "store"
+    for name in ("mine.txt", "theirs.txt"):
+        (tmp_path / name).write_text(name)
+        with StorageClient(service="LOCAL", local_root=root) as client:
+            assert client.upload(tmp_path / name).ok
+    private = root / "default" / "manifests" / "theirs.txt.json"
+    os.chown(private, 65534, 65534)  # another user's, readable by them alone
+    os.chmod(private, 0o600)
+    data_before = sorted(p.relative_to(root).as_posix() for p in (root / "default" / "data").rglob("*") if p.is_file())
+    # root ignores permissions: run without the capabilities that let it
+    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c", SCENARIO,
+           str(root), str(tmp_path / "out")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["listed"] == ["mine.txt"], seen["list_message"]
+    assert any("'theirs.txt'" in w and "you may not read" in w for w in seen["warnings"]), seen["warnings"]
+    assert seen["cleanup"] == "SUCCESS" and seen["download"] == "SUCCESS"
+    data_after = sorted(p.relative_to(root).as_posix() for p in (root / "default" / "data").rglob("*") if p.is_file())
+    assert data_after == data_before  # cleanup left the data of the entry it could not read
