@@ -16,6 +16,7 @@ RESERVED_PREFIX = ".fedml-download-"  # temp files of downloads; a dataset of th
 MAX_USER_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_TAGS = 64
+MAX_TAG_LENGTH = 256
 
 
 def check_path(value: Any, what: str) -> Path:
@@ -77,14 +78,21 @@ def check_metadata(metadata: Any) -> dict[str, str] | None:
 
 
 def check_tags(tags: Any) -> list[str] | None:
-    """Tags: a list of non-empty strings."""
+    """Tags: a list of non-empty strings, at most MAX_TAGS different ones of at most MAX_TAG_LENGTH characters."""
     if tags is None:
         return None
     if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
         raise InvalidInput("tag_list must be a list of strings, e.g. ['images', 'v2']")
-    if len(tags) > MAX_TAGS or not all(isinstance(t, str) and t.strip() for t in tags):
-        raise InvalidInput(f"tag_list must hold at most {MAX_TAGS} non-empty strings")
-    return list(dict.fromkeys(t.strip() for t in tags))
+    if not all(isinstance(t, str) and t.strip() for t in tags):
+        raise InvalidInput("tag_list must hold non-empty strings, e.g. ['images', 'v2']")
+    unique = list(dict.fromkeys(t.strip() for t in tags))
+    if len(unique) > MAX_TAGS:
+        raise InvalidInput(f"tag_list holds {len(unique)} different tags; at most {MAX_TAGS} are allowed")
+    for tag in unique:
+        if len(tag) > MAX_TAG_LENGTH:
+            raise InvalidInput(f"tag {tag[:40]!r}... is {len(tag)} characters long; at most {MAX_TAG_LENGTH} are "
+                               "allowed (a tag labels a dataset; put longer text in description or metadata)")
+    return unique
 
 
 def check_description(description: Any) -> str | None:

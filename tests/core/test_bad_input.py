@@ -42,6 +42,10 @@ def stored(store: Store, tmp_path: Path) -> Path:
         ({"name": "bad\udcffname"}, "invalid_input", "not valid Unicode"),
         ({"name": ".fedml-download-x"}, "invalid_input", "reserved"),
         ({"tag_list": "images"}, "invalid_input", "list of strings"),
+        ({"tag_list": ["ok", "  "]}, "invalid_input", "non-empty strings"),
+        ({"tag_list": [f"t{i}" for i in range(65)]}, "invalid_input", "65 different tags; at most 64"),
+        ({"tag_list": ["x" * 257]}, "invalid_input", "257 characters long; at most 256"),
+        ({"tag_list": ["t" * 1024 * 1024] * 64}, "invalid_input", "1048576 characters long"),
         ({"description": 42}, "invalid_input", "description must be a string"),
         ({"data_path": "x" * 300}, "invalid_input", "longer than the file system allows"),
         ({"data_path": "~no_such_user_zz/data"}, "invalid_input", "home folder (~user) this system does not know"),
@@ -62,6 +66,16 @@ def test_bad_upload_input_fails_clearly_and_stores_nothing(
     assert store.keys() == before
     assert (store.client().download("keep", tmp_path / "o").ok and (tmp_path / "o" / "keep" / "k.txt").read_text()
             == "precious")
+
+
+def test_repeated_tags_count_once_and_the_longest_tag_round_trips(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "f.txt"
+    src.write_text("tags")
+    longest = "é" * 256
+    tags = [f"t{i}" for i in range(63)] * 3 + [longest]  # 190 entries, 64 different
+    client = store.client()
+    assert client.upload(src, tag_list=tags).ok
+    assert client.get_metadata("f.txt").data.tag_list == [f"t{i}" for i in range(63)] + [longest]
 
 
 def test_longest_allowed_name_round_trips(store: Store, tmp_path: Path) -> None:

@@ -108,6 +108,23 @@ def test_overwrite_creates_version_and_drops_old_data(store: Store, tmp_path: Pa
     assert data_keys == [f"default/data/data.txt/{second.version}/data.txt"]  # replaced data removed
 
 
+def test_a_version_not_kept_names_the_newest_kept_not_all(tmp_path: Path) -> None:
+    from fedml_storage.catalog import Manifest, VersionRecord, new_version_id
+    from fedml_storage.errors import InvalidInput, NotFound
+
+    versions = [VersionRecord(version=new_version_id(), key=f"k{i}", kind="file", size=1, sha256="0" * 64,
+                              content_digest="0" * 64, source_size=1, file_count=1, created_at="t") for i in range(1000)]
+    manifest = Manifest(name="big", created_at="t", updated_at="t", versions=versions)
+    with pytest.raises(NotFound) as gone:
+        manifest.find(new_version_id())
+    message = str(gone.value)
+    assert all(v.version in message for v in versions[:5]) and versions[5].version not in message
+    assert "and 995 older" in message and len(message) < 600
+    with pytest.raises(InvalidInput) as bad:
+        manifest.find("v" * 100_000)  # a wrong value pasted in: the message quotes its start only
+    assert "not a version id" in str(bad.value) and len(str(bad.value)) < 700
+
+
 def test_keep_versions_lets_downstream_pin_a_version(store: Store, tmp_path: Path) -> None:
     client = store.client(keep_versions=2)
     src = tmp_path / "d"
