@@ -88,10 +88,10 @@ upload_data("data/mnist", storage=storage)
         with self.client() as client:
             return str(client.download(name, dest_path, version=version).unwrap())
 
-    def delete(self, name: str) -> bool:
-        """Remove a dataset; True."""
+    def delete(self, name: str, missing_ok: bool = False) -> bool:
+        """Remove a dataset; whether it was there to delete (with `missing_ok`, a name not stored returns False)."""
         with self.client() as client:
-            return client.delete(name).unwrap()
+            return client.delete(name, missing_ok=missing_ok).unwrap()
 
     def list(self) -> list[dict[str, Any]]:
         """Every dataset's metadata as dicts."""

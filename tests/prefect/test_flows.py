@@ -229,6 +229,16 @@ def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: 
     assert block.list() == [] and len(client_spy.opened) == 6 and client_spy.leaked() == []
 
 
+def test_the_blocks_own_delete_takes_missing_ok(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    block.upload(str(tmp_path / "f.txt"))
+    assert block.delete("f.txt") is True
+    assert block.delete("f.txt", missing_ok=True) is False  # a retried delete
+    with pytest.raises(FedMLStorageError, match="no data named 'f.txt'"):
+        block.delete("f.txt")
+
+
 def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
     block = FedMLStorage(service="S3", bucket="datasets", api_key="no-colon-s3cr3t")
 
