@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -24,13 +25,36 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header (30 byt
 METHODS = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
 
 
+class FileState(NamedTuple):
+    """What a tree keeps of a stat: enough to pack a file and to tell whether it changed (a third of the memory
+    of an os.stat_result, which counts in a tree of millions of files)."""
+
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_ino: int
+    st_mode: int
+
+    @property
+    def st_mtime(self) -> float:
+        return self.st_mtime_ns / 1e9
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileState:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+
 class Entry(NamedTuple):
     """One file or folder of a tree, by its POSIX path relative to the root."""
 
     rel: str
-    path: str
-    st: os.stat_result
+    root: str  # one string shared by all entries: a path per entry would double what a tree holds
+    st: FileState
     is_dir: bool
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.rel)
 
 
 class Tree(NamedTuple):
@@ -47,7 +71,8 @@ def scan_tree(root: Path) -> Tree:
     tree = Tree([], [])
     seen = {_folder_id(os.stat(root))}
     links: list[tuple[str, str, os.stat_result]] = []
-    _scan(str(root), "", tree, seen, links)
+    top = str(root)
+    _scan(top, top, "", tree, seen, links)
     while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
         rel, path, st = links.pop(0)
         if _folder_id(st) in seen:
@@ -55,8 +80,8 @@ def scan_tree(root: Path) -> Tree:
             tree.left_out.append(rel)
             continue
         seen.add(_folder_id(st))
-        tree.entries.append(Entry(rel, path, st, True))
-        _scan(path, rel + "/", tree, seen, links)
+        tree.entries.append(Entry(rel, top, FileState.of(st), True))
+        _scan(top, path, rel + "/", tree, seen, links)
     tree.entries.sort()  # by rel: it is the first field and unique
     tree.left_out.sort()
     return tree
@@ -66,7 +91,7 @@ def _folder_id(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _scan(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
+def _scan(top: str, folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
           links: list[tuple[str, str, os.stat_result]]) -> None:
     try:
         with os.scandir(folder) as it:
@@ -97,10 +122,10 @@ def _scan(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
                 tree.left_out.append(rel)
                 continue
             seen.add(_folder_id(st))
-            tree.entries.append(Entry(rel, item.path, st, True))
-            _scan(item.path, rel + "/", tree, seen, links)
+            tree.entries.append(Entry(rel, top, FileState.of(st), True))
+            _scan(top, item.path, rel + "/", tree, seen, links)
         elif stat.S_ISREG(st.st_mode):
-            tree.entries.append(Entry(rel, item.path, st, False))
+            tree.entries.append(Entry(rel, top, FileState.of(st), False))
         else:
             log.warning("leaving out %s: neither a file nor a folder", item.path)
             tree.left_out.append(rel)
@@ -112,7 +137,7 @@ def _stat(item: os.DirEntry) -> os.stat_result:
     return st if st.st_ino else os.stat(item.path)
 
 
-def same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
+def same_file_state(a: os.stat_result | FileState, b: os.stat_result | FileState) -> bool:
     """Whether nothing wrote to the file between the two stats (ctime catches a write whose mtime was put back)."""
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
 
@@ -226,8 +251,14 @@ def write_zip(
 
 
 def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    t = time.localtime(min(max(mtime, 315532800 + 86400), 4354819200 - 86400))  # zip holds 1980 to 2107 only
-    return t[:6]
+    return _zip_second(int(min(max(mtime, 315532800 + 86400), 4354819200 - 86400)))  # zip holds 1980 to 2107 only
+
+
+@functools.lru_cache(maxsize=4096)
+def _zip_second(second: int) -> tuple[int, int, int, int, int, int]:
+    """One tuple per second, shared: the zip keeps every member's time until its end, and files made together share
+    their second."""
+    return time.localtime(second)[:6]
 
 
 def _check_member(name: str) -> str:

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from .archive import FileState
+
 log = logging.getLogger("fedml_storage")
 
 CHUNK = 4 * 1024 * 1024
@@ -47,7 +49,7 @@ class DigestCache:
                 self._db.close()
             self._db = None
 
-    def lookup(self, items: list[tuple[str, os.stat_result]]) -> dict[str, str]:
+    def lookup(self, items: list[tuple[str, os.stat_result | FileState]]) -> dict[str, str]:
         """Cached digests for the given (absolute path, stat) pairs whose stat still matches."""
         if self._db is None or not items:
             return {}
@@ -68,7 +70,7 @@ class DigestCache:
             log.debug("digest cache lookup failed: %s", exc)
         return found
 
-    def store(self, items: list[tuple[str, os.stat_result, str]]) -> None:
+    def store(self, items: list[tuple[str, os.stat_result | FileState, str]]) -> None:
         """Remember digests, except for files changed too recently to trust their times."""
         if self._db is None:
             return
