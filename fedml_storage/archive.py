@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import struct
+import threading
 import time
 import zipfile
 import zlib
@@ -76,7 +77,7 @@ def scan_tree(root: Path) -> Tree:
     while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
         rel, path, st = links.pop(0)
         if _folder_id(st) in seen:
-            log.warning("leaving out %s: it links to a folder the upload already holds", path)
+            log.info("leaving out %s: it links to a folder the upload already holds", path)
             tree.left_out.append(rel)
             continue
         seen.add(_folder_id(st))
@@ -118,7 +119,7 @@ def _scan(top: str, folder: str, prefix: str, tree: Tree, seen: set[tuple[int, i
                 links.append((rel, item.path, st))
                 continue
             if _folder_id(st) in seen:  # inside a linked folder, already held through another link (or a bind mount)
-                log.warning("leaving out %s: the upload already holds this folder", item.path)
+                log.info("leaving out %s: the upload already holds this folder", item.path)
                 tree.left_out.append(rel)
                 continue
             seen.add(_folder_id(st))
@@ -127,7 +128,7 @@ def _scan(top: str, folder: str, prefix: str, tree: Tree, seen: set[tuple[int, i
         elif stat.S_ISREG(st.st_mode):
             tree.entries.append(Entry(rel, top, FileState.of(st), False))
         else:
-            log.warning("leaving out %s: neither a file nor a folder", item.path)
+            log.info("leaving out %s: neither a file nor a folder", item.path)
             tree.left_out.append(rel)
 
 
@@ -392,6 +393,10 @@ def umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    mask = os.umask(0o077)  # briefly stricter, never looser
-    os.umask(mask)
+    with _UMASK_LOCK:  # two threads at once would each put back the other's 077, which would then stay
+        mask = os.umask(0o077)  # briefly stricter, never looser
+        os.umask(mask)
     return mask
+
+
+_UMASK_LOCK = threading.Lock()

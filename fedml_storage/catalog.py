@@ -161,8 +161,8 @@ class Catalog:
                 written = self._read_raw(name)
                 if written is None or written[0] != body:
                     log.info("another writer updated %r first; retrying the commit (%d)", name, attempt + 1)
-                    # jittered and growing, so that many writers of one name stop colliding
-                    time.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** attempt)))
+                    if attempt + 1 < COMMIT_ATTEMPTS:  # jittered and growing, so many writers of one name stop colliding
+                        time.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** attempt)))
                     continue
                 # our write went through and only its answer was lost: a retry of it then found it in place
             kept = {v.key for v in manifest.versions}
@@ -253,26 +253,30 @@ class Catalog:
         referenced = {v.key for m in manifests for v in m.versions}
         # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
         protected = tuple(f"{self.data_prefix}{name}/" for name in unreadable)
-        for name in unreadable:
-            log.warning("cleanup leaves the data of %r: its catalog entry is unreadable", name)
+        for name, why in unreadable.items():
+            log.warning("cleanup leaves the data of %r: %s", name, why)
         orphans = self._confirm_orphans([k for k in candidates if k not in referenced and not k.startswith(protected)])
         failed = self.store.delete_many(orphans)
-        if failed:
-            log.warning("cleanup could not remove %d object(s), e.g. %s; check the key may delete them",
-                        len(failed), failed[0])
+        removed = len(orphans) - len(failed)
         extra = 0
         stale = getattr(self.store, "stale_temp_files", None)
         if stale:
             for path in stale(cutoff):
-                path.unlink(missing_ok=True)
-                extra += 1
+                try:
+                    path.unlink(missing_ok=True)
+                    extra += 1
+                except OSError:  # another user's, in a shared LOCAL store's sticky .tmp folder
+                    failed.append(str(path))
         prune = getattr(self.store, "prune_empty_folders", None)
         if prune:
             prune(self.data_prefix, cutoff)
         abort = getattr(self.store, "abort_stale_uploads", None)
         if abort:
             extra += abort(self.data_prefix, cutoff)
-        return {"orphaned_objects_removed": len(orphans) - len(failed), "incomplete_uploads_removed": extra,
+        if failed:
+            log.warning("cleanup could not remove %d object(s), e.g. %s; check you (or the key) may delete them",
+                        len(failed), failed[0])
+        return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": extra,
                 "objects_not_removed": len(failed)}
 
     def _confirm_orphans(self, keys: list[str]) -> list[str]:

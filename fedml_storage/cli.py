@@ -242,7 +242,7 @@ def main() -> None:
     try:
         code = cli.main(prog_name="fedml-storage", standalone_mode=False)
     except click.exceptions.Abort as exc:  # Ctrl-C (click turns it into Abort), or EOF at a prompt
-        interrupted = isinstance(exc.__context__, KeyboardInterrupt)  # click raises Abort() from None
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)  # click may raise Abort() from None
         click.echo("interrupted" if interrupted else "aborted", err=True)
         sys.exit(EXIT_INTERRUPTED if interrupted else EXIT_FAILURE)
     except KeyboardInterrupt:

@@ -141,11 +141,17 @@ class StorageSettings(BaseModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        example = "e.g. https://minio.example.com:9000"
+        try:
+            parts = urlsplit(value)
+            if parts.port == 0:  # .port raises for one that is no number up to 65535
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"endpoint_url is not a valid URL (host, and port from 1 to 65535); {example}") from None
         if parts.username is not None or parts.password is not None:  # never echoed: it holds a credential
             raise ValueError("endpoint_url must not hold credentials (user:secret@); put them in api_key")
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("endpoint_url must be an http:// or https:// URL, e.g. https://minio.example.com:9000")
+            raise ValueError(f"endpoint_url must be an http:// or https:// URL with a host; {example}")
         return value
 
     @field_validator("r2_account_id")
@@ -272,7 +278,8 @@ def read_config_file() -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
-    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077 and str(path) not in _warned:
+        _warned.add(str(path))  # said once per process: every call reads the file
         log.warning("config file %s is readable by other users; run: chmod 600 %s", path, path)
     try:
         data = json.loads(text)
@@ -295,7 +302,11 @@ def write_config_file(updates: dict[str, Any]) -> Path:
     path = config_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with _locked(path.parent / ".config.lock"):
+        target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
+        if not target.parent.is_dir():
+            raise InvalidInput(f"the config file {path} links to {target}, in a folder that does not exist; create "
+                               "that folder or remove the link")
+        with _locked(target.parent / ".config.lock"):
             data = read_config_file()
             for key, value in updates.items():
                 if value is None:
@@ -308,19 +319,19 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                 data["service"] = settings.service  # as it is used: "S3", not " s3 "
             if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
                 data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
-            target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
             fd, tmp = tempfile.mkstemp(prefix=".config-", dir=target.parent)
             try:
-                os.fchmod(fd, 0o600)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    with contextlib.suppress(OSError):  # mkstemp's mode is 0600 already; a file system may refuse
+                        os.chmod(tmp, 0o600)
                     json.dump(data, fh, indent=2, sort_keys=True)
                 os.replace(tmp, target)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-    except PermissionError:
-        raise InvalidInput(f"cannot write the config file {path}: its folder is not writable by you; fix the "
-                           f"folder's permissions or set FEDML_STORAGE_HOME to a folder of yours") from None
+    except PermissionError as exc:
+        raise InvalidInput(f"cannot write the config file {path}: {exc.strerror} ({exc.filename}); fix its "
+                           "permissions or set FEDML_STORAGE_HOME to a folder of yours") from None
     return path
 
 

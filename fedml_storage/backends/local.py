@@ -62,8 +62,11 @@ class LocalStore(ObjectStore):
         target = self._path(key)
         fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR)
         try:
-            os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would hide a shared store's data from its other users
             with os.fdopen(fd, "wb") as out:
+                # mkstemp's 0600 would hide a shared store's data from its other users; some file systems (vfat,
+                # CIFS) refuse any chmod, and there private is the only choice
+                with contextlib.suppress(OSError):
+                    os.chmod(tmp, 0o666 & ~umask())
                 fill(out)
                 out.flush()
                 os.fsync(out.fileno())

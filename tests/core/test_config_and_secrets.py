@@ -255,3 +255,29 @@ def test_warnings_reach_stderr_without_any_logging_set_up(isolated_home: Path) -
     )
     assert proc.returncode == 0
     assert "FEDML_STORAGE_SERVCE" in proc.stderr and "did you mean FEDML_STORAGE_SERVICE" in proc.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:abc", "https://minio:99999", "http://minio:-1",
+                                      "http://minio:0", "http://[::1"])
+def test_an_endpoint_with_a_bad_port_is_bad_input_not_retryable(endpoint: str) -> None:
+    response = StorageClient(service="S3", bucket="b", endpoint_url=endpoint, api_key=TEST_API_KEY).list()
+    assert response.reason == "invalid_input" and not response.retryable, response.message
+    assert "endpoint_url is not a valid URL" in response.message and endpoint not in response.message
+
+
+def test_a_config_linked_into_a_missing_folder_is_named_not_an_internal_error(isolated_home: Path,
+                                                                               tmp_path: Path) -> None:
+    config_path().symlink_to(tmp_path / "unmounted" / "fedml.json")
+    response = api.fedml_login(TEST_API_KEY)
+    assert response.reason == "invalid_input", response.message
+    assert "folder that does not exist" in response.message and str(tmp_path / "unmounted") in response.message
+
+
+def test_a_config_others_can_read_is_warned_about_once(isolated_home: Path, caplog) -> None:
+    assert api.configure(namespace="team").ok
+    os.chmod(config_path(), 0o644)
+    with caplog.at_level(logging.WARNING, logger="fedml_storage"):
+        for _ in range(3):
+            assert api.list_storage_objects().ok
+    said = [r for r in caplog.records if "readable by other users" in r.getMessage()]
+    assert len(said) == 1 and "chmod 600" in said[0].getMessage()

@@ -33,6 +33,24 @@ def test_stored_files_get_the_modes_the_umask_allows(tmp_path: Path, mask: int) 
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in stored} == {oct(0o666 & ~mask)}
 
 
+def test_a_file_system_that_refuses_chmod_still_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def refuse(path, mode, *args, **kwargs):  # as vfat or CIFS without 'noperm' do
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    (tmp_path / "f.txt").write_text("kept")
+    with StorageClient(service="LOCAL", local_root=tmp_path / "store") as client:
+        fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        monkeypatch.setattr(os, "chmod", refuse)
+        assert client.upload(tmp_path / "f.txt").ok
+        monkeypatch.undo()
+        if fds is not None:
+            assert len(os.listdir("/proc/self/fd")) == fds  # no descriptor left open
+        down = client.download("f.txt", tmp_path / "out")
+        assert down.ok and Path(down.data).read_text() == "kept"
+
+
 SCENARIO = """
 import json, logging, sys
 from fedml_storage import StorageClient
@@ -42,10 +60,11 @@ handler.emit = lambda record: warnings.append(record.getMessage())
 logging.getLogger("fedml_storage").addHandler(handler)
 with StorageClient(service="LOCAL", local_root=sys.argv[1]) as client:
     listed = client.list()
-    cleaned = client.cleanup(0)
+    cleaned = client.cleanup(3600)
     mine = client.download("mine.txt", sys.argv[2])
 print(json.dumps({"listed": [m.dataName for m in listed.data or []], "list_message": listed.message,
-                  "cleanup": cleaned.code.value, "download": mine.code.value, "warnings": warnings}))
+                  "cleanup": cleaned.code.value, "cleaned": cleaned.data, "download": mine.code.value,
+                  "warnings": warnings}))
 """
 
 
@@ -60,6 +79,13 @@ def test_an_entry_another_user_keeps_private_is_skipped_not_fatal(tmp_path: Path
     private = root / "default" / "manifests" / "theirs.txt.json"
     os.chown(private, 65534, 65534)  # another user's, readable by them alone
     os.chmod(private, 0o600)
+    # a shared store's sticky temp folder holds a stale temp file of that other user, which we may not remove
+    temp = root / ".tmp"
+    os.chown(temp, 65534, 65534)
+    os.chmod(temp, 0o1777)
+    (temp / "theirs.tmp").write_bytes(b"x")
+    os.chown(temp / "theirs.tmp", 65534, 65534)
+    os.utime(temp / "theirs.tmp", (1, 1))
     data_before = sorted(p.relative_to(root).as_posix() for p in (root / "default" / "data").rglob("*") if p.is_file())
     # root ignores permissions: run without the capabilities that let it
     cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c", SCENARIO,
@@ -70,5 +96,6 @@ def test_an_entry_another_user_keeps_private_is_skipped_not_fatal(tmp_path: Path
     assert seen["listed"] == ["mine.txt"], seen["list_message"]
     assert any("'theirs.txt'" in w and "you may not read" in w for w in seen["warnings"]), seen["warnings"]
     assert seen["cleanup"] == "SUCCESS" and seen["download"] == "SUCCESS"
+    assert seen["cleaned"]["objects_not_removed"] == 1 and (temp / "theirs.tmp").exists()
     data_after = sorted(p.relative_to(root).as_posix() for p in (root / "default" / "data").rglob("*") if p.is_file())
     assert data_after == data_before  # cleanup left the data of the entry it could not read
