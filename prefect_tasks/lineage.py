@@ -4,7 +4,9 @@ Prefect fixes a task's assets when the task is made (`@materialize(key)`, `with_
 dataset's key depends on the call's arguments, which under `.map` or with futures as arguments are known only
 once the run starts. So a run declares its key on its own asset context, as `with_options(assets=[key])` (or
 `asset_deps=[key]`) would have: Prefect then emits the materialisation event when the run ends and hands the key
-to the tasks that take the run's result, with no extra task run.
+to the tasks that take the run's result, with no extra task run. (Under task runners that run tasks in other
+processes, such as Dask or Ray, the run's own materialisation is still recorded, but tasks taking its result may
+not see the dataset upstream: the flow's copy of what runs declared is updated in the process of the run.)
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def declare_output(client: StorageClient, name: str) -> str | None:
         return None
     context, asset = found
     context.downstream_assets.add(asset)
-    context.materialized_by = MATERIALIZED_BY
+    context.materialized_by = context.materialized_by or MATERIALIZED_BY  # a @materialize(by=...) of the caller wins
     context.update_tracked_assets()
     return asset.key
 

@@ -27,10 +27,15 @@ from .lineage import add_metadata, declare_input, declare_output
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry only failures that can pass: connection errors, throttling, 5xx. Never bad input or a missing name."""
-    try:  # the failure as a value: raising it here would add this check to the traceback the user reads
-        failure = state.result(raise_on_failure=False)
-    except Exception:
-        return False
+    # The failure as a value: Prefect's retry check hands over Failed(data=<the exception>). Never state.result()
+    # bare: in an async task's run it returns a coroutine (and no retry would ever happen); raising would add
+    # this check to the traceback the user reads.
+    failure = getattr(state, "data", None)
+    if not isinstance(failure, BaseException):
+        try:
+            failure = state.result(raise_on_failure=False, _sync=True)
+        except Exception:
+            return False
     if isinstance(failure, FedMLStorageError):
         return failure.retryable
     return isinstance(failure, (ConnectionError, TimeoutError))

@@ -75,3 +75,45 @@ def test_awaited_in_an_async_flow_without_blocking_its_event_loop(tmp_path: Path
                 key=ArtifactFilterKey(any_=["fedml-upload-async-ds"])))
 
     assert any(got["up"]["sha256"] in a.data for a in asyncio.run(artifact()))
+
+
+def test_async_variants_retry_transient_failures_and_not_bad_input(tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage import FedMLStorageError
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.errors import TransientError
+
+    (tmp_path / "flaky.txt").write_text("stored once")
+    calls = {"put": 0, "upload": 0}
+    original_put, original_upload = LocalStore.put_file, StorageClient.upload
+
+    def flaky_once(self, *args, **kwargs):
+        calls["put"] += 1
+        if calls["put"] == 1:
+            raise TransientError("injected: storage service busy (503)")
+        return original_put(self, *args, **kwargs)
+
+    def counting(self, *args, **kwargs):
+        calls["upload"] += 1
+        return original_upload(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "put_file", flaky_once)
+    monkeypatch.setattr(StorageClient, "upload", counting)
+
+    @flow
+    async def retried() -> dict:
+        return await aupload_data.with_options(retry_delay_seconds=0)(str(tmp_path / "flaky.txt"))
+
+    assert asyncio.run(retried())["name"] == "flaky.txt" and calls == {"put": 2, "upload": 2}
+
+    @flow
+    async def bad() -> None:
+        await aupload_data.with_options(retry_delay_seconds=0)(str(tmp_path / "missing"))
+
+    calls["upload"] = 0
+    try:
+        asyncio.run(bad())
+    except FedMLStorageError as exc:
+        assert "does not exist" in str(exc)
+    else:
+        raise AssertionError("a missing path must fail the flow")
+    assert calls["upload"] == 1  # bad input: no retry
