@@ -6,7 +6,11 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
-from airflow.sdk.lineage import get_hook_lineage_collector
+
+try:
+    from airflow.sdk.lineage import get_hook_lineage_collector
+except ImportError:  # Airflow before 3.2
+    from airflow.lineage.hook import get_hook_lineage_collector
 
 from fedml_storage import (
     DownloadResult, FedMLResponse, FedMLStorageError, Readiness, StorageClient, StorageMetadata, unknown_settings,
@@ -123,15 +127,22 @@ class FedMLStorageHook(BaseHook):
         """Store a file or directory; the upload's details as a JSON-able dict."""
         result = raise_for(self.get_client().upload(data_path, name, description, metadata, tag_list))
         self.log.info("%s", result.summary())
-        get_hook_lineage_collector().add_output_asset(context=self, uri=self.asset_uri(result.name))
+        self._report_lineage("add_output_asset", result.name)
         return result.to_dict()
 
     def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> DownloadResult:
         """Fetch a dataset; its absolute local path, a str that also carries `version`, `sha256`, `size`, ..."""
         result = raise_for(self.get_client().download(name, dest_path, version=version))
         self.log.info("%s", result.summary())
-        get_hook_lineage_collector().add_input_asset(context=self, uri=self.asset_uri(result.name))
+        self._report_lineage("add_input_asset", result.name)
         return result
+
+    def _report_lineage(self, add: str, name: str) -> None:
+        """Tell Airflow's hook lineage (read by e.g. OpenLineage) about the dataset; never fails a finished transfer."""
+        try:
+            getattr(get_hook_lineage_collector(), add)(context=self, uri=self.asset_uri(name))
+        except Exception as exc:  # e.g. an Asset URI past Airflow's length limit, for an old long name
+            self.log.warning("not reporting lineage of %r to Airflow: %s", name, exc)
 
     def delete(self, name: str, *, missing_ok: bool = False) -> bool:
         """Remove a dataset; whether something was deleted (False: with `missing_ok`, it was not stored)."""

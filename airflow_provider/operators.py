@@ -122,9 +122,12 @@ class FedMLStorageUploadOperator(_StorageOperator):
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
         for asset in declared:
             context["outlet_events"][asset].extra = extra
-        if not declared:  # else the declared Asset has its event already
-            for alias in (a for a in self.outlets if isinstance(a, AssetAlias)):
-                context["outlet_events"][alias].add(Asset(uri), extra=extra)
+        aliases = [a for a in self.outlets if isinstance(a, AssetAlias)]
+        for alias in aliases:
+            context["outlet_events"][alias].add(Asset(uri), extra=extra)
+        if not declared and not aliases:  # e.g. a mapped upload made outside a DAG
+            self.log.warning("no outlet of this task carries an event for %s: DAGs scheduled on it will not run; "
+                             "pass outlets=[AssetAlias(...)], or namespace= and a name the DAG file tells", uri)
         return result
 
     @staticmethod

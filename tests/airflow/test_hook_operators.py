@@ -208,6 +208,45 @@ def test_user_aliases_get_the_event_and_mapped_uploads_declare_one(tmp_path: Pat
     assert chosen.outlets == [mine]
 
 
+def test_a_user_alias_beside_the_declared_asset_gets_the_event_too(tmp_path: Path, caplog, capfd) -> None:
+    (tmp_path / "f.txt").write_text("x")
+    mine = AssetAlias("my-alias")
+    declared = Asset("fedml://default/f.txt")
+    op = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt"), namespace="default",
+                                    outlets=[declared, mine])
+    ctx = _context()
+    result = op.execute(ctx)
+    extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
+    assert ctx["outlet_events"][declared].extra == extra
+    assert ctx["outlet_events"][mine].added == [("fedml://default/f.txt", extra)]
+    bare = FedMLStorageUploadOperator(task_id="bare", data_path=str(tmp_path / "f.txt"))
+    bare.outlets = []  # as a mapped upload made outside any DAG: nothing to carry the event
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        bare.execute(_context())
+    logged = caplog.text + "".join(capfd.readouterr())  # Airflow's task loggers write to the console
+    assert "no outlet of this task carries an event for fedml://default/f.txt" in logged
+
+
+def test_lineage_that_fails_never_fails_a_finished_transfer(tmp_path: Path, monkeypatch, caplog, capfd) -> None:
+    import airflow_provider.hook as hook_module
+
+    class Refusing:
+        def add_output_asset(self, **kwargs):
+            raise ValueError("Asset name cannot exceed 1500 characters")
+
+        add_input_asset = add_output_asset
+
+    monkeypatch.setattr(hook_module, "get_hook_lineage_collector", Refusing)
+    (tmp_path / "f.txt").write_text("kept")
+    with caplog.at_level(logging.WARNING), FedMLStorageHook() as hook:
+        assert hook.upload(str(tmp_path / "f.txt"))["name"] == "f.txt"
+        assert Path(hook.download("f.txt", str(tmp_path / "out"))).read_text() == "kept"
+    logged = caplog.text + "".join(capfd.readouterr())
+    said = [line for line in logged.splitlines() if "not reporting lineage" in line]
+    assert len(said) == 2 and all("1500 characters" in line for line in said), logged
+
+
 def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
         {"conn_type": "fedml_storage", "extra": {"service": "LOCAL"}}))
