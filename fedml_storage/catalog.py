@@ -249,7 +249,7 @@ class Catalog:
         cutoff = time.time() - older_than_seconds
         # Data is listed before manifests are read, so data whose manifest commits meanwhile is seen referenced.
         candidates = [o.key for o in self.store.list(self.data_prefix) if o.modified < cutoff]
-        manifests, unreadable = self._scan()
+        manifests, unreadable = self._scan() if candidates else ([], {})  # nothing old: no catalog entry to read
         referenced = {v.key for m in manifests for v in m.versions}
         # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
         protected = tuple(f"{self.data_prefix}{name}/" for name in unreadable)

@@ -16,6 +16,10 @@ log = logging.getLogger("fedml_storage")
 
 CHUNK = 4 * 1024 * 1024
 RACY_SECONDS = 2.0  # a file written this recently may still change within one mtime tick
+# The cache forgets the least recently stored rows past these counts: pipelines that upload from a fresh temp
+# folder each run would otherwise grow it for ever (about 250 bytes a file on disk).
+MAX_FILES = 1_000_000
+MAX_TREES = 10_000
 
 
 def sha256_file(path: Path | str, stop: threading.Event | None = None) -> str:
@@ -80,6 +84,7 @@ class DigestCache:
         try:
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?)", rows)
+                _trim(self._db, "file_digests", MAX_FILES)
         except sqlite3.Error as exc:
             log.debug("digest cache update failed: %s", exc)
 
@@ -101,6 +106,7 @@ class DigestCache:
         try:
             with self._db:
                 self._db.execute("INSERT OR REPLACE INTO trees VALUES (?, ?, ?)", (root, fingerprint, digest))
+                _trim(self._db, "trees", MAX_TREES)
         except sqlite3.Error as exc:
             log.debug("digest cache update failed: %s", exc)
 
@@ -108,3 +114,8 @@ class DigestCache:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _trim(db: sqlite3.Connection, table: str, keep: int) -> None:
+    """Drop all but about the `keep` most recently stored rows (a replaced row gets a new rowid: the newest)."""
+    db.execute(f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?", (keep,))

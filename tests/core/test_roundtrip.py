@@ -142,6 +142,20 @@ def test_keep_versions_lets_downstream_pin_a_version(store: Store, tmp_path: Pat
     assert client.download("d", tmp_path / "gone", version=v1).reason == "not_found"
 
 
+def test_lowering_keep_versions_trims_on_the_next_upload_even_an_unchanged_one(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "w.txt"
+    src.write_text("v1")
+    v1 = store.client(keep_versions=3).upload(src).data
+    src.write_text("v2 longer")
+    v2 = store.client(keep_versions=3).upload(src).data
+    again = store.client(keep_versions=1).upload(src)  # same bytes: nothing sent, yet the old version goes
+    assert again.ok and again.data.skipped and again.data.version == v2.version
+    client = store.client(keep_versions=1)
+    assert client.get_metadata("w.txt").data.versions == [v2.version]
+    assert client.download("w.txt", tmp_path / "o", version=v1.version).reason == "not_found"
+    assert [k for k in store.keys() if "/data/" in k] == [f"default/data/w.txt/{v2.version}/w.txt"]
+
+
 def test_unchanged_reupload_sends_no_data(store: Store, tmp_path: Path, monkeypatch) -> None:
     src = make_tree(tmp_path / "tree")
     client = store.client()
@@ -314,3 +328,30 @@ def test_downloaded_folders_keep_modes_only_as_the_umask_allows(store: Store, tm
         os.umask(mask)
     assert (down / "open.sh").stat().st_mode & 0o777 == 0o750  # never world-writable by the uploader's choice
     assert (down / "plain.txt").stat().st_mode & 0o777 == 0o640
+
+
+def test_the_digest_cache_stays_bounded_and_keeps_the_newest(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    import fedml_storage.digests
+    from fedml_storage.config import storage_home
+
+    monkeypatch.setattr(fedml_storage.digests, "RACY_SECONDS", 0)
+    monkeypatch.setattr(fedml_storage.digests, "MAX_FILES", 5)
+    monkeypatch.setattr(fedml_storage.digests, "MAX_TREES", 2)
+    client = StorageClient(service="LOCAL")
+    for run in range(4):  # a pipeline uploading from a fresh temp folder each run
+        src = tmp_path / f"run-{run}" / "batch"
+        src.mkdir(parents=True)
+        for i in range(3):
+            (src / f"{i}.txt").write_text(f"{run}-{i}")
+        assert client.upload(src).ok
+    db = sqlite3.connect(storage_home() / "cache" / "digests.sqlite")
+    paths = sorted(p for (p,) in db.execute("SELECT path FROM file_digests"))
+    roots = sorted(r for (r,) in db.execute("SELECT root FROM trees"))
+    db.close()
+    assert 3 <= len(paths) <= 5 and all(f"run-3{os.sep}" in p for p in paths[-3:])  # the newest run's files kept
+    assert not any(f"run-0{os.sep}" in p for p in paths)
+    assert 1 <= len(roots) <= 2 and roots[-1] == str(tmp_path / "run-3" / "batch")
+    assert client.upload(tmp_path / "run-3" / "batch").data.skipped  # still served from the cache
+    client.close()

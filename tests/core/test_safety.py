@@ -393,6 +393,22 @@ def test_cleanup_refuses_a_grace_period_that_is_not_a_number(store: Store, tmp_p
     assert store.keys() == keys
 
 
+def test_cleanup_with_nothing_old_reads_no_catalog_entry(store: Store, tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage.catalog import Catalog
+
+    client = store.client()
+    for i in range(3):
+        assert client.upload(make_tree(tmp_path / f"ds{i}")).ok
+    reads = []
+    original = Catalog.read
+    monkeypatch.setattr(Catalog, "read", lambda self, name: reads.append(name) or original(self, name))
+    done = client.cleanup(older_than_seconds=3600)
+    assert done.ok and done.data["orphaned_objects_removed"] == 0 and reads == []
+    keys = store.keys()
+    assert client.cleanup(older_than_seconds=0).ok and sorted(reads) == ["ds0", "ds1", "ds2"]
+    assert store.keys() == keys  # all of it referenced
+
+
 def test_a_name_stored_with_the_reserved_prefix_stays_deletable(store: Store, tmp_path: Path) -> None:
     name = ".fedml-download-old"  # reserved later for download temp files
     _plant(store, name, _zip([("a.txt", b"old")]), 3)
