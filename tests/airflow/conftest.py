@@ -51,3 +51,19 @@ def query(home: Path, sql: str, *args) -> list[tuple]:
     """Read the Airflow metadata DB."""
     with sqlite3.connect(home / "airflow.db") as db:
         return db.execute(sql, args).fetchall()
+
+
+@pytest.fixture
+def unreachable_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default connection points at an S3 endpoint where nothing listens (one attempt per request)."""
+    import json
+    import socket
+
+    from tests.conftest import TEST_API_KEY
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
+        {"conn_type": "fedml_storage", "password": TEST_API_KEY,
+         "extra": {"service": "S3", "bucket": "b", "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}}))

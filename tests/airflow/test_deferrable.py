@@ -145,15 +145,7 @@ def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path,
 
 
 def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
-        monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
-        {"conn_type": "fedml_storage", "password": TEST_API_KEY,
-         "extra": {"service": "S3", "bucket": "b", "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}}))
+        unreachable_connection: None, monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
     trigger = FedMLStorageDatasetTrigger(name="ds", poke_interval=0.05)
     checks: list[str] = []
     real = FedMLStorageHook.readiness

@@ -427,15 +427,7 @@ def test_sensor_waits_for_a_version_and_pushes_what_it_saw(tmp_path: Path) -> No
     assert FedMLStorageDatasetSensor(task_id="w4", name="versioned", version="").poke({})  # rendered empty: any
 
 
-def test_sensor_warns_when_the_service_cannot_be_reached(monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
-        {"conn_type": "fedml_storage", "password": TEST_API_KEY,
-         "extra": {"service": "S3", "bucket": "b", "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}}))
+def test_sensor_warns_when_the_service_cannot_be_reached(unreachable_connection: None, caplog, capfd) -> None:
     caplog.set_level(logging.INFO)
     seen = FedMLStorageDatasetSensor(task_id="w", name="ds", poke_interval=5).poke({})
     assert not seen.is_done  # an endpoint that is down may come up: keep waiting...
