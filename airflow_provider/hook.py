@@ -6,11 +6,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowNotFoundException
-
-try:
-    from airflow.sdk.lineage import get_hook_lineage_collector
-except ImportError:  # Airflow before 3.2
-    from airflow.lineage.hook import get_hook_lineage_collector
+from airflow.sdk.lineage import get_hook_lineage_collector
 
 from fedml_storage import (
     DownloadResult, FedMLResponse, FedMLStorageError, Readiness, StorageClient, StorageMetadata, unknown_settings,
