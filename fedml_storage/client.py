@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .backends import ObjectStore, open_store
-from .catalog import Catalog, Manifest
+from .catalog import VERSION_ID, Catalog, Manifest
 from .config import StorageSettings, read_config_file, storage_home, validate_settings
 from .digests import DigestCache
 from .downloads import download as _download
@@ -215,6 +215,10 @@ class StorageClient:
             if version is not None:
                 kept = next((v for v in manifest.versions if v.version == version), None)
                 if kept is None:
+                    # ids sort by time: one older than the current version, or malformed, can never appear
+                    if not isinstance(version, str) or not VERSION_ID.fullmatch(version) \
+                            or version < manifest.current.version:
+                        manifest.find(version)  # raises: not a version id, or not kept
                     return Readiness(False, f"dataset {name!r}: version {version!r} not stored (yet)",
                                      manifest.current.version, manifest.current.sha256)
                 pinned = (kept.version, kept.sha256)

@@ -60,7 +60,9 @@ class S3Store(ObjectStore):
             )
         endpoint = settings.resolved_endpoint
         if settings.service == "R2" and not endpoint:
-            raise NotConfigured("R2 needs an account id or endpoint; set FEDML_STORAGE_R2_ACCOUNT_ID or endpoint_url")
+            raise NotConfigured("R2 needs an account id or endpoint; set FEDML_STORAGE_R2_ACCOUNT_ID or endpoint_url "
+                                "(upload and download default to service='R2', as documented: for your configured "
+                                "default service pass service=None, or name it, e.g. service='S3')")
         self.bucket = settings.bucket
         custom = endpoint is not None
         s3_options: dict | None = None

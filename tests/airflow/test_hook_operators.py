@@ -423,7 +423,14 @@ def test_sensor_waits_for_a_version_and_pushes_what_it_saw(tmp_path: Path) -> No
     seen = pinned.poke({})
     assert seen.is_done and seen.xcom_value == {"name": "versioned", "version": first["version"],
                                                 "sha256": first["sha256"]}
-    assert not FedMLStorageDatasetSensor(task_id="w3", name="versioned", version="v-not-stored").poke({})
+    later = "20991231T000000000000Z-00000000"  # a version id no upload has made yet: wait for it
+    assert not FedMLStorageDatasetSensor(task_id="w3", name="versioned", version=later).poke({})
+    (data / "a.txt").write_text("three")
+    hook.upload(str(data))  # keep_versions=2: the first version is dropped, and can never come back
+    with pytest.raises(AirflowFailException, match="is not kept"):
+        FedMLStorageDatasetSensor(task_id="w5", name="versioned", version=first["version"]).poke({})
+    with pytest.raises(AirflowFailException, match="not a version id"):
+        FedMLStorageDatasetSensor(task_id="w6", name="versioned", version="v-not-stored").poke({})
     assert FedMLStorageDatasetSensor(task_id="w4", name="versioned", version="").poke({})  # rendered empty: any
 
 

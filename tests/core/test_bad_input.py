@@ -360,3 +360,11 @@ def test_an_upload_that_fills_the_disk_leaves_the_store_as_it_was(small_disk: Pa
         response = client.upload(src)
         assert response.code == ResponseCode.ERROR and response.retryable and "space" in response.message
         assert sorted(p.relative_to(small_disk).as_posix() for p in small_disk.rglob("*")) == before
+
+
+def test_the_documented_r2_default_of_upload_says_how_to_use_the_configured_service(tmp_path: Path) -> None:
+    assert api.configure(service="S3", bucket="datasets", region="eu-west-1").ok
+    (tmp_path / "f.txt").write_text("x")
+    response = api.upload(str(tmp_path / "f.txt"))  # service="R2" by the documented default
+    assert response.reason == "not_configured", response.message
+    assert "R2 needs an account id" in response.message and "pass service=None" in response.message

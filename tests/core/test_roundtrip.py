@@ -276,7 +276,10 @@ def test_ready_waits_for_a_version_and_tells_which_one_a_download_gets(store: St
     assert not later.ready and "not stored" in later.detail and later.version == second.version
     src.write_text("three")
     assert client.upload(src).ok  # keep_versions=2: the first is dropped
-    assert not client.ready("f.txt", version=first.version).data.ready
+    gone = client.ready("f.txt", version=first.version)  # older than the current one: it can never come
+    assert gone.reason == "not_found" and not gone.retryable and "is not kept" in gone.message, gone.message
+    bad = client.ready("f.txt", version="v1")
+    assert bad.reason == "invalid_input" and "not a version id" in bad.message
 
 
 def test_delete_with_missing_ok_succeeds_for_a_name_already_gone(store: Store, tmp_path: Path) -> None:
