@@ -65,6 +65,14 @@ def _artifact_key(prefix: str, name: str) -> str:
     return (prefix + "-" + re.sub(r"[^a-z0-9]+", "-", name.lower())).strip("-")[:100]
 
 
+def _untied(details: dict[str, Any]) -> dict[str, Any]:
+    """The dict with its strings copied. Prefect ties the parts of a task's result to later tasks by object identity
+    (one level deep), so a string the caller holds too (the namespace passed in, "LOCAL", "directory") would make
+    unrelated tasks look downstream of this one, and give their assets false upstreams."""
+    return {k: v.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass") if type(v) is str else v
+            for k, v in details.items()}
+
+
 def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., str]) -> tuple[Task, Task]:
     """One operation as a sync task and as an async task that runs the same body in a worker thread."""
 
@@ -103,7 +111,7 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
         if planned is None:  # could not be told beforehand
             key = declare_output(client, result.name)
     get_run_logger().info("%s", result.summary())
-    details = result.to_dict()
+    details = _untied(result.to_dict())
     create_markdown_artifact(
         key=_artifact_key("fedml-upload", result.name),
         markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
@@ -165,8 +173,8 @@ def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedM
         if user_defined_only:
             user = client.get_user_metadata(name).unwrap()
             get_run_logger().info("user metadata of %r: %d key(s)", name, len(user))
-            return user
-        meta = client.get_metadata(name).unwrap().to_dict()
+            return _untied(user)
+        meta = _untied(client.get_metadata(name).unwrap().to_dict())
     get_run_logger().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
     return meta
 

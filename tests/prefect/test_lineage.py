@@ -68,3 +68,18 @@ def test_a_failed_upload_is_a_failed_materialisation(tmp_path: Path, emitted: li
 
     assert fails(return_state=True).is_failed()
     assert ("prefect.asset.materialization.failed", "fedml://default/gone") in [(e, k) for e, k, _ in emitted]
+
+
+def test_uploads_sharing_only_a_namespace_string_are_not_linked(tmp_path: Path, emitted: list) -> None:
+    first, second = _dir(tmp_path, "n1a"), _dir(tmp_path, "n1c")
+    team = "".join(["te", "am"])  # one string object, passed to both calls as a user's variable would be
+
+    @flow
+    def two_uploads() -> None:
+        upload_data(first, namespace=team, service="LOCAL")
+        upload_data(second, namespace=team, service="LOCAL")
+
+    two_uploads()
+    done = {key: roles for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"}
+    assert set(done) == {"fedml://team/n1a", "fedml://team/n1c"}
+    assert "asset" not in done["fedml://team/n1c"], done  # no upstream: it read nothing the first one made
