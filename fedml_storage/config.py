@@ -302,7 +302,10 @@ def write_config_file(updates: dict[str, Any]) -> Path:
     path = config_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
+        try:
+            target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
+        except (RuntimeError, OSError):  # a link loop (RuntimeError before Python 3.13)
+            raise InvalidInput(f"the config file {path} is a link that loops; remove the link") from None
         if not target.parent.is_dir():
             raise InvalidInput(f"the config file {path} links to {target}, in a folder that does not exist; create "
                                "that folder or remove the link")
@@ -330,8 +333,9 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                 Path(tmp).unlink(missing_ok=True)
                 raise
     except PermissionError as exc:
-        raise InvalidInput(f"cannot write the config file {path}: {exc.strerror} ({exc.filename}); fix its "
-                           "permissions or set FEDML_STORAGE_HOME to a folder of yours") from None
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise InvalidInput(f"cannot write the config file {path}: {exc.strerror}{where}; fix its permissions or set "
+                           "FEDML_STORAGE_HOME to a folder of yours") from None
     return path
 
 

@@ -16,7 +16,7 @@ log = logging.getLogger("fedml_storage")
 
 CHUNK = 4 * 1024 * 1024
 RACY_SECONDS = 2.0  # a file written this recently may still change within one mtime tick
-# The cache forgets the least recently stored rows past these counts: pipelines that upload from a fresh temp
+# The cache forgets the rows first stored longest ago past these counts: pipelines that upload from a fresh temp
 # folder each run would otherwise grow it for ever (about 250 bytes a file on disk).
 MAX_FILES = 1_000_000
 MAX_TREES = 10_000
@@ -83,7 +83,10 @@ class DigestCache:
                 if max(st.st_mtime_ns, st.st_ctime_ns) < horizon]
         try:
             with self._db:
-                self._db.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT INTO file_digests VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                    " size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, ino=excluded.ino,"
+                    " sha256=excluded.sha256", rows)
                 _trim(self._db, "file_digests", MAX_FILES)
         except sqlite3.Error as exc:
             log.debug("digest cache update failed: %s", exc)
@@ -105,7 +108,8 @@ class DigestCache:
             return
         try:
             with self._db:
-                self._db.execute("INSERT OR REPLACE INTO trees VALUES (?, ?, ?)", (root, fingerprint, digest))
+                self._db.execute("INSERT INTO trees VALUES (?, ?, ?) ON CONFLICT(root) DO UPDATE SET"
+                                 " fingerprint=excluded.fingerprint, digest=excluded.digest", (root, fingerprint, digest))
                 _trim(self._db, "trees", MAX_TREES)
         except sqlite3.Error as exc:
             log.debug("digest cache update failed: %s", exc)
@@ -117,5 +121,6 @@ class DigestCache:
 
 
 def _trim(db: sqlite3.Connection, table: str, keep: int) -> None:
-    """Drop all but about the `keep` most recently stored rows (a replaced row gets a new rowid: the newest)."""
+    """Drop all but the `keep` rows first stored most recently. Updates keep a row's rowid and only trimming deletes,
+    oldest first, so rowids have no gaps below the newest and the span is the count."""
     db.execute(f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?", (keep,))

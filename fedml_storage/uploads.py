@@ -119,10 +119,9 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         new is None or new == old
         for new, old in ((description, found[0].description), (tags, found[0].tags), (metadata, found[0].user_metadata))
     )
-    over_kept = found is not None and len(found[0].versions) > settings.keep_versions  # keep_versions was lowered
     dropped: list[str] = []
     try:
-        if not (skipped and unchanged_meta and not over_kept):
+        if not (skipped and unchanged_meta):  # a no-op upload (a retry, say) never drops a version
             _, dropped = catalog.commit(name, build)
     except BaseException as exc:
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):

@@ -281,3 +281,10 @@ def test_a_config_others_can_read_is_warned_about_once(isolated_home: Path, capl
             assert api.list_storage_objects().ok
     said = [r for r in caplog.records if "readable by other users" in r.getMessage()]
     assert len(said) == 1 and "chmod 600" in said[0].getMessage()
+
+
+def test_a_config_link_that_loops_is_named_not_an_internal_error(isolated_home: Path) -> None:
+    config_path().symlink_to(config_path())
+    response = api.configure(namespace="team")
+    assert response.reason == "invalid_input", response.message
+    assert "loop" in response.message and str(config_path()) in response.message
