@@ -66,11 +66,15 @@ def _artifact_key(prefix: str, name: str) -> str:
 
 
 def _untied(details: dict[str, Any]) -> dict[str, Any]:
-    """The dict with its strings copied. Prefect ties the parts of a task's result to later tasks by object identity
-    (one level deep), so a string the caller holds too (the namespace passed in, "LOCAL", "directory") would make
-    unrelated tasks look downstream of this one, and give their assets false upstreams."""
-    return {k: v.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass") if type(v) is str else v
-            for k, v in details.items()}
+    """The dict with its keys and strings copied. Prefect ties the parts of a task's result (keys too) to later tasks
+    by object identity, one level deep, so a string the caller holds too (the namespace passed in, "LOCAL", a key
+    such as "version") would make unrelated tasks look downstream of this one and give their assets false upstreams.
+    (CPython shares "" and one-character strings; those cannot be copied.)"""
+    return {_copy(k): _copy(v) for k, v in details.items()}
+
+
+def _copy(value: Any) -> Any:
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass") if type(value) is str else value
 
 
 def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., str]) -> tuple[Task, Task]:

@@ -83,3 +83,32 @@ def test_uploads_sharing_only_a_namespace_string_are_not_linked(tmp_path: Path, 
     done = {key: roles for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"}
     assert set(done) == {"fedml://team/n1a", "fedml://team/n1c"}
     assert "asset" not in done["fedml://team/n1c"], done  # no upstream: it read nothing the first one made
+
+
+def test_a_result_key_a_later_task_also_uses_does_not_link_them(tmp_path: Path, emitted: list) -> None:
+    first, second = _dir(tmp_path, "k1"), _dir(tmp_path, "k2")
+
+    @flow
+    def two_uploads() -> None:
+        upload_data(first)
+        upload_data(second, metadata={"version": "2"})  # "version" is also a key of the first upload's result
+
+    two_uploads()
+    done = {key: roles for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"}
+    assert "asset" not in done["fedml://default/k2"], done
+
+
+def test_an_upload_inside_a_users_materialize_keeps_its_by(tmp_path: Path, emitted: list) -> None:
+    src = _dir(tmp_path, "by1")
+
+    @materialize("file://tmp/by-report", by="dbt")
+    def build() -> None:
+        upload_data.fn(src)  # the upload's body runs in the user's own materialising task
+
+    @flow
+    def wrapped() -> None:
+        build()
+
+    wrapped()
+    done = {key: roles for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"}
+    assert done["fedml://default/by1"].get("asset-materialized-by") == ["dbt"], done
