@@ -26,32 +26,33 @@ _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # a zip local file header (30 byt
 METHODS = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
 
 
-class FileState(NamedTuple):
-    """What a tree keeps of a stat: enough to pack a file and to tell whether it changed (a third of the memory
-    of an os.stat_result, which counts in a tree of millions of files)."""
+class Entry(NamedTuple):
+    """One file or folder of a tree, by its POSIX path relative to the root, with the stat fields an upload needs
+    to pack it and to tell whether it changed. Flat, one object per entry: with a million entries, a kept
+    os.stat_result (or a second tuple) costs hundreds of MB, and every extra object makes Python's garbage
+    collector walk the whole heap more often while the tree is read."""
 
+    rel: str
+    root: str  # one string shared by all entries: a path per entry would double what a tree holds
+    is_dir: bool
     st_size: int
     st_mtime_ns: int
     st_ctime_ns: int
     st_ino: int
     st_mode: int
 
+    @classmethod
+    def of(cls, rel: str, root: str, st: os.stat_result, is_dir: bool) -> Entry:
+        return cls(rel, root, is_dir, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+    @property
+    def st(self) -> Entry:
+        """The stat fields (st_size, st_mtime_ns, ...), read as those of an os.stat_result."""
+        return self
+
     @property
     def st_mtime(self) -> float:
         return self.st_mtime_ns / 1e9
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileState:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
-
-
-class Entry(NamedTuple):
-    """One file or folder of a tree, by its POSIX path relative to the root."""
-
-    rel: str
-    root: str  # one string shared by all entries: a path per entry would double what a tree holds
-    st: FileState
-    is_dir: bool
 
     @property
     def path(self) -> str:
@@ -81,7 +82,7 @@ def scan_tree(root: Path) -> Tree:
             tree.left_out.append(rel)
             continue
         seen.add(_folder_id(st))
-        tree.entries.append(Entry(rel, top, FileState.of(st), True))
+        tree.entries.append(Entry.of(rel, top, st, True))
         _scan(top, path, rel + "/", tree, seen, links)
     tree.entries.sort()  # by rel: it is the first field and unique
     tree.left_out.sort()
@@ -123,10 +124,10 @@ def _scan(top: str, folder: str, prefix: str, tree: Tree, seen: set[tuple[int, i
                 tree.left_out.append(rel)
                 continue
             seen.add(_folder_id(st))
-            tree.entries.append(Entry(rel, top, FileState.of(st), True))
+            tree.entries.append(Entry.of(rel, top, st, True))
             _scan(top, item.path, rel + "/", tree, seen, links)
         elif stat.S_ISREG(st.st_mode):
-            tree.entries.append(Entry(rel, top, FileState.of(st), False))
+            tree.entries.append(Entry.of(rel, top, st, False))
         else:
             log.info("leaving out %s: neither a file nor a folder", item.path)
             tree.left_out.append(rel)
@@ -138,7 +139,7 @@ def _stat(item: os.DirEntry) -> os.stat_result:
     return st if st.st_ino else os.stat(item.path)
 
 
-def same_file_state(a: os.stat_result | FileState, b: os.stat_result | FileState) -> bool:
+def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> bool:
     """Whether nothing wrote to the file between the two stats (ctime catches a write whose mtime was put back)."""
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
 

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .archive import FileState
+from .archive import Entry
 
 log = logging.getLogger("fedml_storage")
 
@@ -53,7 +53,7 @@ class DigestCache:
                 self._db.close()
             self._db = None
 
-    def lookup(self, items: list[tuple[str, os.stat_result | FileState]]) -> dict[str, str]:
+    def lookup(self, items: list[tuple[str, os.stat_result | Entry]]) -> dict[str, str]:
         """Cached digests for the given (absolute path, stat) pairs whose stat still matches."""
         if self._db is None or not items:
             return {}
@@ -74,7 +74,7 @@ class DigestCache:
             log.debug("digest cache lookup failed: %s", exc)
         return found
 
-    def store(self, items: list[tuple[str, os.stat_result | FileState, str]]) -> None:
+    def store(self, items: list[tuple[str, os.stat_result | Entry, str]]) -> None:
         """Remember digests, except for files changed too recently to trust their times."""
         if self._db is None:
             return

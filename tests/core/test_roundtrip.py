@@ -360,13 +360,16 @@ def test_the_digest_cache_stays_bounded_and_keeps_the_newest(tmp_path: Path, mon
     assert client.upload(tmp_path / "run-3" / "batch").data.skipped  # still served from the cache
     client.close()
 
-    from fedml_storage.archive import FileState
+    from fedml_storage.archive import Entry
+
+    def state(mtime: int, ino: int) -> Entry:
+        return Entry("f", "/", False, 1, mtime, mtime, ino, 0o644)
     from fedml_storage.digests import DigestCache
 
     cache = DigestCache(tmp_path / "counted.sqlite")
-    cache.store([(f"/stable/{i}", FileState(1, 1, 1, i, 0o644), "0" * 64) for i in range(4)])
+    cache.store([(f"/stable/{i}", state(1, i), "0" * 64) for i in range(4)])
     for n in range(5):  # one file changed and stored again and again: rewrites are not new rows
-        cache.store([("/hot", FileState(1, n, n, 9, 0o644), str(n) * 64)])
-    items = [(f"/stable/{i}", FileState(1, 1, 1, i, 0o644)) for i in range(4)] + [("/hot", FileState(1, 4, 4, 9, 0))]
+        cache.store([("/hot", state(n, 9), str(n) * 64)])
+    items = [(f"/stable/{i}", state(1, i)) for i in range(4)] + [("/hot", state(4, 9))]
     assert len(cache.lookup(items)) == 5  # all five distinct files kept under a cap of five
     cache.close()
