@@ -10,7 +10,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,11 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import InvalidInput
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
+from .locks import exclusive_lock
 
 log = logging.getLogger("fedml_storage")
 
@@ -309,7 +305,7 @@ def write_config_file(updates: dict[str, Any]) -> Path:
         if not target.parent.is_dir():
             raise InvalidInput(f"the config file {path} links to {target}, in a folder that does not exist; create "
                                "that folder or remove the link")
-        with _locked(target.parent / ".config.lock"):
+        with exclusive_lock(target.parent / ".config.lock"):
             data = read_config_file()
             for key, value in updates.items():
                 if value is None:
@@ -338,16 +334,3 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                            "FEDML_STORAGE_HOME to a folder of yours") from None
     return path
 
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock (flock; nothing where the system has none) while the config is read and written."""
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

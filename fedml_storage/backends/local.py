@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from ..archive import umask
 from ..errors import InvalidInput, PreconditionFailed
+from ..locks import exclusive_lock
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
 CHUNK = 8 * 1024 * 1024
@@ -40,23 +41,9 @@ class LocalStore(ObjectStore):
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """One writer of manifests at a time, across processes."""
-        if os.name == "nt":  # no flock: the filelock package (a Windows-only dependency) does it there
-            from filelock import FileLock
-
-            with FileLock(self.root / ".lock"):
-                yield
-            return
-        import fcntl
-
-        with open(self.root / ".lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return exclusive_lock(self.root / ".lock")
 
     def _write_atomic(self, key: str, fill) -> None:
         target = self._path(key)
