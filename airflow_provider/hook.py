@@ -170,19 +170,9 @@ class FedMLStorageHook(BaseHook):
         why not, and the version and SHA-256 a download would get.
 
         Raises FedMLStorageException on failure: `retryable` (service unreachable, busy) means "check again later".
+        An empty `version` (a template rendered empty) means any version.
         """
-        return raise_for(self.get_client().ready(name, metadata_key, metadata_value, version=version))
-
-    def dataset_ready(self, name: str, metadata_key: str | None = None,
-                      metadata_value: str | None = None) -> tuple[bool, str]:
-        """Whether `name` is ready (see `readiness`), and why not; a failure waiting can cure counts as not ready."""
-        try:
-            readiness = self.readiness(name, metadata_key, metadata_value)
-        except FedMLStorageException as exc:
-            if exc.retryable:
-                return False, str(exc)
-            raise
-        return readiness.ready, readiness.detail
+        return raise_for(self.get_client().ready(name, metadata_key, metadata_value, version=version or None))
 
     def asset_uri(self, name: str) -> str:
         """fedml://<namespace>/<name> for this connection."""

@@ -42,7 +42,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         with FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace) as hook:
             try:
-                seen = hook.readiness(self.name, self.metadata_key, self.metadata_value, version=self.version or None)
+                seen = hook.readiness(self.name, self.metadata_key, self.metadata_value, version=self.version)
             except FedMLStorageException as exc:
                 if not exc.retryable:
                     raise
@@ -58,8 +58,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         if done:
             return done.xcom_value
         self.defer(
-            trigger=FedMLStorageDatasetTrigger(**{k: getattr(self, k) for k in WAIT_FIELDS if k != "version"},
-                                               version=self.version or None,
+            trigger=FedMLStorageDatasetTrigger(**{k: getattr(self, k) for k in WAIT_FIELDS},
                                                poke_interval=_seconds(self.poke_interval)),
             method_name="execute_complete",
             timeout=timedelta(seconds=_seconds(self.timeout)),
