@@ -89,15 +89,15 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
     return task(body, **options), task(in_thread, **options)
 
 
-# Run names from the call's arguments (Prefect before 3.1 passes none: the names then stay generic).
-def _upload_run_name(parameters: dict[str, Any] | None = None) -> str:
-    p = parameters or {}
-    return f"upload {planned_name(p['data_path'], p.get('name')) or p.get('name') or p['data_path']}" if p else "upload"
+# Run names from the call's arguments (Prefect passes them to a callable with a `parameters` argument).
+def _upload_run_name(parameters: dict[str, Any]) -> str:
+    p = parameters
+    return f"upload {planned_name(p['data_path'], p.get('name')) or p.get('name') or p['data_path']}"
 
 
-def _download_run_name(parameters: dict[str, Any] | None = None) -> str:
-    p = parameters or {}
-    return f"download {p['name']}" + (f" version {p['version']}" if p.get("version") else "") if p else "download"
+def _download_run_name(parameters: dict[str, Any]) -> str:
+    p = parameters
+    return f"download {p['name']}" + (f" version {p['version']}" if p.get("version") else "")
 
 
 def _upload_data(data_path: str, name: str | None = None, description: str | None = None,
