@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .archive import Entry
+from .trees import Entry
 
 log = logging.getLogger("fedml_storage")
 

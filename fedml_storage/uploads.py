@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import Entry, HashingWriter, same_file_state, scan_tree, tree_digest, tree_fingerprint, write_zip
+from .archive import HashingWriter, write_zip
 from .catalog import Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
@@ -18,6 +18,7 @@ from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
+from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprint
 from .validation import check_description, check_metadata, check_name, check_path, check_progress_desc, check_tags
 
 log = logging.getLogger("fedml_storage")
@@ -80,14 +81,17 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src)
-        found, intact = reading.result()
+        found, intact = reading.result()  # should it fail, the tree's spill files go with the tree object
     current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
     desc = req.progress_desc or UPLOAD_DESC
 
     if tree is None:
         record, data_key = _file(src, name, settings, catalog, cache, current, req, desc)
     else:
-        record, data_key = _directory(src, tree.entries, name, settings, catalog, cache, current, req, desc)
+        try:
+            record, data_key = _directory(src, tree.entries, name, settings, catalog, cache, current, req, desc)
+        finally:
+            tree.entries.close()
     skipped = data_key is None
 
     tries = 0
@@ -205,43 +209,36 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     return _record(key, version, "file", st.st_size, digest, digest, st.st_size, 1), key
 
 
-def _directory(src, entries, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
-    files = [e for e in entries if not e.is_dir]
-    total = sum(e.st.st_size for e in files)
+def _directory(src, entries: Entries, name, settings, catalog, cache, current, req, desc
+               ) -> tuple[VersionRecord, str | None]:
     fingerprint = tree_fingerprint(entries)
-    newest = max((max(e.st.st_mtime_ns, e.st.st_ctime_ns) for e in entries), default=0)
     same_shape = (
         current is not None and current.kind == "directory"
-        and current.file_count == len(files) and current.source_size == total
+        and current.file_count == entries.files and current.source_size == entries.size
     )
     if same_shape and cache.lookup_tree(str(src), fingerprint) == current.content_digest:
         return current, None  # nothing in the tree changed since it was last digested
     if same_shape:
-        by_path = cache.lookup([(e.path, e.st) for e in files])
-        digests = {e.rel: by_path[e.path] for e in files if e.path in by_path}
-        missing = [e for e in files if e.rel not in digests]
-        fresh = _hash_all(missing)
-        digests.update(fresh)
-        cache.store([(e.path, e.st, fresh[e.rel]) for e in missing])
-        digest = tree_digest(entries, digests)
-        cache.store_tree(str(src), fingerprint, digest, newest)
+        digest = _digest_tree(entries, cache)
+        cache.store_tree(str(src), fingerprint, digest, entries.newest)
         if current.content_digest == digest:
             return current, None
     version = new_version_id()
     key = catalog.data_key(name, version, name + ".zip")
     pipe = BoundedPipe(limit=max(settings.part_size, 8 << 20))
     writer = HashingWriter(pipe)
+    recorder = _Recorder(cache)
 
-    def produce() -> dict[str, str]:
+    def produce() -> None:
         try:
-            result = write_zip(entries, writer, settings.compression, advance)
+            write_zip(entries, writer, settings.compression, advance, recorder)
+            recorder.flush()
         except BaseException as exc:
             pipe.fail(exc)
             raise
         pipe.close()
-        return result
 
-    with progress_bar(total, req.show_progress, req.out_progress_to_err, desc) as advance:
+    with progress_bar(entries.size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
             zipping = pool.submit(produce)
             try:
@@ -258,14 +255,44 @@ def _directory(src, entries, name, settings, catalog, cache, current, req, desc)
                 pipe.close_reader()
                 catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
                 raise
-            digests = zipping.result()
-    cache.store([(e.path, e.st, digests[e.rel]) for e in files])
-    digest = tree_digest(entries, digests)
-    cache.store_tree(str(src), fingerprint, digest, newest)
-    record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, total, len(files))
+            zipping.result()
+    digest = recorder.tree.hexdigest()
+    cache.store_tree(str(src), fingerprint, digest, entries.newest)
+    record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, entries.size,
+                     entries.files)
     return record, key
 
 
-def _hash_all(files: list[Entry]) -> dict[str, str]:
+class _Recorder:
+    """Takes each packed entry's digest into the tree digest and the digest cache, a batch at a time, so neither
+    waits for the whole tree in memory."""
+
+    def __init__(self, cache: DigestCache) -> None:
+        self.tree = TreeDigest()
+        self._cache = cache
+        self._batch: list[tuple[Entry, str | None]] = []
+
+    def __call__(self, e: Entry, sha: str | None) -> None:
+        self._batch.append((e, sha))
+        if len(self._batch) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        self.tree.add(self._batch)
+        self._cache.store([(e.path, e, sha) for e, sha in self._batch if sha is not None])
+        self._batch = []
+
+
+def _digest_tree(entries: Entries, cache: DigestCache) -> str:
+    """The tree digest, reading only the files the digest cache does not know as they are."""
+    tree = TreeDigest()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return dict(zip((e.rel for e in files), pool.map(lambda e: sha256_file(e.path), files)))
+        for part in batches(entries, 4096):
+            paths = [None if e.is_dir else e.path for e in part]
+            known = cache.lookup([(path, e) for path, e in zip(paths, part) if path is not None])
+            missing = [(path, e) for path, e in zip(paths, part) if path is not None and path not in known]
+            fresh = list(pool.map(sha256_file, (path for path, _ in missing)))
+            cache.store([(path, e, sha) for (path, e), sha in zip(missing, fresh)])
+            known.update((path, sha) for (path, _), sha in zip(missing, fresh))
+            tree.add((e, None if path is None else known[path]) for path, e in zip(paths, part))
+    return tree.hexdigest()

@@ -153,8 +153,9 @@ def test_non_string_api_key_is_a_failure_not_a_crash(key, tmp_path: Path) -> Non
 def test_directory_changed_after_scanning_is_not_published(tmp_path: Path) -> None:
     import io
 
-    from fedml_storage.archive import scan_tree, write_zip
+    from fedml_storage.archive import write_zip
     from fedml_storage.errors import InvalidInput
+    from fedml_storage.trees import scan_tree
 
     src = tmp_path / "growing"
     src.mkdir()

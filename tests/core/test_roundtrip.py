@@ -360,7 +360,7 @@ def test_the_digest_cache_stays_bounded_and_keeps_the_newest(tmp_path: Path, mon
     assert client.upload(tmp_path / "run-3" / "batch").data.skipped  # still served from the cache
     client.close()
 
-    from fedml_storage.archive import Entry
+    from fedml_storage.trees import Entry
 
     def state(mtime: int, ino: int) -> Entry:
         return Entry("f", "/", False, 1, mtime, mtime, ino, 0o644)

@@ -302,9 +302,30 @@ def _negative_offset() -> bytes:
     return bytes(archive)
 
 
+def _central_patched(archive: bytes, at: int, value: bytes) -> bytes:
+    """The archive with bytes `at` its last central directory record replaced."""
+    data = bytearray(archive)
+    central = data.rindex(b"PK\x01\x02")
+    data[central + at:central + at + len(value)] = value
+    return bytes(data)
+
+
+def _deflated(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("rows.bin", data)
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(("archive", "words"), [
     (_zip([("a.txt", b"1"), ("a.txt", b"2")]), "twice"),
     (_zip([("a", b"file"), ("a/b.txt", b"under a file")]), "as a file and a folder"),
+    (_zip([("a", b"file"), ("a/", b"")]), "as a file and a folder"),
+    (_zip([("a/", b""), ("a", b"file")]), "as a file and a folder"),
+    (_central_patched(_deflated(b"x" * 5000), 16, b"\0\0\0\0"), "does not match its recorded size and CRC"),
+    (_central_patched(_deflated(b"\0" * 5_000_000), 24, (10).to_bytes(4, "little")), "expands past"),  # a bomb
+    (_central_patched(_zip([("a.txt", b"1")]), 8, b"\1\0"), "encrypted"),
+    (_central_patched(_zip([("a.txt", b"1")]), 10, b"\x0c\0"), "packed in a way fedml-storage does not write"),
     (_zip([("./a.txt", b"dot")]), "'.' path part"),
     (b"PK\x03\x04 not really a zip" * 4, "not a readable zip"),
     (_negative_offset(), "lies outside the archive"),

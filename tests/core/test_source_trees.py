@@ -70,19 +70,6 @@ def test_a_link_to_itself_is_refused_before_anything_is_stored(store: Store, tmp
     assert [k for k in store.keys() if "/data/" in k] == []
 
 
-def test_folder_identity_uses_real_inode_numbers_where_scandir_gives_none(tmp_path: Path) -> None:
-    from fedml_storage.archive import _stat
-
-    class WindowsLikeEntry:  # os.DirEntry.stat() on Windows reports st_ino 0
-        path = str(tmp_path)
-
-        def stat(self) -> os.stat_result:
-            real = os.stat(self.path)
-            return os.stat_result((real.st_mode, 0, 0, *tuple(real)[3:]))
-
-    assert _stat(WindowsLikeEntry()).st_ino == os.stat(tmp_path).st_ino != 0
-
-
 def test_names_valid_here_round_trip(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "runs"
     (src / "12:30").mkdir(parents=True)  # a run folder named by its time

@@ -1,0 +1,246 @@
+"""Source folders: a scan that follows links once, entries sorted by path that spill to disk past a count, and
+the tree's fingerprint and digest, computed as the entries stream by."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import heapq
+import itertools
+import logging
+import marshal
+import os
+import shutil
+import stat
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+from .errors import InvalidInput
+
+log = logging.getLogger("fedml_storage")
+
+HELD = 50_000  # entries a tree holds in memory (about 16 MB); past it, sorted runs of them go to temporary files
+_RECORD = 256  # entries per record of a run: what reading a run holds of it at once (about 70 KB)
+_RUNS = 64  # runs merged into one past this: open files and read buffers stay bounded
+T = TypeVar("T")
+
+
+class Entry(NamedTuple):
+    """One file or folder of a tree, by its POSIX path relative to the root, with the stat fields an upload needs
+    to pack it and to tell whether it changed. Flat, one object per entry: every extra object makes Python's
+    garbage collector walk the heap more often while a tree is read."""
+
+    rel: str
+    root: str  # one string shared by all entries: a path per entry would double what a tree holds
+    is_dir: bool
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_ino: int
+    st_mode: int
+
+    @classmethod
+    def of(cls, rel: str, root: str, st: os.stat_result, is_dir: bool) -> Entry:
+        return cls(rel, root, is_dir, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+
+    @property
+    def st(self) -> Entry:
+        """The stat fields (st_size, st_mtime_ns, ...), read as those of an os.stat_result."""
+        return self
+
+    @property
+    def st_mtime(self) -> float:
+        return self.st_mtime_ns / 1e9
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, self.rel)
+
+
+class Entries:
+    """A tree's entries in order of relative path, readable any number of times. Up to HELD of them stay in
+    memory; past that they go to temporary files in sorted runs, merged as they are read, so a tree of millions
+    of files needs about the memory of one of HELD. `close` removes the files."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.files = self.size = self.newest = 0  # newest: the latest mtime or ctime, in ns
+        self._held: list[Entry] = []
+        self._runs: list[str] = []
+        self._folder: str | None = None
+        self._written = 0
+        self._remove: weakref.finalize | None = None
+
+    def append(self, e: Entry) -> None:
+        self._held.append(e)
+        if not e.is_dir:
+            self.files += 1
+            self.size += e.st_size
+        self.newest = max(self.newest, e.st_mtime_ns, e.st_ctime_ns)
+        if len(self._held) >= HELD:
+            self._spill()
+
+    def finish(self) -> None:
+        self._held.sort()  # by rel: it is the first field and unique
+
+    def __iter__(self) -> Iterator[Entry]:
+        if not self._runs:
+            return iter(self._held)
+        return heapq.merge(*(self._read(path) for path in self._runs), self._held)
+
+    def close(self) -> None:
+        if self._remove is not None:
+            self._remove()
+
+    def _spill(self) -> None:
+        if self._folder is None:
+            self._folder = tempfile.mkdtemp(prefix="fedml-storage-tree-")
+            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
+        self._held.sort()
+        self._runs.append(self._write_run(self._held))
+        self._held = []
+        if len(self._runs) >= _RUNS:
+            merged = self._write_run(heapq.merge(*(self._read(path) for path in self._runs)))
+            for path in self._runs:
+                os.remove(path)
+            self._runs = [merged]
+
+    def _write_run(self, entries: Iterable[Entry]) -> str:
+        assert self._folder is not None
+        path = os.path.join(self._folder, f"run-{self._written}")
+        self._written += 1
+        with open(path, "wb") as fh:
+            for part in batches(entries, _RECORD):
+                marshal.dump([e[:1] + e[2:] for e in part], fh)  # without the shared root
+        return path
+
+    def _read(self, path: str) -> Iterator[Entry]:
+        root = self.root
+        with open(path, "rb") as fh:
+            while True:
+                try:
+                    part = marshal.load(fh)
+                except EOFError:
+                    return
+                for rel, *fields in part:
+                    yield Entry(rel, root, *fields)
+
+
+class Tree(NamedTuple):
+    """A folder's files and subfolders, and what was left out."""
+
+    entries: Entries
+    left_out: list[str]  # FIFOs, sockets, devices, and links to folders the upload already holds
+
+
+def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while part := list(itertools.islice(it, n)):
+        yield part
+
+
+def scan_tree(root: Path) -> Tree:
+    """Files and folders under `root`, links followed. Every folder is read once: a link to a folder the
+    upload already holds (`latest -> run-7`, a link back up, two links to one place) is left out, like FIFOs,
+    sockets and devices. So links can neither loop nor multiply the tree."""
+    top = str(root)
+    tree = Tree(Entries(top), [])
+    try:
+        seen = {_folder_id(os.stat(root))}
+        links: list[tuple[str, str, os.stat_result]] = []
+        _scan(top, "", tree, seen, links)
+        while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
+            rel, path, st = links.pop(0)
+            if _folder_id(st) in seen:
+                log.info("leaving out %s: it links to a folder the upload already holds", path)
+                tree.left_out.append(rel)
+                continue
+            seen.add(_folder_id(st))
+            tree.entries.append(Entry.of(rel, top, st, True))
+            _scan(path, rel + "/", tree, seen, links)
+    except BaseException:
+        tree.entries.close()
+        raise
+    tree.entries.finish()
+    tree.left_out.sort()
+    return tree
+
+
+def _folder_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _scan(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
+          links: list[tuple[str, str, os.stat_result]]) -> None:
+    try:
+        with os.scandir(folder) as it:  # names only, sorted: which of two links is followed must not vary
+            items = sorted((item.name, item.is_symlink()) for item in it)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {folder}: {exc.strerror}") from None
+    top = tree.entries.root
+    for name, is_link in items:
+        rel = prefix + name
+        path = os.path.join(folder, name)
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{path!r} has a name that is not valid UTF-8, which a zip cannot hold; rename it "
+                               "and upload again") from None
+        try:
+            st = os.stat(path)  # links followed; real inode numbers, where a DirEntry on Windows reports 0
+        except FileNotFoundError:
+            raise InvalidInput(f"{path} is a broken link; remove it or fix its target") from None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise InvalidInput(f"{path} is a link that leads back to itself; remove it or fix its target") from None
+        if stat.S_ISDIR(st.st_mode):
+            if is_link:
+                links.append((rel, path, st))
+                continue
+            if _folder_id(st) in seen:  # inside a linked folder, already held through another link (or a bind mount)
+                log.info("leaving out %s: the upload already holds this folder", path)
+                tree.left_out.append(rel)
+                continue
+            seen.add(_folder_id(st))
+            tree.entries.append(Entry.of(rel, top, st, True))
+            _scan(path, rel + "/", tree, seen, links)
+        elif stat.S_ISREG(st.st_mode):
+            tree.entries.append(Entry.of(rel, top, st, False))
+        else:
+            log.info("leaving out %s: neither a file nor a folder", path)
+            tree.left_out.append(rel)
+
+
+def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> bool:
+    """Whether nothing wrote to the file between the two stats (ctime catches a write whose mtime was put back)."""
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
+def tree_fingerprint(entries: Iterable[Entry]) -> str:
+    """Changes whenever any path, size, mtime, ctime or inode in the tree does: the key of the tree digest cache.
+    (ctime too: tools that restore an mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
+    h = hashlib.sha256()
+    for part in batches(entries, 4096):
+        lines = "".join(f"{e.rel}\0{e.st_size}\0{e.st_mtime_ns}\0{e.st_ctime_ns}\0{e.st_ino}\0{e.is_dir:d}\n"
+                        for e in part)
+        h.update(lines.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+class TreeDigest:
+    """SHA-256 over every path, size and file digest, fed in path order: equal exactly when the trees' contents are."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def add(self, digested: Iterable[tuple[Entry, str | None]]) -> None:
+        """Add entries with their files' SHA-256 (None for folders)."""
+        lines = "".join(f"D\0{e.rel}\n" if e.is_dir else f"F\0{e.rel}\0{e.st_size}\0{sha}\n" for e, sha in digested)
+        self._h.update(lines.encode("utf-8", "surrogateescape"))
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()

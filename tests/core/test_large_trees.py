@@ -1,0 +1,101 @@
+"""Folders with more entries than a tree holds in memory: entries spill to sorted runs on disk, the zip's central
+directory to a spool file, and uploads, skips and downloads come out exactly as for a small tree."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import trees, zipformat
+from fedml_storage.trees import scan_tree
+
+from .conftest import Store, make_tree, tree_bytes
+
+
+def _awkward_tree(root: Path) -> Path:
+    """Names whose path order differs from a folder-by-folder walk ("a", "a-c", "a/b"), a linked folder (read
+    after every real one), and enough files for several runs."""
+    make_tree(root)
+    (root / "a").mkdir()
+    (root / "a" / "b").write_text("in a")
+    (root / "a-c").write_text("beside a")
+    for i in range(40):
+        (root / "sub" / f"n{i:02d}").write_text(str(i))
+    outside = root.parent / "outside"
+    outside.mkdir()
+    (outside / "o.txt").write_text("linked in")
+    os.symlink(outside, root / "0-link")
+    return root
+
+
+@pytest.fixture
+def spill(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Trees hold 7 entries in memory, a zip's central directory none and reads of it 300 bytes; spill files go to
+    the folder returned."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(trees, "HELD", 7)
+    monkeypatch.setattr(trees, "_RECORD", 3)
+    monkeypatch.setattr(zipformat, "_SPOOL_IN_MEMORY", 0)
+    monkeypatch.setattr(zipformat, "_READ_BLOCK", 300)  # the central directory read in many blocks (records ~100 B)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_spilled_entries_come_in_the_same_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    held = list(scan_tree(src).entries)
+    monkeypatch.setattr(trees, "HELD", 7)
+    spilled = scan_tree(src).entries
+    assert len(spilled._runs) > 3
+    assert list(spilled) == held
+    monkeypatch.setattr(trees, "_RUNS", 3)  # runs merged into one whenever there are 3
+    spilled = scan_tree(src).entries
+    assert 1 <= len(spilled._runs) < 3 and spilled._written > 3
+    assert list(spilled) == list(spilled) == held  # readable again and again
+    assert held == sorted(held) and [e.rel for e in held][:4] == ["0-link", "0-link/o.txt", "a", "a-c"]
+    spilled.close()
+    assert not any(os.path.exists(run) for run in spilled._runs)
+
+
+def test_spilled_upload_stores_what_a_held_one_does(store: Store, tmp_path: Path, spill: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    client = store.client()
+    up = client.upload(src, name="spilled")
+    assert up.ok, up.message
+    assert list(spill.iterdir()) == []  # the runs are removed
+    with monkeypatch.context() as m:
+        m.setattr(trees, "HELD", 50_000)
+        m.setattr(zipformat, "_SPOOL_IN_MEMORY", 4 << 20)
+        held = client.upload(src, name="held")
+    assert held.ok, held.message
+    assert (up.data.sha256, up.data.content_digest) == (held.data.sha256, held.data.content_digest)  # byte for byte
+    down = client.download("spilled", tmp_path / "out")
+    assert down.ok, down.message
+    assert tree_bytes(Path(down.data)) == {**tree_bytes(src), "0-link/o.txt": b"linked in"}  # rglob skips links
+
+
+def test_spilled_tree_unchanged_is_not_sent_again(store: Store, tmp_path: Path, spill: Path) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    client = store.client()
+    first = client.upload(src)
+    assert first.ok, first.message
+    os.utime(src / "a-c", ns=(1_000_000_000, 1_000_000_000))  # times change, content does not: digests are compared
+    again = client.upload(src)
+    assert again.ok and again.data.skipped and again.data.version == first.data.version
+    (src / "sub" / "n07").write_text("changed")
+    changed = client.upload(src)
+    assert changed.ok and not changed.data.skipped and changed.data.content_digest != first.data.content_digest
+    assert list(spill.iterdir()) == []
+
+
+def test_spill_files_go_when_the_scan_fails(store: Store, tmp_path: Path, spill: Path) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    os.symlink(tmp_path / "missing", src / "zz-broken")  # read last, after several runs were written
+    response = store.client().upload(src)
+    assert response.reason == "invalid_input" and "broken link" in response.message
+    assert list(spill.iterdir()) == []
