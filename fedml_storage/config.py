@@ -177,6 +177,15 @@ class StorageSettings(BaseModel):
             return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
         return None
 
+    @property
+    def custom_endpoint(self) -> bool:
+        """Whether requests go to an S3-compatible store rather than AWS S3 (an endpoint not on amazonaws.com)."""
+        endpoint = self.resolved_endpoint
+        if endpoint is None:
+            return False
+        host = (urlsplit(endpoint).hostname or "").lower()
+        return not host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
     def secret_values(self) -> list[str]:
         """Strings that must never appear in output."""
         return [self.api_key.get_secret_value()] if self.api_key else []

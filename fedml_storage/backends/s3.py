@@ -64,7 +64,7 @@ class S3Store(ObjectStore):
                                 "(upload and download default to service='R2', as documented: for your configured "
                                 "default service pass service=None, or name it, e.g. service='S3')")
         self.bucket = settings.bucket
-        custom = endpoint is not None
+        custom = settings.custom_endpoint  # an explicit AWS endpoint (regional, FIPS, VPC) gets boto3's defaults
         s3_options: dict | None = None
         if custom:
             s3_options = {"addressing_style": "path"}

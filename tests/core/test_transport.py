@@ -105,3 +105,23 @@ def test_flexible_checksums_on_request(server: Server, tmp_path: Path, monkeypat
     _round_trip(server, tmp_path, monkeypatch, checksum_calculation="when_supported")
     sent = server.recorder.put_checksums
     assert len(sent) >= 4 and all(sent)  # every part and the manifest carried a CRC32 for the server to check
+
+
+@pytest.mark.parametrize(("endpoint", "custom"), [
+    ("https://s3.eu-west-1.amazonaws.com", False),  # regional, given explicitly
+    ("https://bucket.vpce-0a1b2c3d.s3.us-east-1.vpce.amazonaws.com", False),  # a VPC endpoint
+    ("https://s3.cn-north-1.amazonaws.com.cn", False),
+    ("https://S3-FIPS.US-EAST-1.AMAZONAWS.COM", False),
+    ("https://0123456789abcdef0123456789abcdef.r2.cloudflarestorage.com", True),
+    ("http://127.0.0.1:9000", True),
+    ("https://s3.amazonaws.com.storage.example", True),  # not AWS, whatever its name starts with
+])
+def test_aws_endpoints_get_boto3s_defaults_and_others_the_compatible_ones(endpoint: str, custom: bool) -> None:
+    from fedml_storage.backends.s3 import S3Store
+    from fedml_storage.config import StorageSettings
+
+    store = S3Store(StorageSettings(service="S3", bucket="b", endpoint_url=endpoint, api_key=TEST_API_KEY,
+                                    region="us-east-1"))
+    config = store._client.meta.config
+    assert config.request_checksum_calculation == ("when_required" if custom else "when_supported")
+    assert ((config.s3 or {}).get("addressing_style") == "path") == custom  # AWS: virtual-hosted buckets
