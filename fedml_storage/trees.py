@@ -3,6 +3,7 @@ the tree's fingerprint and digest, computed as the entries stream by."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import heapq
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from .errors import InvalidInput
+from .spill import cannot_spill
 
 log = logging.getLogger("fedml_storage")
 
@@ -72,6 +74,7 @@ class Entries:
         self._runs: list[str] = []
         self._folder: str | None = None
         self._written = 0
+        self._spillable = True
         self._remove: weakref.finalize | None = None
 
     def append(self, e: Entry) -> None:
@@ -80,7 +83,7 @@ class Entries:
             self.files += 1
             self.size += e.st_size
         self.newest = max(self.newest, e.st_mtime_ns, e.st_ctime_ns)
-        if len(self._held) >= HELD:
+        if len(self._held) >= HELD and self._spillable:
             self._spill()
 
     def finish(self) -> None:
@@ -96,25 +99,34 @@ class Entries:
             self._remove()
 
     def _spill(self) -> None:
-        if self._folder is None:
-            self._folder = tempfile.mkdtemp(prefix="fedml-storage-tree-")
-            self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
-        self._held.sort()
-        self._runs.append(self._write_run(self._held))
-        self._held = []
-        if len(self._runs) >= _RUNS:
-            merged = self._write_run(heapq.merge(*(self._read(path) for path in self._runs)))
-            for path in self._runs:
-                os.remove(path)
-            self._runs = [merged]
+        try:
+            if self._folder is None:
+                self._folder = tempfile.mkdtemp(prefix="fedml-storage-tree-")
+                self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
+            self._held.sort()
+            self._runs.append(self._write_run(self._held))
+            self._held = []
+            if len(self._runs) >= _RUNS:
+                merged = self._write_run(heapq.merge(*(self._read(path) for path in self._runs)))
+                for path in self._runs:
+                    os.remove(path)
+                self._runs = [merged]
+        except OSError as exc:  # the runs written so far stay good; the rest is held
+            cannot_spill("the list of files", exc)
+            self._spillable = False
 
     def _write_run(self, entries: Iterable[Entry]) -> str:
         assert self._folder is not None
         path = os.path.join(self._folder, f"run-{self._written}")
         self._written += 1
-        with open(path, "wb") as fh:
-            for part in batches(entries, _RECORD):
-                marshal.dump([e[:1] + e[2:] for e in part], fh)  # without the shared root
+        try:
+            with open(path, "wb") as fh:
+                for part in batches(entries, _RECORD):
+                    marshal.dump([e[:1] + e[2:] for e in part], fh)  # without the shared root
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise
         return path
 
     def _read(self, path: str) -> Iterator[Entry]:

@@ -249,7 +249,7 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
                 cause = exc.__cause__
                 if isinstance(cause, InvalidInput):
                     raise cause from None
-                raise InvalidInput(f"could not read {src} while packing it ({type(cause).__name__}: {cause}); "
+                raise InvalidInput(f"could not pack {src} ({type(cause).__name__}: {cause}); "
                                    "nothing was published") from None
             except BaseException:
                 pipe.close_reader()

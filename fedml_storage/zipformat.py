@@ -9,12 +9,12 @@ into small records, as often as needed, instead of into a list of every member.
 from __future__ import annotations
 
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
 from .errors import IntegrityError
+from .spill import Spool
 
 STORED, DEFLATED = 0, 8
 ZIP64_LIMIT = (1 << 31) - 1  # zipfile's: past it, sizes and offsets move into zip64 fields
@@ -56,7 +56,7 @@ class ZipWriter:
         self._buffer = bytearray()
         self._pos = 0
         self._count = 0
-        self._central = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        self._central = Spool(_SPOOL_IN_MEMORY, "a zip's central directory")
 
     def add(self, name: str, date_time: tuple[int, ...], external_attr: int, size: int,
             chunks: Iterable[bytes] = ()) -> None:
@@ -97,8 +97,7 @@ class ZipWriter:
     def close(self) -> None:
         """Write the central directory and the end records."""
         start = self._pos
-        self._central.seek(0)
-        while block := self._central.read(_READ_BLOCK):
+        for block in self._central.blocks(_READ_BLOCK):
             self._write(block)
         self._central.close()
         end = self._pos

@@ -3,6 +3,9 @@ directory to a spool file, and uploads, skips and downloads come out exactly as 
 
 from __future__ import annotations
 
+import errno
+import logging
+import marshal
 import os
 import tempfile
 from pathlib import Path
@@ -99,3 +102,44 @@ def test_spill_files_go_when_the_scan_fails(store: Store, tmp_path: Path, spill:
     response = store.client().upload(src)
     assert response.reason == "invalid_input" and "broken link" in response.message
     assert list(spill.iterdir()) == []
+
+
+def test_a_temporary_folder_that_takes_nothing_costs_memory_not_the_upload(
+        store: Store, tmp_path: Path, spill: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    client = store.client()
+    spilled = client.upload(src, name="spilled")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    with caplog.at_level(logging.WARNING, logger="fedml_storage"):
+        held = client.upload(src, name="held")
+    assert held.ok, held.message
+    said = [r.getMessage() for r in caplog.records if "holding it in memory" in r.getMessage()]
+    assert len(said) == 2 and "TMPDIR" in said[0]  # once for the list of files, once for the zip's directory
+    assert held.data.sha256 == spilled.data.sha256
+    down = client.download("held", tmp_path / "out")
+    assert down.ok and tree_bytes(Path(down.data))["a/b"] == b"in a"
+
+
+def test_a_temporary_folder_that_fills_up_keeps_the_runs_written(tmp_path: Path, spill: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    expected = list(scan_tree(src).entries)
+    dumps = []
+
+    class Filling:  # the disk fills while run 2 is written: its first record is in, the second fails
+        @staticmethod
+        def dump(value, fh) -> None:
+            dumps.append(1)
+            if len(dumps) == 8:  # 7 entries a run, 3 a record: records 7-9 are run 2's
+                raise OSError(errno.ENOSPC, "No space left on device")
+            marshal.dump(value, fh)
+
+        load = staticmethod(marshal.load)
+
+    monkeypatch.setattr(trees, "marshal", Filling)
+    spilled = scan_tree(src).entries
+    assert len(spilled._runs) == 2 and len(dumps) == 8  # two runs kept; no more tried once one failed
+    assert list(spilled) == expected
+    assert sorted(os.listdir(spill / os.listdir(spill)[0])) == ["run-0", "run-1"]  # the failed run is removed
+    spilled.close()
