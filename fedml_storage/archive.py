@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import IntegrityError, InvalidInput
-from .trees import Entry, same_file_state
+from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
 
 CHUNK = 1024 * 1024
 METHODS = {"stored": STORED, "deflated": DEFLATED}
+_NOT_ON_WINDOWS = set('\\:*?"<>|')
 
 
 class HashingWriter:
@@ -79,18 +82,18 @@ def write_zip(entries: Iterable[Entry], out: BinaryIO, method: str = "stored",
               packed: Callable[[Entry, str | None], None] | None = None) -> None:
     """Write a zip of `entries` to the non-seekable `out`, telling `packed` each entry once it is in, with the
     SHA-256 of the bytes read (None for a folder)."""
-    writer = ZipWriter(out, METHODS[method])
-    for e in entries:
-        attr = (stat.S_IMODE(e.st_mode) | (stat.S_IFDIR if e.is_dir else stat.S_IFREG)) << 16
-        when = _zip_time(e.st_mtime)
-        if e.is_dir:
-            writer.add(e.rel + "/", when, attr | 0x10, 0)  # 0x10: the MS-DOS folder flag
-            sha = None
-        else:
-            sha = _pack_file(writer, e, when, attr, progress)
-        if packed is not None:
-            packed(e, sha)
-    writer.close()
+    with contextlib.closing(ZipWriter(out, METHODS[method])) as writer:
+        for e in entries:
+            attr = (stat.S_IMODE(e.st_mode) | (stat.S_IFDIR if e.is_dir else stat.S_IFREG)) << 16
+            when = _zip_time(e.st_mtime)
+            if e.is_dir:
+                writer.add(e.rel + "/", when, attr | 0x10, 0)  # 0x10: the MS-DOS folder flag
+                sha = None
+            else:
+                sha = _pack_file(writer, e, when, attr, progress)
+            if packed is not None:
+                packed(e, sha)
+        writer.finish()
 
 
 def _pack_file(writer: ZipWriter, e: Entry, when: tuple[int, ...], attr: int,
@@ -141,26 +144,29 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     before anything is written; clashing names are found by the file system as members are written.
     """
     index = ZipIndex(archive)
-    declared = 0
+    declared = packed = 0
     for m in index.members():
         _check_member(m, index.data_end)
         declared += m.size
+        packed += m.compressed
         if declared > max_bytes:
             raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
+    if packed > index.data_end:  # members sharing their data: one stored chunk written out many times
+        raise IntegrityError("archive members overlap each other's data; refusing to extract")
     written = 0
     root = str(dest)
-    last_parent = root
+    last_parent = ""
     umask_bits = umask()
     for m in index.members():
         rel = m.name.rstrip("/")
-        target = f"{root}/{rel}"
         if m.is_dir():
-            _make_folder(target, rel)
+            _make_folders(root, rel)
             continue
-        parent = os.path.dirname(target)
-        if parent != last_parent:  # members come folder by folder: one makedirs per folder, not per file
-            _make_folder(parent, rel)
+        parent = rel.rpartition("/")[0]
+        if parent != last_parent:  # members come folder by folder: folders are made once per folder, not per file
+            _make_folders(root, parent)
             last_parent = parent
+        target = f"{root}/{rel}"
         perm = (stat.S_IMODE(m.mode) & 0o777 or 0o666) & ~umask_bits  # as tar does: the uploader's modes, masked
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), perm)
@@ -169,6 +175,8 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
                 raise IntegrityError(f"archive holds {rel!r} as a file and a folder; refusing to extract") from None
             raise IntegrityError(f"archive holds {rel!r} twice (or beside a name this file system takes for the "
                                  "same); refusing to extract") from None
+        except OSError as exc:
+            raise _too_long(exc, target) from None
         try:
             copy = _copy_stored if m.method == STORED else _copy_deflated
             written += copy(archive, m, fd, max_bytes - written, index.data_end)
@@ -180,11 +188,14 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
 def _check_member(m: Member, data_end: int) -> None:
     name = m.name
     parts = name.split("/")
+    if len(name.encode()) > 4096 or any(len(part.encode()) > 255 for part in parts) or len(parts) > MAX_DEPTH + 1:
+        raise IntegrityError(f"archive member {name[:100]!r}... has a name longer than file systems hold (255 bytes "
+                             f"a part, 4096 in all) or lies more than {MAX_DEPTH} folders deep; refusing to extract")
     if not name or name.startswith("/") or "\0" in name or ".." in parts:
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
-    if os.sep == "\\" and ("\\" in name or ":" in name):
-        raise InvalidInput(f"archive member {name!r} has a name Windows cannot hold ('\\' or ':'); download it on "
-                           "Linux or macOS, or rename it there and upload the folder again")
+    if os.sep == "\\" and any(c in _NOT_ON_WINDOWS or c < " " for c in name.rstrip("/")):
+        raise InvalidInput(f"archive member {name!r} has a name Windows cannot hold (one of \\ : * ? \" < > |); "
+                           "download it on Linux or macOS, or rename it there and upload the folder again")
     if stat.S_ISLNK(m.mode):  # write_zip never stores links: not written by fedml-storage
         raise IntegrityError(f"archive member {name!r} is a symbolic link; refusing to extract")
     parts = name.rstrip("/").split("/")
@@ -199,12 +210,46 @@ def _check_member(m: Member, data_end: int) -> None:
         raise IntegrityError(f"archive member {name!r} lies outside the archive; refusing to extract")
 
 
-def _make_folder(path: str, rel: str) -> None:
+def _make_folders(root: str, rel: str) -> None:
+    """Make `rel` and the folders above it under `root`, level by level (os.makedirs recurses once per missing
+    level: a name thousands of levels deep would exhaust Python's stack)."""
+    if not rel:
+        return
+    path = f"{root}/{rel}"
     try:
-        os.makedirs(path, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise IntegrityError(f"archive holds {rel!r} or a folder above it as a file and a folder; refusing "
-                             "to extract") from None
+        os.mkdir(path)
+        return
+    except FileNotFoundError:  # a folder above is missing too
+        pass
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise _clash(rel) from None
+    except OSError as exc:
+        raise _too_long(exc, path) from None
+    path = root
+    for part in rel.split("/"):
+        path = f"{path}/{part}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise _clash(rel) from None
+        except NotADirectoryError:
+            raise _clash(rel) from None
+        except OSError as exc:
+            raise _too_long(exc, path) from None
+
+
+def _clash(rel: str) -> IntegrityError:
+    return IntegrityError(f"archive holds {rel!r} or a folder above it as a file and a folder; refusing to extract")
+
+
+def _too_long(exc: OSError, path: str) -> Exception:
+    if exc.errno == errno.ENAMETOOLONG:
+        return InvalidInput(f"{path[:200]}... is a longer path than this file system holds; download to a shorter "
+                            "dest_path")
+    return exc
 
 
 def _data_start(raw: BinaryIO, m: Member, data_end: int) -> int:

@@ -27,6 +27,7 @@ log = logging.getLogger("fedml_storage")
 HELD = 50_000  # entries a tree holds in memory (about 16 MB); past it, sorted runs of them go to temporary files
 _RECORD = 256  # entries per record of a run: what reading a run holds of it at once (about 70 KB)
 _RUNS = 64  # runs merged into one past this: open files and read buffers stay bounded
+MAX_DEPTH = 512  # folder levels: reading a tree, and removing one (shutil.rmtree), recurse once per level
 T = TypeVar("T")
 
 
@@ -187,6 +188,9 @@ def _folder_id(st: os.stat_result) -> tuple[int, int]:
 
 def _scan(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
           links: list[tuple[str, str, os.stat_result]]) -> None:
+    if prefix.count("/") > MAX_DEPTH:
+        raise InvalidInput(f"{folder} lies more than {MAX_DEPTH} folders deep, past what fedml-storage packs; "
+                           "upload a folder further down, or flatten the tree")
     try:
         with os.scandir(folder) as it:  # names only, sorted: which of two links is followed must not vary
             items = sorted((item.name, item.is_symlink()) for item in it)

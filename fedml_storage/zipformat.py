@@ -20,6 +20,7 @@ STORED, DEFLATED = 0, 8
 ZIP64_LIMIT = (1 << 31) - 1  # zipfile's: past it, sizes and offsets move into zip64 fields
 COUNT_LIMIT = (1 << 16) - 1
 _LOCAL = struct.Struct("<4s2B4HL2L2H")
+LOCAL_HEADER_SIZE = _LOCAL.size
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
 _END = struct.Struct("<4s4H2LH")
 _END64 = struct.Struct("<4sQ2H2L4Q")
@@ -43,11 +44,8 @@ def local_header_size(header: bytes) -> int:
     return _LOCAL.size + name_len + extra_len
 
 
-LOCAL_HEADER_SIZE = _LOCAL.size
-
-
 class ZipWriter:
-    """Writes a zip archive to `out` (only `write` is used); call `close` to write its central directory."""
+    """Writes a zip archive to `out` (only `write` is used): `add` members, then `finish`; `close` in any case."""
 
     def __init__(self, out: BinaryIO, method: int = STORED, level: int = 1) -> None:
         self._out = out
@@ -94,12 +92,12 @@ class ZipWriter:
         self._central.write(_central_record(encoded, flags, method, dostime, dosdate, crc, compressed, written, offset,
                                             external_attr, version))
 
-    def close(self) -> None:
+    def finish(self) -> None:
         """Write the central directory and the end records."""
         start = self._pos
         for block in self._central.blocks(_READ_BLOCK):
             self._write(block)
-        self._central.close()
+        self.close()
         end = self._pos
         count, size = self._count, end - start
         if count > COUNT_LIMIT or start > ZIP64_LIMIT or size > ZIP64_LIMIT:
@@ -108,6 +106,10 @@ class ZipWriter:
             count, size, start = min(count, 0xFFFF), min(size, 0xFFFFFFFF), min(start, 0xFFFFFFFF)
         self._write(_END.pack(_SIG_END, 0, 0, count, count, size, start, 0))
         self._flush()
+
+    def close(self) -> None:
+        """Let go of the spooled central directory (after `finish`, or instead of it when packing failed)."""
+        self._central.close()
 
     def _write(self, data: bytes) -> None:
         self._pos += len(data)
@@ -171,7 +173,7 @@ class ZipIndex:
         self._raw = raw
         raw.seek(0, 2)
         length = raw.tell()
-        tail_start = max(0, length - _END.size - 0xFFFF)
+        tail_start = max(0, length - _LOCATOR64.size - _END.size - 0xFFFF)  # the end record, its comment, a locator
         raw.seek(tail_start)
         tail = raw.read()
         at = tail.rfind(_SIG_END)
@@ -182,6 +184,8 @@ class ZipIndex:
         locator = at - _LOCATOR64.size
         if locator >= 0 and tail[locator:locator + 4] == _SIG_LOCATOR64:
             _, _, end64, _ = _LOCATOR64.unpack_from(tail, locator)
+            if end64 + _END64.size > tail_start + locator:
+                raise _bad("its zip64 end record lies outside the archive")
             raw.seek(end64)
             record = raw.read(_END64.size)
             if len(record) < _END64.size or record[:4] != _SIG_END64:

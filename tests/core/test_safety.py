@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -276,8 +277,8 @@ def test_stored_member_running_past_its_data_is_refused(store: Store, tmp_path: 
         zf.writestr("a.txt", "first")
         zf.writestr("b.txt", "second")
     archive = bytearray(buf.getvalue())
-    central = archive.rindex(b"PK\x01\x02")  # b.txt's central entry: claim 200 bytes where there are 6
-    archive[central + 20:central + 28] = (200).to_bytes(4, "little") * 2
+    central = archive.rindex(b"PK\x01\x02")  # b.txt's central entry: claim 26 bytes where there are 6
+    archive[central + 20:central + 28] = (26).to_bytes(4, "little") * 2
     _plant(store, "overrun", bytes(archive), 1000)
     dest = tmp_path / "dest"
     response = store.client().download("overrun", dest)
@@ -317,8 +318,30 @@ def _deflated(data: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _shared_data() -> bytes:
+    """Ten central directory records pointing at one member's stored data: 100 KB written out ten times."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("x0", b"y" * 100_000)
+        for i in range(1, 10):
+            twin = copy.copy(zf.infolist()[0])
+            twin.filename = twin.orig_filename = f"x{i}"
+            zf.filelist.append(twin)
+    return buf.getvalue()
+
+
+def _far_zip64_end() -> bytes:
+    archive = _zip([("a.txt", b"1")])
+    end = archive.rindex(b"PK\x05\x06")  # a zip64 locator pointing far past the end of the archive
+    return archive[:end] + b"PK\x06\x07" + (0).to_bytes(4, "little") + (2**63).to_bytes(8, "little") + \
+        (1).to_bytes(4, "little") + archive[end:]
+
+
 @pytest.mark.parametrize(("archive", "words"), [
     (_zip([("a.txt", b"1"), ("a.txt", b"2")]), "twice"),
+    (_zip([("a/" * 600 + "f", b"deep")]), "folders deep"),
+    (_zip([("a" * 300, b"long")]), "longer than file systems hold"),
+    (_far_zip64_end(), "zip64 end record lies outside the archive"),
     (_zip([("a", b"file"), ("a/b.txt", b"under a file")]), "as a file and a folder"),
     (_zip([("a", b"file"), ("a/", b"")]), "as a file and a folder"),
     (_zip([("a/", b""), ("a", b"file")]), "as a file and a folder"),
@@ -337,6 +360,13 @@ def test_malformed_archives_are_refused_as_such(store: Store, tmp_path: Path, ar
     response = store.client().download("odd", dest)
     assert response.code == ResponseCode.FAILURE and words in response.message, response.message
     assert list(dest.iterdir()) == []
+
+
+def test_members_sharing_their_data_are_refused(store: Store, tmp_path: Path) -> None:
+    _plant(store, "twins", _shared_data(), 10_000_000)  # a manifest vouching for all ten copies
+    response = store.client().download("twins", tmp_path / "dest")
+    assert response.code == ResponseCode.FAILURE and "overlap each other's data" in response.message
+    assert not (tmp_path / "dest").exists()
 
 
 def test_names_stored_before_the_byte_limit_stay_deletable(store: Store, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+from fedml_storage.api.fedml_response import ResponseCode
+
 from .conftest import Store, tree_bytes
 
 
@@ -83,3 +85,21 @@ def test_names_valid_here_round_trip(store: Store, tmp_path: Path) -> None:
     down = Path(store.client().download("runs", tmp_path / "out").data)
     assert tree_bytes(down) == tree_bytes(src)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs"]
+
+
+def test_trees_as_deep_as_packed_round_trip_and_deeper_ones_are_refused(store: Store, tmp_path: Path) -> None:
+    deepest = tmp_path / "ok" / Path(*["d"] * 512)  # a file in a folder 512 levels down: the most allowed
+    deepest.mkdir(parents=True)
+    (deepest / "f.txt").write_text("deep")
+    client = store.client()
+    up = client.upload(tmp_path / "ok")
+    assert up.ok, up.message
+    down = client.download("ok", tmp_path / "out")
+    assert down.ok, down.message
+    assert (Path(down.data) / Path(*["d"] * 512) / "f.txt").read_text() == "deep"
+
+    (deepest / "d").mkdir()  # one level more
+    (deepest / "d" / "f.txt").write_text("too deep")
+    response = client.upload(tmp_path / "ok", name="deeper")
+    assert response.reason == "invalid_input" and "more than 512 folders deep" in response.message
+    assert client.get_metadata("deeper").code == ResponseCode.FAILURE  # nothing stored under that name

@@ -15,6 +15,7 @@ from fedml_storage import zipformat
 from fedml_storage.archive import _zip_time, write_zip
 from fedml_storage.errors import IntegrityError
 from fedml_storage.trees import scan_tree
+from fedml_storage.zipformat import COUNT_LIMIT
 
 
 def _zipfile_write(entries, out) -> None:
@@ -122,3 +123,13 @@ def test_reader_agrees_with_zipfile_on_foreign_archives() -> None:
 def test_malformed_central_directories_are_refused(archive: bytes, words: str) -> None:
     with pytest.raises(IntegrityError, match=words):
         list(zipformat.ZipIndex(io.BytesIO(archive)).members())
+
+
+def test_zip64_archive_with_the_longest_comment_is_read() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # more members than the end record counts: zip64 end records
+        for i in range(COUNT_LIMIT + 1):
+            zf.writestr(f"{i}", b"")
+        zf.comment = b"c" * 0xFFFF  # as long as a comment can be: the zip64 locator sits 64 KiB before the end
+    index = zipformat.ZipIndex(buf)
+    assert index.count == COUNT_LIMIT + 1 == sum(1 for _ in index.members())
