@@ -109,9 +109,10 @@ class Entries:
             self._held = []
             if len(self._runs) >= _RUNS:
                 merged = self._write_run(heapq.merge(*(self._read(path) for path in self._runs)))
-                for path in self._runs:
-                    os.remove(path)
-                self._runs = [merged]
+                merged_away, self._runs = self._runs, [merged]
+                for path in merged_away:
+                    with contextlib.suppress(OSError):  # the folder goes at close in any case
+                        os.remove(path)
         except OSError as exc:  # the runs written so far stay good; the rest is held
             cannot_spill("the list of files", exc)
             self._spillable = False
