@@ -22,6 +22,7 @@ from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, Zi
 CHUNK = 1024 * 1024
 METHODS = {"stored": STORED, "deflated": DEFLATED}
 _NOT_ON_WINDOWS = set('\\:*?"<>|')
+_DEPTH_READ = 2 * MAX_DEPTH  # what releases before the upload limit could store (their scan recursed up to ~990)
 
 
 class HashingWriter:
@@ -188,9 +189,9 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
 def _check_member(m: Member, data_end: int) -> None:
     name = m.name
     parts = name.split("/")
-    if len(name.encode()) > 4096 or any(len(part.encode()) > 255 for part in parts) or len(parts) > MAX_DEPTH + 1:
+    if len(name.encode()) > 4096 or any(len(part.encode()) > 255 for part in parts) or len(parts) > _DEPTH_READ + 1:
         raise IntegrityError(f"archive member {name[:100]!r}... has a name longer than file systems hold (255 bytes "
-                             f"a part, 4096 in all) or lies more than {MAX_DEPTH} folders deep; refusing to extract")
+                             f"a part, 4096 in all) or lies more than {_DEPTH_READ} folders deep; refusing to extract")
     if not name or name.startswith("/") or "\0" in name or ".." in parts:
         raise IntegrityError(f"archive member {name!r} would be written outside the destination; refusing to extract")
     if os.sep == "\\" and any(c in _NOT_ON_WINDOWS or c < " " for c in name.rstrip("/")):

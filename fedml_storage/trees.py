@@ -27,7 +27,7 @@ log = logging.getLogger("fedml_storage")
 HELD = 50_000  # entries a tree holds in memory (about 16 MB); past it, sorted runs of them go to temporary files
 _RECORD = 256  # entries per record of a run: what reading a run holds of it at once (about 70 KB)
 _RUNS = 64  # runs merged into one past this: open files and read buffers stay bounded
-MAX_DEPTH = 512  # folder levels: reading a tree, and removing one (shutil.rmtree), recurse once per level
+MAX_DEPTH = 512  # folder levels an upload packs: reading a tree, and removing one (shutil.rmtree), recurse per level
 T = TypeVar("T")
 
 

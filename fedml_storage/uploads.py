@@ -81,7 +81,12 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     with ThreadPoolExecutor(1) as pool:
         reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src)
-        found, intact = reading.result()  # should it fail, the tree's spill files go with the tree object
+        try:
+            found, intact = reading.result()
+        except BaseException:
+            if tree is not None:
+                tree.entries.close()
+            raise
     current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
     desc = req.progress_desc or UPLOAD_DESC
 

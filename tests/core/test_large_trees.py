@@ -4,6 +4,7 @@ directory to a spool file, and uploads, skips and downloads come out exactly as 
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import marshal
 import os
@@ -143,3 +144,15 @@ def test_a_temporary_folder_that_fills_up_keeps_the_runs_written(tmp_path: Path,
     assert list(spilled) == expected
     assert sorted(os.listdir(spill / os.listdir(spill)[0])) == ["run-0", "run-1"]  # the failed run is removed
     spilled.close()
+
+
+def test_spill_files_go_when_the_catalog_cannot_be_read(store: Store, tmp_path: Path, spill: Path) -> None:
+    src = _awkward_tree(tmp_path / "src")
+    store.write("default/manifests/broken.json", b"{not json")  # read while the tree is scanned: it fails
+    gc.disable()  # the files must go with the failure, not whenever the garbage collector comes by
+    try:
+        response = store.client().upload(src, name="broken")
+        assert not response.ok and "broken" in response.message
+        assert list(spill.iterdir()) == []
+    finally:
+        gc.enable()

@@ -339,7 +339,7 @@ def _far_zip64_end() -> bytes:
 
 @pytest.mark.parametrize(("archive", "words"), [
     (_zip([("a.txt", b"1"), ("a.txt", b"2")]), "twice"),
-    (_zip([("a/" * 600 + "f", b"deep")]), "folders deep"),
+    (_zip([("a/" * 1100 + "f", b"deep")]), "folders deep"),
     (_zip([("a" * 300, b"long")]), "longer than file systems hold"),
     (_far_zip64_end(), "zip64 end record lies outside the archive"),
     (_zip([("a", b"file"), ("a/b.txt", b"under a file")]), "as a file and a folder"),
@@ -360,6 +360,13 @@ def test_malformed_archives_are_refused_as_such(store: Store, tmp_path: Path, ar
     response = store.client().download("odd", dest)
     assert response.code == ResponseCode.FAILURE and words in response.message, response.message
     assert list(dest.iterdir()) == []
+
+
+def test_folders_deeper_than_uploads_go_still_download(store: Store, tmp_path: Path) -> None:
+    _plant(store, "deep", _zip([("d/" * 600 + "f.txt", b"stored by an earlier release")]), 100)
+    down = store.client().download("deep", tmp_path / "out")
+    assert down.ok, down.message
+    assert (Path(down.data) / Path(*["d"] * 600) / "f.txt").read_bytes() == b"stored by an earlier release"
 
 
 def test_members_sharing_their_data_are_refused(store: Store, tmp_path: Path) -> None:
