@@ -18,8 +18,9 @@ from fedml_storage.trees import scan_tree
 from fedml_storage.zipformat import COUNT_LIMIT
 
 
-def _zipfile_write(entries, out) -> None:
-    """How fedml-storage packed a tree through zipfile before its own writer: the layout to keep."""
+def _zipfile_write(entries, out, method: int = zipfile.ZIP_STORED) -> None:
+    """How fedml-storage packed a tree through zipfile before its own writer: the layout to keep (deflated at
+    level 1, which it meant and zipfile did not apply: a ZipInfo passed to open() keeps level None, i.e. 6)."""
     with zipfile.ZipFile(out, "w") as zf:
         for e in entries:
             info = zipfile.ZipInfo(e.rel + ("/" if e.is_dir else ""), _zip_time(e.st_mtime))
@@ -29,6 +30,8 @@ def _zipfile_write(entries, out) -> None:
                 zf.writestr(info, b"")
                 continue
             info.file_size = e.st_size
+            info.compress_type = method
+            info._compresslevel = 1 if method == zipfile.ZIP_DEFLATED else None
             with open(e.path, "rb") as src, zf.open(info, "w", force_zip64=e.st_size > 0x7FFFFFFF) as dst:
                 dst.write(src.read())
 
@@ -58,16 +61,19 @@ def _tree(root: Path, files: int = 12) -> Path:
     return root
 
 
-def _both(src: Path) -> tuple[bytes, bytes]:
+def _both(src: Path, method: str = "stored") -> tuple[bytes, bytes]:
     entries = scan_tree(src).entries
     ours, theirs = _Stream(), _Stream()
-    write_zip(entries, ours)
-    _zipfile_write(entries, theirs)
+    write_zip(entries, ours, method)
+    _zipfile_write(entries, theirs, {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}[method])
     return bytes(ours.data), bytes(theirs.data)
 
 
-def test_archive_bytes_are_those_zipfile_writes(tmp_path: Path) -> None:
-    ours, theirs = _both(_tree(tmp_path / "t"))
+@pytest.mark.parametrize("method", ["stored", "deflated"])
+def test_archive_bytes_are_those_zipfile_writes(tmp_path: Path, method: str) -> None:
+    src = _tree(tmp_path / "t")
+    (src / "rows.csv").write_text("a,b\n" * 50_000)
+    ours, theirs = _both(src, method)
     assert ours == theirs
 
 
