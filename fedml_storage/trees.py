@@ -27,7 +27,7 @@ log = logging.getLogger("fedml_storage")
 HELD = 50_000  # entries a tree holds in memory (about 16 MB); past it, sorted runs of them go to temporary files
 _RECORD = 256  # entries per record of a run: what reading a run holds of it at once (about 70 KB)
 _RUNS = 64  # runs merged into one past this: open files and read buffers stay bounded
-MAX_DEPTH = 512  # folder levels an upload packs: reading a tree, and removing one (shutil.rmtree), recurse per level
+MAX_DEPTH = 512  # folder levels an upload packs: removing a tree (shutil.rmtree) recurses once per level
 T = TypeVar("T")
 
 
@@ -165,16 +165,11 @@ def scan_tree(root: Path) -> Tree:
     try:
         seen = {_folder_id(os.stat(root))}
         links: list[tuple[str, str, os.stat_result]] = []
-        _scan(top, "", tree, seen, links)
+        _walk(top, "", tree, seen, links)
         while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
             rel, path, st = links.pop(0)
-            if _folder_id(st) in seen:
-                log.info("leaving out %s: it links to a folder the upload already holds", path)
-                tree.left_out.append(rel)
-                continue
-            seen.add(_folder_id(st))
-            tree.entries.append(Entry.of(rel, top, st, True))
-            _scan(path, rel + "/", tree, seen, links)
+            if not _held(rel, path, st, tree, seen, "it links to a folder the upload already holds"):
+                _walk(path, rel + "/", tree, seen, links)
     except BaseException:
         tree.entries.close()
         raise
@@ -187,49 +182,71 @@ def _folder_id(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _scan(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
+def _held(rel: str, path: str, st: os.stat_result, tree: Tree, seen: set[tuple[int, int]], why: str) -> bool:
+    """Whether the tree holds this folder already (it is left out, saying `why`); if not, it is added."""
+    if _folder_id(st) in seen:
+        log.info("leaving out %s: %s", path, why)
+        tree.left_out.append(rel)
+        return True
+    seen.add(_folder_id(st))
+    tree.entries.append(Entry.of(rel, tree.entries.root, st, True))
+    return False
+
+
+def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
           links: list[tuple[str, str, os.stat_result]]) -> None:
+    """Read `folder` and the real folders below it, depth first in name order, as a recursion would (without
+    one: Python's stack would limit the depth); links to folders are put in `links` for later."""
+    stack = [(_listing(folder, prefix), folder, prefix)]
+    while stack:
+        items, folder, prefix = stack[-1]
+        for name, is_link in items:
+            rel = prefix + name
+            path = os.path.join(folder, name)
+            st = _stat(path, rel)
+            if stat.S_ISDIR(st.st_mode):
+                if is_link:
+                    links.append((rel, path, st))
+                # held already: inside a linked folder, through another link (or a bind mount)
+                elif not _held(rel, path, st, tree, seen, "the upload already holds this folder"):
+                    stack.append((_listing(path, rel + "/"), path, rel + "/"))
+                    break  # into it; this folder's other items come after
+            elif stat.S_ISREG(st.st_mode):
+                tree.entries.append(Entry.of(rel, tree.entries.root, st, False))
+            else:
+                log.info("leaving out %s: neither a file nor a folder", path)
+                tree.left_out.append(rel)
+        else:
+            stack.pop()
+
+
+def _listing(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
+    """The folder's names (with whether each is a link), sorted: which of two links is followed must not vary."""
     if prefix.count("/") > MAX_DEPTH:
         raise InvalidInput(f"{folder} lies more than {MAX_DEPTH} folders deep, past what fedml-storage packs; "
                            "upload a folder further down, or flatten the tree")
     try:
-        with os.scandir(folder) as it:  # names only, sorted: which of two links is followed must not vary
-            items = sorted((item.name, item.is_symlink()) for item in it)
+        with os.scandir(folder) as it:
+            return iter(sorted((item.name, item.is_symlink()) for item in it))
     except OSError as exc:
         raise InvalidInput(f"cannot read {folder}: {exc.strerror}") from None
-    top = tree.entries.root
-    for name, is_link in items:
-        rel = prefix + name
-        path = os.path.join(folder, name)
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput(f"{path!r} has a name that is not valid UTF-8, which a zip cannot hold; rename it "
-                               "and upload again") from None
-        try:
-            st = os.stat(path)  # links followed; real inode numbers, where a DirEntry on Windows reports 0
-        except FileNotFoundError:
-            raise InvalidInput(f"{path} is a broken link; remove it or fix its target") from None
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise InvalidInput(f"{path} is a link that leads back to itself; remove it or fix its target") from None
-        if stat.S_ISDIR(st.st_mode):
-            if is_link:
-                links.append((rel, path, st))
-                continue
-            if _folder_id(st) in seen:  # inside a linked folder, already held through another link (or a bind mount)
-                log.info("leaving out %s: the upload already holds this folder", path)
-                tree.left_out.append(rel)
-                continue
-            seen.add(_folder_id(st))
-            tree.entries.append(Entry.of(rel, top, st, True))
-            _scan(path, rel + "/", tree, seen, links)
-        elif stat.S_ISREG(st.st_mode):
-            tree.entries.append(Entry.of(rel, top, st, False))
-        else:
-            log.info("leaving out %s: neither a file nor a folder", path)
-            tree.left_out.append(rel)
+
+
+def _stat(path: str, rel: str) -> os.stat_result:
+    """The stat of a tree's item, links followed (real inode numbers, where a DirEntry on Windows reports 0)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{path!r} has a name that is not valid UTF-8, which a zip cannot hold; rename it "
+                           "and upload again") from None
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise InvalidInput(f"{path} is a broken link; remove it or fix its target") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise InvalidInput(f"{path} is a link that leads back to itself; remove it or fix its target") from None
 
 
 def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> bool:
