@@ -72,7 +72,13 @@ def download(
                 unpacked = part.with_suffix(".d")
                 unpacked.mkdir()
                 fh.flush()
-                safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
+                try:
+                    safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
+                except IntegrityError as exc:
+                    raise IntegrityError(
+                        f"{exc}. The archive of {name!r} version {record.version} matches its manifest, so it was "
+                        "stored this way, not as fedml-storage packs folders: check who can write to the store, "
+                        f"then delete({name!r}) and upload it again") from None
         if record.kind == "file":
             _check_target(target, record.kind)  # again: something may have taken the place meanwhile
             os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode

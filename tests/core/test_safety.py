@@ -359,6 +359,7 @@ def test_malformed_archives_are_refused_as_such(store: Store, tmp_path: Path, ar
     dest.mkdir()
     response = store.client().download("odd", dest)
     assert response.code == ResponseCode.FAILURE and words in response.message, response.message
+    assert "check who can write to the store, then delete('odd') and upload it again" in response.message
     assert list(dest.iterdir()) == []
 
 
