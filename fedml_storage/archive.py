@@ -172,10 +172,7 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), perm)
         except (FileExistsError, IsADirectoryError):
-            if os.path.isdir(target):
-                raise IntegrityError(f"archive holds {rel!r} as a file and a folder; refusing to extract") from None
-            raise IntegrityError(f"archive holds {rel!r} twice (or beside a name this file system takes for the "
-                                 "same); refusing to extract") from None
+            raise _clash(root, rel, "as a file and a folder" if os.path.isdir(target) else "twice") from None
         except OSError as exc:
             raise _too_long(exc, target) from None
         try:
@@ -216,34 +213,44 @@ def _make_folders(root: str, rel: str) -> None:
     level: a name thousands of levels deep would exhaust Python's stack)."""
     if not rel:
         return
-    path = f"{root}/{rel}"
     try:
-        os.mkdir(path)
+        os.mkdir(f"{root}/{rel}")
         return
     except FileNotFoundError:  # a folder above is missing too
         pass
     except FileExistsError:
-        if os.path.isdir(path):
+        if os.path.isdir(f"{root}/{rel}"):
             return
-        raise _clash(rel) from None
+        raise _clash(root, rel, "as a file and a folder") from None
     except OSError as exc:
-        raise _too_long(exc, path) from None
-    path = root
-    for part in rel.split("/"):
-        path = f"{path}/{part}"
+        raise _too_long(exc, f"{root}/{rel}") from None
+    parts = rel.split("/")
+    for level in range(1, len(parts) + 1):
+        here = "/".join(parts[:level])
         try:
-            os.mkdir(path)
+            os.mkdir(f"{root}/{here}")
         except FileExistsError:
-            if not os.path.isdir(path):
-                raise _clash(rel) from None
+            if not os.path.isdir(f"{root}/{here}"):
+                raise _clash(root, here, "as a file and a folder") from None
         except NotADirectoryError:
-            raise _clash(rel) from None
+            raise _clash(root, "/".join(parts[:level - 1]), "as a file and a folder") from None
         except OSError as exc:
-            raise _too_long(exc, path) from None
+            raise _too_long(exc, f"{root}/{here}") from None
 
 
-def _clash(rel: str) -> IntegrityError:
-    return IntegrityError(f"archive holds {rel!r} or a folder above it as a file and a folder; refusing to extract")
+def _clash(root: str, rel: str, how: str) -> Exception:
+    """A name that could not be made because it is taken: held `how` by the archive, or only the same name to a
+    file system that ignores case or Unicode normalization (macOS, Windows)."""
+    parent, _, name = f"{root}/{rel}".rpartition("/")
+    try:
+        exact = name in os.listdir(parent)
+    except OSError:
+        exact = True
+    if not exact:
+        return InvalidInput(f"{rel!r} and another name in its folder are one name to this file system, which "
+                            "ignores case or Unicode normalization; download to one that tells them apart (Linux), "
+                            "or rename one of them and upload the folder again")
+    return IntegrityError(f"archive holds {rel!r} {how}; refusing to extract")
 
 
 def _too_long(exc: OSError, path: str) -> Exception:

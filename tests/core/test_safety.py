@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import json
@@ -574,3 +575,40 @@ def test_cleanup_never_takes_a_short_listing_of_the_catalog_for_the_truth(store:
     assert [k for k in store.keys() if "/data/" in k] == data
     monkeypatch.undo()
     assert client.download("kept", tmp_path / "out").ok
+
+
+@pytest.mark.parametrize("names", [("A.txt", "a.txt"), ("Runs/", "runs")])
+def test_names_one_to_a_case_blind_file_system_are_not_taken_for_tampering(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in names:  # two names on Linux, one on macOS or Windows
+        if name.endswith("/"):
+            (src / name).mkdir()
+            (src / name / "log.txt").write_text("in a folder")
+        else:
+            (src / name).write_text(name)
+    client = store.client()
+    assert client.upload(src).ok
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def case_blind(path) -> None:  # what creating a name is like where case is ignored
+        if isinstance(path, str):
+            parent, _, name = path.rpartition("/")
+            if os.path.isdir(parent) and any(n.lower() == name.lower() != n for n in os.listdir(parent)):
+                raise FileExistsError(errno.EEXIST, "File exists", path)
+
+    def blind_open(path, flags, mode=0o777, **kw):
+        case_blind(path)
+        return real_open(path, flags, mode, **kw)
+
+    def blind_mkdir(path, mode=0o777, **kw):
+        case_blind(path)
+        return real_mkdir(path, mode, **kw)
+
+    monkeypatch.setattr(os, "open", blind_open)
+    monkeypatch.setattr(os, "mkdir", blind_mkdir)
+    response = client.download("src", tmp_path / "out")
+    assert response.reason == "invalid_input" and "one name to this file system" in response.message, response.message
+    assert "who can write to the store" not in response.message
+    assert not (tmp_path / "out").exists()
