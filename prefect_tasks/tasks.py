@@ -69,7 +69,8 @@ def _untied(details: dict[str, Any]) -> dict[str, Any]:
     """The dict with its keys and strings copied. Prefect ties the parts of a task's result (keys too) to later tasks
     by object identity, one level deep, so a string the caller holds too (the namespace passed in, "LOCAL", a key
     such as "version") would make unrelated tasks look downstream of this one and give their assets false upstreams.
-    (CPython shares "" and one-character strings; those cannot be copied.)"""
+    (Decoding with surrogatepass makes new objects of one-character ASCII strings too, which CPython otherwise
+    shares; "" and one-character Latin-1 strings such as a dataset named "é" stay shared. No field is ever "".)"""
     return {_copy(k): _copy(v) for k, v in details.items()}
 
 

@@ -112,3 +112,17 @@ def test_an_upload_inside_a_users_materialize_keeps_its_by(tmp_path: Path, emitt
     wrapped()
     done = {key: roles for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"}
     assert done["fedml://default/by1"].get("asset-materialized-by") == ["dbt"], done
+
+
+def test_a_one_character_name_a_later_task_also_uses_does_not_link_them(tmp_path: Path, emitted: list) -> None:
+    first, second = _dir(tmp_path, "src1"), _dir(tmp_path, "src2")
+
+    @flow
+    def two_uploads() -> None:
+        upload_data(first, name="x")  # CPython shares one-character strings: "x" is one object everywhere
+        upload_data(second, name="y", description="x")
+
+    two_uploads()
+    done = {key: roles for event, key, roles in emitted if event == "prefect.asset.materialization.succeeded"}
+    assert set(done) == {"fedml://default/x", "fedml://default/y"}
+    assert "asset" not in done["fedml://default/y"], done
