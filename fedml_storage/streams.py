@@ -13,7 +13,7 @@ class PipeAborted(Exception):
 class BoundedPipe:
     """Writer blocks past `limit` buffered bytes; `read(n)` blocks until n bytes or end of stream."""
 
-    BATCH = 256 * 1024  # producer-side batching: zipfile writes many small pieces
+    BATCH = 256 * 1024  # producer-side batching: writers may hand over many small pieces
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
