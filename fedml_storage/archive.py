@@ -26,10 +26,12 @@ _DEPTH_READ = 2 * MAX_DEPTH  # what releases before the upload limit could store
 
 
 class HashingWriter:
-    """A non-seekable writer that hashes and counts what passes through to `out`."""
+    """A non-seekable writer that hashes and counts what passes through to `out`, telling `hashed` the count as
+    it grows."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, hashed: Callable[[int], None] | None = None) -> None:
         self._out = out
+        self._hashed = hashed
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -41,6 +43,8 @@ class HashingWriter:
     def _hash(self, data: bytes) -> None:
         self.sha256.update(data)
         self.size += len(data)
+        if self._hashed is not None:
+            self._hashed(self.size)
 
     def stages(self) -> list[Callable[[bytes], object]]:
         """`write` as two steps that may run on two threads, each seeing every chunk in order."""
@@ -66,6 +70,8 @@ class HashingWriter:
             self.sha256.update(chunk)
             self.size += len(chunk)
             offset += len(chunk)
+        if self._hashed is not None:
+            self._hashed(self.size)
 
     def rehash(self) -> None:
         """Hash and count the whole file beneath, after out-of-order writes."""
@@ -76,6 +82,8 @@ class HashingWriter:
             while chunk := fh.read(CHUNK * 4):
                 self.sha256.update(chunk)
                 self.size += len(chunk)
+        if self._hashed is not None:
+            self._hashed(self.size)
 
 
 def write_zip(entries: Iterable[Entry], out: BinaryIO, method: str = "stored",

@@ -2,9 +2,9 @@
 downloads left swept away by the next download there.
 
 A download's files share one random stem: `<stem>.part` (the data; the live download holds an flock on it from
-before it bears that name), `<stem>.d` (the unpacked folder) and `<stem>.old/<name>` (the copy being replaced,
-moved aside where the system has no atomic exchange). A `.part` nobody holds, and a `.d` or `.old` whose `.part`
-is gone, belong to a killed download: the copy in a `.old` goes back to its place if nothing took it, the rest is
+before it bears that name), `<stem>.sha` (a note of what the data is, see partials), `<stem>.d` (the unpacked
+folder) and `<stem>.old/<name>` (the copy being replaced, moved aside where the system has no atomic exchange). A
+`.part` nobody holds, and a `.d`, `.sha` or `.old` whose `.part` is gone, belong to a killed download: the copy in a `.old` goes back to its place if nothing took it, the rest is
 removed (copies are dropped by first renaming their folder to `<stem>.drop`, which is never put back). This
 assumes downloads into one folder run on one host (or on a filesystem whose flock locks span hosts); where no
 lock can be taken (Windows, NFS), a `.part` and its siblings wait a day untouched.
@@ -98,8 +98,9 @@ def _lock_state(part: Path) -> str:
         os.close(fd)
 
 
-def sweep(dest: Path) -> None:
-    """Clear what killed downloads left in `dest` (see the module's docstring)."""
+def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:
+    """Clear what killed downloads left in `dest` (see the module's docstring); `keep(part)` may first take what
+    a killed download's part file holds elsewhere."""
     now = time.time()
     for leftover in sorted(dest.glob(TEMP_PREFIX + "*")):
         try:
@@ -111,7 +112,10 @@ def sweep(dest: Path) -> None:
                 _put_back(leftover.with_suffix(".old"), dest)
                 drop(leftover.with_suffix(".old"))
                 remove(leftover.with_suffix(".d"))
-            elif leftover.suffix in (".d", ".old"):
+                if keep is not None:
+                    keep(leftover)
+                remove(leftover.with_suffix(".sha"))
+            elif leftover.suffix in (".d", ".old", ".sha"):
                 if leftover.with_suffix(".part").exists():
                     continue  # judged with its part file
                 if leftover.suffix == ".old":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -50,11 +51,12 @@ def download(
         raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
     record = catalog.get(name).find(version)
     created = _make_folder(dest)
-    sweep(dest)
+    sweep(dest, None if partial_dir is None else functools.partial(partials.keep_killed, partial_dir))
     if partial_dir is not None:
         partials.sweep(partial_dir)
     target = dest / name
     part: Path | None = None
+    note: partials.Note | None = None
     unpacked: Path | None = None
     claim: int | None = None
     tries: list[tuple[HashingWriter, VersionRecord]] = []  # the last: what was fetched, of which data
@@ -64,10 +66,12 @@ def download(
         _check_target(target, record.kind)
         fd, part, claim, adopted = new_part(
             dest, None if partial_dir is None else lambda tmp: partials.take(partial_dir, record.sha256, tmp))
+        if partial_dir is not None:
+            note = partials.Note(part.with_suffix(".sha"))
         _check_space(dest, record.size - adopted + (record.source_size if record.kind != "file" else 0))
         with os.fdopen(fd, "r+b") as fh:
             record = _fetch(catalog, name, version, record, fh, adopted if adopted <= record.size else 0, tries,
-                            show_progress, out_progress_to_err, progress_desc)
+                            note, show_progress, out_progress_to_err, progress_desc)
             if record.kind != "file":
                 unpacked = part.with_suffix(".d")
                 unpacked.mkdir()
@@ -100,6 +104,8 @@ def download(
         if part is not None:
             if not (keep and partials.keep(partial_dir, *_fetched(part, tries, record, adopted))):
                 part.unlink(missing_ok=True)
+        if note is not None:
+            note.remove()
         if claim is not None:
             os.close(claim)
         if not done:
@@ -115,15 +121,17 @@ def download(
 
 
 def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionRecord, fh: BinaryIO, resume_at: int,
-           tries: list[tuple[HashingWriter, VersionRecord]], show_progress: bool, out_progress_to_err: bool,
-           progress_desc: str | None) -> VersionRecord:
+           tries: list[tuple[HashingWriter, VersionRecord]], note: partials.Note | None, show_progress: bool,
+           out_progress_to_err: bool, progress_desc: str | None) -> VersionRecord:
     """Fetch the data of `record` into `fh` and check it against its manifest, going on from byte `resume_at`
     (what an earlier download kept); the record it matches. Each try is added to `tries`."""
     replaced = 0
     while True:
         fh.seek(resume_at)
         fh.truncate()
-        writer = HashingWriter(fh)
+        if note is not None:  # what a kill leaves is kept by the next download into this folder
+            note.fetching(record.sha256, resume_at)
+        writer = HashingWriter(fh, None if note is None else note.advance)
         tries.append((writer, record))
         if resume_at:
             writer.absorb(0, resume_at)

@@ -3,11 +3,14 @@ from there instead of starting again.
 
 A kept file is named by the SHA-256 of the stored data it begins (the manifest's), so it serves any version and
 any destination with that content; the final SHA-256 check covers its bytes too. It is only ever moved by a
-rename, so it is kept only where the keeping folder is on the destination's filesystem.
+rename, so it is kept only where the keeping folder is on the destination's filesystem. A download that fails
+keeps its own; one that is killed (SIGKILL, out of memory) cannot, so a note beside its part file (`<stem>.sha`)
+says which data it holds and how much of it is in order, and the next download into that folder keeps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -19,6 +22,7 @@ from .results import human_size
 
 KEEP_SECONDS = 24 * 3600  # a kept prefix not taken up within this time is removed by the next download
 MIN_BYTES = 8 * 1024 * 1024  # less is fetched again faster than it is worth keeping
+NOTE_EVERY = 8 * 1024 * 1024  # a note of what is in order is rewritten at most this often
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
 
@@ -55,6 +59,50 @@ def keep(folder: Path, sha256: str, part: Path, valid: int) -> bool:
     log.info("kept the %s already downloaded in %s: a download of the same data within a day goes on from there",
              human_size(valid), folder)
     return True
+
+
+class Note:
+    """The `.sha` note beside a part file: the SHA-256 of the data being fetched and how many bytes at the part's
+    start are that data's, in order; written from NOTE_EVERY bytes on (less is not worth keeping) and rewritten
+    every NOTE_EVERY more: a killed download's note may lag, never lead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sha256 = ""
+        self._noted = 0
+
+    def fetching(self, sha256: str, valid: int) -> None:
+        """A fetch of the data with this SHA-256 starts, `valid` bytes in (what an earlier note said is void)."""
+        if self._noted:
+            self.remove()
+        self._sha256, self._noted = sha256, 0
+        self.advance(valid)
+
+    def advance(self, valid: int) -> None:
+        if valid - self._noted < NOTE_EVERY:
+            return
+        self._noted = valid
+        try:  # one small write: a kill leaves the old note or the new one
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, f"{self._sha256} {valid:020d}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # a note is a convenience: without one a killed download starts afresh
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def keep_killed(folder: Path, part: Path) -> None:
+    """Keep what a killed download's part file holds, as its note says (nothing without a note)."""
+    try:
+        sha256, valid = part.with_suffix(".sha").read_text().split()
+        keep(folder, sha256, part, min(int(valid), part.stat().st_size))
+    except (OSError, ValueError):
+        pass
 
 
 def sweep(folder: Path) -> None:

@@ -8,6 +8,9 @@ import json
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +220,55 @@ def test_nothing_is_kept_across_filesystems(s3_store: Store, stored: bytes, prox
             for p in partial_dir.iterdir():
                 p.unlink()
             partial_dir.rmdir()
+
+
+_KILLED_MIDWAY = """
+import json, os, signal, sys, time
+from fedml_storage import StorageClient, partials
+
+noted = partials.Note.advance
+
+def advance(self, valid):  # killed (SIGKILL: no handler runs) once 16 MiB are noted, 8 or more on disk
+    noted(self, valid)
+    if valid >= 16 * 1024 * 1024:
+        deadline = time.monotonic() + 10  # writing may trail hashing: what is kept is what both passed
+        while os.path.getsize(self.path.with_suffix(".part")) < partials.MIN_BYTES and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+partials.Note.advance = advance
+service, api_key, out, settings = sys.argv[1], sys.argv[2] or None, sys.argv[3], json.loads(sys.argv[4])
+StorageClient(service=service, api_key=api_key, **settings).download("blob.bin", out)
+"""
+
+
+@pytest.mark.parametrize("settings", [STREAM, RANGES], ids=["stream", "ranges"])
+def test_a_killed_download_is_gone_on_from_by_the_next_one_into_that_folder(
+    store: Store, stored_anywhere: bytes, isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    settings: dict,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.run([sys.executable, "-c", _KILLED_MIDWAY, store.service, store.api_key or "", str(out),
+                            json.dumps(settings)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    left = sorted(p.suffix for p in out.iterdir())
+    assert left == [".part", ".sha"]  # what the kill left: the data so far and the note of what it is
+
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.backends.s3 import S3Store
+
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    fetch, starts = backend.get_into, []
+
+    def recorded(self, key, sink, size, progress=None, start=0):
+        starts.append(start)
+        return fetch(self, key, sink, size, progress, start)
+
+    monkeypatch.setattr(backend, "get_into", recorded)
+    response = store.client(**settings).download("blob.bin", str(out))
+    assert response.ok, response.message
+    assert (out / "blob.bin").read_bytes() == stored_anywhere
+    assert len(starts) == 1 and 8 * MiB <= starts[0] <= 16 * MiB  # went on from what the killed one left
+    assert [p.name for p in out.iterdir()] == ["blob.bin"]  # its part file and note are gone
+    assert not _kept(isolated_home, stored_anywhere).exists()
