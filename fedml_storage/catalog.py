@@ -28,6 +28,7 @@ from .errors import Conflict, IntegrityError, InvalidInput, NotFound, Preconditi
 log = logging.getLogger("fedml_storage")
 
 FORMAT_VERSION = 1
+DROPPED_REMEMBERED = 100  # dropped version ids a manifest remembers, so that waiting for one fails at once
 COMMIT_ATTEMPTS = 12
 KEPT_SHOWN = 5  # versions named in a "not kept" message (newest first)
 
@@ -70,6 +71,7 @@ class Manifest(BaseModel):
     created_at: str
     updated_at: str
     versions: list[VersionRecord]
+    dropped: list[str] = Field(default_factory=list)  # ids of versions no longer kept, latest dropped first
 
     @property
     def current(self) -> VersionRecord:

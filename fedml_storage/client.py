@@ -215,9 +215,9 @@ class StorageClient:
             if version is not None:
                 kept = next((v for v in manifest.versions if v.version == version), None)
                 if kept is None:
-                    # ids sort by time: one older than every kept version, or malformed, can never appear
+                    # ids sort by time: one dropped, older than every kept version, or malformed, can never appear
                     if not isinstance(version, str) or not VERSION_ID.fullmatch(version) \
-                            or version < max(v.version for v in manifest.versions):
+                            or version in manifest.dropped or version < max(v.version for v in manifest.versions):
                         manifest.find(version)  # raises: not a version id, or not kept
                     return Readiness(False, f"dataset {name!r}: version {version!r} not stored (yet)",
                                      manifest.current.version, manifest.current.sha256)

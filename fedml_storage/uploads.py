@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .archive import HashingWriter, write_zip
-from .catalog import Catalog, Manifest, VersionRecord, new_version_id, utc_now
+from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, StorageFailure, TransientError
@@ -114,6 +114,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         if skipped and (cur is None or cur.current.content_digest != record.content_digest):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
         versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
+        dropped = [v.version for v in versions[settings.keep_versions:]] + (cur.dropped if cur else [])
         return Manifest(
             name=name,
             description=description if description is not None else (cur.description if cur else ""),
@@ -122,6 +123,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
             created_at=cur.created_at if cur else now,
             updated_at=now,
             versions=versions[: settings.keep_versions],
+            dropped=dropped[:DROPPED_REMEMBERED],
         )
 
     unchanged_meta = found is not None and all(

@@ -373,3 +373,20 @@ def test_the_digest_cache_stays_bounded_and_keeps_the_newest(tmp_path: Path, mon
     items = [(f"/stable/{i}", state(1, i)) for i in range(4)] + [("/hot", state(4, 9))]
     assert len(cache.lookup(items)) == 5  # all five distinct files kept under a cap of five
     cache.close()
+
+
+def test_ready_fails_at_once_for_a_version_dropped_though_newer_than_the_kept_one(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedml_storage.uploads
+
+    client = store.client()
+    src = tmp_path / "f.txt"
+    src.write_text("one")
+    later = client.upload(src).data  # committed first, though its writer started second
+    monkeypatch.setattr(fedml_storage.uploads, "new_version_id", lambda: "20000101T000000000000Z-00000000")
+    src.write_text("two")
+    earlier = client.upload(src).data  # started first, committed last: current, and keep_versions=1 drops `later`
+    assert earlier.version < later.version and client.get_metadata("f.txt").data.version == earlier.version
+    gone = client.ready("f.txt", version=later.version)  # newer than every kept version, yet it can never come
+    assert gone.reason == "not_found" and "is not kept" in gone.message, gone.message
+    assert not client.ready("f.txt", version="20991231T000000000000Z-00000000").data.ready  # a future one waits
