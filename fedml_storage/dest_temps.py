@@ -113,9 +113,11 @@ def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:
                 _put_back(leftover.with_suffix(".old"), dest)
                 drop(leftover.with_suffix(".old"))
                 remove(leftover.with_suffix(".d"))
-                if keep is not None:
+                if keep is not None and state == "free":  # by age alone it may be a live download stalled
                     keep(leftover)
                 remove(leftover.with_suffix(".sha"))
+                if not os.path.lexists(leftover):
+                    continue  # kept for the download about to run
             elif leftover.suffix in (".d", ".old", ".sha"):
                 if leftover.with_suffix(".part").exists():
                     continue  # judged with its part file

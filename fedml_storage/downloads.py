@@ -51,7 +51,7 @@ def download(
         raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
     record = catalog.get(name).find(version)
     created = _make_folder(dest)
-    sweep(dest, None if partial_dir is None else functools.partial(partials.keep_killed, partial_dir))
+    sweep(dest, None if partial_dir is None else functools.partial(partials.keep_killed, partial_dir, record.sha256))
     if partial_dir is not None:
         partials.sweep(partial_dir)
     target = dest / name

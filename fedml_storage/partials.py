@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MIN_BYTES = 8 * 1024 * 1024  # less is fetched again faster than it is worth kee
 NOTE_EVERY = 8 * 1024 * 1024  # a note of what is in order is rewritten at most this often
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
+_NOTE = re.compile(rb"([0-9a-f]{64}) ([0-9]{20})\n")
 
 log = logging.getLogger("fedml_storage")
 
@@ -33,7 +35,8 @@ def take(folder: Path, sha256: str, into: Path) -> int:
     """Move the kept beginning of the data with this SHA-256 to `into` (replacing it); its length, 0 if none."""
     kept = folder / sha256
     try:
-        if time.time() - kept.stat().st_mtime >= KEEP_SECONDS:
+        st = os.lstat(kept)
+        if time.time() - st.st_mtime >= KEEP_SECONDS or not _ours(st):
             return 0
         os.utime(kept)  # it becomes a fresh temp file of `into`'s folder, not an old one a sweep would remove
         os.rename(kept, into)  # atomic: of two downloads of the same data, one gets it, the other starts afresh
@@ -49,8 +52,12 @@ def keep(folder: Path, sha256: str, part: Path, valid: int) -> bool:
         return False
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.truncate(part, valid)  # what lies past it was not (yet) verified as in order: out-of-order ranges
-        os.utime(part)
+        fd = os.open(part, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.ftruncate(fd, valid)  # what lies past it was not (yet) verified as in order: out-of-order ranges
+            os.utime(fd if os.utime in os.supports_fd else part)
+        finally:
+            os.close(fd)
         os.rename(part, folder / sha256)
     except OSError as exc:
         level = logging.DEBUG if exc.errno == errno.EXDEV else logging.WARNING
@@ -96,13 +103,40 @@ class Note:
             self.path.unlink()
 
 
-def keep_killed(folder: Path, part: Path) -> None:
-    """Keep what a killed download's part file holds, as its note says (nothing without a note)."""
+def keep_killed(folder: Path, sha256: str, part: Path) -> None:
+    """Keep what a killed download's part file holds when its note says it begins the data with this SHA-256 (the
+    data about to be fetched: a killed part of other data is removed as before, freeing its space). Only a plain
+    file of this user's, with no other links, is kept: a download folder may be shared."""
+    note = _read_note(part.with_suffix(".sha"))
+    if note is None or note[0] != sha256:
+        return
     try:
-        sha256, valid = part.with_suffix(".sha").read_text().split()
-        keep(folder, sha256, part, min(int(valid), part.stat().st_size))
-    except (OSError, ValueError):
-        pass
+        st = os.lstat(part)
+    except OSError:
+        return
+    if _ours(st):
+        keep(folder, sha256, part, min(note[1], st.st_size))
+
+
+def _read_note(path: Path) -> tuple[str, int] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        found = _NOTE.fullmatch(os.read(fd, 128))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return (found[1].decode(), int(found[2])) if found else None
+
+
+def _ours(st: os.stat_result) -> bool:
+    """A plain file of this user's with one link: what a download of this user's writes."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == getattr(os, "geteuid", lambda: st.st_uid)()
 
 
 def sweep(folder: Path) -> None:

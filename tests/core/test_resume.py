@@ -272,3 +272,55 @@ def test_a_killed_download_is_gone_on_from_by_the_next_one_into_that_folder(
     assert len(starts) == 1 and 8 * MiB <= starts[0] <= 16 * MiB  # went on from what the killed one left
     assert [p.name for p in out.iterdir()] == ["blob.bin"]  # its part file and note are gone
     assert not _kept(isolated_home, stored_anywhere).exists()
+
+
+def _killed_leftovers(out: Path, note: bytes | None, part_bytes: bytes = b"x" * (9 * MiB)) -> Path:
+    """What a killed download leaves in `out`: a part file nobody holds and its note."""
+    part = out / ".fedml-download-killed.part"
+    part.write_bytes(part_bytes)
+    if note is not None:
+        (out / ".fedml-download-killed.sha").write_bytes(note)
+    return part
+
+
+def test_a_killed_part_of_other_data_is_removed_not_kept(isolated_home: Path, tmp_path: Path) -> None:
+    from fedml_storage.dest_temps import sweep
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _killed_leftovers(out, b"%s %020d\n" % (b"a" * 64, 9 * MiB))
+    sweep(out, lambda part: partials.keep_killed(isolated_home / "partial", "b" * 64, part))
+    assert list(out.iterdir()) == [] and not (isolated_home / "partial").exists()  # its space is free again
+
+
+@pytest.mark.parametrize("planted", ["link", "hard link", "fifo note", "endless note", "garbage note"])
+def test_what_another_user_plants_in_a_shared_folder_is_never_kept_nor_followed(
+        isolated_home: Path, tmp_path: Path, planted: str) -> None:
+    from fedml_storage.dest_temps import sweep
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"v" * (20 * MiB))
+    sha = "c" * 64
+    note = b"%s %020d\n" % (sha.encode(), 9 * MiB)
+    part = out / ".fedml-download-planted.part"
+    if planted == "link":
+        os.symlink(victim, part)
+        (out / ".fedml-download-planted.sha").write_bytes(note)
+    elif planted == "hard link":
+        os.link(victim, part)
+        (out / ".fedml-download-planted.sha").write_bytes(note)
+    else:
+        _killed_leftovers(out, None).rename(part)
+        note_path = out / ".fedml-download-planted.sha"
+        if planted == "fifo note":
+            os.mkfifo(note_path)  # reading it would wait for ever
+        elif planted == "endless note":
+            os.symlink("/dev/zero", note_path)
+        else:
+            note_path.write_bytes(b"\\u0669 +1_0\n")
+    sweep(out, lambda p: partials.keep_killed(isolated_home / "partial", sha, p))  # returns: nothing waited on
+    assert victim.read_bytes() == b"v" * (20 * MiB)  # neither truncated nor moved
+    assert list(out.iterdir()) == []
+    assert not (isolated_home / "partial" / sha).exists()
