@@ -5,7 +5,8 @@ A kept file is named by the SHA-256 of the stored data it begins (the manifest's
 any destination with that content; the final SHA-256 check covers its bytes too. It is only ever moved by a
 rename, so it is kept only where the keeping folder is on the destination's filesystem. A download that fails
 keeps its own; one that is killed (SIGKILL, out of memory) cannot, so a note beside its part file (`<stem>.sha`)
-says which data it holds and how much of it is in order, and the next download into that folder keeps it.
+says which data it holds and how much of it is in order, and the next download of that data into that folder
+takes it up.
 """
 
 from __future__ import annotations
