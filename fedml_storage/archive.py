@@ -222,28 +222,30 @@ def _make_folders(root: str, rel: str) -> None:
     if not rel:
         return
     try:
-        os.mkdir(f"{root}/{rel}")
+        _mkdir(root, rel)
         return
-    except FileNotFoundError:  # a folder above is missing too
+    except (FileNotFoundError, NotADirectoryError):  # a folder above is missing, or is a file: level by level
         pass
-    except FileExistsError:
-        if os.path.isdir(f"{root}/{rel}"):
-            return
-        raise _clash(root, rel, "as a file and a folder") from None
-    except OSError as exc:
-        raise _too_long(exc, f"{root}/{rel}") from None
     parts = rel.split("/")
     for level in range(1, len(parts) + 1):
-        here = "/".join(parts[:level])
         try:
-            os.mkdir(f"{root}/{here}")
-        except FileExistsError:
-            if not os.path.isdir(f"{root}/{here}"):
-                raise _clash(root, here, "as a file and a folder") from None
+            _mkdir(root, "/".join(parts[:level]))
         except NotADirectoryError:
             raise _clash(root, "/".join(parts[:level - 1]), "as a file and a folder") from None
-        except OSError as exc:
-            raise _too_long(exc, f"{root}/{here}") from None
+
+
+def _mkdir(root: str, rel: str) -> None:
+    """Make the folder `rel` under `root` unless it is one already; a file there is a clash."""
+    path = f"{root}/{rel}"
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise _clash(root, rel, "as a file and a folder") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as exc:
+        raise _too_long(exc, path) from None
 
 
 def _clash(root: str, rel: str, how: str) -> Exception:

@@ -345,6 +345,7 @@ def _far_zip64_end() -> bytes:
     (_far_zip64_end(), "zip64 end record lies outside the archive"),
     (_zip([("a", b"file"), ("a/b.txt", b"under a file")]), "as a file and a folder"),
     (_zip([("a", b"file"), ("a/", b"")]), "as a file and a folder"),
+    (_zip([("a", b"file"), ("a/b/c.txt", b"two levels under a file")]), "as a file and a folder"),
     (_zip([("a/", b""), ("a", b"file")]), "as a file and a folder"),
     (_central_patched(_deflated(b"x" * 5000), 16, b"\0\0\0\0"), "does not match its recorded size and CRC"),
     (_central_patched(_deflated(b"\0" * 5_000_000), 24, (10).to_bytes(4, "little")), "expands past"),  # a bomb
