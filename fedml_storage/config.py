@@ -342,4 +342,3 @@ def write_config_file(updates: dict[str, Any]) -> Path:
         raise InvalidInput(f"cannot write the config file {path}: {exc.strerror}{where}; fix its permissions or set "
                            "FEDML_STORAGE_HOME to a folder of yours") from None
     return path
-

@@ -16,7 +16,6 @@ from ..response import FedMLResponse, ResponseCode
 from .fedml_response import FedMLStorageError, Reason
 
 
-
 def _client(api_key: str | None, service: str | None) -> StorageClient:
     return StorageClient(api_key=api_key, service=service)
 
