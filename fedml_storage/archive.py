@@ -8,7 +8,6 @@ import functools
 import hashlib
 import os
 import stat
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import IntegrityError, InvalidInput
+from .modes import umask
 from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
 
@@ -325,21 +325,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def umask() -> int:
-    """The process's umask, read without loosening it even for a moment (other threads may create files)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    with _UMASK_LOCK:  # two threads at once would each put back the other's 077, which would then stay
-        mask = os.umask(0o077)  # briefly stricter, never looser
-        os.umask(mask)
-    return mask
-
-
-_UMASK_LOCK = threading.Lock()

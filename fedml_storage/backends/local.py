@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ..archive import umask
 from ..errors import InvalidInput, PreconditionFailed
 from ..locks import exclusive_lock
+from ..modes import umask
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
 CHUNK = 8 * 1024 * 1024

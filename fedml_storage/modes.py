@@ -1,0 +1,23 @@
+"""The process's umask: the modes new files and folders may get."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without loosening it even for a moment (other threads may create files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # two threads at once would each put back the other's 077, which would then stay
+        mask = os.umask(0o077)  # briefly stricter, never looser
+        os.umask(mask)
+    return mask
