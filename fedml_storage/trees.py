@@ -197,27 +197,34 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
           links: list[tuple[str, str, os.stat_result]]) -> None:
     """Read `folder` and the real folders below it, depth first in name order, as a recursion would (without
     one: Python's stack would limit the depth); links to folders are put in `links` for later."""
-    stack = [(_listing(folder, prefix), folder, prefix)]
+    root = tree.entries.root
+    stack = [(_listing(folder, prefix), _joinable(folder), prefix)]
     while stack:
-        items, folder, prefix = stack[-1]
+        items, base, prefix = stack[-1]
         for name, is_link in items:
             rel = prefix + name
-            path = os.path.join(folder, name)
+            path = base + name  # what os.path.join gives, at a fraction of its cost per file
             st = _stat(path, rel)
             if stat.S_ISDIR(st.st_mode):
                 if is_link:
                     links.append((rel, path, st))
                 # held already: inside a linked folder, through another link (or a bind mount)
                 elif not _held(rel, path, st, tree, seen, "the upload already holds this folder"):
-                    stack.append((_listing(path, rel + "/"), path, rel + "/"))
+                    stack.append((_listing(path, rel + "/"), _joinable(path), rel + "/"))
                     break  # into it; this folder's other items come after
             elif stat.S_ISREG(st.st_mode):
-                tree.entries.append(Entry.of(rel, tree.entries.root, st, False))
+                tree.entries.append(Entry(rel, root, False, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                          st.st_mode))
             else:
                 log.info("leaving out %s: neither a file nor a folder", path)
                 tree.left_out.append(rel)
         else:
             stack.pop()
+
+
+def _joinable(folder: str) -> str:
+    """`folder` ending in one separator, so that adding a name joins them."""
+    return folder if folder.endswith(os.sep) or (os.altsep and folder.endswith(os.altsep)) else folder + os.sep
 
 
 def _listing(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
