@@ -114,7 +114,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         if skipped and (cur is None or cur.current.content_digest != record.content_digest):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
         versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
-        dropped = [v.version for v in versions[settings.keep_versions:]] + (cur.dropped if cur else [])
+        keep = len(versions) if skipped else settings.keep_versions  # only a content change drops versions
+        dropped = [v.version for v in versions[keep:]] + (cur.dropped if cur else [])
         return Manifest(
             name=name,
             description=description if description is not None else (cur.description if cur else ""),
@@ -122,7 +123,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
             user_metadata=metadata if metadata is not None else (cur.user_metadata if cur else {}),
             created_at=cur.created_at if cur else now,
             updated_at=now,
-            versions=versions[: settings.keep_versions],
+            versions=versions[:keep],
             dropped=dropped[:DROPPED_REMEMBERED],
         )
 
@@ -132,7 +133,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     )
     dropped: list[str] = []
     try:
-        if not (skipped and unchanged_meta):  # a no-op upload (a retry, say) never drops a version
+        if not (skipped and unchanged_meta):  # a no-op upload (a retry, say) writes nothing
             _, dropped = catalog.commit(name, build)
     except BaseException as exc:
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):

@@ -151,6 +151,13 @@ def test_a_lowered_keep_versions_applies_at_the_next_change_never_on_a_no_op(sto
     again = store.client(keep_versions=1).upload(src)  # a retry, or another writer's default: drops nothing
     assert again.ok and again.data.skipped
     assert store.client().get_metadata("w.txt").data.versions == [v2.version, v1.version]
+    # nor does one that only updates the description, tags or metadata (a templated description, say)
+    described = store.client(keep_versions=1).upload(src, description="re-run", tag_list=["b", "a"])
+    assert described.ok and described.data.skipped
+    meta = store.client().get_metadata("w.txt").data
+    assert (meta.description, meta.versions) == ("re-run", [v2.version, v1.version])
+    assert store.client().download("w.txt", tmp_path / "old", version=v1.version).ok
+    assert (tmp_path / "old" / "w.txt").read_text() == "v1"
     src.write_text("v3 longest")
     v3 = store.client(keep_versions=1).upload(src).data
     assert store.client().get_metadata("w.txt").data.versions == [v3.version]
