@@ -55,6 +55,7 @@ class VersionRecord(BaseModel):
     size: int  # bytes stored
     sha256: str  # of the stored bytes
     content_digest: str  # of the source: file sha256 or tree digest
+    modes: str | None = None  # a folder's file modes (trees.Fingerprints.modes); None for files and earlier records
     source_size: int
     file_count: int
     created_at: str

@@ -261,15 +261,22 @@ def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> boo
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
 
 
-def tree_fingerprint(entries: Iterable[Entry]) -> str:
-    """Changes whenever any path, size, mtime, ctime or inode in the tree does: the key of the tree digest cache.
-    (ctime too: tools that restore an mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
-    h = hashlib.sha256()
+class Fingerprints(NamedTuple):
+    state: str  # changes whenever any path, size, mtime, ctime or inode does: the key of the tree digest cache
+    modes: str  # the files' permission bits, which the archive keeps and downloads give back
+
+
+def tree_fingerprints(entries: Iterable[Entry]) -> Fingerprints:
+    """The tree's state and modes fingerprints, in one pass. (The state takes ctime too: tools that restore an
+    mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
+    state, modes = hashlib.sha256(), hashlib.sha256()
     for part in batches(entries, 4096):
         lines = "".join(f"{e.rel}\0{e.st_size}\0{e.st_mtime_ns}\0{e.st_ctime_ns}\0{e.st_ino}\0{e.is_dir:d}\n"
                         for e in part)
-        h.update(lines.encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
+        state.update(lines.encode("utf-8", "surrogateescape"))
+        lines = "".join(f"{e.rel}\0{e.st_mode & 0o777:o}\n" for e in part if not e.is_dir)
+        modes.update(lines.encode("utf-8", "surrogateescape"))
+    return Fingerprints(state.hexdigest(), modes.hexdigest())
 
 
 class TreeDigest:

@@ -18,7 +18,7 @@ from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
-from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprint
+from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
 from .validation import check_description, check_metadata, check_name, check_path, check_progress_desc, check_tags
 
 log = logging.getLogger("fedml_storage")
@@ -182,9 +182,9 @@ def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
 
 
 def _record(data_key: str, version: str, kind: str, size: int, sha256: str, digest: str, source_size: int,
-            count: int) -> VersionRecord:
+            count: int, modes: str | None = None) -> VersionRecord:
     return VersionRecord(version=version, key=data_key, kind=kind, size=size, sha256=sha256, content_digest=digest,
-                         source_size=source_size, file_count=count, created_at=utc_now())
+                         modes=modes, source_size=source_size, file_count=count, created_at=utc_now())
 
 
 def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
@@ -219,10 +219,11 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
 
 def _directory(src, entries: Entries, name, settings, catalog, cache, current, req, desc
                ) -> tuple[VersionRecord, str | None]:
-    fingerprint = tree_fingerprint(entries)
+    fingerprint, modes = tree_fingerprints(entries)
     same_shape = (
         current is not None and current.kind == "directory"
         and current.file_count == entries.files and current.source_size == entries.size
+        and current.modes in (None, modes)  # a mode change alone is a new version (None: stored before modes were)
     )
     if same_shape and cache.lookup_tree(str(src), fingerprint) == current.content_digest:
         return current, None  # nothing in the tree changed since it was last digested
@@ -267,7 +268,7 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
     digest = recorder.tree.hexdigest()
     cache.store_tree(str(src), fingerprint, digest, entries.newest)
     record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, entries.size,
-                     entries.files)
+                     entries.files, modes)
     return record, key
 
 
