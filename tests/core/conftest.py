@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +94,26 @@ def tree_bytes(root: Path) -> dict[str, bytes | None]:
     return {
         p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))
     }
+
+
+def plant_archive(store: Store, name: str, archive: bytes, source_size: int) -> None:
+    """Put an archive and a manifest that vouches for it, as an attacker with write access could."""
+    key = f"default/data/{name}/v1/{name}.zip"
+    store.write(key, archive)
+    record = {"version": "v1", "key": key, "kind": "directory", "size": len(archive),
+              "sha256": hashlib.sha256(archive).hexdigest(), "content_digest": "x", "source_size": source_size,
+              "file_count": 1, "created_at": "2026-01-01T00:00:00Z"}
+    manifest = {"name": name, "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                "versions": [record]}
+    store.write(f"default/manifests/{name}.json", json.dumps(manifest).encode())
+
+
+def zip_of(members: list[tuple[str, bytes]]) -> bytes:
+    """A zip made by Python's zipfile holding `members` (names ending in / are folders), duplicates allowed."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate names these tests need
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in members:
+                zf.writestr(name, data)
+    return buf.getvalue()
