@@ -153,11 +153,12 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     before anything is written; clashing names are found by the file system as members are written.
     """
     index = ZipIndex(archive)
-    declared = packed = 0
+    declared = packed = folders = 0
     for m in index.members():
         _check_member(m, index.data_end)
         declared += m.size
         packed += m.compressed
+        folders += m.is_dir()
         if declared > max_bytes:
             raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
     if packed > index.data_end:  # members sharing their data: one stored chunk written out many times
@@ -166,14 +167,17 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     root = str(dest)
     last_parent = ""
     umask_bits = umask()
+    # Every folder has a member of its own in what fedml-storage writes; folders made only as the parents of
+    # names (thousands per name) would fill a disk with inodes from a small archive. One chain is let through.
+    make = _FolderBudget(folders + _DEPTH_READ)
     for m in index.members():
         rel = m.name.rstrip("/")
         if m.is_dir():
-            _make_folders(root, rel)
+            make(root, rel)
             continue
         parent = rel.rpartition("/")[0]
         if parent != last_parent:  # members come folder by folder: folders are made once per folder, not per file
-            _make_folders(root, parent)
+            make(root, parent)
             last_parent = parent
         target = f"{root}/{rel}"
         perm = (stat.S_IMODE(m.mode) & 0o777 or 0o666) & ~umask_bits  # as tar does: the uploader's modes, masked
@@ -216,36 +220,46 @@ def _check_member(m: Member, data_end: int) -> None:
         raise IntegrityError(f"archive member {name!r} lies outside the archive; refusing to extract")
 
 
-def _make_folders(root: str, rel: str) -> None:
-    """Make `rel` and the folders above it under `root`, level by level (os.makedirs recurses once per missing
-    level: a name thousands of levels deep would exhaust Python's stack)."""
-    if not rel:
-        return
-    try:
-        _mkdir(root, rel)
-        return
-    except (FileNotFoundError, NotADirectoryError):  # a folder above is missing, or is a file: level by level
-        pass
-    parts = rel.split("/")
-    for level in range(1, len(parts) + 1):
+class _FolderBudget:
+    """Makes folders (`rel` and those above it under `root`), at most `limit` in all."""
+
+    def __init__(self, limit: int) -> None:
+        self._left = limit
+
+    def __call__(self, root: str, rel: str) -> None:
+        """Level by level where a folder above is missing (os.makedirs recurses once per missing level: a name
+        thousands of levels deep would exhaust Python's stack)."""
+        if not rel:
+            return
         try:
-            _mkdir(root, "/".join(parts[:level]))
-        except NotADirectoryError:
-            raise _clash(root, "/".join(parts[:level - 1]), "as a file and a folder") from None
+            self._mkdir(root, rel)
+            return
+        except (FileNotFoundError, NotADirectoryError):  # a folder above is missing, or is a file: level by level
+            pass
+        parts = rel.split("/")
+        for level in range(1, len(parts) + 1):
+            try:
+                self._mkdir(root, "/".join(parts[:level]))
+            except NotADirectoryError:
+                raise _clash(root, "/".join(parts[:level - 1]), "as a file and a folder") from None
 
-
-def _mkdir(root: str, rel: str) -> None:
-    """Make the folder `rel` under `root` unless it is one already; a file there is a clash."""
-    path = f"{root}/{rel}"
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise _clash(root, rel, "as a file and a folder") from None
-    except (FileNotFoundError, NotADirectoryError):
-        raise
-    except OSError as exc:
-        raise _too_long(exc, path) from None
+    def _mkdir(self, root: str, rel: str) -> None:
+        """Make the folder `rel` under `root` unless it is one already; a file there is a clash."""
+        path = f"{root}/{rel}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise _clash(root, rel, "as a file and a folder") from None
+            return
+        except (FileNotFoundError, NotADirectoryError):
+            raise
+        except OSError as exc:
+            raise _too_long(exc, path) from None
+        self._left -= 1
+        if self._left < 0:
+            raise IntegrityError("archive makes far more folders than it has folder entries (its names lie under "
+                                 "folders it does not hold); refusing to extract")
 
 
 def _clash(root: str, rel: str, how: str) -> Exception:
@@ -310,6 +324,8 @@ def _copy_deflated(raw: BinaryIO, m: Member, fd: int, allowed: int, data_end: in
             out = inflate.decompress(pending, CHUNK)  # at most CHUNK out, whatever the ratio
             pending = inflate.unconsumed_tail
             written += len(out)
+            if written > m.size:  # stopped at once: its size is checked against the recorded total beforehand
+                raise IntegrityError(f"archive member {m.name!r} inflates past its recorded size; refusing to extract")
             if written > allowed:
                 raise IntegrityError("archive expands past the bytes recorded at upload; refusing")
             crc = zlib.crc32(out, crc)

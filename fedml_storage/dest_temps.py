@@ -23,7 +23,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import Conflict
@@ -226,25 +226,69 @@ def remove(path: Path) -> None:
     are made writable first, as deleting their files needs."""
     if path.is_dir() and not path.is_symlink():
         try:
-            shutil.rmtree(path)
+            remove_tree(path)
         except OSError:
             _make_writable(path)
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def remove_tree(path: Path, ignore_errors: bool = False) -> None:
+    """shutil.rmtree, going on without recursion where a tree is too deep for it (it recurses once per level:
+    some 1,000 levels raise RecursionError, even with ignore_errors)."""
+    try:
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    except RecursionError:
+        _remove_deep(str(path), ignore_errors)
+
+
+def _remove_deep(top: str, ignore_errors: bool) -> None:
+    """Remove `top` and all below it, deepest first, with a stack instead of recursion; links are removed, never
+    followed."""
+
+    def clear(folder: str) -> Iterator[str]:
+        """Remove the folder's other entries; its subfolders, to go into."""
+        subs = []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        subs.append(entry.path)
+                    else:
+                        os.unlink(entry.path)
+        except OSError:
+            if not ignore_errors:
+                raise
+        return iter(subs)
+
+    stack = [(top, clear(top))]
+    while stack:
+        folder, subs = stack[-1]
+        sub = next(subs, None)
+        if sub is not None:
+            stack.append((sub, clear(sub)))
+            continue
+        stack.pop()
+        try:
+            os.rmdir(folder)
+        except OSError:
+            if not ignore_errors:
+                raise
 
 
 def _make_writable(root: Path) -> None:
     """Give the owner read, write and search rights on every folder under `root` (links are not followed)."""
     with contextlib.suppress(OSError):
         os.chmod(root, stat.S_IMODE(os.lstat(root).st_mode) | stat.S_IRWXU)
-    for folder, subfolders, _ in os.walk(root):  # top-down: each folder is opened up before it is listed
-        for name in subfolders:
-            path = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if stat.S_ISDIR(st.st_mode):
-                    os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+    with contextlib.suppress(RecursionError):  # os.walk recurses per level (Python 3.11): best effort, as this is
+        for folder, subfolders, _ in os.walk(root):  # top-down: each folder is opened up before it is listed
+            for name in subfolders:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(path)
+                    if stat.S_ISDIR(st.st_mode):
+                        os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
 
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE, _AT_FDCWD = 1, 2, -100

@@ -15,7 +15,7 @@ from .archive import HashingWriter, safe_extract
 from .backends.base import ObjectMissing
 from .backends.ranges import RangeIgnored
 from .catalog import Catalog, VersionRecord
-from .dest_temps import TEMP_PREFIX, new_part, swap_in, sweep
+from .dest_temps import TEMP_PREFIX, new_part, remove_tree, swap_in, sweep
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
@@ -101,7 +101,7 @@ def download(
         raise
     finally:
         if unpacked is not None:  # before the part file: a folder without one is taken for a killed download's
-            shutil.rmtree(unpacked, ignore_errors=True)
+            remove_tree(unpacked, ignore_errors=True)
         if part is not None:
             if not (keep and partials.keep(partial_dir, *_fetched(part, tries, record, adopted))):
                 part.unlink(missing_ok=True)

@@ -7,12 +7,15 @@ import copy
 import errno
 import io
 import os
+import struct
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from fedml_storage.api.fedml_response import ResponseCode
+from fedml_storage.archive import safe_extract
+from fedml_storage.errors import IntegrityError
 
 from .conftest import Store, plant_archive, zip_of
 
@@ -140,6 +143,16 @@ def _far_zip64_end() -> bytes:
         (1).to_bytes(4, "little") + archive[end:]
 
 
+def _folders_only(names: list[str]) -> bytes:
+    """An archive of folder entries alone, each name under folders it does not hold (20 names of 200 levels make
+    4,000 folders from 40 KB; at 1,000 levels a 10 MB archive would make 5 million)."""
+    central = b"".join(
+        struct.pack("<4s4B4HL2L5H2L", b"PK\1\2", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, len(n), 0, 0, 0, 0,
+                    0o40755 << 16, 0) + n
+        for n in (name.encode() for name in names))
+    return b"\0" + central + struct.pack("<4s4H2LH", b"PK\5\6", 0, 0, len(names), len(names), len(central), 1, 0)
+
+
 @pytest.mark.parametrize(("archive", "words"), [
     (zip_of([("a.txt", b"1"), ("a.txt", b"2")]), "twice"),
     (zip_of([("a/" * 1100 + "f", b"deep")]), "folders deep"),
@@ -150,7 +163,8 @@ def _far_zip64_end() -> bytes:
     (zip_of([("a", b"file"), ("a/b/c.txt", b"two levels under a file")]), "as a file and a folder"),
     (zip_of([("a/", b""), ("a", b"file")]), "as a file and a folder"),
     (_central_patched(_deflated(b"x" * 5000), 16, b"\0\0\0\0"), "does not match its recorded size and CRC"),
-    (_central_patched(_deflated(b"\0" * 5_000_000), 24, (10).to_bytes(4, "little")), "expands past"),  # a bomb
+    (_central_patched(_deflated(b"\0" * 5_000_000), 24, (10).to_bytes(4, "little")), "inflates past"),  # a bomb
+    (_folders_only([f"{i}/" + "a/" * 200 for i in range(20)]), "far more folders than it has folder entries"),
     (_central_patched(zip_of([("a.txt", b"1")]), 8, b"\1\0"), "encrypted"),
     (_central_patched(zip_of([("a.txt", b"1")]), 10, b"\x0c\0"), "packed in a way fedml-storage does not write"),
     (zip_of([("./a.txt", b"dot")]), "'.' path part"),
@@ -216,3 +230,33 @@ def test_names_one_to_a_case_blind_file_system_are_not_taken_for_tampering(
     assert response.reason == "invalid_input" and "one name to this file system" in response.message, response.message
     assert "who can write to the store" not in response.message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_member_inflating_past_its_size_stops_there(tmp_path: Path) -> None:
+    archive = _central_patched(_deflated(b"\0" * 50_000_000), 24, (1).to_bytes(4, "little"))  # says 1 byte
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(IntegrityError, match="inflates past its recorded size"):
+        safe_extract(io.BytesIO(archive), dest, 1 << 30)  # far more allowed in all: the member's own size binds
+    assert (dest / "rows.bin").stat().st_size <= 1  # not the 50 MB it inflates to
+
+
+def test_a_tree_too_deep_for_rmtree_is_removed_when_refused(store: Store, tmp_path: Path) -> None:
+    deep = "a/" * 1000  # deeper than uploads go (512) but readable (1,024): shutil.rmtree recurses once per level
+    plant_archive(store, "deep", zip_of([(deep, b""), ("x", b"1"), ("x", b"2")]), 100)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    response = store.client().download("deep", dest)
+    assert response.code == ResponseCode.FAILURE and "twice" in response.message, response.message
+    assert list(dest.iterdir()) == []  # the unpacked tree, the part file: all gone
+
+
+def test_a_tree_too_deep_for_rmtree_is_replaced_by_the_next_download(store: Store, tmp_path: Path) -> None:
+    plant_archive(store, "deep", zip_of([("a/" * 1000, b""), ("f.txt", b"top")]), 100)
+    client = store.client()
+    first = client.download("deep", tmp_path / "dest")
+    assert first.ok, first.message
+    again = client.download("deep", tmp_path / "dest")  # the copy it replaces is removed, level by level
+    assert again.ok, again.message
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["deep"]
+    assert (Path(again.data) / "f.txt").read_bytes() == b"top"
