@@ -15,6 +15,7 @@ import pytest
 
 from fedml_storage.api.fedml_response import ResponseCode
 from fedml_storage.archive import safe_extract
+from fedml_storage.dest_temps import remove_tree
 from fedml_storage.errors import IntegrityError
 
 from .conftest import Store, plant_archive, zip_of
@@ -260,3 +261,4 @@ def test_a_tree_too_deep_for_rmtree_is_replaced_by_the_next_download(store: Stor
     assert again.ok, again.message
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["deep"]
     assert (Path(again.data) / "f.txt").read_bytes() == b"top"
+    remove_tree(tmp_path / "dest")  # pytest's own removal of old temp folders recurses per level too
