@@ -327,6 +327,9 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                 data["service"] = settings.service  # as it is used: "S3", not " s3 "
             if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
                 data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
+            for stale in target.parent.glob(".config-*"):  # a writer killed before its rename (it held this lock)
+                with contextlib.suppress(OSError):  # left a copy of the file, maybe with a key: not for long
+                    stale.unlink()
             fd, tmp = tempfile.mkstemp(prefix=".config-", dir=target.parent)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:

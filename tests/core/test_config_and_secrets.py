@@ -95,6 +95,14 @@ def test_login_stores_key_0600_and_never_echoes_it() -> None:
     assert StorageSettings.resolve().api_key.get_secret_value() == TEST_API_KEY
 
 
+def test_a_login_killed_before_its_rename_leaves_no_copy_of_the_key() -> None:
+    assert api.fedml_login(TEST_API_KEY).ok
+    stale = config_path().parent / ".config-k1lled"  # what a writer killed between writing and renaming left
+    stale.write_text(json.dumps({"api_key": TEST_API_KEY}))
+    assert api.fedml_login(TEST_API_KEY).ok  # the next writer, holding the lock, removes it
+    assert sorted(p.name for p in config_path().parent.glob(".config-*")) == []
+
+
 @pytest.mark.parametrize("key", ["no-colon-here", ":secret-only", "id-only:", "", None, "id:with space"])
 def test_login_rejects_malformed_keys(key) -> None:
     response = api.fedml_login(key)
