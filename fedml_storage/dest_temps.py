@@ -128,8 +128,8 @@ def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:
             elif leftover.suffix != ".drop" and not (leftover.suffix == ".new" and age > NEW_GRACE_SECONDS) \
                     and age < STALE_TEMP_SECONDS:
                 continue
-            remove(leftover)
-            log.info("removed %s, left by an interrupted download", leftover)
+            if remove(leftover):  # not if its own download, done meanwhile, removed it
+                log.info("removed %s, left by an interrupted download", leftover)
         except OSError:
             pass  # another download's sweep got there first, or it is not ours to remove
 
@@ -221,17 +221,25 @@ def _rename_noreplace(a: Path, b: Path) -> bool:
     return True
 
 
-def remove(path: Path) -> None:
-    """Remove a file, link or folder (folders best effort). Folders made read-only inside a copy being replaced
-    are made writable first, as deleting their files needs."""
+def remove(path: Path) -> bool:
+    """Remove a file, link or folder (folders best effort); whether there was one to remove. Folders made
+    read-only inside a copy being replaced are made writable first, as deleting their files needs."""
     if path.is_dir() and not path.is_symlink():
         try:
             remove_tree(path)
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                return False  # its own download removed it meanwhile
+            remove_tree(path, ignore_errors=True)
         except OSError:
             _make_writable(path)
             remove_tree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+        return True
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def remove_tree(path: Path, ignore_errors: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fedml_storage import dest_temps
 
 from .conftest import Store
 
@@ -81,3 +84,24 @@ def test_a_file_made_at_the_target_during_a_folder_download_is_kept(store: Store
     assert response.reason == "invalid_input" and "is a file" in response.message, response.message
     assert (dest / "ds").read_text() == "written by the user while the download ran"
     assert sorted(p.name for p in dest.iterdir()) == ["ds"]
+
+
+def test_the_sweep_reports_only_what_it_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    stem = dest_temps.TEMP_PREFIX + "killed"
+    (tmp_path / f"{stem}.d").mkdir()  # a killed download's unpacked folder: removed, and said so
+    (tmp_path / f"{stem}2.sha").write_text("note")  # a live download's note, gone with it once listed
+    real_lstat = Path.lstat
+
+    def listed_then_gone(path: Path):
+        st = real_lstat(path)
+        if path.suffix == ".sha":
+            path.unlink()  # its download finished between the sweep's listing and its look at the file
+        return st
+
+    monkeypatch.setattr(Path, "lstat", listed_then_gone)
+    with caplog.at_level(logging.INFO, logger="fedml_storage"):
+        dest_temps.sweep(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    removed = [r.getMessage() for r in caplog.records if "left by an interrupted download" in r.getMessage()]
+    assert removed == [f"removed {tmp_path / f'{stem}.d'}, left by an interrupted download"]
