@@ -289,7 +289,7 @@ def _make_writable(root: Path) -> None:
     """Give the owner read, write and search rights on every folder under `root` (links are not followed)."""
     with contextlib.suppress(OSError):
         os.chmod(root, stat.S_IMODE(os.lstat(root).st_mode) | stat.S_IRWXU)
-    with contextlib.suppress(RecursionError):  # os.walk recurses per level (Python 3.11): best effort, as this is
+    with contextlib.suppress(RecursionError):  # os.walk recurses once per level (Python 3.11): best effort too
         for folder, subfolders, _ in os.walk(root):  # top-down: each folder is opened up before it is listed
             for name in subfolders:
                 path = os.path.join(folder, name)
