@@ -18,15 +18,15 @@ import ctypes
 import errno
 import logging
 import os
-import shutil
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Conflict
+from .removal import remove_tree
 from .validation import RESERVED_PREFIX
 
 try:
@@ -222,67 +222,22 @@ def _rename_noreplace(a: Path, b: Path) -> bool:
 
 
 def remove(path: Path) -> bool:
-    """Remove a file, link or folder (folders best effort); whether there was one to remove. Folders made
+    """Remove a file, link or folder (folders best effort); whether it was there and now is gone. Folders made
     read-only inside a copy being replaced are made writable first, as deleting their files needs."""
     if path.is_dir() and not path.is_symlink():
         try:
             remove_tree(path)
-        except FileNotFoundError:
+        except OSError:
             if not os.path.lexists(path):
                 return False  # its own download removed it meanwhile
-            remove_tree(path, ignore_errors=True)
-        except OSError:
             _make_writable(path)
             remove_tree(path, ignore_errors=True)
-        return True
+        return not os.path.lexists(path)
     try:
         path.unlink()
     except FileNotFoundError:
         return False
     return True
-
-
-def remove_tree(path: Path, ignore_errors: bool = False) -> None:
-    """shutil.rmtree, going on without recursion where a tree is too deep for it (it recurses once per level:
-    some 1,000 levels raise RecursionError, even with ignore_errors)."""
-    try:
-        shutil.rmtree(path, ignore_errors=ignore_errors)
-    except RecursionError:
-        _remove_deep(str(path), ignore_errors)
-
-
-def _remove_deep(top: str, ignore_errors: bool) -> None:
-    """Remove `top` and all below it, deepest first, with a stack instead of recursion; links are removed, never
-    followed."""
-
-    def clear(folder: str) -> Iterator[str]:
-        """Remove the folder's other entries; its subfolders, to go into."""
-        subs = []
-        try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        subs.append(entry.path)
-                    else:
-                        os.unlink(entry.path)
-        except OSError:
-            if not ignore_errors:
-                raise
-        return iter(subs)
-
-    stack = [(top, clear(top))]
-    while stack:
-        folder, subs = stack[-1]
-        sub = next(subs, None)
-        if sub is not None:
-            stack.append((sub, clear(sub)))
-            continue
-        stack.pop()
-        try:
-            os.rmdir(folder)
-        except OSError:
-            if not ignore_errors:
-                raise
 
 
 def _make_writable(root: Path) -> None:

@@ -15,10 +15,11 @@ from .archive import HashingWriter, safe_extract
 from .backends.base import ObjectMissing
 from .backends.ranges import RangeIgnored
 from .catalog import Catalog, VersionRecord
-from .dest_temps import TEMP_PREFIX, new_part, remove_tree, swap_in, sweep
+from .dest_temps import TEMP_PREFIX, new_part, swap_in, sweep
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
+from .removal import remove_tree
 from .results import DownloadResult, human_size
 from .validation import check_name, check_path, check_progress_desc
 

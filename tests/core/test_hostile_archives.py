@@ -15,7 +15,7 @@ import pytest
 
 from fedml_storage.api.fedml_response import ResponseCode
 from fedml_storage.archive import safe_extract
-from fedml_storage.dest_temps import remove_tree
+from fedml_storage.removal import remove_tree
 from fedml_storage.errors import IntegrityError
 
 from .conftest import Store, plant_archive, zip_of

@@ -1,0 +1,79 @@
+"""Removing a folder tree however deep it is, without following links out of it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+_FD_BASED = {os.open, os.rmdir, os.unlink} <= os.supports_dir_fd and os.scandir in os.supports_fd
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# What stops shutil.rmtree on a deep tree: it recurses and holds a handle per level (Python 3.11).
+_TOO_DEEP = {errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG}
+
+
+def remove_tree(path: Path | str, ignore_errors: bool = False) -> None:
+    """shutil.rmtree, going on level by level where a tree is too deep for it: some 1,000 levels exhaust Python's
+    stack (RecursionError, even with ignore_errors), or the process's open files, or the longest path."""
+    try:
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    except RecursionError:
+        pass
+    except OSError as exc:
+        if exc.errno not in _TOO_DEEP:
+            raise
+    if os.path.lexists(path):
+        try:
+            _remove_deep(str(path)) if _FD_BASED else shutil.rmtree(path)
+        except (OSError, RecursionError):
+            if not ignore_errors:
+                raise
+
+
+def _remove_deep(top: str) -> None:
+    """Remove `top` and all below it, one level at a time through folder handles (relative names, so no path
+    grows long), with at most two handles open. Links are removed, never followed; a folder swapped for another
+    meanwhile stops the removal."""
+    fd = os.open(top, _DIR_FLAGS)
+    levels: list[tuple[str, tuple[int, int], list[str]]] = []  # below top: name, identity, subfolders left
+    try:
+        here, subs = _identity(fd), _clear(fd)
+        while True:
+            if subs:
+                name = subs.pop()
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                levels.append((name, here, subs))
+                os.close(fd)
+                fd, here, subs = child, _identity(child), _clear(child)
+                continue
+            if not levels:
+                break
+            name, parent_id, subs = levels.pop()
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd, here = parent, _identity(parent)
+            if here != parent_id:
+                raise OSError(errno.ESTALE, "a folder was moved while its tree was being removed", top)
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(top)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _clear(fd: int) -> list[str]:
+    """Remove the folder's entries other than folders; the names of its folders."""
+    subs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                subs.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return subs
+
