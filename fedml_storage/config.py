@@ -298,6 +298,21 @@ def read_config_file() -> dict[str, Any]:
     return known
 
 
+_TEMP_PREFIX, _TEMP_SUFFIX = ".fedml-storage-config-", ".tmp"
+_TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX))  # as mkstemp names it
+
+
+def _remove_killed_writes(folder: Path) -> None:
+    """Remove the copies writers killed before their rename left (maybe with a key), called under the lock that
+    every writer holds: only files named as they name them, of this user's."""
+    for stale in folder.glob(_TEMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            st = stale.lstat()
+            mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()  # Windows: no owner ids to compare
+            if _TEMP_NAME.fullmatch(stale.name) and stat.S_ISREG(st.st_mode) and mine:
+                stale.unlink()
+
+
 def write_config_file(updates: dict[str, Any]) -> Path:
     """Merge `updates` into the config file (None removes a key), validated, written 0600 atomically; concurrent
     writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""
@@ -327,10 +342,8 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                 data["service"] = settings.service  # as it is used: "S3", not " s3 "
             if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
                 data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
-            for stale in target.parent.glob(".config-*"):  # a writer killed before its rename (it held this lock)
-                with contextlib.suppress(OSError):  # left a copy of the file, maybe with a key: not for long
-                    stale.unlink()
-            fd, tmp = tempfile.mkstemp(prefix=".config-", dir=target.parent)
+            _remove_killed_writes(target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=target.parent)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     with contextlib.suppress(OSError):  # mkstemp's mode is 0600 already; a file system may refuse

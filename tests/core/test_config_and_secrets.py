@@ -97,10 +97,15 @@ def test_login_stores_key_0600_and_never_echoes_it() -> None:
 
 def test_a_login_killed_before_its_rename_leaves_no_copy_of_the_key() -> None:
     assert api.fedml_login(TEST_API_KEY).ok
-    stale = config_path().parent / ".config-k1lled"  # what a writer killed between writing and renaming left
+    folder = config_path().parent
+    stale = folder / ".fedml-storage-config-k1lled_0.tmp"  # what a writer killed before its rename left
     stale.write_text(json.dumps({"api_key": TEST_API_KEY}))
+    others = [folder / ".config-nvim-backup", folder / ".fedml-storage-config-notours.tmp"]  # not named as ours are
+    for other in others:
+        other.write_text("the user's")
     assert api.fedml_login(TEST_API_KEY).ok  # the next writer, holding the lock, removes it
-    assert sorted(p.name for p in config_path().parent.glob(".config-*")) == []
+    assert not stale.exists() and all(other.read_text() == "the user's" for other in others)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".fedml-storage-config-")) == [others[1].name]
 
 
 @pytest.mark.parametrize("key", ["no-colon-here", ":secret-only", "id-only:", "", None, "id:with space"])
