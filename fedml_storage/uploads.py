@@ -111,7 +111,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
                 raise Conflict(f"{name!r} was published and at once replaced by another upload, which removed this "
                                "one's data; upload again if this one should be current")
         now = utc_now()
-        if skipped and (cur is None or cur.current.content_digest != record.content_digest):
+        if skipped and (cur is None or (cur.current.content_digest, cur.current.modes) != (record.content_digest,
+                                                                                        record.modes)):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
         versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
         keep = len(versions) if skipped else settings.keep_versions  # only a content change drops versions

@@ -225,37 +225,6 @@ def test_digest_cache_never_hides_a_change(store: Store, tmp_path: Path) -> None
     assert (Path(down.data) / "sub" / "deeper" / "c.csv").read_text() == "x,y\n9,9\n"
 
 
-def test_a_mode_change_alone_is_a_new_version(store: Store, tmp_path: Path) -> None:
-    src = tmp_path / "tools"
-    src.mkdir()
-    script = src / "run.sh"
-    script.write_text("#!/bin/sh\n")
-    script.chmod(0o644)
-    client = store.client()
-    first = client.upload(src).data
-    script.chmod(0o755)  # the archive keeps modes: the stored folder no longer matches this one
-    second = client.upload(src).data
-    assert not second.skipped and second.version != first.version
-    assert second.content_digest == first.content_digest  # the bytes are the same
-    mask = os.umask(0o022)
-    os.umask(mask)
-    down = Path(client.download("tools", tmp_path / "out").data)
-    assert (down / "run.sh").stat().st_mode & 0o777 == 0o755 & ~mask
-    assert client.upload(src).data.skipped
-
-
-def test_a_folder_stored_before_modes_were_recorded_stays_unchanged(store: Store, tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "legacy")
-    client = store.client()
-    first = client.upload(src).data
-    key = "default/manifests/legacy.json"
-    manifest = json.loads(store.read(key))
-    assert manifest["versions"][0].pop("modes")  # as an earlier release wrote it
-    store.write(key, json.dumps(manifest).encode())
-    again = client.upload(src).data
-    assert again.skipped and again.version == first.version  # no upload of every folder after the upgrade
-
-
 def test_downloads_get_the_usual_permissions(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "perm"
     src.mkdir()

@@ -1,0 +1,71 @@
+"""File modes in folder datasets: the zip keeps them, downloads give them back, so they are part of a version."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fedml_storage.catalog import Catalog
+
+from .conftest import Store, make_tree
+
+
+def test_a_mode_change_alone_is_a_new_version(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "tools"
+    src.mkdir()
+    script = src / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    client = store.client()
+    first = client.upload(src).data
+    script.chmod(0o755)  # the archive keeps modes: the stored folder no longer matches this one
+    second = client.upload(src).data
+    assert not second.skipped and second.version != first.version
+    assert second.content_digest == first.content_digest  # the bytes are the same
+    mask = os.umask(0o022)
+    os.umask(mask)
+    down = Path(client.download("tools", tmp_path / "out").data)
+    assert (down / "run.sh").stat().st_mode & 0o777 == 0o755 & ~mask
+    assert client.upload(src).data.skipped
+
+
+def test_a_folder_stored_before_modes_were_recorded_stays_unchanged(store: Store, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "legacy")
+    client = store.client()
+    first = client.upload(src).data
+    key = "default/manifests/legacy.json"
+    manifest = json.loads(store.read(key))
+    assert manifest["versions"][0].pop("modes")  # as an earlier release wrote it
+    store.write(key, json.dumps(manifest).encode())
+    again = client.upload(src).data
+    assert again.skipped and again.version == first.version  # no upload of every folder after the upgrade
+
+
+def test_a_metadata_only_upload_never_lands_on_a_mode_change_made_meanwhile(store: Store, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    src = tmp_path / "tools"
+    src.mkdir()
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o644)
+    assert store.client().upload(src).ok
+    other = tmp_path / "elsewhere" / "tools"  # the same bytes, executable
+    other.mkdir(parents=True)
+    (other / "run.sh").write_text("#!/bin/sh\n")
+    (other / "run.sh").chmod(0o755)
+    real_commit = Catalog.commit
+    raced: list[bool] = []
+
+    def another_upload_first(self, name, build):
+        if not raced:
+            raced.append(True)
+            assert store.client().upload(other).ok  # publishes a new version between this upload's read and commit
+        return real_commit(self, name, build)
+
+    monkeypatch.setattr(Catalog, "commit", another_upload_first)
+    got = store.client().upload(src, description="re-run")  # unchanged here: only its description would be new
+    assert got.reason == "conflict" and got.retryable, got.message
+    meta = store.client().get_metadata("tools").data
+    assert meta.description != "re-run"  # not written on top of a version whose modes are not this tree's
+    down = Path(store.client().download("tools", tmp_path / "out").data)
+    assert (down / "run.sh").stat().st_mode & 0o100
