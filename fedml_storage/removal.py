@@ -25,7 +25,10 @@ def remove_tree(path: Path | str, ignore_errors: bool = False) -> None:
             raise
     if os.path.lexists(path):
         try:
-            _remove_deep(str(path)) if _FD_BASED else shutil.rmtree(path)
+            if _FD_BASED:
+                _remove_deep(str(path))
+            else:
+                shutil.rmtree(path)
         except (OSError, RecursionError):
             if not ignore_errors:
                 raise
