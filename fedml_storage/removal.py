@@ -18,18 +18,14 @@ def remove_tree(path: Path | str, ignore_errors: bool = False) -> None:
     stack (RecursionError, even with ignore_errors), or the process's open files, or the longest path."""
     try:
         shutil.rmtree(path, ignore_errors=ignore_errors)
-    except RecursionError:
-        pass
-    except OSError as exc:
-        if exc.errno not in _TOO_DEEP:
+    except (RecursionError, OSError) as exc:
+        too_deep = isinstance(exc, RecursionError) or exc.errno in _TOO_DEEP
+        if not (too_deep and (_FD_BASED or ignore_errors)):  # without folder handles there is nothing else to try
             raise
-    if os.path.lexists(path):
+    if _FD_BASED and os.path.lexists(path):
         try:
-            if _FD_BASED:
-                _remove_deep(str(path))
-            else:
-                shutil.rmtree(path)
-        except (OSError, RecursionError):
+            _remove_deep(str(path))
+        except OSError:
             if not ignore_errors:
                 raise
 
