@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .errors import InvalidInput
 from .locks import exclusive_lock
+from .modes import own_plain_file
 
 log = logging.getLogger("fedml_storage")
 
@@ -304,12 +305,11 @@ _TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[a-z0-9_]{8}" + re.escape(_TE
 
 def _remove_killed_writes(folder: Path) -> None:
     """Remove the copies writers killed before their rename left (maybe with a key), called under the lock that
-    every writer holds: only files named as they name them, of this user's."""
+    every writer holds: only files named as they name them, plain and of this user's."""
     for stale in folder.glob(_TEMP_PREFIX + "*"):
         with contextlib.suppress(OSError):
             st = stale.lstat()
-            mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()  # Windows: no owner ids to compare
-            if _TEMP_NAME.fullmatch(stale.name) and stat.S_ISREG(st.st_mode) and mine:
+            if _TEMP_NAME.fullmatch(stale.name) and own_plain_file(st):
                 stale.unlink()
 
 

@@ -1,8 +1,10 @@
-"""The process's umask: the modes new files and folders may get."""
+"""File modes and owners: the process's umask (the modes new files and folders may get), and whether a file is
+one this user's own code could have written."""
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 _UMASK_LOCK = threading.Lock()
@@ -21,3 +23,8 @@ def umask() -> int:
         mask = os.umask(0o077)  # briefly stricter, never looser
         os.umask(mask)
     return mask
+
+
+def own_plain_file(st: os.stat_result) -> bool:
+    """A plain file of this user's with one link (no owner ids on Windows: there, any plain file with one link)."""
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == getattr(os, "geteuid", lambda: st.st_uid)()

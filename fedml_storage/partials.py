@@ -20,6 +20,7 @@ import stat
 import time
 from pathlib import Path
 
+from .modes import own_plain_file
 from .results import human_size
 
 KEEP_SECONDS = 24 * 3600  # a kept prefix not taken up within this time is removed by the next download
@@ -37,7 +38,7 @@ def take(folder: Path, sha256: str, into: Path) -> int:
     kept = folder / sha256
     try:
         st = os.lstat(kept)
-        if time.time() - st.st_mtime >= KEEP_SECONDS or not _ours(st):
+        if time.time() - st.st_mtime >= KEEP_SECONDS or not own_plain_file(st):
             return 0
         os.utime(kept)  # it becomes a fresh temp file of `into`'s folder, not an old one a sweep would remove
         os.rename(kept, into)  # atomic: of two downloads of the same data, one gets it, the other starts afresh
@@ -115,7 +116,7 @@ def keep_killed(folder: Path, sha256: str, part: Path) -> None:
         st = os.lstat(part)
     except OSError:
         return
-    if _ours(st):
+    if own_plain_file(st):
         keep(folder, sha256, part, min(note[1], st.st_size))
 
 
@@ -133,11 +134,6 @@ def _read_note(path: Path) -> tuple[str, int] | None:
     finally:
         os.close(fd)
     return (found[1].decode(), int(found[2])) if found else None
-
-
-def _ours(st: os.stat_result) -> bool:
-    """A plain file of this user's with one link: what a download of this user's writes."""
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == getattr(os, "geteuid", lambda: st.st_uid)()
 
 
 def sweep(folder: Path) -> None:
