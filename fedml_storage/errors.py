@@ -45,6 +45,12 @@ class Conflict(StorageFailure):
     reason = Reason.CONFLICT
 
 
+class Unsupported(StorageFailure):
+    """The store does not implement what a request needs (S3 NotImplemented): retrying does not help."""
+
+    reason = Reason.NOT_CONFIGURED
+
+
 class PreconditionFailed(Exception):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 

@@ -25,6 +25,7 @@ class CuttingProxy:
         self.request_heads: list[bytes] = []
         self._rewrites: list[tuple[bytes, bytes, bytes]] = []
         self._hooks: list[tuple[re.Pattern[bytes], Callable[[], object]]] = []
+        self._answers: list[tuple[re.Pattern[bytes], bytes]] = []
         self.rewritten = 0  # the head (request line and headers) of every request seen
         self.cut = 0  # connections cut so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
@@ -82,6 +83,10 @@ class CuttingProxy:
                             self._hooks.remove(hook)
                     if hook is not None:
                         hook[1]()
+                    if (answer := self._answer_for(conn["request"])) is not None:
+                        _skip_body(src, data)
+                        src.sendall(answer)
+                        continue  # the server never sees this request
                 if down and re.match(rb"HTTP/1\.. [2-5]", data):
                     data = self._rewritten(conn["request"], data)
                     if self._cut_headers_now(conn["request"], data, dst):
@@ -107,6 +112,22 @@ class CuttingProxy:
                 s.close()
             except OSError:
                 pass
+
+    def answer(self, pattern: bytes, status: str, code: str, message: str, times: int = 1) -> None:
+        """Answer the next `times` requests whose head matches `pattern` with an S3 error, instead of the server
+        (a store without the feature the request asks for)."""
+        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                "</Error>").encode()
+        head = f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+        with self._lock:
+            self._answers.extend([(re.compile(pattern), head.encode() + body)] * times)
+
+    def _answer_for(self, request: bytes) -> bytes | None:
+        with self._lock:
+            rule = next((r for r in self._answers if r[0].search(request)), None)
+            if rule is not None:
+                self._answers.remove(rule)
+        return None if rule is None else rule[1]
 
     def rewrite_answer(self, request_part: str, pattern: bytes, replacement: bytes) -> None:
         """Rewrite (once) the head of the answer to the next request whose line or headers hold `request_part`."""
@@ -137,3 +158,12 @@ class CuttingProxy:
         time.sleep(rule[2])
         dst.shutdown(socket.SHUT_WR)  # a clean close, not a reset
         return True
+
+
+def _skip_body(src: socket.socket, data: bytes) -> None:
+    """Read and drop the rest of the request whose first bytes are `data` (by its Content-Length)."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    left = (int(length.group(1)) if length else 0) - len(body)
+    while left > 0 and (chunk := src.recv(min(left, 65536))):
+        left -= len(chunk)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import time
 from collections.abc import Iterator
@@ -11,33 +10,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 import botocore.exceptions
-import urllib3.exceptions
 from s3transfer.futures import TransferFuture
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from ..config import StorageSettings
-from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, StorageFailure, TransientError
+from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError, Unsupported
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
-from .responses import IncompleteResponse, malformed, register as check_responses
+from .responses import register as check_responses
 from .s3_client import s3_client
+from .s3_errors import MISSING_CODES, translate as _translate
 
 log = logging.getLogger("fedml_storage")
 
 IO_CHUNK = 1024 * 1024
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
-
-_SETUP_ERRORS = (  # settings that can never work: retrying does not help
-    botocore.exceptions.ParamValidationError,
-    botocore.exceptions.PartialCredentialsError,
-    botocore.exceptions.NoRegionError,
-    botocore.exceptions.InvalidRegionError,
-)
-
-
 class _Progress(BaseSubscriber):
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
@@ -72,6 +59,7 @@ class S3Store(ObjectStore):
         self._download_threshold = settings.download_threshold
         self._stream_min_rate = settings.stream_min_rate
         self._transfers: TransferManager | None = None
+        self._conditional_deletes = True  # until the store refuses one
         self._location = f"{endpoint.rstrip('/')}/{self.bucket}" if endpoint else f"s3://{self.bucket}"
 
     def _manager(self) -> TransferManager:
@@ -210,7 +198,7 @@ class S3Store(ObjectStore):
         if if_absent:
             kwargs["IfNoneMatch"] = "*"
         try:
-            with _translate(key, self._location, conditional=True):
+            with _translate(key, self._location, conditional=bool(kwargs)):
                 resp = self._client.put_object(
                     Bucket=self.bucket, Key=key, Body=data, ContentType="application/json", **kwargs
                 )
@@ -234,12 +222,32 @@ class S3Store(ObjectStore):
                     yield ObjectInfo(item["Key"], item["Size"], item.get("ETag"), item["LastModified"].timestamp())
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
+        if if_match is not None and not self._conditional_deletes:
+            return self._delete_if_unchanged(key, if_match)
         kwargs = {"IfMatch": if_match} if if_match is not None else {}
         try:
-            with _translate(key, self._location, conditional=True):
+            with _translate(key, self._location, conditional=bool(kwargs)):
                 self._client.delete_object(Bucket=self.bucket, Key=key, **kwargs)
         except ObjectMissing:
             pass
+        except Unsupported:
+            if if_match is None:
+                raise
+            # AWS took If-Match on deletes only in 2025; older stores refuse it (others ignore it)
+            log.info("%s refuses conditional deletes; each delete checks the object's etag first instead",
+                     self._location)
+            self._conditional_deletes = False
+            self._delete_if_unchanged(key, if_match)
+
+    def _delete_if_unchanged(self, key: str, if_match: str) -> None:
+        """A delete after checking the etag, where the store has no conditional delete: a writer in between
+        the two requests has its new object removed (what a store that ignores If-Match does every time)."""
+        info = self.head(key)
+        if info is None:
+            return
+        if info.etag != if_match:
+            raise PreconditionFailed(key)
+        self.delete(key)
 
     def delete_many(self, keys: list[str]) -> list[str]:
         failed: list[str] = []
@@ -248,7 +256,7 @@ class S3Store(ObjectStore):
             if batch:
                 with _translate(batch[0]["Key"], self._location):
                     resp = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-                failed += [e["Key"] for e in resp.get("Errors", []) if e.get("Code") not in _MISSING]
+                failed += [e["Key"] for e in resp.get("Errors", []) if e.get("Code") not in MISSING_CODES]
         return failed
 
     def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
@@ -307,55 +315,3 @@ def _short_object(key: str, size: int, actual: int | None) -> IntegrityError:
     found = "smaller" if actual is None else f"{actual} bytes"
     return IntegrityError(f"the stored data {key!r} is corrupt: it is {found}, not the {size} bytes its manifest "
                           "records; upload the dataset again")
-
-
-class _translate:
-    """Context manager mapping botocore errors to the core's errors, with advice and no secrets."""
-
-    def __init__(self, key: str, location: str, conditional: bool = False) -> None:
-        self.key, self.location, self.conditional = key, location, conditional
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
-            return False
-        if isinstance(exc, botocore.exceptions.NoCredentialsError):
-            raise NotConfigured(
-                "no storage credentials found; run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), "
-                "pass api_key=... or set FEDML_STORAGE_API_KEY"
-            ) from None
-        if isinstance(exc, botocore.exceptions.ReadTimeoutError):  # before the broad transport check below
-            raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
-                                 "overloaded: try again, or raise read_timeout for a slow endpoint") from None
-        if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
-                            ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
-            raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
-        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
-            raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
-                                 "endpoint_url (or r2_account_id) and the network") from None
-        if isinstance(exc, botocore.exceptions.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
-                raise PreconditionFailed(self.key) from None
-            if code == "NoSuchBucket":
-                raise NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket") from None
-            if code in _MISSING:
-                raise ObjectMissing(self.key) from None
-            if code in _DENIED:
-                raise AccessDenied(
-                    f"access denied by {self.location} ({code}); check the API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY) "
-                    "and that it may read and write this bucket"
-                ) from None
-            if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
-                raise TransientError(f"storage service busy or failing ({code or status}) at {self.location}") from None
-            raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
-        if isinstance(exc, _SETUP_ERRORS):
-            raise NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
-                                "fix the setting it names (retrying will not help)") from None
-        if isinstance(exc, botocore.exceptions.BotoCoreError):
-            raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
-        return False

@@ -175,7 +175,7 @@ def test_uploads_do_not_wait_for_100_continue(s3_store: Store, proxy: CuttingPro
 def test_an_answer_botocore_cannot_parse_is_retryable() -> None:
     from botocore.utils import parse_timestamp
 
-    from fedml_storage.backends.s3 import _translate
+    from fedml_storage.backends.s3_errors import translate as _translate
     from fedml_storage.errors import TransientError
 
     with pytest.raises(TransientError, match="broke"), _translate("k", "s3://b"):

@@ -1,0 +1,87 @@
+"""botocore's errors mapped to the core's, with advice and no secrets."""
+
+from __future__ import annotations
+
+import http.client
+
+import botocore.exceptions
+import urllib3.exceptions
+
+from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFailure, TransientError, Unsupported
+from .base import ObjectMissing
+from .responses import IncompleteResponse, malformed
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_UNSUPPORTED = {"NotImplemented", "501"}
+_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
+
+_SETUP_ERRORS = (  # settings that can never work: retrying does not help
+    botocore.exceptions.ParamValidationError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.NoRegionError,
+    botocore.exceptions.InvalidRegionError,
+)
+
+
+class translate:
+    """Context manager mapping botocore errors to the core's errors, with advice and no secrets."""
+
+    def __init__(self, key: str, location: str, conditional: bool = False) -> None:
+        self.key, self.location, self.conditional = key, location, conditional
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
+            return False
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            raise NotConfigured(
+                "no storage credentials found; run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), "
+                "pass api_key=... or set FEDML_STORAGE_API_KEY"
+            ) from None
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):  # before the broad transport check below
+            raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
+                                 "overloaded: try again, or raise read_timeout for a slow endpoint") from None
+        if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                            ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
+            raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
+        if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
+            raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
+                                 "endpoint_url (or r2_account_id) and the network") from None
+        if isinstance(exc, botocore.exceptions.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
+                raise PreconditionFailed(self.key) from None
+            if code in _UNSUPPORTED or status == 501:
+                raise Unsupported(self._unsupported(err.get("Message", ""))) from None
+            if code == "NoSuchBucket":
+                raise NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket") from None
+            if code in MISSING_CODES:
+                raise ObjectMissing(self.key) from None
+            if code in _DENIED:
+                raise AccessDenied(
+                    f"access denied by {self.location} ({code}); check the API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY) "
+                    "and that it may read and write this bucket"
+                ) from None
+            if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
+                raise TransientError(f"storage service busy or failing ({code or status}) at {self.location}") from None
+            raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
+        if isinstance(exc, _SETUP_ERRORS):
+            raise NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
+                                "fix the setting it names (retrying will not help)") from None
+        if isinstance(exc, botocore.exceptions.BotoCoreError):
+            raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
+        return False
+
+    def _unsupported(self, message: str) -> str:
+        said = f" ({message})" if message else ""
+        if self.conditional:
+            return (f"{self.location} does not support conditional writes (If-Match / If-None-Match){said}, which "
+                    "fedml-storage needs so that two writers of one name never mix; use a store that supports them "
+                    "(AWS S3, Cloudflare R2 and recent MinIO and Ceph releases do)")
+        return (f"{self.location} does not implement a request fedml-storage made for {self.key!r}{said}; retrying "
+                "will not help")
