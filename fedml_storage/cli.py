@@ -232,6 +232,23 @@ def delete(obj: Ctx, name: str, yes: bool) -> None:
     click.echo(f"deleted {name!r}")
 
 
+@cli.command()
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=3600, show_default=True,
+              help="Grace period in seconds: longer than any upload running meanwhile (0 only when none runs).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def cleanup(obj: Ctx, older_than: float, as_json: bool) -> None:
+    """Remove what interrupted uploads left (never published data)."""
+    counts = _finish(obj.client().cleanup(older_than_seconds=older_than))
+    if as_json:
+        _emit(counts)
+    else:
+        click.echo(f"removed {counts['orphaned_objects_removed']} unreferenced object(s) and "
+                   f"{counts['incomplete_uploads_removed']} incomplete upload(s)")
+    if counts["objects_not_removed"]:  # the core's warning said which
+        sys.exit(EXIT_FAILURE)
+
+
 def main() -> None:
     """Console entry point."""
     debug = "--debug" in sys.argv
