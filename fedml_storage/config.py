@@ -211,17 +211,22 @@ class StorageSettings(BaseModel):
         unknown = set(overrides) - set(cls.model_fields)
         if unknown:
             raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
-        values: dict[str, Any] = read_config_file()
+        values: dict[str, Any] = {k: v for k, v in read_config_file().items() if not _unset(v)}
         sources = dict.fromkeys(values, str(config_path()))
         for field in cls.model_fields:
             env = os.environ.get(ENV_PREFIX + field.upper())
-            if env is not None and env != "":
+            if not _unset(env):
                 values[field], sources[field] = env, ENV_PREFIX + field.upper()
         _warn_unknown_variables()
-        given = {k: v for k, v in overrides.items() if v is not None}
+        given = {k: v for k, v in overrides.items() if not _unset(v)}
         values.update(given)
         sources.update(dict.fromkeys(given, origin))
         return validate_settings(values, sources, origin)
+
+
+def _unset(value: Any) -> bool:
+    """None or a blank string (an empty variable, a form field left empty): the next source decides."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 # The settings a framework may hold in plain fields (connection extras, block fields); the API key is a secret.
@@ -314,8 +319,8 @@ def _remove_killed_writes(folder: Path) -> None:
 
 
 def write_config_file(updates: dict[str, Any]) -> Path:
-    """Merge `updates` into the config file (None removes a key), validated, written 0600 atomically; concurrent
-    writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""
+    """Merge `updates` into the config file (None or blank removes a key), validated, written 0600 atomically;
+    concurrent writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""
     unknown = set(updates) - set(StorageSettings.model_fields)
     if unknown:
         raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(StorageSettings.model_fields)}")
@@ -332,7 +337,7 @@ def write_config_file(updates: dict[str, Any]) -> Path:
         with exclusive_lock(target.parent / ".config.lock"):
             data = read_config_file()
             for key, value in updates.items():
-                if value is None:
+                if _unset(value):
                     data.pop(key, None)
                 else:
                     data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value

@@ -33,6 +33,26 @@ def test_resolution_order_arguments_then_env_then_file(monkeypatch) -> None:
     assert (s.bucket, s.namespace) == ("from-arg", "filens")
 
 
+def test_a_blank_value_is_unset_wherever_it_comes_from(monkeypatch, tmp_path: Path) -> None:
+    """An empty form field or variable, a blank argument or a blank saved value: the next source decides."""
+    assert api.configure(service="S3", namespace="team", bucket="datasets").ok
+    monkeypatch.setenv("FEDML_STORAGE_NAMESPACE", "   ")
+    monkeypatch.setenv("FEDML_STORAGE_SERVICE", "")
+    s = StorageSettings.resolve(service=" ", namespace="", bucket="\t")
+    assert (s.service, s.namespace, s.bucket) == ("S3", "team", "datasets")
+    assert api.configure(service="", namespace=" ").ok  # clears them, as None does
+    saved = json.loads(config_path().read_text())
+    assert "service" not in saved and "namespace" not in saved and saved["bucket"] == "datasets"
+    s = StorageSettings.resolve()
+    assert (s.service, s.namespace) == ("LOCAL", "default")
+    config_path().write_text(json.dumps({**saved, "service": "", "namespace": ""}))  # edited by hand
+    assert StorageSettings.resolve().namespace == "default"
+    (tmp_path / "f.txt").write_text("x")
+    with StorageClient(service="", namespace="  ") as client:  # a blank argument to an API call
+        assert client.upload(str(tmp_path / "f.txt")).ok
+        assert client.settings.namespace == "default" and client.settings.service == "LOCAL"
+
+
 def test_configured_local_root_is_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert api.configure(local_root="stores/team").ok
