@@ -190,7 +190,8 @@ class StorageClient:
             catalog = self._catalog()
             return [self._metadata(catalog, m) for m in catalog.list(self._ensure_settings().concurrency)]
 
-        return self._run("listing stored data", run, lambda items: f"{len(items)} stored object(s)")
+        return self._run("listing stored data", run,
+                         lambda items: f"{len(items)} stored object(s){'' if items else self._default_service_hint()}")
 
     def exists(self, data_name: str) -> FedMLResponse:
         """Whether a name is stored; data is a bool."""

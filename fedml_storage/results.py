@@ -78,7 +78,7 @@ class UploadResult(_Detailed):
         if self.skipped:
             line = f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
         else:
-            rate = self.size / self.seconds / 1e6 if self.seconds else 0.0
+            rate = self.size / self.seconds / (1 << 20) if self.seconds else 0.0  # in the size's MB (1024 KB)
             line = (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate:.1f} MB/s, "
                     f"version {self.version}) to {self.uri}")
         if self.left_out:

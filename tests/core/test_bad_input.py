@@ -345,6 +345,9 @@ def test_a_name_missing_from_the_default_local_store_points_at_the_configured_bu
     assert response.reason == "not_found" and "pass service='R2' or 'S3'" in response.message, response.message
     assert api.get_storage_metadata("d", service="S3").ok
     assert "pass service=" not in api.get_storage_metadata("nothere", service="LOCAL").message
+    empty = api.list_storage_objects()  # the default LOCAL store holds nothing: the list says where to look
+    assert empty.ok and empty.data == [] and "pass service='R2' or 'S3'" in empty.message, empty.message
+    assert "pass service=" not in api.list_storage_objects(service="S3").message
 
 
 def test_an_upload_that_fills_the_disk_leaves_the_store_as_it_was(small_disk: Path, tmp_path: Path) -> None:

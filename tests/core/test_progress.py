@@ -43,3 +43,11 @@ def test_progress_counts_are_exact(store: Store, tmp_path: Path, monkeypatch, ca
     out, err = capsys.readouterr()
     assert "Packing tree" in out and "Packing tree" not in err
     assert "Uploading Package to Remote Storage" in err
+
+
+def test_the_upload_line_gives_its_rate_in_the_units_of_its_size() -> None:
+    from fedml_storage.results import UploadResult
+
+    line = UploadResult("s3://b/k", name="mnist", size=int(52.10 * (1 << 20)), seconds=1.42, version="v1",
+                        skipped=False, uri="s3://b/k").summary()
+    assert "(52.10 MB in 1.42 s, 36.7 MB/s, version v1)" in line  # 52.10 / 1.42, as a reader checks it
