@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from .errors import InvalidInput
+from .errors import InvalidInput, NotConfigured
 from .locks import exclusive_lock
 from .modes import own_plain_file
 
@@ -221,7 +221,16 @@ class StorageSettings(BaseModel):
         given = {k: v for k, v in overrides.items() if not _unset(v)}
         values.update(given)
         sources.update(dict.fromkeys(given, origin))
+        remote = sorted(k for k in _REMOTE_ONLY if k in given)
+        if remote and "service" not in sources:  # e.g. a block or connection that names a bucket but no service
+            raise NotConfigured(
+                f"{origin} sets {' and '.join(remote)} but no service, and none is configured: the default, LOCAL, "
+                f"would ignore {'it' if len(remote) == 1 else 'them'} and keep the data on this machine. Set "
+                "service='S3' (AWS or another S3-compatible store) or 'R2' there, or 'LOCAL' if that is meant")
         return validate_settings(values, sources, origin)
+
+
+_REMOTE_ONLY = ("bucket", "endpoint_url", "r2_account_id")  # settings LOCAL has no use for
 
 
 def _unset(value: Any) -> bool:

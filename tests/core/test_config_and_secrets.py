@@ -23,9 +23,9 @@ KEY_ID = TEST_API_KEY.split(":", 1)[0]
 
 
 def test_resolution_order_arguments_then_env_then_file(monkeypatch) -> None:
-    assert api.configure(bucket="from-file", namespace="filens", region="eu-west-1").ok
+    assert api.configure(service="S3", bucket="from-file", namespace="filens", region="eu-west-1").ok
     s = StorageSettings.resolve()
-    assert (s.bucket, s.namespace, s.region, s.service) == ("from-file", "filens", "eu-west-1", "LOCAL")
+    assert (s.bucket, s.namespace, s.region, s.service) == ("from-file", "filens", "eu-west-1", "S3")
     monkeypatch.setenv("FEDML_STORAGE_BUCKET", "from-env")
     s = StorageSettings.resolve()
     assert (s.bucket, s.namespace) == ("from-env", "filens")
@@ -51,6 +51,22 @@ def test_a_blank_value_is_unset_wherever_it_comes_from(monkeypatch, tmp_path: Pa
     with StorageClient(service="", namespace="  ") as client:  # a blank argument to an API call
         assert client.upload(str(tmp_path / "f.txt")).ok
         assert client.settings.namespace == "default" and client.settings.service == "LOCAL"
+
+
+def test_store_settings_without_any_service_are_refused_not_used_on_local(tmp_path: Path) -> None:
+    """A block or connection naming a bucket but no service would otherwise keep the data on the worker's disk."""
+    (tmp_path / "f.txt").write_text("x")
+    with StorageClient(origin="the FedMLStorage block 'prod'", bucket="prod-datasets", region="eu-west-1") as c:
+        response = c.upload(str(tmp_path / "f.txt"))
+    assert response.code == ResponseCode.FAILURE and response.reason == "not_configured"
+    assert "the FedMLStorage block 'prod' sets bucket but no service" in response.message
+    assert "service='S3'" in response.message
+    assert not (config_path().parent / "store").exists()  # nothing went to the LOCAL store
+    with StorageClient(r2_account_id="0" * 32, endpoint_url="http://127.0.0.1:9") as c:
+        assert "sets endpoint_url and r2_account_id but no service" in c.upload(str(tmp_path / "f.txt")).message
+    # a service given anywhere decides, LOCAL too
+    with StorageClient(service="LOCAL", bucket="prod-datasets") as c:
+        assert c.upload(str(tmp_path / "f.txt")).ok
 
 
 def test_configured_local_root_is_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
