@@ -67,6 +67,12 @@ class FedMLStorageHook(BaseHook):
                 ) from None
             self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
+        unused = [field for field in ("host", "schema", "port") if getattr(conn, field, None)]
+        if unused:  # e.g. fedml-storage://KEY:SECRET@minio:9000/...: silently dropped, calls would go to AWS
+            raise FedMLStorageFailException(
+                f"Airflow connection {self.fedml_storage_conn_id!r} sets {', '.join(unused)}, which fedml-storage "
+                "does not use: put the endpoint in extra endpoint_url (e.g. http://minio:9000) and the bucket in "
+                "extra bucket", "invalid_input", False)
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
         settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()
                     if v not in (None, "")}
@@ -74,9 +80,16 @@ class FedMLStorageHook(BaseHook):
         if problem:
             raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "
                                             "its extra (the API key is its password)", "invalid_input", False)
+        if conn.login and not conn.password:
+            raise FedMLStorageFailException(
+                f"Airflow connection {self.fedml_storage_conn_id!r} has a login but no password: put the secret "
+                "access key in its password (or the whole ACCESS_KEY_ID:SECRET_ACCESS_KEY there, login empty)",
+                "invalid_input", False)
         if conn.password:
             password = conn.password
-            settings["api_key"] = password if ":" in password or not conn.login else f"{conn.login}:{password}"
+            # With a login, the password is the secret (or SECRET:SESSION_TOKEN): never sent as a key id.
+            settings["api_key"] = password if not conn.login or password.startswith(f"{conn.login}:") \
+                else f"{conn.login}:{password}"
         return settings
 
     def get_client(self) -> StorageClient:

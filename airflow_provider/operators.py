@@ -78,7 +78,7 @@ class FedMLStorageUploadOperator(_StorageOperator):
     """
 
     template_fields: Sequence[str] = ("data_path", "name", "description", "metadata", "tag_list", "service",
-                                      "namespace")
+                                      "namespace", "fedml_storage_conn_id")
     template_fields_renderers = {"metadata": "json"}
 
     def __init__(self, *, data_path: str, name: str | None = None, description: str | None = None,
@@ -150,7 +150,7 @@ class FedMLStorageDownloadOperator(_StorageOperator):
     templated; the run reports the dataset read to Airflow's hook lineage in any case.
     """
 
-    template_fields: Sequence[str] = ("name", "dest_path", "version", "service", "namespace")
+    template_fields: Sequence[str] = ("name", "dest_path", "version", "service", "namespace", "fedml_storage_conn_id")
 
     def __init__(self, *, name: str, dest_path: str | None = None, version: str | None = None,
                  **kwargs: Any) -> None:
@@ -176,7 +176,7 @@ class FedMLStorageDeleteOperator(_StorageOperator):
     went through succeeds; `missing_ok=False` fails the task instead.
     """
 
-    template_fields: Sequence[str] = ("name", "service", "namespace")
+    template_fields: Sequence[str] = ("name", "service", "namespace", "fedml_storage_conn_id")
 
     def __init__(self, *, name: str, missing_ok: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -191,7 +191,7 @@ class FedMLStorageDeleteOperator(_StorageOperator):
 class FedMLStorageListOperator(_StorageOperator):
     """List stored datasets; XCom: a list of metadata dicts."""
 
-    template_fields: Sequence[str] = ("service", "namespace")
+    template_fields: Sequence[str] = ("service", "namespace", "fedml_storage_conn_id")
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with self.hook() as hook:
@@ -203,7 +203,7 @@ class FedMLStorageListOperator(_StorageOperator):
 class FedMLStorageMetadataOperator(_StorageOperator):
     """Read a dataset's stored metadata (or only the user-defined dict); XCom: a dict."""
 
-    template_fields: Sequence[str] = ("name", "service", "namespace")
+    template_fields: Sequence[str] = ("name", "service", "namespace", "fedml_storage_conn_id")
 
     def __init__(self, *, name: str, user_defined_only: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

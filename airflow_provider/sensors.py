@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue, conf
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
 from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger
@@ -22,7 +23,8 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
     credentials fail the task.
     """
 
-    template_fields: Sequence[str] = ("name", "metadata_key", "metadata_value", "version", "service", "namespace")
+    template_fields: Sequence[str] = ("name", "metadata_key", "metadata_value", "version", "service", "namespace",
+                                      "fedml_storage_conn_id")
 
     def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
                  version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
@@ -54,7 +56,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        done = self.poke(context)
+        done = self._first_poke(context)
         if done:
             return done.xcom_value
         self.defer(
@@ -64,10 +66,30 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
             timeout=timedelta(seconds=_seconds(self.timeout)),
         )
 
+    def _first_poke(self, context: Context) -> PokeReturnValue:
+        """The check before deferring, with soft_fail / never_fail / silent_fail as the poking loop applies them."""
+        try:
+            return self.poke(context)
+        except AirflowFailException as exc:
+            if self.soft_fail or self.never_fail:
+                raise AirflowSkipException(f"Skipping ({'soft' if self.soft_fail else 'never'}_fail): {exc}") from exc
+            raise
+        except AirflowSkipException:
+            raise
+        except Exception as exc:
+            if self.silent_fail:
+                self.log.error("Sensor poke failed: %s", exc)
+                return PokeReturnValue(False)
+            if self.never_fail:
+                raise AirflowSkipException(f"Skipping (never_fail): {exc}") from exc
+            raise
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resumes after the trigger fired: what it saw (as poke's XCom), or fail with the trigger's message."""
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "the dataset trigger ended without an event")
+            if (event or {}).get("retryable"):
+                raise FedMLStorageException(message, None, retryable=True)
             raise FedMLStorageFailException(message, None, retryable=False)
         self.log.info("%s", event["message"])
         return _seen(event.get("name", self.name), event.get("version"), event.get("sha256"))

@@ -53,8 +53,9 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                         yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                         return
                     self.log.warning(UNREACHABLE, w["name"], self.poke_interval, exc)
-                except Exception as exc:  # e.g. a connection lookup that failed: the task fails with it
-                    yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
+                except Exception as exc:  # unexpected (e.g. a secrets backend down): the task fails, and may retry
+                    yield TriggerEvent({"status": "error", "name": w["name"], "retryable": True,
+                                        "message": f"{type(exc).__name__}: {exc}"})
                     return
                 else:
                     if seen.ready:

@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 from .backends import ObjectStore, open_store
 from .catalog import VERSION_ID, Catalog, Manifest
-from .config import StorageSettings, read_config_file, storage_home, validate_settings
+from .config import StorageSettings, read_config_file, storage_home, validate_settings, without_userinfo
 from .digests import DigestCache
 from .downloads import download as _download
-from .errors import NotFound, to_response
+from .errors import InvalidInput, NotFound, to_response
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
 from .results import Readiness, StorageMetadata, asset_uri, human_size
 from .uploads import UploadRequest
@@ -40,6 +40,8 @@ class StorageClient:
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in self._overrides.items() if k != "api_key"}
+        if isinstance(shown.get("endpoint_url"), str):  # a URL with user:secret@ is refused, but shown as given
+            shown["endpoint_url"] = without_userinfo(shown["endpoint_url"])
         return f"StorageClient({shown})"
 
     # -- resolution ---------------------------------------------------------
@@ -209,6 +211,12 @@ class StorageClient:
 
         def run() -> Readiness:
             name = check_name(data_name)
+            if metadata_key is None and metadata_value is not None:
+                raise InvalidInput(f"metadata_value {metadata_value!r} needs metadata_key, the user-metadata key that "
+                                   "should hold it")
+            if metadata_key is not None and (not isinstance(metadata_key, str) or not metadata_key.strip()):
+                raise InvalidInput("metadata_key is empty (a template that rendered empty?): name the user-metadata key "
+                                   "to wait for, or pass None to wait for the dataset alone")
             found = self._catalog().read(name)  # one read: the name and its metadata from the same manifest
             if found is None:
                 return Readiness(False, f"dataset {name!r} not stored yet")

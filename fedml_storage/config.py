@@ -230,6 +230,14 @@ class StorageSettings(BaseModel):
         return validate_settings(values, sources, origin)
 
 
+def without_userinfo(url: str) -> str:
+    """`url` with any user:secret@ part masked, for display (endpoint_url refuses one, but a repr shows input)."""
+    if "@" not in url:
+        return url
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)  # an endpoint has no other '@': mask up to the last
+    return (scheme.group(0) if scheme else "") + "****@" + url.rpartition("@")[2]
+
+
 _REMOTE_ONLY = ("bucket", "endpoint_url", "r2_account_id")  # settings LOCAL has no use for
 
 

@@ -1,0 +1,141 @@
+"""Connections that would send data or secrets somewhere unintended, and sensor arguments that could never be met
+(found by a review against the amazon provider, helper-47)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from airflow_provider.hook import FedMLStorageException, FedMLStorageHook
+from airflow_provider.sensors import FedMLStorageDatasetSensor
+from airflow_provider.triggers import FedMLStorageDatasetTrigger
+from tests.conftest import TEST_API_KEY
+from tests.cutting_proxy import CuttingProxy
+
+KEY_ID, SECRET = TEST_API_KEY.split(":", 1)
+
+
+@pytest.fixture(autouse=True)
+def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[CuttingProxy]:
+    url = urlsplit(moto_endpoint)
+    proxy = CuttingProxy((url.hostname, url.port))
+    yield proxy
+    proxy.close()
+
+
+def _connect(monkeypatch: pytest.MonkeyPatch, **conn: object) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({"conn_type": "fedml_storage", **conn}))
+
+
+def test_a_login_with_a_session_token_in_the_password_never_sends_the_secret(
+        monkeypatch: pytest.MonkeyPatch, proxy: CuttingProxy, s3_bucket: str, tmp_path: Path) -> None:
+    """login = key id, password = SECRET:SESSION_TOKEN: the secret was taken for the key id and sent in clear."""
+    _connect(monkeypatch, login=KEY_ID, password=f"{SECRET}:session-token-123",
+             extra={"service": "S3", "bucket": s3_bucket, "endpoint_url": proxy.endpoint, "region": "us-east-1"})
+    assert FedMLStorageHook().settings_from_connection()["api_key"] == f"{KEY_ID}:{SECRET}:session-token-123"
+    (tmp_path / "f.txt").write_text("x")
+    FedMLStorageHook().upload(str(tmp_path / "f.txt"))
+    heads = b"\n".join(proxy.request_heads)
+    assert f"Credential={KEY_ID}/".encode() in heads and b"session-token-123" in heads
+    assert SECRET.encode() not in heads
+    _connect(monkeypatch, login=KEY_ID, password=TEST_API_KEY)  # the whole key in the password too: taken as is
+    assert FedMLStorageHook().settings_from_connection()["api_key"] == TEST_API_KEY
+
+
+@pytest.mark.parametrize("conn", [
+    {"host": "minio", "port": 9000, "extra": {"service": "S3", "bucket": "b"}},
+    {"schema": "mybucket", "extra": {"service": "S3"}},
+], ids=["host-and-port", "schema"])
+def test_host_schema_and_port_are_refused_not_dropped(monkeypatch: pytest.MonkeyPatch, conn: dict) -> None:
+    """Dropped, they sent the calls (and the key) to AWS instead of the MinIO the user meant."""
+    _connect(monkeypatch, password=TEST_API_KEY, **conn)
+    with pytest.raises(AirflowFailException, match="put the endpoint in extra endpoint_url") as refused:
+        FedMLStorageHook().list()
+    assert SECRET not in str(refused.value)
+    uri = f"fedml-storage://{KEY_ID}:{quote(SECRET, safe='')}@minio:9000/?service=S3&bucket=b"
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", uri)
+    with pytest.raises(AirflowFailException, match="sets host, port"):
+        FedMLStorageHook().list()
+
+
+def test_a_login_without_a_password_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    _connect(monkeypatch, login=KEY_ID, extra={"service": "S3", "bucket": "b"})
+    with pytest.raises(AirflowFailException, match="has a login but no password"):
+        FedMLStorageHook().list()  # it fell back to whatever credentials the worker had
+
+
+def test_a_connection_with_a_bucket_but_no_service_fails_instead_of_storing_locally(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_home: Path) -> None:
+    _connect(monkeypatch, password=TEST_API_KEY, extra={"bucket": "prod-datasets", "region": "eu-west-1"})
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(AirflowFailException, match="'fedml_storage_default' or the task's arguments sets bucket but "
+                                                   "no service") as refused:
+        FedMLStorageHook().upload(str(tmp_path / "f.txt"))
+    assert refused.value.reason == "not_configured" and not (isolated_home / "store").exists()
+
+
+def test_the_clients_repr_masks_credentials_typed_into_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    _connect(monkeypatch, extra={"service": "S3", "bucket": "b", "endpoint_url": f"http://{KEY_ID}:{SECRET}@minio"})
+    shown = repr(FedMLStorageHook().get_conn())
+    assert SECRET not in shown and "http://****@minio" in shown
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    (None, "done", "metadata_value 'done' needs metadata_key"),
+    ("", None, "metadata_key is empty"),
+    ("  ", "done", "metadata_key is empty"),
+])
+def test_sensor_arguments_that_can_never_be_met_fail_the_task(tmp_path: Path, key: str | None, value: str | None,
+                                                              words: str) -> None:
+    """A value without a key was ignored (the sensor passed at once); an empty key waited for ever."""
+    (tmp_path / "ds").mkdir()
+    FedMLStorageHook().upload(str(tmp_path / "ds"), metadata={"status": "running"})
+    sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds", metadata_key=key, metadata_value=value)
+    with pytest.raises(AirflowFailException, match=words):
+        sensor.poke({})
+
+
+@pytest.mark.parametrize("mode", ["soft_fail", "never_fail"])
+def test_a_deferrable_sensor_that_cannot_work_skips_with_soft_fail(mode: str) -> None:
+    """The check before deferring bypassed soft_fail / never_fail: the task failed where poke mode skipped."""
+    sensor = FedMLStorageDatasetSensor(task_id="wait", name="../escape", deferrable=True, **{mode: True})
+    with pytest.raises(AirflowSkipException, match="name"):
+        sensor.execute({})
+    strict = FedMLStorageDatasetSensor(task_id="wait", name="../escape", deferrable=True)
+    with pytest.raises(AirflowFailException):
+        strict.execute({})
+
+
+def test_an_unexpected_error_in_the_trigger_lets_airflow_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Such as a secrets backend down while the connection is looked up: it failed the task for good."""
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("secrets backend unavailable")
+
+    monkeypatch.setattr(FedMLStorageHook, "readiness", broken)
+    trigger = FedMLStorageDatasetTrigger(name="ds", poke_interval=0.1)
+
+    async def first() -> dict:
+        events = trigger.run()
+        try:
+            return (await asyncio.wait_for(anext(events), 30)).payload
+        finally:
+            await events.aclose()
+
+    event = asyncio.run(first())
+    assert event["status"] == "error" and event["retryable"] is True
+    assert "RuntimeError: secrets backend unavailable" in event["message"]
+    sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds", deferrable=True)
+    with pytest.raises(FedMLStorageException) as raised:
+        sensor.execute_complete({}, event)
+    assert isinstance(raised.value, AirflowException) and not isinstance(raised.value, AirflowFailException)
