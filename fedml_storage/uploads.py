@@ -78,15 +78,19 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     metadata = check_metadata(req.metadata)
     tags = check_tags(req.tag_list)
     check_progress_desc(req.progress_desc)
-    with ThreadPoolExecutor(1) as pool:
+    pool = ThreadPoolExecutor(1)
+    tree = None
+    try:
         reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src)
-        try:
-            found, intact = reading.result()
-        except BaseException:
-            if tree is not None:
-                tree.entries.close()
-            raise
+        found, intact = reading.result()
+    except BaseException:
+        # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
+        pool.shutdown(wait=False, cancel_futures=True)
+        if tree is not None:
+            tree.entries.close()
+        raise
+    pool.shutdown()
     current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
     desc = req.progress_desc or UPLOAD_DESC
 

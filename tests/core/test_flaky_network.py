@@ -224,3 +224,34 @@ def test_ctrl_c_while_an_upload_completes_leaves_no_object(s3_store: Store, prox
     s3 = s3_client(s3_store.endpoint)
     assert s3.list_objects_v2(Bucket=s3_store.bucket).get("KeyCount") == 0  # no manifest, and no data either
     assert not s3.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads")
+
+
+class _Deadline(BaseException):
+    """What a framework's task timeout raises in the main thread (Airflow's AirflowTaskTimeout is a BaseException)."""
+
+
+def test_a_task_timeout_during_an_upload_does_not_wait_for_a_stuck_request(s3_store: Store, proxy: CuttingProxy,
+                                                                           tmp_path: Path) -> None:
+    """The catalog read runs beside the scan; a timeout raised meanwhile waited for that read to time out first."""
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("a")
+    main = threading.main_thread().ident
+    proxy.cut_headers(f"GET /{s3_store.bucket}/default/manifests/ds.json", 0, stall=3)  # the server hangs
+    proxy.on_request(rb"^GET [^ ]*/manifests/ds\.json", lambda: signal.pthread_kill(main, signal.SIGUSR1))
+
+    def deadline(signum, frame) -> None:
+        raise _Deadline()
+
+    previous = signal.signal(signal.SIGUSR1, deadline)
+    before = set(threading.enumerate())
+    try:
+        with s3_store.client(endpoint_url=proxy.endpoint, read_timeout=2, max_attempts=1) as client:
+            with pytest.raises(_Deadline):
+                client.upload(tmp_path / "ds")
+            still_reading = [t for t in threading.enumerate() if t not in before and t.is_alive()
+                             and t.name.startswith("ThreadPoolExecutor")]  # not the proxy's own threads
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert still_reading, "the timeout waited for the stuck request"
+    for thread in still_reading:
+        thread.join(10)  # it ends with its request's read timeout
