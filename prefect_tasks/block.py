@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings
 
@@ -21,7 +21,8 @@ class FedMLStorage(Block):
     """Where datasets live: the embedded LOCAL store, S3 (or any S3-compatible endpoint) or Cloudflare R2.
 
     Fields left empty fall back to fedml-storage's own configuration (FEDML_STORAGE_* variables, the
-    config file, or the embedded LOCAL store).
+    config file, or the embedded LOCAL store). Datasets are removed with `delete_data`: `delete` is Prefect's
+    own, which deletes a saved block document.
     """
 
     _block_type_name = "FedML Storage"
@@ -60,6 +61,16 @@ upload_data("data/mnist", storage=storage)
     checksum_calculation: Literal["auto", "when_required", "when_supported"] | None = Field(
         None, **_core("checksum_calculation"))
 
+    @field_validator("service", mode="before")
+    @classmethod
+    def _service_any_case(cls, value: Any) -> Any:
+        return (value.strip().upper() or None) if isinstance(value, str) else value  # blank: unset, as in the core
+
+    @field_validator("compression", "checksum_calculation", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return (value.strip().lower() or None) if isinstance(value, str) else value
+
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
         values = {k: getattr(self, k) for k in PLAIN_SETTINGS if k in type(self).model_fields}
@@ -88,7 +99,7 @@ upload_data("data/mnist", storage=storage)
         with self.client() as client:
             return str(client.download(name, dest_path, version=version).unwrap())
 
-    def delete(self, name: str, missing_ok: bool = False) -> bool:
+    def delete_data(self, name: str, missing_ok: bool = False) -> bool:
         """Remove a dataset; whether it was there to delete (with `missing_ok`, a name not stored returns False)."""
         with self.client() as client:
             return client.delete(name, missing_ok=missing_ok).unwrap()

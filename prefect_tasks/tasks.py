@@ -8,13 +8,18 @@ thread of an async task, Prefect would otherwise return coroutines.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import logging
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio.to_thread
 from prefect import Task, get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -53,16 +58,55 @@ TASK_OPTIONS: dict[str, Any] = {
 
 
 def _client(storage: FedMLStorage | str | None, service: str | None, namespace: str | None) -> StorageClient:
-    if isinstance(storage, str):  # a saved block's name
-        storage = FedMLStorage.load(storage, _sync=True)
+    if isinstance(storage, str):  # a saved block's name (or its slug, as the Prefect UI shows it)
+        storage = FedMLStorage.load(storage.removeprefix(f"{FedMLStorage._block_type_slug}/"), _sync=True)
+    if storage is not None and not isinstance(storage, FedMLStorage):
+        raise TypeError(f"storage must be a FedMLStorage block or a saved block's name, not a "
+                        f"{type(storage).__name__}; with .map, pass storage=unmapped(block)")
     if storage is not None:
         return storage.client(service=service, namespace=namespace)
     return StorageClient(service=service, namespace=namespace, log_failures=False)  # Prefect logs what we raise
 
 
-def _artifact_key(prefix: str, name: str) -> str:
-    """Artifact keys allow only lowercase letters, digits and dashes."""
-    return (prefix + "-" + re.sub(r"[^a-z0-9]+", "-", name.lower())).strip("-")[:100]
+def _artifact_key(prefix: str, name: str, uri: str | None = None) -> str:
+    """Artifact keys allow only lowercase letters, digits and dashes; where that loses something ('My_Data' and
+    'my-data', a name in another script, a long one), a short hash of the dataset's URI keeps keys apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    key = f"{prefix}-{slug}".strip("-")
+    if slug == name and len(key) <= 100:
+        return key
+    return f"{key[:91]}-{hashlib.sha256((uri or name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger; outside a run (`upload_data.fn(...)` called directly) the package's own."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("prefect_tasks")
+
+
+class _ToRunLog(logging.Handler):
+    """Passes the core's warnings, from the thread running the task, to the run's log (seen in Prefect's UI)."""
+
+    def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
+        super().__init__(logging.WARNING)
+        self.target, self.thread = target, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:  # another task's, run at the same time, is its run's to show
+            self.target.log(record.levelno, "%s", record.getMessage())
+
+
+@contextlib.contextmanager
+def _core_warnings_in_run_log() -> Iterator[None]:
+    core = logging.getLogger("fedml_storage")
+    handler = _ToRunLog(_log())
+    core.addHandler(handler)
+    try:
+        yield
+    finally:
+        core.removeHandler(handler)
 
 
 def _untied(details: dict[str, Any]) -> dict[str, Any]:
@@ -83,11 +127,21 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 
     @functools.wraps(body)  # Prefect reads the parameters and the docstring through __wrapped__
     async def in_thread(*args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(functools.partial(body, *args, **kwargs))
+        # abandon_on_cancel: a timeout or cancellation ends the task at once (as Prefect's own worker threads do);
+        # the body left running is an ordinary concurrent call, which the core keeps safe
+        return await anyio.to_thread.run_sync(functools.partial(body, *args, **kwargs), abandon_on_cancel=True)
 
     in_thread.__name__ = in_thread.__qualname__ = "a" + body.__name__.lstrip("_")  # its own task key
     options = {"name": f"fedml-{name}", "task_run_name": run_name, **TASK_OPTIONS}
     return task(body, **options), task(in_thread, **options)
+
+
+def _with_core_warnings(body: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _core_warnings_in_run_log():
+            return body(*args, **kwargs)
+    return run
 
 
 # Run names from the call's arguments (Prefect passes them to a callable with a `parameters` argument).
@@ -115,10 +169,10 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
         result = client.upload(data_path, name, description, metadata, tag_list).unwrap()
         if planned is None:  # could not be told beforehand
             key = declare_output(client, result.name)
-    get_run_logger().info("%s", result.summary())
+    _log().info("%s", result.summary())
     details = _untied(result.to_dict())
     create_markdown_artifact(
-        key=_artifact_key("fedml-upload", result.name),
+        key=_artifact_key("fedml-upload", result.name, f"{result.service}:{result.namespace}:{result.name}"),
         markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
                   f"| version | `{result.version}` |\n| size | {human_size(result.size)} ({result.size} bytes) |\n"
                   f"| files | {result.file_count} |\n| sha256 | `{result.sha256}` |\n| uri | {result.uri} |\n"
@@ -140,7 +194,7 @@ def _download_data(name: str, dest_path: str | None = None, version: str | None 
     with _client(storage, service, namespace) as client:
         result = client.download(name, dest_path, version=version).unwrap()
         declare_input(client, name)
-    get_run_logger().info("%s", result.summary())
+    _log().info("%s", result.summary())
     return str(result)
 
 
@@ -154,7 +208,7 @@ def _delete_data(name: str, storage: FedMLStorage | str | None = None, service: 
     with _client(storage, service, namespace) as client:
         response = client.delete(name, missing_ok=missing_ok)
         deleted = response.unwrap()
-    get_run_logger().info("%s", response.message)
+    _log().info("%s", response.message)
     return deleted
 
 
@@ -163,7 +217,7 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
     """Every stored dataset's metadata as dicts; also a table artifact."""
     with _client(storage, service, namespace) as client:
         items = [m.to_dict() for m in client.list().unwrap()]
-    get_run_logger().info("listed %d dataset(s)", len(items))
+    _log().info("listed %d dataset(s)", len(items))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]
@@ -177,15 +231,16 @@ def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedM
     with _client(storage, service, namespace) as client:
         if user_defined_only:
             user = client.get_user_metadata(name).unwrap()
-            get_run_logger().info("user metadata of %r: %d key(s)", name, len(user))
+            _log().info("user metadata of %r: %d key(s)", name, len(user))
             return _untied(user)
         meta = _untied(client.get_metadata(name).unwrap().to_dict())
-    get_run_logger().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
+    _log().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
     return meta
 
 
-upload_data, aupload_data = _tasks(_upload_data, "upload", _upload_run_name)
-download_data, adownload_data = _tasks(_download_data, "download", _download_run_name)
-delete_data, adelete_data = _tasks(_delete_data, "delete", "delete {name}")
-list_data, alist_data = _tasks(_list_data, "list", "list datasets")
-get_data_metadata, aget_data_metadata = _tasks(_get_data_metadata, "metadata", "metadata of {name}")
+upload_data, aupload_data = _tasks(_with_core_warnings(_upload_data), "upload", _upload_run_name)
+download_data, adownload_data = _tasks(_with_core_warnings(_download_data), "download", _download_run_name)
+delete_data, adelete_data = _tasks(_with_core_warnings(_delete_data), "delete", "delete {name}")
+list_data, alist_data = _tasks(_with_core_warnings(_list_data), "list", "list datasets")
+get_data_metadata, aget_data_metadata = _tasks(_with_core_warnings(_get_data_metadata), "metadata",
+                                               "metadata of {name}")

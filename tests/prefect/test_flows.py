@@ -233,10 +233,10 @@ def test_the_blocks_own_delete_takes_missing_ok(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
     block.upload(str(tmp_path / "f.txt"))
-    assert block.delete("f.txt") is True
-    assert block.delete("f.txt", missing_ok=True) is False  # a retried delete
+    assert block.delete_data("f.txt") is True
+    assert block.delete_data("f.txt", missing_ok=True) is False  # a retried delete
     with pytest.raises(FedMLStorageError, match="no data named 'f.txt'"):
-        block.delete("f.txt")
+        block.delete_data("f.txt")
 
 
 def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:

@@ -1,0 +1,121 @@
+"""What a review against prefect-aws found (helper-48), each through real flow runs on the test server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+from fedml_storage import StorageClient
+from prefect_tasks import FedMLStorage, adownload_data, list_data, upload_data
+from prefect_tasks.tasks import _artifact_key
+
+
+def _run_logs(flow_run_id) -> list[str]:
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            return [entry.message for entry in logs]
+
+    return asyncio.run(read())
+
+
+def test_the_block_deletes_datasets_with_delete_data_and_leaves_prefects_delete_alone(tmp_path: Path) -> None:
+    """The block's own `delete(name)` hid Prefect's, which removes a saved block document."""
+    (tmp_path / "f.txt").write_text("x")
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    block.save("fedml-to-remove", overwrite=True)
+    block.upload(str(tmp_path / "f.txt"))
+    assert block.delete_data("f.txt") is True
+    FedMLStorage.delete("fedml-to-remove", _sync=True)
+    with pytest.raises(ValueError, match="Unable to find block document named fedml-to-remove"):
+        FedMLStorage.load("fedml-to-remove", _sync=True)
+
+
+def test_block_fields_take_any_case_and_blank_is_unset() -> None:
+    block = FedMLStorage(service=" s3", compression="DEFLATED", checksum_calculation="When_Required")
+    assert (block.service, block.compression, block.checksum_calculation) == ("S3", "deflated", "when_required")
+    assert FedMLStorage(service="").service is None
+
+
+def test_an_async_task_that_times_out_ends_without_waiting_for_its_body(tmp_path: Path, monkeypatch) -> None:
+    """The worker thread was not abandoned: a 2 s timeout waited for the whole (here blocked) download."""
+    release, returned = threading.Event(), threading.Event()
+
+    def stuck(self, *args, **kwargs):
+        release.wait(20)
+        returned.set()
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(StorageClient, "download", stuck)
+
+    @flow
+    async def waits() -> None:
+        await adownload_data.with_options(timeout_seconds=1, retries=0)("ds", dest_path=str(tmp_path))
+
+    try:
+        state = asyncio.run(waits(return_state=True))
+        body_was_still_running = not returned.is_set()
+    finally:
+        release.set()
+    assert state.name == "TimedOut" and "timed out after 1.0 second" in state.message, state
+    assert body_was_still_running
+
+
+def test_a_wrong_storage_argument_says_what_to_pass(tmp_path: Path) -> None:
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    block.save("fedml-by-slug", overwrite=True)
+    (tmp_path / "a.txt").write_text("a")
+
+    @flow
+    def mapped_without_unmapped() -> None:
+        for future in list_data.with_options(retries=0).map(storage=[block, {"service": "S3"}]):
+            future.result()
+
+    with pytest.raises(TypeError, match="storage must be a FedMLStorage block or a saved block's name, not a dict; "
+                                        "with .map, pass storage=unmapped"):
+        mapped_without_unmapped()
+
+    @flow
+    def by_slug() -> str:  # as the Prefect UI shows a saved block
+        return upload_data(str(tmp_path / "a.txt"), storage="fedml-storage/fedml-by-slug")["service"]
+
+    assert by_slug() == "LOCAL" and (tmp_path / "store" / "default" / "manifests" / "a.txt.json").exists()
+
+
+def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path) -> None:
+    """A damaged catalog entry that list skips was said only on the worker's stderr, never in Prefect's UI."""
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "ok.txt").write_text("x")
+    block.upload(str(tmp_path / "ok.txt"))
+    (tmp_path / "store" / "default" / "manifests" / "bad.json").write_text("{not json")
+
+    @flow
+    def lists() -> list[str]:
+        return [m["dataName"] for m in list_data(storage=block)]
+
+    state = lists(return_state=True)
+    assert state.result() == ["ok.txt"]
+    logs = _run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if m.startswith("skipping 'bad'") and "delete('bad') removes it" in m], logs
+
+
+def test_artifact_keys_of_different_datasets_differ() -> None:
+    """'my_data', 'My-Data' and 'my.data' all became fedml-upload-my-data; other scripts and long names collided."""
+    names = ["my_data", "My-Data", "my.data", "データ", "模型", "x" * 120, "x" * 119 + "y"]
+    keys = [_artifact_key("fedml-upload", n, f"LOCAL:default:{n}") for n in names]
+    assert len(set(keys)) == len(keys)
+    assert all(len(k) <= 100 and k.replace("-", "").isalnum() and k == k.lower() for k in keys), keys
+    assert _artifact_key("fedml-upload", "mnist") == "fedml-upload-mnist"  # kept where nothing is lost
+
+
+def test_a_task_body_called_outside_a_run_still_returns(tmp_path: Path) -> None:
+    """`upload_data.fn(...)` uploaded, then raised MissingContextError from the run logger."""
+    (tmp_path / "f.txt").write_text("x")
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    assert upload_data.fn(str(tmp_path / "f.txt"), storage=block)["name"] == "f.txt"
