@@ -110,7 +110,10 @@ class FedMLStorageUploadOperator(_StorageOperator):
             try:
                 metadata = json.loads(metadata) if metadata.strip() else None
             except json.JSONDecodeError:
-                raise AirflowFailException("metadata must be a dict or a JSON object of strings") from None
+                raise AirflowFailException(
+                    "metadata must be a dict or a JSON object of strings; a template that renders a dict gives its "
+                    "Python repr ({'k': 'v'}): render it with '| tojson', or set render_template_as_native_obj=True "
+                    "on the DAG") from None
         declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
         with self.hook() as hook:
             planned = planned_name(self.data_path, self.name)

@@ -1,4 +1,4 @@
-"""Connections that would send data or secrets somewhere unintended, and sensor arguments that could never be met
+"""Connections that would send data or secrets somewhere unintended, arguments that could never be met or work
 (found by a review against the amazon provider, helper-47)."""
 
 from __future__ import annotations
@@ -139,3 +139,13 @@ def test_an_unexpected_error_in_the_trigger_lets_airflow_retry(monkeypatch: pyte
     with pytest.raises(FedMLStorageException) as raised:
         sensor.execute_complete({}, event)
     assert isinstance(raised.value, AirflowException) and not isinstance(raised.value, AirflowFailException)
+
+
+def test_metadata_rendered_as_a_python_repr_says_how_to_render_it(tmp_path: Path) -> None:
+    from airflow_provider.operators import FedMLStorageUploadOperator
+
+    (tmp_path / "f.txt").write_text("x")
+    upload = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt"), metadata="{'run': 'r1'}")
+    with pytest.raises(AirflowFailException, match=r"render it with '\| tojson'"):
+        upload.execute({})
+    assert FedMLStorageHook().list() == []  # nothing was uploaded
