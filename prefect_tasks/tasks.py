@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio.to_thread
 from prefect import Task, get_run_logger, task
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -84,6 +85,11 @@ def _log() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("prefect_tasks")
+
+
+def _in_run() -> bool:
+    """Whether a Prefect run is under way: artifacts outside one are deprecated (`upload_data.fn(...)`)."""
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 class _ToRunLog(logging.Handler):
@@ -171,15 +177,16 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
             key = declare_output(client, result.name)
     _log().info("%s", result.summary())
     details = _untied(result.to_dict())
-    create_markdown_artifact(
-        key=_artifact_key("fedml-upload", result.name, f"{result.service}:{result.namespace}:{result.name}"),
-        markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
-                  f"| version | `{result.version}` |\n| size | {human_size(result.size)} ({result.size} bytes) |\n"
-                  f"| files | {result.file_count} |\n| sha256 | `{result.sha256}` |\n| uri | {result.uri} |\n"
-                  f"| skipped (unchanged) | {result.skipped} |\n"),
-        description=f"fedml-storage upload of {result.name}",
-        _sync=True,
-    )
+    if _in_run():
+        create_markdown_artifact(
+            key=_artifact_key("fedml-upload", result.name, f"{result.service}:{result.namespace}:{result.name}"),
+            markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
+                      f"| version | `{result.version}` |\n| size | {human_size(result.size)} ({result.size} bytes) |\n"
+                      f"| files | {result.file_count} |\n| sha256 | `{result.sha256}` |\n| uri | {result.uri} |\n"
+                      f"| skipped (unchanged) | {result.skipped} |\n"),
+            description=f"fedml-storage upload of {result.name}",
+            _sync=True,
+        )
     add_metadata(key, {k: details[k] for k in ("version", "sha256", "size", "uri")})
     return details
 
@@ -221,7 +228,8 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]
-    create_table_artifact(key="fedml-storage-list", table=rows, description="Datasets in FedML storage", _sync=True)
+    if _in_run():
+        create_table_artifact(key="fedml-storage-list", table=rows, description="Datasets in FedML storage", _sync=True)
     return items
 
 
