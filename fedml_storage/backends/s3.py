@@ -15,7 +15,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
 from ..config import StorageSettings
-from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError, Unsupported
+from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
 from .responses import register as check_responses
@@ -59,7 +59,6 @@ class S3Store(ObjectStore):
         self._download_threshold = settings.download_threshold
         self._stream_min_rate = settings.stream_min_rate
         self._transfers: TransferManager | None = None
-        self._conditional_deletes = True  # until the store refuses one
         self._location = f"{endpoint.rstrip('/')}/{self.bucket}" if endpoint else f"s3://{self.bucket}"
 
     def _manager(self) -> TransferManager:
@@ -222,32 +221,12 @@ class S3Store(ObjectStore):
                     yield ObjectInfo(item["Key"], item["Size"], item.get("ETag"), item["LastModified"].timestamp())
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
-        if if_match is not None and not self._conditional_deletes:
-            return self._delete_if_unchanged(key, if_match)
         kwargs = {"IfMatch": if_match} if if_match is not None else {}
         try:
             with _translate(key, self._location, conditional=bool(kwargs)):
                 self._client.delete_object(Bucket=self.bucket, Key=key, **kwargs)
         except ObjectMissing:
             pass
-        except Unsupported:
-            if if_match is None:
-                raise
-            # AWS took If-Match on deletes only in 2025; older stores refuse it (others ignore it)
-            log.info("%s refuses conditional deletes; each delete checks the object's etag first instead",
-                     self._location)
-            self._conditional_deletes = False
-            self._delete_if_unchanged(key, if_match)
-
-    def _delete_if_unchanged(self, key: str, if_match: str) -> None:
-        """A delete after checking the etag, where the store has no conditional delete: a writer in between
-        the two requests has its new object removed (what a store that ignores If-Match does every time)."""
-        info = self.head(key)
-        if info is None:
-            return
-        if info.etag != if_match:
-            raise PreconditionFailed(key)
-        self.delete(key)
 
     def delete_many(self, keys: list[str]) -> list[str]:
         failed: list[str] = []

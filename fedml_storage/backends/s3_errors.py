@@ -80,8 +80,9 @@ class translate:
     def _unsupported(self, message: str) -> str:
         said = f" ({message})" if message else ""
         if self.conditional:
-            return (f"{self.location} does not support conditional writes (If-Match / If-None-Match){said}, which "
-                    "fedml-storage needs so that two writers of one name never mix; use a store that supports them "
-                    "(AWS S3, Cloudflare R2 and recent MinIO and Ceph releases do)")
+            return (f"{self.location} refused a conditional request (If-Match / If-None-Match){said}, which "
+                    "fedml-storage needs so that two writers of one name never mix, nor a delete remove another "
+                    "writer's upload; use a store that supports them (AWS S3, Cloudflare R2 and recent MinIO and Ceph "
+                    "releases do; AWS took them on deletes in 2025)")
         return (f"{self.location} does not implement a request fedml-storage made for {self.key!r}{said}; retrying "
                 "will not help")
