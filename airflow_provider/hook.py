@@ -9,7 +9,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow.sdk.lineage import get_hook_lineage_collector
 
 from fedml_storage import (
-    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, StorageClient, StorageMetadata, unknown_settings,
+    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, StorageClient, StorageMetadata, is_unset,
+    unknown_settings,
 )
 
 
@@ -52,7 +53,7 @@ class FedMLStorageHook(BaseHook):
     def __init__(self, fedml_storage_conn_id: str = default_conn_name, **overrides: Any) -> None:
         super().__init__()
         self.fedml_storage_conn_id = fedml_storage_conn_id
-        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._overrides = {k: v for k, v in overrides.items() if not is_unset(v)}  # a template rendered empty
         self._client: StorageClient | None = None
 
     def settings_from_connection(self) -> dict[str, Any]:
@@ -75,7 +76,7 @@ class FedMLStorageHook(BaseHook):
                 "extra bucket", "invalid_input", False)
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
         settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()
-                    if v not in (None, "")}
+                    if not is_unset(v)}
         problem = unknown_settings(settings)
         if problem:
             raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "

@@ -2,7 +2,7 @@
 
 from . import api
 from .client import StorageClient
-from .config import PLAIN_SETTINGS, StorageSettings, unknown_settings
+from .config import PLAIN_SETTINGS, StorageSettings, is_unset, unknown_settings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
 from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
 from .uploads import planned_name
@@ -12,5 +12,5 @@ __version__ = "0.1.0"
 __all__ = [
     "PLAIN_SETTINGS", "DownloadResult", "FedMLResponse", "FedMLStorageError", "Readiness", "Reason", "ResponseCode",
     "StorageClient", "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
-    "planned_name", "unknown_settings",
+    "is_unset", "planned_name", "unknown_settings",
 ]

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from .backends import ObjectStore, open_store
 from .catalog import VERSION_ID, Catalog, Manifest
-from .config import StorageSettings, read_config_file, storage_home, validate_settings, without_userinfo
+from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
+                     without_userinfo)
 from .digests import DigestCache
 from .downloads import download as _download
 from .errors import InvalidInput, NotFound, to_response
@@ -33,7 +34,7 @@ class StorageClient:
         self._base = settings
         self._origin = origin
         self._log_failures = log_failures
-        self._overrides = {k: v for k, v in overrides.items() if v is not None}
+        self._overrides = {k: v for k, v in overrides.items() if not is_unset(v)}  # blank: unset
         self._settings: StorageSettings | None = None
         self._store: ObjectStore | None = None
         self._lock = threading.Lock()

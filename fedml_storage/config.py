@@ -211,14 +211,14 @@ class StorageSettings(BaseModel):
         unknown = set(overrides) - set(cls.model_fields)
         if unknown:
             raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
-        values: dict[str, Any] = {k: v for k, v in read_config_file().items() if not _unset(v)}
+        values: dict[str, Any] = {k: v for k, v in read_config_file().items() if not is_unset(v)}
         sources = dict.fromkeys(values, str(config_path()))
         for field in cls.model_fields:
             env = os.environ.get(ENV_PREFIX + field.upper())
-            if not _unset(env):
+            if not is_unset(env):
                 values[field], sources[field] = env, ENV_PREFIX + field.upper()
         _warn_unknown_variables()
-        given = {k: v for k, v in overrides.items() if not _unset(v)}
+        given = {k: v for k, v in overrides.items() if not is_unset(v)}
         values.update(given)
         sources.update(dict.fromkeys(given, origin))
         remote = sorted(k for k in _REMOTE_ONLY if k in given)
@@ -241,7 +241,7 @@ def without_userinfo(url: str) -> str:
 _REMOTE_ONLY = ("bucket", "endpoint_url", "r2_account_id")  # settings LOCAL has no use for
 
 
-def _unset(value: Any) -> bool:
+def is_unset(value: Any) -> bool:
     """None or a blank string (an empty variable, a form field left empty): the next source decides."""
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -354,7 +354,7 @@ def write_config_file(updates: dict[str, Any]) -> Path:
         with exclusive_lock(target.parent / ".config.lock"):
             data = read_config_file()
             for key, value in updates.items():
-                if _unset(value):
+                if is_unset(value):
                     data.pop(key, None)
                 else:
                     data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value

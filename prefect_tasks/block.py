@@ -7,7 +7,7 @@ from typing import Any, Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings
+from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
 
 
 def _core(setting: str) -> dict[str, Any]:
@@ -76,7 +76,7 @@ upload_data("data/mnist", storage=storage)
         values = {k: getattr(self, k) for k in PLAIN_SETTINGS if k in type(self).model_fields}
         if self.api_key is not None:
             values["api_key"] = self.api_key.get_secret_value()
-        return {k: v for k, v in values.items() if v not in (None, "")}
+        return {k: v for k, v in values.items() if not is_unset(v)}
 
     def client(self, **overrides: Any) -> StorageClient:
         """A core client for this store; close it (or use it in a `with` block) when done.
@@ -86,7 +86,7 @@ upload_data("data/mnist", storage=storage)
         saved = getattr(self, "_block_document_name", None)
         origin = f"the FedMLStorage block{f' {saved!r}' if saved else ''} or the task's arguments"
         return StorageClient(origin=origin, log_failures=False,
-                             **{**self.settings(), **{k: v for k, v in overrides.items() if v is not None}})
+                             **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:

@@ -149,3 +149,9 @@ def test_metadata_rendered_as_a_python_repr_says_how_to_render_it(tmp_path: Path
     with pytest.raises(AirflowFailException, match=r"render it with '\| tojson'"):
         upload.execute({})
     assert FedMLStorageHook().list() == []  # nothing was uploaded
+
+
+def test_a_blank_task_argument_leaves_the_connections_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """namespace="{{ params.ns }}" rendered empty silently switched to the namespace 'default'."""
+    _connect(monkeypatch, extra={"service": "LOCAL", "namespace": "team-a"})
+    assert FedMLStorageHook(namespace="", service="  ").namespace == "team-a"

@@ -51,6 +51,10 @@ def test_a_blank_value_is_unset_wherever_it_comes_from(monkeypatch, tmp_path: Pa
     with StorageClient(service="", namespace="  ") as client:  # a blank argument to an API call
         assert client.upload(str(tmp_path / "f.txt")).ok
         assert client.settings.namespace == "default" and client.settings.service == "LOCAL"
+    monkeypatch.setenv("FEDML_STORAGE_API_KEY", TEST_API_KEY)
+    for blank in ("", "  "):  # not "no key" (boto3 would then send the machine's own AWS credentials)
+        with StorageClient(service="S3", bucket="b", api_key=blank) as client:
+            assert client.settings.api_key.get_secret_value() == TEST_API_KEY
 
 
 def test_store_settings_without_any_service_are_refused_not_used_on_local(tmp_path: Path) -> None:

@@ -42,6 +42,9 @@ def test_block_fields_take_any_case_and_blank_is_unset() -> None:
     block = FedMLStorage(service=" s3", compression="DEFLATED", checksum_calculation="When_Required")
     assert (block.service, block.compression, block.checksum_calculation) == ("S3", "deflated", "when_required")
     assert FedMLStorage(service="").service is None
+    block = FedMLStorage(service="LOCAL", namespace="team-a")
+    with block.client(namespace="", service=" ") as client:  # a blank task argument leaves the block's value
+        assert (client.settings.namespace, client.settings.service) == ("team-a", "LOCAL")
 
 
 def test_an_async_task_that_times_out_ends_without_waiting_for_its_body(tmp_path: Path, monkeypatch) -> None:
