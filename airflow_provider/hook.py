@@ -72,8 +72,8 @@ class FedMLStorageHook(BaseHook):
         if unused:  # e.g. fedml-storage://KEY:SECRET@minio:9000/...: silently dropped, calls would go to AWS
             raise FedMLStorageFailException(
                 f"Airflow connection {self.fedml_storage_conn_id!r} sets {', '.join(unused)}, which fedml-storage "
-                "does not use: put the endpoint in extra endpoint_url (e.g. http://minio:9000) and the bucket in "
-                "extra bucket", "invalid_input", False)
+                "does not use: remove them (in its URI or JSON; the form hides them), and put the endpoint in extra "
+                "endpoint_url (e.g. http://minio:9000) and the bucket in extra bucket", "invalid_input", False)
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
         settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()
                     if not is_unset(v)}
@@ -88,9 +88,14 @@ class FedMLStorageHook(BaseHook):
                 "invalid_input", False)
         if conn.password:
             password = conn.password
-            # With a login, the password is the secret (or SECRET:SESSION_TOKEN): never sent as a key id.
-            settings["api_key"] = password if not conn.login or password.startswith(f"{conn.login}:") \
-                else f"{conn.login}:{password}"
+            if conn.login and ":" in password and not password.startswith(f"{conn.login}:"):
+                # secrets hold no ':': this is a whole key beside a stray login, or SECRET:TOKEN; guessing would
+                # send a secret as a key id or a token
+                raise FedMLStorageFailException(
+                    f"Airflow connection {self.fedml_storage_conn_id!r} has a login and a password holding ':'; "
+                    "with a login, the password is the secret access key alone. For the whole key (or one with a "
+                    "session token, ACCESS_KEY_ID:SECRET:TOKEN) leave the login empty", "invalid_input", False)
+            settings["api_key"] = f"{conn.login}:{password}" if conn.login and ":" not in password else password
         return settings
 
     def get_client(self) -> StorageClient:

@@ -7,7 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import (AirflowFailException, AirflowSensorTimeout, AirflowSkipException,
+                                    AirflowTaskTimeout)
 
 from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
 from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger
@@ -70,7 +71,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         """The check before deferring, with soft_fail / never_fail / silent_fail as the poking loop applies them."""
         try:
             return self.poke(context)
-        except AirflowFailException as exc:
+        except (AirflowSensorTimeout, AirflowTaskTimeout, AirflowFailException) as exc:
             if self.soft_fail or self.never_fail:
                 raise AirflowSkipException(f"Skipping ({'soft' if self.soft_fail else 'never'}_fail): {exc}") from exc
             raise

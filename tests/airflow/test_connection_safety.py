@@ -38,19 +38,32 @@ def _connect(monkeypatch: pytest.MonkeyPatch, **conn: object) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({"conn_type": "fedml_storage", **conn}))
 
 
-def test_a_login_with_a_session_token_in_the_password_never_sends_the_secret(
+def test_a_session_token_key_is_sent_as_such_and_never_the_secret(
         monkeypatch: pytest.MonkeyPatch, proxy: CuttingProxy, s3_bucket: str, tmp_path: Path) -> None:
-    """login = key id, password = SECRET:SESSION_TOKEN: the secret was taken for the key id and sent in clear."""
-    _connect(monkeypatch, login=KEY_ID, password=f"{SECRET}:session-token-123",
-             extra={"service": "S3", "bucket": s3_bucket, "endpoint_url": proxy.endpoint, "region": "us-east-1"})
-    assert FedMLStorageHook().settings_from_connection()["api_key"] == f"{KEY_ID}:{SECRET}:session-token-123"
+    extra = {"service": "S3", "bucket": s3_bucket, "endpoint_url": proxy.endpoint, "region": "us-east-1"}
+    _connect(monkeypatch, password=f"{TEST_API_KEY}:session-token-123", extra=extra)
     (tmp_path / "f.txt").write_text("x")
     FedMLStorageHook().upload(str(tmp_path / "f.txt"))
     heads = b"\n".join(proxy.request_heads)
     assert f"Credential={KEY_ID}/".encode() in heads and b"session-token-123" in heads
     assert SECRET.encode() not in heads
-    _connect(monkeypatch, login=KEY_ID, password=TEST_API_KEY)  # the whole key in the password too: taken as is
+    _connect(monkeypatch, login=KEY_ID, password=SECRET, extra=extra)  # key id as login, secret as password
     assert FedMLStorageHook().settings_from_connection()["api_key"] == TEST_API_KEY
+    _connect(monkeypatch, login=KEY_ID, password=TEST_API_KEY, extra=extra)  # the whole key in the password too
+    assert FedMLStorageHook().settings_from_connection()["api_key"] == TEST_API_KEY
+
+
+@pytest.mark.parametrize("login, password", [
+    (KEY_ID, f"{SECRET}:session-token-123"),  # was sent with the secret as key id (in clear, in every request)
+    ("admin", TEST_API_KEY),  # a stray login: was sent with the real secret as a session token
+], ids=["secret-and-token", "stray-login"])
+def test_a_login_beside_a_password_holding_a_colon_is_refused(monkeypatch: pytest.MonkeyPatch, proxy: CuttingProxy,
+                                                              s3_bucket: str, login: str, password: str) -> None:
+    _connect(monkeypatch, login=login, password=password,
+             extra={"service": "S3", "bucket": s3_bucket, "endpoint_url": proxy.endpoint, "region": "us-east-1"})
+    with pytest.raises(AirflowFailException, match="leave the login empty") as refused:
+        FedMLStorageHook().list()
+    assert SECRET not in str(refused.value) and proxy.request_heads == []  # nothing was sent
 
 
 @pytest.mark.parametrize("conn", [
@@ -115,6 +128,20 @@ def test_a_deferrable_sensor_that_cannot_work_skips_with_soft_fail(mode: str) ->
     strict = FedMLStorageDatasetSensor(task_id="wait", name="../escape", deferrable=True)
     with pytest.raises(AirflowFailException):
         strict.execute({})
+
+
+def test_the_check_before_deferring_treats_timeouts_as_the_poking_loop_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowTaskTimeout
+
+    for error in (AirflowTaskTimeout, AirflowSensorTimeout):
+        def timed_out(self, context, error=error):
+            raise error("timed out")
+
+        monkeypatch.setattr(FedMLStorageDatasetSensor, "poke", timed_out)
+        with pytest.raises(AirflowSkipException):  # soft_fail skips it (a BaseException slipped past before)
+            FedMLStorageDatasetSensor(task_id="w", name="ds", deferrable=True, soft_fail=True).execute({})
+        with pytest.raises(error):  # silent_fail does not swallow it
+            FedMLStorageDatasetSensor(task_id="w", name="ds", deferrable=True, silent_fail=True).execute({})
 
 
 def test_an_unexpected_error_in_the_trigger_lets_airflow_retry(monkeypatch: pytest.MonkeyPatch) -> None:
