@@ -83,7 +83,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     try:
         reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src)
-        found, intact = reading.result()
+        found, intact, lost = reading.result()
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
         pool.shutdown(wait=False, cancel_futures=True)
@@ -91,6 +91,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
             tree.entries.close()
         raise
     pool.shutdown()
+    if lost is not None:  # said here, in the caller's thread, where a framework's log handler looks
+        log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again", name, lost)
     current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
     desc = req.progress_desc or UPLOAD_DESC
 
@@ -154,26 +156,25 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     )
 
 
-def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool]:
-    """The stored manifest (and etag), and whether its current data is still in the store at its size."""
+def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool, str | None]:
+    """The stored manifest (and etag), whether its current data is still in the store at its size, and the version
+    whose data was found missing or damaged (None when none was)."""
     found = catalog.read(name)
     for _ in range(3):
         if found is None:
-            return None, False
+            return None, False, None
         current = found[0].current
         try:
             info = catalog.store.head(current.key)
         except (StorageFailure, TransientError):  # e.g. a key that may not read data: cannot tell, trust the catalog
-            return found, True
+            return found, True, None
         if info is not None and info.size == current.size:
-            return found, True
+            return found, True, None
         again = catalog.read(name)  # replaced or deleted since it was read? then judge what is there now
         if again is not None and again[1] == found[1]:
-            log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again",
-                        name, current.version)
-            break
+            return found, False, current.version
         found = again
-    return found, False
+    return found, False, None
 
 
 def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
@@ -15,6 +15,23 @@ def _core(setting: str) -> dict[str, Any]:
     info = StorageSettings.model_fields[setting]
     limits = {attr: getattr(m, attr) for m in info.metadata for attr in ("ge", "le") if hasattr(m, attr)}
     return {"description": info.description, **limits}
+
+
+class _ClassOnly:
+    """A Block classmethod reachable on the class only; on an instance, an error naming `delete_data`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, cls: type | None = None) -> Any:
+        if obj is None:
+            return Block.__dict__[self.name].__get__(None, cls)
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise TypeError(f"FedMLStorage.{self.name}() is Prefect's: it removes a saved block document. To remove "
+                            "a dataset call storage.delete_data(name); to remove this block, FedMLStorage."
+                            f"{self.name}(block_name)")
+        return refuse
 
 
 class FedMLStorage(Block):
@@ -99,7 +116,12 @@ upload_data("data/mnist", storage=storage)
         with self.client() as client:
             return str(client.download(name, dest_path, version=version).unwrap())
 
-    def delete_data(self, name: str, missing_ok: bool = False) -> bool:
+    # On an instance, Prefect's delete/adelete (which remove a saved block document: `storage.delete("mnist")`
+    # would remove a block named "mnist") refuse and point here; on the class they are Prefect's.
+    delete: ClassVar[Any] = _ClassOnly("delete")
+    adelete: ClassVar[Any] = _ClassOnly("adelete")
+
+    def delete_data(self, name: str, missing_ok: bool = True) -> bool:
         """Remove a dataset; whether it was there to delete (with `missing_ok`, a name not stored returns False)."""
         with self.client() as client:
             return client.delete(name, missing_ok=missing_ok).unwrap()

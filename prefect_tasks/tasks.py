@@ -21,6 +21,7 @@ import anyio.to_thread
 from prefect import Task, get_run_logger, task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
+from prefect.task_engine import TaskRunTimeoutError
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -44,6 +45,8 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
             return False
     if isinstance(failure, FedMLStorageError):
         return failure.retryable
+    if isinstance(failure, TaskRunTimeoutError):  # the timed-out call may still be running: a retry would add one
+        return False
     return isinstance(failure, (ConnectionError, TimeoutError))
 
 
@@ -106,6 +109,9 @@ class _ToRunLog(logging.Handler):
 
 @contextlib.contextmanager
 def _core_warnings_in_run_log() -> Iterator[None]:
+    if not _in_run():  # outside a run the core's own logging says it already
+        yield
+        return
     core = logging.getLogger("fedml_storage")
     handler = _ToRunLog(_log())
     core.addHandler(handler)

@@ -234,9 +234,9 @@ def test_the_blocks_own_delete_takes_missing_ok(tmp_path: Path) -> None:
     block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
     block.upload(str(tmp_path / "f.txt"))
     assert block.delete_data("f.txt") is True
-    assert block.delete_data("f.txt", missing_ok=True) is False  # a retried delete
+    assert block.delete_data("f.txt") is False  # a retried delete: missing_ok=True, as the task's
     with pytest.raises(FedMLStorageError, match="no data named 'f.txt'"):
-        block.delete_data("f.txt")
+        block.delete_data("f.txt", missing_ok=False)
 
 
 def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:

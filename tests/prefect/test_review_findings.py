@@ -18,6 +18,10 @@ from prefect_tasks.tasks import _artifact_key
 
 
 def _run_logs(flow_run_id) -> list[str]:
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs go to the API in batches: send what is queued first
+
     async def read() -> list[str]:
         async with get_client() as client:
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
@@ -32,6 +36,11 @@ def test_the_block_deletes_datasets_with_delete_data_and_leaves_prefects_delete_
     block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
     block.save("fedml-to-remove", overwrite=True)
     block.upload(str(tmp_path / "f.txt"))
+    with pytest.raises(TypeError, match=r"To remove a dataset call storage.delete_data\(name\)"):
+        block.delete("fedml-to-remove")  # on an instance it would have removed the saved block named so
+    with pytest.raises(TypeError, match="delete_data"):
+        block.adelete("f.txt")
+    assert FedMLStorage.load("fedml-to-remove", _sync=True).local_root == str(tmp_path / "store")
     assert block.delete_data("f.txt") is True
     FedMLStorage.delete("fedml-to-remove", _sync=True)
     with pytest.raises(ValueError, match="Unable to find block document named fedml-to-remove"):
@@ -58,9 +67,18 @@ def test_an_async_task_that_times_out_ends_without_waiting_for_its_body(tmp_path
 
     monkeypatch.setattr(StorageClient, "download", stuck)
 
+    calls = []
+    original = stuck
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StorageClient, "download", counted)
+
     @flow
-    async def waits() -> None:
-        await adownload_data.with_options(timeout_seconds=1, retries=0)("ds", dest_path=str(tmp_path))
+    async def waits() -> None:  # the default retries: a timeout is not retried, or abandoned calls would pile up
+        await adownload_data.with_options(timeout_seconds=1, retry_delay_seconds=0)("ds", dest_path=str(tmp_path))
 
     try:
         state = asyncio.run(waits(return_state=True))
@@ -68,7 +86,7 @@ def test_an_async_task_that_times_out_ends_without_waiting_for_its_body(tmp_path
     finally:
         release.set()
     assert state.name == "TimedOut" and "timed out after 1.0 second" in state.message, state
-    assert body_was_still_running
+    assert body_was_still_running and len(calls) == 1
 
 
 def test_a_wrong_storage_argument_says_what_to_pass(tmp_path: Path) -> None:
@@ -107,6 +125,26 @@ def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path) -> None:
     assert state.result() == ["ok.txt"]
     logs = _run_logs(state.state_details.flow_run_id)
     assert [m for m in logs if m.startswith("skipping 'bad'") and "delete('bad') removes it" in m], logs
+    for data in (tmp_path / "store" / "default" / "data" / "ok.txt").rglob("ok.txt"):
+        data.unlink()  # the stored data is lost: an unchanged upload sends it again, and says so
+
+    @flow
+    def uploads_again() -> bool:
+        return upload_data(str(tmp_path / "ok.txt"), storage=block)["skipped"]
+
+    state = uploads_again(return_state=True)
+    assert state.result() is False
+    logs = _run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if "stored data of 'ok.txt'" in m and "uploaded again" in m], logs
+
+
+def test_outside_a_run_the_cores_warnings_are_said_once(tmp_path: Path, caplog) -> None:
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "store" / "default" / "manifests").mkdir(parents=True)
+    (tmp_path / "store" / "default" / "manifests" / "bad.json").write_text("{not json")
+    assert list_data.fn(storage=block) == []
+    said = [r.name for r in caplog.records if r.getMessage().startswith("skipping 'bad'")]
+    assert said == ["fedml_storage"], said  # not passed on to a run log that is not there
 
 
 def test_artifact_keys_of_different_datasets_differ() -> None:
