@@ -9,9 +9,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
+
+from tests.cutting_proxy import CuttingProxy
 
 TEST_API_KEY = "AKIATESTKEYID0000000:test-secret-key-never-logged-42"
 
@@ -51,6 +54,15 @@ def moto_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def moto_proxy(moto_endpoint: str) -> Iterator[CuttingProxy]:
+    """A proxy in front of the moto server that can cut connections or answer requests itself."""
+    url = urlsplit(moto_endpoint)
+    proxy = CuttingProxy((url.hostname, url.port))
+    yield proxy
+    proxy.close()
 
 
 def s3_client(endpoint: str):

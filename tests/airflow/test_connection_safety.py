@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
@@ -27,11 +26,8 @@ def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[CuttingProxy]:
-    url = urlsplit(moto_endpoint)
-    proxy = CuttingProxy((url.hostname, url.port))
-    yield proxy
-    proxy.close()
+def proxy(moto_proxy: CuttingProxy) -> CuttingProxy:
+    return moto_proxy
 
 
 def _connect(monkeypatch: pytest.MonkeyPatch, **conn: object) -> None:

@@ -3,9 +3,7 @@ front of moto that answers those requests itself, as such a store does."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,11 +18,8 @@ CONDITIONAL_DELETE = rb"(?is)^DELETE .*\r\nif-match:"
 
 
 @pytest.fixture
-def proxy(moto_endpoint: str) -> Iterator[CuttingProxy]:
-    url = urlsplit(moto_endpoint)
-    proxy = CuttingProxy((url.hostname, url.port))
-    yield proxy
-    proxy.close()
+def proxy(moto_proxy: CuttingProxy) -> CuttingProxy:
+    return moto_proxy
 
 
 def _conditional_deletes(proxy: CuttingProxy) -> int:
