@@ -92,9 +92,10 @@ class FedMLStorageHook(BaseHook):
                 # secrets hold no ':': this is a whole key beside a stray login, or SECRET:TOKEN; guessing would
                 # send a secret as a key id or a token
                 raise FedMLStorageFailException(
-                    f"Airflow connection {self.fedml_storage_conn_id!r} has a login and a password holding ':'; "
-                    "with a login, the password is the secret access key alone. For the whole key (or one with a "
-                    "session token, ACCESS_KEY_ID:SECRET:TOKEN) leave the login empty", "invalid_input", False)
+                    f"Airflow connection {self.fedml_storage_conn_id!r} has a login and a password holding ':' that "
+                    "does not start with that login; with a login, the password is the secret access key alone. For "
+                    "the whole key (or one with a session token, ACCESS_KEY_ID:SECRET:TOKEN) leave the login empty",
+                    "invalid_input", False)
             settings["api_key"] = f"{conn.login}:{password}" if conn.login and ":" not in password else password
         return settings
 

@@ -16,7 +16,7 @@ from airflow.sdk import Asset, AssetAlias, BaseOperator, Context
 from airflow.sdk.definitions.mappedoperator import OperatorPartial
 from airflow.sdk.exceptions import AirflowFailException
 
-from fedml_storage import asset_uri, planned_name
+from fedml_storage import asset_uri, is_unset, planned_name
 
 from .hook import FedMLStorageHook
 
@@ -42,7 +42,7 @@ def _templated(value: object) -> bool:
 def _static_asset(name: object, namespace: str | None) -> list[Asset]:
     """The dataset's Asset when the DAG file alone tells its name and namespace; a namespace that is not passed
     comes from the connection or the core's configuration, known only at run time."""
-    if not isinstance(name, str) or not name or not isinstance(namespace, str) or not namespace:
+    if not isinstance(name, str) or is_unset(name) or not isinstance(namespace, str) or is_unset(namespace):
         return []
     if _templated(name) or _templated(namespace):
         return []

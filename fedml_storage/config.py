@@ -242,7 +242,10 @@ _REMOTE_ONLY = ("bucket", "endpoint_url", "r2_account_id")  # settings LOCAL has
 
 
 def is_unset(value: Any) -> bool:
-    """None or a blank string (an empty variable, a form field left empty): the next source decides."""
+    """None or a blank string, secret or not (an empty variable, a form field left empty): the next source
+    decides."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
     return value is None or (isinstance(value, str) and not value.strip())
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
@@ -22,6 +25,7 @@ from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tr
 from .validation import check_description, check_metadata, check_name, check_path, check_progress_desc, check_tags
 
 log = logging.getLogger("fedml_storage")
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,7 +85,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     pool = ThreadPoolExecutor(1)
     tree = None
     try:
-        reading = pool.submit(_read_stored, catalog, name)  # round trips, overlapped with scanning the tree
+        reading = _submit(pool, _read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src)
         found, intact, lost = reading.result()
     except BaseException:
@@ -156,6 +160,12 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     )
 
 
+def _submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`pool.submit` in a copy of the caller's context, so that what a helper thread logs is seen as the caller's
+    (Prefect's run-log forwarding keys on it)."""
+    return pool.submit(contextvars.copy_context().run, fn, *args)
+
+
 def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool, str | None]:
     """The stored manifest (and etag), whether its current data is still in the store at its size, and the version
     whose data was found missing or damaged (None when none was)."""
@@ -208,7 +218,7 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     with progress_bar(st.st_size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
             stop = threading.Event()
-            hashing = pool.submit(sha256_file, src, stop) if digest is None else None
+            hashing = _submit(pool, sha256_file, src, stop) if digest is None else None
             try:
                 catalog.store.put_file(key, src, advance)
             except BaseException:
@@ -255,7 +265,7 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
 
     with progress_bar(entries.size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
-            zipping = pool.submit(produce)
+            zipping = _submit(pool, produce)
             try:
                 catalog.store.put_stream(key, pipe)
             except PipeAborted as exc:

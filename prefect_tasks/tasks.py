@@ -9,11 +9,11 @@ thread of an async task, Prefect would otherwise return coroutines.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import hashlib
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,15 +95,20 @@ def _in_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
+# Which task body a thread works for: set in the body's thread; the core hands its context on to its own helper
+# threads (the zip writer, the catalog read), so their warnings are the task's too.
+_WORKING_FOR: contextvars.ContextVar[object | None] = contextvars.ContextVar("fedml_storage_task", default=None)
+
+
 class _ToRunLog(logging.Handler):
-    """Passes the core's warnings, from the thread running the task, to the run's log (seen in Prefect's UI)."""
+    """Passes the core's warnings, from the task's own work, to the run's log (seen in Prefect's UI)."""
 
     def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
         super().__init__(logging.WARNING)
-        self.target, self.thread = target, threading.get_ident()
+        self.target = target
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:  # another task's, run at the same time, is its run's to show
+        if _WORKING_FOR.get() is self:  # another task's, run at the same time, is its run's to show
             self.target.log(record.levelno, "%s", record.getMessage())
 
 
@@ -114,11 +119,13 @@ def _core_warnings_in_run_log() -> Iterator[None]:
         return
     core = logging.getLogger("fedml_storage")
     handler = _ToRunLog(_log())
+    token = _WORKING_FOR.set(handler)
     core.addHandler(handler)
     try:
         yield
     finally:
         core.removeHandler(handler)
+        _WORKING_FOR.reset(token)
 
 
 def _untied(details: dict[str, Any]) -> dict[str, Any]:

@@ -178,3 +178,9 @@ def test_a_blank_task_argument_leaves_the_connections_setting(monkeypatch: pytes
     """namespace="{{ params.ns }}" rendered empty silently switched to the namespace 'default'."""
     _connect(monkeypatch, extra={"service": "LOCAL", "namespace": "team-a"})
     assert FedMLStorageHook(namespace="", service="  ").namespace == "team-a"
+    from airflow_provider.operators import FedMLStorageDownloadOperator, FedMLStorageUploadOperator
+
+    for blank in (" ", "\t"):  # no Asset of a blank namespace ('fedml:// /a.txt'): the connection's, at run time
+        assert not [a for a in FedMLStorageUploadOperator(task_id="u", data_path="a.txt", namespace=blank).outlets
+                    if getattr(a, "uri", "").startswith("fedml:")]
+        assert FedMLStorageDownloadOperator(task_id="d", name="a.txt", namespace=blank).inlets == []

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from fedml_storage import StorageClient, StorageSettings, api
 from fedml_storage.api.fedml_response import ResponseCode
@@ -52,7 +53,7 @@ def test_a_blank_value_is_unset_wherever_it_comes_from(monkeypatch, tmp_path: Pa
         assert client.upload(str(tmp_path / "f.txt")).ok
         assert client.settings.namespace == "default" and client.settings.service == "LOCAL"
     monkeypatch.setenv("FEDML_STORAGE_API_KEY", TEST_API_KEY)
-    for blank in ("", "  "):  # not "no key" (boto3 would then send the machine's own AWS credentials)
+    for blank in ("", "  ", SecretStr("")):  # not "no key" (boto3 would then send the machine's AWS credentials)
         with StorageClient(service="S3", bucket="b", api_key=blank) as client:
             assert client.settings.api_key.get_secret_value() == TEST_API_KEY
 

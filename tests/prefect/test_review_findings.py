@@ -138,6 +138,31 @@ def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path) -> None:
     assert [m for m in logs if "stored data of 'ok.txt'" in m and "uploaded again" in m], logs
 
 
+def test_warnings_from_the_cores_own_threads_reach_the_runs_log(tmp_path: Path, monkeypatch) -> None:
+    """The zip writer runs in a thread of the core's: its warning (no room to spill the central directory) was
+    forwarded by no handler keyed on the task's thread (helper-51)."""
+    import tempfile
+
+    import fedml_storage.zipformat as zipformat
+
+    monkeypatch.setattr(zipformat, "_SPOOL_IN_MEMORY", 100)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(20):
+        (tree / f"file-{i:03d}.txt").write_text(str(i))
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+
+    @flow
+    def up() -> bool:
+        return upload_data(str(tree), storage=block)["skipped"]
+
+    state = up(return_state=True)
+    assert state.result() is False
+    logs = _run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if "central directory" in m and "temporary folder" in m], logs
+
+
 def test_outside_a_run_the_cores_warnings_are_said_once(tmp_path: Path, caplog) -> None:
     block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
     (tmp_path / "store" / "default" / "manifests").mkdir(parents=True)
