@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -67,3 +68,12 @@ def unreachable_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
         {"conn_type": "fedml_storage", "password": TEST_API_KEY,
          "extra": {"service": "S3", "bucket": "b", "endpoint_url": f"http://127.0.0.1:{port}", "max_attempts": 1}}))
+
+
+async def first_event(trigger, within: float) -> dict:
+    """The payload of the first event a trigger fires (within `within` seconds); the trigger is then closed."""
+    events = trigger.run()
+    try:
+        return (await asyncio.wait_for(anext(events), within)).payload
+    finally:
+        await events.aclose()

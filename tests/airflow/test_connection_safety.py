@@ -17,6 +17,8 @@ from airflow_provider.triggers import FedMLStorageDatasetTrigger
 from tests.conftest import TEST_API_KEY
 from tests.cutting_proxy import CuttingProxy
 
+from .conftest import first_event
+
 KEY_ID, SECRET = TEST_API_KEY.split(":", 1)
 
 
@@ -147,15 +149,7 @@ def test_an_unexpected_error_in_the_trigger_lets_airflow_retry(monkeypatch: pyte
 
     monkeypatch.setattr(FedMLStorageHook, "readiness", broken)
     trigger = FedMLStorageDatasetTrigger(name="ds", poke_interval=0.1)
-
-    async def first() -> dict:
-        events = trigger.run()
-        try:
-            return (await asyncio.wait_for(anext(events), 30)).payload
-        finally:
-            await events.aclose()
-
-    event = asyncio.run(first())
+    event = asyncio.run(first_event(trigger, within=30))
     assert event["status"] == "error" and event["retryable"] is True
     assert "RuntimeError: secrets backend unavailable" in event["message"]
     sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds", deferrable=True)

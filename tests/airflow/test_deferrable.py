@@ -17,7 +17,7 @@ from airflow_provider.triggers import FedMLStorageDatasetTrigger
 from fedml_storage import Readiness, StorageClient
 from tests.conftest import TEST_API_KEY
 
-from .conftest import AIRFLOW, base_env, query
+from .conftest import AIRFLOW, base_env, first_event, query
 
 DAGFILE = Path(__file__).parent / "dags" / "fedml_sensor_dag.py"
 
@@ -25,14 +25,6 @@ DAGFILE = Path(__file__).parent / "dags" / "fedml_sensor_dag.py"
 @pytest.fixture(autouse=True)
 def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
-
-
-async def _first_event(trigger: FedMLStorageDatasetTrigger, within: float) -> dict:
-    events = trigger.run()
-    try:
-        return (await asyncio.wait_for(anext(events), within)).payload
-    finally:
-        await events.aclose()
 
 
 def test_trigger_serialises_without_secrets_and_fires_when_ready(tmp_path: Path, s3_settings: dict,
@@ -48,7 +40,7 @@ def test_trigger_serialises_without_secrets_and_fires_when_ready(tmp_path: Path,
     clone = FedMLStorageDatasetTrigger(**kwargs)
 
     async def scenario() -> dict:
-        waiting = asyncio.ensure_future(_first_event(clone, within=30))
+        waiting = asyncio.ensure_future(first_event(clone, within=30))
         await asyncio.sleep(0.5)
         assert not waiting.done(), "fired before the dataset existed"
         (tmp_path / "late").mkdir()
@@ -65,10 +57,10 @@ def test_trigger_serialises_without_secrets_and_fires_when_ready(tmp_path: Path,
 
 def test_trigger_reports_errors_that_waiting_cannot_cure() -> None:
     bad_name = FedMLStorageDatasetTrigger(name="../escape", poke_interval=0.1)
-    event = asyncio.run(_first_event(bad_name, within=30))
+    event = asyncio.run(first_event(bad_name, within=30))
     assert event["status"] == "error" and "name" in event["message"]
     bad_service = FedMLStorageDatasetTrigger(name="ok", service="FTP", poke_interval=0.1)
-    event = asyncio.run(_first_event(bad_service, within=30))
+    event = asyncio.run(first_event(bad_service, within=30))
     assert event["status"] == "error" and "LOCAL" in event["message"]
 
 
@@ -86,7 +78,7 @@ def test_a_cancelled_trigger_closes_its_client_after_the_check_in_flight(monkeyp
     monkeypatch.setattr(FedMLStorageHook, "close", lambda self: events.append("close"))
 
     async def cancel_mid_check() -> None:
-        waiting = asyncio.ensure_future(_first_event(FedMLStorageDatasetTrigger(name="ds", poke_interval=0.1), 30))
+        waiting = asyncio.ensure_future(first_event(FedMLStorageDatasetTrigger(name="ds", poke_interval=0.1), 30))
         while "check" not in events:
             await asyncio.sleep(0.01)
         waiting.cancel()  # the triggerer cancels on timeout, on clear, at shutdown
@@ -157,7 +149,7 @@ def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
     monkeypatch.setattr(FedMLStorageHook, "readiness", counted)
 
     async def three_checks_then_cancel() -> None:
-        waiting = asyncio.ensure_future(_first_event(trigger, within=60))
+        waiting = asyncio.ensure_future(first_event(trigger, within=60))
         while len(checks) < 3 and not waiting.done():
             await asyncio.sleep(0.01)
         assert not waiting.done(), waiting.result()  # an unreachable service is no reason to fail the task
