@@ -11,9 +11,12 @@ not see the dataset upstream: the flow's copy of what runs declared is updated i
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
 
 from fedml_storage import FedMLStorageError, StorageClient
 
@@ -63,6 +66,30 @@ def declare_input(client: StorageClient, name: str) -> str | None:
     context.direct_asset_dependencies.add(asset)
     context.update_tracked_assets()
     return asset.key
+
+
+_HELD: dict[int, list[Any]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def hold_for_flow_run(result: Any) -> None:
+    """Keep a task's result alive until its flow run ends.
+
+    Prefect ties a result and its parts to the task run by id(), without holding them (dicts, lists and strings
+    cannot be weakly referenced). Once freed, those ids come back as new objects made in the flow (a dict of
+    metadata, a path string), which then look downstream of this run: false lineage, seen in about one run in
+    three of a flow that drops an upload's result.
+    """
+    context = FlowRunContext.get()
+    if context is None:
+        return
+    key = id(context)
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is None:
+            held = _HELD[key] = []
+            weakref.finalize(context, _HELD.pop, key, None)
+        held.append(result)
 
 
 def add_metadata(key: str | None, details: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from prefect.tasks import exponential_backoff
 from fedml_storage import FedMLStorageError, StorageClient, human_size, planned_name
 
 from .block import FedMLStorage
-from .lineage import add_metadata, declare_input, declare_output
+from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -155,11 +155,14 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
     return task(body, **options), task(in_thread, **options)
 
 
-def _with_core_warnings(body: Callable[..., Any]) -> Callable[..., Any]:
+def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:
+    """The body with the core's warnings in the run log, its result kept while the flow run lasts."""
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
         with _core_warnings_in_run_log():
-            return body(*args, **kwargs)
+            result = body(*args, **kwargs)
+        hold_for_flow_run(result)
+        return result
     return run
 
 
@@ -259,9 +262,9 @@ def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedM
     return meta
 
 
-upload_data, aupload_data = _tasks(_with_core_warnings(_upload_data), "upload", _upload_run_name)
-download_data, adownload_data = _tasks(_with_core_warnings(_download_data), "download", _download_run_name)
-delete_data, adelete_data = _tasks(_with_core_warnings(_delete_data), "delete", "delete {name}")
-list_data, alist_data = _tasks(_with_core_warnings(_list_data), "list", "list datasets")
-get_data_metadata, aget_data_metadata = _tasks(_with_core_warnings(_get_data_metadata), "metadata",
+upload_data, aupload_data = _tasks(_task_body(_upload_data), "upload", _upload_run_name)
+download_data, adownload_data = _tasks(_task_body(_download_data), "download", _download_run_name)
+delete_data, adelete_data = _tasks(_task_body(_delete_data), "delete", "delete {name}")
+list_data, alist_data = _tasks(_task_body(_list_data), "list", "list datasets")
+get_data_metadata, aget_data_metadata = _tasks(_task_body(_get_data_metadata), "metadata",
                                                "metadata of {name}")
