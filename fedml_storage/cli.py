@@ -144,13 +144,15 @@ def _settings(obj: Ctx) -> FedMLResponse:
 @click.option("--description")
 @click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
 @click.option("--metadata", "metadata", multiple=True, callback=_parse_metadata, help="key=value; repeat for more.")
+@click.option("--ignore", "ignore", multiple=True,
+              help="Leave out what a .gitignore line would match (quote it: --ignore '*.pyc'); repeat for more.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags: tuple[str, ...],
-           metadata: dict[str, str] | None, as_json: bool) -> None:
+           metadata: dict[str, str] | None, ignore: tuple[str, ...], as_json: bool) -> None:
     """Upload a file or directory (unchanged content is not sent again)."""
     result = _finish(obj.client().upload(path, name, description, metadata, list(tags) or None,
-                                         show_progress=obj.progress))
+                                         show_progress=obj.progress, ignore_patterns=list(ignore) or None))
     _emit(result.to_dict()) if as_json else click.echo(result.summary())
 
 

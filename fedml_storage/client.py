@@ -123,10 +123,11 @@ class StorageClient:
     def upload(self, data_path: Any, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None, *,
                show_progress: bool = False, out_progress_to_err: bool = True,
-               progress_desc: str | None = None) -> FedMLResponse:
-        """Store a file or directory; data is an UploadResult (the stored object's URI)."""
+               progress_desc: str | None = None, ignore_patterns: list[str] | str | None = None) -> FedMLResponse:
+        """Store a file or directory; data is an UploadResult (the stored object's URI). `ignore_patterns`
+        (.gitignore syntax, relative to a folder) leaves matching items of a folder out."""
         req = UploadRequest(data_path, name, description, metadata, tag_list, show_progress,
-                            out_progress_to_err, progress_desc)
+                            out_progress_to_err, progress_desc, ignore_patterns)
 
         def run():
             catalog = self._catalog()

@@ -71,7 +71,7 @@ class UploadResult(_Detailed):
     """The stored object's URI, with name, version, digests, sizes and whether it was skipped."""
 
     _fields = ("name", "uri", "version", "sha256", "content_digest", "size", "source_size", "file_count",
-               "kind", "skipped", "seconds", "service", "namespace", "left_out")
+               "kind", "skipped", "seconds", "service", "namespace", "left_out", "ignored")
 
     def summary(self) -> str:
         """One log line."""
@@ -85,6 +85,8 @@ class UploadResult(_Detailed):
             shown = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
             line += (f"; left out {len(self.left_out)} that are not data (FIFOs, sockets, devices) or link to a folder "
                      f"it already holds: {shown}")
+        if self.ignored:
+            line += f"; left out {self.ignored} item(s) matching ignore_patterns"
         return line
 
 

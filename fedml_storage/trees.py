@@ -16,10 +16,12 @@ import stat
 import tempfile
 import weakref
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from .errors import InvalidInput
+from .ignores import IgnoreRules
 from .spill import cannot_spill
 
 log = logging.getLogger("fedml_storage")
@@ -143,11 +145,13 @@ class Entries:
                     yield Entry(rel, root, *fields)
 
 
-class Tree(NamedTuple):
+@dataclass
+class Tree:
     """A folder's files and subfolders, and what was left out."""
 
     entries: Entries
-    left_out: list[str]  # FIFOs, sockets, devices, and links to folders the upload already holds
+    left_out: list[str] = field(default_factory=list)  # FIFOs, sockets, devices, links to folders held already
+    ignored: int = 0  # items matching the upload's ignore patterns (a folder counts once, not its contents)
 
 
 def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -156,20 +160,20 @@ def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield part
 
 
-def scan_tree(root: Path) -> Tree:
-    """Files and folders under `root`, links followed. Every folder is read once: a link to a folder the
-    upload already holds (`latest -> run-7`, a link back up, two links to one place) is left out, like FIFOs,
-    sockets and devices. So links can neither loop nor multiply the tree."""
+def scan_tree(root: Path, ignore: IgnoreRules | None = None) -> Tree:
+    """Files and folders under `root`, links followed, without those `ignore` matches. Every folder is read
+    once: a link to a folder the upload already holds (`latest -> run-7`, a link back up, two links to one place)
+    is left out, like FIFOs, sockets and devices. So links can neither loop nor multiply the tree."""
     top = str(root)
-    tree = Tree(Entries(top), [])
+    tree = Tree(Entries(top))
     try:
         seen = {_folder_id(os.stat(root))}
         links: list[tuple[str, str, os.stat_result]] = []
-        _walk(top, "", tree, seen, links)
+        _walk(top, "", tree, seen, links, ignore)
         while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
             rel, path, st = links.pop(0)
             if not _held(rel, path, st, tree, seen, "it links to a folder the upload already holds"):
-                _walk(path, rel + "/", tree, seen, links)
+                _walk(path, rel + "/", tree, seen, links, ignore)
     except BaseException:
         tree.entries.close()
         raise
@@ -194,7 +198,7 @@ def _held(rel: str, path: str, st: os.stat_result, tree: Tree, seen: set[tuple[i
 
 
 def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
-          links: list[tuple[str, str, os.stat_result]]) -> None:
+          links: list[tuple[str, str, os.stat_result]], ignore: IgnoreRules | None) -> None:
     """Read `folder` and the real folders below it, depth first in name order, as a recursion would (without
     one: Python's stack would limit the depth); links to folders are put in `links` for later."""
     root = tree.entries.root
@@ -204,6 +208,9 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
         for name, is_link in items:
             rel = prefix + name
             path = base + name  # what os.path.join gives, at a fraction of its cost per file
+            if ignore is not None and ignore.leaves_out(rel, path):
+                tree.ignored += 1
+                continue
             st = _stat(path, rel)
             if stat.S_ISDIR(st.st_mode):
                 if is_link:

@@ -18,6 +18,7 @@ from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_v
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, StorageFailure, TransientError
+from .ignores import check_ignore_patterns
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
@@ -38,6 +39,7 @@ class UploadRequest:
     show_progress: bool = False
     out_progress_to_err: bool = True
     progress_desc: str | None = None
+    ignore_patterns: object = None
 
 
 def stored_name(src: Path, name: str | None) -> str:
@@ -82,11 +84,15 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     metadata = check_metadata(req.metadata)
     tags = check_tags(req.tag_list)
     check_progress_desc(req.progress_desc)
+    ignore = check_ignore_patterns(req.ignore_patterns)
     pool = ThreadPoolExecutor(1)
     tree = None
     try:
         reading = _submit(pool, _read_stored, catalog, name)  # round trips, overlapped with scanning the tree
-        tree = None if src.is_file() else scan_tree(src)
+        tree = None if src.is_file() else scan_tree(src, ignore)
+        if tree is not None and tree.ignored and not tree.entries.files:
+            raise InvalidInput(f"ignore_patterns leave out every file of {str(src)!r} ({tree.ignored} item(s) "
+                               "matched): nothing was uploaded; check the patterns")
         found, intact, lost = reading.result()
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
@@ -157,6 +163,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
         file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
         service=settings.service, namespace=catalog.namespace, left_out=tree.left_out if tree else [],
+        ignored=tree.ignored if tree else 0,
     )
 
 

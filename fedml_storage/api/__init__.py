@@ -23,11 +23,13 @@ def _client(api_key: str | None, service: str | None) -> StorageClient:
 def upload(data_path: str | os.PathLike, api_key: str | None = None, service: str | None = "R2",
            name: str | None = None, description: str | None = None, metadata: dict[str, str] | None = None,
            show_progress: bool = False, out_progress_to_err: bool = True, progress_desc: str | None = None,
-           tag_list: list[str] | None = None) -> FedMLResponse:
-    """Store a file or directory; `data` is the stored object's URI (an UploadResult with details)."""
+           tag_list: list[str] | None = None, *, ignore_patterns: list[str] | str | None = None) -> FedMLResponse:
+    """Store a file or directory; `data` is the stored object's URI (an UploadResult with details).
+    `ignore_patterns` (a keyword extension; .gitignore syntax) leaves matching items of a folder out."""
     with _client(api_key, service) as client:
         return client.upload(data_path, name, description, metadata, tag_list, show_progress=show_progress,
-                             out_progress_to_err=out_progress_to_err, progress_desc=progress_desc)
+                             out_progress_to_err=out_progress_to_err, progress_desc=progress_desc,
+                             ignore_patterns=ignore_patterns)
 
 
 def download(data_name: str, api_key: str | None = None, service: str | None = "R2",

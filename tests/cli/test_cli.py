@@ -153,3 +153,17 @@ def test_cleanup_removes_unpublished_leftovers_and_keeps_datasets(backend_env: d
             [k for k in keys if "/ghost/" not in k]
     got = run("download", "kept", "--dest", str(tmp_path / "out"), env=backend_env)
     assert got.returncode == 0 and tree_bytes(tmp_path / "out" / "kept") == tree_bytes(src)
+
+
+def test_upload_leaves_out_what_ignore_patterns_match(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "dataset")
+    (src / "sub" / "run.tmp").write_text("scratch")
+    up = run("upload", str(src), "--ignore", "*.tmp", "--ignore", "deeper/", "--json")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["ignored"] == 2
+    out = run("download", "dataset", "--dest", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    expected = {k: v for k, v in tree_bytes(src).items() if not k.endswith("run.tmp") and "deeper" not in k}
+    assert tree_bytes(tmp_path / "out" / "dataset") == expected
+    bad = run("upload", str(src), "--ignore", "!")
+    assert bad.returncode != 0 and "Invalid git pattern" in bad.stderr + bad.stdout
