@@ -139,9 +139,12 @@ class FedMLStorageHook(BaseHook):
             return raise_for(exc.response)
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
-               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:
-        """Store a file or directory; the upload's details as a JSON-able dict."""
-        result = raise_for(self.get_client().upload(data_path, name, description, metadata, tag_list))
+               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None, *,
+               ignore_patterns: list[str] | str | None = None) -> dict[str, Any]:
+        """Store a file or directory (without a folder's items matching `ignore_patterns`, .gitignore syntax);
+        the upload's details as a JSON-able dict."""
+        result = raise_for(self.get_client().upload(data_path, name, description, metadata, tag_list,
+                                                    ignore_patterns=ignore_patterns))
         self.log.info("%s", result.summary())
         self._report_lineage("add_output_asset", result.name)
         return result.to_dict()

@@ -77,19 +77,20 @@ class FedMLStorageUploadOperator(_StorageOperator):
     the Asset it stored through it. An AssetAlias passed in `outlets` gets the event too.
     """
 
-    template_fields: Sequence[str] = ("data_path", "name", "description", "metadata", "tag_list", "service",
-                                      "namespace", "fedml_storage_conn_id")
+    template_fields: Sequence[str] = ("data_path", "name", "description", "metadata", "tag_list", "ignore_patterns",
+                                      "service", "namespace", "fedml_storage_conn_id")
     template_fields_renderers = {"metadata": "json"}
 
     def __init__(self, *, data_path: str, name: str | None = None, description: str | None = None,
                  metadata: dict[str, str] | str | None = None, tag_list: list[str] | None = None,
-                 **kwargs: Any) -> None:
+                 ignore_patterns: list[str] | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_path = data_path
         self.name = name
         self.description = description
         self.metadata = metadata
         self.tag_list = tag_list
+        self.ignore_patterns = ignore_patterns
         if not self.outlets:  # a name only the run tells is emitted then, through an alias of this task
             self.outlets = (_static_asset(_upload_name_at_parse(data_path, name), self.namespace)
                             or [_upload_alias(self.dag_id, self.task_id)])
@@ -119,7 +120,8 @@ class FedMLStorageUploadOperator(_StorageOperator):
             planned = planned_name(self.data_path, self.name)
             if declared and planned is not None:  # refuse before publishing rather than after
                 self._check_outlets(hook.asset_uri(planned), declared, published=False)
-            result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list)
+            result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list,
+                                 ignore_patterns=self.ignore_patterns)
             uri = hook.asset_uri(result["name"])
             self._check_outlets(uri, declared, published=True)
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}

@@ -106,10 +106,13 @@ upload_data("data/mnist", storage=storage)
                              **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
-               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None) -> dict[str, Any]:
-        """Store a file or directory; the upload's details. Raises FedMLStorageError on failure."""
+               metadata: dict[str, str] | None = None, tag_list: list[str] | None = None, *,
+               ignore_patterns: list[str] | str | None = None) -> dict[str, Any]:
+        """Store a file or directory (without a folder's items matching `ignore_patterns`, .gitignore syntax);
+        the upload's details. Raises FedMLStorageError on failure."""
         with self.client() as client:
-            return client.upload(data_path, name, description, metadata, tag_list).unwrap().to_dict()
+            return client.upload(data_path, name, description, metadata, tag_list,
+                                 ignore_patterns=ignore_patterns).unwrap().to_dict()
 
     def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
         """Fetch a dataset; its absolute path."""

@@ -180,15 +180,17 @@ def _download_run_name(parameters: dict[str, Any]) -> str:
 def _upload_data(data_path: str, name: str | None = None, description: str | None = None,
                  metadata: dict[str, str] | None = None, tag_list: list[str] | None = None,
                  storage: FedMLStorage | str | None = None, service: str | None = None,
-                 namespace: str | None = None) -> dict[str, Any]:
+                 namespace: str | None = None, ignore_patterns: list[str] | str | None = None) -> dict[str, Any]:
     """Store a file or directory; returns name, uri, version, sha256, size, skipped, ... (JSON-able).
+    `ignore_patterns` (.gitignore syntax) leaves a folder's matching items out.
 
     The task run materialises the Prefect asset fedml://<namespace>/<name>.
     """
     with _client(storage, service, namespace) as client:
         planned = planned_name(data_path, name)
         key = declare_output(client, planned) if planned else None  # first: a failure is a failed materialisation
-        result = client.upload(data_path, name, description, metadata, tag_list).unwrap()
+        result = client.upload(data_path, name, description, metadata, tag_list,
+                               ignore_patterns=ignore_patterns).unwrap()
         if planned is None:  # could not be told beforehand
             key = declare_output(client, result.name)
     _log().info("%s", result.summary())

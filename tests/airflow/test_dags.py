@@ -112,6 +112,8 @@ def test_namespace_from_the_connection_mapped_uploads_sensor_download_and_retrie
     seen = {"name": "shared", "version": upload["version"], "sha256": upload["sha256"]}
     assert _xcoms(airflow_home, dag_id, "wait") == [seen]
     assert _xcoms(airflow_home, dag_id, "download") == [str(tmp_path / "work" / "down" / "shared")]
+    assert upload["ignored"] == 2 and upload["file_count"] == 1  # scratch.tmp and .cache/ left out
+    assert tree_bytes(tmp_path / "work" / "down" / "shared") == {"rows.csv": b"a,b\n1,2\n"}
     assert _xcoms(airflow_home, dag_id, "download", "version") == [upload["version"]]
     assert _xcoms(airflow_home, dag_id, "download", "sha256") == [upload["sha256"]]
     # a delete run again after it went through succeeds, and says nothing was deleted

@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.client.orchestration import get_client
 
 from fedml_storage import PLAIN_SETTINGS, FedMLStorageError, StorageClient
@@ -251,3 +251,25 @@ def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
     message = str(refused.value)
     assert "api_key" in message and "(from the FedMLStorage block or the task's arguments)" in message
     assert "Fix the FedMLStorage block or the task's arguments" in message and "s3cr3t" not in message
+
+
+def test_ignore_patterns_reach_the_core_from_the_task_and_the_block(tmp_path: Path) -> None:
+    src = tmp_path / "proj"
+    (src / "__pycache__").mkdir(parents=True)
+    (src / "train.py").write_text("fit()")
+    (src / "__pycache__" / "train.pyc").write_bytes(b"\x00")
+    (src / "run.tmp").write_text("scratch")
+
+    @flow
+    def ignoring() -> tuple[dict, str, list[dict]]:
+        up = upload_data(str(src), ignore_patterns=["__pycache__/", "*.tmp"])
+        mapped = upload_data.map([str(src), str(src)], name=["m1", "m2"],
+                                 ignore_patterns=unmapped(["__pycache__/", "*.tmp"])).result()
+        return up, download_data("proj", dest_path=str(tmp_path / "out")), mapped
+
+    up, path, mapped = ignoring()
+    assert up["ignored"] == 2 and up["file_count"] == 1
+    assert [(m["name"], m["ignored"]) for m in mapped] == [("m1", 2), ("m2", 2)]
+    assert tree_bytes(Path(path)) == {"train.py": b"fit()"}
+    by_block = FedMLStorage(service="LOCAL").upload(str(src), name="proj2", ignore_patterns="*.tmp\n__pycache__/")
+    assert by_block["ignored"] == 2 and by_block["content_digest"] == up["content_digest"]

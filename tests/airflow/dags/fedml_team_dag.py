@@ -1,5 +1,5 @@
-"""Test DAG: the connection alone sets the namespace (team-a). Mapped uploads and a plain one emit their Assets
-there; a sensor waits for the uploaded version and tells it; the download pushes what it got; the delete runs
+"""Test DAG: the connection alone sets the namespace (team-a). Mapped uploads and a plain one (leaving out
+scratch files by ignore_patterns) emit their Assets there; a sensor waits for the uploaded version and tells it; the download pushes what it got; the delete runs
 twice, as a retry after it went through would."""
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ def team_dag():
     def make_data() -> None:
         Path(WORK, "shared").mkdir(parents=True, exist_ok=True)
         Path(WORK, "shared", "rows.csv").write_text("a,b\n1,2\n")
+        Path(WORK, "shared", "scratch.tmp").write_text("not data")
+        Path(WORK, "shared", ".cache").mkdir(exist_ok=True)
+        Path(WORK, "shared", ".cache", "blob").write_text("not data")
         for i in (1, 2, 3):
             Path(WORK, f"ds{i}.csv").write_text(f"id\n{i}\n")
 
     each = FedMLStorageUploadOperator.partial(task_id="upload_each").expand(
         data_path=[f"{WORK}/ds{i}.csv" for i in (1, 2, 3)])
-    upload = FedMLStorageUploadOperator(task_id="upload", data_path=f"{WORK}/shared", name="shared")
+    upload = FedMLStorageUploadOperator(task_id="upload", data_path=f"{WORK}/shared", name="shared",
+                                        ignore_patterns=["*.tmp", ".cache/"])
     wait = FedMLStorageDatasetSensor(task_id="wait", name="shared", poke_interval=1, timeout=60,
                                      version="{{ ti.xcom_pull(task_ids='upload')['version'] }}")
     download = FedMLStorageDownloadOperator(task_id="download", name="shared", dest_path=f"{WORK}/down")
