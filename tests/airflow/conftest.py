@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -77,3 +80,37 @@ async def first_event(trigger, within: float) -> dict:
         return (await asyncio.wait_for(anext(events), within)).payload
     finally:
         await events.aclose()
+
+
+@pytest.fixture
+def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For tests that run operators in-process (not for those running `airflow dags test`, which inherit it)."""
+    monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+
+@pytest.fixture
+def s3_conn_json(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    conn = {"conn_type": "fedml_storage", "password": s3_settings["api_key"],
+            "extra": {k: s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}}
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(conn))
+    return conn
+
+
+class _OutletEvents(SimpleNamespace):
+    """What a task's `outlet_events[...]` accessor records: `extra` for an Asset, `add()` for an AssetAlias."""
+
+    def add(self, asset, extra: dict | None = None) -> None:
+        self.added.append((asset.uri, extra))
+
+
+class _TaskInstance(SimpleNamespace):
+    """What a task's `ti` records of `xcom_push`."""
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def task_context() -> dict:
+    """The parts of a task's context the operators use, recording what they emit and push."""
+    return {"outlet_events": defaultdict(lambda: _OutletEvents(extra=None, added=[])), "run_id": "manual__1",
+            "ds": "2026-11-24", "ti": _TaskInstance(pushed={})}

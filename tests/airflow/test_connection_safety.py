@@ -20,11 +20,7 @@ from tests.cutting_proxy import CuttingProxy
 from .conftest import first_event
 
 KEY_ID, SECRET = TEST_API_KEY.split(":", 1)
-
-
-@pytest.fixture(autouse=True)
-def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+pytestmark = pytest.mark.usefixtures("unit_test_mode")
 
 
 @pytest.fixture

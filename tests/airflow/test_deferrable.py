@@ -20,11 +20,7 @@ from tests.conftest import TEST_API_KEY
 from .conftest import AIRFLOW, base_env, first_event, query
 
 DAGFILE = Path(__file__).parent / "dags" / "fedml_sensor_dag.py"
-
-
-@pytest.fixture(autouse=True)
-def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+pytestmark = pytest.mark.usefixtures("unit_test_mode")
 
 
 def test_trigger_serialises_without_secrets_and_fires_when_ready(tmp_path: Path, s3_settings: dict,

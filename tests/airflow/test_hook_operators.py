@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
-from airflow.sdk import Asset, AssetAlias
+from airflow.sdk import AssetAlias
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_provider.hook import FedMLStorageException, FedMLStorageHook
@@ -25,39 +23,10 @@ from airflow_provider.sensors import FedMLStorageDatasetSensor
 from fedml_storage import StorageClient
 from tests.conftest import TEST_API_KEY
 
+from .conftest import task_context
+
 SECRET = TEST_API_KEY.split(":", 1)[1]
-
-
-@pytest.fixture(autouse=True)
-def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
-
-
-@pytest.fixture
-def s3_conn_json(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    conn = {"conn_type": "fedml_storage", "password": s3_settings["api_key"],
-            "extra": {k: s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}}
-    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(conn))
-    return conn
-
-
-class _OutletEvents(SimpleNamespace):
-    """What a task's `outlet_events[...]` accessor records: `extra` for an Asset, `add()` for an AssetAlias."""
-
-    def add(self, asset: Asset, extra: dict | None = None) -> None:
-        self.added.append((asset.uri, extra))
-
-
-class _TaskInstance(SimpleNamespace):
-    """What a task's `ti` records of `xcom_push`."""
-
-    def xcom_push(self, key: str, value: object) -> None:
-        self.pushed[key] = value
-
-
-def _context() -> dict:
-    return {"outlet_events": defaultdict(lambda: _OutletEvents(extra=None, added=[])), "run_id": "manual__1",
-            "ds": "2026-11-24", "ti": _TaskInstance(pushed={})}
+pytestmark = pytest.mark.usefixtures("unit_test_mode")
 
 
 def test_connection_from_uri_and_json(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +98,7 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     upload = FedMLStorageUploadOperator(task_id="up", data_path=str(src), metadata='{"k": "v"}', tag_list=["t"],
                                         namespace="default")
     assert [a.uri for a in upload.outlets] == ["fedml://default/ds"]
-    ctx = _context()
+    ctx = task_context()
     result = upload.execute(ctx)
     json.dumps(result)
     assert result["name"] == "ds" and result["version"] and result["size"] > 0
@@ -138,155 +107,26 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     logged = caplog.text + capfd.readouterr().out
     assert "uploaded 'ds'" in logged  # the one log line of what was done
 
-    again = FedMLStorageUploadOperator(task_id="up2", data_path=str(src)).execute(_context())
+    again = FedMLStorageUploadOperator(task_id="up2", data_path=str(src)).execute(task_context())
     assert again["skipped"] and again["version"] == result["version"]  # a retried upload costs nothing
 
     down = FedMLStorageDownloadOperator(task_id="down", name="ds", dest_path=str(tmp_path / "o"),
                                         version=result["version"], namespace="default")
     assert [a.uri for a in down.inlets] == ["fedml://default/ds"]
-    ctx = _context()
+    ctx = task_context()
     path = down.execute(ctx)
     assert Path(path, "a.txt").read_text() == "airflow" and type(path) is str  # XCom: the path, as before
     assert ctx["ti"].pushed == {"version": result["version"], "sha256": result["sha256"]}  # to pin downstream
-    listed = FedMLStorageListOperator(task_id="ls").execute(_context())
+    listed = FedMLStorageListOperator(task_id="ls").execute(task_context())
     assert [i["dataName"] for i in listed] == ["ds"] and json.dumps(listed)
-    meta = FedMLStorageMetadataOperator(task_id="m", name="ds").execute(_context())
+    meta = FedMLStorageMetadataOperator(task_id="m", name="ds").execute(task_context())
     assert meta["user_metadata"] == {"k": "v"} and meta["tag_list"] == ["t"]
-    assert FedMLStorageMetadataOperator(task_id="m2", name="ds", user_defined_only=True).execute(_context()) == {
+    assert FedMLStorageMetadataOperator(task_id="m2", name="ds", user_defined_only=True).execute(task_context()) == {
         "k": "v"}
-    assert FedMLStorageDeleteOperator(task_id="rm", name="ds").execute(_context()) is True
+    assert FedMLStorageDeleteOperator(task_id="rm", name="ds").execute(task_context()) is True
     out, err = capfd.readouterr()
     everything = logged + caplog.text + out + err + json.dumps([result, listed, meta])
     assert SECRET not in everything and TEST_API_KEY.split(":")[0] not in json.dumps([result, listed, meta])
-
-
-def test_a_namespace_set_only_in_the_connection_reaches_outlets_and_inlets(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
-        {"conn_type": "fedml_storage", "extra": {"service": "LOCAL", "namespace": "team-a"}}))
-    (tmp_path / "ds").mkdir()
-    (tmp_path / "ds" / "a.txt").write_text("x")
-    unaware = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "ds"))
-    assert [type(a) for a in unaware.outlets] == [AssetAlias]  # the DAG file does not tell the namespace
-    ctx = _context()
-    result = unaware.execute(ctx)
-    assert ctx["outlet_events"][unaware.outlets[0]].added[0][0] == "fedml://team-a/ds"  # what was stored
-    assert [m.dataName for m in StorageClient(service="LOCAL", namespace="team-a").list().data] == ["ds"]
-    down = FedMLStorageDownloadOperator(task_id="down", name="ds", dest_path=str(tmp_path / "o"))
-    assert down.inlets == []  # never the wrong fedml://default/ds
-    assert down.execute(_context()).endswith("ds")
-    aware = FedMLStorageDownloadOperator(task_id="down2", name="ds", namespace="team-a")
-    assert [a.uri for a in aware.inlets] == ["fedml://team-a/ds"]
-    templated = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "ds"), namespace="{{ params.ns }}")
-    assert [type(a) for a in templated.outlets] == [AssetAlias]
-
-    # outlets declared by hand for another namespace are refused before anything is published
-    wrong = FedMLStorageUploadOperator(task_id="up3", data_path=str(tmp_path / "ds"), name="other",
-                                       outlets=[Asset("fedml://default/other")])
-    ctx = _context()
-    with pytest.raises(AirflowFailException, match="nothing was uploaded. Make them agree: pass namespace="):
-        wrong.execute(ctx)
-    assert not ctx["outlet_events"]
-    assert [m.dataName for m in StorageClient(service="LOCAL", namespace="team-a").list().data] == ["ds"]
-    assert result["name"] == "ds"
-
-
-def test_user_aliases_get_the_event_and_mapped_uploads_declare_one(tmp_path: Path) -> None:
-    from airflow.sdk import DAG
-
-    (tmp_path / "f.txt").write_text("x")
-    mine = AssetAlias("my-alias")
-    op = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt"), outlets=[mine])
-    ctx = _context()
-    result = op.execute(ctx)
-    assert ctx["outlet_events"][mine].added == [
-        ("fedml://default/f.txt", {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")})]
-    with DAG("mapping_dag", schedule=None):
-        mapped = FedMLStorageUploadOperator.partial(task_id="up").expand(data_path=["a", "b"])
-        chosen = FedMLStorageUploadOperator.partial(task_id="up2", outlets=[mine]).expand(data_path=["a"])
-    assert mapped.outlets == [AssetAlias("fedml-storage-upload:mapping_dag.up")]
-    assert chosen.outlets == [mine]
-
-
-def test_a_user_alias_beside_the_declared_asset_gets_the_event_too(tmp_path: Path, caplog, capfd) -> None:
-    (tmp_path / "f.txt").write_text("x")
-    mine = AssetAlias("my-alias")
-    declared = Asset("fedml://default/f.txt")
-    op = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt"), namespace="default",
-                                    outlets=[declared, mine])
-    ctx = _context()
-    result = op.execute(ctx)
-    extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
-    assert ctx["outlet_events"][declared].extra == extra
-    assert ctx["outlet_events"][mine].added == [("fedml://default/f.txt", extra)]
-    bare = FedMLStorageUploadOperator(task_id="bare", data_path=str(tmp_path / "f.txt"))
-    bare.outlets = []  # as a mapped upload made outside any DAG: nothing to carry the event
-    capfd.readouterr()
-    with caplog.at_level(logging.WARNING):
-        bare.execute(_context())
-    logged = caplog.text + "".join(capfd.readouterr())  # Airflow's task loggers write to the console
-    assert "no outlet of this task carries an event for fedml://default/f.txt" in logged
-
-
-def test_lineage_that_fails_never_fails_a_finished_transfer(tmp_path: Path, monkeypatch, caplog, capfd) -> None:
-    import airflow_provider.hook as hook_module
-
-    class Refusing:
-        def add_output_asset(self, **kwargs):
-            raise ValueError("Asset name cannot exceed 1500 characters")
-
-        add_input_asset = add_output_asset
-
-    monkeypatch.setattr(hook_module, "get_hook_lineage_collector", Refusing)
-    (tmp_path / "f.txt").write_text("kept")
-    with caplog.at_level(logging.WARNING), FedMLStorageHook() as hook:
-        assert hook.upload(str(tmp_path / "f.txt"))["name"] == "f.txt"
-        assert Path(hook.download("f.txt", str(tmp_path / "out"))).read_text() == "kept"
-    logged = caplog.text + "".join(capfd.readouterr())
-    said = [line for line in logged.splitlines() if "not reporting lineage" in line]
-    assert len(said) == 2 and all("1500 characters" in line for line in said), logged
-
-
-def test_outlet_follows_the_core_naming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(
-        {"conn_type": "fedml_storage", "extra": {"service": "LOCAL"}}))
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"weights")
-    static = FedMLStorageUploadOperator(task_id="up", data_path=str(model), name="weights.bin", namespace="default")
-    assert [a.uri for a in static.outlets] == ["fedml://default/weights.bin"]  # a name with an extension is kept
-    assert [a.uri for a in FedMLStorageUploadOperator(task_id="up0", data_path=str(model),
-                                                      namespace="default").outlets] == ["fedml://default/model.pt"]
-    ctx = _context()
-    assert static.execute(ctx)["name"] == "weights.bin"
-    assert [a.uri for a in ctx["outlet_events"]] == ["fedml://default/weights.bin"]
-
-    # name="weights" for a path ending in ".pt": a file gains the extension, a folder (here one made only at run
-    # time, "v1.0") does not. The DAG file does not tell which, so the run emits the Asset through the task's alias
-    upload = FedMLStorageUploadOperator(task_id="up1", data_path=str(model), name="weights")
-    run_dir = tmp_path / "runs" / "v1.0"
-    later = FedMLStorageUploadOperator(task_id="up2", data_path=str(run_dir), name="mnist")
-    late_file = tmp_path / "late.pt"
-    guessed = FedMLStorageUploadOperator(task_id="up3", data_path=str(late_file), name="late-weights")
-    for op in (upload, later, guessed):
-        assert [type(a) for a in op.outlets] == [AssetAlias]
-        assert op.outlets[0].name == f"fedml-storage-upload:{op.dag_id}.{op.task_id}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "a.txt").write_text("x")
-    late_file.write_bytes(b"late")
-    for op, stored in ((upload, "weights.pt"), (later, "mnist"), (guessed, "late-weights.pt")):
-        ctx = _context()
-        result = op.execute(ctx)
-        assert result["name"] == stored
-        assert ctx["outlet_events"][op.outlets[0]].added == [
-            (f"fedml://default/{stored}", {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")})]
-
-    # outlets declared by hand that the upload would not write are refused before anything is published
-    wrong = FedMLStorageUploadOperator(task_id="up4", data_path=str(late_file), name="other",
-                                       outlets=[Asset("fedml://default/other")])
-    with pytest.raises(AirflowFailException, match="nothing was uploaded.*name='weights' for model.pt"):
-        wrong.execute(_context())
-    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["late-weights.pt", "mnist",
-                                                                                "weights.bin", "weights.pt"]
 
 
 def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
@@ -298,7 +138,7 @@ def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
     assert (op.data_path, op.name, op.metadata) == (f"{tmp_path}/data", "rendered", {"run": "manual__7"})
     bad = FedMLStorageUploadOperator(task_id="bad", data_path=str(tmp_path), metadata="{not json")
     with pytest.raises(AirflowFailException, match="JSON"):
-        bad.execute(_context())
+        bad.execute(task_context())
 
 
 def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
@@ -319,13 +159,13 @@ def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
 
 def test_operators_release_their_connections(s3_conn_json: dict, tmp_path: Path, client_spy) -> None:
     (tmp_path / "f.txt").write_text("x")
-    FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt")).execute(_context())
-    FedMLStorageListOperator(task_id="ls").execute(_context())
-    FedMLStorageMetadataOperator(task_id="m", name="f.txt").execute(_context())
-    FedMLStorageDownloadOperator(task_id="down", name="f.txt", dest_path=str(tmp_path / "o")).execute(_context())
-    assert FedMLStorageDatasetSensor(task_id="s", name="f.txt").poke(_context())
+    FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "f.txt")).execute(task_context())
+    FedMLStorageListOperator(task_id="ls").execute(task_context())
+    FedMLStorageMetadataOperator(task_id="m", name="f.txt").execute(task_context())
+    FedMLStorageDownloadOperator(task_id="down", name="f.txt", dest_path=str(tmp_path / "o")).execute(task_context())
+    assert FedMLStorageDatasetSensor(task_id="s", name="f.txt").poke(task_context())
     assert FedMLStorageHook().test_connection()[0]
-    FedMLStorageDeleteOperator(task_id="rm", name="f.txt").execute(_context())
+    FedMLStorageDeleteOperator(task_id="rm", name="f.txt").execute(task_context())
     assert len(client_spy.opened) == 7 and client_spy.leaked() == []  # one client per step, each closed
     with FedMLStorageHook() as hook:
         assert not hook.exists("f.txt")
@@ -369,11 +209,11 @@ def test_a_retried_delete_succeeds_and_says_nothing_was_deleted(tmp_path: Path) 
     (tmp_path / "gone").write_text("x")
     FedMLStorageHook().upload(str(tmp_path / "gone"))
     delete = FedMLStorageDeleteOperator(task_id="rm", name="gone")
-    assert delete.execute(_context()) is True
-    assert delete.execute(_context()) is False  # the retry after the delete went through
+    assert delete.execute(task_context()) is True
+    assert delete.execute(task_context()) is False  # the retry after the delete went through
     strict = FedMLStorageDeleteOperator(task_id="rm2", name="gone", missing_ok=False)
     with pytest.raises(AirflowFailException, match="no data named 'gone'"):
-        strict.execute(_context())
+        strict.execute(task_context())
 
 
 def test_get_conn_is_the_client(tmp_path: Path) -> None:
@@ -442,21 +282,3 @@ def test_sensor_warns_when_the_service_cannot_be_reached(unreachable_connection:
     warned = [line for line in lines if "cannot check dataset 'ds'" in line and "cannot reach the storage" in line]
     assert [_level(line) for line in warned] in (["warning"], ["warning", "warning"]), lines  # not a quiet "not yet"
     assert SECRET not in "\n".join(lines)
-
-
-def test_uploads_and_downloads_report_hook_lineage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow.sdk import lineage, plugins_manager
-
-    monkeypatch.setattr(plugins_manager, "get_hook_lineage_readers_plugins", lambda: [lineage.HookLineageReader])
-    lineage.get_hook_lineage_collector.cache_clear()  # a real collector, as when a lineage reader is installed
-    try:
-        (tmp_path / "seen.csv").write_text("a\n")
-        hook = FedMLStorageHook(namespace="team-b")
-        hook.upload(str(tmp_path / "seen.csv"))
-        hook.download("seen.csv", str(tmp_path / "o"))
-        collected = lineage.get_hook_lineage_collector().collected_assets
-    finally:
-        lineage.get_hook_lineage_collector.cache_clear()
-    assert [i.asset.uri for i in collected.outputs] == ["fedml://team-b/seen.csv"]
-    assert [i.asset.uri for i in collected.inputs] == ["fedml://team-b/seen.csv"]
-    assert collected.outputs[0].context is hook
