@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - depends on the installed Prefect
     AssetContext = None
 
 MATERIALIZED_BY = "fedml-storage"
+T = TypeVar("T")
 
 
 def _asset(client: StorageClient, name: str) -> tuple[Any, Any] | None:
@@ -72,17 +73,17 @@ _HELD: dict[int, list[Any]] = {}
 _HELD_LOCK = threading.Lock()
 
 
-def hold_for_flow_run(result: Any) -> None:
-    """Keep a task's result alive until its flow run ends.
+def hold_for_flow_run(result: T) -> T:
+    """`result`, kept alive until the flow run ends (for the results that carry lineage: small, one per call).
 
-    Prefect ties a result and its parts to the task run by id(), without holding them (dicts, lists and strings
-    cannot be weakly referenced). Once freed, those ids come back as new objects made in the flow (a dict of
-    metadata, a path string), which then look downstream of this run: false lineage, seen in about one run in
-    three of a flow that drops an upload's result.
+    Prefect ties a result and its parts to the task run by id(), without holding them (dicts and strings cannot
+    be weakly referenced). Once freed, those ids come back as new objects made in the flow (a dict of metadata,
+    a path string), which then look downstream of this run: false lineage, seen in about one run in three of a
+    flow that drops an upload's result.
     """
     context = FlowRunContext.get()
     if context is None:
-        return
+        return result
     key = id(context)
     with _HELD_LOCK:
         held = _HELD.get(key)
@@ -90,6 +91,7 @@ def hold_for_flow_run(result: Any) -> None:
             held = _HELD[key] = []
             weakref.finalize(context, _HELD.pop, key, None)
         held.append(result)
+    return result
 
 
 def add_metadata(key: str | None, details: dict[str, Any]) -> None:

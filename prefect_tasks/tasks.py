@@ -156,13 +156,11 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 
 
 def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:
-    """The body with the core's warnings in the run log, its result kept while the flow run lasts."""
+    """The body with the core's warnings in the run log."""
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
         with _core_warnings_in_run_log():
-            result = body(*args, **kwargs)
-        hold_for_flow_run(result)
-        return result
+            return body(*args, **kwargs)
     return run
 
 
@@ -206,7 +204,7 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
             _sync=True,
         )
     add_metadata(key, {k: details[k] for k in ("version", "sha256", "size", "uri")})
-    return details
+    return hold_for_flow_run(details)
 
 
 def _download_data(name: str, dest_path: str | None = None, version: str | None = None,
@@ -220,7 +218,7 @@ def _download_data(name: str, dest_path: str | None = None, version: str | None 
         result = client.download(name, dest_path, version=version).unwrap()
         declare_input(client, name)
     _log().info("%s", result.summary())
-    return str(result)
+    return hold_for_flow_run(str(result))
 
 
 def _delete_data(name: str, storage: FedMLStorage | str | None = None, service: str | None = None,
