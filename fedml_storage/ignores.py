@@ -1,35 +1,98 @@
-"""Ignore patterns for folder uploads: the syntax of a .gitignore file, matched against paths relative to the
-uploaded folder (`*.pyc`, `__pycache__/`, `.git`, `/checkpoints`, `logs/**/*.tmp`, `!keep.log`)."""
+"""Ignore patterns for folder uploads, as git reads a .gitignore file at the uploaded folder's top.
+
+Each item is judged by its own path relative to the folder: the last pattern matching it decides, and a folder
+left out is not read, so nothing under it comes back (as in git). Patterns follow git's wildmatch: `*`, `?` and
+`[...]` (ranges, `[!...]`, `[[:alpha:]]` and the other classes) stay within one name, `**` spans folders as a
+whole name (`**/x`, `x/**`, `a/**/b`), a trailing `/` matches folders only, a `/` elsewhere anchors the pattern
+at the top, `!` brings an item back, `\\` escapes. (pathspec, the usual library, also matches what is inside a
+matching folder, so `!src/` there brings back `src/.git`: not what git does.)
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 
 from .errors import InvalidInput
 
 HINT = "write them as lines of a .gitignore file, e.g. ['*.pyc', '__pycache__/', '.git']"
+_CLASSES = {  # git's (ASCII) character classes
+    "alnum": "a-zA-Z0-9", "alpha": "a-zA-Z", "blank": " \\t", "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9",
+    "graph": "\\x21-\\x7e", "lower": "a-z", "print": "\\x20-\\x7e", "punct": "!-/:-@\\[-`{-~",
+    "space": " \\t\\n\\r\\f\\v", "upper": "A-Z", "xdigit": "0-9A-Fa-f",
+}
+
+
+class _Unmatchable(Exception):
+    """A pattern git would never match (an unclosed `[`, an unknown class, a trailing `\\`)."""
 
 
 class IgnoreRules:
-    """Which of a folder's items an upload leaves out. A folder that matches is left out whole: as in git, a
-    later `!pattern` cannot bring back a file inside it."""
+    """Which of a folder's items an upload leaves out."""
 
-    def __init__(self, lines: list[str]) -> None:
-        import pathspec  # only an upload given patterns pays for the import
+    def __init__(self, patterns: list[tuple[str, bool, bool, bool]]) -> None:
+        """`patterns`: (regex, anchored, negated, folders only) in the order given; an anchored regex is matched
+        against the relative path, the others against the item's name."""
+        self.count = len(patterns)
+        self._rules = [(negated, folders_only) for _, _, negated, folders_only in patterns]
+        # Per kind of item (folder or not), one alternation over paths and one over names, last pattern first:
+        # the first alternative to match is the last pattern that does, found in one call whatever their number.
+        self._regexes: dict[bool, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
+        for folder in (False, True):
+            chosen = [(i, p) for i, p in reversed(list(enumerate(patterns))) if folder or not p[3]]
+            self._regexes[folder] = (_alternation([(i, p[0]) for i, p in chosen if p[1]]),
+                                     _alternation([(i, p[0]) for i, p in chosen if not p[1]]))
 
-        self.patterns = lines
-        try:
-            self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
-        except ValueError as exc:  # pathspec's pattern error
-            raise InvalidInput(f"ignore_patterns: {exc}; {HINT}") from None
+    def _last(self, rel: str, folder: bool) -> int | None:
+        """The index of the last pattern matching the item, or None."""
+        by_path, by_name = self._regexes[folder]
+        found = [m for m in (by_path.fullmatch(rel) if by_path else None,
+                             by_name.fullmatch(rel.rpartition("/")[2]) if by_name else None) if m is not None]
+        return max(int(m.lastgroup[1:]) for m in found) if found else None  # type: ignore[index]
 
-    def leaves_out(self, rel: str, path: str) -> bool:
-        """Whether the item at `path` (`rel` to the folder, with '/' between names) is left out. Decided before
-        it is read, so an ignored broken link or unreadable folder does not stop the upload."""
-        as_file, as_folder = self._spec.match_file(rel), self._spec.match_file(rel + "/")
-        if as_file == as_folder:
-            return as_file
-        return as_folder if os.path.isdir(path) else as_file  # only 'name/' patterns (or '!' ones) tell them apart
+    def ignores(self, rel: str, folder: bool) -> bool:
+        """Whether the item at `rel` (names joined by '/') is left out."""
+        last = self._last(rel, folder)
+        return last is not None and not self._rules[last][0]
+
+    def in_folder(self, top: str) -> Callable[[str, str, bool], bool]:
+        """`leaves_out(rel, path, is_link)` for the items of folder `top`: whether the item is left out, decided
+        before it is read where the patterns allow (an ignored broken link or unreadable folder does not stop the
+        upload). A link counts as what it points to (a folder or a file); one pointing to an item of `top` that is
+        left out is left out too, so ignored data does not come in under another name."""
+        real_top = os.path.realpath(top)
+
+        def leaves_out(rel: str, path: str, is_link: bool) -> bool:
+            if self._item(rel, path):
+                return True
+            if not is_link:
+                return False
+            try:
+                parts = os.path.relpath(os.path.realpath(path), real_top).split(os.sep)
+            except ValueError:  # on another drive (Windows)
+                return False
+            if parts[0] in (".", ".."):
+                return False
+            return any(self.ignores("/".join(parts[:k]), True) for k in range(1, len(parts))) or \
+                self._item("/".join(parts), os.path.join(real_top, *parts))
+
+        return leaves_out
+
+    def _item(self, rel: str, path: str) -> bool:
+        last = self._last(rel, True)
+        if last is None:
+            return False
+        negated, folders_only = self._rules[last]
+        if not folders_only:  # it decides for a folder and a file alike
+            return not negated
+        as_folder, as_file = not negated, self.ignores(rel, False)
+        return as_file if as_file == as_folder else (as_folder if os.path.isdir(path) else as_file)
+
+
+def _alternation(regexes: list[tuple[int, str]]) -> re.Pattern[str] | None:
+    """One regex trying each (index, regex) in turn; the match's lastgroup is f"p{index}"."""
+    return re.compile("|".join(f"(?P<p{i}>{r})" for i, r in regexes), re.DOTALL) if regexes else None
 
 
 def check_ignore_patterns(value: object) -> IgnoreRules | None:
@@ -42,11 +105,140 @@ def check_ignore_patterns(value: object) -> IgnoreRules | None:
         items = list(value)
     else:
         raise InvalidInput(f"ignore_patterns must be a list of strings, not {type(value).__name__}; {HINT}")
-    lines: list[str] = []
+    patterns = []
     for item in items:
         if not isinstance(item, str):
             raise InvalidInput(f"ignore_patterns holds {item!r}, which is not a string; {HINT}")
-        lines += item.splitlines()
-    if all(not line.strip() or line.startswith("#") for line in lines):
+        for line in item.split("\n"):
+            parsed = _parse(line.removesuffix("\r"))
+            if parsed is not None:
+                patterns.append(parsed)
+    return IgnoreRules(patterns) if patterns else None
+
+
+def _parse(line: str) -> tuple[str, bool, bool, bool] | None:
+    """A .gitignore line as (regex, anchored, negated, folders only); None for blanks, comments and lines that
+    match nothing."""
+    line = _trim_trailing_spaces(line)
+    if not line or line.startswith("#"):
         return None
-    return IgnoreRules(lines)
+    negated = line.startswith("!")
+    if negated:
+        line = line[1:]
+    folders_only = line.endswith("/")
+    if folders_only:
+        line = line[:-1]
+    if not line:
+        return None
+    if line.startswith("**/") and "/" not in line[3:]:
+        line = line[3:]  # '**/name' is 'name' at any depth: matched as a name, far faster
+    anchored = "/" in line  # a slash at the start or in the middle: relative to the top, not any name
+    try:
+        glob = _translate(line.removeprefix("/") if anchored else line)
+    except _Unmatchable:
+        return None
+    return glob, anchored, negated, folders_only
+
+
+def _trim_trailing_spaces(line: str) -> str:
+    """Trailing spaces go unless escaped with a backslash (tabs stay), as git's trim_trailing_spaces."""
+    last_space, i = None, 0
+    while i < len(line):
+        if line[i] == " ":
+            last_space = i if last_space is None else last_space
+        else:
+            last_space = None
+            if line[i] == "\\":
+                i += 1
+        i += 1
+    return line if last_space is None else line[:last_space]
+
+
+def _translate(glob: str) -> str:
+    """A regex for git's wildmatch with WM_PATHNAME (wildcards do not cross '/', except `**` as a whole name)."""
+    out, i, n = [], 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "*":
+            j = i
+            while j < n and glob[j] == "*":
+                j += 1
+            whole_name = j - i > 1 and (i == 0 or glob[i - 1] == "/") and (j == n or glob[j] == "/")
+            if whole_name and j < n:  # '**/': any number of folders, none included
+                out.append("(?:.*/)?")
+                j += 1
+            elif whole_name:  # a trailing '**': everything below
+                out.append(".*")
+            else:
+                out.append("[^/]*")
+            i = j
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            part, i = _bracket(glob, i + 1)
+            out.append(part)
+        elif c == "\\":
+            if i + 1 >= n:
+                raise _Unmatchable
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+def _bracket(glob: str, i: int) -> tuple[str, int]:
+    """The class starting after '[' at `i`, as wildmatch reads it; the regex and where the pattern goes on."""
+    n, negated = len(glob), False
+    if i < n and glob[i] in "!^":
+        negated, i = True, i + 1
+    members: list[str] = []
+    prev: str | None = None
+    first = True
+    while True:
+        if i >= n:
+            raise _Unmatchable  # unclosed
+        c = glob[i]
+        if c == "]" and not first:
+            break
+        first = False
+        if c == "\\":
+            if i + 1 >= n:
+                raise _Unmatchable
+            c = glob[i + 1]
+            i += 1
+            members.append(re.escape(c))
+        elif c == "-" and prev is not None and i + 1 < n and glob[i + 1] != "]":
+            high = glob[i + 1]
+            i += 1
+            if high == "\\":
+                if i + 1 >= n:
+                    raise _Unmatchable
+                high = glob[i + 1]
+                i += 1
+            if prev <= high:  # a reversed range adds nothing (its low end, read before, stays a member)
+                members.append(f"{re.escape(prev)}-{re.escape(high)}")
+            c = None
+        elif c == "[" and glob.startswith(":", i + 1):
+            end = glob.find("]", i + 2)
+            if end < 0:
+                raise _Unmatchable
+            if glob[end - 1] != ":" or end - 1 < i + 2:  # no ':]': a plain '['
+                members.append(re.escape("["))
+            else:
+                name = glob[i + 2:end - 1]
+                if name not in _CLASSES:
+                    raise _Unmatchable
+                members.append(_CLASSES[name])
+                i = end
+                c = None
+        else:
+            members.append(re.escape(c))
+        prev = c
+        i += 1
+    body = "".join(members)
+    if negated:
+        return f"[^/{body}]", i + 1
+    return (f"(?!/)[{body}]" if body else "(?!)"), i + 1

@@ -15,7 +15,7 @@ import shutil
 import stat
 import tempfile
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -169,11 +169,12 @@ def scan_tree(root: Path, ignore: IgnoreRules | None = None) -> Tree:
     try:
         seen = {_folder_id(os.stat(root))}
         links: list[tuple[str, str, os.stat_result]] = []
-        _walk(top, "", tree, seen, links, ignore)
+        leaves_out = ignore.in_folder(top) if ignore is not None else None
+        _walk(top, "", tree, seen, links, leaves_out)
         while links:  # judged once every real folder of the tree is known, so a real folder always wins over a link
             rel, path, st = links.pop(0)
             if not _held(rel, path, st, tree, seen, "it links to a folder the upload already holds"):
-                _walk(path, rel + "/", tree, seen, links, ignore)
+                _walk(path, rel + "/", tree, seen, links, leaves_out)
     except BaseException:
         tree.entries.close()
         raise
@@ -198,7 +199,7 @@ def _held(rel: str, path: str, st: os.stat_result, tree: Tree, seen: set[tuple[i
 
 
 def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
-          links: list[tuple[str, str, os.stat_result]], ignore: IgnoreRules | None) -> None:
+          links: list[tuple[str, str, os.stat_result]], leaves_out: Callable[[str, str, bool], bool] | None) -> None:
     """Read `folder` and the real folders below it, depth first in name order, as a recursion would (without
     one: Python's stack would limit the depth); links to folders are put in `links` for later."""
     root = tree.entries.root
@@ -208,7 +209,7 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
         for name, is_link in items:
             rel = prefix + name
             path = base + name  # what os.path.join gives, at a fraction of its cost per file
-            if ignore is not None and ignore.leaves_out(rel, path):
+            if leaves_out is not None and leaves_out(rel, path, is_link):
                 tree.ignored += 1
                 continue
             st = _stat(path, rel)

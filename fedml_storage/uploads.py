@@ -91,8 +91,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         reading = _submit(pool, _read_stored, catalog, name)  # round trips, overlapped with scanning the tree
         tree = None if src.is_file() else scan_tree(src, ignore)
         if tree is not None and tree.ignored and not tree.entries.files:
-            raise InvalidInput(f"ignore_patterns leave out every file of {str(src)!r} ({tree.ignored} item(s) "
-                               "matched): nothing was uploaded; check the patterns")
+            raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
+                               "nothing was uploaded; check the patterns")
         found, intact, lost = reading.result()
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from fedml_storage import api
+from fedml_storage.ignores import check_ignore_patterns
+from fedml_storage.trees import scan_tree
 
 from .conftest import Store, tree_bytes
 
@@ -75,9 +80,8 @@ def test_patterns_as_gitignore_text_with_comments(store: Store, tmp_path: Path) 
 @pytest.mark.parametrize("patterns, said", [
     (3, "must be a list of strings, not int"),
     (["*.pyc", None], "holds None, which is not a string"),
-    (["!"], "Invalid git pattern"),
-    (["*"], "leave out every file of"),
-    (["*.txt", "sub/"], "leave out every file of"),
+    (["*"], "and no file remains: nothing was uploaded"),
+    (["*.txt", "sub/"], "and no file remains: nothing was uploaded"),
 ])
 def test_bad_patterns_are_refused_and_the_stored_dataset_stays(store: Store, tmp_path: Path, patterns: object,
                                                                said: str) -> None:
@@ -101,3 +105,93 @@ def test_a_file_is_uploaded_as_given(store: Store, tmp_path: Path) -> None:
     (tmp_path / "weights.pyc").write_bytes(b"w")
     up = store.client().upload(tmp_path / "weights.pyc", ignore_patterns=["*.pyc"])
     assert up.ok and up.data.ignored == 0 and up.data.name == "weights.pyc", up.message
+
+
+# Cases where a library's reading of .gitignore (pathspec's) and git's differ, checked against git itself.
+GIT_CASES = [
+    (["src/.git/config", "src/a.py"], [".git", "/*", "!/src/"]),  # re-including a folder keeps what it left out
+    (["keep.tmp/foo.log/data", "x"], ["*.log", "!keep.tmp"]),
+    (["foo/keep", "foo/x"], ["foo/**", "!foo/keep"]),  # 'foo/**' is what is inside foo, not foo
+    (["src/a.py", "src/a.txt", "c.py", "c.txt"], ["*", "!*/", "!*.py"]),  # keep only .py files
+    (["src/b", "c"], ["**/", "!src/**/"]),
+    (["a", "b", "c.txt"], ["[[:alpha:]]"]),
+    (["we\nird/secret.key", "x.tmp\n", "ok"], ["*.key", "*.tmp"]),  # newlines in names
+    (["a.tmp", "a.tmp\t", "b.txt\u2028"], ["*.tmp\t", "b.txt\u2028"]),  # a trailing tab is kept; only \n splits
+    (["logs/a.log", "sub/logs/b.log", "x/build/y", "build"], ["/logs/", "build/"]),
+    (["#hash", "!bang", "trail ", "trail", "a b"], ["\\#hash", "\\!bang", "trail\\ ", "#comment", "!"]),
+    (["a", "z", "-", "]", "0x", "9", "[ab]"], ["[z-a]", "[]-]", "[[:digit:]]*", "[[:bogus:]]", "\\[ab\\]"]),
+    (["a/b/c/d.tmp", "a/d.tmp", "d.tmp", "b/a/x.tmp"], ["a/**/*.tmp"]),
+    (["x", "y\\", "q"], ["\\", "*\\/", "y\\\\", "[[:"]),  # unmatchable lines match nothing, as in git
+]
+
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git as the reference")
+
+
+def _kept_by_git_and_by_us(src: Path, files: list[str], patterns: list[str]) -> tuple[set[str], set[str]]:
+    for rel in files:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    (src / ".gitignore").write_text("".join(f"{p}\n" for p in patterns))
+    listed = subprocess.run(["git", "-C", str(src), "ls-files", "--others", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode()
+    tree = scan_tree(src, check_ignore_patterns([*patterns, ".git", ".gitignore"]))
+    try:
+        return set(listed.split("\0")) - {"", ".gitignore"}, {e.rel for e in tree.entries if not e.is_dir}
+    finally:
+        tree.entries.close()
+
+
+@needs_git
+@pytest.mark.parametrize("files, patterns", GIT_CASES)
+def test_what_is_kept_is_what_git_keeps(tmp_path: Path, files: list[str], patterns: list[str]) -> None:
+    git_keeps, kept = _kept_by_git_and_by_us(tmp_path / "tree", files, patterns)
+    assert kept == git_keeps
+
+
+RANDOM_NAMES = ["a.pyc", "b.py", "build", "logs", ".hidden", "my file.txt", "ünï.txt", "#hash", "!bang", "trail ", "x.tmp",
+         "keep.tmp", "data", "src", "foo", "foo.log", "Foo", "[ab]", "a", "b", "__pycache__", "*star", "we\nird", "]",
+         "a-b", "9", "Z.key"]
+RANDOM_PATTERNS = ["*", "!*/", "/*", "!/src/", "src/**", "!src/**/", "**/*.pyc", "!**/*.py", "src/*/", "a/**/b/", "*//",
+            "\\", "[a-c]", "[[:alpha:]]", "[]]", "*\\/", "!\\!bang", "*.log", "build/", "/build", "logs/**",
+            "data/**/*.tmp", "!keep.tmp", "*.tmp", "\\#hash", "!*.py", "[!a].pyc", "foo", "!foo/", ".*", "trail\\ ",
+            "**", "a/**/b", "/a/b", "**/foo/**", "*/", "!data/", "data/*", "*.[pP][yY]?", "#comment", "?", "!/foo",
+            "**/", "*/*", "[z-a]", "[]-]", "[[:digit:]]*", "[[:bogus:]]", "[[]", "*.key", "*\n", "[^a]", "[-a]"]
+
+
+@needs_git
+def test_random_trees_and_patterns_keep_what_git_keeps(tmp_path: Path) -> None:
+    rand = random.Random(20261126)
+    for case in range(300):
+        files: list[str] = []
+        for _ in range(rand.randint(3, 10)):
+            path = "/".join(rand.choice(RANDOM_NAMES) for _ in range(rand.randint(1, 4)))
+            if not any(path.startswith(f + "/") or f.startswith(path + "/") or f == path for f in files):
+                files.append(path)  # no name both a file and a folder
+        patterns = [rand.choice(RANDOM_PATTERNS) for _ in range(rand.randint(1, 5))]
+        git_keeps, kept = _kept_by_git_and_by_us(tmp_path / str(case), files, patterns)
+        assert kept == git_keeps, (files, patterns)
+
+
+def test_a_link_to_something_left_out_is_left_out(tmp_path: Path) -> None:
+    src = tmp_path / "proj"
+    (src / "real").mkdir(parents=True)
+    (src / "real" / "blob").write_text("cached")
+    (src / "secret.key").write_text("KEY")
+    (src / "notes.txt").write_text("notes")
+    os.symlink("real", src / "cache")
+    os.symlink("secret.key", src / "innocent.txt")
+    os.symlink("notes.txt", src / "readme.txt")
+    tree = scan_tree(src, check_ignore_patterns(["real/", "*.key"]))
+    try:
+        assert {e.rel for e in tree.entries} == {"notes.txt", "readme.txt"} and tree.ignored == 4
+    finally:
+        tree.entries.close()
+
+
+def test_among_many_patterns_the_last_that_matches_decides(tmp_path: Path) -> None:
+    rules = check_ignore_patterns([f"dir{i}/" for i in range(2000)] + ["*.tmp", "!keep.tmp"])
+    assert rules is not None and rules.count == 2002
+    assert rules.ignores("a/b.tmp", False) and not rules.ignores("a/keep.tmp", False)
+    assert rules.ignores("x/dir1999", True) and not rules.ignores("x/dir1999", False)
