@@ -156,37 +156,60 @@ def _trim_trailing_spaces(line: str) -> str:
 
 def _translate(glob: str) -> str:
     """A regex for git's wildmatch with WM_PATHNAME (wildcards do not cross '/', except `**` as a whole name)."""
-    out, i, n = [], 0, len(glob)
+    segments: list[list[tuple[bool, str]]] = [[]]  # per name: (True, a run of '*') or (False, one character's regex)
+    i, n = 0, len(glob)
     while i < n:
         c = glob[i]
         if c == "*":
             j = i
             while j < n and glob[j] == "*":
                 j += 1
-            whole_name = j - i > 1 and (i == 0 or glob[i - 1] == "/") and (j == n or glob[j] == "/")
-            if whole_name and j < n:  # '**/': any number of folders, none included
-                out.append("(?:.*/)?")
-                j += 1
-            elif whole_name:  # a trailing '**': everything below
-                out.append(".*")
-            else:
-                out.append("[^/]*")
+            segments[-1].append((True, glob[i:j]))
             i = j
+            continue
+        if c == "/":
+            segments.append([])
         elif c == "?":
-            out.append("[^/]")
-            i += 1
+            segments[-1].append((False, "[^/]"))
         elif c == "[":
             part, i = _bracket(glob, i + 1)
-            out.append(part)
+            segments[-1].append((False, part))
+            continue
         elif c == "\\":
             if i + 1 >= n:
                 raise _Unmatchable
-            out.append(re.escape(glob[i + 1]))
-            i += 2
-        else:
-            out.append(re.escape(c))
             i += 1
+            if glob[i] == "/":
+                segments.append([])
+            else:
+                segments[-1].append((False, re.escape(glob[i])))
+        else:
+            segments[-1].append((False, re.escape(c)))
+        i += 1
+    out = []
+    for k, segment in enumerate(segments):
+        last = k == len(segments) - 1
+        if len(segment) == 1 and segment[0][0] and len(segment[0][1]) > 1:  # '**' as a whole name
+            out.append(".*" if last else "(?:.*/)?")  # everything below; or any number of folders, none included
+            continue
+        out.append(_name(segment) + ("" if last else "/"))
     return "".join(out)
+
+
+def _name(tokens: list[tuple[bool, str]]) -> str:
+    """One name's glob. A '*' between fixed parts takes the shortest stretch and keeps it (an atomic group, as
+    fnmatch does): the first place a fixed part fits is always right, and no pattern can backtrack for long."""
+    fixed: list[list[str]] = [[]]
+    for star, regex in tokens:
+        if star:
+            fixed.append([])
+        else:
+            fixed[-1].append(regex)
+    parts = ["".join(f) for f in fixed]
+    if len(parts) == 1:
+        return parts[0]
+    head, *middle, tail = parts
+    return head + "".join(f"(?>[^/]*?{m})" for m in middle) + f"[^/]*{tail}"
 
 
 def _bracket(glob: str, i: int) -> tuple[str, int]:

@@ -195,3 +195,13 @@ def test_among_many_patterns_the_last_that_matches_decides(tmp_path: Path) -> No
     assert rules is not None and rules.count == 2002
     assert rules.ignores("a/b.tmp", False) and not rules.ignores("a/keep.tmp", False)
     assert rules.ignores("x/dir1999", True) and not rules.ignores("x/dir1999", False)
+
+
+def test_a_pattern_of_many_stars_cannot_stall_an_upload(store: Store, tmp_path: Path) -> None:
+    # Plain regex backtracking takes ~20 s per name for 6 stars here, and ever longer past that.
+    src = tmp_path / "logs"
+    src.mkdir()
+    (src / ("a" * 200)).write_text("long name, no match")
+    (src / "aXaXaXaXaXaXaXaXaXaXb").write_text("a match")
+    up = store.client().upload(src, ignore_patterns=["*a" * 10 + "*b"])
+    assert up.ok and up.data.ignored == 1 and up.data.file_count == 1, up.message
