@@ -190,7 +190,7 @@ def test_a_link_to_something_left_out_is_left_out(tmp_path: Path) -> None:
         tree.entries.close()
 
 
-def test_among_many_patterns_the_last_that_matches_decides(tmp_path: Path) -> None:
+def test_among_many_patterns_the_last_that_matches_decides() -> None:
     rules = check_ignore_patterns([f"dir{i}/" for i in range(2000)] + ["*.tmp", "!keep.tmp"])
     assert rules is not None and rules.count == 2002
     assert rules.ignores("a/b.tmp", False) and not rules.ignores("a/keep.tmp", False)
