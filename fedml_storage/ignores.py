@@ -4,17 +4,21 @@ Each item is judged by its own path relative to the folder: the last pattern mat
 left out is not read, so nothing under it comes back (as in git). Patterns follow git's wildmatch: `*`, `?` and
 `[...]` (ranges, `[!...]`, `[[:alpha:]]` and the other classes) stay within one name, `**` spans folders as a
 whole name (`**/x`, `x/**`, `a/**/b`), a trailing `/` matches folders only, a `/` elsewhere anchors the pattern
-at the top, `!` brings an item back, `\\` escapes. (pathspec, the usual library, also matches what is inside a
-matching folder, so `!src/` there brings back `src/.git`: not what git does.)
+at the top, `!` brings an item back, `\\` escapes; matched case-sensitively on the bytes of UTF-8, as git on
+Linux. (pathspec, the usual library, also matches what is inside a matching folder, so `!src/` there brings back
+`src/.git`: not what git does.)
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import InvalidInput
+
+log = logging.getLogger("fedml_storage")
 
 HINT = "write them as lines of a .gitignore file, e.g. ['*.pyc', '__pycache__/', '.git']"
 _CLASSES = {  # git's (ASCII) character classes
@@ -48,6 +52,7 @@ class IgnoreRules:
 
     def ignores(self, rel: str, folder: bool) -> bool:
         """Whether the item at `rel` (names joined by '/') is left out."""
+        rel = rel.encode("utf-8", "surrogateescape").decode("latin-1")  # as _as_bytes, for the patterns
         name = rel.rpartition("/")[2]
         by_path, by_name = self._any[folder]
         if not ((by_path and by_path.fullmatch(rel)) or (by_name and by_name.fullmatch(name))):
@@ -64,23 +69,26 @@ class IgnoreRules:
         before it is read where the patterns allow (an ignored broken link or unreadable folder does not stop the
         upload). A link counts as what it points to (a folder or a file); one pointing to an item of `top` that is
         left out is left out too, so ignored data does not come in under another name."""
-        real_top = os.path.realpath(top)
+        tops = (top, os.path.realpath(top))
 
         def leaves_out(rel: str, path: str, is_link: bool) -> bool:
             if self._item(rel, path):
                 return True
-            if not is_link:
-                return False
-            try:
-                parts = os.path.relpath(os.path.realpath(path), real_top).split(os.sep)
-            except ValueError:  # on another drive (Windows)
-                return False
-            if parts[0] in (".", ".."):
-                return False
-            return any(self.ignores("/".join(parts[:k]), True) for k in range(1, len(parts))) or \
-                self._item("/".join(parts), os.path.join(real_top, *parts))
+            # where a link leads, hop by hop as written (through other links of the folder, whose own targets
+            # may lie outside it) and in the end for real: any of these that is an item left out counts
+            return is_link and any(self._inside_and_left_out(step, base) for step in _link_steps(path) for base in tops)
 
         return leaves_out
+
+    def _inside_and_left_out(self, path: str, top: str) -> bool:
+        try:
+            parts = os.path.relpath(path, top).split(os.sep)
+        except ValueError:  # on another drive (Windows)
+            return False
+        if parts[0] in (".", ".."):
+            return False
+        return any(self.ignores("/".join(parts[:k]), True) for k in range(1, len(parts))) or \
+            self._item("/".join(parts), path)
 
     def _item(self, rel: str, path: str) -> bool:
         as_folder = self.ignores(rel, True)
@@ -88,6 +96,19 @@ class IgnoreRules:
             return as_folder
         as_file = self.ignores(rel, False)
         return as_file if as_file == as_folder else (as_folder if os.path.isdir(path) else as_file)
+
+
+def _link_steps(path: str, hops: int = 40) -> Iterator[str]:
+    """Each place link `path` leads to as written (joined to the link's folder), then its real path."""
+    current = path
+    for _ in range(hops):
+        try:
+            target = os.readlink(current)
+        except OSError:  # not a link (any more)
+            break
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        yield current
+    yield os.path.realpath(path)
 
 
 def _alternation(regexes: list[str]) -> re.Pattern[str] | None:
@@ -109,17 +130,31 @@ def check_ignore_patterns(value: object) -> IgnoreRules | None:
     for item in items:
         if not isinstance(item, str):
             raise InvalidInput(f"ignore_patterns holds {item!r}, which is not a string; {HINT}")
-        for line in item.split("\n"):
-            parsed = _parse(line.removesuffix("\r"))
+        for line in item.removeprefix("\ufeff").split("\n"):  # git skips a byte order mark, as a file may start
+            line = line.removesuffix("\r")
+            try:
+                parsed = _parse(_as_bytes(line))
+            except _Unmatchable as exc:
+                log.warning("ignore_patterns: %r can never match (%s), as in git; it leaves nothing out", line, exc)
+                continue
             if parsed is not None:
                 patterns.append(parsed)
     return IgnoreRules(patterns) if patterns else None
 
 
+def _as_bytes(text: str) -> str:
+    """`text` with one character per byte of its UTF-8 (as git matches: `?` is one byte, so `?.txt` does not match
+    `é.txt`); names that are not UTF-8 come back as the bytes they are."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"ignore_patterns holds {text!r}, which is not valid text; {HINT}") from None
+
+
 def _parse(line: str) -> tuple[str, bool, bool, bool] | None:
-    """A .gitignore line as (regex, anchored, negated, folders only); None for blanks, comments and lines that
-    match nothing."""
-    line = _trim_trailing_spaces(line)
+    """A .gitignore line as (regex, anchored, negated, folders only); None for blanks and comments; _Unmatchable
+    for a line git never matches."""
+    line = _trim_trailing_spaces(line)  # (one character per byte: see _as_bytes)
     if not line or line.startswith("#"):
         return None
     negated = line.startswith("!")
@@ -133,10 +168,7 @@ def _parse(line: str) -> tuple[str, bool, bool, bool] | None:
     if line.startswith("**/") and "/" not in line[3:]:
         line = line[3:]  # '**/name' is 'name' at any depth: matched as a name, far faster
     anchored = "/" in line  # a slash at the start or in the middle: relative to the top, not any name
-    try:
-        glob = _translate(line.removeprefix("/") if anchored else line)
-    except _Unmatchable:
-        return None
+    glob = _translate(line.removeprefix("/")) if anchored else _wildmatch(line)
     return glob, anchored, negated, folders_only
 
 
@@ -155,8 +187,18 @@ def _trim_trailing_spaces(line: str) -> str:
 
 
 def _translate(glob: str) -> str:
-    """A regex for git's wildmatch with WM_PATHNAME (wildcards do not cross '/', except `**` as a whole name)."""
-    segments: list[list[tuple[bool, str]]] = [[]]  # per name: (True, a run of '*') or (False, one character's regex)
+    """A regex for git's wildmatch with WM_PATHNAME (wildcards do not cross '/', except `**` as a whole name), for
+    a pattern with a slash as git's match_pathname runs it: the literal text up to the first wildcard is compared
+    first and the rest matched on its own, so a `**` right after it counts as the start of a name (`foo**/bar`
+    spans folders, as `foo` then `**/bar`)."""
+    start = next((i for i, c in enumerate(glob) if c in "*?[\\"), len(glob))
+    return re.escape(glob[:start]) + _wildmatch(glob[start:])
+
+
+def _wildmatch(glob: str) -> str:
+    # per name: (True, a run of '*') or (False, one character's regex); and whether each '/' was escaped
+    segments: list[list[tuple[bool, str]]] = [[]]
+    escaped_slash: list[bool] = []
     i, n = 0, len(glob)
     while i < n:
         c = glob[i]
@@ -169,6 +211,7 @@ def _translate(glob: str) -> str:
             continue
         if c == "/":
             segments.append([])
+            escaped_slash.append(False)
         elif c == "?":
             segments[-1].append((False, "[^/]"))
         elif c == "[":
@@ -177,10 +220,11 @@ def _translate(glob: str) -> str:
             continue
         elif c == "\\":
             if i + 1 >= n:
-                raise _Unmatchable
+                raise _Unmatchable("it ends in a lone backslash")
             i += 1
             if glob[i] == "/":
                 segments.append([])
+                escaped_slash.append(True)
             else:
                 segments[-1].append((False, re.escape(glob[i])))
         else:
@@ -190,7 +234,12 @@ def _translate(glob: str) -> str:
     for k, segment in enumerate(segments):
         last = k == len(segments) - 1
         if len(segment) == 1 and segment[0][0] and len(segment[0][1]) > 1:  # '**' as a whole name
-            out.append(".*" if last else "(?:.*/)?")  # everything below; or any number of folders, none included
+            if last:
+                out.append(".*")  # everything below
+            elif escaped_slash[k]:
+                out.append(".*/")  # wildmatch spans folders here, but takes no '**\/' for zero of them
+            elif not out or out[-1] != "(?:.*/)?":  # '**/**/' is '**/': one, or matching slows with each
+                out.append("(?:.*/)?")  # any number of folders, none included
             continue
         out.append(_name(segment) + ("" if last else "/"))
     return "".join(out)
@@ -222,14 +271,14 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
     first = True
     while True:
         if i >= n:
-            raise _Unmatchable  # unclosed
+            raise _Unmatchable("an unclosed '['")
         c = glob[i]
         if c == "]" and not first:
             break
         first = False
         if c == "\\":
             if i + 1 >= n:
-                raise _Unmatchable
+                raise _Unmatchable("it ends in a lone backslash")
             c = glob[i + 1]
             i += 1
             members.append(re.escape(c))
@@ -238,7 +287,7 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
             i += 1
             if high == "\\":
                 if i + 1 >= n:
-                    raise _Unmatchable
+                    raise _Unmatchable("it ends in a lone backslash")
                 high = glob[i + 1]
                 i += 1
             if prev <= high:  # a reversed range adds nothing (its low end, read before, stays a member)
@@ -247,13 +296,13 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
         elif c == "[" and glob.startswith(":", i + 1):
             end = glob.find("]", i + 2)
             if end < 0:
-                raise _Unmatchable
+                raise _Unmatchable("an unclosed '['")
             if glob[end - 1] != ":" or end - 1 < i + 2:  # no ':]': a plain '['
                 members.append(re.escape("["))
             else:
                 name = glob[i + 2:end - 1]
                 if name not in _CLASSES:
-                    raise _Unmatchable
+                    raise _Unmatchable(f"no character class [:{name}:]")
                 members.append(_CLASSES[name])
                 i = end
                 c = None

@@ -122,6 +122,13 @@ GIT_CASES = [
     (["a", "z", "-", "]", "0x", "9", "[ab]"], ["[z-a]", "[]-]", "[[:digit:]]*", "[[:bogus:]]", "\\[ab\\]"]),
     (["a/b/c/d.tmp", "a/d.tmp", "d.tmp", "b/a/x.tmp"], ["a/**/*.tmp"]),
     (["x", "y\\", "q"], ["\\", "*\\/", "y\\\\", "[[:"]),  # unmatchable lines match nothing, as in git
+    # git compares a pattern's literal start first: a '**' right after it spans folders
+    (["foo/bar", "foox/bar", "foox/y/bar", "foo/y/bar", "other"], ["foo**/bar"]),
+    (["a/bc/d", "a/bc/e", "a/b", "z"], ["a/b**", "!a/bc/"]),
+    (["a/b", "a/x/b", "b", "x/b", "z"], ["a/**\\/b", "/**\\/b"]),  # '**\/' is one folder or more
+    (["a/b", "a/x/y/b", "z"], ["a/**/**/b"]),
+    (["é.txt", "ab.txt", "x/日", "x/a"], ["?.txt", "x/???"]),  # git matches bytes: '?' is one byte
+    (["é.txt", "b.txt", "c.txt"], ["[é].txt", "[!a].txt"]),
 ]
 
 
@@ -205,3 +212,32 @@ def test_a_pattern_of_many_stars_cannot_stall_an_upload(store: Store, tmp_path: 
     (src / "aXaXaXaXaXaXaXaXaXaXb").write_text("a match")
     up = store.client().upload(src, ignore_patterns=["*a" * 10 + "*b"])
     assert up.ok and up.data.ignored == 1 and up.data.file_count == 1, up.message
+
+
+def test_a_link_leading_through_other_links_to_something_left_out_is_left_out(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "conf").mkdir(parents=True)
+    (outside / "secret.key").write_text("KEY")
+    (outside / "data.bin").write_text("data")
+    (outside / "conf" / "creds.json").write_text("{}")
+    src = tmp_path / "proj"
+    src.mkdir()
+    os.symlink(outside, src / "ext")  # walked: ext/secret.key is left out by '*.key', ext/data.bin is kept
+    os.symlink(src / "ext" / "secret.key", src / "alias")  # its real path lies outside, its way in through ext
+    os.symlink(outside / "conf", src / "conf")
+    os.symlink("conf", src / "aconf")  # a link to a link left out
+    tree = scan_tree(src, check_ignore_patterns(["*.key", "conf/"]))
+    try:
+        kept = {e.rel for e in tree.entries}
+    finally:
+        tree.entries.close()
+    assert kept == {"ext", "ext/data.bin"} and tree.ignored == 5  # and ext/secret.key, ext/conf
+
+
+def test_patterns_that_can_never_match_are_said_and_a_byte_order_mark_is_skipped(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rules = check_ignore_patterns("\ufeff*.tmp\nlogs\\\n*.[ch\n[[:word:]]\n")
+    assert rules is not None and rules.count == 1 and rules.ignores("a.tmp", False)
+    said = caplog.text
+    assert "'logs\\\\' can never match (it ends in a lone backslash)" in said, said
+    assert "'*.[ch' can never match (an unclosed '[')" in said and "no character class [:word:]" in said
