@@ -101,10 +101,12 @@ def test_bad_patterns_are_refused_and_the_stored_dataset_stays(store: Store, tmp
     assert tree_bytes(down) == {"a.txt": b"v1", "sub": None, "sub/b.txt": b"v1"}
 
 
-def test_a_file_is_uploaded_as_given(store: Store, tmp_path: Path) -> None:
+def test_a_file_is_uploaded_as_given(store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "weights.pyc").write_bytes(b"w")
-    up = store.client().upload(tmp_path / "weights.pyc", ignore_patterns=["*.pyc"])
+    with caplog.at_level("INFO", logger="fedml_storage"):
+        up = store.client().upload(tmp_path / "weights.pyc", ignore_patterns=["*.pyc"])
     assert up.ok and up.data.ignored == 0 and up.data.name == "weights.pyc", up.message
+    assert "ignore_patterns apply to what a folder holds" in caplog.text
 
 
 # Cases where a library's reading of .gitignore (pathspec's) and git's differ, checked against git itself.
