@@ -52,13 +52,17 @@ class IgnoreRules:
 
     def ignores(self, rel: str, folder: bool) -> bool:
         """Whether the item at `rel` (names joined by '/') is left out."""
-        rel = rel.encode("utf-8", "surrogateescape").decode("latin-1")  # as _as_bytes, for the patterns
-        name = rel.rpartition("/")[2]
+        rel = _bytewise(rel)
+        return self._matches_any(rel, folder) and self._last_says_ignore(rel, folder)
+
+    def _matches_any(self, rel: str, folder: bool) -> bool:
         by_path, by_name = self._any[folder]
-        if not ((by_path and by_path.fullmatch(rel)) or (by_name and by_name.fullmatch(name))):
-            return False
+        return bool((by_path and by_path.fullmatch(rel)) or (by_name and by_name.fullmatch(rel.rpartition("/")[2])))
+
+    def _last_says_ignore(self, rel: str, folder: bool) -> bool:
         if self._each is None:
             return True
+        name = rel.rpartition("/")[2]
         for regex, anchored, negated, folders_only in self._each:
             if (folder or not folders_only) and regex.fullmatch(rel if anchored else name):
                 return not negated
@@ -91,11 +95,18 @@ class IgnoreRules:
             self._item("/".join(parts), path)
 
     def _item(self, rel: str, path: str) -> bool:
+        if not self._matches_any(_bytewise(rel), True):
+            return False  # most items: no pattern matches them, as a folder or (a subset of those) as a file
         as_folder = self.ignores(rel, True)
         if not self._folders_only:  # the same for a folder and a file
             return as_folder
         as_file = self.ignores(rel, False)
         return as_file if as_file == as_folder else (as_folder if os.path.isdir(path) else as_file)
+
+
+def _bytewise(rel: str) -> str:
+    """A path from the walk as the patterns see it (see _as_bytes)."""
+    return rel if rel.isascii() else rel.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def _link_steps(path: str, hops: int = 40) -> Iterator[str]:
