@@ -86,7 +86,7 @@ class UploadResult(_Detailed):
             line += (f"; left out {len(self.left_out)} that are not data (FIFOs, sockets, devices) or link to a folder "
                      f"it already holds: {shown}")
         if self.ignored:
-            line += f"; left out {self.ignored} item(s) matching ignore_patterns"
+            line += f"; left out {self.ignored} item(s) by ignore_patterns"
         return line
 
 

@@ -85,8 +85,9 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     tags = check_tags(req.tag_list)
     check_progress_desc(req.progress_desc)
     ignore = check_ignore_patterns(req.ignore_patterns)
-    if ignore is not None and src.is_file():
-        log.info("ignore_patterns apply to what a folder holds; %s is a file, uploaded as given", src)
+    if ignore is not None and src.is_file() and ignore.ignores(src.name, False):
+        raise InvalidInput(f"ignore_patterns leave out {src.name!r}, the file given as data_path: nothing was "
+                           "uploaded; check the patterns or the path")
     pool = ThreadPoolExecutor(1)
     tree = None
     try:

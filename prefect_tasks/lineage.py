@@ -88,8 +88,11 @@ def hold_for_flow_run(result: T) -> T:
     with _HELD_LOCK:
         held = _HELD.get(key)
         if held is None:
+            try:
+                weakref.finalize(context, _HELD.pop, key, None)
+            except TypeError:  # a Prefect whose contexts take no weak references: hold nothing rather than leak
+                return result
             held = _HELD[key] = []
-            weakref.finalize(context, _HELD.pop, key, None)
         held.append(result)
     return result
 

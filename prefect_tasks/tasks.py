@@ -184,6 +184,10 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
 
     The task run materialises the Prefect asset fedml://<namespace>/<name>.
     """
+    for field, value in (("metadata", metadata), ("tag_list", tag_list)):
+        if isinstance(value, str):  # what .map hands each call of a dict or list that was not wrapped
+            raise TypeError(f"{field} is the string {value!r}, not a {'dict' if field == 'metadata' else 'list'}; "
+                            f"with .map, pass {field}=unmapped(...) so that every call gets all of it")
     with _client(storage, service, namespace) as client:
         planned = planned_name(data_path, name)
         key = declare_output(client, planned) if planned else None  # first: a failure is a failed materialisation

@@ -11,8 +11,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -84,7 +88,8 @@ async def first_event(trigger, within: float) -> dict:
 
 @pytest.fixture
 def unit_test_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """For tests that run operators in-process (not for those running `airflow dags test`, which inherit it)."""
+    """For tests that run operators in-process; a test that also starts `airflow dags test` takes it out of the
+    subprocess's environment."""
     monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
 
@@ -99,7 +104,7 @@ def s3_conn_json(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 class _OutletEvents(SimpleNamespace):
     """What a task's `outlet_events[...]` accessor records: `extra` for an Asset, `add()` for an AssetAlias."""
 
-    def add(self, asset, extra: dict | None = None) -> None:
+    def add(self, asset: Asset, extra: dict | None = None) -> None:
         self.added.append((asset.uri, extra))
 
 

@@ -45,7 +45,7 @@ def test_matching_items_are_left_out_and_the_rest_round_trips(store: Store, tmp_
     assert up.ok, up.message
     # a folder that matches counts once: .git, logs, src/__pycache__; then top.pyc and scratch-link
     assert up.data.ignored == 5 and up.data.file_count == 3
-    assert "left out 5 item(s) matching ignore_patterns" in up.message
+    assert "left out 5 item(s) by ignore_patterns" in up.message
     down = Path(store.client().download("proj", tmp_path / "out").data)
     assert tree_bytes(down) == KEPT
 
@@ -101,12 +101,16 @@ def test_bad_patterns_are_refused_and_the_stored_dataset_stays(store: Store, tmp
     assert tree_bytes(down) == {"a.txt": b"v1", "sub": None, "sub/b.txt": b"v1"}
 
 
-def test_a_file_is_uploaded_as_given(store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "weights.pyc").write_bytes(b"w")
-    with caplog.at_level("INFO", logger="fedml_storage"):
-        up = store.client().upload(tmp_path / "weights.pyc", ignore_patterns=["*.pyc"])
-    assert up.ok and up.data.ignored == 0 and up.data.name == "weights.pyc", up.message
-    assert "ignore_patterns apply to what a folder holds" in caplog.text
+def test_a_single_file_is_judged_by_its_name(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "weights.pt").write_bytes(b"w")
+    (tmp_path / "secret.key").write_bytes(b"k")
+    up = store.client().upload(tmp_path / "weights.pt", ignore_patterns=["*.key"])
+    assert up.ok and up.data.ignored == 0 and up.data.name == "weights.pt", up.message
+    refused = store.client().upload(tmp_path / "secret.key", ignore_patterns=["*.key"])
+    assert not refused.ok and refused.reason == "invalid_input"
+    assert "ignore_patterns leave out 'secret.key', the file given as data_path: nothing was uploaded" \
+        in refused.message
+    assert [m.dataName for m in store.client().list().data] == ["weights.pt"]
 
 
 # Cases where a library's reading of .gitignore (pathspec's) and git's differ, checked against git itself.

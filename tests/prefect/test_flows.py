@@ -265,11 +265,28 @@ def test_ignore_patterns_reach_the_core_from_the_task_and_the_block(tmp_path: Pa
         up = upload_data(str(src), ignore_patterns=["__pycache__/", "*.tmp"])
         mapped = upload_data.map([str(src), str(src)], name=["m1", "m2"],
                                  ignore_patterns=unmapped(["__pycache__/", "*.tmp"])).result()
+        mapped += upload_data.map([str(src), str(src)], name=["m3", "m4"],
+                                  ignore_patterns="__pycache__/\n*.tmp").result()  # a str is never split
         return up, download_data("proj", dest_path=str(tmp_path / "out")), mapped
 
     up, path, mapped = ignoring()
     assert up["ignored"] == 2 and up["file_count"] == 1
-    assert [(m["name"], m["ignored"]) for m in mapped] == [("m1", 2), ("m2", 2)]
+    assert [(m["name"], m["ignored"]) for m in mapped] == [("m1", 2), ("m2", 2), ("m3", 2), ("m4", 2)]
     assert tree_bytes(Path(path)) == {"train.py": b"fit()"}
     by_block = FedMLStorage(service="LOCAL").upload(str(src), name="proj2", ignore_patterns="*.tmp\n__pycache__/")
     assert by_block["ignored"] == 2 and by_block["content_digest"] == up["content_digest"]
+
+
+def test_a_dict_or_list_split_by_map_says_to_wrap_it(tmp_path: Path) -> None:
+    for i in (1, 2):
+        (tmp_path / f"p{i}.txt").write_text(str(i))
+    paths = [str(tmp_path / "p1.txt"), str(tmp_path / "p2.txt")]
+
+    @flow
+    def mapped() -> None:
+        upload_data.with_options(retries=0).map(paths, metadata={"owner": "a", "run": "b"}).result()
+
+    with pytest.raises(TypeError, match=r"metadata is the string 'owner', not a dict; with \.map, pass "
+                                        r"metadata=unmapped\(\.\.\.\)"):
+        mapped()
+    assert StorageClient().list().data == []  # nothing was uploaded
