@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,24 @@ def _static_asset(name: object, namespace: str | None) -> list[Asset]:
     if _templated(name) or _templated(namespace):
         return []
     return [Asset(asset_uri(namespace, name))]
+
+
+def _rendered_patterns(value: Any) -> Any:
+    """ignore_patterns as given, or the list a template rendered as one line of JSON (`| tojson`). A list rendered
+    as Python's repr (['*.tmp', '.git']) would be one pattern that matches nothing: refused."""
+    if not isinstance(value, str) or "\n" in value.strip() or not value.strip().startswith("["):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, list):
+        return parsed
+    if re.fullmatch(r"\s*\[\s*(['\"]).*\1\s*\]\s*", value):
+        raise AirflowFailException(
+            f"ignore_patterns rendered as {value!r}, a Python list's repr, which would be read as one pattern: "
+            "render it with '| tojson', or set render_template_as_native_obj=True on the DAG")
+    return value  # a pattern that starts with a bracket expression, such as [Bb]uild/
 
 
 def _upload_alias(dag_id: str, task_id: str) -> AssetAlias:
@@ -115,13 +134,14 @@ class FedMLStorageUploadOperator(_StorageOperator):
                     "metadata must be a dict or a JSON object of strings; a template that renders a dict gives its "
                     "Python repr ({'k': 'v'}): render it with '| tojson', or set render_template_as_native_obj=True "
                     "on the DAG") from None
+        patterns = _rendered_patterns(self.ignore_patterns)
         declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
         with self.hook() as hook:
             planned = planned_name(self.data_path, self.name)
             if declared and planned is not None:  # refuse before publishing rather than after
                 self._check_outlets(hook.asset_uri(planned), declared, published=False)
             result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list,
-                                 ignore_patterns=self.ignore_patterns)
+                                 ignore_patterns=patterns)
             uri = hook.asset_uri(result["name"])
             self._check_outlets(uri, declared, published=True)
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}

@@ -141,6 +141,23 @@ def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
         bad.execute(task_context())
 
 
+def test_ignore_patterns_rendered_from_a_list(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.csv").write_text("a\n")
+    (tmp_path / "data" / "run.tmp").write_text("scratch")
+    context = {"params": {"ignores": ["*.tmp", ".git"]}}
+    as_json = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "data"),
+                                         ignore_patterns="{{ params.ignores | tojson }}")
+    as_json.render_template_fields(context)
+    assert as_json.execute(task_context())["ignored"] == 1
+    as_repr = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "data"), name="other",
+                                         ignore_patterns="{{ params.ignores }}")
+    as_repr.render_template_fields(context)
+    with pytest.raises(AirflowFailException, match=r"a Python list's repr.*'\| tojson'"):
+        as_repr.execute(task_context())
+    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["data"]  # 'other' never stored
+
+
 def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
     sensor = FedMLStorageDatasetSensor(task_id="wait", name="ready", metadata_key="status", metadata_value="done",
                                        mode="reschedule", poke_interval=1)
