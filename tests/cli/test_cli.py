@@ -165,5 +165,8 @@ def test_upload_leaves_out_what_ignore_patterns_match(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     expected = {k: v for k, v in tree_bytes(src).items() if not k.endswith("run.tmp") and "deeper" not in k}
     assert tree_bytes(tmp_path / "out" / "dataset") == expected
+    text = "# a .gitignore's text\n*.tmp\ndeeper/\n"
+    lines = run("upload", str(src), "--name", "from-file", "--ignore", text, "--json")
+    assert lines.returncode == 0 and json.loads(lines.stdout)["ignored"] == 2, lines.stderr
     bad = run("upload", str(src), "--ignore", "*")
     assert bad.returncode == 1 and "no file remains: nothing was uploaded" in bad.stderr
