@@ -163,9 +163,9 @@ def test_what_is_kept_is_what_git_keeps(tmp_path: Path, files: list[str], patter
     assert kept == git_keeps
 
 
-RANDOM_NAMES = ["a.pyc", "b.py", "build", "logs", ".hidden", "my file.txt", "ünï.txt", "#hash", "!bang", "trail ", "x.tmp",
-         "keep.tmp", "data", "src", "foo", "foo.log", "Foo", "[ab]", "a", "b", "__pycache__", "*star", "we\nird", "]",
-         "a-b", "9", "Z.key"]
+RANDOM_NAMES = ["a.pyc", "b.py", "build", "logs", ".hidden", "my file.txt", "ünï.txt", "#hash", "!bang", "trail ",
+                "x.tmp", "keep.tmp", "data", "src", "foo", "foo.log", "Foo", "[ab]", "a", "b", "__pycache__", "*star",
+                "we\nird", "]", "a-b", "9", "Z.key"]
 RANDOM_PATTERNS = ["*", "!*/", "/*", "!/src/", "src/**", "!src/**/", "**/*.pyc", "!**/*.py", "src/*/", "a/**/b/", "*//",
             "\\", "[a-c]", "[[:alpha:]]", "[]]", "*\\/", "!\\!bang", "*.log", "build/", "/build", "logs/**",
             "data/**/*.tmp", "!keep.tmp", "*.tmp", "\\#hash", "!*.py", "[!a].pyc", "foo", "!foo/", ".*", "trail\\ ",

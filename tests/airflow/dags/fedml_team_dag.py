@@ -1,6 +1,6 @@
 """Test DAG: the connection alone sets the namespace (team-a). Mapped uploads and a plain one (leaving out
-scratch files by ignore_patterns) emit their Assets there; a sensor waits for the uploaded version and tells it; the download pushes what it got; the delete runs
-twice, as a retry after it went through would."""
+scratch files by ignore_patterns) emit their Assets there; a sensor waits for the uploaded version and tells it;
+the download pushes what it got; the delete runs twice, as a retry after it went through would."""
 
 from __future__ import annotations
 
