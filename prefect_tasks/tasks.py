@@ -203,7 +203,8 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
             markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
                       f"| version | `{result.version}` |\n| size | {human_size(result.size)} ({result.size} bytes) |\n"
                       f"| files | {result.file_count} |\n| sha256 | `{result.sha256}` |\n| uri | {result.uri} |\n"
-                      f"| skipped (unchanged) | {result.skipped} |\n"),
+                      f"| skipped (unchanged) | {result.skipped} |\n"
+                      + (f"| left out by ignore_patterns | {result.ignored} |\n" if result.ignored else "")),
             description=f"fedml-storage upload of {result.name}",
             _sync=True,
         )

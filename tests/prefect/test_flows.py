@@ -165,12 +165,13 @@ def test_block_registers_with_the_prefect_cli() -> None:
 def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
     (tmp_path / "art").mkdir()
     (tmp_path / "art" / "a.txt").write_text("artifact")
+    (tmp_path / "art" / "scratch.tmp").write_text("left out")
     (tmp_path / "café").mkdir()
     (tmp_path / "café" / "b.txt").write_text("unicode name")
 
     @flow
     def with_artifacts() -> dict:
-        up = upload_data(str(tmp_path / "art"), description="for artifacts")
+        up = upload_data(str(tmp_path / "art"), description="for artifacts", ignore_patterns="*.tmp")
         upload_data(str(tmp_path / "café"))
         list_data()
         return up
@@ -195,6 +196,7 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
     assert done == {"fedml://default/art", "fedml://default/café"}
     assert table and '"name": "art"' in str(table[0].data) and "for artifacts" in str(table[0].data)
     assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
+    assert "| left out by ignore_patterns | 1 |" in upload[0].data
 
 
 def test_a_name_prefect_refuses_as_an_asset_still_uploads_with_a_warning(tmp_path: Path, caplog) -> None:
