@@ -95,12 +95,13 @@ class IgnoreRules:
             self._item("/".join(parts), path)
 
     def _item(self, rel: str, path: str) -> bool:
-        if not self._matches_any(_bytewise(rel), True):
+        rel = _bytewise(rel)
+        if not self._matches_any(rel, True):
             return False  # most items: no pattern matches them, as a folder or (a subset of those) as a file
-        as_folder = self.ignores(rel, True)
+        as_folder = self._last_says_ignore(rel, True)
         if not self._folders_only:  # the same for a folder and a file
             return as_folder
-        as_file = self.ignores(rel, False)
+        as_file = self._matches_any(rel, False) and self._last_says_ignore(rel, False)
         return as_file if as_file == as_folder else (as_folder if os.path.isdir(path) else as_file)
 
 

@@ -151,7 +151,7 @@ class Tree:
 
     entries: Entries
     left_out: list[str] = field(default_factory=list)  # FIFOs, sockets, devices, links to folders held already
-    ignored: int = 0  # items matching the upload's ignore patterns (a folder counts once, not its contents)
+    ignored: int = 0  # items left out by the upload's ignore patterns (a folder counts once, not its contents)
 
 
 def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
