@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import (AirflowFailException, AirflowSensorTimeout, 
                                     AirflowTaskTimeout)
 
 from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
-from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger
+from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger, in_seconds
 
 
 class FedMLStorageDatasetSensor(BaseSensorOperator):
@@ -49,7 +49,8 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
             except FedMLStorageException as exc:
                 if not exc.retryable:
                     raise
-                self.log.warning(UNREACHABLE, self.name, _seconds(self.poke_interval), exc)
+                when = "after a backoff" if self.exponential_backoff else in_seconds(_seconds(self.poke_interval))
+                self.log.warning(UNREACHABLE, self.name, when, exc)
                 return PokeReturnValue(False)
         self.log.info("%s", seen.detail)
         return PokeReturnValue(seen.ready, _seen(self.name, seen.version, seen.sha256) if seen.ready else None)
@@ -61,8 +62,10 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         if done:
             return done.xcom_value
         self.defer(
-            trigger=FedMLStorageDatasetTrigger(**{k: getattr(self, k) for k in WAIT_FIELDS},
-                                               poke_interval=_seconds(self.poke_interval)),
+            trigger=FedMLStorageDatasetTrigger(
+                **{k: getattr(self, k) for k in WAIT_FIELDS}, poke_interval=_seconds(self.poke_interval),
+                exponential_backoff=self.exponential_backoff,
+                max_wait=None if self.max_wait is None else _seconds(self.max_wait)),
             method_name="execute_complete",
             timeout=timedelta(seconds=_seconds(self.timeout)),
         )

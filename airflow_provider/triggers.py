@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,7 +16,24 @@ from .hook import FedMLStorageException, FedMLStorageHook
 # What the sensor hands to the trigger: what to wait for and where, never a secret.
 WAIT_FIELDS = ("name", "metadata_key", "metadata_value", "version", "fedml_storage_conn_id", "service", "namespace")
 
-UNREACHABLE = "cannot check dataset %r, checking again in %ss (if this persists, check the connection): %s"
+UNREACHABLE = "cannot check dataset %r, checking again %s (if this persists, check the connection): %s"
+
+
+def next_wait(poke_interval: float, checks: int, exponential_backoff: bool = False,
+              max_wait: float | None = None) -> float:
+    """Seconds to wait after `checks` checks in a row found the dataset not ready (or could not check): the
+    poke interval, or with `exponential_backoff` one that doubles after each check (with up to 25% jitter so
+    sensors started together spread out) and never exceeds `max_wait`."""
+    if not exponential_backoff:  # max_wait applies to the backoff only, as in poke and reschedule mode
+        return poke_interval
+    # from a poke_interval of 0 it backs off from 1 s, as the poking loop does
+    wait = (poke_interval or 1.0) * 2 ** min(checks - 1, 40) * random.uniform(1.0, 1.25)
+    return wait if max_wait is None else min(wait, max_wait)
+
+
+def in_seconds(seconds: float) -> str:
+    """'in 90s', 'in 0.25s': for log lines that say when the next check comes."""
+    return f"in {seconds:.2f}".rstrip("0").rstrip(".") + "s"
 
 
 class FedMLStorageDatasetTrigger(BaseTrigger):
@@ -27,14 +45,16 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
 
     def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
                  version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
-                 service: str | None = None, namespace: str | None = None, poke_interval: float = 60.0) -> None:
+                 service: str | None = None, namespace: str | None = None, poke_interval: float = 60.0,
+                 exponential_backoff: bool = False, max_wait: float | None = None) -> None:
         super().__init__()
         self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, version, fedml_storage_conn_id,
                                            service, namespace)))
-        self.poke_interval = poke_interval
+        self.pacing = {"poke_interval": poke_interval, "exponential_backoff": exponential_backoff,
+                       "max_wait": max_wait}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {**self.wait, "poke_interval": self.poke_interval}
+        return f"{type(self).__module__}.{type(self).__qualname__}", {**self.wait, **self.pacing}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         w = self.wait
@@ -45,14 +65,17 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
         worker = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-trigger")
         check = sync_to_async(hook.readiness, thread_sensitive=False, executor=worker)
         try:
+            checks = 0
             while True:
+                checks += 1
+                pause = next_wait(checks=checks, **self.pacing)
                 try:
                     seen = await check(w["name"], w["metadata_key"], w["metadata_value"], version=w["version"])
                 except FedMLStorageException as exc:
                     if not exc.retryable:  # not curable by waiting: hand it to the task, which fails with it
                         yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                         return
-                    self.log.warning(UNREACHABLE, w["name"], self.poke_interval, exc)
+                    self.log.warning(UNREACHABLE, w["name"], in_seconds(pause), exc)
                 except Exception as exc:  # unexpected (e.g. a secrets backend down): the task fails, and may retry
                     yield TriggerEvent({"status": "error", "name": w["name"], "retryable": True,
                                         "message": f"{type(exc).__name__}: {exc}"})
@@ -62,8 +85,8 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                         yield TriggerEvent({"status": "success", "name": w["name"], "message": seen.detail,
                                             "version": seen.version, "sha256": seen.sha256})
                         return
-                    self.log.info("%s (checking again in %ss)", seen.detail.rstrip(". "), self.poke_interval)
-                await asyncio.sleep(self.poke_interval)
+                    self.log.info("%s (checking again %s)", seen.detail.rstrip(". "), in_seconds(pause))
+                await asyncio.sleep(pause)
         finally:  # not awaited: a cancelled trigger must not wait for a slow check to end
             worker.submit(hook.close)
             worker.shutdown(wait=False)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider.hook import FedMLStorageHook
-from airflow_provider.triggers import FedMLStorageDatasetTrigger
+from airflow_provider.sensors import FedMLStorageDatasetSensor
+from airflow_provider.triggers import FedMLStorageDatasetTrigger, next_wait
 from fedml_storage import Readiness, StorageClient
 from tests.conftest import TEST_API_KEY
 
@@ -121,6 +124,7 @@ def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path,
             proc.kill()
     output = logfile.read_text()
     assert "not stored yet" in output and "status='ready'" in output
+    assert "checking again in 1s" in output  # exponential_backoff and max_wait reached the trigger
     states = query(airflow_home, "SELECT task_id, state FROM task_instance WHERE dag_id='fedml_storage_sensor' "
                                  "ORDER BY task_id")
     assert states == [("after", "success"), ("wait", "success")]
@@ -156,3 +160,50 @@ def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
     warned = [line for line in (caplog.text + out + err).splitlines()
               if "cannot check dataset 'ds'" in line and "cannot reach the storage endpoint" in line]
     assert warned and all("warning" in line.lower() for line in warned)
+
+
+def test_the_waits_between_checks_follow_poke_interval_and_backoff() -> None:
+    assert [next_wait(30, checks) for checks in (1, 2, 9)] == [30, 30, 30]
+    assert next_wait(30, 5, max_wait=10) == 30  # max_wait bounds the backoff only, as in poke mode
+    for checks, low in ((1, 2), (2, 4), (3, 8), (4, 16)):
+        waits = {next_wait(2, checks, exponential_backoff=True) for _ in range(200)}
+        assert all(low <= wait <= low * 1.25 for wait in waits) and len(waits) > 1  # jittered
+    assert next_wait(2, 6, exponential_backoff=True, max_wait=20) == 20
+    assert 1 <= next_wait(0, 1, exponential_backoff=True) <= 1.25  # no tight loop from a poke_interval of 0
+    assert next_wait(2, 10_000, exponential_backoff=True) < float("inf")
+
+
+def test_a_deferred_sensor_backs_off_between_checks_in_the_trigger(monkeypatch: pytest.MonkeyPatch, caplog,
+                                                                   capfd) -> None:
+    """exponential_backoff and max_wait were ignored once the sensor deferred: the trigger checked every
+    poke_interval for as long as it waited."""
+    sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds", deferrable=True, poke_interval=0.04,
+                                       exponential_backoff=True, max_wait=0.4)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})
+    _, kwargs = deferred.value.trigger.serialize()
+    trigger = FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs)))  # as the metadata DB returns it
+    checks: list[float] = []
+    real = FedMLStorageHook.readiness
+
+    def counted(self, *args, **kwargs):
+        checks.append(time.monotonic())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FedMLStorageHook, "readiness", counted)
+
+    async def six_checks_then_cancel() -> None:
+        waiting = asyncio.ensure_future(first_event(trigger, within=60))
+        while len(checks) < 6 and not waiting.done():
+            await asyncio.sleep(0.01)
+        assert not waiting.done(), waiting.result()
+        waiting.cancel()
+
+    asyncio.run(six_checks_then_cancel())
+    out, err = capfd.readouterr()
+    said = [float(s) for s in re.findall(r"not stored yet.*?checking again in ([\d.]+)s", caplog.text + out + err)]
+    assert len(said) >= 5, caplog.text + out + err
+    for pause, low in zip(said, (0.04, 0.08, 0.16, 0.32, 0.4)):
+        assert low - 0.006 <= pause <= min(low * 1.25, 0.4) + 0.006, said
+    gaps = [later - earlier for earlier, later in zip(checks, checks[1:])]
+    assert all(gap >= pause - 0.006 for gap, pause in zip(gaps, said)), (gaps, said)

@@ -1,4 +1,5 @@
-"""Test DAG: a deferrable sensor waits (in the trigger) until the test uploads `late-data` with status=ready."""
+"""Test DAG: a deferrable sensor waits (in the trigger, backing off up to 1 s) until the test uploads `late-data`
+with status=ready."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from airflow_provider.sensors import FedMLStorageDatasetSensor
 @dag(dag_id="fedml_storage_sensor", schedule=None, start_date=datetime(2026, 1, 1), catchup=False)
 def sensor_dag():
     wait = FedMLStorageDatasetSensor(task_id="wait", name="late-data", metadata_key="status", metadata_value="ready",
-                                     deferrable=True, poke_interval=0.5, timeout=120)
+                                     deferrable=True, poke_interval=0.5, exponential_backoff=True, max_wait=1,
+                                     timeout=120)
 
     @task
     def after() -> str:
