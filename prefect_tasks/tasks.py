@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from fedml_storage import FedMLStorageError, StorageClient, human_size, planned_name
+from fedml_storage import FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
 
 from .block import FedMLStorage
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
@@ -72,14 +72,19 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
     return StorageClient(service=service, namespace=namespace, log_failures=False)  # Prefect logs what we raise
 
 
-def _artifact_key(prefix: str, name: str, uri: str | None = None) -> str:
-    """Artifact keys allow only lowercase letters, digits and dashes; where that loses something ('My_Data' and
-    'my-data', a name in another script, a long one), a short hash of the dataset's URI keeps keys apart."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    key = f"{prefix}-{slug}".strip("-")
-    if slug == name and len(key) <= 100:
+DEFAULT_NAMESPACE = StorageSettings.model_fields["namespace"].default
+
+
+def _artifact_key(prefix: str, namespace: str, name: str = "") -> str:
+    """An artifact key for a namespace (and a dataset in it): `<prefix>-<name>` in the default namespace,
+    `<prefix>-<namespace>-<name>-<hash>` in others, so that one team's history does not mix with another's.
+    Keys allow only lowercase letters, digits and dashes; where that loses something ('My_Data' and 'my-data', a
+    name in another script, a long one), a short hash of namespace and name keeps keys apart."""
+    slugs = [re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") for part in (namespace, name)]
+    key = "-".join(part for part in (prefix, *slugs[namespace == DEFAULT_NAMESPACE:]) if part)
+    if namespace == DEFAULT_NAMESPACE and slugs[1] == name and len(key) <= 100:
         return key
-    return f"{key[:91]}-{hashlib.sha256((uri or name).encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return f"{key[:91]}-{hashlib.sha256(f'{namespace}/{name}'.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _log() -> logging.Logger | logging.LoggerAdapter:
@@ -199,7 +204,7 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
     details = _untied(result.to_dict())
     if _in_run():
         create_markdown_artifact(
-            key=_artifact_key("fedml-upload", result.name, f"{result.service}:{result.namespace}:{result.name}"),
+            key=_artifact_key("fedml-upload", result.namespace, result.name),
             markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
                       f"| version | `{result.version}` |\n| size | {human_size(result.size)} ({result.size} bytes) |\n"
                       f"| files | {result.file_count} |\n| sha256 | `{result.sha256}` |\n| uri | {result.uri} |\n"
@@ -245,12 +250,14 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
     """Every stored dataset's metadata as dicts; also a table artifact."""
     with _client(storage, service, namespace) as client:
         items = [m.to_dict() for m in client.list().unwrap()]
+        namespace = client.settings.namespace
     _log().info("listed %d dataset(s)", len(items))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]
     if _in_run():
-        create_table_artifact(key="fedml-storage-list", table=rows, description="Datasets in FedML storage", _sync=True)
+        create_table_artifact(key=_artifact_key("fedml-storage-list", namespace), table=rows, _sync=True,
+                              description=f"Datasets in FedML storage (namespace {namespace!r})")
     return items
 
 

@@ -174,6 +174,8 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
         up = upload_data(str(tmp_path / "art"), description="for artifacts", ignore_patterns="*.tmp")
         upload_data(str(tmp_path / "café"))
         list_data()
+        upload_data(str(tmp_path / "art"), description="another team's", namespace="team-b")  # its own artifacts
+        list_data(namespace="team-b")
         return up
 
     up = with_artifacts()
@@ -188,12 +190,16 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
                 key=ArtifactFilterKey(any_=["fedml-storage-list"])), sort=newest)
             upload = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=["fedml-upload-art"])), sort=newest)
-            return table, upload
+            others = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(like_="team-b")), sort=newest)
+            return table, upload, others
 
-    table, upload = asyncio.run(read())
+    table, upload, others = asyncio.run(read())
+    assert len(table) == 1 and len(upload) == 1  # team-b's upload and listing did not join default's histories
+    assert sorted(a.key.rsplit("-", 1)[0] for a in others) == ["fedml-storage-list-team-b", "fedml-upload-team-b-art"]
     # lineage: fedml://default/art and fedml://default/café (not %-encoded: Prefect refuses '%') were materialised
     done = {key for event, key, _ in emitted if event == "prefect.asset.materialization.succeeded"}
-    assert done == {"fedml://default/art", "fedml://default/café"}
+    assert done == {"fedml://default/art", "fedml://default/café", "fedml://team-b/art"}
     assert table and '"name": "art"' in str(table[0].data) and "for artifacts" in str(table[0].data)
     assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
     assert "| left out by ignore_patterns | 1 |" in upload[0].data

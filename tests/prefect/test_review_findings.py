@@ -173,12 +173,18 @@ def test_outside_a_run_the_cores_warnings_are_said_once(tmp_path: Path, caplog) 
 
 
 def test_artifact_keys_of_different_datasets_differ() -> None:
-    """'my_data', 'My-Data' and 'my.data' all became fedml-upload-my-data; other scripts and long names collided."""
+    """'my_data', 'My-Data' and 'my.data' all became fedml-upload-my-data; other scripts and long names collided;
+    so did the same name in two namespaces (two teams' datasets in one artifact history)."""
     names = ["my_data", "My-Data", "my.data", "データ", "模型", "x" * 120, "x" * 119 + "y"]
-    keys = [_artifact_key("fedml-upload", n, f"LOCAL:default:{n}") for n in names]
-    assert len(set(keys)) == len(keys)
+    keys = [_artifact_key("fedml-upload", "default", n) for n in names]
+    # another namespace is another dataset (and 'a-b' + 'c' is not 'a' + 'b-c'); so is another team's listing
+    keys += [_artifact_key("fedml-upload", ns, n) for ns, n in (("team-a", "mnist"), ("a-b", "c"), ("a", "b-c"))]
+    keys += [_artifact_key("fedml-storage-list", ns) for ns in ("default", "team-a", "Team_A")]
+    assert len(set(keys)) == len(keys), keys
     assert all(len(k) <= 100 and k.replace("-", "").isalnum() and k == k.lower() for k in keys), keys
-    assert _artifact_key("fedml-upload", "mnist") == "fedml-upload-mnist"  # kept where nothing is lost
+    assert _artifact_key("fedml-upload", "default", "mnist") == "fedml-upload-mnist"  # kept where nothing is lost
+    assert _artifact_key("fedml-storage-list", "default") == "fedml-storage-list"
+    assert _artifact_key("fedml-upload", "team-a", "mnist").startswith("fedml-upload-team-a-mnist-")
 
 
 def test_a_task_body_called_outside_a_run_still_returns(tmp_path: Path) -> None:
