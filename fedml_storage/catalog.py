@@ -174,29 +174,30 @@ class Catalog:
         raise Conflict(f"{name!r} kept changing under concurrent writers; nothing of this upload was published, try again")
 
     def remove(self, name: str) -> Manifest | None:
-        """Delete the manifest (the commit point), then its data; None when the manifest was unreadable."""
-        for _ in range(COMMIT_ATTEMPTS):
-            found = self._read_raw(name)
-            if found is None:
-                raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                               f"{self._similar(name)}; nothing was deleted")
-            raw, etag = found
-            try:
-                manifest: Manifest | None = _parse(raw, name)
-            except IntegrityError:
-                manifest = None  # still deletable; its data, which nothing can name now, goes at cleanup()
-            try:
-                self.store.delete(self.manifest_key(name), if_match=etag)
-            except PreconditionFailed:
-                if self._read_raw(name) is not None:
-                    continue
-                # gone: our delete went through and only its answer was lost (or another delete of it won)
-            if manifest is None:
-                log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
-            else:
-                self.drop_data([v.key for v in manifest.versions])
-            return manifest
-        raise Conflict(f"{name!r} kept changing while being deleted; try again")
+        """Delete the manifest (the commit point) if unchanged since read, then its data; None when the manifest
+        was unreadable. What another writer publishes meanwhile is kept: a delete removes only what it read."""
+        found = self._read_raw(name)
+        if found is None:
+            raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
+                           f"{self._similar(name)}; nothing was deleted")
+        raw, etag = found
+        try:
+            manifest: Manifest | None = _parse(raw, name)
+        except IntegrityError:
+            manifest = None  # still deletable; its data, which nothing can name now, goes at cleanup()
+        try:
+            self.store.delete(self.manifest_key(name), if_match=etag)
+        except PreconditionFailed:
+            if self._read_raw(name) is not None:
+                raise Conflict(f"another writer published {name!r} again while it was being deleted; what it "
+                               "published is kept (a delete removes only the version it read): delete again to "
+                               "remove that too") from None
+            # gone: our delete went through and only its answer was lost (or another delete of it won)
+        if manifest is None:
+            log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
+        else:
+            self.drop_data([v.key for v in manifest.versions])
+        return manifest
 
     def drop_data(self, keys: list[str]) -> None:
         """Best-effort removal of data no manifest references any more (cleanup catches the rest)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedml_storage import StorageClient
+from fedml_storage import ResponseCode, StorageClient
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.catalog import Catalog
 
@@ -226,3 +226,29 @@ def test_a_delete_whose_answer_was_lost_reports_success(store: Store, tmp_path: 
     monkeypatch.undo()
     assert response.ok and response.data is True, response.message
     assert [k for k in store.keys() if "gone" in k] == []  # its data went too
+
+
+def test_a_delete_keeps_what_another_writer_published_meanwhile(store: Store, tmp_path: Path) -> None:
+    """The delete's conditional request failed on the newer catalog entry, and the delete then retried on that
+    entry: an upload that had reported success was erased, unseen by whoever asked for the delete."""
+    (tmp_path / "ds.csv").write_text("one")
+    deleter = store.client()
+    assert deleter.upload(tmp_path / "ds.csv").ok
+    real = deleter._store.delete
+    published = []
+
+    def publish_first(key: str, **kw) -> None:
+        if not published and key.endswith("manifests/ds.csv.json"):  # after the delete read the entry
+            (tmp_path / "ds.csv").write_text("two, newer")
+            published.append(store.client().upload(tmp_path / "ds.csv"))
+        return real(key, **kw)
+
+    deleter._store.delete = publish_first
+    response = deleter.delete("ds.csv")
+    assert published and published[0].ok, published
+    assert response.code == ResponseCode.FAILURE and response.reason == "conflict" and response.retryable, response
+    assert "published 'ds.csv' again" in response.message and "delete again" in response.message
+    got = store.client().download("ds.csv", dest_path=str(tmp_path / "out"))
+    assert got.ok and Path(got.data).read_text() == "two, newer", got.message
+    assert deleter.delete("ds.csv").data is True  # deleting again removes it, data and all
+    assert [k for k in store.keys() if "ds.csv" in k] == []
