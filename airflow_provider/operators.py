@@ -168,8 +168,8 @@ class FedMLStorageUploadOperator(_StorageOperator):
 
 
 class FedMLStorageDownloadOperator(_StorageOperator):
-    """Download a dataset (optionally an exact version) into `dest_path`; XCom: its absolute path, and under the
-    keys ``version`` and ``sha256`` what was downloaded (for a downstream task to pin that version).
+    """Download a dataset (optionally an exact version) into `dest_path` (required); XCom: its absolute path, and
+    under the keys ``version`` and ``sha256`` what was downloaded (for a downstream task to pin that version).
 
     Declares the inlet Asset ``fedml://<namespace>/<name>`` when `namespace=` is given and the name is not
     templated; the run reports the dataset read to Airflow's hook lineage in any case.
@@ -180,13 +180,22 @@ class FedMLStorageDownloadOperator(_StorageOperator):
     def __init__(self, *, name: str, dest_path: str | None = None, version: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if dest_path is None:  # the core's default, the working directory, is wherever the worker was started
+            raise ValueError(self._no_dest())
         self.name = name
         self.dest_path = dest_path
         self.version = version
         if not self.inlets:
             self.inlets = _static_asset(name, self.namespace)
 
+    def _no_dest(self) -> str:
+        return (f"{type(self).__name__} {self.task_id!r} needs dest_path=: a folder on the worker to download into "
+                "(a template for it rendered empty?). A worker's working directory is no place for data: a dataset "
+                "named like something there (dags, logs) would replace it")
+
     def execute(self, context: Context) -> str:
+        if not str(self.dest_path).strip():
+            raise AirflowFailException(self._no_dest())
         with self.hook() as hook:
             result = hook.download(self.name, self.dest_path, self.version or None)
         context["ti"].xcom_push(key="version", value=result.version)

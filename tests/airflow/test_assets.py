@@ -34,7 +34,7 @@ def test_a_namespace_set_only_in_the_connection_reaches_outlets_and_inlets(tmp_p
     down = FedMLStorageDownloadOperator(task_id="down", name="ds", dest_path=str(tmp_path / "o"))
     assert down.inlets == []  # never the wrong fedml://default/ds
     assert down.execute(task_context()).endswith("ds")
-    aware = FedMLStorageDownloadOperator(task_id="down2", name="ds", namespace="team-a")
+    aware = FedMLStorageDownloadOperator(task_id="down2", name="ds", namespace="team-a", dest_path=str(tmp_path))
     assert [a.uri for a in aware.inlets] == ["fedml://team-a/ds"]
     templated = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "ds"), namespace="{{ params.ns }}")
     assert [type(a) for a in templated.outlets] == [AssetAlias]

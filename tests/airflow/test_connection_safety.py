@@ -17,7 +17,7 @@ from airflow_provider.triggers import FedMLStorageDatasetTrigger
 from tests.conftest import TEST_API_KEY
 from tests.cutting_proxy import CuttingProxy
 
-from .conftest import first_event
+from .conftest import first_event, task_context
 
 KEY_ID, SECRET = TEST_API_KEY.split(":", 1)
 pytestmark = pytest.mark.usefixtures("unit_test_mode")
@@ -173,4 +173,24 @@ def test_a_blank_task_argument_leaves_the_connections_setting(monkeypatch: pytes
     for blank in (" ", "\t"):  # no Asset of a blank namespace ('fedml:// /a.txt'): the connection's, at run time
         assert not [a for a in FedMLStorageUploadOperator(task_id="u", data_path="a.txt", namespace=blank).outlets
                     if getattr(a, "uri", "").startswith("fedml:")]
-        assert FedMLStorageDownloadOperator(task_id="d", name="a.txt", namespace=blank).inlets == []
+        assert FedMLStorageDownloadOperator(task_id="d", name="a.txt", namespace=blank, dest_path="out").inlets == []
+
+
+def test_a_download_without_a_destination_is_refused_before_anything_lands(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """It downloaded into the worker's working directory, replacing whatever there had the dataset's name."""
+    from airflow_provider.operators import FedMLStorageDownloadOperator
+
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "my_dag.py").write_text("the user's DAG")
+    (tmp_path / "src" / "dags").mkdir(parents=True)
+    (tmp_path / "src" / "dags" / "rows.csv").write_text("a,b\n")
+    FedMLStorageHook().upload(str(tmp_path / "src" / "dags"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="needs dest_path=: a folder on the worker"):
+        FedMLStorageDownloadOperator(task_id="d", name="dags")
+    rendered_blank = FedMLStorageDownloadOperator(task_id="d", name="dags", dest_path="{{ params.out }}")
+    rendered_blank.dest_path = " "  # what the template rendered
+    with pytest.raises(AirflowFailException, match="rendered empty"):
+        rendered_blank.execute(task_context())
+    assert sorted(p.name for p in (tmp_path / "dags").iterdir()) == ["my_dag.py"]
