@@ -9,7 +9,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow.sdk.lineage import get_hook_lineage_collector
 
 from fedml_storage import (
-    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, StorageClient, StorageMetadata, is_unset,
+    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata, is_unset,
     unknown_settings,
 )
 
@@ -28,6 +28,12 @@ class FedMLStorageException(AirflowException):
 
 class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
     """A failure retrying cannot cure (bad input, unknown name, refused credentials): fails the task at once."""
+
+
+def no_dest_path(who: str) -> str:
+    return (f"{who} needs dest_path=: a folder on the worker to download into (did a template for it render empty?). "
+            "A worker's working directory, the API's default, is wherever the worker was started: a dataset named "
+            "like something there (dags, logs) would replace it")
 
 
 def raise_for(response: FedMLResponse) -> Any:
@@ -149,8 +155,11 @@ class FedMLStorageHook(BaseHook):
         self._report_lineage("add_output_asset", result.name)
         return result.to_dict()
 
-    def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> DownloadResult:
-        """Fetch a dataset; its absolute local path, a str that also carries `version`, `sha256`, `size`, ..."""
+    def download(self, name: str, dest_path: str, version: str | None = None) -> DownloadResult:
+        """Fetch a dataset into `dest_path` (required); its absolute local path, a str that also carries `version`,
+        `sha256`, `size`, ..."""
+        if dest_path is None or not str(dest_path).strip():  # the core's default: the worker's working directory
+            raise FedMLStorageFailException(no_dest_path("download"), Reason.INVALID_INPUT.value, retryable=False)
         result = raise_for(self.get_client().download(name, dest_path, version=version))
         self.log.info("%s", result.summary())
         self._report_lineage("add_input_asset", result.name)

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from fedml_storage import asset_uri, is_unset, planned_name
 
-from .hook import FedMLStorageHook
+from .hook import FedMLStorageHook, no_dest_path
 
 
 class _StorageOperator(BaseOperator):
@@ -180,22 +180,15 @@ class FedMLStorageDownloadOperator(_StorageOperator):
     def __init__(self, *, name: str, dest_path: str | None = None, version: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if dest_path is None:  # the core's default, the working directory, is wherever the worker was started
-            raise ValueError(self._no_dest())
+        if dest_path is None:  # refused at parse time already (the hook refuses it too)
+            raise ValueError(no_dest_path(f"{type(self).__name__} {self.task_id!r}"))
         self.name = name
         self.dest_path = dest_path
         self.version = version
         if not self.inlets:
             self.inlets = _static_asset(name, self.namespace)
 
-    def _no_dest(self) -> str:
-        return (f"{type(self).__name__} {self.task_id!r} needs dest_path=: a folder on the worker to download into "
-                "(a template for it rendered empty?). A worker's working directory is no place for data: a dataset "
-                "named like something there (dags, logs) would replace it")
-
     def execute(self, context: Context) -> str:
-        if not str(self.dest_path).strip():
-            raise AirflowFailException(self._no_dest())
         with self.hook() as hook:
             result = hook.download(self.name, self.dest_path, self.version or None)
         context["ti"].xcom_push(key="version", value=result.version)

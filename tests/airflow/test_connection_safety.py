@@ -191,6 +191,9 @@ def test_a_download_without_a_destination_is_refused_before_anything_lands(tmp_p
         FedMLStorageDownloadOperator(task_id="d", name="dags")
     rendered_blank = FedMLStorageDownloadOperator(task_id="d", name="dags", dest_path="{{ params.out }}")
     rendered_blank.dest_path = " "  # what the template rendered
-    with pytest.raises(AirflowFailException, match="rendered empty"):
+    with pytest.raises(AirflowFailException, match="render empty"):
         rendered_blank.execute(task_context())
+    for blank in (None, ""):  # a @task calling the hook: no retries either
+        with pytest.raises(AirflowFailException, match="download needs dest_path="):
+            FedMLStorageHook().download("dags", blank)
     assert sorted(p.name for p in (tmp_path / "dags").iterdir()) == ["my_dag.py"]
