@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import traceback
 from pathlib import Path
 
@@ -178,25 +179,21 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
         list_data(namespace="team-b")
         return up
 
-    up = with_artifacts()
+    state = with_artifacts(return_state=True)
+    up, run = state.result(), state.state_details.flow_run_id
 
-    async def read() -> tuple[list, list]:
+    async def read() -> list:
         async with get_client() as client:
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-            from prefect.client.schemas.sorting import ArtifactSort
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-            newest = ArtifactSort.CREATED_DESC
-            table = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["fedml-storage-list"])), sort=newest)
-            upload = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["fedml-upload-art"])), sort=newest)
-            others = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(like_="team-b")), sort=newest)
-            return table, upload, others
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run])))
 
-    table, upload, others = asyncio.run(read())
-    assert len(table) == 1 and len(upload) == 1  # team-b's upload and listing did not join default's histories
-    assert sorted(a.key.rsplit("-", 1)[0] for a in others) == ["fedml-storage-list-team-b", "fedml-upload-team-b-art"]
+    made = {a.key: a for a in asyncio.run(read())}  # team-b's upload and listing have keys of their own
+    assert sorted(re.sub(r"-[0-9a-f]{8}$", "-<hash>", k) for k in made) == [
+        "fedml-storage-list", "fedml-storage-list-team-b-<hash>", "fedml-upload-art", "fedml-upload-caf-<hash>",
+        "fedml-upload-team-b-art-<hash>"], sorted(made)
+    table, upload = [made["fedml-storage-list"]], [made["fedml-upload-art"]]
     # lineage: fedml://default/art and fedml://default/café (not %-encoded: Prefect refuses '%') were materialised
     done = {key for event, key, _ in emitted if event == "prefect.asset.materialization.succeeded"}
     assert done == {"fedml://default/art", "fedml://default/café", "fedml://team-b/art"}
