@@ -115,7 +115,7 @@ class Catalog:
     def read(self, name: str) -> tuple[Manifest, str] | None:
         """The manifest and its etag, or None when the name is not stored."""
         found = self._read_raw(name)
-        return None if found is None else (_parse(found[0], name), found[1])
+        return None if found is None else (_parse(found[0], name, self.data_prefix), found[1])
 
     def _read_raw(self, name: str) -> tuple[bytes, str] | None:
         try:
@@ -182,7 +182,7 @@ class Catalog:
                            f"{self._similar(name)}; nothing was deleted")
         raw, etag = found
         try:
-            manifest: Manifest | None = _parse(raw, name)
+            manifest: Manifest | None = _parse(raw, name, self.data_prefix)
         except IntegrityError:
             manifest = None  # still deletable; its data, which nothing can name now, goes at cleanup()
         try:
@@ -234,8 +234,8 @@ class Catalog:
         def one(name: str) -> Manifest | tuple[str, str] | None:
             try:
                 found = self.read(name)
-            except IntegrityError:
-                return name, f"its catalog entry is unreadable; delete({name!r}) removes it"
+            except IntegrityError as exc:  # says why: a newer format wants an upgrade, not a delete
+                return name, str(exc)
             except PermissionError:  # a shared LOCAL store where another user's entry is private to them
                 return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
             return found[0] if found else None  # deleted while listing
@@ -252,7 +252,7 @@ class Catalog:
             raise InvalidInput("older_than_seconds must be a number of seconds >= 0 (use 0 only while no upload runs)")
         cutoff = time.time() - older_than_seconds
         # Data is listed before manifests are read, so data whose manifest commits meanwhile is seen referenced.
-        candidates = [o.key for o in self.store.list(self.data_prefix) if o.modified < cutoff]
+        candidates = [o.key for o in self.store.list(self.data_prefix) if o.modified < cutoff and self._ours(o.key)]
         manifests, unreadable = self._scan() if candidates else ([], {})  # nothing old: no catalog entry to read
         referenced = {v.key for m in manifests for v in m.versions}
         # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
@@ -283,6 +283,11 @@ class Catalog:
         return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": extra,
                 "objects_not_removed": len(failed)}
 
+    def _ours(self, key: str) -> bool:
+        """Whether a key under the data prefix has the shape of data_key(): anything else there is not ours."""
+        parts = key[len(self.data_prefix):].split("/")
+        return len(parts) == 3 and bool(VERSION_ID.fullmatch(parts[1])) and "" not in parts
+
     def _confirm_orphans(self, keys: list[str]) -> list[str]:
         """Of data keys the manifest listing left unreferenced, those their name's manifest, read on its own, does not
         reference either: a listing that came back short must never cost published data."""
@@ -302,7 +307,7 @@ class Catalog:
         return confirmed
 
 
-def _parse(raw: bytes, name: str) -> Manifest:
+def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:
     try:
         manifest = Manifest.model_validate(json.loads(raw))
     except (ValueError, ValidationError):
@@ -311,4 +316,10 @@ def _parse(raw: bytes, name: str) -> Manifest:
         raise IntegrityError(f"{name!r} was written by a newer fedml-storage (format {manifest.format_version}); upgrade")
     if not manifest.versions:
         raise IntegrityError(f"the catalog entry of {name!r} lists no data; delete it and upload again")
+    own = f"{data_prefix}{name}/"
+    for record in manifest.versions:  # a delete or a re-upload removes what is listed here: only this name's data
+        parts = record.key[len(own):].split("/")
+        if not record.key.startswith(own) or any(part in ("", ".", "..") for part in parts):
+            raise IntegrityError(f"the catalog entry of {name!r} names data outside {own} ({record.key!r}); "
+                                 f"fedml-storage did not write it so: delete({name!r}) removes that entry alone")
     return manifest
