@@ -83,7 +83,7 @@ def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[st
 @click.option("--api-key", envvar="FEDML_STORAGE_API_KEY", show_envvar=True,
               help="ACCESS_KEY_ID:SECRET_ACCESS_KEY (prefer `login` or the environment variable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors, and the debug log.")
 @click.version_option(__version__, prog_name="fedml-storage")
 @click.pass_context
 def cli(ctx: click.Context, service: str | None, namespace: str | None, api_key: str | None, quiet: bool,
@@ -256,8 +256,10 @@ def main() -> None:
     debug = "--debug" in sys.argv
     handler = logging.StreamHandler(sys.stderr)  # the core's warnings (a mistyped variable, an open config file)
     handler.setFormatter(_Lowercase())
-    handler.setLevel(logging.WARNING)
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("fedml_storage").addHandler(handler)
+    if debug:  # the core logs an unexpected error's traceback (secrets masked) at DEBUG
+        logging.getLogger("fedml_storage").setLevel(logging.DEBUG)
     try:
         code = cli.main(prog_name="fedml-storage", standalone_mode=False)
     except click.exceptions.Abort as exc:  # Ctrl-C (click turns it into Abort), or EOF at a prompt

@@ -170,3 +170,19 @@ def test_upload_leaves_out_what_ignore_patterns_match(tmp_path: Path) -> None:
     assert lines.returncode == 0 and json.loads(lines.stdout)["ignored"] == 2, lines.stderr
     bad = run("upload", str(src), "--ignore", "*")
     assert bad.returncode == 1 and "no file remains: nothing was uploaded" in bad.stderr
+
+
+def test_debug_shows_the_traceback_of_an_unexpected_error_in_the_core(tmp_path: Path) -> None:
+    """The core logs it at DEBUG, which --debug did not show: the user was asked to report a log they had not."""
+    (tmp_path / "f.txt").write_text("x")
+    assert run("upload", str(tmp_path / "f.txt")).returncode == 0
+    bug = ("import sys; import fedml_storage.catalog as c\n"
+           f"def read(self, name): raise RuntimeError('simulated bug beside {SECRET}')\n"
+           "c.Catalog.read = read\n"
+           "from fedml_storage.cli import main; sys.argv[0] = 'fedml-storage'; main()\n")
+    for flags, traced in (([], False), (["--debug"], True)):
+        proc = subprocess.run([sys.executable, "-c", bug, *flags, "--api-key", TEST_API_KEY, "metadata", "f.txt"],
+                              capture_output=True, text=True, timeout=120, env={**os.environ})
+        assert proc.returncode != 0 and "RuntimeError: simulated bug beside" in proc.stderr, proc.stderr
+        assert ("Traceback (most recent call last)" in proc.stderr) is traced, proc.stderr
+        assert SECRET not in proc.stdout + proc.stderr
