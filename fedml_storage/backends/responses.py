@@ -18,6 +18,10 @@ class IncompleteResponse(Exception):
     """A success answer whose headers or required fields are missing: it was cut short in transit."""
 
 
+class WebPage(Exception):
+    """A success answer that is an HTML page: the endpoint is a web server, not an S3 API."""
+
+
 _REQUIRED = {  # what every well-formed success answer of these operations carries (and the code reads)
     "HeadObject": ("ContentLength", "LastModified"),
     "PutObject": ("ETag",),
@@ -37,12 +41,23 @@ def register(client: Any, max_attempts: int) -> None:
             return None  # botocore's own retry rules decide
         return min(0.05 * 2 ** attempts, 2.0)  # seconds before the next attempt
 
+    def refuse_web_pages(operation_model: Any, response_dict: dict, **_: Any) -> None:
+        if _web_page(response_dict.get("status_code", 0), response_dict.get("headers", {}), response_dict.get("body")):
+            raise WebPage(f"the answer to {operation_model.name} is a web page (HTML)")
+
     def check(http_response: Any, parsed: dict, model: Any, **_: Any) -> None:
         if (missing := _missing(http_response, parsed, model)) is not None:
             raise IncompleteResponse(f"the answer to {model.name} came without {missing}, {max_attempts} times: it was "
                                      "cut short in transit")
 
     client.meta.events.register_first("needs-retry.s3", retry)
+    # first of all, before botocore takes an unparsable 200 for a server error and retries it as one
+    handle_200 = getattr(botocore.handlers, "_handle_200_error", None)
+    if handle_200 is not None:
+        client.meta.events.unregister("before-parse.s3.*", handle_200)
+    client.meta.events.register_first("before-parse.s3.*", refuse_web_pages)
+    if handle_200 is not None:
+        client.meta.events.register_first("before-parse.s3.*", handle_200)
     client.meta.events.register("after-call.s3", check)
     # No 'Expect: 100-continue' on uploads: botocore loops for ever on an interim answer cut short (boto/botocore
     # #3755). Bodies are at most one part; a refused request costs sending it, not a hung process.
@@ -53,6 +68,17 @@ def malformed(exc: BaseException) -> bool:
     """Whether botocore failed to parse an answer (a header cut inside its value: 'Wed, 25 N' as a date)."""
     return isinstance(exc, ValueError) and any("botocore" in frame.f_code.co_filename
                                                for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _web_page(status: int, raw_headers: Any, body: Any) -> bool:
+    """Whether a success answer is an HTML page (a web app or a console where the S3 API was expected). Some
+    S3 servers label empty answers text/html: it takes a page, or for an object, no ETag."""
+    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
+    if not 200 <= status < 300 or not headers.get("content-type", "").lower().startswith("text/html"):
+        return False
+    if isinstance(body, bytes):
+        return body.lstrip()[:64].lower().startswith((b"<!doctype html", b"<html"))
+    return "etag" not in headers  # an object's answer (its body streams), whose own type may well be HTML
 
 
 def _missing(http_response: Any, parsed: dict, model: Any) -> str | None:

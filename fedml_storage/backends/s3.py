@@ -20,7 +20,7 @@ from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipeli
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
 from .responses import register as check_responses
 from .s3_client import s3_client
-from .s3_errors import MISSING_CODES, translate as _translate
+from .s3_errors import MISSING_CODES, translate as _translate, web_page_answer
 
 log = logging.getLogger("fedml_storage")
 
@@ -184,6 +184,9 @@ class S3Store(ObjectStore):
     def _read_once(self, key: str) -> tuple[bytes, str]:
         with _translate(key, self._location):
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
+        if str(resp.get("ContentType", "")).lower().startswith("text/html"):  # what write_bytes stores is JSON
+            resp["Body"].close()
+            raise NotConfigured(web_page_answer(self._location))
         try:
             with _translate(key, self._location):
                 return resp["Body"].read(), resp["ETag"]

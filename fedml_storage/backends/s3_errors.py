@@ -9,12 +9,20 @@ import urllib3.exceptions
 
 from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFailure, TransientError, Unsupported
 from .base import ObjectMissing
-from .responses import IncompleteResponse, malformed
+from .responses import IncompleteResponse, WebPage, malformed
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNSUPPORTED = {"NotImplemented", "501"}
 _TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
+
+NOT_S3 = ("check that endpoint_url is the store's S3 API (for MinIO the API port, usually 9000, not the console's "
+          "9001)")
+
+
+def web_page_answer(location: str) -> str:
+    return f"{location} answered with a web page, not as an S3 API; {NOT_S3}"
+
 
 _SETUP_ERRORS = (  # settings that can never work: retrying does not help
     botocore.exceptions.ParamValidationError,
@@ -44,9 +52,12 @@ class translate:
         if isinstance(exc, botocore.exceptions.ReadTimeoutError):  # before the broad transport check below
             raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
                                  "overloaded: try again, or raise read_timeout for a slow endpoint") from None
+        if isinstance(exc, WebPage):
+            raise NotConfigured(web_page_answer(self.location)) from None
         if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
                             ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
-            raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc})") from None
+            raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc}); if this "
+                                 f"persists, {NOT_S3}") from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
             raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
                                  "endpoint_url (or r2_account_id) and the network") from None
@@ -54,6 +65,11 @@ class translate:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            page = str(headers.get("content-type", "")).lower().startswith("text/html")
+            generic = code in ("", str(status))  # what botocore makes of a body that is no S3 error (or of none)
+            if generic and isinstance(status, int) and (page and exc.operation_name != "HeadObject" or not code):
+                self._not_s3(status)  # a web page, a proxy's answer
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
                 raise PreconditionFailed(self.key) from None
             if code in _UNSUPPORTED or status == 501:
@@ -76,6 +92,15 @@ class translate:
         if isinstance(exc, botocore.exceptions.BotoCoreError):
             raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
         return False
+
+    def _not_s3(self, status: int) -> None:
+        said = f"{self.location} answered HTTP {status} without an S3 error code"
+        if status >= 500:
+            raise TransientError(f"{said} (a proxy or a server failing?); if this persists, {NOT_S3}") from None
+        if status == 403:
+            raise AccessDenied(f"{said} (a proxy refusing it?); {NOT_S3}, and that the network lets you reach it") \
+                from None
+        raise NotConfigured(f"{said}; {NOT_S3}") from None
 
     def _unsupported(self, message: str) -> str:
         said = f" ({message})" if message else ""

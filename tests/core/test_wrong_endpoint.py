@@ -1,0 +1,92 @@
+"""An endpoint_url that is an HTTP server but not an S3 API (a web app, MinIO's console port, a proxy's error
+page): every call says so and what to check, at once, instead of an empty or misleading error."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import ResponseCode, StorageClient
+from tests.conftest import TEST_API_KEY
+
+PAGE = b"<!doctype html><html><head><title>Console</title></head><body><div id=root></div></body></html>"
+CHECK = "check that endpoint_url is the store's S3 API (for MinIO the API port"
+
+
+@pytest.fixture
+def web_server() -> Iterator[tuple[dict, str]]:
+    """A web server answering every request with `answer["status"]` and an HTML page (with an ETag if asked)."""
+    answer: dict = {"status": 200, "etag": False, "requests": 0}
+
+    class Page(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            answer["requests"] += 1
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(answer["status"])
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            if answer["etag"]:
+                self.send_header("ETag", '"5f1-abc"')
+                self.send_header("Last-Modified", "Wed, 21 Oct 2026 07:28:00 GMT")
+            self.send_header("Content-Length", str(len(PAGE)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(PAGE)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield answer, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _calls(client: StorageClient, tmp_path: Path) -> dict:
+    (tmp_path / "ds").mkdir(exist_ok=True)
+    (tmp_path / "ds" / "a.txt").write_text("a")
+    return {"upload": lambda: client.upload(str(tmp_path / "ds")),
+            "download": lambda: client.download("ds", str(tmp_path / "out")),
+            "metadata": lambda: client.get_metadata("ds"),
+            "list": client.list,
+            "delete": lambda: client.delete("ds")}
+
+
+@pytest.mark.parametrize(("status", "etag", "reason"), [
+    (200, False, "not_configured"),  # a single-page app: every path is the page (a KeyError 'ETag' before)
+    (200, True, "not_configured"),  # the same from a server that tags it (list said 'busy or failing (500)')
+    (404, False, "not_configured"),  # said "refused the request (: )"
+    (400, False, "not_configured"),
+    (403, False, "access_denied"),  # a proxy's page: denied, but not by the store
+])
+def test_a_web_server_at_endpoint_url_is_named_as_such(web_server: tuple[dict, str], tmp_path: Path, status: int,
+                                                        etag: bool, reason: str) -> None:
+    answer, endpoint = web_server
+    answer.update(status=status, etag=etag)
+    with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=endpoint, bucket="b",
+                       region="us-east-1") as client:
+        for call, run in _calls(client, tmp_path).items():
+            answer["requests"] = 0
+            response = run()
+            assert response.code == ResponseCode.FAILURE and response.reason == reason, (call, response)
+            assert CHECK in response.message and endpoint in response.message, (call, response.message)
+            assert "try again" not in response.message, (call, response.message)
+            assert answer["requests"] <= 2, (call, answer["requests"])  # not sent again and again
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_proxy_failing_with_a_page_may_pass_and_says_what_to_check_if_not(web_server: tuple[dict, str],
+                                                                           tmp_path: Path) -> None:
+    answer, endpoint = web_server
+    answer["status"] = 502
+    with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=endpoint, bucket="b", region="us-east-1",
+                       max_attempts=2) as client:
+        response = client.get_metadata("ds")
+    assert response.code == ResponseCode.ERROR and response.retryable, response
+    assert "502" in response.message and "if this persists" in response.message, response.message
