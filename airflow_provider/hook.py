@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -67,6 +68,12 @@ class FedMLStorageHook(BaseHook):
         try:
             conn = self.get_connection(self.fedml_storage_conn_id)
         except AirflowNotFoundException:
+            variable = f"AIRFLOW_CONN_{self.fedml_storage_conn_id.upper()}"
+            if os.environ.get(variable, "").strip():  # Airflow takes a URI it cannot parse for no connection
+                raise FedMLStorageFailException(
+                    f"Airflow could not read connection {self.fedml_storage_conn_id!r} from {variable}: in a URI, "
+                    "URL-encode the login and the secret ('/' as %2F, '+' as %2B, '@' as %40, ':' as %3A), or give "
+                    "the connection as JSON", "not_configured", False) from None
             if self.fedml_storage_conn_id != self.default_conn_name:
                 raise FedMLStorageFailException(  # retrying does not define it
                     f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "

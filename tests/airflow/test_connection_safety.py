@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow_provider.hook import FedMLStorageException, FedMLStorageHook
 from airflow_provider.sensors import FedMLStorageDatasetSensor
 from airflow_provider.triggers import FedMLStorageDatasetTrigger
+from fedml_storage import StorageClient
 from tests.conftest import TEST_API_KEY
 from tests.cutting_proxy import CuttingProxy
 
@@ -197,3 +198,24 @@ def test_a_download_without_a_destination_is_refused_before_anything_lands(tmp_p
         with pytest.raises(AirflowFailException, match="download needs dest_path="):
             FedMLStorageHook().download("dags", blank)
     assert sorted(p.name for p in (tmp_path / "dags").iterdir()) == ["my_dag.py"]
+
+
+def test_a_connection_uri_airflow_cannot_read_fails_instead_of_storing_locally(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A '/' left in the secret: Airflow reads no connection at all, and the default id fell back to the worker's
+    LOCAL store (the upload 'succeeded' on the worker's disk)."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    (tmp_path / "f.txt").write_text("x")
+    for conn_id in ("fedml_storage_default", "team_store"):
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}",
+                           f"fedml-storage://AKIAIOSFODNN7EXAMPLE:{secret}@/?service=S3&bucket=datasets")
+        with pytest.raises(AirflowFailException) as raised:
+            FedMLStorageHook(conn_id).upload(str(tmp_path / "f.txt"))
+        said = str(raised.value)
+        assert f"could not read connection {conn_id!r} from AIRFLOW_CONN_{conn_id.upper()}" in said, said
+        assert "'/' as %2F" in said and secret not in said and "K7MDENG" not in said
+    assert StorageClient().list().data == []  # nothing went to the LOCAL store
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT",  # encoded, it is read (and refused for its bucket)
+                       f"fedml-storage://AKIAIOSFODNN7EXAMPLE:{quote(secret, safe='')}@/?service=S3&bucket=datasets"
+                       "&endpoint_url=http%3A%2F%2F127.0.0.1%3A9")
+    assert FedMLStorageHook().settings_from_connection()["bucket"] == "datasets"
