@@ -15,7 +15,7 @@ from prettytable import PrettyTable
 
 from . import __version__, api
 from .client import StorageClient
-from .config import config_path
+from .config import config_path, overridden_note
 from .response import FedMLResponse
 from .errors import redact
 
@@ -119,7 +119,7 @@ def configure(obj: Ctx, as_json: bool, **fields: Any) -> None:
     if updates:
         _finish(api.configure(**updates))
         if not as_json:
-            click.echo(f"saved {', '.join(sorted(updates))} to {config_path()}")
+            click.echo(f"saved {', '.join(sorted(updates))} to {config_path()}{overridden_note(updates)}")
     settings = _finish(_settings(obj))
     if as_json:
         _emit(settings)

@@ -338,6 +338,15 @@ def _remove_killed_writes(folder: Path) -> None:
                 stale.unlink()
 
 
+def overridden_note(fields: Iterable[str]) -> str:
+    """'; X, set in the environment, still ...' for saved settings a FEDML_STORAGE_* variable takes precedence over."""
+    names = [ENV_PREFIX + f.upper() for f in fields if not is_unset(os.environ.get(ENV_PREFIX + f.upper()))]
+    if not names:
+        return ""
+    return (f"; {' and '.join(names)}, set in the environment, still take{'s' if len(names) == 1 else ''} "
+            "precedence over what was saved (unset it to use the saved value)")
+
+
 def write_config_file(updates: dict[str, Any]) -> Path:
     """Merge `updates` into the config file (None or blank removes a key), validated, written 0600 atomically;
     concurrent writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""

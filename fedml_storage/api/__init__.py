@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from ..client import StorageClient
-from ..config import check_api_key, config_path, write_config_file
+from ..config import check_api_key, config_path, overridden_note, write_config_file
 from ..errors import InvalidInput, to_response
 from ..response import FedMLResponse, ResponseCode
 from .fedml_response import FedMLStorageError, Reason
@@ -86,6 +86,7 @@ def fedml_login(api_key: str | None = None, service: str | None = None) -> FedML
     except Exception as exc:
         return to_response(exc, "login", secrets)
     note = f"; default service is now {str(service).strip().upper()}" if service is not None else ""
+    note += overridden_note(updates)
     return FedMLResponse(ResponseCode.SUCCESS, f"API key saved to {path} (readable only by you){note}", True)
 
 
@@ -95,7 +96,7 @@ def configure(**settings: Any) -> FedMLResponse:
         path = write_config_file(settings)
     except Exception as exc:
         return to_response(exc, "configure", [settings.get("api_key")])
-    return FedMLResponse(ResponseCode.SUCCESS, f"settings saved to {path}", str(path))
+    return FedMLResponse(ResponseCode.SUCCESS, f"settings saved to {path}{overridden_note(settings)}", str(path))
 
 
 def cleanup(service: str | None = None, api_key: str | None = None,

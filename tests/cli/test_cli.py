@@ -186,3 +186,9 @@ def test_debug_shows_the_traceback_of_an_unexpected_error_in_the_core(tmp_path: 
         assert proc.returncode != 0 and "RuntimeError: simulated bug beside" in proc.stderr, proc.stderr
         assert ("Traceback (most recent call last)" in proc.stderr) is traced, proc.stderr
         assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_configure_says_when_an_environment_variable_still_decides(tmp_path: Path) -> None:
+    proc = run("--namespace", "team-a", "configure", env={"FEDML_STORAGE_NAMESPACE": "team-b"})
+    assert proc.returncode == 0, proc.stderr
+    assert "saved namespace" in proc.stdout and "FEDML_STORAGE_NAMESPACE, set in the environment" in proc.stdout

@@ -342,3 +342,21 @@ def test_a_config_link_that_loops_is_named_not_an_internal_error(isolated_home: 
     response = api.configure(namespace="team")
     assert response.reason == "invalid_input", response.message
     assert "loop" in response.message and str(config_path()) in response.message
+
+
+def test_saving_what_an_environment_variable_overrides_says_so(isolated_home: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """login said 'default service is now R2' while FEDML_STORAGE_SERVICE kept every call on LOCAL."""
+    monkeypatch.setenv("FEDML_STORAGE_SERVICE", "LOCAL")
+    said = api.fedml_login(TEST_API_KEY, service="R2")
+    assert said.ok and "FEDML_STORAGE_SERVICE, set in the environment, still takes precedence" in said.message
+    assert StorageSettings.resolve().service == "LOCAL" and SECRET not in said.message
+    said = api.configure(namespace="team-a", bucket="datasets")
+    assert said.ok and "precedence" not in said.message  # nothing overrides these
+    monkeypatch.setenv("FEDML_STORAGE_API_KEY", "OTHERKEYID:other-secret")
+    said = api.fedml_login(TEST_API_KEY)
+    assert "FEDML_STORAGE_API_KEY, set in the environment, still takes precedence" in said.message
+    assert "other-secret" not in said.message and SECRET not in said.message
+    monkeypatch.delenv("FEDML_STORAGE_SERVICE")
+    monkeypatch.delenv("FEDML_STORAGE_API_KEY")
+    assert "precedence" not in api.fedml_login(TEST_API_KEY, service="R2").message
