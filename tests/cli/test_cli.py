@@ -140,7 +140,8 @@ def test_cleanup_removes_unpublished_leftovers_and_keeps_datasets(backend_env: d
     assert run("upload", str(src), env=backend_env).returncode == 0
     with StorageClient() as client:  # the same settings, from the environment
         store = client._catalog().store
-        store.write_bytes("default/data/ghost/v1/ghost.bin", b"left by a killed upload")
+        ghost = "default/data/ghost/20260101T000000000000Z-0123abcd/ghost.bin"
+        store.write_bytes(ghost, b"left by a killed upload")
         keys = sorted(o.key for o in store.list("default/"))
     bad = run("cleanup", "--older-than", "-1", env=backend_env)
     assert bad.returncode == 2 and "--older-than" in bad.stderr

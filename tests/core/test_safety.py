@@ -54,7 +54,7 @@ def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pyte
 
     store = Stubborn(tmp_path / "store")
     for n in range(3):
-        store.write_bytes(f"default/data/gone{n}/v1/f", b"x")
+        store.write_bytes(f"default/data/gone{n}/20260101T000000000000Z-0123abc{n}/f", b"x")
     result = Catalog(store, "default").cleanup(older_than_seconds=0)
     assert result["orphaned_objects_removed"] == 2 and result["objects_not_removed"] == 1
     assert "could not remove 1 object" in caplog.text
