@@ -82,6 +82,10 @@ class FedMLStorageHook(BaseHook):
             self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
         unused = [field for field in ("host", "schema", "port") if getattr(conn, field, None)]
+        if unused and not conn.conn_type:  # 'fedml_storage://...': no URI scheme, so all of it became a path
+            raise FedMLStorageFailException(
+                f"Airflow could not tell the type of connection {self.fedml_storage_conn_id!r}: a URI must start "
+                "with fedml-storage:// (with a dash; a URI scheme takes no underscore)", "invalid_input", False)
         if unused:  # e.g. fedml-storage://KEY:SECRET@minio:9000/...: silently dropped, calls would go to AWS
             raise FedMLStorageFailException(
                 f"Airflow connection {self.fedml_storage_conn_id!r} sets {', '.join(unused)}, which fedml-storage "

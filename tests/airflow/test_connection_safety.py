@@ -219,3 +219,12 @@ def test_a_connection_uri_airflow_cannot_read_fails_instead_of_storing_locally(
                        f"fedml-storage://AKIAIOSFODNN7EXAMPLE:{quote(secret, safe='')}@/?service=S3&bucket=datasets"
                        "&endpoint_url=http%3A%2F%2F127.0.0.1%3A9")
     assert FedMLStorageHook().settings_from_connection()["bucket"] == "datasets"
+
+
+def test_a_uri_with_an_underscore_in_its_scheme_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """'fedml_storage://...' is no URI scheme: Airflow made all of it the schema, and the task said the connection
+    'sets schema', which the user never did."""
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", f"fedml_storage://{KEY_ID}:{SECRET}@/?service=S3&bucket=b")
+    with pytest.raises(AirflowFailException) as raised:
+        FedMLStorageHook().settings_from_connection()
+    assert "must start with fedml-storage:// (with a dash" in str(raised.value) and SECRET not in str(raised.value)
