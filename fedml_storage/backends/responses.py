@@ -8,10 +8,14 @@ comes cut short, raised as IncompleteResponse (a retryable failure) before anyth
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import Any
 
+import botocore.exceptions
 import botocore.handlers
+
+log = logging.getLogger("fedml_storage")
 
 
 class IncompleteResponse(Exception):
@@ -21,6 +25,8 @@ class IncompleteResponse(Exception):
 class WebPage(Exception):
     """A success answer that is an HTML page: the endpoint is a web server, not an S3 API."""
 
+
+_SILENCE = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
 
 _REQUIRED = {  # what every well-formed success answer of these operations carries (and the code reads)
     "HeadObject": ("ContentLength", "LastModified"),
@@ -45,12 +51,20 @@ def register(client: Any, max_attempts: int) -> None:
         if _web_page(response_dict.get("status_code", 0), response_dict.get("headers", {}), response_dict.get("body")):
             raise WebPage(f"the answer to {operation_model.name} is a web page (HTML)")
 
+    def warn_of_silence(attempts: int, caught_exception: Any = None, endpoint: Any = None, **_: Any) -> None:
+        # botocore retries a request nobody answers silently: read_timeout x max_attempts can be many minutes
+        if isinstance(caught_exception, _SILENCE) and attempts < max_attempts:
+            log.warning("no answer from %s in time (attempt %d of %d); asking again. If this goes on, check "
+                        "endpoint_url and the network, or raise read_timeout for a slow store",
+                        getattr(endpoint, "host", "the storage endpoint"), attempts, max_attempts)
+
     def check(http_response: Any, parsed: dict, model: Any, **_: Any) -> None:
         if (missing := _missing(http_response, parsed, model)) is not None:
             raise IncompleteResponse(f"the answer to {model.name} came without {missing}, {max_attempts} times: it was "
                                      "cut short in transit")
 
     client.meta.events.register_first("needs-retry.s3", retry)
+    client.meta.events.register("needs-retry.s3", warn_of_silence)
     # first of all, before botocore takes an unparsable 200 for a server error and retries it as one
     handle_200 = getattr(botocore.handlers, "_handle_200_error", None)
     if handle_200 is not None:
