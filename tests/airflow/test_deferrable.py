@@ -138,24 +138,8 @@ def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path,
 
 def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
         unreachable_connection: None, monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
-    trigger = FedMLStorageDatasetTrigger(name="ds", poke_interval=0.05)
-    checks: list[str] = []
-    real = FedMLStorageHook.readiness
-
-    def counted(self, *args, **kwargs):
-        checks.append("check")
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FedMLStorageHook, "readiness", counted)
-
-    async def three_checks_then_cancel() -> None:
-        waiting = asyncio.ensure_future(first_event(trigger, within=60))
-        while len(checks) < 3 and not waiting.done():
-            await asyncio.sleep(0.01)
-        assert not waiting.done(), waiting.result()  # an unreachable service is no reason to fail the task
-        waiting.cancel()
-
-    asyncio.run(three_checks_then_cancel())
+    # an unreachable service is no reason to fail the task: three checks, and it still waits
+    _checks_until_cancelled(FedMLStorageDatasetTrigger(name="ds", poke_interval=0.05), monkeypatch, 3)
     out, err = capfd.readouterr()
     warned = [line for line in (caplog.text + out + err).splitlines()
               if "cannot check dataset 'ds'" in line and "cannot reach the storage endpoint" in line]
@@ -183,6 +167,19 @@ def test_a_deferred_sensor_backs_off_between_checks_in_the_trigger(monkeypatch: 
         sensor.execute({})
     _, kwargs = deferred.value.trigger.serialize()
     trigger = FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs)))  # as the metadata DB returns it
+    checks = _checks_until_cancelled(trigger, monkeypatch, 6)
+    out, err = capfd.readouterr()
+    said = [float(s) for s in re.findall(r"not stored yet.*?checking again in ([\d.]+)s", caplog.text + out + err)]
+    assert len(said) >= 5, caplog.text + out + err
+    for pause, low in zip(said, (0.04, 0.08, 0.16, 0.32, 0.4)):
+        assert low - 0.006 <= pause <= min(low * 1.25, 0.4) + 0.006, said
+    gaps = [later - earlier for earlier, later in zip(checks, checks[1:])]
+    assert all(gap >= pause - 0.006 for gap, pause in zip(gaps, said)), (gaps, said)
+
+
+def _checks_until_cancelled(trigger: FedMLStorageDatasetTrigger, monkeypatch: pytest.MonkeyPatch,
+                            count: int) -> list[float]:
+    """Run the trigger until it has checked `count` times without firing, then cancel it; when each check began."""
     checks: list[float] = []
     real = FedMLStorageHook.readiness
 
@@ -192,18 +189,12 @@ def test_a_deferred_sensor_backs_off_between_checks_in_the_trigger(monkeypatch: 
 
     monkeypatch.setattr(FedMLStorageHook, "readiness", counted)
 
-    async def six_checks_then_cancel() -> None:
+    async def run() -> None:
         waiting = asyncio.ensure_future(first_event(trigger, within=60))
-        while len(checks) < 6 and not waiting.done():
+        while len(checks) < count and not waiting.done():
             await asyncio.sleep(0.01)
         assert not waiting.done(), waiting.result()
         waiting.cancel()
 
-    asyncio.run(six_checks_then_cancel())
-    out, err = capfd.readouterr()
-    said = [float(s) for s in re.findall(r"not stored yet.*?checking again in ([\d.]+)s", caplog.text + out + err)]
-    assert len(said) >= 5, caplog.text + out + err
-    for pause, low in zip(said, (0.04, 0.08, 0.16, 0.32, 0.4)):
-        assert low - 0.006 <= pause <= min(low * 1.25, 0.4) + 0.006, said
-    gaps = [later - earlier for earlier, later in zip(checks, checks[1:])]
-    assert all(gap >= pause - 0.006 for gap, pause in zip(gaps, said)), (gaps, said)
+    asyncio.run(run())
+    return checks

@@ -8,13 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from fedml_storage import ResponseCode
+from fedml_storage import ResponseCode, StorageClient
 
 from .conftest import Store
 
 
 def _entry(store: Store, name: str) -> dict:
     return json.loads(store.read(f"default/manifests/{name}.json"))
+
+
+def _stored(store: Store, tmp_path: Path, name: str, data: bytes) -> tuple[StorageClient, dict]:
+    """A client, and the catalog entry of `name` uploaded with it."""
+    (tmp_path / name).write_bytes(data)
+    client = store.client()
+    assert client.upload(str(tmp_path / name)).ok
+    return client, _entry(store, name)
 
 
 def _plant(store: Store, name: str, entry: dict, **version: object) -> None:
@@ -25,10 +33,7 @@ def _plant(store: Store, name: str, entry: dict, **version: object) -> None:
 def test_an_entry_naming_data_outside_its_folder_never_gets_it_deleted(
         store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """delete('stray') removed every key its entry listed: another dataset's data, another team's, any object."""
-    (tmp_path / "model.pt").write_bytes(b"weights")
-    client = store.client()
-    assert client.upload(str(tmp_path / "model.pt")).ok
-    entry = _entry(store, "model.pt")
+    client, entry = _stored(store, tmp_path, "model.pt", b"weights")
     real = entry["versions"][0]["key"]
     store.write("exports/report.csv", b"not fedml-storage's")
     store.write("team-b/data/x/20260101T000000000000Z-00000000/x", b"team b's")
@@ -59,9 +64,7 @@ def test_an_entry_naming_data_outside_its_folder_never_gets_it_deleted(
 
 
 def test_objects_under_the_data_prefix_not_shaped_as_ours_survive_cleanup(store: Store, tmp_path: Path) -> None:
-    (tmp_path / "ds.csv").write_text("a,b\n")
-    client = store.client()
-    assert client.upload(str(tmp_path / "ds.csv")).ok
+    client, _ = _stored(store, tmp_path, "ds.csv", b"a,b\n")
     foreign = ["default/data/stray/blob.bin", "default/data/ds.csv/notes.txt", "default/data/x/not-a-version/x"]
     ours = "default/data/gone/20260101T000000000000Z-0123abcd/gone"  # what a killed upload leaves
     for key in foreign + [ours]:
@@ -74,10 +77,7 @@ def test_objects_under_the_data_prefix_not_shaped_as_ours_survive_cleanup(store:
 def test_an_entry_of_a_newer_release_is_listed_as_such_not_as_something_to_delete(
         store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """list's warning said to delete it: a teammate's good data, in a format this release cannot read."""
-    (tmp_path / "w.bin").write_bytes(b"w")
-    client = store.client()
-    assert client.upload(str(tmp_path / "w.bin")).ok
-    entry = _entry(store, "w.bin")
+    client, entry = _stored(store, tmp_path, "w.bin", b"w")
     store.write("default/manifests/w.bin.json", json.dumps(dict(entry, format_version=99)).encode())
     listed = client.list()
     assert listed.ok and listed.data == []
