@@ -105,16 +105,19 @@ def _in_run() -> bool:
 _WORKING_FOR: contextvars.ContextVar[object | None] = contextvars.ContextVar("fedml_storage_task", default=None)
 
 
-class _ToRunLog(logging.Handler):
-    """Passes the core's warnings, from the task's own work, to the run's log (seen in Prefect's UI)."""
+class _ToRunLog(logging.Filter):
+    """Passes the core's warnings, from the task's own work, to the run's log (seen in Prefect's UI and on its
+    console) instead of to the core logger's handlers: shown once, not also by the root logger Prefect sets up."""
 
     def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.target = target
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if _WORKING_FOR.get() is self:  # another task's, run at the same time, is its run's to show
-            self.target.log(record.levelno, "%s", record.getMessage())
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or _WORKING_FOR.get() is not self:  # another task's is its run's
+            return True
+        self.target.log(record.levelno, "%s", record.getMessage())
+        return False
 
 
 @contextlib.contextmanager
@@ -125,11 +128,11 @@ def _core_warnings_in_run_log() -> Iterator[None]:
     core = logging.getLogger("fedml_storage")
     handler = _ToRunLog(_log())
     token = _WORKING_FOR.set(handler)
-    core.addHandler(handler)
+    core.addFilter(handler)
     try:
         yield
     finally:
-        core.removeHandler(handler)
+        core.removeFilter(handler)
         _WORKING_FOR.reset(token)
 
 

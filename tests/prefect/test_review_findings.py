@@ -110,8 +110,9 @@ def test_a_wrong_storage_argument_says_what_to_pass(tmp_path: Path) -> None:
     assert by_slug() == "LOCAL" and (tmp_path / "store" / "default" / "manifests" / "a.txt.json").exists()
 
 
-def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path) -> None:
-    """A damaged catalog entry that list skips was said only on the worker's stderr, never in Prefect's UI."""
+def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path, caplog) -> None:
+    """A damaged catalog entry that list skips was said only on the worker's stderr, never in Prefect's UI; then
+    twice on the console (by the run's logger, and by the root logger Prefect sets up)."""
     block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
     (tmp_path / "ok.txt").write_text("x")
     block.upload(str(tmp_path / "ok.txt"))
@@ -125,6 +126,8 @@ def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path) -> None:
     assert state.result() == ["ok.txt"]
     logs = _run_logs(state.state_details.flow_run_id)
     assert [m for m in logs if m.startswith("skipping 'bad'") and "delete('bad') removes it" in m], logs
+    said_by = [r.name for r in caplog.records if r.getMessage().startswith("skipping 'bad'")]
+    assert "fedml_storage" not in said_by and len(said_by) <= 1, said_by
     for data in (tmp_path / "store" / "default" / "data" / "ok.txt").rglob("ok.txt"):
         data.unlink()  # the stored data is lost: an unchanged upload sends it again, and says so
 
