@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from .backends.base import ObjectMissing, ObjectStore
-from .errors import Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed
+from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed
 
 log = logging.getLogger("fedml_storage")
 
@@ -185,18 +185,27 @@ class Catalog:
             manifest: Manifest | None = _parse(raw, name, self.data_prefix)
         except IntegrityError:
             manifest = None  # still deletable; its data, which nothing can name now, goes at cleanup()
+        keep: set[str] = set()
         try:
             self.store.delete(self.manifest_key(name), if_match=etag)
         except PreconditionFailed:
-            if self._read_raw(name) is not None:
-                raise Conflict(f"another writer published {name!r} again while it was being deleted; what it "
-                               "published is kept (a delete removes only the version it read): delete again to "
-                               "remove that too") from None
-            # gone: our delete went through and only its answer was lost (or another delete of it won)
+            if (now := self._read_raw(name)) is not None:
+                try:
+                    current: Manifest | None = _parse(now[0], name, self.data_prefix)
+                except IntegrityError:
+                    current = None
+                # a re-upload keeps the first creation time; an entry created anew came after ours was gone
+                if manifest is None or current is None or current.created_at == manifest.created_at:
+                    raise Changed(f"nothing was deleted: another writer published {name!r} again while it was "
+                                  "being deleted, and a delete removes only what it has read; delete again to "
+                                  "delete what is stored now") from None
+                log.warning("%r was published anew right after it was deleted; that stays", name)
+                keep = {v.key for v in current.versions}
+            # else gone: our delete went through and only its answer was lost (or another delete of it won)
         if manifest is None:
             log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
         else:
-            self.drop_data([v.key for v in manifest.versions])
+            self.drop_data([v.key for v in manifest.versions if v.key not in keep])
         return manifest
 
     def drop_data(self, keys: list[str]) -> None:

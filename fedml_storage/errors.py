@@ -45,6 +45,12 @@ class Conflict(StorageFailure):
     reason = Reason.CONFLICT
 
 
+class Changed(StorageFailure):
+    """A delete found the dataset published again since it read it: not retried, so as not to delete that."""
+
+    reason = Reason.CHANGED
+
+
 class Unsupported(StorageFailure):
     """The store does not implement what a request needs (S3 NotImplemented): retrying does not help."""
 

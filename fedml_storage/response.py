@@ -23,6 +23,7 @@ class Reason(str, Enum):
     NOT_CONFIGURED = "not_configured"
     ACCESS_DENIED = "access_denied"
     CONFLICT = "conflict"
+    CHANGED = "changed"  # changed under a delete: trying again would delete what the caller has not seen
     TRANSIENT = "transient"
     INTERNAL = "internal"
 

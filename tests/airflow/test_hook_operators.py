@@ -233,6 +233,27 @@ def test_a_retried_delete_succeeds_and_says_nothing_was_deleted(tmp_path: Path) 
         strict.execute(task_context())
 
 
+def test_a_delete_that_meets_a_new_upload_fails_the_task_without_retries(tmp_path: Path, monkeypatch) -> None:
+    """Its conflict was retryable: Airflow's retry would read the new upload and delete it (helper-57)."""
+    from fedml_storage.backends.local import LocalStore
+
+    (tmp_path / "ds").write_text("one")
+    FedMLStorageHook().upload(str(tmp_path / "ds"))
+    real = LocalStore.delete
+
+    def publish_first(self, key: str, **kw) -> None:
+        if key.endswith("manifests/ds.json"):
+            monkeypatch.setattr(LocalStore, "delete", real)
+            (tmp_path / "ds").write_text("two, newer")
+            FedMLStorageHook().upload(str(tmp_path / "ds"))
+        return real(self, key, **kw)
+
+    monkeypatch.setattr(LocalStore, "delete", publish_first)
+    with pytest.raises(AirflowFailException, match="nothing was deleted"):
+        FedMLStorageDeleteOperator(task_id="rm", name="ds").execute(task_context())
+    assert Path(FedMLStorageHook().download("ds", str(tmp_path / "out"))).read_text() == "two, newer"
+
+
 def test_get_conn_is_the_client(tmp_path: Path) -> None:
     with FedMLStorageHook() as hook:
         client = hook.get_conn()

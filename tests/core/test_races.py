@@ -228,27 +228,68 @@ def test_a_delete_whose_answer_was_lost_reports_success(store: Store, tmp_path: 
     assert [k for k in store.keys() if "gone" in k] == []  # its data went too
 
 
-def test_a_delete_keeps_what_another_writer_published_meanwhile(store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep_versions", [1, 3])
+def test_a_delete_keeps_what_another_writer_published_meanwhile(store: Store, tmp_path: Path,
+                                                                keep_versions: int) -> None:
     """The delete's conditional request failed on the newer catalog entry, and the delete then retried on that
-    entry: an upload that had reported success was erased, unseen by whoever asked for the delete."""
+    entry: an upload that had reported success was erased, unseen by whoever asked for the delete. Not retryable
+    either: a retry (Airflow's, Prefect's) would erase it just the same."""
     (tmp_path / "ds.csv").write_text("one")
-    deleter = store.client()
+    deleter = store.client(keep_versions=keep_versions)
     assert deleter.upload(tmp_path / "ds.csv").ok
-    real = deleter._store.delete
-    published = []
-
-    def publish_first(key: str, **kw) -> None:
-        if not published and key.endswith("manifests/ds.csv.json"):  # after the delete read the entry
-            (tmp_path / "ds.csv").write_text("two, newer")
-            published.append(store.client().upload(tmp_path / "ds.csv"))
-        return real(key, **kw)
-
-    deleter._store.delete = publish_first
+    published = _publish_before_the_delete(deleter, lambda: store.client(keep_versions=keep_versions).upload(
+        _write(tmp_path / "ds.csv", "two, newer")))
     response = deleter.delete("ds.csv")
     assert published and published[0].ok, published
-    assert response.code == ResponseCode.FAILURE and response.reason == "conflict" and response.retryable, response
-    assert "published 'ds.csv' again" in response.message and "delete again" in response.message
+    assert response.code == ResponseCode.FAILURE and response.reason == "changed" and not response.retryable
+    assert response.message.startswith("delete of 'ds.csv' failed: nothing was deleted: another writer published")
+    assert "delete again" in response.message
+    assert len(store.client().get_metadata("ds.csv").data.versions) == min(2, keep_versions)  # all still there
     got = store.client().download("ds.csv", dest_path=str(tmp_path / "out"))
     assert got.ok and Path(got.data).read_text() == "two, newer", got.message
     assert deleter.delete("ds.csv").data is True  # deleting again removes it, data and all
     assert [k for k in store.keys() if "ds.csv" in k] == []
+
+
+def test_a_delete_whose_answer_was_lost_before_a_new_publish_reports_success(store: Store, tmp_path: Path) -> None:
+    """The delete went through, its answer was lost, and its retry met an entry published anew meanwhile: that was
+    reported as a conflict with nothing deleted, and the data of what was deleted was left behind."""
+    from fedml_storage.errors import PreconditionFailed
+
+    (tmp_path / "ds.csv").write_text("one")
+    deleter = store.client()
+    assert deleter.upload(tmp_path / "ds.csv").ok
+    first = [k for k in store.keys() if "/data/" in k]
+    real = deleter._store.delete
+
+    def lost_answer(key: str, **kw) -> None:
+        real(key, **kw)
+        if key.endswith("manifests/ds.csv.json"):
+            assert store.client().upload(_write(tmp_path / "ds.csv", "two, newer")).ok
+            raise PreconditionFailed(key)  # what the resent delete answers
+
+    deleter._store.delete = lost_answer
+    response = deleter.delete("ds.csv")
+    assert response.ok and response.data is True, response.message
+    assert not set(first) & set(store.keys())  # the deleted version's data went with it
+    got = store.client().download("ds.csv", dest_path=str(tmp_path / "out"))
+    assert got.ok and Path(got.data).read_text() == "two, newer", got.message
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _publish_before_the_delete(deleter: StorageClient, publish) -> list:
+    """Make `publish()` run once the delete has read the catalog entry, just before its conditional delete."""
+    real = deleter._store.delete
+    published: list = []
+
+    def publish_first(key: str, **kw) -> None:
+        if not published and key.endswith(".json"):
+            published.append(publish())
+        return real(key, **kw)
+
+    deleter._store.delete = publish_first
+    return published

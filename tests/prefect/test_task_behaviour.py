@@ -107,3 +107,33 @@ def test_storage_can_be_a_saved_block_name_even_under_map(tmp_path: Path) -> Non
         return [m["dataName"] for m in await alist_data(storage="fedml-by-name")]
 
     assert asyncio.run(by_name_async()) == ["n0.txt", "n1.txt"]
+
+
+def test_a_delete_that_meets_a_new_upload_fails_without_retries_and_keeps_it(tmp_path: Path, monkeypatch) -> None:
+    """The delete's conflict was retryable: Prefect's retry read the new upload and deleted it (helper-57)."""
+    from fedml_storage.backends.local import LocalStore
+
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "ds.csv").write_text("one")
+    block.upload(str(tmp_path / "ds.csv"))
+    real, manifest_deletes = LocalStore.delete, []
+
+    def publish_first(self, key: str, **kw) -> None:
+        if key.endswith("manifests/ds.csv.json"):
+            manifest_deletes.append(key)
+            if len(manifest_deletes) == 1:  # another writer's upload lands after the delete read the entry
+                (tmp_path / "ds.csv").write_text("two, newer")
+                block.upload(str(tmp_path / "ds.csv"))
+        return real(self, key, **kw)
+
+    monkeypatch.setattr(LocalStore, "delete", publish_first)
+
+    @flow
+    def clean() -> bool:
+        return delete_data.with_options(retry_delay_seconds=0)("ds.csv", storage=block)
+
+    with pytest.raises(FedMLStorageError, match="nothing was deleted") as failed:
+        clean()
+    assert failed.value.reason == "changed" and len(manifest_deletes) == 1  # not retried
+    got = block.download("ds.csv", dest_path=str(tmp_path / "out"))
+    assert Path(got).read_text() == "two, newer"
