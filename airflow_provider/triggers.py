@@ -28,7 +28,7 @@ def next_wait(poke_interval: float, checks: int, exponential_backoff: bool = Fal
         return poke_interval
     # from a poke_interval of 0 it backs off from 1 s, as the poking loop does
     wait = (poke_interval or 1.0) * 2 ** min(checks - 1, 40) * random.uniform(1.0, 1.25)
-    return wait if max_wait is None else min(wait, max_wait)
+    return min(wait, max_wait) if max_wait else wait  # 0, as in poke mode, sets no bound (not a tight loop)
 
 
 def in_seconds(seconds: float) -> str:

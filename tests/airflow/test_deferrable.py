@@ -153,6 +153,7 @@ def test_the_waits_between_checks_follow_poke_interval_and_backoff() -> None:
         waits = {next_wait(2, checks, exponential_backoff=True) for _ in range(200)}
         assert all(low <= wait <= low * 1.25 for wait in waits) and len(waits) > 1  # jittered
     assert next_wait(2, 6, exponential_backoff=True, max_wait=20) == 20
+    assert next_wait(60, 1, exponential_backoff=True, max_wait=0) >= 60  # 0 bounds nothing, as in poke mode
     assert 1 <= next_wait(0, 1, exponential_backoff=True) <= 1.25  # no tight loop from a poke_interval of 0
     assert next_wait(2, 10_000, exponential_backoff=True) < float("inf")
 
