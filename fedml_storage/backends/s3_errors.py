@@ -68,7 +68,9 @@ class translate:
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             page = str(headers.get("content-type", "")).lower().startswith("text/html")
             generic = code in ("", str(status))  # what botocore makes of a body that is no S3 error (or of none)
-            if generic and isinstance(status, int) and (page and exc.operation_name != "HeadObject" or not code):
+            read = exc.operation_name in ("GetObject", "HeadObject")  # where a 404 is a missing key, as ever
+            if generic and isinstance(status, int) and (page or not code) and not (read and status == 404) \
+                    and exc.operation_name != "HeadObject":  # (a HEAD has no body: its code is always generic)
                 self._not_s3(status)  # a web page, a proxy's answer
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
                 raise PreconditionFailed(self.key) from None
@@ -94,13 +96,17 @@ class translate:
         return False
 
     def _not_s3(self, status: int) -> None:
-        said = f"{self.location} answered HTTP {status} without an S3 error code"
-        if status >= 500:
-            raise TransientError(f"{said} (a proxy or a server failing?); if this persists, {NOT_S3}") from None
-        if status == 403:
-            raise AccessDenied(f"{said} (a proxy refusing it?); {NOT_S3}, and that the network lets you reach it") \
-                from None
-        raise NotConfigured(f"{said}; {NOT_S3}") from None
+        said = (f"{self.location} answered HTTP {status} {http.client.responses.get(status, '')} without an S3 error: "
+                "a web server or a proxy answered, not the store itself".replace("  ", " "))
+        where = f"{NOT_S3}, and any proxy in front of the store"
+        if status >= 500 or status in (408, 429):
+            raise TransientError(f"{said}; if this persists, {where}") from None
+        if status == 413:
+            raise NotConfigured(f"{said}; a proxy may limit the size of requests (nginx: client_max_body_size): "
+                                "raise that limit, or lower part_size below it") from None
+        if status in (401, 403):
+            raise AccessDenied(f"{said}; {where}, and that the network lets you reach it") from None
+        raise NotConfigured(f"{said}; {where}") from None
 
     def _unsupported(self, message: str) -> str:
         said = f" ({message})" if message else ""
