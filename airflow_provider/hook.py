@@ -82,7 +82,8 @@ class FedMLStorageHook(BaseHook):
             self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
         unused = [field for field in ("host", "schema", "port") if getattr(conn, field, None)]
-        if unused and not conn.conn_type:  # 'fedml_storage://...': no URI scheme, so all of it became a path
+        mangled = f"{conn.host or ''}{conn.schema or ''}"  # 'fedml_storage://...' is no URI scheme: all a path
+        if unused and not conn.conn_type and "//" in mangled:
             raise FedMLStorageFailException(
                 f"Airflow could not tell the type of connection {self.fedml_storage_conn_id!r}: a URI must start "
                 "with fedml-storage:// (with a dash; a URI scheme takes no underscore)", "invalid_input", False)
