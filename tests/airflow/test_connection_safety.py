@@ -228,7 +228,8 @@ def test_a_uri_with_an_underscore_in_its_scheme_says_so(monkeypatch: pytest.Monk
     with pytest.raises(AirflowFailException) as raised:
         FedMLStorageHook().settings_from_connection()
     assert "must start with fedml-storage:// (with a dash" in str(raised.value) and SECRET not in str(raised.value)
-    _connect(monkeypatch, host="minio", password=TEST_API_KEY)  # JSON without a conn_type: no URI to blame
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT",  # JSON without a conn_type: no URI to blame
+                       json.dumps({"host": "minio", "password": TEST_API_KEY}))
     with pytest.raises(AirflowFailException, match="sets host, which fedml-storage does not use") as raised:
         FedMLStorageHook().settings_from_connection()
     assert "fedml-storage://" not in str(raised.value)
