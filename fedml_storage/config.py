@@ -343,8 +343,9 @@ def overridden_note(fields: Iterable[str]) -> str:
     names = [ENV_PREFIX + f.upper() for f in fields if not is_unset(os.environ.get(ENV_PREFIX + f.upper()))]
     if not names:
         return ""
-    return (f"; {' and '.join(names)}, set in the environment, still take{'s' if len(names) == 1 else ''} "
-            "precedence over what was saved (unset it to use the saved value)")
+    one = len(names) == 1
+    return (f"; {' and '.join(names)}, set in the environment, still take{'s' if one else ''} precedence over what "
+            f"was saved (unset {'it' if one else 'them'} to use the saved value{'' if one else 's'})")
 
 
 def write_config_file(updates: dict[str, Any]) -> Path:
