@@ -73,6 +73,7 @@ class Entries:
     def __init__(self, root: str) -> None:
         self.root = root
         self.files = self.size = self.newest = 0  # newest: the latest mtime or ctime, in ns
+        self.members = self.name_chars = 0  # files and folders, and their paths' length: what a zip adds to size
         self._held: list[Entry] = []
         self._runs: list[str] = []
         self._folder: str | None = None
@@ -82,6 +83,8 @@ class Entries:
 
     def append(self, e: Entry) -> None:
         self._held.append(e)
+        self.members += 1
+        self.name_chars += len(e.rel) + 1
         if not e.is_dir:
             self.files += 1
             self.size += e.st_size

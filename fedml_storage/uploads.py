@@ -24,6 +24,7 @@ from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
 from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
 from .validation import check_description, check_metadata, check_name, check_path, check_progress_desc, check_tags
+from .zipformat import size_bound
 
 log = logging.getLogger("fedml_storage")
 T = TypeVar("T")
@@ -277,7 +278,8 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
         with ThreadPoolExecutor(1) as pool:
             zipping = _submit(pool, produce)
             try:
-                catalog.store.put_stream(key, pipe)
+                catalog.store.put_stream(key, pipe, size_bound=size_bound(entries.size, entries.members,
+                                                                           entries.name_chars))
             except PipeAborted as exc:
                 _ = zipping.exception()
                 catalog.drop_data([key])

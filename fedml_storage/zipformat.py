@@ -44,6 +44,12 @@ def local_header_size(header: bytes) -> int:
     return _LOCAL.size + name_len + extra_len
 
 
+def size_bound(data: int, members: int, name_chars: int) -> int:
+    """The most bytes a zip of `members` holding `data` bytes in all, with paths of `name_chars` characters in all,
+    can take as written here: each path twice in UTF-8, headers with zip64 fields, deflate's worst case."""
+    return data + data // 500 + members * 256 + 8 * name_chars + (1 << 20)
+
+
 class ZipWriter:
     """Writes a zip archive to `out` (only `write` is used): `add` members, then `finish`; `close` in any case."""
 

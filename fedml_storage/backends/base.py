@@ -105,8 +105,10 @@ class ObjectStore(ABC):
         """Store a local file under `key` (parallel multipart where the backend has it)."""
 
     @abstractmethod
-    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
-        """Store everything read from a non-seekable stream under `key`."""
+    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
+                   size_bound: int | None = None) -> None:
+        """Store everything read from a non-seekable stream under `key`; `size_bound`, the most it can hold, lets
+        a store that limits the number of parts size them."""
 
     @abstractmethod
     def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:

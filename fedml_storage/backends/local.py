@@ -79,7 +79,8 @@ class LocalStore(ObjectStore):
         with open(path, "rb") as src:
             self._write_atomic(key, lambda out: self._copy(src, out, progress))
 
-    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> None:
+    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
+                   size_bound: int | None = None) -> None:
         self._write_atomic(key, lambda out: self._copy(stream, out, progress))
 
     def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:

@@ -125,3 +125,23 @@ def test_aws_endpoints_get_boto3s_defaults_and_others_the_compatible_ones(endpoi
     config = store._client.meta.config
     assert config.request_checksum_calculation == ("when_required" if custom else "when_supported")
     assert ((config.s3 or {}).get("addressing_style") == "path") == custom  # AWS: virtual-hosted buckets
+
+
+def test_a_folder_larger_than_the_part_limit_allows_gets_larger_parts(s3_store, moto_proxy, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder's zip streams with no length known: s3transfer cut it into part_size parts whatever its size, and
+    S3 takes at most 10,000 (160 GiB at 16 MiB): a bigger folder failed after sending that much. Here the limit
+    is lowered to 3 parts rather than the folder raised past 50 GiB."""
+    import fedml_storage.backends.s3 as s3
+
+    monkeypatch.setattr(s3, "MAX_PARTS", 3)
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(3):
+        (src / f"part{i}.bin").write_bytes(os.urandom(7 * MiB))  # 21 MiB: five 5 MiB parts
+    with s3_store.client(endpoint_url=moto_proxy.endpoint, part_size=5 * MiB) as client:
+        assert client.upload(str(src)).ok
+        parts = [head for head in moto_proxy.request_heads if head.startswith(b"PUT ") and b"partNumber=" in head]
+        assert 1 < len(parts) <= 3, len(parts)
+        got = client.download("big", str(tmp_path / "out"))
+    assert got.ok and (tmp_path / "out" / "big" / "part2.bin").read_bytes() == (src / "part2.bin").read_bytes()

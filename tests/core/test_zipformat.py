@@ -139,3 +139,25 @@ def test_zip64_archive_with_the_longest_comment_is_read() -> None:
         zf.comment = b"c" * 0xFFFF  # as long as a comment can be: the zip64 locator sits 64 KiB before the end
     index = zipformat.ZipIndex(buf)
     assert index.count == COUNT_LIMIT + 1 == sum(1 for _ in index.members())
+
+
+@pytest.mark.parametrize("method", ["stored", "deflated"])
+@pytest.mark.parametrize("zip64", [False, True])
+def test_an_archive_never_exceeds_its_size_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+                                                 zip64: bool) -> None:
+    """The bound sizes a streamed upload's parts (S3 takes at most 10,000): an archive past it would fail there."""
+    if zip64:
+        monkeypatch.setattr(zipformat, "ZIP64_LIMIT", 500)
+        monkeypatch.setattr(zipformat, "COUNT_LIMIT", 9)
+    src = _tree(tmp_path / "t", files=30)
+    deep = src / ("𝔘" * 40) / ("𝔙" * 40)  # four UTF-8 bytes a character, in every header twice
+    deep.mkdir(parents=True)
+    for i in range(40):
+        (deep / f"{'𝔚' * 30}{i}").write_bytes(os.urandom(i % 3))  # tiny members: headers outweigh the data
+    (src / "noise.bin").write_bytes(os.urandom(3_000_000))  # incompressible: deflate's worst case
+    entries = scan_tree(src).entries
+    out = _Stream()
+    write_zip(entries, out, method)
+    bound = zipformat.size_bound(entries.size, entries.members, entries.name_chars)
+    assert len(out.data) <= bound, (len(out.data), bound)
+    assert bound < 2 * len(out.data)  # and not so loose that parts grow for nothing
