@@ -32,6 +32,7 @@ class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
 
 
 def no_dest_path(who: str) -> str:
+    """Why `who` refuses to download without a dest_path."""
     return (f"{who} needs dest_path=: a folder on the worker to download into (did a template for it render empty?). "
             "A worker's working directory, the API's default, is wherever the worker was started: a dataset named "
             "like something there (dags, logs) would replace it")

@@ -126,13 +126,13 @@ def _core_warnings_in_run_log() -> Iterator[None]:
         yield
         return
     core = logging.getLogger("fedml_storage")
-    handler = _ToRunLog(_log())
-    token = _WORKING_FOR.set(handler)
-    core.addFilter(handler)
+    forward = _ToRunLog(_log())
+    token = _WORKING_FOR.set(forward)
+    core.addFilter(forward)
     try:
         yield
     finally:
-        core.removeFilter(handler)
+        core.removeFilter(forward)
         _WORKING_FOR.reset(token)
 
 

@@ -26,6 +26,8 @@ log = logging.getLogger("fedml_storage")
 
 IO_CHUNK = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+
+
 class _Progress(BaseSubscriber):
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
