@@ -68,11 +68,11 @@ def test_transient_fault_is_retried_and_data_stored_once(tmp_path: Path, s3_sett
     calls = {"n": 0}
     original = S3Store.put_stream
 
-    def flaky_once(self, key, stream, progress=None):
+    def flaky_once(self, key, stream, progress=None, **kw):
         calls["n"] += 1
         if calls["n"] == 1:
             raise TransientError("injected: storage service busy (503)")
-        return original(self, key, stream, progress)
+        return original(self, key, stream, progress, **kw)
 
     monkeypatch.setattr(S3Store, "put_stream", flaky_once)
 
