@@ -181,19 +181,13 @@ class Catalog:
             raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
                            f"{self._similar(name)}; nothing was deleted")
         raw, etag = found
-        try:
-            manifest: Manifest | None = _parse(raw, name, self.data_prefix)
-        except IntegrityError:
-            manifest = None  # still deletable; its data, which nothing can name now, goes at cleanup()
+        manifest = self._parsed_or_none(raw, name)  # unreadable: still deletable; its data goes at cleanup()
         keep: set[str] = set()
         try:
             self.store.delete(self.manifest_key(name), if_match=etag)
         except PreconditionFailed:
             if (now := self._read_raw(name)) is not None:
-                try:
-                    current: Manifest | None = _parse(now[0], name, self.data_prefix)
-                except IntegrityError:
-                    current = None
+                current = self._parsed_or_none(now[0], name)
                 # a re-upload keeps the first creation time; an entry created anew came after ours was gone
                 if manifest is None or current is None or current.created_at == manifest.created_at:
                     raise Changed(f"nothing was deleted: another writer published {name!r} again while it was "
@@ -207,6 +201,13 @@ class Catalog:
         else:
             self.drop_data([v.key for v in manifest.versions if v.key not in keep])
         return manifest
+
+    def _parsed_or_none(self, raw: bytes, name: str) -> Manifest | None:
+        """The manifest in `raw`, or None when it is unreadable."""
+        try:
+            return _parse(raw, name, self.data_prefix)
+        except IntegrityError:
+            return None
 
     def drop_data(self, keys: list[str]) -> None:
         """Best-effort removal of data no manifest references any more (cleanup catches the rest)."""

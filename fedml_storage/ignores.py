@@ -107,7 +107,7 @@ class IgnoreRules:
 
 def _bytewise(rel: str) -> str:
     """A path from the walk as the patterns see it (see _as_bytes)."""
-    return rel if rel.isascii() else rel.encode("utf-8", "surrogateescape").decode("latin-1")
+    return rel if rel.isascii() else _as_bytes(rel)
 
 
 def _link_steps(path: str, hops: int = 40) -> Iterator[str]:

@@ -84,11 +84,11 @@ def malformed(exc: BaseException) -> bool:
                                                for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
-def _web_page(status: int, raw_headers: Any, body: Any) -> bool:
+def _web_page(status: int, headers: Any, body: Any) -> bool:
     """Whether a success answer is an HTML page (a web app or a console where the S3 API was expected). Some
-    S3 servers label empty answers text/html: it takes a page, or for an object, no ETag."""
-    headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
-    if not 200 <= status < 300 or not headers.get("content-type", "").lower().startswith("text/html"):
+    S3 servers label empty answers text/html: it takes a page, or for an object, no ETag. (botocore's headers
+    are looked up regardless of case.)"""
+    if not 200 <= status < 300 or not str(headers.get("content-type", "")).lower().startswith("text/html"):
         return False
     if isinstance(body, bytes):
         return body.lstrip()[:64].lower().startswith((b"<!doctype html", b"<html"))

@@ -81,22 +81,21 @@ class S3Store(ObjectStore):
                    size_bound: int | None = None) -> None:
         subs = [_Progress(progress)] if progress else None
         part = self._upload_config.multipart_chunksize
-        if size_bound is None or size_bound <= MAX_PARTS * part:
-            with _translate(key, self._location):
-                _finish(self._manager().upload(stream, self.bucket, key, subscribers=subs))
-            return
-        # s3transfer cannot size the parts of a stream of unknown length: past MAX_PARTS parts S3 refuses the
-        # rest. Larger parts, as many in memory as the configured ones make (fewer in flight, each larger).
-        bigger = -(-size_bound // (MAX_PARTS * IO_CHUNK)) * IO_CHUNK  # whole MiB
-        held = max(1, self._upload_config.max_in_memory_upload_chunks * part // bigger)
-        manager = TransferManager(self._client, TransferConfig(
-            multipart_threshold=bigger, multipart_chunksize=bigger, max_request_concurrency=held,
-            max_in_memory_upload_chunks=held))
+        manager = self._manager()
+        if size_bound is not None and size_bound > MAX_PARTS * part:
+            # s3transfer cannot size the parts of a stream of unknown length: past MAX_PARTS parts S3 refuses the
+            # rest. Larger parts, as many in memory as the configured ones make (fewer in flight, each larger).
+            bigger = -(-size_bound // (MAX_PARTS * IO_CHUNK)) * IO_CHUNK  # whole MiB
+            held = max(1, self._upload_config.max_in_memory_upload_chunks * part // bigger)
+            manager = TransferManager(self._client, TransferConfig(
+                multipart_threshold=bigger, multipart_chunksize=bigger, max_request_concurrency=held,
+                max_in_memory_upload_chunks=held))
         try:
             with _translate(key, self._location):
                 _finish(manager.upload(stream, self.bucket, key, subscribers=subs))
         finally:
-            manager.shutdown()
+            if manager is not self._transfers:  # made for this upload alone
+                manager.shutdown()
 
     def get_into(self, key: str, sink: Sink, size: int, progress: Progress | None = None, start: int = 0) -> None:
         # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
