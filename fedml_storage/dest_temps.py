@@ -6,9 +6,11 @@ before it bears that name), `<stem>.sha` (a note of what the data is, see partia
 folder) and `<stem>.old/<name>` (the copy being replaced, moved aside where the system has no atomic exchange). A
 `.part` nobody holds, and a `.d`, `.sha` or `.old` whose `.part` is gone, belong to a killed download: the copy
 in a `.old` goes back to its place if nothing took it, what the `.part` holds is kept as its note says, the rest
-is removed (copies are dropped by first renaming their folder to `<stem>.drop`, which is never put back). This
-assumes downloads into one folder run on one host (or on a filesystem whose flock locks span hosts); where no
-lock can be taken (Windows, NFS), a `.part` and its siblings wait a day untouched.
+is removed (copies are dropped by first renaming their folder to `<stem>.drop`, which is never put back). The
+part file is first made as `<stem>.new` and locked at once; one left unlocked is cleared after NEW_GRACE_SECONDS
+(a download locks it within microseconds of making it, so no live one is taken for dead). This assumes downloads
+into one folder run on one host (or on a filesystem whose flock locks span hosts); where no lock can be taken
+(Windows, NFS), a `.part` and its siblings wait a day untouched, a `.new` a minute.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ except ImportError:  # Windows
 
 TEMP_PREFIX = RESERVED_PREFIX
 STALE_TEMP_SECONDS = 24 * 3600  # a `.part` whose lock cannot be tested, or a temp of an older version
-NEW_GRACE_SECONDS = 60  # a `.new` file is renamed to `.part` as soon as it is locked
+NEW_GRACE_SECONDS = 10  # an unlocked `.new` younger than this may be a live download's, about to lock it
+UNLOCKABLE_NEW_SECONDS = 60  # a `.new` where no lock can be tested: renamed to `.part` at once by a live download
+CLAIM_ATTEMPTS = 100  # tries to lock a new part file while a sweep is testing it
 SWAP_ATTEMPTS = 5  # renames tried when other downloads into the same folder keep replacing the target
 
 log = logging.getLogger("fedml_storage")
@@ -55,17 +59,14 @@ def new_part(dest: Path, adopt: Callable[[Path], int] | None = None) -> tuple[in
     lock: int | None = None
     length = 0
     try:
+        lock = _claim(tmp)  # at once: a sweep leaves a locked `.new` alone and clears an unlocked one
         if adopt is not None and (length := adopt(Path(tmp))):
             adopted = os.open(tmp, os.O_RDWR)
             os.close(fd)  # of the empty file it replaced
             fd = adopted
-        lock = os.open(tmp, os.O_RDONLY)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise
-            # no flock on this filesystem: no download can test this file, so the day rule applies to it
+            os.close(lock)  # its lock was on that empty file too
+            lock = None
+            lock = _claim(tmp)  # the adopted file was touched by take(): fresh, so within the grace too
         os.rename(tmp, part)
     except BaseException:
         os.close(fd)
@@ -75,6 +76,26 @@ def new_part(dest: Path, adopt: Callable[[Path], int] | None = None) -> tuple[in
         part.unlink(missing_ok=True)
         raise
     return fd, part, lock, length
+
+
+def _claim(path: str) -> int:
+    """An fd holding an exclusive flock on `path` (only the fd where this filesystem has no flock)."""
+    lock = os.open(path, os.O_RDONLY)
+    try:
+        for attempt in range(CLAIM_ATTEMPTS):
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # a sweep testing it holds it for a moment (only if it looks old)
+                if attempt == CLAIM_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01)
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            os.close(lock)
+            raise
+        # no flock on this filesystem: no download can test this file, so the time rules apply to it
+    return lock
 
 
 _NO_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF, errno.EINVAL, errno.ENOLCK}
@@ -125,8 +146,13 @@ def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:
                     _put_back(leftover, dest)
                     drop(leftover)
                     continue
-            elif leftover.suffix != ".drop" and not (leftover.suffix == ".new" and age > NEW_GRACE_SECONDS) \
-                    and age < STALE_TEMP_SECONDS:
+            elif leftover.suffix == ".new":
+                if age < NEW_GRACE_SECONDS:
+                    continue
+                state = _lock_state(leftover)
+                if state == "held" or (state == "unknown" and age < UNLOCKABLE_NEW_SECONDS):
+                    continue
+            elif leftover.suffix != ".drop" and age < STALE_TEMP_SECONDS:
                 continue
             if remove(leftover):  # not if its own download, done meanwhile, removed it
                 log.info("removed %s, left by an interrupted download", leftover)

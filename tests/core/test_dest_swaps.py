@@ -191,6 +191,65 @@ def test_what_a_killed_download_left_goes_at_the_next_one_not_a_day_later(tmp_pa
         assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
 
 
+_KILL_BEFORE_THE_PART_NAME = """
+import os, signal, sys
+from fedml_storage import StorageClient
+
+def kill_when_naming_the_part(event, args):  # a kill in the first moments: the part file still named .new
+    if event == "os.rename" and str(args[0]).endswith(".new"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(kill_when_naming_the_part)
+StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="live downloads are told by file locks (Windows waits a day)")
+def test_a_download_killed_before_naming_its_part_file_is_cleared_within_seconds(tmp_path: Path) -> None:
+    import fcntl
+
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    assert client.upload(make_tree(tmp_path / "ds")).ok
+    dest = tmp_path / "out"
+    child = subprocess.run([sys.executable, "-c", _KILL_BEFORE_THE_PART_NAME, str(tmp_path / "store"), str(dest)],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    [killed] = list(dest.iterdir())
+    assert killed.suffix == ".new"
+    assert client.download("ds", dest).ok
+    assert killed.exists()  # just made: it may be a live download's, a moment before it locks it
+    live = dest / ".fedml-download-live.new"  # a live download's, locked, its clock minutes off
+    live.write_bytes(b"")
+    ago = time.time() - dest_temps.NEW_GRACE_SECONDS - 1
+    os.utime(killed, (ago, ago))
+    os.utime(live, (ago - 600, ago - 600))
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert client.download("ds", dest).ok
+        assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.new", "ds"]
+    assert dest_temps.NEW_GRACE_SECONDS <= 10  # "within seconds", not the minute it was
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_new_part_file_is_locked_before_a_kept_one_is_moved_onto_it(tmp_path: Path) -> None:
+    seen: list[str] = []
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"kept bytes")
+
+    def adopt(new: Path) -> int:
+        seen.append(dest_temps._lock_state(new))  # what another download's sweep would find now
+        os.rename(kept, new)
+        return len(b"kept bytes")
+
+    fd, part, lock, length = dest_temps.new_part(tmp_path, adopt)
+    try:
+        assert seen == ["held"] and length == 10 and part.read_bytes() == b"kept bytes"
+        assert dest_temps._lock_state(part) == "held"  # the adopted file, locked in turn
+    finally:
+        os.close(fd)
+        os.close(lock)
+
+
 _KILL_AT_THE_FALLBACK_RENAME = """
 import os, signal, sys
 from pathlib import Path
