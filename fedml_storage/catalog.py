@@ -105,6 +105,7 @@ class Catalog:
         self.namespace = namespace
         self.manifest_prefix = f"{namespace}/manifests/"
         self.data_prefix = f"{namespace}/data/"
+        self.probe_prefix = f"{namespace}/probes/"  # store_check's objects: neither catalog nor data
 
     def manifest_key(self, name: str) -> str:
         return f"{self.manifest_prefix}{name}.json"
@@ -270,6 +271,7 @@ class Catalog:
         for name, why in unreadable.items():
             log.warning("cleanup leaves the data of %r: %s", name, why)
         orphans = self._confirm_orphans([k for k in candidates if k not in referenced and not k.startswith(protected)])
+        orphans += [o.key for o in self.store.list(self.probe_prefix) if o.modified < cutoff]  # of killed checks
         failed = self.store.delete_many(orphans)
         removed = len(orphans) - len(failed)
         extra = 0

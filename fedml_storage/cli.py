@@ -251,6 +251,30 @@ def cleanup(obj: Ctx, older_than: float, as_json: bool) -> None:
         sys.exit(EXIT_FAILURE)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def check(obj: Ctx, as_json: bool) -> None:
+    """Check that the store does what fedml-storage needs (conditional requests honoured), on a probe object."""
+    response = obj.client().check()
+    found = response.data
+    if found is None:  # could not even write the probe: the error says why
+        _finish(response)
+        return
+    if as_json:
+        _emit(found.to_dict())
+    else:
+        table = PrettyTable(["Check", "Result", "Detail"], align="l")
+        table.max_width["Detail"] = 80
+        for f in found.findings:
+            table.add_row([f.feature, "ok" if f.ok else "FAILED", f.detail])
+        click.echo(f"{found.service} store at {found.location}")
+        click.echo(table)
+    if not found.ok:
+        click.echo("error: this store lacks what fedml-storage needs (see FAILED above)", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
 def main() -> None:
     """Console entry point."""
     debug = "--debug" in sys.argv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -13,9 +14,10 @@ from .config import (StorageSettings, is_unset, read_config_file, storage_home, 
                      without_userinfo)
 from .digests import DigestCache
 from .downloads import download as _download
-from .errors import InvalidInput, NotFound, to_response
+from .errors import InvalidInput, NotFound, Unsupported, to_response
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
 from .results import Readiness, StorageMetadata, asset_uri, human_size
+from .store_check import check_store
 from .uploads import UploadRequest
 from .uploads import upload as _upload
 from .validation import check_name
@@ -251,6 +253,18 @@ class StorageClient:
         its start and is unreferenced until its manifest commits. Use 0 only when no upload runs.
         """
         return self._run("cleanup", lambda: self._catalog().cleanup(older_than_seconds))
+
+    def check(self) -> FedMLResponse:
+        """Try on a probe object what fedml-storage needs of the store (writes, reads, listings, deletes, and
+        conditional requests honoured); data is a StoreCheck, also on FAILURE (the store lacks something)."""
+        action = "check of the store"
+        response = self._run(action, lambda: check_store(self._catalog()),
+                             lambda found: found.summary())
+        if response.ok and not response.data.ok:
+            failed = to_response(Unsupported(response.data.summary()), action, self._secrets(),
+                                 log_it=self._log_failures)
+            return dataclasses.replace(failed, data=response.data)
+        return response
 
     def asset_uri(self, data_name: str, *, iri: bool = False) -> str:
         """The lineage URI fedml://<namespace>/<name> (see `asset_uri`); raises FedMLStorageError when invalid."""

@@ -16,7 +16,8 @@ class CuttingProxy:
 
     def __init__(self, upstream: tuple[str, int], *, strip_ranges: bool = False) -> None:
         self._upstream = upstream
-        self._strip_ranges = strip_ranges  # drop Range headers: a server that does not serve byte ranges
+        # request headers dropped: Range (a server that does not serve byte ranges), conditions (one that ignores them)
+        self._stripped: list[str] = ["range"] if strip_ranges else []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._lock = threading.Lock()
@@ -40,6 +41,11 @@ class CuttingProxy:
         it is passed on."""
         with self._lock:
             self._hooks.append((re.compile(pattern), action))
+
+    def strip_headers(self, *names: str) -> None:
+        """Drop these headers from every request from now on (a server that ignores what they ask)."""
+        with self._lock:
+            self._stripped.extend(name.lower() for name in names)
 
     def disarm(self) -> None:
         """Drop the cuts not used yet."""
@@ -72,8 +78,9 @@ class CuttingProxy:
         sent = 0
         try:
             while data := src.recv(65536):
-                if not down and self._strip_ranges:
-                    data = re.sub(rb"\r\nrange: [^\r]*", b"", data, flags=re.IGNORECASE)
+                if not down and self._stripped:
+                    names = "|".join(map(re.escape, self._stripped)).encode()
+                    data = re.sub(rb"\r\n(?:" + names + rb"): [^\r]*", b"", data, flags=re.IGNORECASE)
                 if not down and re.match(rb"[A-Z]+ /", data):
                     conn["request"] = data.split(b"\r\n\r\n", 1)[0]
                     self.request_heads.append(conn["request"])

@@ -107,8 +107,15 @@ def cleanup(service: str | None = None, api_key: str | None = None,
         return client.cleanup(older_than_seconds)
 
 
+def check_store(service: str | None = None, api_key: str | None = None) -> FedMLResponse:
+    """Check that the store does what fedml-storage relies on (conditional requests honoured, not only accepted),
+    on a probe object removed after; data is a StoreCheck (`findings`), FAILURE when something is missing."""
+    with _client(api_key, service) as client:
+        return client.check()
+
+
 __all__ = [
-    "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "cleanup", "config_path", "configure", "delete",
+    "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "check_store", "cleanup", "config_path", "configure", "delete",
     "download", "fedml_login", "get_storage_metadata", "get_storage_user_defined_metadata", "list_storage_objects",
     "upload",
 ]

@@ -193,3 +193,16 @@ def test_configure_says_when_an_environment_variable_still_decides(tmp_path: Pat
     proc = run("--namespace", "team-a", "configure", env={"FEDML_STORAGE_NAMESPACE": "team-b"})
     assert proc.returncode == 0, proc.stderr
     assert "saved namespace" in proc.stdout and "FEDML_STORAGE_NAMESPACE, set in the environment" in proc.stdout
+
+
+def test_check_prints_each_verdict_and_fails_on_a_store_that_ignores_conditions(s3_env: dict, moto_proxy) -> None:
+    good = run("check", env=s3_env)
+    assert good.returncode == 0, good.stderr
+    assert "If-None-Match" in good.stdout and "FAILED" not in good.stdout and good.stdout.count("| ok ") == 7
+    moto_proxy.strip_headers("if-none-match", "if-match")
+    bad = run("check", "--json", env={**s3_env, "FEDML_STORAGE_ENDPOINT_URL": moto_proxy.endpoint})
+    assert bad.returncode == 1 and "lacks what fedml-storage needs" in bad.stderr
+    found = json.loads(bad.stdout)
+    assert found["ok"] is False
+    assert [f["feature"] for f in found["findings"] if not f["ok"]] == ["If-None-Match", "If-Match on writes",
+                                                                        "If-Match on deletes"]
