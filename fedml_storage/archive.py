@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import IntegrityError, InvalidInput
-from .modes import umask
+from .modes import open_plain, umask
 from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
 
@@ -110,7 +110,7 @@ def _pack_file(writer: ZipWriter, e: Entry, when: tuple[int, ...], attr: int,
     h = hashlib.sha256()
     read = 0
     try:
-        src = open(e.path, "rb")
+        src = open_plain(e.path)
     except FileNotFoundError:
         raise InvalidInput(f"{e.path} was removed while the folder was being uploaded; nothing was published, "
                            "upload it again") from None

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from .modes import open_plain
 from .trees import Entry
 
 log = logging.getLogger("fedml_storage")
@@ -25,7 +26,7 @@ MAX_TREES = 10_000
 def sha256_file(path: Path | str, stop: threading.Event | None = None) -> str:
     """Hex SHA-256 of a file's bytes ("" when `stop` is set before the end)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_plain(path) as fh:
         while chunk := fh.read(CHUNK):
             if stop is not None and stop.is_set():
                 return ""

@@ -1,11 +1,15 @@
-"""File modes and owners: the process's umask (the modes new files and folders may get), and whether a file is
-one this user's own code could have written."""
+"""File modes and owners: the process's umask (the modes new files and folders may get), whether a file is one
+this user's own code could have written, and opening a file to upload only while it is still a plain file."""
 
 from __future__ import annotations
 
 import os
 import stat
 import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import InvalidInput
 
 _UMASK_LOCK = threading.Lock()
 
@@ -28,3 +32,17 @@ def umask() -> int:
 def own_plain_file(st: os.stat_result) -> bool:
     """A plain file of this user's with one link (no owner ids on Windows: there, any plain file with one link)."""
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == getattr(os, "geteuid", lambda: st.st_uid)()
+
+
+def open_plain(path: str | Path) -> BinaryIO:
+    """Open a file to upload for reading, refusing what is no longer a plain file: one replaced by a FIFO since the
+    folder was read would otherwise wait for a writer for ever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{path} is no longer a plain file (it was replaced while being uploaded); nothing "
+                               "was published, upload it again")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -83,8 +83,8 @@ class UploadResult(_Detailed):
                     f"version {self.version}) to {self.uri}")
         if self.left_out:
             shown = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
-            line += (f"; left out {len(self.left_out)} that are not data (FIFOs, sockets, devices) or link to a folder "
-                     f"it already holds: {shown}")
+            line += (f"; left out {len(self.left_out)} that are not data (FIFOs, sockets, devices, fedml-storage's own "
+                     f"folder) or link to a folder it already holds: {shown}")
         if self.ignored:
             line += f"; left out {self.ignored} item(s) by ignore_patterns"
         return line

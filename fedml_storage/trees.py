@@ -155,6 +155,7 @@ class Tree:
     entries: Entries
     left_out: list[str] = field(default_factory=list)  # FIFOs, sockets, devices, links to folders held already
     ignored: int = 0  # items left out by the upload's ignore patterns (a folder counts once, not its contents)
+    own: dict[tuple[int, int], str] = field(default_factory=dict)  # fedml-storage's folders, never uploaded
 
 
 def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -163,14 +164,18 @@ def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
         yield part
 
 
-def scan_tree(root: Path, ignore: IgnoreRules | None = None) -> Tree:
+def scan_tree(root: Path, ignore: IgnoreRules | None = None, own: Iterable[Path] = ()) -> Tree:
     """Files and folders under `root`, links followed, without those `ignore` matches. Every folder is read
     once: a link to a folder the upload already holds (`latest -> run-7`, a link back up, two links to one place)
-    is left out, like FIFOs, sockets and devices. So links can neither loop nor multiply the tree."""
+    is left out, like FIFOs, sockets and devices. So links can neither loop nor multiply the tree. The folders
+    `own` (fedml-storage's: its config file with a saved key, its caches, a LOCAL store) are left out too."""
     top = str(root)
     tree = Tree(Entries(top))
     try:
         seen = {_folder_id(os.stat(root))}
+        for folder in own:  # as if held already, with a warning when one is found
+            with contextlib.suppress(OSError):
+                tree.own[_folder_id(os.stat(folder))] = str(folder)
         links: list[tuple[str, str, os.stat_result]] = []
         leaves_out = ignore.in_folder(top) if ignore is not None else None
         _walk(top, "", tree, seen, links, leaves_out)
@@ -191,7 +196,13 @@ def _folder_id(st: os.stat_result) -> tuple[int, int]:
 
 
 def _held(rel: str, path: str, st: os.stat_result, tree: Tree, seen: set[tuple[int, int]], why: str) -> bool:
-    """Whether the tree holds this folder already (it is left out, saying `why`); if not, it is added."""
+    """Whether the tree holds this folder already (it is left out, saying `why`), or it is fedml-storage's own;
+    if neither, it is added."""
+    if (own := tree.own.get(_folder_id(st))) is not None:
+        log.warning("leaving out %s: it is fedml-storage's own folder %s (settings, caches or a LOCAL store)", path,
+                    own)
+        tree.left_out.append(rel)
+        return True
     if _folder_id(st) in seen:
         log.info("leaving out %s: %s", path, why)
         tree.left_out.append(rel)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
-from .config import StorageSettings
+from .config import StorageSettings, storage_home
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .ignores import check_ignore_patterns
@@ -73,6 +73,11 @@ def _source(data_path: object) -> Path:
         raise InvalidInput(f"data_path {str(src)!r} does not exist; check the path")
     if not (src.is_file() or src.is_dir()):
         raise InvalidInput(f"data_path {str(src)!r} is neither a regular file nor a directory")
+    home = storage_home().resolve()
+    if src.resolve() == home or home in src.resolve().parents:
+        raise InvalidInput(f"data_path {str(src)!r} is in fedml-storage's own folder {str(home)!r} (its config file "
+                           "may hold your key; its caches and LOCAL store are no data to upload); upload data from "
+                           "elsewhere")
     return src
 
 
@@ -93,7 +98,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     tree = None
     try:
         reading = _submit(pool, _read_stored, catalog, name)  # round trips, overlapped with scanning the tree
-        tree = None if src.is_file() else scan_tree(src, ignore)
+        own = (storage_home(), settings.store_root, settings.partials_folder)
+        tree = None if src.is_file() else scan_tree(src, ignore, own)
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
                                "nothing was uploaded; check the patterns")

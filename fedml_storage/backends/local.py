@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from ..errors import InvalidInput, PreconditionFailed
 from ..locks import exclusive_lock
-from ..modes import umask
+from ..modes import open_plain, umask
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
 CHUNK = 8 * 1024 * 1024
@@ -76,7 +76,7 @@ class LocalStore(ObjectStore):
                 progress(len(chunk))
 
     def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        with open(path, "rb") as src:
+        with open_plain(path) as src:
             self._write_atomic(key, lambda out: self._copy(src, out, progress))
 
     def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,

@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from fedml_storage.api.fedml_response import ResponseCode
 
 from .conftest import Store, tree_bytes
@@ -30,7 +32,8 @@ def test_links_are_followed_and_what_is_no_data_is_left_out_and_said(store: Stor
         server.close()
     assert up.ok, up.message
     assert up.data.left_out == ["pipe", "sock"] and up.data.file_count == 3
-    assert "left out 2 that are not data (FIFOs, sockets, devices) or link to a folder it already holds: pipe, sock" \
+    assert "left out 2 that are not data (FIFOs, sockets, devices, fedml-storage's own folder) or link to a folder " \
+        "it already holds: pipe, sock" \
         in up.message
     down = Path(store.client().download("proj", tmp_path / "out").data)
     assert tree_bytes(down) == {"README": b"read me", "data": None, "data/s0.bin": b"\x00shard",
@@ -103,3 +106,64 @@ def test_trees_as_deep_as_packed_round_trip_and_deeper_ones_are_refused(store: S
     response = client.upload(tmp_path / "ok", name="deeper")
     assert response.reason == "invalid_input" and "more than 512 folders deep" in response.message
     assert client.get_metadata("deeper").code == ResponseCode.FAILURE  # nothing stored under that name
+
+
+def test_a_file_replaced_by_a_pipe_during_the_upload_fails_it_instead_of_waiting(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from fedml_storage import uploads
+
+    src = tmp_path / "ds"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha")
+    (src / "b.txt").write_text("beta")
+    scanned = uploads.tree_fingerprints
+
+    def then_swap(entries):  # after the folder was read, before its files are
+        found = scanned(entries)
+        (src / "b.txt").unlink()
+        os.mkfifo(src / "b.txt")
+        return found
+
+    monkeypatch.setattr(uploads, "tree_fingerprints", then_swap)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(store.client().upload(str(src))), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # stuck opening the pipe: a writer releases it
+        os.close(os.open(src / "b.txt", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(60)
+        pytest.fail("the upload waited on a pipe")
+    [response] = result
+    assert response.code == ResponseCode.FAILURE and "b.txt is no longer a plain file" in response.message
+    assert "nothing was published" in response.message
+    assert store.client().list().data == []
+
+
+def test_fedml_storages_own_folders_are_never_uploaded(isolated_home: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from fedml_storage import StorageClient
+    from fedml_storage.api import fedml_login
+    from tests.conftest import TEST_API_KEY
+
+    src = tmp_path / "project"
+    src.mkdir()
+    (src / "data.csv").write_text("a,b\n")
+    monkeypatch.setenv("FEDML_STORAGE_HOME", str(src / ".fedml-storage"))  # e.g. uploading ~ itself
+    assert fedml_login(TEST_API_KEY).ok  # a config file holding the key, inside the folder
+    client = StorageClient(service="LOCAL", local_root=str(src / "store"))  # and the store the upload goes to
+    first = client.upload(str(src))
+    assert first.ok, first.message
+    assert first.data.left_out == [".fedml-storage", "store"] and "fedml-storage's own folder" in first.message
+    assert "fedml-storage's own folder" in caplog.text
+    again = client.upload(str(src))  # the store grew by the first upload: no part of the data
+    assert again.ok and again.data.skipped
+    down = client.download("project", tmp_path / "out")
+    assert tree_bytes(Path(down.data)) == {"data.csv": b"a,b\n"}
+    for inside in (src / ".fedml-storage", src / ".fedml-storage" / "config.json"):
+        refused = client.upload(str(inside))
+        assert refused.code == ResponseCode.FAILURE and refused.reason == "invalid_input"
+        assert "fedml-storage's own folder" in refused.message and "may hold your key" in refused.message
+    assert [m.dataName for m in client.list().data] == ["project"]
