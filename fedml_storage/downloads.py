@@ -194,6 +194,10 @@ def _check_target(target: Path, kind: str) -> None:
     """Refuse to put a file where a folder is, or a folder where a file is: that is not a copy to replace."""
     if target.is_symlink() or not target.exists():
         return
+    if os.path.ismount(target):  # a rename onto it fails (EBUSY): say so before fetching anything
+        raise InvalidInput(f"{target} is a mount point (a volume mounted there), which a download cannot replace as it "
+                           "replaces dest_path/<name>; download into another dest_path and copy from there, or mount "
+                           "the volume one level up and download into it")
     if kind == "file" and target.is_dir():
         raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
     if kind != "file" and not target.is_dir():

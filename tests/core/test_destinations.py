@@ -105,3 +105,54 @@ def test_the_sweep_reports_only_what_it_removed(tmp_path: Path, monkeypatch: pyt
     assert list(tmp_path.iterdir()) == []
     removed = [r.getMessage() for r in caplog.records if "left by an interrupted download" in r.getMessage()]
     assert removed == [f"removed {tmp_path / f'{stem}.d'}, left by an interrupted download"]
+
+
+def _mount(args: list[str]) -> bool:
+    """Mount as asked; False where this machine does not let the tests mount (no root, a container)."""
+    try:
+        return subprocess.run(["mount", *args], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts made by the test")
+def test_a_volume_mounted_at_the_target_is_refused_before_fetching_and_kept(store: Store, tmp_path: Path) -> None:
+    from .conftest import make_tree
+
+    assert store.client().upload(str(make_tree(tmp_path / "ds"))).ok
+    (tmp_path / "data.bin").write_bytes(b"new weights")
+    assert store.client().upload(str(tmp_path / "data.bin")).ok
+    dest = tmp_path / "dest"
+    (dest / "ds").mkdir(parents=True)
+    (dest / "data.bin").write_bytes(b"")
+    host_file = tmp_path / "host.bin"
+    host_file.write_bytes(b"the host's copy")
+    if not _mount(["-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dest / "ds")]):
+        pytest.skip("this machine does not let the tests mount")
+    try:
+        (dest / "ds" / "on-volume.txt").write_text("kept")
+        folder = store.client().download("ds", dest)
+        assert folder.code.value == "FAILURE" and folder.reason == "invalid_input"
+        assert "is a mount point" in folder.message and "another dest_path" in folder.message
+        assert os.listdir(dest / "ds") == ["on-volume.txt"]
+        assert _mount(["--bind", str(host_file), str(dest / "data.bin")])  # docker run -v ./host.bin:/dest/data.bin
+        try:
+            file = store.client().download("data.bin", dest)
+            assert file.code.value == "FAILURE" and file.reason == "invalid_input"  # not "please report"
+            assert "busy" in file.message and "mount point" in file.message
+            assert host_file.read_bytes() == b"the host's copy"
+        finally:
+            subprocess.run(["umount", str(dest / "data.bin")], check=True)
+        assert sorted(os.listdir(dest)) == ["data.bin", "ds"]  # nothing of the downloads was left
+    finally:
+        subprocess.run(["umount", str(dest / "ds")], check=True)
+
+
+def test_a_busy_local_path_is_named_with_what_to_do() -> None:
+    import errno
+
+    from fedml_storage.errors import InvalidInput, local_os_error
+
+    mapped = local_os_error(OSError(errno.EBUSY, "Device or resource busy", "/data/w.bin"))
+    assert isinstance(mapped, InvalidInput)
+    assert "/data/w.bin" in str(mapped) and "mount point" in str(mapped) and "choose another folder" in str(mapped)
