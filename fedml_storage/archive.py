@@ -170,10 +170,14 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     # Every folder has a member of its own in what fedml-storage writes; folders made only as the parents of
     # names (thousands per name) would fill a disk with inodes from a small archive. One chain is let through.
     make = _FolderBudget(folders + _DEPTH_READ)
+    usual = 0o777 & ~umask_bits
+    folder_modes: list[tuple[str, int]] = []  # set once the files are in: a folder may be read-only
     for m in index.members():
         rel = m.name.rstrip("/")
         if m.is_dir():
             make(root, rel)
+            if (perm := stat.S_IMODE(m.mode) & 0o777 & ~umask_bits) and perm != usual:  # 0: a zip without modes
+                folder_modes.append((f"{root}/{rel}", perm))
             continue
         parent = rel.rpartition("/")[0]
         if parent != last_parent:  # members come folder by folder: folders are made once per folder, not per file
@@ -192,6 +196,8 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
             written += copy(archive, m, fd, max_bytes - written, index.data_end)
         finally:
             os.close(fd)
+    for path, perm in reversed(folder_modes):  # inner folders first
+        os.chmod(path, perm)
     return written
 
 

@@ -56,6 +56,7 @@ class VersionRecord(BaseModel):
     sha256: str  # of the stored bytes
     content_digest: str  # of the source: file sha256 or tree digest
     modes: str | None = None  # a folder's file modes (trees.Fingerprints.modes); None for files and earlier records
+    folder_modes: str | None = None  # and its folders' modes (trees.Fingerprints.folder_modes), the same way
     source_size: int
     file_count: int
     created_at: str

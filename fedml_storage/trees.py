@@ -286,19 +286,22 @@ def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> boo
 class Fingerprints(NamedTuple):
     state: str  # changes whenever any path, size, mtime, ctime or inode does: the key of the tree digest cache
     modes: str  # the files' permission bits, which the archive keeps and downloads give back
+    folder_modes: str  # the same of the folders (apart, so that records made before they were still match)
 
 
 def tree_fingerprints(entries: Iterable[Entry]) -> Fingerprints:
     """The tree's state and modes fingerprints, in one pass. (The state takes ctime too: tools that restore an
     mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
-    state, modes = hashlib.sha256(), hashlib.sha256()
+    state, modes, folder_modes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     for part in batches(entries, 4096):
         lines = "".join(f"{e.rel}\0{e.st_size}\0{e.st_mtime_ns}\0{e.st_ctime_ns}\0{e.st_ino}\0{e.is_dir:d}\n"
                         for e in part)
         state.update(lines.encode("utf-8", "surrogateescape"))
         lines = "".join(f"{e.rel}\0{e.st_mode & 0o777:o}\n" for e in part if not e.is_dir)
         modes.update(lines.encode("utf-8", "surrogateescape"))
-    return Fingerprints(state.hexdigest(), modes.hexdigest())
+        lines = "".join(f"{e.rel}\0{e.st_mode & 0o777:o}\n" for e in part if e.is_dir)
+        folder_modes.update(lines.encode("utf-8", "surrogateescape"))
+    return Fingerprints(state.hexdigest(), modes.hexdigest(), folder_modes.hexdigest())
 
 
 class TreeDigest:

@@ -137,8 +137,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
                 raise Conflict(f"{name!r} was published and at once replaced by another upload, which removed this "
                                "one's data; upload again if this one should be current")
         now = utc_now()
-        if skipped and (cur is None or (cur.current.content_digest, cur.current.modes) != (record.content_digest,
-                                                                                        record.modes)):
+        if skipped and (cur is None or _content(cur.current) != _content(record)):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
         versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
         keep = len(versions) if skipped else settings.keep_versions  # only a content change drops versions
@@ -204,6 +203,11 @@ def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | No
     return found, False, None
 
 
+def _content(record: VersionRecord) -> tuple[str, str | None, str | None]:
+    """What a version holds, as far as a download gives it back."""
+    return record.content_digest, record.modes, record.folder_modes
+
+
 def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
     """After a failed commit: could the manifest point at `data_key`? (A write may succeed and still report
     a transport error.) When that cannot be ruled out the data stays; cleanup() removes it if unreferenced."""
@@ -215,9 +219,10 @@ def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
 
 
 def _record(data_key: str, version: str, kind: str, size: int, sha256: str, digest: str, source_size: int,
-            count: int, modes: str | None = None) -> VersionRecord:
+            count: int, modes: str | None = None, folder_modes: str | None = None) -> VersionRecord:
     return VersionRecord(version=version, key=data_key, kind=kind, size=size, sha256=sha256, content_digest=digest,
-                         modes=modes, source_size=source_size, file_count=count, created_at=utc_now())
+                         modes=modes, folder_modes=folder_modes, source_size=source_size, file_count=count,
+                         created_at=utc_now())
 
 
 def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
@@ -252,11 +257,12 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
 
 def _directory(src, entries: Entries, name, settings, catalog, cache, current, req, desc
                ) -> tuple[VersionRecord, str | None]:
-    fingerprint, modes = tree_fingerprints(entries)
+    fingerprint, modes, folder_modes = tree_fingerprints(entries)
     same_shape = (
         current is not None and current.kind == "directory"
         and current.file_count == entries.files and current.source_size == entries.size
-        and current.modes in (None, modes)  # a mode change alone is a new version (None: stored before modes were)
+        # a mode change alone is a new version (None: stored before such modes were recorded)
+        and current.modes in (None, modes) and current.folder_modes in (None, folder_modes)
     )
     if same_shape and cache.lookup_tree(str(src), fingerprint) == current.content_digest:
         return current, None  # nothing in the tree changed since it was last digested
@@ -302,7 +308,7 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
     digest = recorder.tree.hexdigest()
     cache.store_tree(str(src), fingerprint, digest, entries.newest)
     record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, entries.size,
-                     entries.files, modes)
+                     entries.files, modes, folder_modes)
     return record, key
 
 

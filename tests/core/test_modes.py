@@ -1,4 +1,5 @@
-"""File modes in folder datasets: the zip keeps them, downloads give them back, so they are part of a version."""
+"""File and folder modes in folder datasets: the zip keeps them, downloads give them back, so they are part of a
+version."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_a_folder_stored_before_modes_were_recorded_stays_unchanged(store: Store
     first = client.upload(src).data
     key = "default/manifests/legacy.json"
     manifest = json.loads(store.read(key))
-    assert manifest["versions"][0].pop("modes")  # as an earlier release wrote it
+    assert manifest["versions"][0].pop("modes") and manifest["versions"][0].pop("folder_modes")  # as earlier
     store.write(key, json.dumps(manifest).encode())
     again = client.upload(src).data
     assert again.skipped and again.version == first.version  # no upload of every folder after the upgrade
@@ -69,3 +70,39 @@ def test_a_metadata_only_upload_never_lands_on_a_mode_change_made_meanwhile(stor
     assert meta.description != "re-run"  # not written on top of a version whose modes are not this tree's
     down = Path(store.client().download("tools", tmp_path / "out").data)
     assert (down / "run.sh").stat().st_mode & 0o100
+
+
+def _masked(mode: int) -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def test_folder_modes_come_back_so_a_private_folder_stays_private(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "ds"
+    (src / "private" / "keys").mkdir(parents=True)
+    (src / "private" / "keys" / "k.pem").write_text("secret")
+    (src / "private" / "keys" / "k.pem").chmod(0o644)  # protected by its folders, as many trees are
+    (src / "readonly").mkdir()
+    (src / "readonly" / "r.txt").write_text("r")
+    (src / "private").chmod(0o700)
+    (src / "private" / "keys").chmod(0o750)
+    (src / "readonly").chmod(0o555)
+    client = store.client()
+    first = client.upload(src).data
+    dest = tmp_path / "out"
+    for _ in range(2):  # again: replacing a copy with a read-only folder in it
+        down = Path(client.download("ds", dest).data)
+        assert (down / "private").stat().st_mode & 0o777 == _masked(0o700)
+        assert (down / "private" / "keys").stat().st_mode & 0o777 == _masked(0o750)
+        assert (down / "readonly").stat().st_mode & 0o777 == _masked(0o555)
+        assert (down / "private" / "keys" / "k.pem").read_text() == "secret"
+    assert sorted(p.name for p in dest.iterdir()) == ["ds"]
+    (src / "private").chmod(0o755)  # a folder's mode alone: a new version
+    second = client.upload(src).data
+    assert not second.skipped and second.version != first.version
+    assert client.upload(src).data.skipped
+    down = Path(client.download("ds", dest).data)
+    assert (down / "private").stat().st_mode & 0o777 == _masked(0o755)
+    (src / "readonly").chmod(0o755)  # so that pytest can remove it
+    (down / "readonly").chmod(0o755)
