@@ -114,6 +114,9 @@ def _pack_file(writer: ZipWriter, e: Entry, when: tuple[int, ...], attr: int,
     except FileNotFoundError:
         raise InvalidInput(f"{e.path} was removed while the folder was being uploaded; nothing was published, "
                            "upload it again") from None
+    except PermissionError as exc:
+        raise InvalidInput(f"cannot read {e.path} ({exc.strerror}); nothing was published: check its permissions, "
+                           "or leave it out with ignore_patterns") from None
 
     def chunks() -> Iterator[bytes]:
         nonlocal read

@@ -88,10 +88,12 @@ def download(
         if record.kind == "file":
             _check_target(target, record.kind)  # again: something may have taken the place meanwhile
             os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode
+            replaced = os.path.lexists(target)
             os.replace(part, target)
         else:
             os.chmod(unpacked, 0o777 & ~umask())
             _check_target(target, record.kind)
+            replaced = os.path.lexists(target)
             swap_in(unpacked, target, part.with_suffix(".old"))
             unpacked = None
         done = True
@@ -118,7 +120,7 @@ def download(
                     break
     return DownloadResult(
         str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
-        seconds=round(time.monotonic() - started, 3), kind=record.kind,
+        seconds=round(time.monotonic() - started, 3), kind=record.kind, replaced=replaced,
     )
 
 

@@ -93,12 +93,13 @@ class UploadResult(_Detailed):
 class DownloadResult(_Detailed):
     """The absolute local path, with name, version, digest, size and time."""
 
-    _fields = ("name", "path", "version", "sha256", "size", "seconds", "kind")
+    _fields = ("name", "path", "version", "sha256", "size", "seconds", "kind", "replaced")
 
     def summary(self) -> str:
         """One log line."""
         return (f"downloaded {self.name!r} (version {self.version}, {human_size(self.size)} in "
-                f"{self.seconds:.2f} s, sha256 verified) to {self.path}")
+                f"{self.seconds:.2f} s, sha256 verified) to {self.path}"
+                + (", replacing what was there" if self.replaced else ""))
 
 
 @dataclass

@@ -271,11 +271,13 @@ def _stat(path: str, rel: str) -> os.stat_result:
     try:
         return os.stat(path)
     except FileNotFoundError:
-        raise InvalidInput(f"{path} is a broken link; remove it or fix its target") from None
+        raise InvalidInput(f"{path} is a broken link; remove it, fix its target or leave it out with "
+                           "ignore_patterns") from None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        raise InvalidInput(f"{path} is a link that leads back to itself; remove it or fix its target") from None
+        raise InvalidInput(f"{path} is a link that leads back to itself; remove it, fix its target or leave it out "
+                           "with ignore_patterns") from None
 
 
 def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> bool:

@@ -156,3 +156,15 @@ def test_a_busy_local_path_is_named_with_what_to_do() -> None:
     mapped = local_os_error(OSError(errno.EBUSY, "Device or resource busy", "/data/w.bin"))
     assert isinstance(mapped, InvalidInput)
     assert "/data/w.bin" in str(mapped) and "mount point" in str(mapped) and "choose another folder" in str(mapped)
+
+
+def test_a_download_says_when_it_replaced_a_copy(store: Store, tmp_path: Path) -> None:
+    from .conftest import make_tree
+
+    assert store.client().upload(str(make_tree(tmp_path / "ds"))).ok
+    first = store.client().download("ds", tmp_path / "out")
+    assert first.ok and first.data.replaced is False and "replacing" not in first.message
+    (tmp_path / "out" / "ds" / "mine.txt").write_text("the user's own notes")  # what the next download replaces
+    second = store.client().download("ds", tmp_path / "out")
+    assert second.data.replaced is True and second.message.endswith("replacing what was there")
+    assert not (tmp_path / "out" / "ds" / "mine.txt").exists() and second.data.to_dict()["replaced"] is True

@@ -167,3 +167,27 @@ def test_fedml_storages_own_folders_are_never_uploaded(isolated_home: Path, tmp_
         assert refused.code == ResponseCode.FAILURE and refused.reason == "invalid_input"
         assert "fedml-storage's own folder" in refused.message and "may hold your key" in refused.message
     assert [m.dataName for m in client.list().data] == ["project"]
+
+
+def test_a_file_that_cannot_be_read_says_what_to_do(store: Store, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage import archive
+
+    src = tmp_path / "ds"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha")
+    (src / "secret.key").write_text("no")
+    opened = archive.open_plain
+
+    def refused(path):  # chmod 000 by another user (root, as the tests may run, reads anything)
+        if str(path).endswith("secret.key"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path)
+
+    monkeypatch.setattr(archive, "open_plain", refused)
+    response = store.client().upload(str(src))
+    assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input"
+    assert "cannot read" in response.message and "secret.key" in response.message
+    assert "ignore_patterns" in response.message and "nothing was published" in response.message
+    assert store.client().list().data == []
+    assert store.client().upload(str(src), ignore_patterns=["*.key"]).ok  # what the message suggests works
