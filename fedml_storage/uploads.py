@@ -70,6 +70,9 @@ def planned_name(data_path: str | os.PathLike, name: str | None = None) -> str |
 def _source(data_path: object) -> Path:
     src = check_path(data_path, "data_path must be the path of a file or directory")
     if not src.exists():
+        if src.is_symlink():
+            raise InvalidInput(f"data_path {str(src)!r} is a broken link (to {os.readlink(src)!r}); fix its target "
+                               "or give the path of the data itself")
         raise InvalidInput(f"data_path {str(src)!r} does not exist; check the path")
     if not (src.is_file() or src.is_dir()):
         raise InvalidInput(f"data_path {str(src)!r} is neither a regular file nor a directory")

@@ -68,6 +68,15 @@ def test_bad_upload_input_fails_clearly_and_stores_nothing(
             == "precious")
 
 
+def test_a_broken_link_as_data_path_is_named_as_one(store: Store, stored: Path, tmp_path: Path) -> None:
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "run-7")  # removed, or not made yet
+    response = store.client().upload(str(link))
+    assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input"
+    assert "is a broken link" in response.message and "run-7" in response.message
+    assert [m.dataName for m in store.client().list().data] == ["keep"]
+
+
 def test_repeated_tags_count_once_and_the_longest_tag_round_trips(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "f.txt"
     src.write_text("tags")
