@@ -156,29 +156,37 @@ def test_many_downloads_into_one_folder_at_once(tmp_path: Path) -> None:
     assert [p.name for p in dest.iterdir()] == ["ds"] and tree_bytes(dest / "ds") == tree_bytes(src)
 
 
-_KILL_WHILE_UNPACKING = """
+_KILLED_DOWNLOAD = """
 import os, signal, sys
 from fedml_storage import StorageClient
 
-def kill_when_unpacking(event, args):  # at the first file written into the unpacked folder
-    if event == "open" and args and ".d" + os.sep in str(args[0]):
+def kill(event, args):
+    if {condition}:
         os.kill(os.getpid(), signal.SIGKILL)
 
-sys.addaudithook(kill_when_unpacking)
+sys.addaudithook(kill)
 StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
 """
+KILL_WHILE_UNPACKING = 'event == "open" and args and ".d" + os.sep in str(args[0])'  # its first unpacked file
+KILL_BEFORE_THE_PART_NAME = 'event == "os.rename" and str(args[0]).endswith(".new")'  # its first moments
+
+
+def _killed_download(tmp_path: Path, condition: str) -> tuple[StorageClient, Path]:
+    """A LOCAL dataset 'ds', and the folder a download of it was killed in (when `condition` held)."""
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
+    assert client.upload(make_tree(tmp_path / "ds")).ok
+    dest = tmp_path / "out"
+    child = subprocess.run([sys.executable, "-c", _KILLED_DOWNLOAD.format(condition=condition),
+                            str(tmp_path / "store"), str(dest)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    return client, dest
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="live downloads are told by file locks (Windows waits a day)")
 def test_what_a_killed_download_left_goes_at_the_next_one_not_a_day_later(tmp_path: Path) -> None:
     import fcntl
 
-    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
-    assert client.upload(make_tree(tmp_path / "ds")).ok
-    dest = tmp_path / "out"
-    child = subprocess.run([sys.executable, "-c", _KILL_WHILE_UNPACKING, str(tmp_path / "store"), str(dest)],
-                           capture_output=True, text=True, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    client, dest = _killed_download(tmp_path, KILL_WHILE_UNPACKING)
     left = sorted(p.name for p in dest.iterdir())
     assert len(left) == 2 and left[0].endswith(".d") and left[1].endswith(".part")  # a whole archive, and more
     live = dest / ".fedml-download-live.part"  # another download, still running, quiet for over a day
@@ -191,29 +199,11 @@ def test_what_a_killed_download_left_goes_at_the_next_one_not_a_day_later(tmp_pa
         assert sorted(p.name for p in dest.iterdir()) == [".fedml-download-live.part", "ds"]
 
 
-_KILL_BEFORE_THE_PART_NAME = """
-import os, signal, sys
-from fedml_storage import StorageClient
-
-def kill_when_naming_the_part(event, args):  # a kill in the first moments: the part file still named .new
-    if event == "os.rename" and str(args[0]).endswith(".new"):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-sys.addaudithook(kill_when_naming_the_part)
-StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
-"""
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="live downloads are told by file locks (Windows waits a day)")
 def test_a_download_killed_before_naming_its_part_file_is_cleared_within_seconds(tmp_path: Path) -> None:
     import fcntl
 
-    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
-    assert client.upload(make_tree(tmp_path / "ds")).ok
-    dest = tmp_path / "out"
-    child = subprocess.run([sys.executable, "-c", _KILL_BEFORE_THE_PART_NAME, str(tmp_path / "store"), str(dest)],
-                           capture_output=True, text=True, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    client, dest = _killed_download(tmp_path, KILL_BEFORE_THE_PART_NAME)
     [killed] = list(dest.iterdir())
     assert killed.suffix == ".new"
     assert client.download("ds", dest).ok
