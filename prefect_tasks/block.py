@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
 
@@ -42,6 +42,7 @@ class FedMLStorage(Block):
     own, which deletes a saved block document.
     """
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # a mistyped api_key (a list, a dict) is never echoed
     _block_type_name = "FedML Storage"
     _block_type_slug = "fedml-storage"
     _logo_url = None

@@ -141,6 +141,17 @@ def test_block_saves_and_loads_with_the_secret_hidden(s3_settings: dict) -> None
         FedMLStorage(download_part_size=1024)
 
 
+@pytest.mark.parametrize("mistyped", [[TEST_API_KEY], tuple(TEST_API_KEY.split(":")),
+                                      {"access_key_id": SECRET}])
+def test_a_mistyped_api_key_is_refused_without_echoing_it(mistyped: object) -> None:
+    import traceback
+
+    with pytest.raises(ValueError) as refused:
+        FedMLStorage(service="S3", api_key=mistyped)
+    shown = str(refused.value) + repr(refused.value) + "".join(traceback.format_exception(refused.value))
+    assert "api_key" in shown and SECRET not in shown and SECRET[-12:] not in shown
+
+
 def test_block_registers_with_the_prefect_cli() -> None:
     import os
     import subprocess
