@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .api_keys import check_api_key
 from .errors import InvalidInput, NotConfigured
 from .locks import exclusive_lock
 from .modes import own_plain_file
@@ -27,21 +28,7 @@ SERVICES = ("LOCAL", "S3", "R2")
 ENV_PREFIX = "FEDML_STORAGE_"
 MiB = 1024 * 1024
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_API_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+(:[\x21-\x39\x3b-\x7e]+){1,2}$")  # printable ASCII parts
-API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN)"
 _R2_ACCOUNT_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def check_api_key(raw: Any) -> None:
-    """Raise ValueError (never echoing the key) unless `raw` is written as an API key."""
-    if not isinstance(raw, str):
-        raise ValueError(f"api_key must be a string written {API_KEY_FORM}")
-    key = raw.strip()
-    if len(key) > 1 and key[0] == key[-1] and key[0] in "'\"":
-        raise ValueError("api_key is wrapped in quotes; give it without them")
-    if not _API_KEY_RE.match(key):
-        raise ValueError(f"api_key must be written {API_KEY_FORM}, each part printable ASCII without spaces (a "
-                         "pasted key may carry invisible characters: type it again)")
 
 
 def storage_home() -> Path:

@@ -10,7 +10,8 @@ import os
 from typing import Any
 
 from ..client import StorageClient
-from ..config import check_api_key, config_path, overridden_note, write_config_file
+from ..api_keys import check_api_key
+from ..config import config_path, overridden_note, write_config_file
 from ..errors import InvalidInput, to_response
 from ..response import FedMLResponse, ResponseCode
 from .fedml_response import FedMLStorageError, Reason

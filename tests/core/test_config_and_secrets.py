@@ -158,6 +158,30 @@ def test_login_rejects_malformed_keys(key) -> None:
     assert not config_path().exists()
 
 
+@pytest.mark.parametrize(("key", "said"), [
+    ("AKIAKEYID0001-wJalrSECRET", "has no ':'"),
+    ("AKIAKEYID0001:wJalrSECRET:token:more", "has 4 parts"),
+    ("AKIAKEYID0001::token", "SECRET_ACCESS_KEY part of api_key is empty"),
+    ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET:AKIAIOSFODNN7EXAMPLE", "wrong way round"),  # pasted swapped
+    ("wJalrXUtnFEMIK7MDENGbPxRfiCYSECRET:AKIAIOSFODNN7EXAMPLE", "wrong way round"),
+    ("wJalrXUtnFEMI+K7MDENGbPxRfiCYSECRET:minio-user", "wrong way round"),
+])
+def test_a_malformed_key_is_told_what_is_wrong_with_it_without_echoing_it(key: str, said: str) -> None:
+    response = api.fedml_login(key)
+    assert response.code == ResponseCode.FAILURE and said in response.message
+    assert "wJalr" not in response.message and "AKIAKEYID0001" not in response.message
+    assert "AKIAIOSFODNN7EXAMPLE" not in response.message
+    assert not config_path().exists()
+    swapped = StorageClient(service="S3", bucket="b", api_key=key).list()  # refused before any request is signed
+    assert swapped.reason == "invalid_input" and said in swapped.message and "wJalr" not in swapped.message
+
+
+@pytest.mark.parametrize("key", ["AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "minioadmin:minioadmin",
+                                 "0123456789abcdef0123456789abcdef:" + "ab" * 32, "ASIAEXAMPLEID0001:s/e+c:tok/en=="])
+def test_keys_as_aws_r2_and_minio_write_them_are_taken(key: str) -> None:
+    assert api.fedml_login(key).ok
+
+
 def test_masked_settings_and_reprs_hide_the_key() -> None:
     s = StorageSettings.resolve(service="S3", bucket="b", api_key=TEST_API_KEY)
     for text in (repr(s), str(s), json.dumps(s.masked_dict()), repr(StorageClient(s))):

@@ -1,0 +1,34 @@
+"""API keys: the form `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`, checked without ever echoing a key."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_API_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+(:[\x21-\x39\x3b-\x7e]+){1,2}$")  # printable ASCII parts
+_AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,124}")  # long-term and temporary AWS access key ids
+API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN)"
+
+
+def check_api_key(raw: Any) -> None:
+    """Raise ValueError (never echoing the key) unless `raw` is written as an API key."""
+    if not isinstance(raw, str):
+        raise ValueError(f"api_key must be a string written {API_KEY_FORM}")
+    key = raw.strip()
+    if len(key) > 1 and key[0] == key[-1] and key[0] in "'\"":
+        raise ValueError("api_key is wrapped in quotes; give it without them")
+    if _API_KEY_RE.match(key):
+        key_id, secret = key.split(":")[:2]
+        if "/" in key_id or "+" in key_id or _AWS_KEY_ID.fullmatch(secret) and not _AWS_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"api_key looks written the wrong way round (its first part is like a secret key, with "
+                             f"'/' or '+', or its second like an access key id, AKIA...): write it {API_KEY_FORM}")
+        return
+    parts = key.split(":")
+    if len(parts) < 2 or len(parts) > 3:
+        said = "has no ':'" if len(parts) < 2 else f"has {len(parts)} parts separated by ':'"
+        raise ValueError(f"api_key {said}; write it {API_KEY_FORM}")
+    for part, what in zip(parts, ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN")):
+        if not part:
+            raise ValueError(f"the {what} part of api_key is empty; write it {API_KEY_FORM}")
+    raise ValueError(f"api_key must be written {API_KEY_FORM}, each part printable ASCII without spaces (a "
+                     "pasted key may carry invisible characters: type it again)")
