@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import logging
+
 import boto3
 import botocore.exceptions
 from botocore.client import BaseClient
 from botocore.config import Config
 
 from ..config import StorageSettings
-from ..errors import NotConfigured
+from ..errors import NotConfigured, redact
+
+# botocore's modules that log requests at DEBUG: the canonical request and the headers hold a session token
+_REQUEST_LOGGERS = ("botocore.auth", "botocore.endpoint", "botocore.awsrequest", "botocore.httpsession",
+                    "botocore.hooks", "botocore.parsers", "botocore.retryhandler", "urllib3.connectionpool")
+
+
+class _Masking(logging.Filter):
+    """Masks the secrets of the clients made here in botocore's own DEBUG records (this runs only for records
+    logged, so costs nothing while DEBUG is off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            record.msg, record.args = redact(message, list(self.secrets)), None
+        return True
+
+
+_MASKING = _Masking()
+for _name in _REQUEST_LOGGERS:
+    logging.getLogger(_name).addFilter(_MASKING)
 
 
 def s3_client(settings: StorageSettings) -> BaseClient:
@@ -42,6 +68,7 @@ def s3_client(settings: StorageSettings) -> BaseClient:
     if settings.api_key:
         key_id, secret, *rest = settings.api_key.get_secret_value().split(":")
         token = rest[0] if rest else None  # temporary credentials (STS) carry a session token
+        _MASKING.secrets.update(part for part in (secret, token) if part)
     region = settings.region or ("auto" if settings.service == "R2" else None)
     try:
         return boto3.session.Session().client(
@@ -54,5 +81,5 @@ def s3_client(settings: StorageSettings) -> BaseClient:
             config=config,
         )
     except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. a malformed endpoint or region
-        raise NotConfigured(f"cannot set up the {settings.service} client: {exc}; check endpoint_url and "
-                            "region") from None
+        raise NotConfigured(f"cannot set up the {settings.service} client: {str(exc).rstrip('.')}; check "
+                            "endpoint_url and region") from None
