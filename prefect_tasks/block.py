@@ -89,6 +89,15 @@ upload_data("data/mnist", storage=storage)
     def _any_case(cls, value: Any) -> Any:
         return (value.strip().lower() or None) if isinstance(value, str) else value
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """A saved block's api_key is pickled as a reference to the saved block (Prefect writes a background task's
+        arguments, `.delay()`, to result storage): unpickling reads it from there, with the other fields as they
+        were."""
+        name = self._block_document_name
+        if self.api_key is None or not name or self._is_anonymous:
+            return super().__reduce_ex__(protocol)
+        return _with_saved_key, (self.model_copy(update={"api_key": None}), name)
+
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
         values = {k: getattr(self, k) for k in PLAIN_SETTINGS if k in type(self).model_fields}
@@ -139,3 +148,9 @@ upload_data("data/mnist", storage=storage)
         """Stored metadata (including the user-defined dict) of a dataset."""
         with self.client() as client:
             return client.get_metadata(name).unwrap().to_dict()
+
+
+def _with_saved_key(block: FedMLStorage, name: str) -> FedMLStorage:
+    """`block` with the api_key of the saved block `name` (see FedMLStorage.__reduce_ex__)."""
+    block.api_key = FedMLStorage.load(name, _sync=True).api_key
+    return block

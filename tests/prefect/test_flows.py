@@ -152,6 +152,36 @@ def test_a_mistyped_api_key_is_refused_without_echoing_it(mistyped: object) -> N
     assert "api_key" in shown and SECRET not in shown and SECRET[-12:] not in shown
 
 
+def test_a_saved_block_pickles_without_its_secret(s3_settings: dict) -> None:
+    """Prefect pickles a background task's arguments (`.delay()`) into result storage, a 0644 file."""
+    import cloudpickle
+
+    _s3_block(s3_settings).save("fedml-pickled-block", overwrite=True)
+    loaded = FedMLStorage.load("fedml-pickled-block")
+    loaded.namespace = "changed-in-memory"
+    pickled = cloudpickle.dumps(loaded)
+    assert SECRET.encode() not in pickled
+    back = cloudpickle.loads(pickled)
+    assert back.api_key.get_secret_value() == TEST_API_KEY and back.namespace == "changed-in-memory"
+    assert back.list() == []  # a working block
+    unsaved = _s3_block(s3_settings)  # nowhere to read the key back from: pickled as it is
+    assert cloudpickle.loads(cloudpickle.dumps(unsaved)).api_key.get_secret_value() == TEST_API_KEY
+
+
+def test_a_background_task_given_a_saved_block_stores_no_secret(s3_settings: dict, tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    _s3_block(s3_settings).save("fedml-delayed-block", overwrite=True)
+    (tmp_path / "f.txt").write_text("x")
+    upload_data.delay(str(tmp_path / "f.txt"), storage=FedMLStorage.load("fedml-delayed-block"))
+    stored = sorted((Path(PREFECT_LOCAL_STORAGE_PATH.value()) / "parameters").iterdir(), key=lambda p: p.stat().st_mtime)
+    pickled = base64.b64decode(json.loads(stored[-1].read_text())["result"])  # what a task worker will unpickle
+    assert b"fedml-delayed-block" in pickled and SECRET.encode() not in pickled
+
+
 def test_block_registers_with_the_prefect_cli() -> None:
     import os
     import subprocess
