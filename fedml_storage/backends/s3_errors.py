@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 
 import botocore.exceptions
 import urllib3.exceptions
@@ -88,6 +89,11 @@ class translate:
             if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
                 raise TransientError(f"storage service busy or failing ({code or status}) at {self.location}") from None
             raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
+        if isinstance(exc, botocore.exceptions.ParamValidationError) and \
+                (bad := re.match(r'\s*Invalid bucket name "([^"]*)"', str(exc.kwargs.get("report", "")))):
+            raise NotConfigured(f"bucket name {bad.group(1)!r} is not valid: bucket names are 3 to 63 lowercase letters, "
+                                "digits, '.' and '-', starting and ending with a letter or digit; check the bucket "
+                                "setting") from None
         if isinstance(exc, _SETUP_ERRORS):
             raise NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
                                 "fix the setting it names (retrying will not help)") from None

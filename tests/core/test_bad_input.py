@@ -381,3 +381,10 @@ def test_the_documented_r2_default_of_upload_says_how_to_use_the_configured_serv
     response = api.upload(str(tmp_path / "f.txt"))  # service="R2" by the documented default
     assert response.reason == "not_configured", response.message
     assert "R2 needs an account id" in response.message and "pass service=None" in response.message
+
+
+def test_a_bucket_name_s3_cannot_take_is_told_with_the_rules(s3_store: Store) -> None:
+    response = s3_store.client(bucket="Bad_Bucket!").list()
+    assert response.code == ResponseCode.FAILURE and response.reason == "not_configured" and not response.retryable
+    assert "bucket name 'Bad_Bucket!' is not valid" in response.message and "3 to 63 lowercase" in response.message
+    assert "regex" not in response.message
