@@ -29,7 +29,8 @@ class Ctx:
         self.quiet, self.debug = quiet, debug
 
     def client(self) -> StorageClient:
-        return StorageClient(service=self.service, namespace=self.namespace, api_key=self.api_key)
+        # failures are printed as errors (`_finish`): not also logged, which --debug would show
+        return StorageClient(service=self.service, namespace=self.namespace, api_key=self.api_key, log_failures=False)
 
     @property
     def progress(self) -> bool:

@@ -306,8 +306,10 @@ def read_config_file() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"config file {path} must hold a JSON object")
     known = {k: v for k, v in data.items() if k in StorageSettings.model_fields}
-    if len(known) != len(data):
-        log.warning("ignoring unknown keys in %s: %s", path, sorted(set(data) - set(known)))
+    unknown = sorted(set(data) - set(known))
+    if unknown and f"{path} {unknown}" not in _warned:  # once per process, as above
+        _warned.add(f"{path} {unknown}")
+        log.warning("ignoring unknown keys in %s: %s", path, unknown)
     return known
 
 

@@ -206,3 +206,14 @@ def test_check_prints_each_verdict_and_fails_on_a_store_that_ignores_conditions(
     assert found["ok"] is False
     assert [f["feature"] for f in found["findings"] if not f["ok"]] == ["If-None-Match", "If-Match on writes",
                                                                         "If-Match on deletes"]
+
+
+def test_debug_says_each_failure_and_warning_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.json").write_text('{"service": "LOCAL", "colour": "blue"}')
+    (home / "config.json").chmod(0o600)
+    failed = run("--debug", "download", "nope", "--dest", str(tmp_path / "out"), env={"FEDML_STORAGE_HOME": str(home)})
+    assert failed.returncode == 1
+    assert failed.stderr.count("download of 'nope' failed") == 1, failed.stderr
+    assert failed.stderr.count("ignoring unknown keys") == 1, failed.stderr
