@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -65,7 +66,8 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
             trigger=FedMLStorageDatasetTrigger(
                 **{k: getattr(self, k) for k in WAIT_FIELDS}, poke_interval=_seconds(self.poke_interval),
                 exponential_backoff=self.exponential_backoff,
-                max_wait=None if self.max_wait is None else _seconds(self.max_wait)),
+                max_wait=None if self.max_wait is None else _seconds(self.max_wait),
+                deadline=time.time() + _seconds(self.timeout)),
             method_name="execute_complete",
             timeout=timedelta(seconds=_seconds(self.timeout)),
         )
@@ -90,6 +92,11 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resumes after the trigger fired: what it saw (as poke's XCom), or fail with the trigger's message."""
+        if event and event.get("status") == "timeout":  # as the poking loop times out
+            if self.soft_fail or self.never_fail:
+                raise AirflowSkipException(f"Skipping ({'soft' if self.soft_fail else 'never'}_fail): "
+                                           f"{event['message']}")
+            raise AirflowSensorTimeout(event["message"])
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "the dataset trigger ended without an event")
             if (event or {}).get("retryable"):

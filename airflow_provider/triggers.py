@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,15 +47,21 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
     def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
                  version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
                  service: str | None = None, namespace: str | None = None, poke_interval: float = 60.0,
-                 exponential_backoff: bool = False, max_wait: float | None = None) -> None:
+                 exponential_backoff: bool = False, max_wait: float | None = None,
+                 deadline: float | None = None) -> None:
+        """`deadline`: when (seconds since the epoch) the sensor times out; the trigger then fires with
+        status "timeout" itself, so that a run which does not enforce deferral timeouts (`airflow dags test`)
+        does not wait for ever."""
         super().__init__()
         self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, version, fedml_storage_conn_id,
                                            service, namespace)))
         self.pacing = {"poke_interval": poke_interval, "exponential_backoff": exponential_backoff,
                        "max_wait": max_wait}
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {**self.wait, **self.pacing}
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {**self.wait, **self.pacing, "deadline": self.deadline})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         w = self.wait
@@ -68,14 +75,13 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
             checks = 0
             while True:
                 checks += 1
-                pause = next_wait(checks=checks, **self.pacing)
                 try:
                     seen = await check(w["name"], w["metadata_key"], w["metadata_value"], version=w["version"])
                 except FedMLStorageException as exc:
                     if not exc.retryable:  # not curable by waiting: hand it to the task, which fails with it
                         yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                         return
-                    self.log.warning(UNREACHABLE, w["name"], in_seconds(pause), exc)
+                    unreachable, last = exc, f"could not check dataset {w['name']!r}: {exc}"
                 except Exception as exc:  # unexpected (e.g. a secrets backend down): the task fails, and may retry
                     yield TriggerEvent({"status": "error", "name": w["name"], "retryable": True,
                                         "message": f"{type(exc).__name__}: {exc}"})
@@ -85,7 +91,16 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                         yield TriggerEvent({"status": "success", "name": w["name"], "message": seen.detail,
                                             "version": seen.version, "sha256": seen.sha256})
                         return
-                    self.log.info("%s (checking again %s)", seen.detail.rstrip(". "), in_seconds(pause))
+                    unreachable, last = None, seen.detail.rstrip(". ")
+                left = float("inf") if self.deadline is None else self.deadline - time.time()
+                if left <= 0:  # as the poking loop, which checks once more after the timeout has passed
+                    yield TriggerEvent({"status": "timeout", "name": w["name"], "message": f"sensor timed out: {last}"})
+                    return
+                pause = min(next_wait(checks=checks, **self.pacing), left)  # the last check at the deadline
+                if unreachable is not None:
+                    self.log.warning(UNREACHABLE, w["name"], in_seconds(pause), unreachable)
+                else:
+                    self.log.info("%s (checking again %s)", last, in_seconds(pause))
                 await asyncio.sleep(pause)
         finally:  # not awaited: a cancelled trigger must not wait for a slow check to end
             worker.submit(hook.close)

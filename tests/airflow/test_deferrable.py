@@ -136,6 +136,37 @@ def test_deferrable_sensor_in_a_real_dag_run(airflow_home: Path, tmp_path: Path,
         "name": "late-data", "version": stored.version, "sha256": stored.sha256}
 
 
+def test_a_deferred_sensor_times_out_by_itself_where_deferrals_have_no_timeout(airflow_home: Path, tmp_path: Path,
+                                                                              isolated_home: Path) -> None:
+    """`airflow dags test` runs a trigger without the deferral's timeout: it waited for ever."""
+    env = {**os.environ, **base_env(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
+    env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+    started = time.monotonic()
+    done = subprocess.run([AIRFLOW, "dags", "test", "fedml_storage_sensor_timeout", "-f", str(DAGFILE)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    output = done.stdout + done.stderr
+    assert "running trigger in line" in output and "sensor timed out: dataset 'never-stored' not stored yet" in output
+    states = query(airflow_home, "SELECT state FROM task_instance WHERE dag_id='fedml_storage_sensor_timeout'")
+    assert states == [("failed",)], output[-3000:]
+    assert time.monotonic() - started < 200
+
+
+def test_the_trigger_fires_a_timeout_at_the_deadline_and_the_sensor_fails_or_skips_on_it(isolated_home: Path) -> None:
+    from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+
+    started = time.monotonic()
+    trigger = FedMLStorageDatasetTrigger(name="ds", service="LOCAL", poke_interval=0.2, deadline=time.time() + 0.7)
+    event = asyncio.run(first_event(FedMLStorageDatasetTrigger(**trigger.serialize()[1]), within=30))
+    assert event == {"status": "timeout", "name": "ds", "message": "sensor timed out: dataset 'ds' not stored yet"}
+    assert 0.7 <= time.monotonic() - started < 10
+    sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds", deferrable=True)
+    with pytest.raises(AirflowSensorTimeout, match="not stored yet"):
+        sensor.execute_complete({}, event)
+    lenient = FedMLStorageDatasetSensor(task_id="wait", name="ds", deferrable=True, soft_fail=True)
+    with pytest.raises(AirflowSkipException, match="soft_fail"):
+        lenient.execute_complete({}, event)
+
+
 def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
         unreachable_connection: None, monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
     # an unreachable service is no reason to fail the task: three checks, and it still waits

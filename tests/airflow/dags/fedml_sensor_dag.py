@@ -1,5 +1,5 @@
-"""Test DAG: a deferrable sensor waits (in the trigger, backing off up to 1 s) until the test uploads `late-data`
-with status=ready."""
+"""Test DAGs: a deferrable sensor waits (in the trigger, backing off up to 1 s) until the test uploads `late-data`
+with status=ready; another times out waiting for a dataset nobody stores."""
 
 from __future__ import annotations
 
@@ -24,3 +24,11 @@ def sensor_dag():
 
 
 sensor_dag()
+
+
+@dag(dag_id="fedml_storage_sensor_timeout", schedule=None, start_date=datetime(2026, 1, 1), catchup=False)
+def sensor_timeout_dag():
+    FedMLStorageDatasetSensor(task_id="wait", name="never-stored", deferrable=True, poke_interval=0.5, timeout=3)
+
+
+sensor_timeout_dag()
