@@ -129,9 +129,10 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     skipped = data_key is None
 
     tries = 0
+    final = record  # what this upload published (another may already stand on top of it)
 
     def build(cur: Manifest | None) -> Manifest | None:
-        nonlocal tries
+        nonlocal tries, final
         tries += 1
         if tries > 1 and data_key is not None:  # a try whose answer was lost may have landed, and been built upon
             if cur is not None and any(v.key == data_key for v in cur.versions):
@@ -142,6 +143,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         now = utc_now()
         if skipped and (cur is None or _content(cur.current) != _content(record)):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
+        if skipped:  # the same content, maybe published again meanwhile as another version: the one written on
+            final = cur.current
         versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
         keep = len(versions) if skipped else settings.keep_versions  # only a content change drops versions
         dropped = [v.version for v in versions[keep:]] + (cur.dropped if cur else [])
@@ -169,7 +172,6 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
             catalog.drop_data([data_key])  # never published: invisible, but do not leave it
         raise
     catalog.drop_data(dropped)
-    final = record  # what this upload published (another may already stand on top of it)
     return UploadResult(
         catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,

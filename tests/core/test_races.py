@@ -293,3 +293,36 @@ def _publish_before_the_delete(deleter: StorageClient, publish) -> list:
 
     deleter._store.delete = publish_first
     return published
+
+
+def test_an_unchanged_re_upload_reports_the_version_it_described(store: Store, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Others publish other content, then this content again, between its read and its commit (keep_versions 1):
+    the version it read is gone, and the one it wrote its description onto is what it must report (helper-59)."""
+    from fedml_storage import uploads
+
+    a, b = tmp_path / "a" / "w.bin", tmp_path / "b" / "w.bin"
+    for path, byte in ((a, b"A"), (b, b"B")):
+        path.parent.mkdir()
+        path.write_bytes(byte * 100)
+    client = store.client()
+    client.upload(a).unwrap()
+    read_first = client.upload(b).unwrap().version
+    real = uploads._read_stored
+    republished: list[str] = []
+
+    def then_others_write(catalog, name):
+        found = real(catalog, name)
+        if not republished:
+            republished.append("")  # the others' own reads pass through
+            store.client().upload(a).unwrap()  # drops read_first
+            republished[0] = store.client().upload(b).unwrap().version  # B's content again, a new version
+        return found
+
+    monkeypatch.setattr(uploads, "_read_stored", then_others_write)
+    up = client.upload(b, description="B, described").unwrap()
+    assert up.skipped and up.version == republished[0] != read_first
+    meta = client.get_metadata("w.bin").data
+    assert (meta.version, meta.description) == (up.version, "B, described")
+    pinned = client.download("w.bin", tmp_path / "out", version=up.version)  # the hand-off downstream
+    assert pinned.ok and (tmp_path / "out" / "w.bin").read_bytes() == b"B" * 100
