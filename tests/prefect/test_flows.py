@@ -166,6 +166,9 @@ def test_a_saved_block_pickles_without_its_secret(s3_settings: dict) -> None:
     assert back.list() == []  # a working block
     unsaved = _s3_block(s3_settings)  # nowhere to read the key back from: pickled as it is
     assert cloudpickle.loads(cloudpickle.dumps(unsaved)).api_key.get_secret_value() == TEST_API_KEY
+    loaded.api_key = "AKIAOTHERKEY00000000:another-secret-key"  # not what is saved: never swapped silently
+    with pytest.raises(ValueError, match="not the one saved as block 'fedml-pickled-block'"):
+        cloudpickle.loads(cloudpickle.dumps(loaded))
 
 
 def test_a_background_task_given_a_saved_block_stores_no_secret(s3_settings: dict, tmp_path: Path) -> None:
