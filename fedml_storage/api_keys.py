@@ -19,9 +19,10 @@ def check_api_key(raw: Any) -> None:
         raise ValueError("api_key is wrapped in quotes; give it without them")
     if _API_KEY_RE.match(key):
         key_id, secret = key.split(":")[:2]
-        if "/" in key_id or "+" in key_id or _AWS_KEY_ID.fullmatch(secret) and not _AWS_KEY_ID.fullmatch(key_id):
-            raise ValueError(f"api_key looks written the wrong way round (its first part is like a secret key, with "
-                             f"'/' or '+', or its second like an access key id, AKIA...): write it {API_KEY_FORM}")
+        # (MinIO and Ceph key ids are the user's choice: a '/' or '+' there proves nothing)
+        if _AWS_KEY_ID.fullmatch(secret) and not _AWS_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"api_key looks written the wrong way round (its second part is shaped like an AWS "
+                             f"access key id, AKIA... or ASIA...): write it {API_KEY_FORM}")
         return
     parts = key.split(":")
     if len(parts) < 2 or len(parts) > 3:
