@@ -15,11 +15,10 @@ from .archive import HashingWriter, safe_extract
 from .backends.base import ObjectMissing
 from .backends.ranges import RangeIgnored
 from .catalog import Catalog, VersionRecord
-from .dest_temps import TEMP_PREFIX, new_part, swap_in, sweep
+from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
-from .removal import remove_tree
 from .results import DownloadResult, human_size
 from .validation import check_name, check_path, check_progress_desc
 
@@ -76,7 +75,7 @@ def download(
                             note, show_progress, out_progress_to_err, progress_desc)
             if record.kind != "file":
                 unpacked = part.with_suffix(".d")
-                unpacked.mkdir()
+                unpacked.mkdir(mode=0o700)  # private while files land (folders get their modes at the end)
                 fh.flush()
                 try:
                     safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
@@ -104,7 +103,7 @@ def download(
         raise
     finally:
         if unpacked is not None:  # before the part file: a folder without one is taken for a killed download's
-            remove_tree(unpacked, ignore_errors=True)
+            remove(unpacked)  # opening up folders the archive made read-only
         if part is not None:
             if not (keep and partials.keep(partial_dir, *_fetched(part, tries, record, adopted))):
                 part.unlink(missing_ok=True)

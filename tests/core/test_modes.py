@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from fedml_storage.catalog import Catalog
 
 from .conftest import Store, make_tree
@@ -106,3 +108,62 @@ def test_folder_modes_come_back_so_a_private_folder_stays_private(store: Store, 
     assert (down / "private").stat().st_mode & 0o777 == _masked(0o755)
     (src / "readonly").chmod(0o755)  # so that pytest can remove it
     (down / "readonly").chmod(0o755)
+
+
+_FAIL_AFTER_UNPACKING = """
+import json, os, sys
+from fedml_storage import StorageClient, downloads
+
+def fail(*args):  # e.g. a Ctrl-C between unpacking and renaming into place
+    raise KeyboardInterrupt
+
+downloads.swap_in = fail
+try:
+    StorageClient(service="LOCAL", local_root=sys.argv[1]).download("ds", sys.argv[2])
+except KeyboardInterrupt:
+    pass
+print(json.dumps(sorted(os.listdir(sys.argv[2]))))
+"""
+
+
+def test_a_download_unpacked_with_read_only_folders_and_then_stopped_leaves_nothing(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run without permission overrides")
+    src = tmp_path / "ds"
+    (src / "readonly").mkdir(parents=True)
+    (src / "readonly" / "r.txt").write_text("r")
+    (src / "readonly").chmod(0o555)
+    from fedml_storage import StorageClient
+
+    assert StorageClient(service="LOCAL", local_root=str(tmp_path / "store")).upload(src).ok
+    (src / "readonly").chmod(0o755)
+    (tmp_path / "out").mkdir()
+    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
+           _FAIL_AFTER_UNPACKING, str(tmp_path / "store"), str(tmp_path / "out")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == []  # not even the unpacked folder, read-only inside
+
+
+def test_a_folder_being_unpacked_is_private_until_it_is_in_place(store: Store, tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage import downloads
+
+    src = tmp_path / "ds"
+    (src / "private").mkdir(parents=True)
+    (src / "private" / "k.pem").write_text("secret")
+    (src / "private").chmod(0o700)
+    assert store.client().upload(src).ok
+    seen: list[int] = []
+    real = downloads.safe_extract
+
+    def watched(archive, dest, max_bytes):
+        seen.append(dest.stat().st_mode & 0o777)  # before any file lands: others may not enter
+        return real(archive, dest, max_bytes)
+
+    monkeypatch.setattr(downloads, "safe_extract", watched)
+    down = Path(store.client().download("ds", tmp_path / "out").data)
+    assert seen == [0o700] and down.stat().st_mode & 0o777 == _masked(0o777)
