@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import boto3
 import botocore.exceptions
@@ -21,14 +22,24 @@ class _Masking(logging.Filter):
     """Masks the secrets of the clients made here in botocore's own DEBUG records (this runs only for records
     logged, so costs nothing while DEBUG is off)."""
 
+    KEPT = 64  # the most recent secrets: a process that makes clients for ever rotating tokens stays bounded
+
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self._secrets: tuple[str, ...] = ()  # replaced whole, never changed in place: read without a lock
+        self._lock = threading.Lock()
+
+    def add(self, *secrets: str | None) -> None:
+        with self._lock:
+            fresh = [s for s in secrets if s and s not in self._secrets]
+            self._secrets = (*self._secrets, *fresh)[-self.KEPT:]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            record.msg, record.args = redact(message, list(self.secrets)), None
+        secrets = self._secrets
+        if secrets:
+            message = record.getMessage()
+            if any(secret in message for secret in secrets):
+                record.msg, record.args = redact(message, secrets), None
         return True
 
 
@@ -68,7 +79,7 @@ def s3_client(settings: StorageSettings) -> BaseClient:
     if settings.api_key:
         key_id, secret, *rest = settings.api_key.get_secret_value().split(":")
         token = rest[0] if rest else None  # temporary credentials (STS) carry a session token
-        _MASKING.secrets.update(part for part in (secret, token) if part)
+        _MASKING.add(secret, token)
     region = settings.region or ("auto" if settings.service == "R2" else None)
     try:
         return boto3.session.Session().client(
