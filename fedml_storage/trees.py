@@ -155,7 +155,7 @@ class Tree:
     entries: Entries
     left_out: list[str] = field(default_factory=list)  # FIFOs, sockets, devices, links to folders held already
     ignored: int = 0  # items left out by the upload's ignore patterns (a folder counts once, not its contents)
-    own: dict[tuple[int, int], str] = field(default_factory=dict)  # fedml-storage's folders, never uploaded
+    fedml_own: dict[tuple[int, int], str] = field(default_factory=dict)  # fedml-storage's files and folders
 
 
 def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
@@ -167,15 +167,16 @@ def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
 def scan_tree(root: Path, ignore: IgnoreRules | None = None, own: Iterable[Path] = ()) -> Tree:
     """Files and folders under `root`, links followed, without those `ignore` matches. Every folder is read
     once: a link to a folder the upload already holds (`latest -> run-7`, a link back up, two links to one place)
-    is left out, like FIFOs, sockets and devices. So links can neither loop nor multiply the tree. The folders
-    `own` (fedml-storage's: its config file with a saved key, its caches, a LOCAL store) are left out too."""
+    is left out, like FIFOs, sockets and devices. So links can neither loop nor multiply the tree. The files and
+    folders `own` (fedml-storage's: its config file with a saved key, its caches, a LOCAL store) are left out
+    too."""
     top = str(root)
     tree = Tree(Entries(top))
     try:
         seen = {_folder_id(os.stat(root))}
-        for folder in own:  # as if held already, with a warning when one is found
+        for path in own:  # by device and inode: also when reached through a link
             with contextlib.suppress(OSError):
-                tree.own[_folder_id(os.stat(folder))] = str(folder)
+                tree.fedml_own[_folder_id(os.stat(path))] = str(path)
         links: list[tuple[str, str, os.stat_result]] = []
         leaves_out = ignore.in_folder(top) if ignore is not None else None
         _walk(top, "", tree, seen, links, leaves_out)
@@ -191,17 +192,24 @@ def scan_tree(root: Path, ignore: IgnoreRules | None = None, own: Iterable[Path]
     return tree
 
 
-def _folder_id(st: os.stat_result) -> tuple[int, int]:
+def _folder_id(st: os.stat_result) -> tuple[int, int]:  # a file's too
     return st.st_dev, st.st_ino
+
+
+def _is_own(rel: str, path: str, st: os.stat_result, tree: Tree) -> bool:
+    """Whether this is one of fedml-storage's own files or folders (it is then left out, with a warning)."""
+    if (own := tree.fedml_own.get(_folder_id(st))) is None:
+        return False
+    log.warning("leaving out %s: it is fedml-storage's own%s (settings that may hold a key, caches or a LOCAL "
+                "store)", path, "" if own == path else f", {own}")
+    tree.left_out.append(rel)
+    return True
 
 
 def _held(rel: str, path: str, st: os.stat_result, tree: Tree, seen: set[tuple[int, int]], why: str) -> bool:
     """Whether the tree holds this folder already (it is left out, saying `why`), or it is fedml-storage's own;
     if neither, it is added."""
-    if (own := tree.own.get(_folder_id(st))) is not None:
-        log.warning("leaving out %s: it is fedml-storage's own folder %s (settings, caches or a LOCAL store)", path,
-                    own)
-        tree.left_out.append(rel)
+    if _is_own(rel, path, st, tree):
         return True
     if _folder_id(st) in seen:
         log.info("leaving out %s: %s", path, why)
@@ -217,6 +225,7 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
     """Read `folder` and the real folders below it, depth first in name order, as a recursion would (without
     one: Python's stack would limit the depth); links to folders are put in `links` for later."""
     root = tree.entries.root
+    own = tree.fedml_own
     stack = [(_listing(folder, prefix), _joinable(folder), prefix)]
     while stack:
         items, base, prefix = stack[-1]
@@ -235,6 +244,8 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
                     stack.append((_listing(path, rel + "/"), _joinable(path), rel + "/"))
                     break  # into it; this folder's other items come after
             elif stat.S_ISREG(st.st_mode):
+                if own and _is_own(rel, path, st, tree):
+                    continue
                 tree.entries.append(Entry(rel, root, False, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
                                           st.st_mode))
             else:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
-from .config import StorageSettings, storage_home
+from .config import StorageSettings, config_path, storage_home
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .ignores import check_ignore_patterns
@@ -76,18 +76,30 @@ def _source(data_path: object) -> Path:
         raise InvalidInput(f"data_path {str(src)!r} does not exist; check the path")
     if not (src.is_file() or src.is_dir()):
         raise InvalidInput(f"data_path {str(src)!r} is neither a regular file nor a directory")
-    home = storage_home().resolve()
-    if src.resolve() == home or home in src.resolve().parents:
-        raise InvalidInput(f"data_path {str(src)!r} is in fedml-storage's own folder {str(home)!r} (its config file "
-                           "may hold your key; its caches and LOCAL store are no data to upload); upload data from "
-                           "elsewhere")
     return src
+
+
+def _own_paths(settings: StorageSettings) -> tuple[Path, ...]:
+    """fedml-storage's own files and folders: never uploaded (the config file may hold the key)."""
+    home, config = storage_home(), config_path()
+    return home, config, config.parent / ".config.lock", home / "cache", settings.store_root, settings.partials_folder
+
+
+def _check_not_own(src: Path, own: tuple[Path, ...]) -> None:
+    inner = [path.resolve() for path in own[1:]]  # not the home itself: it may be a broad folder of the user's
+    where = src.resolve()
+    if any(where == path or path in where.parents for path in inner):
+        raise InvalidInput(f"data_path {str(src)!r} is fedml-storage's own (its config file, which may hold your key, "
+                           "its caches, its LOCAL store or kept partial downloads), not data to upload; upload data "
+                           "from elsewhere")
 
 
 def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cache: DigestCache) -> UploadResult:
     """Publish `req.data_path` under its stored name; nothing is sent when the content is unchanged."""
     started = time.monotonic()
     src = _source(req.data_path)
+    own = _own_paths(settings)
+    _check_not_own(src, own)
     name = stored_name(src, req.name)
     description = check_description(req.description)
     metadata = check_metadata(req.metadata)
@@ -101,7 +113,6 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     tree = None
     try:
         reading = _submit(pool, _read_stored, catalog, name)  # round trips, overlapped with scanning the tree
-        own = (storage_home(), settings.store_root, settings.partials_folder)
         tree = None if src.is_file() else scan_tree(src, ignore, own)
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "

@@ -142,8 +142,8 @@ def test_a_file_replaced_by_a_pipe_during_the_upload_fails_it_instead_of_waiting
     assert store.client().list().data == []
 
 
-def test_fedml_storages_own_folders_are_never_uploaded(isolated_home: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_fedml_storages_own_files_and_folders_are_never_uploaded(isolated_home: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     from fedml_storage import StorageClient
     from fedml_storage.api import fedml_login
     from tests.conftest import TEST_API_KEY
@@ -153,21 +153,40 @@ def test_fedml_storages_own_folders_are_never_uploaded(isolated_home: Path, tmp_
     (src / "data.csv").write_text("a,b\n")
     monkeypatch.setenv("FEDML_STORAGE_HOME", str(src / ".fedml-storage"))  # e.g. uploading ~ itself
     assert fedml_login(TEST_API_KEY).ok  # a config file holding the key, inside the folder
+    (src / "settings.json").symlink_to(src / ".fedml-storage" / "config.json")  # and a link to it
     client = StorageClient(service="LOCAL", local_root=str(src / "store"))  # and the store the upload goes to
     first = client.upload(str(src))
     assert first.ok, first.message
-    assert first.data.left_out == [".fedml-storage", "store"] and "fedml-storage's own folder" in first.message
-    assert "fedml-storage's own folder" in caplog.text
+    assert first.data.left_out == [".fedml-storage", "settings.json", "store"]
+    assert "fedml-storage's own folder" in first.message and "fedml-storage's own" in caplog.text
     again = client.upload(str(src))  # the store grew by the first upload: no part of the data
     assert again.ok and again.data.skipped
     down = client.download("project", tmp_path / "out")
     assert tree_bytes(Path(down.data)) == {"data.csv": b"a,b\n"}
-    for inside in (src / ".fedml-storage", src / ".fedml-storage" / "config.json"):
+    for inside in (src / ".fedml-storage" / "config.json", src / ".fedml-storage" / "cache", src / "store"):
         refused = client.upload(str(inside))
         assert refused.code == ResponseCode.FAILURE and refused.reason == "invalid_input"
-        assert "fedml-storage's own folder" in refused.message and "may hold your key" in refused.message
+        assert "is fedml-storage's own" in refused.message and "may hold your key" in refused.message
     assert [m.dataName for m in client.list().data] == ["project"]
 
+
+def test_a_home_set_to_a_project_folder_still_uploads_its_data(isolated_home: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage import StorageClient
+    from fedml_storage.api import fedml_login
+    from tests.conftest import TEST_API_KEY
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "rows.csv").write_text("1\n")
+    monkeypatch.setenv("FEDML_STORAGE_HOME", str(project))  # config, cache and store live in the project
+    assert fedml_login(TEST_API_KEY).ok
+    client = StorageClient(service="LOCAL")
+    assert client.upload(str(project / "data")).ok  # the user's data beside them
+    whole = client.upload(str(project))
+    assert whole.ok and sorted(whole.data.left_out) == [".config.lock", "cache", "config.json", "store"]
+    down = Path(client.download("project", tmp_path / "out").data)
+    assert tree_bytes(down) == {"data": None, "data/rows.csv": b"1\n"}
 
 def test_a_file_that_cannot_be_read_says_what_to_do(store: Store, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
