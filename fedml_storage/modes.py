@@ -42,6 +42,8 @@ def open_plain(path: str | Path) -> BinaryIO:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidInput(f"{path} is no longer a plain file (it was replaced while being uploaded); nothing "
                                "was published, upload it again")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)  # a file system that honours it for files (FUSE) must not return short reads
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

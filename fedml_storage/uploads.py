@@ -219,6 +219,18 @@ def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | No
     return found, False, None
 
 
+def _changed(src: Path, st: os.stat_result) -> bool:
+    """Whether the file at `src` is no longer the one `st` describes (written, replaced, removed)."""
+    try:
+        return not same_file_state(os.stat(src), st)
+    except OSError:
+        return True
+
+
+def _changed_error(src: Path) -> InvalidInput:
+    return InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
+
+
 def _content(record: VersionRecord) -> tuple[str, str | None, str | None]:
     """What a version holds, as far as a download gives it back."""
     return record.content_digest, record.modes, record.folder_modes
@@ -259,14 +271,16 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
             hashing = _submit(pool, sha256_file, src, stop) if digest is None else None
             try:
                 catalog.store.put_file(key, src, advance)
-            except BaseException:
+            except BaseException as exc:
                 stop.set()  # no use for the digest now: Ctrl-C need not wait for the rest of the file to be read
                 catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
+                if isinstance(exc, Exception) and _changed(src, st):  # the cause, whatever the transfer made of it
+                    raise _changed_error(src) from None
                 raise
             digest = hashing.result() if hashing else digest
-    if not same_file_state(src.stat(), st):
+    if _changed(src, st):
         catalog.drop_data([key])
-        raise InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
+        raise _changed_error(src)
     cache.store([(path, st, digest)])
     return _record(key, version, "file", st.st_size, digest, digest, st.st_size, 1), key
 

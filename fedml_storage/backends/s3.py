@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,11 @@ import botocore.exceptions
 from s3transfer.futures import TransferFuture
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
+from s3transfer.utils import OSUtils, ReadFileChunk
 
 from ..config import StorageSettings
 from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
+from ..modes import open_plain
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
 from .responses import register as check_responses
@@ -27,6 +30,19 @@ log = logging.getLogger("fedml_storage")
 IO_CHUNK = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 
+
+
+class _PlainFiles(OSUtils):
+    """s3transfer's file access, opening only plain files: one replaced by a FIFO during the upload fails it
+    instead of waiting for a writer for ever."""
+
+    def open_file_chunk_reader(self, filename, start_byte, size, callbacks):
+        f = open_plain(filename)
+        f.seek(start_byte)
+        return ReadFileChunk(f, size, os.fstat(f.fileno()).st_size, callbacks, enable_callbacks=False)
+
+    def open(self, filename, mode):
+        return open_plain(filename) if mode == "rb" else super().open(filename, mode)
 
 class _Progress(BaseSubscriber):
     def __init__(self, progress: Progress) -> None:
@@ -66,7 +82,7 @@ class S3Store(ObjectStore):
 
     def _manager(self) -> TransferManager:
         if self._transfers is None:
-            self._transfers = TransferManager(self._client, self._upload_config)
+            self._transfers = TransferManager(self._client, self._upload_config, osutil=_PlainFiles())
         return self._transfers
 
     def uri(self, key: str) -> str:

@@ -108,11 +108,24 @@ def test_trees_as_deep_as_packed_round_trip_and_deeper_ones_are_refused(store: S
     assert client.get_metadata("deeper").code == ResponseCode.FAILURE  # nothing stored under that name
 
 
+def _upload_meeting_a_pipe(store: Store, src: Path, pipe: Path) -> object:
+    """The upload of `src`, which meets `pipe` where a file was; fails the test if it waits on the pipe."""
+    import threading
+
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(store.client().upload(str(src))), daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # stuck opening the pipe: a writer releases it
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(60)
+        pytest.fail("the upload waited on a pipe")
+    return result[0]
+
+
 def test_a_file_replaced_by_a_pipe_during_the_upload_fails_it_instead_of_waiting(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     from fedml_storage import uploads
 
     src = tmp_path / "ds"
@@ -128,19 +141,29 @@ def test_a_file_replaced_by_a_pipe_during_the_upload_fails_it_instead_of_waiting
         return found
 
     monkeypatch.setattr(uploads, "tree_fingerprints", then_swap)
-    result: list = []
-    worker = threading.Thread(target=lambda: result.append(store.client().upload(str(src))), daemon=True)
-    worker.start()
-    worker.join(60)
-    if worker.is_alive():  # stuck opening the pipe: a writer releases it
-        os.close(os.open(src / "b.txt", os.O_WRONLY | os.O_NONBLOCK))
-        worker.join(60)
-        pytest.fail("the upload waited on a pipe")
-    [response] = result
+    response = _upload_meeting_a_pipe(store, src, src / "b.txt")
     assert response.code == ResponseCode.FAILURE and "b.txt is no longer a plain file" in response.message
     assert "nothing was published" in response.message
     assert store.client().list().data == []
 
+
+def test_a_single_file_replaced_by_a_pipe_fails_its_s3_upload(s3_store: Store, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage.backends.s3 import S3Store
+
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"w" * 1000)
+    real = S3Store.put_file
+
+    def swap_then_send(self, key, path, progress=None):  # s3transfer opens the path itself
+        path.unlink()
+        os.mkfifo(path)
+        return real(self, key, path, progress)
+
+    monkeypatch.setattr(S3Store, "put_file", swap_then_send)
+    response = _upload_meeting_a_pipe(s3_store, src, src)
+    assert response.code == ResponseCode.FAILURE and "w.bin changed while it was being uploaded" in response.message
+    assert s3_store.keys() == []
 
 def test_fedml_storages_own_files_and_folders_are_never_uploaded(isolated_home: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch, caplog) -> None:
