@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from .backends.base import ObjectMissing, ObjectStore
-from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed
+from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
 
 log = logging.getLogger("fedml_storage")
 
@@ -272,7 +272,7 @@ class Catalog:
         for name, why in unreadable.items():
             log.warning("cleanup leaves the data of %r: %s", name, why)
         orphans = self._confirm_orphans([k for k in candidates if k not in referenced and not k.startswith(protected)])
-        orphans += [o.key for o in self.store.list(self.probe_prefix) if o.modified < cutoff]  # of killed checks
+        orphans += self._stale_probes(cutoff)
         failed = self.store.delete_many(orphans)
         removed = len(orphans) - len(failed)
         extra = 0
@@ -295,6 +295,16 @@ class Catalog:
                         len(failed), failed[0])
         return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": extra,
                 "objects_not_removed": len(failed)}
+
+    def _stale_probes(self, cutoff: float) -> list[str]:
+        """Probe objects (16 hex digits, as store_check names them) a killed store check left; none for a key that
+        may not list them."""
+        try:
+            return [o.key for o in self.store.list(self.probe_prefix)
+                    if o.modified < cutoff and re.fullmatch(r"[0-9a-f]{16}", o.key[len(self.probe_prefix):])]
+        except (StorageFailure, OSError) as exc:
+            log.debug("cleanup did not look for stale store-check probes: %s", exc)
+            return []
 
     def _ours(self, key: str) -> bool:
         """Whether a key under the data prefix has the shape of data_key(): anything else there is not ours."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .catalog import Catalog
-from .errors import PreconditionFailed, StorageFailure
+from .errors import AccessDenied, PreconditionFailed, StorageFailure
 
 _NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 
@@ -51,28 +51,28 @@ def check_store(catalog: Catalog) -> StoreCheck:
     """Try each feature on a fresh probe object; a store that refuses the first write (denied, no such bucket)
     raises, as any call would."""
     store = catalog.store
-    key = f"{catalog.probe_prefix}{secrets.token_hex(8)}"
+    key = f"{catalog.probe_prefix}{secrets.token_hex(8)}"  # the shape cleanup() looks for
     check = StoreCheck(store.service, store.uri(catalog.namespace))
-    found = check.findings.append
+    add = check.findings.append
     store.write_bytes(key, b"created", if_absent=True)
-    found(Finding("write", True, "wrote a new object"))
+    add(Finding("write", True, "wrote a new object"))
     try:
         data, _ = store.read_bytes(key)
-        found(Finding("read", True, "read it back") if data == b"created" else
+        add(Finding("read", True, "read it back") if data == b"created" else
               Finding("read", False, f"read back {len(data)} bytes that are not those just written"))
         listed = any(o.key == key for o in store.list(key))
-        found(Finding("list", listed, "listed it" if listed else
+        add(Finding("list", listed, "listed it" if listed else
                       "a listing did not show the object just written: list_storage_objects() and cleanup() would "
                       "miss what is stored (a listing that lags writes, or a key that may write but not list?)"))
-        found(_refused(
+        add(_refused(
             "If-None-Match", lambda: store.write_bytes(key, b"overwritten", if_absent=True),
             "overwrote an existing object despite If-None-Match: *: of two first uploads of one name at once both "
             "report success and one is lost; use a store that honours it, or let one writer at a time upload a name"))
-        found(_refused(
+        add(_refused(
             "If-Match on writes", lambda: store.write_bytes(key, b"overwritten", if_match=_NO_SUCH_ETAG),
             "overwrote an object despite an If-Match that did not hold: of two re-uploads of one name at once both "
             "report success and one is lost; use a store that honours it, or let one writer at a time upload a name"))
-        found(_refused(
+        add(_refused(
             "If-Match on deletes", lambda: store.delete(key, if_match=_NO_SUCH_ETAG),
             "deleted an object despite an If-Match that did not hold (MinIO does): a delete racing an upload of the "
             "same name can remove that upload (its data stays until cleanup())", kept=lambda: store.head(key)))
@@ -80,9 +80,11 @@ def check_store(catalog: Catalog) -> StoreCheck:
         with contextlib.suppress(Exception):  # what went wrong is the error to report; cleanup() removes the probe
             store.delete(key)
         raise
+    if store.head(key) is None:  # a store that ignored the condition deleted it: make it again to try deleting
+        store.write_bytes(key, b"created")
     store.delete(key)
     gone = store.head(key) is None
-    found(Finding("delete", gone, "deleted it" if gone else
+    add(Finding("delete", gone, "deleted it" if gone else
                   f"{key!r} is still there after a delete: delete() and cleanup() would leave data behind"))
     return check
 
@@ -94,6 +96,8 @@ def _refused(feature: str, attempt: Callable[[], object], ignored: str,
         attempt()
     except PreconditionFailed:
         return Finding(feature, True, "honoured")
+    except AccessDenied:  # the key's rights, not the store's features: the check fails saying so
+        raise
     except StorageFailure as exc:  # refused the header itself (501 NotImplemented): every such call fails
         return Finding(feature, False, str(exc))
     if kept is not None and kept():

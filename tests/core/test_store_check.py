@@ -83,3 +83,29 @@ def test_probes_a_killed_check_left_are_removed_by_cleanup(store: Store) -> None
         assert client.cleanup(3600).data["orphaned_objects_removed"] == 0
         assert client.cleanup(0).data["orphaned_objects_removed"] == 1
     assert store.keys() == []
+    store.write("default/probes/notes.txt", b"not a probe")  # not named as check_store names probes
+    assert client.cleanup(0).data["orphaned_objects_removed"] == 0 and store.keys() == ["default/probes/notes.txt"]
+
+
+def test_cleanup_goes_on_where_the_key_may_not_list_probes(store: Store, monkeypatch) -> None:
+    from fedml_storage.errors import AccessDenied
+
+    client = store.client()
+    assert client.cleanup(0).ok  # opens its store
+    real = client._store.list
+
+    def scoped(prefix: str):  # a key scoped to the data and manifests
+        if "/probes/" in prefix:
+            raise AccessDenied("access denied (AccessDenied)")
+        return real(prefix)
+
+    monkeypatch.setattr(client._store, "list", scoped)
+    assert client.cleanup(0).ok
+
+
+def test_a_key_that_may_not_delete_fails_the_check_as_denied(s3_store: Store, moto_proxy: CuttingProxy) -> None:
+    moto_proxy.answer(CONDITIONAL_DELETE, "403 Forbidden", "AccessDenied", "Access Denied", times=10)
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        response = client.check()
+    assert response.code == ResponseCode.FAILURE and response.reason == "access_denied", response.message
+    assert "If-Match" not in response.message  # the key's rights, not a missing store feature
