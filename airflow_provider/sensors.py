@@ -78,7 +78,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
             return self.poke(context)
         except (AirflowSensorTimeout, AirflowTaskTimeout, AirflowFailException) as exc:
             if self.soft_fail or self.never_fail:
-                raise AirflowSkipException(f"Skipping ({'soft' if self.soft_fail else 'never'}_fail): {exc}") from exc
+                raise self._skip(exc) from exc
             raise
         except AirflowSkipException:
             raise
@@ -90,12 +90,15 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
                 raise AirflowSkipException(f"Skipping (never_fail): {exc}") from exc
             raise
 
+    def _skip(self, why: object) -> AirflowSkipException:
+        """What soft_fail / never_fail make of a timeout or failure, as the poking loop says it."""
+        return AirflowSkipException(f"Skipping ({'soft' if self.soft_fail else 'never'}_fail): {why}")
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resumes after the trigger fired: what it saw (as poke's XCom), or fail with the trigger's message."""
         if event and event.get("status") == "timeout":  # as the poking loop times out
             if self.soft_fail or self.never_fail:
-                raise AirflowSkipException(f"Skipping ({'soft' if self.soft_fail else 'never'}_fail): "
-                                           f"{event['message']}")
+                raise self._skip(event["message"])
             raise AirflowSensorTimeout(event["message"])
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "the dataset trigger ended without an event")

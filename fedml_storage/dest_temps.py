@@ -10,7 +10,7 @@ is removed (copies are dropped by first renaming their folder to `<stem>.drop`, 
 part file is first made as `<stem>.new` and locked at once; one left unlocked is cleared after NEW_GRACE_SECONDS
 (a download locks it within microseconds of making it, so no live one is taken for dead). This assumes downloads
 into one folder run on one host (or on a filesystem whose flock locks span hosts); where no lock can be taken
-(Windows, NFS), a `.part` and its siblings wait a day untouched, a `.new` a minute.
+(Windows, NFS), a `.part` and its siblings wait a day untouched (a `.new`, which Windows never makes, a minute).
 """
 
 from __future__ import annotations

@@ -98,8 +98,8 @@ def local_os_error(exc: OSError) -> StorageFailure | TransientError | None:
         return AccessDenied(f"the local file system refused access{where}: {exc.strerror}; check its permissions "
                             "or choose another folder")
     if exc.errno == errno.EBUSY:
-        return InvalidInput(f"a local path is busy{where}: a mount point (a volume or a file mounted there) cannot be "
-                            "renamed, replaced or removed; choose another folder")
+        return InvalidInput(f"a local path is busy{where}: in use, or a mount point (a volume or a file mounted there), "
+                            "which cannot be renamed, replaced or removed; choose another folder")
     if exc.errno == errno.EFBIG:
         return InvalidInput(f"a file grew larger than this file system or the process's file-size limit (ulimit -f) "
                             f"allows{where}; choose another folder or raise the limit")

@@ -116,7 +116,7 @@ def check_store(service: str | None = None, api_key: str | None = None) -> FedML
 
 
 __all__ = [
-    "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "check_store", "cleanup", "config_path", "configure", "delete",
-    "download", "fedml_login", "get_storage_metadata", "get_storage_user_defined_metadata", "list_storage_objects",
-    "upload",
+    "FedMLResponse", "FedMLStorageError", "Reason", "ResponseCode", "check_store", "cleanup", "config_path",
+    "configure", "delete", "download", "fedml_login", "get_storage_metadata", "get_storage_user_defined_metadata",
+    "list_storage_objects", "upload",
 ]
