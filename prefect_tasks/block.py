@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
@@ -97,7 +99,8 @@ upload_data("data/mnist", storage=storage)
         name = self._block_document_name
         if self.api_key is None or not name or self._is_anonymous:
             return super().__reduce_ex__(protocol)
-        return _with_saved_key, (self.model_copy(update={"api_key": None}), name, _fingerprint(self.api_key))
+        salt = os.urandom(16)
+        return _with_saved_key, (self.model_copy(update={"api_key": None}), name, salt, _fingerprint(self.api_key, salt))
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
@@ -151,19 +154,20 @@ upload_data("data/mnist", storage=storage)
             return client.get_metadata(name).unwrap().to_dict()
 
 
-def _fingerprint(key: SecretStr | str | None) -> str | None:
-    """A digest telling whether two keys are the same, without holding either (a key assigned after the block
-    was made is a plain str: assignments are not validated)."""
+def _fingerprint(key: SecretStr | str | None, salt: bytes) -> bytes | None:
+    """A slow salted digest telling whether two keys are the same without holding either, and costly to guess a
+    weak key from (a key assigned after the block was made is a plain str: assignments are not validated)."""
     if key is None:
         return None
-    return hashlib.sha256((key.get_secret_value() if isinstance(key, SecretStr) else key).encode()).hexdigest()
+    value = key.get_secret_value() if isinstance(key, SecretStr) else key
+    return hashlib.pbkdf2_hmac("sha256", value.encode(), salt, 200_000)
 
 
-def _with_saved_key(block: FedMLStorage, name: str, fingerprint: str) -> FedMLStorage:
+def _with_saved_key(block: FedMLStorage, name: str, salt: bytes, fingerprint: bytes) -> FedMLStorage:
     """`block` with the api_key of the saved block `name`, which must be the key it was pickled with (see
     FedMLStorage.__reduce_ex__)."""
     key = type(block).load(name, _sync=True).api_key
-    if _fingerprint(key) != fingerprint:
+    if not hmac.compare_digest(_fingerprint(key, salt) or b"", fingerprint):
         raise ValueError(f"this FedMLStorage block's api_key is not the one saved as block {name!r} (changed after "
                          "loading, or the saved block changed since): save the block with its key, or pass the saved "
                          "block's name")
