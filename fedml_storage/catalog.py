@@ -38,6 +38,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_PROBE_NAME = re.compile(r"[0-9a-f]{16}")  # what new_probe_key puts after the probe prefix
 VERSION_ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{8}")  # what new_version_id makes
 
 
@@ -296,12 +297,16 @@ class Catalog:
         return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": extra,
                 "objects_not_removed": len(failed)}
 
+    def new_probe_key(self) -> str:
+        """A fresh key for a store check's probe object, of the shape cleanup() removes when left behind."""
+        return f"{self.probe_prefix}{secrets.token_hex(8)}"
+
     def _stale_probes(self, cutoff: float) -> list[str]:
-        """Probe objects (16 hex digits, as store_check names them) a killed store check left; none for a key that
-        may not list them."""
+        """Probe objects (named by new_probe_key) a killed store check left; none for a key that may not list
+        them."""
         try:
             return [o.key for o in self.store.list(self.probe_prefix)
-                    if o.modified < cutoff and re.fullmatch(r"[0-9a-f]{16}", o.key[len(self.probe_prefix):])]
+                    if o.modified < cutoff and _PROBE_NAME.fullmatch(o.key[len(self.probe_prefix):])]
         except (StorageFailure, OSError) as exc:
             log.debug("cleanup did not look for stale store-check probes: %s", exc)
             return []

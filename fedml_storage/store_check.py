@@ -5,7 +5,6 @@ object under the catalog's probe prefix, removed after; one a killed check left 
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -51,7 +50,7 @@ def check_store(catalog: Catalog) -> StoreCheck:
     """Try each feature on a fresh probe object; a store that refuses the first write (denied, no such bucket)
     raises, as any call would."""
     store = catalog.store
-    key = f"{catalog.probe_prefix}{secrets.token_hex(8)}"  # the shape cleanup() looks for
+    key = catalog.new_probe_key()
     check = StoreCheck(store.service, store.uri(catalog.namespace))
     add = check.findings.append
     store.write_bytes(key, b"created", if_absent=True)
