@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from prefect.exceptions import ObjectNotFound
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
 
@@ -81,6 +83,8 @@ upload_data("data/mnist", storage=storage)
     compression: Literal["stored", "deflated"] | None = Field(None, **_core("compression"))
     checksum_calculation: Literal["auto", "when_required", "when_supported"] | None = Field(
         None, **_core("checksum_calculation"))
+    # (saved block name, salt, key digest) of an api_key not yet read back after unpickling (see __reduce_ex__)
+    _saved_key: tuple[str, bytes, bytes] | None = PrivateAttr(None)
 
     @field_validator("service", mode="before")
     @classmethod
@@ -96,18 +100,43 @@ upload_data("data/mnist", storage=storage)
         """A saved block's api_key is pickled as a reference to the saved block (Prefect writes a background task's
         arguments, `.delay()`, to result storage): unpickling reads it from there, with the other fields as they
         were."""
-        name = self._block_document_name
-        if self.api_key is None or not name or self._is_anonymous:
-            return super().__reduce_ex__(protocol)
-        salt = os.urandom(16)
-        return _with_saved_key, (self.model_copy(update={"api_key": None}), name, salt, _fingerprint(self.api_key, salt))
+        name, reference = self._block_document_name, self._saved_key
+        if reference is None or self.api_key is not None:
+            if self.api_key is None or not name or self._is_anonymous:
+                return super().__reduce_ex__(protocol)
+            salt = os.urandom(16)
+            reference = (name, salt, _fingerprint(self.api_key, salt))
+        keyless = self.model_copy(update={"api_key": None})
+        keyless._saved_key = None  # pickled the usual way, holding no key
+        return _with_saved_key, (keyless, *reference)  # (unpickled, not read back yet: the same reference again)
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
+        self._read_saved_key()
         values = {k: getattr(self, k) for k in PLAIN_SETTINGS if k in type(self).model_fields}
         if self.api_key is not None:
             values["api_key"] = self.api_key.get_secret_value()
         return {k: v for k, v in values.items() if not is_unset(v)}
+
+    def _read_saved_key(self) -> None:
+        """Read back an unpickled block's api_key from its saved block; ValueError if gone or not the same key."""
+        if self._saved_key is None or self.api_key is not None:  # a key assigned since unpickling wins
+            self._saved_key = None
+            return
+        name, salt, fingerprint = self._saved_key
+        try:
+            key = type(self).load(name, _sync=True).api_key
+        except ValueError as gone:
+            if not isinstance(gone.__cause__, ObjectNotFound):
+                raise
+            raise ValueError(f"this FedMLStorage block's api_key is read from the saved block {name!r} (it is never "
+                             f"pickled), which cannot be found: {gone}. Save the block again under that name, or "
+                             "load the block inside the task") from None
+        if not hmac.compare_digest(_fingerprint(key, salt) or b"", fingerprint):
+            raise ValueError(f"this FedMLStorage block's api_key is not the one saved as block {name!r} (changed "
+                             "after loading, or the saved block changed since): save the block with its key, or "
+                             "pass the saved block's name")
+        self.api_key, self._saved_key = key, None
 
     def client(self, **overrides: Any) -> StorageClient:
         """A core client for this store; close it (or use it in a `with` block) when done.
@@ -165,11 +194,10 @@ def _fingerprint(key: SecretStr | str | None, salt: bytes) -> bytes | None:
 
 def _with_saved_key(block: FedMLStorage, name: str, salt: bytes, fingerprint: bytes) -> FedMLStorage:
     """`block` with the api_key of the saved block `name`, which must be the key it was pickled with (see
-    FedMLStorage.__reduce_ex__)."""
-    key = type(block).load(name, _sync=True).api_key
-    if not hmac.compare_digest(_fingerprint(key, salt) or b"", fingerprint):
-        raise ValueError(f"this FedMLStorage block's api_key is not the one saved as block {name!r} (changed after "
-                         "loading, or the saved block changed since): save the block with its key, or pass the saved "
-                         "block's name")
-    block.api_key = key
+    FedMLStorage.__reduce_ex__). Where it cannot be read back now, the block is still made and says why when it is
+    used: a task worker that fails to unpickle a task's arguments leaves the run scheduled for ever, while a task
+    that fails is seen, and retried where that can help."""
+    block._saved_key = (name, salt, fingerprint)
+    with contextlib.suppress(Exception):
+        block._read_saved_key()
     return block

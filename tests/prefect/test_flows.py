@@ -167,8 +167,11 @@ def test_a_saved_block_pickles_without_its_secret(s3_settings: dict) -> None:
     unsaved = _s3_block(s3_settings)  # nowhere to read the key back from: pickled as it is
     assert cloudpickle.loads(cloudpickle.dumps(unsaved)).api_key.get_secret_value() == TEST_API_KEY
     loaded.api_key = "AKIAOTHERKEY00000000:another-secret-key"  # not what is saved: never swapped silently
+    other = cloudpickle.loads(cloudpickle.dumps(loaded))  # made all the same: a task worker that cannot unpickle
+    assert other.api_key is None                           # a task's arguments never starts (or fails) the run
     with pytest.raises(ValueError, match="not the one saved as block 'fedml-pickled-block'"):
-        cloudpickle.loads(cloudpickle.dumps(loaded))
+        other.list()
+    assert other.api_key is None and SECRET.encode() not in cloudpickle.dumps(other)  # still a reference
 
 
 def test_a_background_task_given_a_saved_block_stores_no_secret(s3_settings: dict, tmp_path: Path) -> None:
@@ -183,6 +186,35 @@ def test_a_background_task_given_a_saved_block_stores_no_secret(s3_settings: dic
     stored = sorted((Path(PREFECT_LOCAL_STORAGE_PATH.value()) / "parameters").iterdir(), key=lambda p: p.stat().st_mtime)
     pickled = base64.b64decode(json.loads(stored[-1].read_text())["result"])  # what a task worker will unpickle
     assert b"fedml-delayed-block" in pickled and SECRET.encode() not in pickled
+
+
+def test_a_background_task_whose_saved_block_is_gone_fails_saying_so(s3_settings: dict, tmp_path: Path) -> None:
+    """A task worker that cannot unpickle a `.delay()` task's arguments logs it and leaves the run scheduled for
+    ever; the block is unpickled all the same and the task fails, naming the block, where it uses it."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.task_worker import TaskWorker
+
+    _s3_block(s3_settings).save("fedml-gone-block", overwrite=True)
+    (tmp_path / "f.txt").write_text("x")
+    future = upload_data.delay(str(tmp_path / "f.txt"), name="never-stored", storage=FedMLStorage.load(
+        "fedml-gone-block"))
+    FedMLStorage.delete("fedml-gone-block")
+
+    async def run_it():
+        async with get_client() as client:
+            await TaskWorker(upload_data).execute_task_run(await client.read_task_run(future.task_run_id))
+            for _ in range(300):  # the final state reaches the server as an event, a moment later
+                run = await client.read_task_run(future.task_run_id)
+                if run.state.is_final():
+                    return run
+                await asyncio.sleep(0.1)
+            return run
+
+    run = asyncio.run(run_it())
+    assert run.state.type == StateType.FAILED, run.state
+    assert "saved block 'fedml-gone-block'" in run.state.message and "cannot be found" in run.state.message
+    assert run.run_count == 1  # not a failure a retry can mend
+    assert "never-stored" not in [m.dataName for m in StorageClient(**_s3_block(s3_settings).settings()).list().data]
 
 
 def test_block_registers_with_the_prefect_cli() -> None:
