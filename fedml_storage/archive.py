@@ -179,7 +179,7 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
         rel = m.name.rstrip("/")
         if m.is_dir():
             make(root, rel)
-            if (perm := stat.S_IMODE(m.mode) & 0o777 & ~umask_bits) and perm != usual:  # 0: a zip without modes
+            if _has_mode(m) and (perm := stat.S_IMODE(m.mode) & 0o777 & ~umask_bits) != usual:
                 folder_modes.append((f"{root}/{rel}", perm))
             continue
         parent = rel.rpartition("/")[0]
@@ -187,7 +187,7 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
             make(root, parent)
             last_parent = parent
         target = f"{root}/{rel}"
-        perm = (stat.S_IMODE(m.mode) & 0o777 or 0o666) & ~umask_bits  # as tar does: the uploader's modes, masked
+        perm = (stat.S_IMODE(m.mode) & 0o777 if _has_mode(m) else 0o666) & ~umask_bits  # as tar: the uploader's, masked
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), perm)
         except (FileExistsError, IsADirectoryError):
@@ -202,6 +202,11 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     for path, perm in reversed(folder_modes):  # inner folders first
         os.chmod(path, perm)
     return written
+
+
+def _has_mode(m: Member) -> bool:
+    """Whether a member carries a Unix mode (write_zip always stores the file type with it; other zips may not)."""
+    return stat.S_IFMT(m.mode) != 0
 
 
 def _check_member(m: Member, data_end: int) -> None:

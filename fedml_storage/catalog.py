@@ -58,6 +58,7 @@ class VersionRecord(BaseModel):
     content_digest: str  # of the source: file sha256 or tree digest
     modes: str | None = None  # a folder's file modes (trees.Fingerprints.modes); None for files and earlier records
     folder_modes: str | None = None  # and its folders' modes (trees.Fingerprints.folder_modes), the same way
+    top_mode: int | None = None  # a folder's own permission bits; None for files and earlier records
     source_size: int
     file_count: int
     created_at: str

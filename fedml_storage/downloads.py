@@ -90,7 +90,7 @@ def download(
             replaced = os.path.lexists(target)
             os.replace(part, target)
         else:
-            os.chmod(unpacked, 0o777 & ~umask())
+            os.chmod(unpacked, (0o777 if record.top_mode is None else record.top_mode) & ~umask())
             _check_target(target, record.kind)
             replaced = os.path.lexists(target)
             swap_in(unpacked, target, part.with_suffix(".old"))

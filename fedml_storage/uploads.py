@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -231,9 +232,9 @@ def _changed_error(src: Path) -> InvalidInput:
     return InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
 
 
-def _content(record: VersionRecord) -> tuple[str, str | None, str | None]:
+def _content(record: VersionRecord) -> tuple[str, str | None, str | None, int | None]:
     """What a version holds, as far as a download gives it back."""
-    return record.content_digest, record.modes, record.folder_modes
+    return record.content_digest, record.modes, record.folder_modes, record.top_mode
 
 
 def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
@@ -247,10 +248,11 @@ def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
 
 
 def _record(data_key: str, version: str, kind: str, size: int, sha256: str, digest: str, source_size: int,
-            count: int, modes: str | None = None, folder_modes: str | None = None) -> VersionRecord:
+            count: int, modes: str | None = None, folder_modes: str | None = None,
+            top_mode: int | None = None) -> VersionRecord:
     return VersionRecord(version=version, key=data_key, kind=kind, size=size, sha256=sha256, content_digest=digest,
-                         modes=modes, folder_modes=folder_modes, source_size=source_size, file_count=count,
-                         created_at=utc_now())
+                         modes=modes, folder_modes=folder_modes, top_mode=top_mode, source_size=source_size,
+                         file_count=count, created_at=utc_now())
 
 
 def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
@@ -288,11 +290,13 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
 def _directory(src, entries: Entries, name, settings, catalog, cache, current, req, desc
                ) -> tuple[VersionRecord, str | None]:
     fingerprint, modes, folder_modes = tree_fingerprints(entries)
+    top_mode = stat.S_IMODE(src.stat().st_mode) & 0o777
     same_shape = (
         current is not None and current.kind == "directory"
         and current.file_count == entries.files and current.source_size == entries.size
         # a mode change alone is a new version (None: stored before such modes were recorded)
         and current.modes in (None, modes) and current.folder_modes in (None, folder_modes)
+        and current.top_mode in (None, top_mode)
     )
     if same_shape and cache.lookup_tree(str(src), fingerprint) == current.content_digest:
         return current, None  # nothing in the tree changed since it was last digested
@@ -338,7 +342,7 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
     digest = recorder.tree.hexdigest()
     cache.store_tree(str(src), fingerprint, digest, entries.newest)
     record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, entries.size,
-                     entries.files, modes, folder_modes)
+                     entries.files, modes, folder_modes, top_mode)
     return record, key
 
 

@@ -40,6 +40,7 @@ def test_a_folder_stored_before_modes_were_recorded_stays_unchanged(store: Store
     key = "default/manifests/legacy.json"
     manifest = json.loads(store.read(key))
     assert manifest["versions"][0].pop("modes") and manifest["versions"][0].pop("folder_modes")  # as earlier
+    assert manifest["versions"][0].pop("top_mode") is not None
     store.write(key, json.dumps(manifest).encode())
     again = client.upload(src).data
     assert again.skipped and again.version == first.version  # no upload of every folder after the upgrade
@@ -108,6 +109,39 @@ def test_folder_modes_come_back_so_a_private_folder_stays_private(store: Store, 
     assert (down / "private").stat().st_mode & 0o777 == _masked(0o755)
     (src / "readonly").chmod(0o755)  # so that pytest can remove it
     (down / "readonly").chmod(0o755)
+
+
+def test_the_folder_itself_keeps_its_mode_and_a_mode_of_nothing_stays_so(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "ds"
+    (src / "locked").mkdir(parents=True)
+    (src / "open.txt").write_text("readable by all, guarded by the folder")
+    (src / "open.txt").chmod(0o644)
+    (src / "locked" / "none.txt").write_text("no one's")
+    (src / "locked" / "none.txt").chmod(0o000)  # (root reads it all the same, as the upload here runs)
+    (src / "locked").chmod(0o000)
+    src.chmod(0o700)
+    client = store.client(keep_versions=2)
+    try:
+        first = client.upload(src).data
+        assert client.upload(src).data.skipped
+        dest = tmp_path / "out"
+        for _ in range(2):  # again: replacing such a copy
+            down = Path(client.download("ds", dest).data)
+            assert down.stat().st_mode & 0o777 == _masked(0o700)  # was 0755 whatever the folder's own mode
+            assert (down / "locked").stat().st_mode & 0o777 == 0  # was 0755: a mode of 0 was taken for none
+            assert (down / "locked" / "none.txt").stat().st_mode & 0o777 == 0
+            assert (down / "open.txt").read_text().startswith("readable")
+            (down / "locked").chmod(0o755)  # so that it can be checked, then replaced
+            assert (down / "locked" / "none.txt").read_text() == "no one's"
+        src.chmod(0o755)  # the folder's own mode alone: a new version
+        second = client.upload(src).data
+        assert not second.skipped and second.version != first.version
+        assert Path(client.download("ds", dest).data).stat().st_mode & 0o777 == _masked(0o755)
+        assert Path(client.download("ds", tmp_path / "old", version=first.version).data).stat().st_mode & 0o777 \
+            == _masked(0o700)
+    finally:
+        for path in (src / "locked", *(tmp_path.glob("*/ds/locked"))):  # so that pytest can remove them
+            path.chmod(0o755)
 
 
 _FAIL_AFTER_UNPACKING = """
