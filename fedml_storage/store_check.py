@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .catalog import Catalog
-from .errors import AccessDenied, PreconditionFailed, StorageFailure
+from .errors import AccessDenied, PreconditionFailed, StorageFailure, Unsupported
 
 _NO_SUCH_ETAG = '"00000000000000000000000000000000"'
 
@@ -53,7 +53,12 @@ def check_store(catalog: Catalog) -> StoreCheck:
     key = catalog.new_probe_key()
     check = StoreCheck(store.service, store.uri(catalog.namespace))
     add = check.findings.append
-    store.write_bytes(key, b"created", if_absent=True)
+    try:
+        store.write_bytes(key, b"created", if_absent=True)
+        create_refused = None
+    except Unsupported as exc:  # If-None-Match refused outright (501): the plain write is still worth trying
+        create_refused = Finding("If-None-Match", False, str(exc))
+        store.write_bytes(key, b"created")
     add(Finding("write", True, "wrote a new object"))
     try:
         data, _ = store.read_bytes(key)
@@ -63,7 +68,7 @@ def check_store(catalog: Catalog) -> StoreCheck:
         add(Finding("list", listed, "listed it" if listed else
                       "a listing did not show the object just written: list_storage_objects() and cleanup() would "
                       "miss what is stored (a listing that lags writes, or a key that may write but not list?)"))
-        add(_refused(
+        add(create_refused or _refused(
             "If-None-Match", lambda: store.write_bytes(key, b"overwritten", if_absent=True),
             "overwrote an existing object despite If-None-Match: *: of two first uploads of one name at once both "
             "report success and one is lost; use a store that honours it, or let one writer at a time upload a name"))

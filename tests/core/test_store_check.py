@@ -57,6 +57,19 @@ def test_a_store_refusing_conditional_deletes_fails_that_check_only(s3_store: St
     assert s3_store.keys() == []
 
 
+def test_a_store_refusing_conditional_writes_is_still_checked_for_the_rest(s3_store: Store,
+                                                                            moto_proxy: CuttingProxy) -> None:
+    moto_proxy.answer(rb"(?is)^PUT .*\r\nif-(none-)?match:", *NOT_IMPLEMENTED, times=10)
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        response = client.check()
+    assert response.code == ResponseCode.FAILURE and response.data is not None  # findings, not only the first error
+    verdicts = _verdicts(response)
+    assert [f for f, ok in verdicts.items() if not ok] == ["If-None-Match", "If-Match on writes"], verdicts
+    assert set(verdicts) == set(FEATURES)  # write, read, list, delete and conditional deletes tried all the same
+    assert "refused a conditional request" in response.message
+    assert s3_store.keys() == []
+
+
 def test_a_store_that_cannot_be_written_fails_with_the_reason(s3_store: Store) -> None:
     with s3_store.client(bucket="no-such-bucket") as client:
         response = client.check()
