@@ -80,17 +80,31 @@ def check_store(catalog: Catalog) -> StoreCheck:
             "If-Match on deletes", lambda: store.delete(key, if_match=_NO_SUCH_ETAG),
             "deleted an object despite an If-Match that did not hold (MinIO does): a delete racing an upload of the "
             "same name can remove that upload (its data stays until cleanup())", kept=lambda: store.head(key)))
+    except StorageFailure as exc:  # what went wrong is the error to report, saying whether the probe is left
+        try:
+            store.delete(key)
+        except Exception:
+            raise _probe_left(exc, key) from None
+        raise
     except BaseException:
-        with contextlib.suppress(Exception):  # what went wrong is the error to report; cleanup() removes the probe
+        with contextlib.suppress(Exception):  # cleanup() removes a probe left
             store.delete(key)
         raise
     if store.head(key) is None:  # a store that ignored the condition deleted it: make it again to try deleting
         store.write_bytes(key, b"created")
-    store.delete(key)
+    try:
+        store.delete(key)
+    except StorageFailure as exc:
+        raise _probe_left(exc, key) from None
     gone = store.head(key) is None
     add(Finding("delete", gone, "deleted it" if gone else
                   f"{key!r} is still there after a delete: delete() and cleanup() would leave data behind"))
     return check
+
+
+def _probe_left(exc: StorageFailure, key: str) -> StorageFailure:
+    return type(exc)(f"{exc}. The check's probe object {key!r} is left in the store: cleanup() with a key that may "
+                     "delete removes it", exc.reason)
 
 
 def _refused(feature: str, attempt: Callable[[], object], ignored: str,

@@ -122,3 +122,16 @@ def test_a_key_that_may_not_delete_fails_the_check_as_denied(s3_store: Store, mo
         response = client.check()
     assert response.code == ResponseCode.FAILURE and response.reason == "access_denied", response.message
     assert "If-Match" not in response.message  # the key's rights, not a missing store feature
+    assert "probe" not in response.message  # the plain delete removed it
+    assert s3_store.keys() == []
+
+
+def test_a_key_that_may_not_delete_at_all_is_told_where_the_probe_is(s3_store: Store,
+                                                                     moto_proxy: CuttingProxy) -> None:
+    moto_proxy.answer(rb"(?is)^DELETE ", "403 Forbidden", "AccessDenied", "Access Denied", times=10)
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        response = client.check()
+    assert response.code == ResponseCode.FAILURE and response.reason == "access_denied", response.message
+    [probe] = s3_store.keys()
+    assert f"probe object {probe!r} is left" in response.message and "cleanup()" in response.message
+    assert s3_store.client().cleanup(0).ok and s3_store.keys() == []  # what the message says
