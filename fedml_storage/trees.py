@@ -269,7 +269,8 @@ def _listing(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
         with os.scandir(folder) as it:
             return iter(sorted((item.name, item.is_symlink()) for item in it))
     except OSError as exc:
-        raise InvalidInput(f"cannot read {folder}: {exc.strerror}") from None
+        hint = f" (leave it out with ignore_patterns: '{prefix}')" if prefix else ""
+        raise InvalidInput(f"cannot read {folder}: {exc.strerror}; nothing was published{hint}") from None
 
 
 def _stat(path: str, rel: str) -> os.stat_result:

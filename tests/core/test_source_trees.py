@@ -211,6 +211,44 @@ def test_a_home_set_to_a_project_folder_still_uploads_its_data(isolated_home: Pa
     down = Path(client.download("project", tmp_path / "out").data)
     assert tree_bytes(down) == {"data": None, "data/rows.csv": b"1\n"}
 
+
+_UPLOAD_AS_NON_ROOT = """
+import json, sys
+from fedml_storage import StorageClient
+
+client = StorageClient(service="LOCAL", local_root=sys.argv[1])
+refused = client.upload(sys.argv[2])
+print(json.dumps([refused.reason, refused.message, client.list().data == [],
+                  client.upload(sys.argv[2], ignore_patterns=sys.argv[3]).ok]))
+"""
+
+
+def test_a_folder_that_cannot_be_read_says_what_to_do(tmp_path: Path) -> None:
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run without permission overrides")
+    src = tmp_path / "ds"
+    (src / "locked").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "locked").chmod(0o000)
+    try:
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
+               _UPLOAD_AS_NON_ROOT, str(tmp_path / "store"), str(src), "locked/"]
+        run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    finally:
+        (src / "locked").chmod(0o755)
+    assert run.returncode == 0, run.stderr
+    reason, message, nothing_stored, ignored_ok = json.loads(run.stdout)
+    assert reason == "invalid_input" and "cannot read" in message and "Permission denied" in message
+    assert "nothing was published" in message and "ignore_patterns: 'locked/'" in message
+    assert nothing_stored and ignored_ok  # what the message suggests works
+
+
 def test_a_file_that_cannot_be_read_says_what_to_do(store: Store, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from fedml_storage import archive
