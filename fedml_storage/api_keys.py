@@ -12,11 +12,15 @@ API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_
 
 def check_api_key(raw: Any) -> None:
     """Raise ValueError (never echoing the key) unless `raw` is written as an API key."""
+    if raw is None:
+        raise ValueError(f"no api_key given: pass the store's key pair, written {API_KEY_FORM}")
     if not isinstance(raw, str):
         raise ValueError(f"api_key must be a string written {API_KEY_FORM}")
     key = raw.strip()
     if len(key) > 1 and key[0] == key[-1] and key[0] in "'\"":
         raise ValueError("api_key is wrapped in quotes; give it without them")
+    if any(p.startswith("<") and p.endswith(">") or p.endswith("...") for p in key.split(":")):
+        raise ValueError("api_key is a placeholder from an example (<...> or ...); put in the store's own key pair")
     if _API_KEY_RE.match(key):
         key_id, secret = key.split(":")[:2]
         # (MinIO and Ceph key ids are the user's choice: a '/' or '+' there proves nothing)
@@ -25,9 +29,12 @@ def check_api_key(raw: Any) -> None:
                              f"access key id, AKIA... or ASIA...): write it {API_KEY_FORM}")
         return
     parts = key.split(":")
-    if len(parts) < 2 or len(parts) > 3:
-        said = "has no ':'" if len(parts) < 2 else f"has {len(parts)} parts separated by ':'"
-        raise ValueError(f"api_key {said}; write it {API_KEY_FORM}")
+    if len(parts) < 2:
+        raise ValueError(f"api_key has no ':'; write it {API_KEY_FORM}. A FedML platform API key is not a storage "
+                         "credential: use the store's key pair (for R2, an API token's Access Key ID and Secret "
+                         "Access Key)")
+    if len(parts) > 3:
+        raise ValueError(f"api_key has {len(parts)} parts separated by ':'; write it {API_KEY_FORM}")
     for part, what in zip(parts, ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN")):
         if not part:
             raise ValueError(f"the {what} part of api_key is empty; write it {API_KEY_FORM}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..client import StorageClient
 from ..api_keys import check_api_key
-from ..config import config_path, overridden_note, write_config_file
+from ..config import StorageSettings, config_path, overridden_note, write_config_file
 from ..errors import InvalidInput, to_response
 from ..response import FedMLResponse, ResponseCode
 from .fedml_response import FedMLStorageError, Reason
@@ -79,7 +79,7 @@ def fedml_login(api_key: str | None = None, service: str | None = None) -> FedML
         try:
             check_api_key(api_key)
         except ValueError as exc:
-            raise InvalidInput(f"{exc} (the pair an R2 or S3 token gives)") from None
+            raise InvalidInput(str(exc)) from None
         updates: dict[str, Any] = {"api_key": api_key.strip()}
         if service is not None:
             updates["service"] = service
@@ -97,7 +97,20 @@ def configure(**settings: Any) -> FedMLResponse:
         path = write_config_file(settings)
     except Exception as exc:
         return to_response(exc, "configure", [settings.get("api_key")])
-    return FedMLResponse(ResponseCode.SUCCESS, f"settings saved to {path}{overridden_note(settings)}", str(path))
+    return FedMLResponse(ResponseCode.SUCCESS, f"settings saved to {path}{overridden_note(settings)}"
+                         f"{unused_bucket_note()}", str(path))
+
+
+def unused_bucket_note() -> str:
+    """'; ...' when a bucket is configured while the default service is LOCAL, which uses none; else ''."""
+    try:
+        s = StorageSettings.resolve()
+    except Exception:  # a setting that does not validate is reported by the calls themselves
+        return ""
+    if s.service != "LOCAL" or not s.bucket:
+        return ""
+    return (f"; the default service is still LOCAL, which uses no bucket: calls without service= do not use "
+            f"{s.bucket!r}; pass service='R2' or 'S3', or make one the default (configure(service=...))")
 
 
 def cleanup(service: str | None = None, api_key: str | None = None,

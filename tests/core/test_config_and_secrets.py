@@ -164,6 +164,8 @@ def test_login_rejects_malformed_keys(key) -> None:
     ("AKIAKEYID0001::token", "SECRET_ACCESS_KEY part of api_key is empty"),
     ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET:AKIAIOSFODNN7EXAMPLE", "wrong way round"),  # pasted swapped
     ("wJalrXUtnFEMIK7MDENGbPxRfiCYSECRET:AKIAIOSFODNN7EXAMPLE", "wrong way round"),
+    ("0123456789abcdef0123456789abcdef", "A FedML platform API key is not a storage credential"),
+    ("AKIA...:wJalr...", "placeholder"), ("<ACCESS_KEY_ID>:<SECRET_ACCESS_KEY>", "placeholder"),
 ])
 def test_a_malformed_key_is_told_what_is_wrong_with_it_without_echoing_it(key: str, said: str) -> None:
     response = api.fedml_login(key)
@@ -173,6 +175,18 @@ def test_a_malformed_key_is_told_what_is_wrong_with_it_without_echoing_it(key: s
     assert not config_path().exists()
     swapped = StorageClient(service="S3", bucket="b", api_key=key).list()  # refused before any request is signed
     assert swapped.reason == "invalid_input" and said in swapped.message and "wJalr" not in swapped.message
+
+
+def test_configuring_a_bucket_beside_the_default_local_service_says_it_is_unused() -> None:
+    response = api.configure(bucket="ml-datasets")
+    assert response.ok and "still LOCAL, which uses no bucket" in response.message and "'ml-datasets'" in response.message
+    assert "still LOCAL" not in api.configure(service="S3").message
+
+
+def test_login_without_a_key_says_none_was_given() -> None:
+    response = api.fedml_login()
+    assert response.code == ResponseCode.FAILURE and "no api_key given" in response.message
+    assert not config_path().exists()
 
 
 @pytest.mark.parametrize("key", ["AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "minioadmin:minioadmin",
