@@ -45,7 +45,16 @@ _CLI_ADVICE = {
     "pass api_key=...": "pass --api-key",
     "pass bucket= to StorageClient (or service='LOCAL' for the embedded store)": "pass --service LOCAL for the "
     "embedded store",
+    "calls without service=": "commands without --service",
+    "pass service='R2' or 'S3', or make one the default (configure(service=...))":
+        "pass --service R2 or S3, or make one the default (`fedml-storage --service S3 configure`)",
 }
+
+
+def _for_cli(message: str) -> str:
+    for python, command in _CLI_ADVICE.items():
+        message = message.replace(python, command)
+    return message
 
 
 EXIT_FAILURE, EXIT_RETRYABLE, EXIT_INTERRUPTED = 1, 75, 130  # 75: EX_TEMPFAIL (sysexits.h)
@@ -55,10 +64,7 @@ def _finish(response: FedMLResponse) -> Any:
     """Data on success; otherwise the message on stderr and exit code 1 (75 when trying again may help)."""
     if response.ok:
         return response.data
-    message = response.message
-    for python, command in _CLI_ADVICE.items():
-        message = message.replace(python, command)
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_for_cli(response.message)}", err=True)
     sys.exit(EXIT_RETRYABLE if response.retryable else EXIT_FAILURE)
 
 
@@ -121,6 +127,8 @@ def configure(obj: Ctx, as_json: bool, **fields: Any) -> None:
         _finish(api.configure(**updates))
         if not as_json:
             click.echo(f"saved {', '.join(sorted(updates))} to {config_path()}{overridden_note(updates)}")
+        if note := api.unused_bucket_note():
+            click.echo(f"warning: {_for_cli(note)}", err=True)
     settings = _finish(_settings(obj))
     if as_json:
         _emit(settings)
@@ -174,16 +182,21 @@ def download(obj: Ctx, name: str, dest: str | None, version: str | None, as_json
 @click.pass_obj
 def list_(obj: Ctx, as_json: bool) -> None:
     """List stored datasets."""
-    items = _finish(obj.client().list())
+    response = obj.client().list()
+    items = _finish(response)
     if as_json:
         _emit([m.to_dict() for m in items])
+        return
+    if not items:  # with why the list may be empty (a bucket configured beside the default LOCAL service)
+        hint = response.message.partition(";")[2]
+        click.echo("no datasets stored" + (_for_cli(f";{hint}") if hint else ""))
         return
     table = PrettyTable(["Name", "Size", "Files", "Description", "Tags", "Created", "Updated"], align="l")
     table.align["Size"] = table.align["Files"] = "r"
     for m in items:
         table.add_row([m.dataName, m.size, m.file_count, m.description, ", ".join(m.tag_list), m.createdAt,
                        m.updatedAt])
-    click.echo(table if items else "no datasets stored")
+    click.echo(table)
 
 
 @cli.command()
@@ -225,14 +238,19 @@ def user_metadata(obj: Ctx, name: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--missing-ok", is_flag=True, help="Succeed when the name is not stored (nothing to delete).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"name": ..., "deleted": true|false}.')
 @click.pass_obj
-def delete(obj: Ctx, name: str, yes: bool) -> None:
+def delete(obj: Ctx, name: str, yes: bool, missing_ok: bool, as_json: bool) -> None:
     """Delete a dataset (asks first unless --yes)."""
     if not yes and not click.confirm(f"Delete {name!r} and all its kept versions?", default=False):
         click.echo("aborted: nothing deleted", err=True)
         sys.exit(1)
-    _finish(obj.client().delete(name))
-    click.echo(f"deleted {name!r}")
+    deleted = _finish(obj.client().delete(name, missing_ok=missing_ok))
+    if as_json:
+        _emit({"name": name, "deleted": deleted})
+    else:
+        click.echo(f"deleted {name!r}" if deleted else f"nothing to delete: {name!r} is not stored")
 
 
 @cli.command()

@@ -60,6 +60,13 @@ def test_upload_list_metadata_download_delete(backend_env: dict, tmp_path: Path)
     gone = run("delete", "dataset", "--yes", env=backend_env)
     assert gone.returncode == 0 and "deleted 'dataset'" in gone.stdout
     assert run("list", env=backend_env).stdout.strip() == "no datasets stored"
+    again = run("delete", "dataset", "--yes", env=backend_env)  # a cron job's second run
+    assert again.returncode == 1 and "no data named 'dataset'" in again.stderr
+    tolerated = run("delete", "dataset", "--yes", "--missing-ok", "--json", env=backend_env)
+    assert tolerated.returncode == 0, tolerated.stderr
+    assert json.loads(tolerated.stdout) == {"name": "dataset", "deleted": False}
+    assert run("delete", "dataset", "--yes", "--missing-ok", env=backend_env).stdout.strip() == \
+        "nothing to delete: 'dataset' is not stored"
 
 
 def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
@@ -193,6 +200,22 @@ def test_configure_says_when_an_environment_variable_still_decides(tmp_path: Pat
     proc = run("--namespace", "team-a", "configure", env={"FEDML_STORAGE_NAMESPACE": "team-b"})
     assert proc.returncode == 0, proc.stderr
     assert "saved namespace" in proc.stdout and "FEDML_STORAGE_NAMESPACE, set in the environment" in proc.stdout
+
+
+def test_a_bucket_configured_beside_the_default_local_service_is_pointed_out(tmp_path: Path) -> None:
+    env = {"FEDML_STORAGE_HOME": str(tmp_path / "home")}
+    saved = run("configure", "--bucket", "datasets", env=env)
+    assert saved.returncode == 0 and "saved bucket" in saved.stdout
+    assert "the default service is still LOCAL, which uses no bucket" in saved.stderr
+    assert "`fedml-storage --service S3 configure`" in saved.stderr and "configure(service" not in saved.stderr
+    empty = run("list", env=env)
+    assert empty.returncode == 0 and empty.stdout.startswith("no datasets stored; commands without --service use")
+    assert "'datasets'" in empty.stdout and "pass --service R2 or S3" in empty.stdout
+    missing = run("metadata", "mnist", env=env)
+    assert missing.returncode == 1 and "pass --service R2 or S3" in missing.stderr and "service=" not in \
+        missing.stderr
+    chosen = run("--service", "S3", "configure", env=env)
+    assert chosen.returncode == 0 and "warning" not in chosen.stderr
 
 
 def test_check_prints_each_verdict_and_fails_on_a_store_that_ignores_conditions(s3_env: dict, moto_proxy) -> None:
