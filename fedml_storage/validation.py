@@ -42,7 +42,8 @@ def check_name(name: Any, *, new: bool = False) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InvalidInput("a data name must be a non-empty string")
     if name in (".", "..") or "/" in name or "\\" in name:
-        raise InvalidInput(f"invalid data name {name!r}: it must be a single name without '/', '\\\\', '.' or '..'")
+        raise InvalidInput(f"invalid data name {name!r}: it must be one name, without '/' or '\\\\', and not '.' or "
+                           "'..' (dots inside a name, as in 'weights.pt', are fine)")
     if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
         raise InvalidInput(f"invalid data name {name!r}: control characters and line breaks are not allowed")
     if name != name.strip():
