@@ -5,12 +5,14 @@
 
 moto runs in its own process; every measured operation runs in a fresh child process, so its peak RSS is
 its own. Times cover the operation only (imports and set-up excluded). Prints ratios against the baselines
-measured in the same run and the goals of issue 2; asserts nothing.
+measured in the same run and the project's speed goals (benchmarks/README.md); asserts nothing. Needs the
+`test` extra (moto's server): pip install -e ".[test]".
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import hashlib
 import json
 import os
@@ -180,7 +182,14 @@ def start_moto(tmp: Path) -> tuple[subprocess.Popen, str]:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(0.1)
+    else:
+        proc.kill()
+        sys.exit("moto's server did not start within 10 s")
+    if proc.poll() is not None:
+        sys.exit(f"moto's server exited at once (code {proc.returncode}): run it alone to see why")
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -218,6 +227,10 @@ def main() -> None:
         return
     if args.quick:
         args.size_mib, args.files = 128, 2000
+    if importlib.util.find_spec("moto") is None:
+        sys.exit('the benchmark runs a moto S3 server: install the test extra first, pip install -e ".[test]"')
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fedml-bench-", dir=args.work_dir or _default_work_dir(args.size_mib)))
     print(f"work folder: {work} (data, downloads and the digest cache; --work-dir to change)")
     server, endpoint = start_moto(work / "moto-tmp")
