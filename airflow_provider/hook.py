@@ -149,6 +149,13 @@ class FedMLStorageHook(BaseHook):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def location(self) -> str:
+        """Which store and namespace this connection reaches (see StorageClient.location)."""
+        try:
+            return self.get_client().location()
+        except FedMLStorageError as exc:
+            return raise_for(exc.response)
+
     @property
     def namespace(self) -> str:
         """The namespace this connection stores under."""

@@ -62,12 +62,14 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         done = self._first_poke(context)
         if done:
             return done.xcom_value
+        with FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace) as hook:
+            location = hook.location()  # the triggerer must check the same store
         self.defer(
             trigger=FedMLStorageDatasetTrigger(
                 **{k: getattr(self, k) for k in WAIT_FIELDS}, poke_interval=_seconds(self.poke_interval),
                 exponential_backoff=self.exponential_backoff,
                 max_wait=None if self.max_wait is None else _seconds(self.max_wait),
-                deadline=time.time() + _seconds(self.timeout)),
+                deadline=time.time() + _seconds(self.timeout), location=location),
             method_name="execute_complete",
             timeout=timedelta(seconds=_seconds(self.timeout)),
         )

@@ -48,20 +48,22 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                  version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
                  service: str | None = None, namespace: str | None = None, poke_interval: float = 60.0,
                  exponential_backoff: bool = False, max_wait: float | None = None,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, location: str | None = None) -> None:
         """`deadline`: when (seconds since the epoch) the sensor times out; the trigger then fires with
         status "timeout" itself, so that a run which does not enforce deferral timeouts (`airflow dags test`)
-        does not wait for ever."""
+        does not wait for ever. `location`: the store the sensor checked before deferring (StorageClient.location);
+        a triggerer whose connection or configuration reaches another fails instead of watching the wrong store."""
         super().__init__()
         self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, version, fedml_storage_conn_id,
                                            service, namespace)))
         self.pacing = {"poke_interval": poke_interval, "exponential_backoff": exponential_backoff,
                        "max_wait": max_wait}
         self.deadline = deadline
+        self.location = location
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {**self.wait, **self.pacing, "deadline": self.deadline})
+                {**self.wait, **self.pacing, "deadline": self.deadline, "location": self.location})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         w = self.wait
@@ -72,6 +74,20 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
         worker = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-trigger")
         check = sync_to_async(hook.readiness, thread_sensitive=False, executor=worker)
         try:
+            if self.location is not None:
+                try:
+                    here = await sync_to_async(hook.location, thread_sensitive=False, executor=worker)()
+                except Exception as exc:  # as a failed check: the task fails, retried where that can help
+                    retryable = not isinstance(exc, FedMLStorageException) or exc.retryable
+                    yield TriggerEvent({"status": "error", "name": w["name"], "retryable": retryable,
+                                        "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                if here != self.location:
+                    yield TriggerEvent({"status": "error", "name": w["name"], "message": (
+                        f"the triggerer reaches {here}, not {self.location}, the store the sensor checked before "
+                        f"deferring: give the triggerer the same Airflow connection {w['fedml_storage_conn_id']!r} "
+                        "(or FEDML_STORAGE_* settings) as the workers")})
+                    return
             checks = 0
             while True:
                 checks += 1

@@ -266,6 +266,15 @@ class StorageClient:
             return dataclasses.replace(failed, data=response.data)
         return response
 
+    def location(self) -> str:
+        """Which store and namespace this client reaches, without a secret (s3://bucket/namespace and the endpoint,
+        or a LOCAL folder's file:// URI); raises FedMLStorageError when the settings are invalid."""
+        s = self.settings
+        if s.service == "LOCAL":
+            return (s.store_root / s.namespace).as_uri()
+        endpoint = s.resolved_endpoint
+        return f"s3://{s.bucket}/{s.namespace}" + (f" at {endpoint}" if endpoint else f" on {s.service}")
+
     def asset_uri(self, data_name: str, *, iri: bool = False) -> str:
         """The lineage URI fedml://<namespace>/<name> (see `asset_uri`); raises FedMLStorageError when invalid."""
         response = self._run(

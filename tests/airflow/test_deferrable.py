@@ -230,3 +230,31 @@ def _checks_until_cancelled(trigger: FedMLStorageDatasetTrigger, monkeypatch: py
 
     asyncio.run(run())
     return checks
+
+
+def test_a_triggerer_that_reaches_another_store_fails_instead_of_watching_it(
+        s3_settings: dict, monkeypatch: pytest.MonkeyPatch, isolated_home: Path, tmp_path: Path) -> None:
+    """The connection on the workers but not in the triggerer: its hook fell back to fedml-storage's own
+    configuration (the triggerer's LOCAL store) and waited there, or fired on a copy that the workers never see."""
+    conn = {"conn_type": "fedml_storage", "password": TEST_API_KEY,
+            "extra": {k: s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}}
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(conn))
+    (tmp_path / "ds.txt").write_text("on LOCAL only")
+    StorageClient(service="LOCAL").upload(tmp_path / "ds.txt").unwrap()  # what the triggerer would have fired on
+    sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds.txt", deferrable=True, poke_interval=0.05)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute({})  # on S3 through the connection: not stored there yet
+    _, kwargs = deferred.value.trigger.serialize()
+    assert kwargs["location"] == f"s3://{s3_settings['bucket']}/default at {s3_settings['endpoint_url']}"
+    assert TEST_API_KEY.split(":")[1] not in json.dumps(kwargs)
+    same = FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs)))
+    with pytest.raises(TimeoutError):  # the same connection in the triggerer: it waits, as it should
+        asyncio.run(first_event(same, within=1))
+    monkeypatch.delenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT")  # the triggerer lacks it
+    event = asyncio.run(first_event(FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs))), within=30))
+    assert event["status"] == "error" and not event.get("retryable"), event
+    assert "the triggerer reaches file://" in event["message"] and kwargs["location"] in event["message"]
+    assert "'fedml_storage_default'" in event["message"]
+    with pytest.raises(Exception, match="the triggerer reaches") as failed:
+        sensor.execute_complete({}, event)
+    assert type(failed.value).__name__ == "FedMLStorageFailException"  # not retried: the deployment needs fixing
