@@ -40,6 +40,7 @@ class StorageClient:
         self._settings: StorageSettings | None = None
         self._store: ObjectStore | None = None
         self._lock = threading.Lock()
+        self._store_listed = False  # see ready()
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in self._overrides.items() if k != "api_key"}
@@ -221,8 +222,12 @@ class StorageClient:
             if metadata_key is not None and (not isinstance(metadata_key, str) or not metadata_key.strip()):
                 raise InvalidInput("metadata_key is empty (a template that rendered empty?): name the user-metadata key "
                                    "to wait for, or pass None to wait for the dataset alone")
-            found = self._catalog().read(name)  # one read: the name and its metadata from the same manifest
+            catalog = self._catalog()
+            found = catalog.read(name)  # one read: the name and its metadata from the same manifest
             if found is None:
+                if not self._store_listed:  # a web server or proxy at endpoint_url answers a key's GET with 404
+                    next(iter(catalog.store.list(catalog.manifest_key(name))), None)  # too: a listing tells
+                    self._store_listed = True
                 return Readiness(False, f"dataset {name!r} not stored yet")
             manifest = found[0]
             if version is not None:

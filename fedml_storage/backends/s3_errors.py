@@ -15,6 +15,7 @@ from .responses import IncompleteResponse, WebPage, malformed
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNSUPPORTED = {"NotImplemented", "501"}
+_NEVER_BARE_404 = {"ListObjectsV2", "PutObject", "CreateMultipartUpload"}  # a store's 404 there names its error
 _TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
 
 NOT_S3 = ("check that endpoint_url is the store's S3 API (for MinIO the API port, usually 9000, not the console's "
@@ -70,7 +71,9 @@ class translate:
             page = str(headers.get("content-type", "")).lower().startswith("text/html")
             generic = code in ("", str(status))  # what botocore makes of a body that is no S3 error (or of none)
             read = exc.operation_name in ("GetObject", "HeadObject")  # where a 404 is a missing key, as ever
-            if generic and isinstance(status, int) and (page or not code) and not (read and status == 404) \
+            # a listing or write answered 404 without a body: a store says NoSuchBucket (a sandbox's or a proxy's 404)
+            bare_404 = code == "404" and exc.operation_name in _NEVER_BARE_404
+            if generic and isinstance(status, int) and (page or not code or bare_404) and not (read and status == 404) \
                     and exc.operation_name != "HeadObject":  # (a HEAD has no body: its code is always generic)
                 self._not_s3(status)  # a web page, a proxy's answer
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:

@@ -20,13 +20,17 @@ CHECK = "check that endpoint_url is the store's S3 API (for MinIO the API port"
 @pytest.fixture
 def web_server() -> Iterator[tuple[dict, str]]:
     """A web server answering every request with `answer["status"]` and an HTML page (with an ETag if asked)."""
-    answer: dict = {"status": 200, "etag": False, "requests": 0}
+    answer: dict = {"status": 200, "etag": False, "requests": 0, "bare": False}
 
     class Page(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             answer["requests"] += 1
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(answer["status"])
+            if answer["bare"]:  # no body at all, as some proxies and sandboxes answer
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_header("Content-Type", "text/html; charset=utf-8")
             if answer["etag"]:
                 self.send_header("ETag", '"5f1-abc"')
@@ -110,3 +114,25 @@ def test_a_proxy_failing_with_a_page_may_pass_and_says_what_to_check_if_not(web_
         response = client.get_metadata("ds")
     assert response.code == ResponseCode.ERROR and response.retryable, response
     assert "502" in response.message and "if this persists" in response.message, response.message
+
+
+def test_an_endpoint_answering_bare_404s_is_named_and_never_waited_on(web_server: tuple[dict, str],
+                                                                      tmp_path: Path) -> None:
+    """A listing said "unexpected ObjectMissing, please report", an upload the same, and a sensor's check said
+    "not stored yet" until the sensor timed out."""
+    answer, endpoint = web_server
+    answer.update(status=404, bare=True)
+    with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=endpoint, bucket="b",
+                       region="us-east-1") as client:
+        calls = _calls(client, tmp_path)
+        for call in ("list", "upload"):
+            response = calls[call]()
+            assert response.code == ResponseCode.FAILURE and response.reason == "not_configured", (call, response)
+            assert CHECK in response.message and "HTTP 404" in response.message, (call, response.message)
+        waiting = client.ready("ds")
+        assert waiting.code == ResponseCode.FAILURE and waiting.reason == "not_configured", waiting
+        assert CHECK in waiting.message
+    answer.update(status=404, bare=False)  # a web server's 404 page: the same
+    with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=endpoint, bucket="b",
+                       region="us-east-1") as client:
+        assert client.ready("ds").reason == "not_configured"
