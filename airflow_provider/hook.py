@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -94,7 +95,7 @@ class FedMLStorageHook(BaseHook):
                 "does not use: remove them (in its URI or JSON; the form hides them), and put the endpoint in extra "
                 "endpoint_url (e.g. http://minio:9000) and the bucket in extra bucket", "invalid_input", False)
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
-        settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in conn.extra_dejson.items()
+        settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in self._extra(conn).items()
                     if not is_unset(v)}
         problem = unknown_settings(settings)
         if problem:
@@ -117,6 +118,23 @@ class FedMLStorageHook(BaseHook):
                     "invalid_input", False)
             settings["api_key"] = f"{conn.login}:{password}" if conn.login and ":" not in password else password
         return settings
+
+    def _extra(self, conn: Any) -> dict[str, Any]:
+        """The connection's extra as a dict; Airflow takes one that is not a JSON object for none (and logs it),
+        which would send the data to the worker's LOCAL store."""
+        raw = conn.extra
+        if raw is None or not str(raw).strip():
+            return {}
+        try:
+            extra = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            extra = None
+        if not isinstance(extra, dict):
+            raise FedMLStorageFailException(
+                f"Airflow connection {self.fedml_storage_conn_id!r} has an extra that is not a JSON object (written "
+                'as {"service": "S3", "bucket": "datasets"}, with double quotes); fix its extra', "invalid_input",
+                False)
+        return extra
 
     def get_client(self) -> StorageClient:
         """The core client for this connection (built once).

@@ -233,3 +233,18 @@ def test_a_uri_with_an_underscore_in_its_scheme_says_so(monkeypatch: pytest.Monk
     with pytest.raises(AirflowFailException, match="sets host, which fedml-storage does not use") as raised:
         FedMLStorageHook().settings_from_connection()
     assert "fedml-storage://" not in str(raised.value)
+
+
+@pytest.mark.parametrize("extra", ["{'service': 'S3', 'bucket': 'b'}", "[1, 2]", '"S3"'],
+                         ids=["python-repr", "json-list", "json-string"])
+def test_an_extra_that_is_not_a_json_object_fails_instead_of_storing_locally(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_home: Path, extra: str) -> None:
+    """Airflow took the Python-style dict for no extra (logged, and the upload 'succeeded' on the worker's LOCAL
+    store, the key unused); a JSON list raised AttributeError, which Airflow retried."""
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT",
+                       json.dumps({"conn_type": "fedml_storage", "password": TEST_API_KEY, "extra": extra}))
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(AirflowFailException, match="has an extra that is not a JSON object") as refused:
+        FedMLStorageHook().upload(str(tmp_path / "f.txt"))
+    assert refused.value.reason == "invalid_input" and SECRET not in str(refused.value)
+    assert not (isolated_home / "store").exists()
