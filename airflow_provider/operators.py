@@ -50,9 +50,10 @@ def _static_asset(name: object, namespace: str | None) -> list[Asset]:
     return [Asset(asset_uri(namespace, name))]
 
 
-def _rendered_patterns(value: Any) -> Any:
-    """ignore_patterns as given, or the list a template rendered as one line of JSON (`| tojson`). A list rendered
-    as Python's repr (['*.tmp', '.git']) would be one pattern that matches nothing: refused."""
+def _rendered_list(value: Any, field: str) -> Any:
+    """A list argument (ignore_patterns, tag_list) as given, or the list a template rendered as one line of JSON
+    (`| tojson`). A list rendered as Python's repr (['*.tmp', '.git']) would be one pattern that matches nothing, or
+    no list at all: refused."""
     if not isinstance(value, str) or "\n" in value.strip() or not value.strip().startswith("["):
         return value
     try:
@@ -63,9 +64,9 @@ def _rendered_patterns(value: Any) -> Any:
         return parsed
     if re.fullmatch(r"\s*\[\s*(['\"]).*\1\s*\]\s*", value):
         raise AirflowFailException(
-            f"ignore_patterns rendered as {value!r}, a Python list's repr, which would be read as one pattern: "
-            "render it with '| tojson', or set render_template_as_native_obj=True on the DAG")
-    return value  # a pattern that starts with a bracket expression, such as [Bb]uild/
+            f"{field} rendered as {value!r}, a Python list's repr, not a list: render it with '| tojson', or set "
+            "render_template_as_native_obj=True on the DAG")
+    return value  # a pattern that starts with a bracket expression, such as [Bb]uild/ (or a tag the core refuses)
 
 
 def _upload_alias(dag_id: str, task_id: str) -> AssetAlias:
@@ -134,13 +135,14 @@ class FedMLStorageUploadOperator(_StorageOperator):
                     "metadata must be a dict or a JSON object of strings; a template that renders a dict gives its "
                     "Python repr ({'k': 'v'}): render it with '| tojson', or set render_template_as_native_obj=True "
                     "on the DAG") from None
-        patterns = _rendered_patterns(self.ignore_patterns)
+        patterns = _rendered_list(self.ignore_patterns, "ignore_patterns")
+        tags = _rendered_list(self.tag_list, "tag_list")
         declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
         with self.hook() as hook:
             planned = planned_name(self.data_path, self.name)
             if declared and planned is not None:  # refuse before publishing rather than after
                 self._check_outlets(hook.asset_uri(planned), declared, published=False)
-            result = hook.upload(self.data_path, self.name, self.description, metadata, self.tag_list,
+            result = hook.upload(self.data_path, self.name, self.description, metadata, tags,
                                  ignore_patterns=patterns)
             uri = hook.asset_uri(result["name"])
             self._check_outlets(uri, declared, published=True)

@@ -158,6 +158,23 @@ def test_ignore_patterns_rendered_from_a_list(tmp_path: Path) -> None:
     assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["data"]  # 'other' never stored
 
 
+def test_tag_list_rendered_from_a_list(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.csv").write_text("a\n")
+    context = {"params": {"tags": ["images", "v2"]}}
+    as_json = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "data"),
+                                         tag_list="{{ params.tags | tojson }}")
+    as_json.render_template_fields(context)
+    as_json.execute(task_context())
+    assert StorageClient(service="LOCAL").get_metadata("data").data.tag_list == ["images", "v2"]
+    as_repr = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "data"), name="other",
+                                         tag_list="{{ params.tags }}")
+    as_repr.render_template_fields(context)
+    with pytest.raises(AirflowFailException, match=r"tag_list rendered as .*a Python list's repr.*'\| tojson'"):
+        as_repr.execute(task_context())
+    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["data"]  # 'other' never stored
+
+
 def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:
     sensor = FedMLStorageDatasetSensor(task_id="wait", name="ready", metadata_key="status", metadata_value="done",
                                        mode="reschedule", poke_interval=1)
