@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .abandon import Helpers
 from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings, config_path, storage_home
@@ -110,10 +111,11 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     if ignore is not None and src.is_file() and ignore.ignores(src.name, False):
         raise InvalidInput(f"ignore_patterns leave out {src.name!r}, the file given as data_path: nothing was "
                            "uploaded; check the patterns or the path")
-    pool = ThreadPoolExecutor(1)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-read")
+    helpers = Helpers()
     tree = None
     try:
-        reading = _submit(pool, _read_stored, catalog, name)  # round trips, overlapped with scanning the tree
+        reading = _submit(pool, helpers.job(_read_stored), catalog, name)  # round trips, overlapped with the scan
         tree = None if src.is_file() else scan_tree(src, ignore, own)
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
@@ -121,6 +123,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         found, intact, lost = reading.result()
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
+        helpers.give_up()
         pool.shutdown(wait=False, cancel_futures=True)
         if tree is not None:
             tree.entries.close()

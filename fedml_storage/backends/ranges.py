@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import BinaryIO
 
+from ..abandon import Helpers
 from ..errors import StorageFailure, TransientError
 from .base import Progress, Sink
 
@@ -152,8 +153,9 @@ def fetch_ranges(
         raise TransientError(f"a ranged read kept ending early ({pos - lo} of {hi - lo} bytes)")
 
     in_order = hasattr(os, "pread")  # else (Windows) the whole file is hashed at the end
+    helpers = Helpers()
     with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
-        parts = [(lo, pool.submit(fetch, lo)) for lo in range(start, size, part)]
+        parts = [(lo, pool.submit(helpers.job(fetch), lo)) for lo in range(start, size, part)]
         pending = {future for _, future in parts}
         hashed = 0  # parts hashed, in order, while later ones still download
         try:
@@ -170,6 +172,7 @@ def fetch_ranges(
             stop.set()  # parts in flight stop at their next chunk; queued ones never start
             for _, future in parts:
                 future.cancel()
+            helpers.give_up()  # requests in flight are not sent again either
             raise
     if not in_order:
         sink.rehash()

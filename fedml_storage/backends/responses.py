@@ -15,6 +15,8 @@ from typing import Any
 import botocore.exceptions
 import botocore.handlers
 
+from ..abandon import Abandoned, abandoned
+
 log = logging.getLogger("fedml_storage")
 
 
@@ -63,7 +65,13 @@ def register(client: Any, max_attempts: int) -> None:
             raise IncompleteResponse(f"the answer to {model.name} came without {missing}, {max_attempts} times: it was "
                                      "cut short in transit")
 
+    def stop_if_abandoned(response: Any = None, caught_exception: Any = None, **_: Any) -> None:
+        failed = caught_exception is not None or response is not None and response[0].status_code >= 400
+        if failed and abandoned():
+            raise Abandoned("not asked again: the caller gave up waiting for this request")
+
     client.meta.events.register_first("needs-retry.s3", retry)
+    client.meta.events.register_first("needs-retry.s3", stop_if_abandoned)
     client.meta.events.register("needs-retry.s3", warn_of_silence)
     # first of all, before botocore takes an unparsable 200 for a server error and retries it as one
     handle_200 = getattr(botocore.handlers, "_handle_200_error", None)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from fedml_storage import ResponseCode, StorageClient
 from tests.conftest import TEST_API_KEY
+
+
+_HELD: dict[str, list[socket.socket]] = {}  # the connections each silent endpoint took
 
 
 @pytest.fixture
@@ -26,7 +30,9 @@ def silent_endpoint() -> Iterator[str]:
                 return
 
     threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    _HELD[endpoint] = held
+    yield endpoint
     server.close()
     for conn in held:
         conn.close()
@@ -42,3 +48,61 @@ def test_a_store_that_never_answers_is_reported_at_each_attempt(silent_endpoint:
     # attempts 1 and 2; the 3rd is the error
     assert [m.split(" (")[0] for m in said] == [f"no answer from {silent_endpoint} in time"] * 2, said
     assert "attempt 1 of 3" in said[0] and "check endpoint_url" in said[0]
+
+
+class _TaskTimeout(BaseException):
+    """What a framework raises in the main thread at a task's timeout (Airflow's AirflowTaskTimeout is one)."""
+
+
+def test_an_interrupted_upload_leaves_no_thread_asking_again(silent_endpoint: str, tmp_path) -> None:
+    """The upload's manifest read runs beside the tree scan: interrupted, the upload returned at once, but that
+    thread went on asking (max_attempts x read_timeout), and the interpreter waited for it before exiting."""
+    import signal
+
+    (tmp_path / "f.txt").write_text("x")
+    held = _HELD[silent_endpoint]
+
+    def timeout(*_):
+        raise _TaskTimeout()
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    started = time.monotonic()
+    try:
+        with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=silent_endpoint, bucket="b",
+                           region="us-east-1", read_timeout=1, max_attempts=4) as client:
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            with pytest.raises(_TaskTimeout):
+                client.upload(str(tmp_path / "f.txt"))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # past the attempt in flight (read_timeout 1 s) and botocore's longest first backoff (2 s)
+    time.sleep(max(0.0, started + 4.5 - time.monotonic()))
+    assert len(held) == 1  # the attempt in flight ended it: not sent again
+    assert not any(t.name.startswith("fedml-storage-read") for t in threading.enumerate())  # nothing to wait for
+
+
+def test_only_jobs_running_when_given_up_are_abandoned() -> None:
+    from fedml_storage.abandon import Helpers, abandoned
+
+    helpers = Helpers()
+    release, seen = threading.Event(), []
+    finished = threading.Thread(target=helpers.job(lambda: seen.append(("finished", abandoned()))))
+    finished.start()
+    finished.join()
+
+    def waits() -> None:
+        release.wait(10)
+        seen.append(("running", abandoned()))
+
+    running = threading.Thread(target=helpers.job(waits))
+    running.start()
+    time.sleep(0.1)
+    helpers.give_up()
+    release.set()
+    running.join()
+    later = threading.Thread(target=helpers.job(lambda: seen.append(("later", abandoned()))))
+    later.start()
+    later.join()
+    assert seen == [("finished", False), ("running", True), ("later", False)]
+    assert not abandoned()  # nor the caller
