@@ -244,6 +244,14 @@ class FedMLStorageHook(BaseHook):
         """
         return raise_for(self.get_client().ready(name, metadata_key, metadata_value, version=version or None))
 
+    def cleanup(self, older_than_seconds: float = 3600) -> dict[str, int]:
+        """Remove what interrupted uploads left (never published data) older than the grace period; the counts.
+        For a maintenance task: `FedMLStorageHook().cleanup(older_than_seconds=86400)`."""
+        counts = raise_for(self.get_client().cleanup(older_than_seconds))
+        self.log.info("cleanup removed %d unreferenced object(s) and %d incomplete upload(s)",
+                      counts["orphaned_objects_removed"], counts["incomplete_uploads_removed"])
+        return counts
+
     def asset_uri(self, name: str) -> str:
         """fedml://<namespace>/<name> for this connection."""
         try:

@@ -193,8 +193,9 @@ class FedMLStorageDownloadOperator(_StorageOperator):
     def execute(self, context: Context) -> str:
         with self.hook() as hook:
             result = hook.download(self.name, self.dest_path, self.version or None)
-        context["ti"].xcom_push(key="version", value=result.version)
-        context["ti"].xcom_push(key="sha256", value=result.sha256)
+        if self.do_xcom_push:  # as the return value: nothing with do_xcom_push=False
+            context["ti"].xcom_push(key="version", value=result.version)
+            context["ti"].xcom_push(key="sha256", value=result.sha256)
         return str(result)
 
 

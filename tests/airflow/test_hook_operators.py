@@ -117,6 +117,10 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     path = down.execute(ctx)
     assert Path(path, "a.txt").read_text() == "airflow" and type(path) is str  # XCom: the path, as before
     assert ctx["ti"].pushed == {"version": result["version"], "sha256": result["sha256"]}  # to pin downstream
+    ctx = task_context()
+    FedMLStorageDownloadOperator(task_id="quiet", name="ds", dest_path=str(tmp_path / "q"), do_xcom_push=False
+                                 ).execute(ctx)
+    assert ctx["ti"].pushed == {}
     listed = FedMLStorageListOperator(task_id="ls").execute(task_context())
     assert [i["dataName"] for i in listed] == ["ds"] and json.dumps(listed)
     meta = FedMLStorageMetadataOperator(task_id="m", name="ds").execute(task_context())
@@ -337,3 +341,20 @@ def test_sensor_warns_when_the_service_cannot_be_reached(unreachable_connection:
     warned = [line for line in lines if "cannot check dataset 'ds'" in line and "cannot reach the storage" in line]
     assert [_level(line) for line in warned] in (["warning"], ["warning", "warning"]), lines  # not a quiet "not yet"
     assert SECRET not in "\n".join(lines)
+
+
+def test_hook_cleanup_removes_what_an_interrupted_upload_left(s3_settings: dict, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog, capfd) -> None:
+    from tests.conftest import s3_client
+
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({
+        "conn_type": "fedml_storage", "password": TEST_API_KEY,
+        "extra": {k: s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}}))
+    s3 = s3_client(s3_settings["endpoint_url"])
+    left = "default/data/killed/20261126T000000000000Z-0badc0de/killed.zip"  # never published
+    s3.put_object(Bucket=s3_settings["bucket"], Key=left, Body=b"partial")
+    assert FedMLStorageHook().cleanup(older_than_seconds=3600)["orphaned_objects_removed"] == 0  # in its grace period
+    counts = FedMLStorageHook().cleanup(older_than_seconds=0)
+    logged = caplog.text + capfd.readouterr().out
+    assert counts["orphaned_objects_removed"] == 1 and "cleanup removed 1 unreferenced object(s)" in logged
+    assert "Contents" not in s3.list_objects_v2(Bucket=s3_settings["bucket"])
