@@ -84,6 +84,11 @@ class translate:
                 raise NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket") from None
             if code in MISSING_CODES:
                 raise ObjectMissing(self.key) from None
+            if code in ("ExpiredToken", "TokenRefreshRequired"):
+                raise AccessDenied(
+                    f"{self.location} refused an expired session token ({code}): temporary credentials last hours; "
+                    "renew them and give the new ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN (a task's retry reads "
+                    "its connection again)") from None
             if code in _DENIED:
                 raise AccessDenied(
                     f"access denied by {self.location} ({code}); check the API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY) "

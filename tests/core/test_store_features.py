@@ -56,3 +56,11 @@ def test_a_store_refusing_conditional_deletes_fails_the_delete_and_keeps_the_dat
         assert [m.dataName for m in client.list().data] == ["one.csv"]
     assert s3_store.keys() == keys
     assert _conditional_deletes(proxy) == 1  # refused once: not retried
+
+
+def test_an_expired_session_token_says_to_renew_it(s3_store: Store, proxy: CuttingProxy) -> None:
+    proxy.answer(rb"(?is)^GET ", "400 Bad Request", "ExpiredToken", "The provided token has expired.", times=10)
+    with s3_store.client(endpoint_url=proxy.endpoint) as client:
+        response = client.list()
+    assert response.code == ResponseCode.FAILURE and response.reason == "access_denied", response
+    assert "expired session token" in response.message and "renew them" in response.message
