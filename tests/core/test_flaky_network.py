@@ -249,7 +249,7 @@ def test_a_task_timeout_during_an_upload_does_not_wait_for_a_stuck_request(s3_st
             with pytest.raises(_Deadline):
                 client.upload(tmp_path / "ds")
             still_reading = [t for t in threading.enumerate() if t not in before and t.is_alive()
-                             and t.name.startswith("ThreadPoolExecutor")]  # not the proxy's own threads
+                             and t.name.startswith("fedml-storage-read")]  # the upload's read, not the proxy's threads
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert still_reading, "the timeout waited for the stuck request"
