@@ -134,7 +134,7 @@ class FedMLStorageHook(BaseHook):
                 f"Airflow connection {self.fedml_storage_conn_id!r} has an extra that is not a JSON object (written "
                 'as {"service": "S3", "bucket": "datasets"}, with double quotes); fix its extra', "invalid_input",
                 False)
-        return extra
+        return conn.extra_dejson  # the same, read by Airflow, which also masks sensitive values in the task's log
 
     def get_client(self) -> StorageClient:
         """The core client for this connection (built once).

@@ -82,12 +82,15 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "error", "name": w["name"], "retryable": retryable,
                                         "message": f"{type(exc).__name__}: {exc}"})
                     return
-                if here != self.location:
+                if here.split(" ")[0] != self.location.split(" ")[0]:  # another bucket, namespace or LOCAL folder
                     yield TriggerEvent({"status": "error", "name": w["name"], "message": (
                         f"the triggerer reaches {here}, not {self.location}, the store the sensor checked before "
                         f"deferring: give the triggerer the same Airflow connection {w['fedml_storage_conn_id']!r} "
                         "(or FEDML_STORAGE_* settings) as the workers")})
                     return
+                if here != self.location:  # the same bucket by another address (a DNS alias, say)
+                    self.log.warning("the triggerer reaches %s, the sensor checked %s before deferring; if that is not "
+                                     "the same store, give the triggerer the workers' connection", here, self.location)
             checks = 0
             while True:
                 checks += 1

@@ -243,14 +243,17 @@ def user_metadata(obj: Ctx, name: str, as_json: bool) -> None:
 @click.pass_obj
 def delete(obj: Ctx, name: str, yes: bool, missing_ok: bool, as_json: bool) -> None:
     """Delete a dataset (asks first unless --yes)."""
-    if not yes and not click.confirm(f"Delete {name!r} and all its kept versions?", default=False):
+    if not yes and not click.confirm(f"Delete {name!r} and all its kept versions?", default=False, err=True):
         click.echo("aborted: nothing deleted", err=True)
         sys.exit(1)
-    deleted = _finish(obj.client().delete(name, missing_ok=missing_ok))
+    response = obj.client().delete(name, missing_ok=missing_ok)
+    deleted = _finish(response)
     if as_json:
         _emit({"name": name, "deleted": deleted})
     else:
-        click.echo(f"deleted {name!r}" if deleted else f"nothing to delete: {name!r} is not stored")
+        hint = "" if deleted else response.message.partition(";")[2]  # a bucket beside the default LOCAL service
+        click.echo(f"deleted {name!r}" if deleted else f"nothing to delete: {name!r} is not stored"
+                   + (_for_cli(f";{hint}") if hint else ""))
 
 
 @cli.command()

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .backends import ObjectStore, open_store
 from .catalog import VERSION_ID, Catalog, Manifest
@@ -172,7 +173,7 @@ class StorageClient:
 
         return self._run(f"delete of {data_name!r}", run,
                          lambda done: f"deleted {data_name!r}" + "".join(notes) if done else
-                         f"{data_name!r} was not stored: nothing to delete")
+                         f"{data_name!r} was not stored: nothing to delete{self._default_service_hint()}")
 
     def get_metadata(self, data_name: str) -> FedMLResponse:
         """Stored metadata of a dataset; data is a StorageMetadata."""
@@ -278,6 +279,9 @@ class StorageClient:
         if s.service == "LOCAL":
             return (s.store_root / s.namespace).as_uri()
         endpoint = s.resolved_endpoint
+        if endpoint:
+            parts = urlsplit(endpoint.strip())
+            endpoint = f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
         return f"s3://{s.bucket}/{s.namespace}" + (f" at {endpoint}" if endpoint else f" on {s.service}")
 
     def asset_uri(self, data_name: str, *, iri: bool = False) -> str:

@@ -100,7 +100,7 @@ upload_data("data/mnist", storage=storage)
         """A saved block's api_key is pickled as a reference to the saved block (Prefect writes a background task's
         arguments, `.delay()`, to result storage): unpickling reads it from there, with the other fields as they
         were."""
-        name, reference = self._block_document_name, self._saved_key
+        name, reference = self._block_document_name, self._pending_key()
         if reference is None or self.api_key is not None:
             if self.api_key is None or not name or self._is_anonymous:
                 return super().__reduce_ex__(protocol)
@@ -118,12 +118,17 @@ upload_data("data/mnist", storage=storage)
             values["api_key"] = self.api_key.get_secret_value()
         return {k: v for k, v in values.items() if not is_unset(v)}
 
+    def _pending_key(self) -> tuple[str, bytes, bytes] | None:
+        # (a block pickled by an earlier release has no such private attribute)
+        return (self.__pydantic_private__ or {}).get("_saved_key")
+
     def _read_saved_key(self) -> None:
         """Read back an unpickled block's api_key from its saved block; ValueError if gone or not the same key."""
-        if self._saved_key is None or self.api_key is not None:  # a key assigned since unpickling wins
+        pending = self._pending_key()
+        if pending is None or self.api_key is not None:  # a key assigned since unpickling wins
             self._saved_key = None
             return
-        name, salt, fingerprint = self._saved_key
+        name, salt, fingerprint = pending
         try:
             key = type(self).load(name, _sync=True).api_key
         except ValueError as gone:

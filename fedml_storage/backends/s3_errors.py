@@ -87,8 +87,7 @@ class translate:
             if code in ("ExpiredToken", "TokenRefreshRequired"):
                 raise AccessDenied(
                     f"{self.location} refused an expired session token ({code}): temporary credentials last hours; "
-                    "renew them and give the new ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN (a task's retry reads "
-                    "its connection again)") from None
+                    "renew them, give the new ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN and run again") from None
             if code in _DENIED:
                 raise AccessDenied(
                     f"access denied by {self.location} ({code}); check the API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY) "

@@ -250,6 +250,20 @@ def test_a_triggerer_that_reaches_another_store_fails_instead_of_watching_it(
     same = FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs)))
     with pytest.raises(TimeoutError):  # the same connection in the triggerer: it waits, as it should
         asyncio.run(first_event(same, within=1))
+    endpoint = s3_settings["endpoint_url"].replace("http://", "HTTP://") + "/"  # the same endpoint, written otherwise
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({**conn, "extra": {
+        **conn["extra"], "endpoint_url": endpoint}}))
+    with pytest.raises(TimeoutError):
+        asyncio.run(first_event(FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs))), within=1))
+    alias = s3_settings["endpoint_url"].replace("127.0.0.1", "localhost")  # another name for it: a warning only
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({**conn, "extra": {
+        **conn["extra"], "endpoint_url": alias}}))
+    with pytest.raises(TimeoutError):
+        asyncio.run(first_event(FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs))), within=1))
+    other = {**conn, "extra": {**conn["extra"], "bucket": "another-bucket"}}  # another store: fails
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps(other))
+    event = asyncio.run(first_event(FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs))), within=30))
+    assert event["status"] == "error" and "s3://another-bucket/default" in event["message"], event
     monkeypatch.delenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT")  # the triggerer lacks it
     event = asyncio.run(first_event(FedMLStorageDatasetTrigger(**json.loads(json.dumps(kwargs))), within=30))
     assert event["status"] == "error" and not event.get("retryable"), event

@@ -67,6 +67,9 @@ def test_upload_list_metadata_download_delete(backend_env: dict, tmp_path: Path)
     assert json.loads(tolerated.stdout) == {"name": "dataset", "deleted": False}
     assert run("delete", "dataset", "--yes", "--missing-ok", env=backend_env).stdout.strip() == \
         "nothing to delete: 'dataset' is not stored"
+    asked = run("delete", "dataset", "--missing-ok", "--json", env=backend_env, stdin="y\n")
+    assert asked.returncode == 0 and json.loads(asked.stdout) == {"name": "dataset", "deleted": False}  # prompt: stderr
+    assert "Delete 'dataset'" in asked.stderr
 
 
 def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
@@ -214,6 +217,9 @@ def test_a_bucket_configured_beside_the_default_local_service_is_pointed_out(tmp
     missing = run("metadata", "mnist", env=env)
     assert missing.returncode == 1 and "pass --service R2 or S3" in missing.stderr and "service=" not in \
         missing.stderr
+    nothing = run("delete", "mnist", "--yes", "--missing-ok", env=env)  # a cron job's delete: says where it looked
+    assert nothing.returncode == 0 and "nothing to delete" in nothing.stdout and "pass --service R2 or S3" in \
+        nothing.stdout
     chosen = run("--service", "S3", "configure", env=env)
     assert chosen.returncode == 0 and "warning" not in chosen.stderr
 

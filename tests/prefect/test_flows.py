@@ -172,6 +172,10 @@ def test_a_saved_block_pickles_without_its_secret(s3_settings: dict) -> None:
     with pytest.raises(ValueError, match="not the one saved as block 'fedml-pickled-block'"):
         other.list()
     assert other.api_key is None and SECRET.encode() not in cloudpickle.dumps(other)  # still a reference
+    earlier = cloudpickle.loads(cloudpickle.dumps(FedMLStorage(service="LOCAL", namespace="ns1")))
+    earlier.__pydantic_private__.pop("_saved_key")  # as a block pickled by the previous release comes back
+    assert earlier.settings() == {"service": "LOCAL", "namespace": "ns1"}  # AttributeError before
+    assert cloudpickle.loads(cloudpickle.dumps(earlier)).settings() == earlier.settings()
 
 
 def test_a_background_task_given_a_saved_block_stores_no_secret(s3_settings: dict, tmp_path: Path) -> None:
