@@ -144,6 +144,53 @@ def test_the_folder_itself_keeps_its_mode_and_a_mode_of_nothing_stays_so(store: 
             path.chmod(0o755)
 
 
+_DOWNLOAD_TWICE = """
+import json, os, stat, sys
+from fedml_storage import StorageClient
+
+client = StorageClient(service="LOCAL", local_root=sys.argv[1])
+modes = []
+for _ in range(2):  # the second replaces a copy whose top folder is read-only and holds a 0000 folder
+    down = client.download("ds", sys.argv[2])
+    assert down.ok, down.message
+    modes.append([stat.S_IMODE(os.stat(p).st_mode) for p in (down.data, os.path.join(down.data, "locked"))])
+print(json.dumps(modes))
+"""
+
+
+def test_a_read_only_folder_with_a_locked_one_inside_downloads_and_is_replaced_without_root(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run without permission overrides")
+    from fedml_storage import StorageClient
+
+    src = tmp_path / "ds"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "k.txt").write_text("k")
+    (src / "locked").chmod(0o000)
+    src.chmod(0o500)
+    try:
+        assert StorageClient(service="LOCAL", local_root=str(tmp_path / "store")).upload(src).ok
+    finally:
+        src.chmod(0o755)
+        (src / "locked").chmod(0o755)
+    (tmp_path / "out").mkdir()
+    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
+           _DOWNLOAD_TWICE, str(tmp_path / "store"), str(tmp_path / "out")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    try:
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout) == [[_masked(0o500), 0], [_masked(0o500), 0]]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ds"]  # the replaced copy is gone
+    finally:
+        for path in (tmp_path / "out" / "ds", tmp_path / "out" / "ds" / "locked"):
+            if path.exists():
+                path.chmod(0o755)
+
+
 _FAIL_AFTER_UNPACKING = """
 import json, os, sys
 from fedml_storage import StorageClient, downloads
