@@ -57,8 +57,9 @@ def dataset_handoff(workdir: str | None = None, storage: FedMLStorage | None = N
     metadata = get_data_metadata(DATASET, storage=storage)
     listed = list_data(storage=storage)
     deleted = delete_data(DATASET, storage=storage)
-    if not keep:
-        shutil.rmtree(work, ignore_errors=True)
+    if not keep:  # what the flow made: never the rest of a workdir the caller gave
+        for made in ([work] if workdir is None else [Path(work) / "produced", Path(work) / "downloaded"]):
+            shutil.rmtree(made, ignore_errors=True)
     return {"uploaded": uploaded, "downloaded": downloaded, "files": files, "metadata": metadata,
             "listed": [item["dataName"] for item in listed], "deleted": deleted, "workdir": work}
 

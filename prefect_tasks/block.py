@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import hmac
 import os
+import re
 from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
+from fedml_storage.api_keys import check_api_key
 
 
 def _core(setting: str) -> dict[str, Any]:
@@ -47,7 +50,8 @@ class FedMLStorage(Block):
     own, which deletes a saved block document.
     """
 
-    model_config = ConfigDict(hide_input_in_errors=True)  # a mistyped api_key (a list, a dict) is never echoed
+    # a mistyped api_key (a list, a dict) is never echoed; an api_key assigned later is a SecretStr too
+    model_config = ConfigDict(hide_input_in_errors=True, validate_assignment=True)
     _block_type_name = "FedML Storage"
     _block_type_slug = "fedml-storage"
     _logo_url = None
@@ -85,6 +89,37 @@ upload_data("data/mnist", storage=storage)
         None, **_core("checksum_calculation"))
     # (saved block name, salt, key digest) of an api_key not yet read back after unpickling (see __reduce_ex__)
     _saved_key: tuple[str, bytes, bytes] | None = PrivateAttr(None)
+    _digest: tuple[Any, bytes, bytes] | None = PrivateAttr(None)  # (the key object, salt, digest): see _key_digest
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, values: Any) -> Any:
+        """Refuse a field the block does not have (Prefect's blocks take any, and drop it): a typo, or boto3's and
+        prefect-aws's names (region_name, aws_secret_access_key), whose secret would show among a flow's
+        parameters."""
+        if isinstance(values, dict):
+            unknown = [k for k in values if isinstance(k, str) and k not in cls.model_fields
+                       and k != "block_type_slug" and not k.startswith("_")]
+            if unknown:
+                hints = []
+                for name in sorted(unknown):
+                    close = difflib.get_close_matches(name.lower(), list(cls.model_fields), n=1)
+                    hints.append(repr(name) + (" (the key pair goes in api_key, ACCESS_KEY_ID:SECRET_ACCESS_KEY)"
+                                               if re.search(r"key|secret|token|password", name, re.I) else
+                                               f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(f"FedMLStorage has no field {', '.join(hints)}; its fields are "
+                                 f"{', '.join(cls.model_fields)}")
+        return values
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_key_form(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None  # blank: unset, as in the core
+        if raw is not None:
+            check_api_key(raw)  # told now, not at the first upload; never echoed
+        return value
 
     @field_validator("service", mode="before")
     @classmethod
@@ -104,11 +139,17 @@ upload_data("data/mnist", storage=storage)
         if reference is None or self.api_key is not None:
             if self.api_key is None or not name or self._is_anonymous:
                 return super().__reduce_ex__(protocol)
-            salt = os.urandom(16)
-            reference = (name, salt, _fingerprint(self.api_key, salt))
+            reference = (name, *self._key_digest())
         keyless = self.model_copy(update={"api_key": None})
         keyless._saved_key = None  # pickled the usual way, holding no key
         return _with_saved_key, (keyless, *reference)  # (unpickled, not read back yet: the same reference again)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if private and private.get("_digest") is not None:  # holds the key object: never pickled
+            state["__pydantic_private__"] = {**private, "_digest": None}
+        return state
 
     def settings(self) -> dict[str, Any]:
         """The fields as core settings (only the ones set)."""
@@ -117,6 +158,15 @@ upload_data("data/mnist", storage=storage)
         if self.api_key is not None:
             values["api_key"] = self.api_key.get_secret_value()
         return {k: v for k, v in values.items() if not is_unset(v)}
+
+    def _key_digest(self) -> tuple[bytes, bytes]:
+        """(salt, digest) of the api_key, made once per key: the digest is slow by design, and a block handed to
+        many tasks is pickled for each."""
+        cached = (self.__pydantic_private__ or {}).get("_digest")
+        if cached is None or cached[0] is not self.api_key:
+            salt = os.urandom(16)
+            cached = self._digest = (self.api_key, salt, _fingerprint(self.api_key, salt))
+        return cached[1], cached[2]
 
     def _pending_key(self) -> tuple[str, bytes, bytes] | None:
         # (a block pickled by an earlier release has no such private attribute)
@@ -190,7 +240,7 @@ upload_data("data/mnist", storage=storage)
 
 def _fingerprint(key: SecretStr | str | None, salt: bytes) -> bytes | None:
     """A slow salted digest telling whether two keys are the same without holding either, and costly to guess a
-    weak key from (a key assigned after the block was made is a plain str: assignments are not validated)."""
+    weak key from."""
     if key is None:
         return None
     value = key.get_secret_value() if isinstance(key, SecretStr) else key

@@ -49,6 +49,9 @@ def test_example_flow_on_local(tmp_path: Path) -> None:
     assert report["metadata"]["version"] == report["uploaded"]["version"]
     assert example.DATASET in report["listed"] and report["deleted"] is True
     assert StorageClient().list().data == []  # cleaned up
+    (tmp_path / "important.txt").write_text("the caller's")
+    example.dataset_handoff(workdir=str(tmp_path))  # not kept: removes what it made, nothing else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["important.txt"]
 
 
 def test_example_flow_on_s3_with_block(tmp_path: Path, s3_settings: dict, moto_endpoint: str) -> None:
@@ -160,7 +163,8 @@ def test_a_saved_block_pickles_without_its_secret(s3_settings: dict) -> None:
     loaded = FedMLStorage.load("fedml-pickled-block")
     loaded.namespace = "changed-in-memory"
     pickled = cloudpickle.dumps(loaded)
-    assert SECRET.encode() not in pickled
+    assert SECRET.encode() not in pickled and SECRET.encode() not in cloudpickle.dumps(loaded)
+    assert loaded._key_digest() == loaded._key_digest()  # the slow digest made once per key, not per pickle
     back = cloudpickle.loads(pickled)
     assert back.api_key.get_secret_value() == TEST_API_KEY and back.namespace == "changed-in-memory"
     assert back.list() == []  # a working block
@@ -325,7 +329,10 @@ def test_the_blocks_own_delete_takes_missing_ok(tmp_path: Path) -> None:
 
 
 def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
-    block = FedMLStorage(service="S3", bucket="datasets", api_key="no-colon-s3cr3t")
+    with pytest.raises(ValueError) as malformed:  # a malformed key: when the block is made, never echoed
+        FedMLStorage(service="S3", bucket="datasets", api_key="no-colon-s3cr3t")
+    assert "api_key has no ':'" in str(malformed.value) and "s3cr3t" not in str(malformed.value)
+    block = FedMLStorage(service="S3", bucket="datasets", endpoint_url="minio:9000", api_key=TEST_API_KEY)
 
     @flow
     def uses_bad_block() -> None:
@@ -334,8 +341,30 @@ def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(FedMLStorageError) as refused:
         uses_bad_block()
     message = str(refused.value)
-    assert "api_key" in message and "(from the FedMLStorage block or the task's arguments)" in message
-    assert "Fix the FedMLStorage block or the task's arguments" in message and "s3cr3t" not in message
+    assert "endpoint_url" in message and "(from the FedMLStorage block or the task's arguments)" in message
+    assert "Fix the FedMLStorage block or the task's arguments" in message and SECRET not in message
+
+
+@pytest.mark.parametrize("fields", [{"keep_version": 5}, {"region_name": "eu-west-1"},
+                                    {"aws_secret_access_key": "typo-s3cr3t-XYZ"}])
+def test_a_field_the_block_does_not_have_is_refused_not_dropped(fields: dict) -> None:
+    """Prefect's blocks take any keyword and drop it on save; a secret under another name showed among a flow's
+    parameters."""
+    with pytest.raises(ValueError) as refused:
+        FedMLStorage(service="S3", bucket="b", **fields)
+    said = str(refused.value)
+    assert f"FedMLStorage has no field {next(iter(fields))!r}" in said and "typo-s3cr3t" not in said
+    assert ("did you mean 'keep_versions'" in said) == ("keep_version" in fields)
+    assert ("the key pair goes in api_key" in said) == ("aws_secret_access_key" in fields)
+
+
+def test_an_api_key_assigned_later_is_a_secret_too() -> None:
+    block = FedMLStorage(service="LOCAL")
+    block.api_key = TEST_API_KEY
+    assert SECRET not in repr(block) and SECRET not in block.model_dump_json()
+    assert block.settings()["api_key"] == TEST_API_KEY and block.list() == []  # AttributeError before
+    with pytest.raises(ValueError):
+        block.api_key = "no-colon-s3cr3t"
 
 
 def test_ignore_patterns_reach_the_core_from_the_task_and_the_block(tmp_path: Path) -> None:
