@@ -62,22 +62,25 @@ def test_an_interrupted_upload_leaves_no_thread_asking_again(silent_endpoint: st
     (tmp_path / "f.txt").write_text("x")
     held = _HELD[silent_endpoint]
 
-    def timeout(*_):
-        raise _TaskTimeout()
+    raised: list[float] = []
+
+    def timeout(*_):  # once the read's request is in flight
+        if held and not raised:
+            raised.append(time.monotonic())
+            raise _TaskTimeout()
 
     previous = signal.signal(signal.SIGALRM, timeout)
-    started = time.monotonic()
     try:
         with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=silent_endpoint, bucket="b",
                            region="us-east-1", read_timeout=1, max_attempts=4) as client:
-            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
             with pytest.raises(_TaskTimeout):
                 client.upload(str(tmp_path / "f.txt"))
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     # past the attempt in flight (read_timeout 1 s) and botocore's longest first backoff (2 s)
-    time.sleep(max(0.0, started + 4.5 - time.monotonic()))
+    time.sleep(max(0.0, raised[0] + 4.0 - time.monotonic()))
     assert len(held) == 1  # the attempt in flight ended it: not sent again
     assert not any(t.name.startswith("fedml-storage-read") for t in threading.enumerate())  # nothing to wait for
 
