@@ -145,38 +145,34 @@ def test_template_fields_render_metadata_as_json(tmp_path: Path) -> None:
         bad.execute(task_context())
 
 
+def _rendered_as_json_then_as_repr(tmp_path: Path, field: str, value: list[str]) -> dict:
+    """Upload with `field` from one template rendered with | tojson (the result), then without it (refused)."""
+    context = {"params": {"value": value}}
+    as_json = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "data"),
+                                         **{field: "{{ params.value | tojson }}"})
+    as_json.render_template_fields(context)
+    result = as_json.execute(task_context())
+    as_repr = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "data"), name="other",
+                                         **{field: "{{ params.value }}"})
+    as_repr.render_template_fields(context)
+    with pytest.raises(AirflowFailException, match=rf"{field} rendered as .*a Python list's repr.*'\| tojson'"):
+        as_repr.execute(task_context())
+    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["data"]  # 'other' never stored
+    return result
+
+
 def test_ignore_patterns_rendered_from_a_list(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.csv").write_text("a\n")
     (tmp_path / "data" / "run.tmp").write_text("scratch")
-    context = {"params": {"ignores": ["*.tmp", ".git"]}}
-    as_json = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "data"),
-                                         ignore_patterns="{{ params.ignores | tojson }}")
-    as_json.render_template_fields(context)
-    assert as_json.execute(task_context())["ignored"] == 1
-    as_repr = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "data"), name="other",
-                                         ignore_patterns="{{ params.ignores }}")
-    as_repr.render_template_fields(context)
-    with pytest.raises(AirflowFailException, match=r"a Python list's repr.*'\| tojson'"):
-        as_repr.execute(task_context())
-    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["data"]  # 'other' never stored
+    assert _rendered_as_json_then_as_repr(tmp_path, "ignore_patterns", ["*.tmp", ".git"])["ignored"] == 1
 
 
 def test_tag_list_rendered_from_a_list(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.csv").write_text("a\n")
-    context = {"params": {"tags": ["images", "v2"]}}
-    as_json = FedMLStorageUploadOperator(task_id="up", data_path=str(tmp_path / "data"),
-                                         tag_list="{{ params.tags | tojson }}")
-    as_json.render_template_fields(context)
-    as_json.execute(task_context())
+    _rendered_as_json_then_as_repr(tmp_path, "tag_list", ["images", "v2"])
     assert StorageClient(service="LOCAL").get_metadata("data").data.tag_list == ["images", "v2"]
-    as_repr = FedMLStorageUploadOperator(task_id="up2", data_path=str(tmp_path / "data"), name="other",
-                                         tag_list="{{ params.tags }}")
-    as_repr.render_template_fields(context)
-    with pytest.raises(AirflowFailException, match=r"tag_list rendered as .*a Python list's repr.*'\| tojson'"):
-        as_repr.execute(task_context())
-    assert [m.dataName for m in StorageClient(service="LOCAL").list().data] == ["data"]  # 'other' never stored
 
 
 def test_sensor_waits_for_name_and_metadata_value(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -117,3 +118,15 @@ def zip_of(members: list[tuple[str, bytes]]) -> bytes:
             for name, data in members:
                 zf.writestr(name, data)
     return buf.getvalue()
+
+
+def run_without_root(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a Python script as root stripped of its permission overrides, as any user would run it (skips where that
+    cannot be done)."""
+    import shutil
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run without permission overrides")
+    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c", script, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)

@@ -7,11 +7,9 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from fedml_storage.catalog import Catalog
 
-from .conftest import Store, make_tree
+from .conftest import Store, make_tree, run_without_root
 
 
 def test_a_mode_change_alone_is_a_new_version(store: Store, tmp_path: Path) -> None:
@@ -159,12 +157,6 @@ print(json.dumps(modes))
 
 
 def test_a_read_only_folder_with_a_locked_one_inside_downloads_and_is_replaced_without_root(tmp_path: Path) -> None:
-    import shutil
-    import subprocess
-    import sys
-
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run without permission overrides")
     from fedml_storage import StorageClient
 
     src = tmp_path / "ds"
@@ -178,9 +170,7 @@ def test_a_read_only_folder_with_a_locked_one_inside_downloads_and_is_replaced_w
         src.chmod(0o755)
         (src / "locked").chmod(0o755)
     (tmp_path / "out").mkdir()
-    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
-           _DOWNLOAD_TWICE, str(tmp_path / "store"), str(tmp_path / "out")]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    run = run_without_root(_DOWNLOAD_TWICE, str(tmp_path / "store"), str(tmp_path / "out"))
     try:
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout) == [[_masked(0o500), 0], [_masked(0o500), 0]]
@@ -208,12 +198,6 @@ print(json.dumps(sorted(os.listdir(sys.argv[2]))))
 
 
 def test_a_download_unpacked_with_read_only_folders_and_then_stopped_leaves_nothing(tmp_path: Path) -> None:
-    import shutil
-    import subprocess
-    import sys
-
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run without permission overrides")
     src = tmp_path / "ds"
     (src / "readonly").mkdir(parents=True)
     (src / "readonly" / "r.txt").write_text("r")
@@ -223,9 +207,7 @@ def test_a_download_unpacked_with_read_only_folders_and_then_stopped_leaves_noth
     assert StorageClient(service="LOCAL", local_root=str(tmp_path / "store")).upload(src).ok
     (src / "readonly").chmod(0o755)
     (tmp_path / "out").mkdir()
-    cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
-           _FAIL_AFTER_UNPACKING, str(tmp_path / "store"), str(tmp_path / "out")]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    run = run_without_root(_FAIL_AFTER_UNPACKING, str(tmp_path / "store"), str(tmp_path / "out"))
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == []  # not even the unpacked folder, read-only inside
 

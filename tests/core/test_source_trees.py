@@ -10,7 +10,7 @@ import pytest
 
 from fedml_storage.api.fedml_response import ResponseCode
 
-from .conftest import Store, tree_bytes
+from .conftest import Store, run_without_root, tree_bytes
 
 
 def test_links_are_followed_and_what_is_no_data_is_left_out_and_said(store: Store, tmp_path: Path) -> None:
@@ -225,21 +225,13 @@ print(json.dumps([refused.reason, refused.message, client.list().data == [],
 
 def test_a_folder_that_cannot_be_read_says_what_to_do(tmp_path: Path) -> None:
     import json
-    import os
-    import shutil
-    import subprocess
-    import sys
 
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run without permission overrides")
     src = tmp_path / "ds"
     (src / "locked").mkdir(parents=True)
     (src / "a.txt").write_text("alpha")
     (src / "locked").chmod(0o000)
     try:
-        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
-               _UPLOAD_AS_NON_ROOT, str(tmp_path / "store"), str(src), "locked/"]
-        run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+        run = run_without_root(_UPLOAD_AS_NON_ROOT, str(tmp_path / "store"), str(src), "locked/")
     finally:
         (src / "locked").chmod(0o755)
     assert run.returncode == 0, run.stderr
