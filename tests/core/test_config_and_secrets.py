@@ -177,18 +177,6 @@ def test_a_malformed_key_is_told_what_is_wrong_with_it_without_echoing_it(key: s
     assert swapped.reason == "invalid_input" and said in swapped.message and "wJalr" not in swapped.message
 
 
-def test_configuring_a_bucket_beside_the_default_local_service_says_it_is_unused() -> None:
-    response = api.configure(bucket="ml-datasets")
-    assert response.ok and "still LOCAL, which uses no bucket" in response.message and "'ml-datasets'" in response.message
-    assert "still LOCAL" not in api.configure(service="S3").message
-
-
-def test_login_without_a_key_says_none_was_given() -> None:
-    response = api.fedml_login()
-    assert response.code == ResponseCode.FAILURE and "no api_key given" in response.message
-    assert not config_path().exists()
-
-
 @pytest.mark.parametrize("key", ["AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "minioadmin:minioadmin",
                                  "0123456789abcdef0123456789abcdef:" + "ab" * 32, "ASIAEXAMPLEID0001:s/e+c:tok/en==",
                                  "team/a+b:minio-secret-0001", "GOOG1EXAMPLEHMACID:bGoa+V7g/yqDXvKRqq+JTFn4uQZbPiQJo4pf9RzJ"])

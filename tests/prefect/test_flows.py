@@ -345,28 +345,6 @@ def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
     assert "Fix the FedMLStorage block or the task's arguments" in message and SECRET not in message
 
 
-@pytest.mark.parametrize("fields", [{"keep_version": 5}, {"region_name": "eu-west-1"},
-                                    {"aws_secret_access_key": "typo-s3cr3t-XYZ"}])
-def test_a_field_the_block_does_not_have_is_refused_not_dropped(fields: dict) -> None:
-    """Prefect's blocks take any keyword and drop it on save; a secret under another name showed among a flow's
-    parameters."""
-    with pytest.raises(ValueError) as refused:
-        FedMLStorage(service="S3", bucket="b", **fields)
-    said = str(refused.value)
-    assert f"FedMLStorage has no field {next(iter(fields))!r}" in said and "typo-s3cr3t" not in said
-    assert ("did you mean 'keep_versions'" in said) == ("keep_version" in fields)
-    assert ("the key pair goes in api_key" in said) == ("aws_secret_access_key" in fields)
-
-
-def test_an_api_key_assigned_later_is_a_secret_too() -> None:
-    block = FedMLStorage(service="LOCAL")
-    block.api_key = TEST_API_KEY
-    assert SECRET not in repr(block) and SECRET not in block.model_dump_json()
-    assert block.settings()["api_key"] == TEST_API_KEY and block.list() == []  # AttributeError before
-    with pytest.raises(ValueError):
-        block.api_key = "no-colon-s3cr3t"
-
-
 def test_ignore_patterns_reach_the_core_from_the_task_and_the_block(tmp_path: Path) -> None:
     src = tmp_path / "proj"
     (src / "__pycache__").mkdir(parents=True)
