@@ -273,18 +273,25 @@ def _warn_unknown_variables() -> None:
                         if close else f"; settings are {', '.join(sorted(known))}")
 
 
+def setting_hints(names: Iterable[str], known: Iterable[str] = PLAIN_SETTINGS,
+                  secret: re.Pattern[str] = re.compile(r"^api_key$"),
+                  where_secrets_go: str = "secrets go in their own field") -> list[str]:
+    """Each of `names` not in `known`, quoted, with the one likely meant, or where secrets go for a name that
+    `secret` matches."""
+    known = list(known)
+    hints = []
+    for name in sorted({str(n) for n in names} - set(known)):
+        close = difflib.get_close_matches(name.lower(), known, n=1)
+        hints.append(repr(name) + (f" ({where_secrets_go})" if secret.search(name) else
+                                   f" (did you mean {close[0]!r}?)" if close else ""))
+    return hints
+
+
 def unknown_settings(names: Iterable[str]) -> str | None:
     """What is wrong with keys that are not plain settings (a typo, or the API key out of its place); None if
     every key is one. For wrappers reading settings from their framework's own fields."""
-    bad = sorted({str(n) for n in names} - set(PLAIN_SETTINGS))
-    if not bad:
-        return None
-    hints = []
-    for name in bad:
-        close = difflib.get_close_matches(name.lower(), PLAIN_SETTINGS, n=1)
-        hints.append(repr(name) + (" (secrets go in their own field)" if name == "api_key" else
-                                   f" (did you mean {close[0]!r}?)" if close else ""))
-    return f"unknown setting(s) {', '.join(hints)}; the settings are {', '.join(PLAIN_SETTINGS)}"
+    hints = setting_hints(names)
+    return f"unknown setting(s) {', '.join(hints)}; the settings are {', '.join(PLAIN_SETTINGS)}" if hints else None
 
 
 def read_config_file() -> dict[str, Any]:

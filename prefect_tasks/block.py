@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import hmac
 import os
@@ -16,6 +15,9 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator,
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
 from fedml_storage.api_keys import check_api_key
+from fedml_storage.config import setting_hints
+
+_SECRET_NAME = re.compile(r"key|secret|token|password", re.I)  # a secret's field by another name (aws_secret_...)
 
 
 def _core(setting: str) -> dict[str, Any]:
@@ -99,15 +101,10 @@ upload_data("data/mnist", storage=storage)
         prefect-aws's names (region_name, aws_secret_access_key), whose secret would show among a flow's
         parameters."""
         if isinstance(values, dict):
-            unknown = [k for k in values if isinstance(k, str) and k not in cls.model_fields
-                       and k != "block_type_slug" and not k.startswith("_")]
-            if unknown:
-                hints = []
-                for name in sorted(unknown):
-                    close = difflib.get_close_matches(name.lower(), list(cls.model_fields), n=1)
-                    hints.append(repr(name) + (" (the key pair goes in api_key, ACCESS_KEY_ID:SECRET_ACCESS_KEY)"
-                                               if re.search(r"key|secret|token|password", name, re.I) else
-                                               f" (did you mean {close[0]!r}?)" if close else ""))
+            given = [k for k in values if isinstance(k, str) and k != "block_type_slug" and not k.startswith("_")]
+            hints = setting_hints(given, cls.model_fields, _SECRET_NAME,
+                                  "the key pair goes in api_key, ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+            if hints:
                 raise ValueError(f"FedMLStorage has no field {', '.join(hints)}; its fields are "
                                  f"{', '.join(cls.model_fields)}")
         return values
