@@ -12,6 +12,8 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
+from fedml_storage.client import same_store
+
 from .hook import FedMLStorageException, FedMLStorageHook
 
 # What the sensor hands to the trigger: what to wait for and where, never a secret.
@@ -82,7 +84,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     yield TriggerEvent({"status": "error", "name": w["name"], "retryable": retryable,
                                         "message": f"{type(exc).__name__}: {exc}"})
                     return
-                if here.split(" ")[0] != self.location.split(" ")[0]:  # another bucket, namespace or LOCAL folder
+                if not same_store(here, self.location):  # another bucket, namespace or LOCAL folder
                     yield TriggerEvent({"status": "error", "name": w["name"], "message": (
                         f"the triggerer reaches {here}, not {self.location}, the store the sensor checked before "
                         f"deferring: give the triggerer the same Airflow connection {w['fedml_storage_conn_id']!r} "

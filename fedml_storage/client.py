@@ -306,6 +306,12 @@ class StorageClient:
 __all__ = ["FedMLStorageError", "StorageClient"]
 
 
+def same_store(a: str, b: str) -> bool:
+    """Whether two `StorageClient.location()`s name the same bucket and namespace (or LOCAL folder), whatever
+    address the bucket was reached at."""
+    return a.split(" ")[0] == b.split(" ")[0]
+
+
 def _saved_key() -> str | None:
     """The API key in the config file, to redact even when the settings around it fail to validate."""
     try:
