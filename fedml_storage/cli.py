@@ -57,6 +57,12 @@ def _for_cli(message: str) -> str:
     return message
 
 
+def _hint(response: FedMLResponse) -> str:
+    """'; ...' why a success found nothing (a bucket configured beside the default LOCAL service), in CLI words."""
+    hint = response.message.partition(";")[2]
+    return _for_cli(f";{hint}") if hint else ""
+
+
 EXIT_FAILURE, EXIT_RETRYABLE, EXIT_INTERRUPTED = 1, 75, 130  # 75: EX_TEMPFAIL (sysexits.h)
 
 
@@ -187,9 +193,8 @@ def list_(obj: Ctx, as_json: bool) -> None:
     if as_json:
         _emit([m.to_dict() for m in items])
         return
-    if not items:  # with why the list may be empty (a bucket configured beside the default LOCAL service)
-        hint = response.message.partition(";")[2]
-        click.echo("no datasets stored" + (_for_cli(f";{hint}") if hint else ""))
+    if not items:
+        click.echo("no datasets stored" + _hint(response))
         return
     table = PrettyTable(["Name", "Size", "Files", "Description", "Tags", "Created", "Updated"], align="l")
     table.align["Size"] = table.align["Files"] = "r"
@@ -251,9 +256,7 @@ def delete(obj: Ctx, name: str, yes: bool, missing_ok: bool, as_json: bool) -> N
     if as_json:
         _emit({"name": name, "deleted": deleted})
     else:
-        hint = "" if deleted else response.message.partition(";")[2]  # a bucket beside the default LOCAL service
-        click.echo(f"deleted {name!r}" if deleted else f"nothing to delete: {name!r} is not stored"
-                   + (_for_cli(f";{hint}") if hint else ""))
+        click.echo(f"deleted {name!r}" if deleted else f"nothing to delete: {name!r} is not stored{_hint(response)}")
 
 
 @cli.command()
