@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from .abandon import Helpers
 from .backends.base import ObjectMissing, ObjectStore
 from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
 
@@ -254,8 +255,13 @@ class Catalog:
                 return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
             return found[0] if found else None  # deleted while listing
 
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
-            results = [r for r in pool.map(one, names) if r is not None]
+        helpers = Helpers()
+        with ThreadPoolExecutor(max(1, min(workers, len(names))), thread_name_prefix="fedml-storage-list") as pool:
+            try:
+                results = [r for r in pool.map(helpers.job(one), names) if r is not None]
+            except BaseException:
+                helpers.give_up()  # interrupted (a task timeout): reads in flight are not sent again
+                raise
         manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
         return manifests, dict(sorted(r for r in results if isinstance(r, tuple)))
 

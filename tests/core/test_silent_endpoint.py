@@ -3,6 +3,7 @@ every attempt has timed out (60 s x 6 attempts by default: six minutes of silenc
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -109,3 +110,40 @@ def test_only_jobs_running_when_given_up_are_abandoned() -> None:
     later.join()
     assert seen == [("finished", False), ("running", True), ("later", False)]
     assert not abandoned()  # nor the caller
+
+
+def test_an_interrupted_listing_leaves_no_read_asking_again(s3_store, moto_proxy, tmp_path) -> None:
+    """A listing reads the catalog entries in parallel: interrupted while the store is silent, each read in flight
+    went on asking (max_attempts x read_timeout) and the listing waited for them before it raised."""
+    import signal
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_text(name)
+        assert s3_store.client().upload(str(tmp_path / name)).code == ResponseCode.SUCCESS
+    manifest_get = rb"^GET /[^ ?]*/manifests/"
+    for _ in range(12):  # every attempt at a catalog entry gets no answer in time
+        moto_proxy.on_request(manifest_get, lambda: time.sleep(6))
+    asked = lambda: [h for h in moto_proxy.request_heads if re.match(manifest_get, h)]  # noqa: E731
+
+    raised: list[float] = []
+
+    def timeout(*_):  # once the reads are in flight
+        if asked() and not raised:
+            raised.append(time.monotonic())
+            raise _TaskTimeout()
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        with s3_store.client(endpoint_url=moto_proxy.endpoint, read_timeout=1, max_attempts=4) as client:
+            signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+            with pytest.raises(_TaskTimeout):
+                client.list()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            in_flight = len(asked())
+            # past the attempts in flight (read_timeout 1 s) and botocore's longest first backoff (2 s)
+            time.sleep(max(0.0, raised[0] + 4.0 - time.monotonic()))
+            assert len(asked()) == in_flight <= 3  # not sent again
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not any(t.name.startswith("fedml-storage-list") for t in threading.enumerate())
