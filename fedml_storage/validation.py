@@ -60,6 +60,15 @@ def check_name(name: Any, *, new: bool = False) -> str:
     return name
 
 
+def _unicode(text: str, what: str) -> None:
+    """Refuse text that cannot be stored as UTF-8 (a lone surrogate, from an undecodable file name or variable)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode (text from an undecodable file name or environment "
+                           "variable?); pass it as proper text") from None
+
+
 def check_metadata(metadata: Any) -> dict[str, str] | None:
     """User metadata: a dict of string keys and string values, at most 16 KiB as JSON."""
     if metadata is None:
@@ -69,6 +78,8 @@ def check_metadata(metadata: Any) -> dict[str, str] | None:
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise InvalidInput(f"metadata keys and values must be strings; fix the entries {bad[:5]!r}")
+    for key, value in metadata.items():
+        _unicode(key + value, f"metadata entry {key!r}")
     size = len(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
     if size > MAX_USER_METADATA_BYTES:
         raise InvalidInput(
@@ -87,6 +98,8 @@ def check_tags(tags: Any) -> list[str] | None:
     if not all(isinstance(t, str) and t.strip() for t in tags):
         raise InvalidInput("tag_list must hold non-empty strings, e.g. ['images', 'v2']")
     unique = list(dict.fromkeys(t.strip() for t in tags))
+    for tag in unique:
+        _unicode(tag, f"tag {tag[:40]!r}")
     if len(unique) > MAX_TAGS:
         raise InvalidInput(f"tag_list holds {len(unique)} different tags; at most {MAX_TAGS} are allowed")
     for tag in unique:
@@ -102,6 +115,7 @@ def check_description(description: Any) -> str | None:
         return None
     if not isinstance(description, str):
         raise InvalidInput("description must be a string")
+    _unicode(description, "description")
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidInput(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
     return description
