@@ -16,6 +16,7 @@ from .config import (StorageSettings, is_unset, read_config_file, storage_home, 
 from .digests import DigestCache
 from .downloads import download as _download
 from .errors import InvalidInput, NotFound, Unsupported, to_response
+from .own import own_paths
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
 from .results import Readiness, StorageMetadata, asset_uri, human_size
 from .store_check import check_store
@@ -150,7 +151,8 @@ class StorageClient:
         return self._run(
             f"download of {data_name!r}",
             lambda: _download(self._catalog(), data_name, dest_path, version, show_progress, out_progress_to_err,
-                              progress_desc, self._ensure_settings().partials_folder),
+                              progress_desc, self._ensure_settings().partials_folder,
+                              own_paths(self._ensure_settings())),
             lambda r: r.summary(),
             after_error="Nothing was left at the destination",
         )

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from .abandon import Helpers
 from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
-from .config import StorageSettings, config_path, storage_home
+from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, StorageFailure, TransientError
 from .ignores import check_ignore_patterns
+from .own import check_source, own_paths
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
@@ -81,27 +82,12 @@ def _source(data_path: object) -> Path:
     return src
 
 
-def _own_paths(settings: StorageSettings) -> tuple[Path, ...]:
-    """fedml-storage's own files and folders: never uploaded (the config file may hold the key)."""
-    home, config = storage_home(), config_path()
-    return home, config, config.parent / ".config.lock", home / "cache", settings.store_root, settings.partials_folder
-
-
-def _check_not_own(src: Path, own: tuple[Path, ...]) -> None:
-    inner = [path.resolve() for path in own[1:]]  # not the home itself: it may be a broad folder of the user's
-    where = src.resolve()
-    if any(where == path or path in where.parents for path in inner):
-        raise InvalidInput(f"data_path {str(src)!r} is fedml-storage's own (its config file, which may hold your key, "
-                           "its caches, its LOCAL store or kept partial downloads), not data to upload; upload data "
-                           "from elsewhere")
-
-
 def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cache: DigestCache) -> UploadResult:
     """Publish `req.data_path` under its stored name; nothing is sent when the content is unchanged."""
     started = time.monotonic()
     src = _source(req.data_path)
-    own = _own_paths(settings)
-    _check_not_own(src, own)
+    own = own_paths(settings)
+    check_source(src, own)
     name = stored_name(src, req.name)
     description = check_description(req.description)
     metadata = check_metadata(req.metadata)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedml_storage import dest_temps
+from fedml_storage import ResponseCode, dest_temps
 
 from .conftest import Store
 
@@ -168,3 +168,39 @@ def test_a_download_says_when_it_replaced_a_copy(store: Store, tmp_path: Path) -
     second = store.client().download("ds", tmp_path / "out")
     assert second.data.replaced is True and second.message.endswith("replacing what was there")
     assert not (tmp_path / "out" / "ds" / "mine.txt").exists() and second.data.to_dict()["replaced"] is True
+
+
+
+def test_a_download_never_replaces_fedml_storages_own_files(store: Store, isolated_home: Path, tmp_path: Path) -> None:
+    """A dataset named like the LOCAL store's folder, downloaded beside it, replaced the whole store (every dataset
+    gone); one named config.json, downloaded into the home, replaced the saved settings and key."""
+    from fedml_storage import api
+    from fedml_storage.config import config_path
+
+    client = store.client()
+    assert api.configure(keep_versions=2).ok
+    saved = config_path().read_bytes()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "x.txt").write_text("not the store")
+    (tmp_path / "config.json").write_text('{"evil": 1}')
+    for src in ("store", "config.json"):
+        assert client.upload(str(tmp_path / src)).ok
+    assert client.upload(str(tmp_path / "store"), name=isolated_home.name).ok
+    keys = store.keys()
+    for name, dest in [("store", isolated_home),  # is the LOCAL store
+                       ("config.json", isolated_home),  # is the config file
+                       (isolated_home.name, isolated_home.parent),  # holds the home
+                       ("config.json", isolated_home / "store" / "default"),  # lies in the store
+                       ("config.json", isolated_home / "partial")]:  # lies in the kept partial downloads
+        response = client.download(name, dest)
+        assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input", (name, dest, response)
+        assert "fedml-storage's" in response.message and "another dest_path" in response.message
+    assert config_path().read_bytes() == saved and store.keys() == keys
+    assert sorted(m.dataName for m in client.list().data) == sorted(["config.json", "store", isolated_home.name])
+    # beside them, and onto a link to the store (a download replaces the link itself), a download goes ahead
+    assert client.download("config.json", isolated_home / "work").ok
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "store").symlink_to(isolated_home / "store")
+    assert client.download("store", tmp_path / "linked").ok
+    assert (tmp_path / "linked" / "store" / "x.txt").read_text() == "not the store"
+    assert store.keys() == keys

@@ -1,0 +1,40 @@
+"""fedml-storage's own files and folders (its home, config file, caches, LOCAL store, kept partial downloads):
+an upload never takes them and a download never replaces them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import StorageSettings, config_path, storage_home
+from .errors import InvalidInput
+
+_LABELS = ("home folder", "config file (which may hold your key)", "config lock", "cache", "LOCAL store",
+           "kept partial downloads")
+
+
+def own_paths(settings: StorageSettings) -> tuple[Path, ...]:
+    """The home first, then what it (or the settings) place elsewhere; in the order of _LABELS."""
+    home, config = storage_home(), config_path()
+    return home, config, config.parent / ".config.lock", home / "cache", settings.store_root, settings.partials_folder
+
+
+def check_source(src: Path, own: tuple[Path, ...]) -> None:
+    """Refuse to upload one of them, or something inside one (but the home: it may be a broad folder of the user's)."""
+    inner = [path.resolve() for path in own[1:]]
+    where = src.resolve()
+    if any(where == path or path in where.parents for path in inner):
+        raise InvalidInput(f"data_path {str(src)!r} is fedml-storage's own (its config file, which may hold your key, "
+                           "its caches, its LOCAL store or kept partial downloads), not data to upload; upload data "
+                           "from elsewhere")
+
+
+def check_target(target: Path, own: tuple[Path, ...]) -> None:
+    """Refuse a download target that is one of them, holds one, or lies in one of its folders but the home (where
+    only the config file is at stake): replacing it would lose stored data or the saved key."""
+    where = target.parent.resolve() / target.name  # a link there is replaced itself, not what it points to
+    for index, path in enumerate(own):
+        for form in {Path(os.path.abspath(path)), path.resolve()}:  # a link to the store is its place too
+            if form.is_relative_to(where) or (index >= 3 and where.is_relative_to(form)):
+                raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {_LABELS[index]} ({form}), which "
+                                   "a download there would replace or mix with; download into another dest_path")
