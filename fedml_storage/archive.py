@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import IntegrityError, InvalidInput
+from .errors import IntegrityError, InvalidInput, size_not_content
 from .modes import open_plain, umask
 from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
@@ -130,9 +130,11 @@ def _pack_file(writer: ZipWriter, e: Entry, when: tuple[int, ...], attr: int,
     with src:
         writer.add(e.rel, when, attr, e.st_size, chunks())
         after = os.fstat(src.fileno())
-    if read != e.st_size or not same_file_state(after, e):
+    if not same_file_state(after, e):
         raise InvalidInput(f"{e.path} changed while it was being uploaded; nothing was published, "
                            "upload it again once it is no longer being written")
+    if read != e.st_size:
+        raise size_not_content(e.path, read, e.st_size)
     return h.hexdigest()
 
 

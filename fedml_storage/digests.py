@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import size_not_content
 from .modes import open_plain
 from .trees import Entry
 
@@ -23,14 +24,19 @@ MAX_FILES = 1_000_000
 MAX_TREES = 10_000
 
 
-def sha256_file(path: Path | str, stop: threading.Event | None = None) -> str:
-    """Hex SHA-256 of a file's bytes ("" when `stop` is set before the end)."""
+def sha256_file(path: Path | str, stop: threading.Event | None = None, size: int | None = None) -> str:
+    """Hex SHA-256 of a file's bytes ("" when `stop` is set before the end). Given the `size` its stat said, a file
+    that still says so but gave other bytes is refused (a file being written is the caller's to notice)."""
     digest = hashlib.sha256()
+    read = 0
     with open_plain(path) as fh:
         while chunk := fh.read(CHUNK):
             if stop is not None and stop.is_set():
                 return ""
             digest.update(chunk)
+            read += len(chunk)
+        if size is not None and read != size and os.fstat(fh.fileno()).st_size == size:
+            raise size_not_content(path, read, size)
     return digest.hexdigest()
 
 

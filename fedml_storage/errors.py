@@ -65,6 +65,13 @@ class TransientError(Exception):
     """A failure that may pass on retry (network, throttling, 5xx): becomes ERROR, retryable."""
 
 
+def size_not_content(path: object, read: int, size: int) -> InvalidInput:
+    """A file that gives other bytes than its size says (/proc, sysfs, some FUSE files): never storable as is."""
+    return InvalidInput(f"{path} gives {read} bytes where its size says {size} (a /proc-like or special file, whose "
+                        "size is not its content's); nothing was published: copy it to a regular file and upload "
+                        "that, or leave it out of a folder with ignore_patterns")
+
+
 class IntegrityError(StorageFailure):
     """Stored bytes do not match the manifest (corruption or tampering)."""
 

@@ -250,7 +250,7 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     digest = cache.lookup([(path, st)]).get(path)
     same_shape = current is not None and current.kind == "file" and current.source_size == st.st_size
     if digest is None and same_shape:
-        digest = sha256_file(src)  # likely unchanged: read once to avoid sending it again
+        digest = sha256_file(src, size=st.st_size)  # likely unchanged: read once to avoid sending it again
         cache.store([(path, st, digest)])
     if digest is not None and same_shape and current.content_digest == digest:
         return current, None
@@ -259,16 +259,16 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     with progress_bar(st.st_size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
             stop = threading.Event()
-            hashing = _submit(pool, sha256_file, src, stop) if digest is None else None
+            hashing = _submit(pool, sha256_file, src, stop, st.st_size) if digest is None else None
             try:
                 catalog.store.put_file(key, src, advance)
+                digest = hashing.result() if hashing else digest  # in here: a file it refuses is not kept either
             except BaseException as exc:
                 stop.set()  # no use for the digest now: Ctrl-C need not wait for the rest of the file to be read
                 catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
                 if isinstance(exc, Exception) and _changed(src, st):  # the cause, whatever the transfer made of it
                     raise _changed_error(src) from None
                 raise
-            digest = hashing.result() if hashing else digest
     if _changed(src, st):
         catalog.drop_data([key])
         raise _changed_error(src)

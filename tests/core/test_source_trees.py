@@ -263,3 +263,24 @@ def test_a_file_that_cannot_be_read_says_what_to_do(store: Store, tmp_path: Path
     assert "ignore_patterns" in response.message and "nothing was published" in response.message
     assert store.client().list().data == []
     assert store.client().upload(str(src), ignore_patterns=["*.key"]).ok  # what the message suggests works
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="needs Linux's /proc")
+def test_a_file_whose_size_is_not_its_content_is_refused_and_nothing_is_stored(store: Store, tmp_path: Path) -> None:
+    """/proc files say 0 bytes and give more: the upload succeeded, and every download failed as corrupt (the advice,
+    delete and upload again, did the same); in a folder it was said to be changing, and upload again never helped."""
+    folder = tmp_path / "sysinfo"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("n")
+    (folder / "cpuinfo").symlink_to("/proc/cpuinfo")
+    client = store.client()
+    for path in ("/proc/cpuinfo", str(folder)):
+        response = client.upload(path)
+        assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input", response
+        assert "cpuinfo gives" in response.message and "where its size says 0" in response.message, response.message
+        assert "changed while" not in response.message
+        assert store.keys() == [] and client.list().data == []
+    (folder / "cpuinfo").unlink()
+    (folder / "cpuinfo").write_bytes(Path("/proc/cpuinfo").read_bytes())  # what the message advises
+    assert client.upload(str(folder)).ok and client.download("sysinfo", tmp_path / "out").ok
+    assert tree_bytes(tmp_path / "out" / "sysinfo") == tree_bytes(folder)
