@@ -249,7 +249,7 @@ class Catalog:
         def one(name: str) -> Manifest | tuple[str, str] | None:
             try:
                 found = self.read(name)
-            except IntegrityError as exc:  # says why: a newer format wants an upgrade, not a delete
+            except (IntegrityError, InvalidInput) as exc:  # says why: a newer format wants an upgrade, not a delete
                 return name, str(exc)
             except PermissionError:  # a shared LOCAL store where another user's entry is private to them
                 return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
@@ -349,6 +349,11 @@ def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:
         raise IntegrityError(f"the catalog entry of {name!r} is unreadable; delete({name!r}) removes it, then upload again") from None
     if manifest.format_version > FORMAT_VERSION:
         raise IntegrityError(f"{name!r} was written by a newer fedml-storage (format {manifest.format_version}); upgrade")
+    if manifest.name != name:  # a store that ignores case or Unicode normalization gave another name's entry
+        raise InvalidInput(f"{name!r} is not stored, but its catalog entry is that of {manifest.name!r}: the store "
+                           "does not tell the two names apart (a file system that ignores case, as macOS's and "
+                           "Windows' do by default), or the entry was copied by hand; nothing was changed. Use "
+                           f"{manifest.name!r} for that dataset, or another name for a new one")
     if not manifest.versions:
         raise IntegrityError(f"the catalog entry of {name!r} lists no data; delete it and upload again")
     own = f"{data_prefix}{name}/"

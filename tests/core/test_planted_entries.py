@@ -84,3 +84,22 @@ def test_an_entry_of_a_newer_release_is_listed_as_such_not_as_something_to_delet
     said = [r.getMessage() for r in caplog.records if r.name == "fedml_storage" and "w.bin" in r.getMessage()]
     assert said and all("newer fedml-storage" in m and "upgrade" in m and "delete" not in m for m in said), said
     assert client.cleanup(older_than_seconds=0).ok and entry["versions"][0]["key"] in store.keys()
+
+
+def test_another_names_entry_under_a_name_changes_nothing(store: Store, tmp_path: Path) -> None:
+    """What a store that ignores case shows (macOS, Windows): asked for 'a.txt', it gives the entry of 'A.txt'. That
+    was taken for an entry naming data outside its own, and the message advised delete('a.txt'), which on such a
+    store deleted 'A.txt'; an upload of 'a.txt' went ahead."""
+    client, entry = _stored(store, tmp_path, "A.txt", b"team A data")
+    store.write("default/manifests/a.txt.json", store.read("default/manifests/A.txt.json"))
+    keys = store.keys()
+    (tmp_path / "a.txt").write_bytes(b"team a data")
+    for response in (client.delete("a.txt"), client.upload(str(tmp_path / "a.txt")), client.get_metadata("a.txt"),
+                     client.download("a.txt", tmp_path / "out")):
+        assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input", response
+        assert "catalog entry is that of 'A.txt'" in response.message and "nothing was changed" in response.message
+    assert store.keys() == keys and not (tmp_path / "out" / "a.txt").exists()
+    assert client.download("A.txt", tmp_path / "out").ok and (tmp_path / "out" / "A.txt").read_bytes() == b"team A data"
+    assert _entry(store, "A.txt") == entry
+    assert [m.dataName for m in client.list().data] == ["A.txt"]  # the other is skipped, saying why
+    assert client.cleanup(older_than_seconds=0).ok and store.keys() == keys
