@@ -6,10 +6,12 @@ JSON-serialisable XCom value out; a failed call raises so Airflow's retries appl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,16 @@ from fedml_storage import asset_uri, is_unset, planned_name
 from .hook import FedMLStorageHook, no_dest_path
 
 
+class TaskStopped(BaseException):
+    """Raised by on_kill in the middle of a storage call, as Ctrl-C would be: the call cleans up (an upload
+    publishes nothing and leaves no part upload, a download keeps what it fetched for the retry) before Airflow kills
+    the process. A BaseException, so the core does not take it for a failure of its own; Airflow may retry it."""
+
+
 class _StorageOperator(BaseOperator):
     """Connection id and per-task overrides shared by the operators."""
+
+    _calling = False  # whether a storage call runs in the main thread now (on_kill may interrupt it)
 
     def __init__(self, *, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
                  service: str | None = None, namespace: str | None = None, **kwargs: Any) -> None:
@@ -34,6 +44,27 @@ class _StorageOperator(BaseOperator):
 
     def hook(self) -> FedMLStorageHook:
         return FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
+
+    @contextlib.contextmanager
+    def calls(self) -> Iterator[FedMLStorageHook]:
+        """The hook, for storage calls that on_kill may interrupt (not what the task does with their results)."""
+        with self.hook() as hook:
+            self._calling = True
+            try:
+                yield hook
+            finally:
+                self._calling = False
+
+    def on_kill(self) -> None:
+        """SIGTERM (the task marked failed or cleared, the worker stopping): Airflow calls this, in the main thread,
+        and kills the process 5 seconds later (SIGKILL), cutting a transfer where it is (a part upload left in the
+        bucket, a part file at dest). Interrupting the call lets it clean up first. Once only: a second SIGTERM must
+        not cut that short; and not after a task timeout, which the call already handled (Airflow calls this then
+        too)."""
+        if self._calling and threading.current_thread() is threading.main_thread():
+            self._calling = False
+            raise TaskStopped(f"task {self.task_id!r} told to stop (SIGTERM) during a storage call, which was "
+                              "interrupted as by Ctrl-C: what it had not published or placed is cleaned up")
 
 
 def _templated(value: object) -> bool:
@@ -138,7 +169,7 @@ class FedMLStorageUploadOperator(_StorageOperator):
         patterns = _rendered_list(self.ignore_patterns, "ignore_patterns")
         tags = _rendered_list(self.tag_list, "tag_list")
         declared = [a for a in self.outlets if isinstance(a, Asset) and a.uri.startswith("fedml://")]
-        with self.hook() as hook:
+        with self.calls() as hook:
             planned = planned_name(self.data_path, self.name)
             if declared and planned is not None:  # refuse before publishing rather than after
                 self._check_outlets(hook.asset_uri(planned), declared, published=False)
@@ -191,7 +222,7 @@ class FedMLStorageDownloadOperator(_StorageOperator):
             self.inlets = _static_asset(name, self.namespace)
 
     def execute(self, context: Context) -> str:
-        with self.hook() as hook:
+        with self.calls() as hook:
             result = hook.download(self.name, self.dest_path, self.version or None)
         if self.do_xcom_push:  # as the return value: nothing with do_xcom_push=False
             context["ti"].xcom_push(key="version", value=result.version)
@@ -214,7 +245,7 @@ class FedMLStorageDeleteOperator(_StorageOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> bool:
-        with self.hook() as hook:
+        with self.calls() as hook:
             return hook.delete(self.name, missing_ok=self.missing_ok)
 
 
@@ -224,7 +255,7 @@ class FedMLStorageListOperator(_StorageOperator):
     template_fields: Sequence[str] = ("service", "namespace", "fedml_storage_conn_id")
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        with self.hook() as hook:
+        with self.calls() as hook:
             items = hook.list()
         self.log.info("listed %d dataset(s): %s", len(items), ", ".join(i["dataName"] for i in items[:20]))
         return items
@@ -241,7 +272,7 @@ class FedMLStorageMetadataOperator(_StorageOperator):
         self.user_defined_only = user_defined_only
 
     def execute(self, context: Context) -> dict[str, Any]:
-        with self.hook() as hook:
+        with self.calls() as hook:
             if self.user_defined_only:
                 meta = hook.get_user_metadata(self.name)
                 self.log.info("user metadata of %r: %d key(s)", self.name, len(meta))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -22,6 +23,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _tries(airflow_home: Path) -> list[tuple]:
+    """State and try number of the upload in the latest run of the DAG (each test makes one run)."""
+    return query(airflow_home, "SELECT state, try_number FROM task_instance WHERE run_id = (SELECT run_id FROM "
+                               "dag_run WHERE dag_id='fedml_storage_retry' ORDER BY id DESC LIMIT 1)")
 
 
 def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_path: Path) -> None:
@@ -54,7 +61,7 @@ def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_
         output = (tmp_path / "dags-test.log").read_text()
         assert "cannot reach the storage endpoint" in output and "Marking run" in output
         assert TEST_API_KEY.split(":")[1] not in output
-        tries = query(airflow_home, "SELECT state, try_number FROM task_instance WHERE dag_id='fedml_storage_retry'")
+        tries = _tries(airflow_home)
         assert tries == [("success", 2)]
         keys = [o["Key"] for o in s3_client(f"http://127.0.0.1:{port}").list_objects_v2(
             Bucket="retry-bucket")["Contents"]]
@@ -64,3 +71,42 @@ def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_
             proc.kill()
         if server is not None:
             server.stop()
+
+
+def test_sigterm_mid_upload_cleans_up_and_the_retry_publishes_once(airflow_home: Path, tmp_path: Path,
+                                                                   moto_proxy, s3_bucket: str) -> None:
+    """SIGTERM (the task marked failed or cleared, the worker stopping): Airflow only calls on_kill, then kills the
+    process 5 s later, cutting the transfer where it was. on_kill now interrupts the call, which cleans up."""
+    import signal
+
+    data = tmp_path / "retried"
+    data.mkdir()
+    (data / "part.bin").write_bytes(os.urandom(300_000))
+    data_put = rb"^PUT /[^ ]*/data/"
+    moto_proxy.on_request(data_put, lambda: time.sleep(120))  # the first try's data gets no answer
+    conn = {"conn_type": "fedml_storage", "password": TEST_API_KEY,
+            "extra": {"service": "S3", "bucket": s3_bucket, "endpoint_url": moto_proxy.endpoint,
+                      "region": "us-east-1", "read_timeout": 5}}
+    env = {**os.environ, **base_env(airflow_home), "AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": json.dumps(conn),
+           "FEDML_RETRY_DATA": str(data), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
+    log = (tmp_path / "dags-test.log").open("w")
+    proc = subprocess.Popen([AIRFLOW, "dags", "test", "fedml_storage_retry", "-f", str(DAGFILE)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(re.match(data_put, h) for h in moto_proxy.request_heads):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = (tmp_path / "dags-test.log").read_text()
+    assert "told to stop (SIGTERM) during a storage call" in output and "Marking run" in output
+    tries = _tries(airflow_home)
+    assert tries == [("success", 2)]
+    s3 = s3_client(moto_proxy.endpoint)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert len([k for k in keys if "/data/" in k]) == 1 and keys.count("default/manifests/retried.json") == 1
+    assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
