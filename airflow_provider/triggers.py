@@ -28,7 +28,7 @@ def next_wait(poke_interval: float, checks: int, exponential_backoff: bool = Fal
     poke interval, or with `exponential_backoff` one that doubles after each check (with up to 25% jitter so
     sensors started together spread out) and never exceeds `max_wait`."""
     if not exponential_backoff:  # max_wait applies to the backoff only, as in poke and reschedule mode
-        return poke_interval
+        return poke_interval if poke_interval > 0 else 1.0  # 0 (which sensors take): not a loop of requests
     # from a poke_interval of 0 it backs off from 1 s, as the poking loop does
     wait = (poke_interval or 1.0) * 2 ** min(checks - 1, 40) * random.uniform(1.0, 1.25)
     return min(wait, max_wait) if max_wait else wait  # 0, as in poke mode, sets no bound (not a tight loop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import os
 import re
@@ -167,6 +168,17 @@ def test_the_trigger_fires_a_timeout_at_the_deadline_and_the_sensor_fails_or_ski
         lenient.execute_complete({}, event)
 
 
+def test_a_trigger_with_poke_interval_0_checks_once_a_second(isolated_home: Path, caplog, capfd) -> None:
+    """Sensors take poke_interval=0: the trigger then sent checks back to back, about 70 a second."""
+    trigger = FedMLStorageDatasetTrigger(name="ds", service="LOCAL", poke_interval=0, deadline=time.time() + 1.5)
+    with caplog.at_level(logging.INFO):
+        event = asyncio.run(first_event(trigger, within=30))
+    assert event["status"] == "timeout"
+    out, err = capfd.readouterr()
+    checks = [line for line in (caplog.text + out + err).splitlines() if "checking again" in line]
+    assert 1 <= len(checks) <= 2 and "checking again in 1s" in checks[0], checks
+
+
 def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
         unreachable_connection: None, monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
     # an unreachable service is no reason to fail the task: three checks, and it still waits
@@ -186,6 +198,8 @@ def test_the_waits_between_checks_follow_poke_interval_and_backoff() -> None:
     assert next_wait(2, 6, exponential_backoff=True, max_wait=20) == 20
     assert next_wait(60, 1, exponential_backoff=True, max_wait=0) >= 60  # 0 bounds nothing, as in poke mode
     assert 1 <= next_wait(0, 1, exponential_backoff=True) <= 1.25  # no tight loop from a poke_interval of 0
+    assert next_wait(0, 5) == next_wait(-1, 5) == 1.0  # nor without backoff (it checked ~70 times a second)
+    assert next_wait(0.05, 5) == 0.05
     assert next_wait(2, 10_000, exponential_backoff=True) < float("inf")
 
 
