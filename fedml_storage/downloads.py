@@ -236,4 +236,7 @@ def _make_folder(dest: Path) -> list[Path]:
     except FileExistsError:
         raise InvalidInput(f"dest_path {str(dest)!r} cannot be a folder: something that is not one is there (a broken "
                            "link?); remove it or choose another dest_path") from None
+    except FileNotFoundError:  # /proc and the like: folders that take no new entries
+        raise InvalidInput(f"dest_path {str(dest)!r} cannot be made: its parent takes no new folders (a /proc-like "
+                           "file system?); choose another dest_path") from None
     return missing
