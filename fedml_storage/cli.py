@@ -48,6 +48,12 @@ _CLI_ADVICE = {
     "calls without service=": "commands without --service",
     "pass service='R2' or 'S3', or make one the default (configure(service=...))":
         "pass --service R2 or S3, or make one the default (`fedml-storage --service S3 configure`)",
+    "raise keep_versions to keep more": "raise keep_versions to keep more (`fedml-storage configure --keep-versions N`)",
+    "pass the `version` an upload returned or get_storage_metadata shows":
+        "pass the --version an upload printed or `fedml-storage metadata NAME` shows",
+    "ignore_patterns": "--ignore patterns",
+    "another dest_path": "another --dest",
+    "data_path ": "PATH ",
 }
 
 
@@ -86,12 +92,15 @@ def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[st
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{item!r} is not key=value, e.g. --metadata owner=vision")
-        result[key.strip()] = value
+        if key.strip() in result:
+            raise click.BadParameter(f"{key.strip()!r} is given twice; give each key once")
+        result[key.strip()] = value.strip()
     return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--service", help="LOCAL, S3 or R2 (default: the configured service, LOCAL out of the box).")
+@click.option("--service", type=click.Choice(["LOCAL", "S3", "R2"], case_sensitive=False),
+              help="Storage service (default: the configured one, LOCAL out of the box).")
 @click.option("--namespace", help="Key prefix inside the bucket (default: configured, or 'default').")
 @click.option("--api-key", envvar="FEDML_STORAGE_API_KEY", show_envvar=True,
               help="ACCESS_KEY_ID:SECRET_ACCESS_KEY (prefer `login` or the environment variable).")
@@ -109,7 +118,13 @@ def cli(ctx: click.Context, service: str | None, namespace: str | None, api_key:
 @click.argument("api_key", required=False)
 @click.pass_obj
 def login(obj: Ctx, api_key: str | None) -> None:
-    """Save the storage API key (asks for it, hidden, when not given)."""
+    """Save the storage API key (asks for it, hidden, when not given; reads a line when piped in). With --service,
+    that service becomes the default too."""
+    if api_key is None and not sys.stdin.isatty():  # piped: getpass would warn that it may echo
+        click.echo("API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY): ", err=True, nl=False)
+        api_key = sys.stdin.readline().strip()
+        if not api_key:
+            raise click.UsageError("no API key on standard input")
     if api_key is None:
         api_key = click.prompt("API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY)", hide_input=True)
     response = api.fedml_login(api_key, service=obj.service)
@@ -118,23 +133,29 @@ def login(obj: Ctx, api_key: str | None) -> None:
 
 
 @cli.command()
-@click.option("--bucket")
-@click.option("--endpoint-url")
-@click.option("--region")
-@click.option("--r2-account-id")
-@click.option("--local-root", type=click.Path(file_okay=False))
-@click.option("--keep-versions", type=int)
+@click.option("--bucket", help="Bucket for S3 and R2.")
+@click.option("--endpoint-url", help="S3 API address of an S3-compatible store (MinIO, Ceph) or of R2.")
+@click.option("--region", help="S3 region.")
+@click.option("--r2-account-id", help="Cloudflare account id: R2's endpoint is made from it.")
+@click.option("--local-root", type=click.Path(file_okay=False), help="Folder of the LOCAL store.")
+@click.option("--keep-versions", type=click.IntRange(min=1),
+              help="Versions of each dataset kept downloadable (default 1: the current one).")
 @click.option("--json", "as_json", is_flag=True, help="Print settings as JSON.")
 @click.pass_obj
 def configure(obj: Ctx, as_json: bool, **fields: Any) -> None:
-    """Save default settings (with --service/--namespace too); with no option, show the current ones."""
+    """Save default settings (with --service/--namespace too; '' clears one); with no option, show the current
+    ones."""
     updates = {k: v for k, v in {**fields, "service": obj.service, "namespace": obj.namespace}.items() if v is not None}
     if updates:
         _finish(api.configure(**updates))
         if not as_json:
-            click.echo(f"saved {', '.join(sorted(updates))} to {config_path()}{overridden_note(updates)}")
+            saved, cleared = sorted(k for k, v in updates.items() if v != ""), sorted(k for k, v in updates.items()
+                                                                                     if v == "")
+            done = ([f"saved {', '.join(saved)}"] if saved else []) + ([f"cleared {', '.join(cleared)}"] if cleared
+                                                                        else [])
+            click.echo(f"{' and '.join(done)} in {config_path()}{overridden_note(updates)}")
         if note := api.unused_bucket_note():
-            click.echo(f"warning: {_for_cli(note)}", err=True)
+            click.echo(f"warning: {_for_cli(note).removeprefix('; ')}", err=True)
     settings = _finish(_settings(obj))
     if as_json:
         _emit(settings)
@@ -155,13 +176,14 @@ def _settings(obj: Ctx) -> FedMLResponse:
 
 @cli.command()
 @click.argument("path", type=click.Path())
-@click.option("--name", help="Stored name (default: the file or directory name).")
-@click.option("--description")
+@click.option("--name", help="Stored name (default: the file or directory name); a file keeps its extension "
+              "(--name weights for model.pt stores weights.pt).")
+@click.option("--description", help="What the dataset holds (kept on re-upload unless given).")
 @click.option("--tag", "tags", multiple=True, help="A tag; repeat for more.")
 @click.option("--metadata", "metadata", multiple=True, callback=_parse_metadata, help="key=value; repeat for more.")
 @click.option("--ignore", "ignore", multiple=True,
               help="Leave out what a .gitignore line would match (quote it: --ignore '*.pyc'); repeat for more.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags: tuple[str, ...],
            metadata: dict[str, str] | None, ignore: tuple[str, ...], as_json: bool) -> None:
@@ -174,17 +196,25 @@ def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags:
 @cli.command()
 @click.argument("name")
 @click.option("--dest", type=click.Path(file_okay=False), help="Folder to download into (default: here).")
+@click.option("-y", "--yes", is_flag=True, help="Replace an existing DEST/NAME without asking.")
 @click.option("--version", "version", help="An exact version (default: the current one).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def download(obj: Ctx, name: str, dest: str | None, version: str | None, as_json: bool) -> None:
-    """Download a dataset, verified, into DEST/NAME."""
+def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bool, as_json: bool) -> None:
+    """Download a dataset, verified, into DEST/NAME. An existing DEST/NAME is replaced as a whole (what it holds
+    that the dataset does not is removed), after asking at a terminal unless --yes."""
+    target = os.path.join(dest or ".", name)
+    if not yes and sys.stdin.isatty() and os.path.lexists(target) and not click.confirm(
+            f"{target} exists: replace it as a whole with the stored {name!r} (what it holds that the dataset "
+            "does not is removed)?", default=False, err=True):
+        click.echo("aborted: nothing downloaded", err=True)
+        sys.exit(EXIT_FAILURE)
     result = _finish(obj.client().download(name, dest, version=version, show_progress=obj.progress))
     _emit(result.to_dict()) if as_json else click.echo(result.summary())
 
 
 @cli.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def list_(obj: Ctx, as_json: bool) -> None:
     """List stored datasets."""
@@ -198,6 +228,7 @@ def list_(obj: Ctx, as_json: bool) -> None:
         return
     table = PrettyTable(["Name", "Size", "Files", "Description", "Tags", "Created", "Updated"], align="l")
     table.align["Size"] = table.align["Files"] = "r"
+    table.max_width["Description"] = table.max_width["Tags"] = 40  # wrapped: a long one kept the table unreadable
     for m in items:
         table.add_row([m.dataName, m.size, m.file_count, m.description, ", ".join(m.tag_list), m.createdAt,
                        m.updatedAt])
@@ -206,7 +237,7 @@ def list_(obj: Ctx, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def metadata(obj: Ctx, name: str, as_json: bool) -> None:
     """Show a dataset's stored metadata."""
@@ -226,7 +257,7 @@ def metadata(obj: Ctx, name: str, as_json: bool) -> None:
 
 @cli.command(name="user-metadata")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def user_metadata(obj: Ctx, name: str, as_json: bool) -> None:
     """Show the metadata given at upload."""
@@ -262,7 +293,7 @@ def delete(obj: Ctx, name: str, yes: bool, missing_ok: bool, as_json: bool) -> N
 @cli.command()
 @click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=3600, show_default=True,
               help="Grace period in seconds: longer than any upload running meanwhile (0 only when none runs).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def cleanup(obj: Ctx, older_than: float, as_json: bool) -> None:
     """Remove what interrupted uploads left (never published data)."""
@@ -277,7 +308,7 @@ def cleanup(obj: Ctx, older_than: float, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def check(obj: Ctx, as_json: bool) -> None:
     """Check that the store does what fedml-storage needs (conditional requests honoured), on a probe object."""

@@ -84,13 +84,20 @@ def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
     assert "`fedml-storage list` shows what is stored" in unknown.stderr  # command-line advice, not Python's
     no_bucket = run("--service", "S3", "list")
     assert no_bucket.returncode == 1 and "`fedml-storage configure --bucket ...`" in no_bucket.stderr
-    assert run("--service", "GCS", "list").returncode == 1
+    wrong = run("--service", "GCS", "list")  # a usage error, naming the option (it was exit 1, "the argument")
+    assert wrong.returncode == 2 and "--service" in wrong.stderr and "'GCS' is not one of" in wrong.stderr
+    assert run("--service", "s3", "configure", "--json", env={"FEDML_STORAGE_HOME": str(tmp_path / "h")}).returncode == 0
+    assert run("configure", "--keep-versions", "0").returncode == 2
     assert run("frobnicate").returncode == 2
+    twice = run("upload", str(tmp_path / "f.txt"), "--metadata", "a=1", "--metadata", "a=2")
+    assert twice.returncode == 2 and "'a' is given twice" in twice.stderr
+    assert "PATH '" in missing.stderr and "data_path" not in missing.stderr  # the CLI's words
 
 
 def test_login_prompts_without_echo_and_configure_masks(isolated_home: Path) -> None:
     login = run("login", stdin=TEST_API_KEY + "\n")
     assert login.returncode == 0 and "API key saved" in login.stdout
+    assert "Warning" not in login.stderr and "echoed" not in login.stderr  # piped: read as a line, not by getpass
     config = isolated_home / "config.json"
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert json.loads(config.read_text())["api_key"] == TEST_API_KEY
@@ -209,7 +216,7 @@ def test_a_bucket_configured_beside_the_default_local_service_is_pointed_out(tmp
     env = {"FEDML_STORAGE_HOME": str(tmp_path / "home")}
     saved = run("configure", "--bucket", "datasets", env=env)
     assert saved.returncode == 0 and "saved bucket" in saved.stdout
-    assert "the default service is still LOCAL, which uses no bucket" in saved.stderr
+    assert saved.stderr.startswith("warning: the default service is still LOCAL, which uses no bucket")
     assert "`fedml-storage --service S3 configure`" in saved.stderr and "configure(service" not in saved.stderr
     empty = run("list", env=env)
     assert empty.returncode == 0 and empty.stdout.startswith("no datasets stored; commands without --service use")
@@ -222,6 +229,39 @@ def test_a_bucket_configured_beside_the_default_local_service_is_pointed_out(tmp
         nothing.stdout
     chosen = run("--service", "S3", "configure", env=env)
     assert chosen.returncode == 0 and "warning" not in chosen.stderr
+    cleared = run("configure", "--bucket", "", env=env)
+    assert cleared.returncode == 0 and "cleared bucket in" in cleared.stdout and "saved" not in cleared.stdout
+    assert "bucket" not in json.loads((tmp_path / "home" / "config.json").read_text())
+
+
+def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -> None:
+    """It replaced DEST/NAME as a whole without a word before: files the user had added there were gone."""
+    import pty
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("stored")
+    assert run("upload", str(tmp_path / "ds")).returncode == 0
+    (tmp_path / "out" / "ds").mkdir(parents=True)
+    (tmp_path / "out" / "ds" / "mine.csv").write_text("the user's own results")
+
+    def at_terminal(*args: str, answer: bytes) -> tuple[int, str]:
+        main, sub = pty.openpty()
+        proc = subprocess.Popen([SCRIPT, "download", "ds", "--dest", str(tmp_path / "out"), *args], stdin=sub,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(sub)
+        os.write(main, answer)
+        out, err = proc.communicate(timeout=120)
+        os.close(main)
+        return proc.returncode, (out + err).decode()
+
+    code, said = at_terminal(answer=b"n\n")
+    assert code == 1 and "exists: replace it as a whole" in said and "aborted: nothing downloaded" in said
+    assert (tmp_path / "out" / "ds" / "mine.csv").exists()
+    code, said = at_terminal("--yes", answer=b"")
+    assert code == 0 and "replacing what was there" in said and "exists:" not in said
+    assert sorted(p.name for p in (tmp_path / "out" / "ds").iterdir()) == ["a.txt"]
+    piped = run("download", "ds", "--dest", str(tmp_path / "out"))  # a script's download: no one to ask
+    assert piped.returncode == 0 and "exists:" not in piped.stderr
 
 
 def test_check_prints_each_verdict_and_fails_on_a_store_that_ignores_conditions(s3_env: dict, moto_proxy) -> None:
