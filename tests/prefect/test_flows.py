@@ -213,7 +213,7 @@ def test_a_background_task_whose_saved_block_is_gone_fails_saying_so(s3_settings
             await TaskWorker(upload_data).execute_task_run(await client.read_task_run(future.task_run_id))
             for _ in range(300):  # the final state reaches the server as an event, a moment later
                 run = await client.read_task_run(future.task_run_id)
-                if run.state.is_final():
+                if run.state is not None and run.state.is_final():  # None: read before its first state
                     return run
                 await asyncio.sleep(0.1)
             return run
