@@ -186,7 +186,12 @@ class Catalog:
             raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
                            f"{self._similar(name)}; nothing was deleted")
         raw, etag = found
-        manifest = self._parsed_or_none(raw, name)  # unreadable: still deletable; its data goes at cleanup()
+        try:
+            manifest = self._parsed_or_none(raw, name)  # unreadable: still deletable; its data goes at cleanup()
+        except InvalidInput:  # another name's entry: a copy under this name, or a store that ignores case
+            if self.manifest_key(name) not in {o.key for o in self.store.list(self.manifest_key(name))}:
+                raise  # the store lists it under another name only: deleting would delete that dataset
+            manifest = None  # a copy of another name's entry: removed alone, never that name's data
         keep: set[str] = set()
         try:
             self.store.delete(self.manifest_key(name), if_match=etag)
@@ -350,10 +355,11 @@ def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:
     if manifest.format_version > FORMAT_VERSION:
         raise IntegrityError(f"{name!r} was written by a newer fedml-storage (format {manifest.format_version}); upgrade")
     if manifest.name != name:  # a store that ignores case or Unicode normalization gave another name's entry
-        raise InvalidInput(f"{name!r} is not stored, but its catalog entry is that of {manifest.name!r}: the store "
-                           "does not tell the two names apart (a file system that ignores case, as macOS's and "
-                           "Windows' do by default), or the entry was copied by hand; nothing was changed. Use "
-                           f"{manifest.name!r} for that dataset, or another name for a new one")
+        raise InvalidInput(f"the catalog entry read for {name!r} is that of {manifest.name!r}: the store does not "
+                           "tell the two names apart (a file system that ignores case, as macOS's and Windows' do by "
+                           f"default), or the entry was copied by hand (delete({name!r}) removes such a copy alone); "
+                           f"nothing was changed. Use {manifest.name!r} for that dataset, or another name for a new "
+                           "one")
     if not manifest.versions:
         raise IntegrityError(f"the catalog entry of {name!r} lists no data; delete it and upload again")
     own = f"{data_prefix}{name}/"

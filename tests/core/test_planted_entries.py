@@ -4,6 +4,7 @@ release): whatever they say, a delete, a re-upload or a cleanup removes only thi
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -86,20 +87,51 @@ def test_an_entry_of_a_newer_release_is_listed_as_such_not_as_something_to_delet
     assert client.cleanup(older_than_seconds=0).ok and entry["versions"][0]["key"] in store.keys()
 
 
-def test_another_names_entry_under_a_name_changes_nothing(store: Store, tmp_path: Path) -> None:
-    """What a store that ignores case shows (macOS, Windows): asked for 'a.txt', it gives the entry of 'A.txt'. That
-    was taken for an entry naming data outside its own, and the message advised delete('a.txt'), which on such a
-    store deleted 'A.txt'; an upload of 'a.txt' went ahead."""
+
+def _case_blind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LOCAL store on a file system that ignores case (macOS's and Windows' by default): none here, so its
+    path lookup is made to find names as such a file system does."""
+    from fedml_storage.backends.local import LocalStore
+
+    exact = LocalStore._path
+
+    def path(self, key: str) -> Path:
+        found = self.root
+        for part in exact(self, key).relative_to(self.root).parts:
+            same = [n for n in os.listdir(found) if n.casefold() == part.casefold()] if found.is_dir() else []
+            found = found / (same[0] if same else part)
+        return found
+
+    monkeypatch.setattr(LocalStore, "_path", path)
+
+
+@pytest.mark.parametrize("how", ["copied", "case-blind"])
+def test_another_names_entry_under_a_name_changes_nothing(store: Store, tmp_path: Path, how: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked for 'a.txt', a store that ignores case gives the entry of 'A.txt'. That was taken for an entry naming
+    data outside its own, and the message advised delete('a.txt'), which on such a store deleted 'A.txt'; an upload
+    of 'a.txt' went ahead. A copy of the entry under another name (by hand) is removed alone."""
+    if how == "case-blind" and store.service != "LOCAL":
+        pytest.skip("S3 keys are case-sensitive")
     client, entry = _stored(store, tmp_path, "A.txt", b"team A data")
-    store.write("default/manifests/a.txt.json", store.read("default/manifests/A.txt.json"))
+    if how == "copied":
+        store.write("default/manifests/a.txt.json", store.read("default/manifests/A.txt.json"))
+    else:
+        _case_blind(monkeypatch)
     keys = store.keys()
     (tmp_path / "a.txt").write_bytes(b"team a data")
-    for response in (client.delete("a.txt"), client.upload(str(tmp_path / "a.txt")), client.get_metadata("a.txt"),
-                     client.download("a.txt", tmp_path / "out")):
+    calls = [client.upload(str(tmp_path / "a.txt")), client.get_metadata("a.txt"),
+             client.download("a.txt", tmp_path / "out")]
+    deleted = client.delete("a.txt")
+    for response in calls + ([deleted] if how == "case-blind" else []):
         assert response.code == ResponseCode.FAILURE and response.reason == "invalid_input", response
-        assert "catalog entry is that of 'A.txt'" in response.message and "nothing was changed" in response.message
-    assert store.keys() == keys and not (tmp_path / "out" / "a.txt").exists()
+        assert "is that of 'A.txt'" in response.message and "nothing was changed" in response.message
+    assert not (tmp_path / "out" / "a.txt").exists()
+    if how == "copied":
+        assert deleted.ok, deleted  # the copy alone
+        keys.remove("default/manifests/a.txt.json")
+    assert store.keys() == keys
     assert client.download("A.txt", tmp_path / "out").ok and (tmp_path / "out" / "A.txt").read_bytes() == b"team A data"
     assert _entry(store, "A.txt") == entry
-    assert [m.dataName for m in client.list().data] == ["A.txt"]  # the other is skipped, saying why
+    assert [m.dataName for m in client.list().data] == ["A.txt"]
     assert client.cleanup(older_than_seconds=0).ok and store.keys() == keys
