@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from .config import (StorageSettings, is_unset, read_config_file, storage_home, 
 from .digests import DigestCache
 from .downloads import download as _download
 from .errors import InvalidInput, NotFound, Unsupported, to_response
-from .own import own_paths
+from .own import check_target
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
 from .results import Readiness, StorageMetadata, asset_uri, human_size
 from .store_check import check_store
@@ -152,7 +153,7 @@ class StorageClient:
             f"download of {data_name!r}",
             lambda: _download(self._catalog(), data_name, dest_path, version, show_progress, out_progress_to_err,
                               progress_desc, self._ensure_settings().partials_folder,
-                              own_paths(self._ensure_settings())),
+                              functools.partial(check_target, settings=self._ensure_settings())),
             lambda r: r.summary(),
             after_error="Nothing was left at the destination",
         )

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,7 +19,6 @@ from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .modes import umask
-from .own import check_target
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
 from .validation import check_name, check_path, check_progress_desc
@@ -37,11 +37,11 @@ def download(
     out_progress_to_err: bool = True,
     progress_desc: str | None = None,
     partial_dir: Path | None = None,
-    own: tuple[Path, ...] = (),
+    check_target: Callable[[Path], None] | None = None,
 ) -> DownloadResult:
     """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there. What a failed fetch got
     is kept in `partial_dir` (when on dest's filesystem) for the next download of the same data to go on from.
-    `own` (fedml-storage's own files and folders) are never replaced."""
+    `check_target` refuses a target (dest/name) before anything is fetched."""
     started = time.monotonic()
     name = check_name(data_name)
     check_progress_desc(progress_desc)
@@ -53,7 +53,8 @@ def download(
                       "dest_path must be a folder path")
     if dest.exists() and not dest.is_dir():
         raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
-    check_target(dest / name, own)
+    if check_target is not None:
+        check_target(dest / name)
     record = catalog.get(name).find(version)
     created = _make_folder(dest)
     sweep(dest, None if partial_dir is None else functools.partial(partials.keep_killed, partial_dir, record.sha256))

@@ -29,12 +29,22 @@ def check_source(src: Path, own: tuple[Path, ...]) -> None:
                            "from elsewhere")
 
 
-def check_target(target: Path, own: tuple[Path, ...]) -> None:
-    """Refuse a download target that is one of them, holds one, or lies in one of its folders but the home (where
-    only the config file is at stake): replacing it would lose stored data or the saved key."""
+def check_target(target: Path, settings: StorageSettings) -> None:
+    """Refuse a download target that is one of them, holds one, or lies in a folder whose contents are theirs (the
+    cache, the namespace's part of the LOCAL store, partial_dir): replacing it would lose stored data or the saved
+    key. A LOCAL root may be a broad folder: only its namespace folders are the store's."""
     where = target.parent.resolve() / target.name  # a link there is replaced itself, not what it points to
+    own = own_paths(settings)
+    inner = {3: own[3], 4: settings.store_root / settings.namespace, 5: own[5]}
     for index, path in enumerate(own):
         for form in {Path(os.path.abspath(path)), path.resolve()}:  # a link to the store is its place too
-            if form.is_relative_to(where) or (index >= 3 and where.is_relative_to(form)):
-                raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {_LABELS[index]} ({form}), which "
-                                   "a download there would replace or mix with; download into another dest_path")
+            if form.is_relative_to(where):
+                _refuse(target, index, form)
+        if index in inner and any(where.is_relative_to(f) for f in {Path(os.path.abspath(inner[index])),
+                                                                    inner[index].resolve()}):
+            _refuse(target, index, inner[index])
+
+
+def _refuse(target: Path, index: int, path: Path) -> None:
+    raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {_LABELS[index]} ({path}), which a download "
+                       "there would replace or mix with; download into another dest_path")

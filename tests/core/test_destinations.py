@@ -204,3 +204,20 @@ def test_a_download_never_replaces_fedml_storages_own_files(store: Store, isolat
     assert client.download("store", tmp_path / "linked").ok
     assert (tmp_path / "linked" / "store" / "x.txt").read_text() == "not the store"
     assert store.keys() == keys
+
+
+def test_a_broad_local_root_refuses_downloads_only_into_its_namespace_folders(store: Store, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """local_root may be a broad folder (/data): a download beside the store's namespace folders is the user's."""
+    broad = tmp_path / "data"
+    (tmp_path / "ds").write_text("d")
+    client = store.client()
+    assert client.upload(str(tmp_path / "ds")).ok
+    monkeypatch.setenv("FEDML_STORAGE_LOCAL_ROOT", str(broad))
+    client = store.client()
+    if store.service == "LOCAL":  # the store moved: the dataset goes into the broad root's namespace
+        assert client.upload(str(tmp_path / "ds")).ok
+    assert client.download("ds", broad / "projects").ok
+    assert (broad / "projects" / "ds").read_text() == "d"
+    inside = client.download("ds", broad / "default" / "data")
+    assert inside.code == ResponseCode.FAILURE and "fedml-storage's LOCAL store" in inside.message
