@@ -250,7 +250,12 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     digest = cache.lookup([(path, st)]).get(path)
     same_shape = current is not None and current.kind == "file" and current.source_size == st.st_size
     if digest is None and same_shape:
-        digest = sha256_file(src, size=st.st_size)  # likely unchanged: read once to avoid sending it again
+        try:
+            digest = sha256_file(src, size=st.st_size)  # likely unchanged: read once to avoid sending it again
+        except InvalidInput:
+            if _changed(src, st):  # rewritten meanwhile, not a /proc-like file
+                raise _changed_error(src) from None
+            raise
         cache.store([(path, st, digest)])
     if digest is not None and same_shape and current.content_digest == digest:
         return current, None
