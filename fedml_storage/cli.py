@@ -51,9 +51,15 @@ _CLI_ADVICE = {
     "raise keep_versions to keep more": "raise keep_versions to keep more (`fedml-storage configure --keep-versions N`)",
     "pass the `version` an upload returned or get_storage_metadata shows":
         "pass the --version an upload printed or `fedml-storage metadata NAME` shows",
-    "ignore_patterns": "--ignore patterns",
-    "another dest_path": "another --dest",
-    "data_path ": "PATH ",
+    # whole phrases of advice only: a dataset's name or a path may hold the bare words
+    "with ignore_patterns": "with --ignore",
+    "by ignore_patterns": "by --ignore",
+    "failed: ignore_patterns le": "failed: --ignore patterns le",
+    "the file given as data_path:": "the file given as PATH:",
+    "failed: data_path '": "failed: PATH '",
+    "failed: dest_path '": "failed: --dest '",
+    "download into another dest_path": "download into another --dest",
+    "choose another dest_path": "choose another --dest",
 }
 
 
@@ -84,6 +90,13 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def _service(value: str | None) -> str | None:
+    """LOCAL, S3 or R2 in any case ('' clears the saved one with configure): a usage error otherwise, exit 2."""
+    if value is None or value.upper() in ("", "LOCAL", "S3", "R2"):
+        return value if value is None else value.upper()
+    raise click.BadParameter(f"{value!r} is not one of LOCAL, S3, R2", param_hint="'--service'")
+
+
 def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
     if not values:
         return None
@@ -94,13 +107,13 @@ def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[st
             raise click.BadParameter(f"{item!r} is not key=value, e.g. --metadata owner=vision")
         if key.strip() in result:
             raise click.BadParameter(f"{key.strip()!r} is given twice; give each key once")
-        result[key.strip()] = value.strip()
+        result[key.strip()] = value  # as given: the API keeps a value's spaces too
     return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--service", type=click.Choice(["LOCAL", "S3", "R2"], case_sensitive=False),
-              help="Storage service (default: the configured one, LOCAL out of the box).")
+@click.option("--service", callback=lambda ctx, param, value: _service(value), metavar="[LOCAL|S3|R2]",
+              help="Storage service (default: the configured one, LOCAL out of the box; '' with configure clears it).")
 @click.option("--namespace", help="Key prefix inside the bucket (default: configured, or 'default').")
 @click.option("--api-key", envvar="FEDML_STORAGE_API_KEY", show_envvar=True,
               help="ACCESS_KEY_ID:SECRET_ACCESS_KEY (prefer `login` or the environment variable).")
@@ -190,7 +203,7 @@ def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags:
     """Upload a file or directory (unchanged content is not sent again)."""
     result = _finish(obj.client().upload(path, name, description, metadata, list(tags) or None,
                                          show_progress=obj.progress, ignore_patterns=list(ignore) or None))
-    _emit(result.to_dict()) if as_json else click.echo(result.summary())
+    _emit(result.to_dict()) if as_json else click.echo(_for_cli(result.summary()))
 
 
 @cli.command()
@@ -203,8 +216,9 @@ def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags:
 def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bool, as_json: bool) -> None:
     """Download a dataset, verified, into DEST/NAME. An existing DEST/NAME is replaced as a whole (what it holds
     that the dataset does not is removed), after asking at a terminal unless --yes."""
-    target = os.path.join(dest or ".", name)
-    if not yes and sys.stdin.isatty() and os.path.lexists(target) and not click.confirm(
+    target = os.path.join(os.path.expanduser(dest or "."), name)
+    asking = sys.stdin.isatty() and sys.stderr.isatty()  # someone there to answer, who sees the question
+    if not yes and asking and os.path.lexists(target) and not click.confirm(
             f"{target} exists: replace it as a whole with the stored {name!r} (what it holds that the dataset "
             "does not is removed)?", default=False, err=True):
         click.echo("aborted: nothing downloaded", err=True)

@@ -92,6 +92,10 @@ def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
     twice = run("upload", str(tmp_path / "f.txt"), "--metadata", "a=1", "--metadata", "a=2")
     assert twice.returncode == 2 and "'a' is given twice" in twice.stderr
     assert "PATH '" in missing.stderr and "data_path" not in missing.stderr  # the CLI's words
+    odd = run("download", "ignore_patterns_v1", "--dest", str(tmp_path / "my data_path dest_path"))
+    assert "no data named 'ignore_patterns_v1'" in odd.stderr  # ... never in a name or a path
+    odd = run("upload", str(tmp_path / "my data_path x" / "f.txt"))
+    assert "my data_path x" in odd.stderr
 
 
 def test_login_prompts_without_echo_and_configure_masks(isolated_home: Path) -> None:
@@ -232,6 +236,9 @@ def test_a_bucket_configured_beside_the_default_local_service_is_pointed_out(tmp
     cleared = run("configure", "--bucket", "", env=env)
     assert cleared.returncode == 0 and "cleared bucket in" in cleared.stdout and "saved" not in cleared.stdout
     assert "bucket" not in json.loads((tmp_path / "home" / "config.json").read_text())
+    assert json.loads((tmp_path / "home" / "config.json").read_text())["service"] == "S3"
+    assert run("--service", "", "configure", env=env).returncode == 0
+    assert "service" not in json.loads((tmp_path / "home" / "config.json").read_text())
 
 
 def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -> None:
@@ -244,15 +251,24 @@ def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -
     (tmp_path / "out" / "ds").mkdir(parents=True)
     (tmp_path / "out" / "ds" / "mine.csv").write_text("the user's own results")
 
-    def at_terminal(*args: str, answer: bytes) -> tuple[int, str]:
+    def at_terminal(*args: str, answer: bytes, stderr_too: bool = True) -> tuple[int, str]:
         main, sub = pty.openpty()
         proc = subprocess.Popen([SCRIPT, "download", "ds", "--dest", str(tmp_path / "out"), *args], stdin=sub,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=sub if stderr_too else subprocess.PIPE)
         os.close(sub)
         os.write(main, answer)
+        said = b""
+        while True:  # what the terminal shows, until the process closes it
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: no writer left
+                break
+            if not chunk:
+                break
+            said += chunk
         out, err = proc.communicate(timeout=120)
         os.close(main)
-        return proc.returncode, (out + err).decode()
+        return proc.returncode, (said + out + (err or b"")).decode()
 
     code, said = at_terminal(answer=b"n\n")
     assert code == 1 and "exists: replace it as a whole" in said and "aborted: nothing downloaded" in said
@@ -262,6 +278,8 @@ def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "out" / "ds").iterdir()) == ["a.txt"]
     piped = run("download", "ds", "--dest", str(tmp_path / "out"))  # a script's download: no one to ask
     assert piped.returncode == 0 and "exists:" not in piped.stderr
+    code, said = at_terminal(answer=b"", stderr_too=False)  # stderr to a log: a question no one would see
+    assert code == 0 and "exists:" not in said
 
 
 def test_check_prints_each_verdict_and_fails_on_a_store_that_ignores_conditions(s3_env: dict, moto_proxy) -> None:
