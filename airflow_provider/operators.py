@@ -11,9 +11,9 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, Context
 from airflow.sdk.definitions.mappedoperator import OperatorPartial
@@ -22,6 +22,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from fedml_storage import asset_uri, is_unset, planned_name
 
 from .hook import FedMLStorageHook, no_dest_path
+
+T = TypeVar("T")
 
 
 class TaskStopped(BaseException):
@@ -47,13 +49,18 @@ class _StorageOperator(BaseOperator):
 
     @contextlib.contextmanager
     def calls(self) -> Iterator[FedMLStorageHook]:
-        """The hook, for storage calls that on_kill may interrupt (not what the task does with their results)."""
+        """The hook, its client made: the connection lookup talks to Airflow's supervisor, never interrupted."""
         with self.hook() as hook:
-            self._calling = True
-            try:
-                yield hook
-            finally:
-                self._calling = False
+            hook.get_client()
+            yield hook
+
+    def _call(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`call(*args, **kwargs)`, a storage call that on_kill may interrupt."""
+        self._calling = True
+        try:
+            return call(*args, **kwargs)
+        finally:
+            self._calling = False
 
     def on_kill(self) -> None:
         """SIGTERM (the task marked failed or cleared, the worker stopping): Airflow calls this, in the main thread,
@@ -173,8 +180,8 @@ class FedMLStorageUploadOperator(_StorageOperator):
             planned = planned_name(self.data_path, self.name)
             if declared and planned is not None:  # refuse before publishing rather than after
                 self._check_outlets(hook.asset_uri(planned), declared, published=False)
-            result = hook.upload(self.data_path, self.name, self.description, metadata, tags,
-                                 ignore_patterns=patterns)
+            result = self._call(hook.upload, self.data_path, self.name, self.description, metadata, tags,
+                                ignore_patterns=patterns)
             uri = hook.asset_uri(result["name"])
             self._check_outlets(uri, declared, published=True)
         extra = {k: result[k] for k in ("version", "sha256", "size", "skipped", "uri")}
@@ -223,7 +230,7 @@ class FedMLStorageDownloadOperator(_StorageOperator):
 
     def execute(self, context: Context) -> str:
         with self.calls() as hook:
-            result = hook.download(self.name, self.dest_path, self.version or None)
+            result = self._call(hook.download, self.name, self.dest_path, self.version or None)
         if self.do_xcom_push:  # as the return value: nothing with do_xcom_push=False
             context["ti"].xcom_push(key="version", value=result.version)
             context["ti"].xcom_push(key="sha256", value=result.sha256)
@@ -246,7 +253,7 @@ class FedMLStorageDeleteOperator(_StorageOperator):
 
     def execute(self, context: Context) -> bool:
         with self.calls() as hook:
-            return hook.delete(self.name, missing_ok=self.missing_ok)
+            return self._call(hook.delete, self.name, missing_ok=self.missing_ok)
 
 
 class FedMLStorageListOperator(_StorageOperator):
@@ -256,7 +263,7 @@ class FedMLStorageListOperator(_StorageOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with self.calls() as hook:
-            items = hook.list()
+            items = self._call(hook.list)
         self.log.info("listed %d dataset(s): %s", len(items), ", ".join(i["dataName"] for i in items[:20]))
         return items
 
@@ -274,10 +281,10 @@ class FedMLStorageMetadataOperator(_StorageOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         with self.calls() as hook:
             if self.user_defined_only:
-                meta = hook.get_user_metadata(self.name)
+                meta = self._call(hook.get_user_metadata, self.name)
                 self.log.info("user metadata of %r: %d key(s)", self.name, len(meta))
                 return meta
-            meta = hook.get_metadata(self.name)
+            meta = self._call(hook.get_metadata, self.name)
         self.log.info("metadata of %r: version %s, %s, %d file(s)", self.name, meta["version"], meta["size"],
                       meta["file_count"])
         return meta

@@ -110,3 +110,36 @@ def test_sigterm_mid_upload_cleans_up_and_the_retry_publishes_once(airflow_home:
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
     assert len([k for k in keys if "/data/" in k]) == 1 and keys.count("default/manifests/retried.json") == 1
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+def test_on_kill_interrupts_only_a_storage_call_in_the_main_thread_and_once() -> None:
+    """Airflow also calls on_kill after a task timeout, which the call has handled by then; a second SIGTERM must
+    not cut the first one's clean-up short."""
+    import threading
+
+    import pytest
+
+    from airflow_provider.operators import FedMLStorageListOperator, TaskStopped
+
+    op = FedMLStorageListOperator(task_id="list")
+    op.on_kill()  # no call running: nothing to interrupt
+    seen: list[str] = []
+
+    def call() -> str:
+        other = threading.Thread(target=op.on_kill)  # not the main thread, where signal handlers run
+        other.start()
+        other.join()
+        seen.append("other thread: nothing")
+        try:
+            op.on_kill()
+        except TaskStopped:
+            seen.append("stopped")
+            op.on_kill()  # the second: nothing, the clean-up goes on
+            raise
+        return "finished"
+
+    with pytest.raises(TaskStopped, match="told to stop"):
+        op._call(call)
+    assert seen == ["other thread: nothing", "stopped"]
+    op.on_kill()
+    assert op._call(lambda: "done") == "done"
