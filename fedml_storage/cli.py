@@ -90,7 +90,7 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-def _service(value: str | None) -> str | None:
+def _service(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """LOCAL, S3 or R2 in any case ('' clears the saved one with configure): a usage error otherwise, exit 2."""
     if value is None or value.upper() in ("", "LOCAL", "S3", "R2"):
         return value if value is None else value.upper()
@@ -112,7 +112,7 @@ def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[st
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--service", callback=lambda ctx, param, value: _service(value), metavar="[LOCAL|S3|R2]",
+@click.option("--service", callback=_service, metavar="[LOCAL|S3|R2]",
               help="Storage service (default: the configured one, LOCAL out of the box; '' with configure clears it).")
 @click.option("--namespace", help="Key prefix inside the bucket (default: configured, or 'default').")
 @click.option("--api-key", envvar="FEDML_STORAGE_API_KEY", show_envvar=True,
@@ -162,11 +162,11 @@ def configure(obj: Ctx, as_json: bool, **fields: Any) -> None:
     if updates:
         _finish(api.configure(**updates))
         if not as_json:
-            saved, cleared = sorted(k for k, v in updates.items() if v != ""), sorted(k for k, v in updates.items()
-                                                                                     if v == "")
-            done = ([f"saved {', '.join(saved)}"] if saved else []) + ([f"cleared {', '.join(cleared)}"] if cleared
-                                                                        else [])
-            click.echo(f"{' and '.join(done)} in {config_path()}{overridden_note(updates)}")
+            cleared = sorted(k for k, v in updates.items() if v == "")
+            saved = sorted(set(updates) - set(cleared))
+            done = " and ".join(f"{verb} {', '.join(keys)}" for verb, keys in (("saved", saved), ("cleared", cleared))
+                                if keys)
+            click.echo(f"{done} in {config_path()}{overridden_note(updates)}")
         if note := api.unused_bucket_note():
             click.echo(f"warning: {_for_cli(note).removeprefix('; ')}", err=True)
     settings = _finish(_settings(obj))
