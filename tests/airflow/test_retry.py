@@ -31,19 +31,25 @@ def _tries(airflow_home: Path) -> list[tuple]:
                                "dag_run WHERE dag_id='fedml_storage_retry' ORDER BY id DESC LIMIT 1)")
 
 
-def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_path: Path) -> None:
-    port = _free_port()
+def _start_upload_dag(airflow_home: Path, tmp_path: Path, size: int, extra: dict) -> subprocess.Popen:
+    """`airflow dags test` of the retry DAG, uploading a folder of `size` random bytes to S3 with these settings;
+    its output goes to tmp_path/dags-test.log."""
     data = tmp_path / "retried"
     data.mkdir()
-    (data / "part.bin").write_bytes(os.urandom(10_000))
+    (data / "part.bin").write_bytes(os.urandom(size))
     conn = {"conn_type": "fedml_storage", "password": TEST_API_KEY,
-            "extra": {"service": "S3", "bucket": "retry-bucket", "endpoint_url": f"http://127.0.0.1:{port}",
-                      "region": "us-east-1", "max_attempts": 1}}
+            "extra": {"service": "S3", "region": "us-east-1", **extra}}
     env = {**os.environ, **base_env(airflow_home), "AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": json.dumps(conn),
            "FEDML_RETRY_DATA": str(data), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
     log = (tmp_path / "dags-test.log").open("w")
-    proc = subprocess.Popen([AIRFLOW, "dags", "test", "fedml_storage_retry", "-f", str(DAGFILE)], env=env,
+    return subprocess.Popen([AIRFLOW, "dags", "test", "fedml_storage_retry", "-f", str(DAGFILE)], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _start_upload_dag(airflow_home, tmp_path, 10_000, {"bucket": "retry-bucket", "max_attempts": 1,
+                                                              "endpoint_url": f"http://127.0.0.1:{port}"})
     server = None
     try:
         deadline = time.monotonic() + 120
@@ -79,19 +85,10 @@ def test_sigterm_mid_upload_cleans_up_and_the_retry_publishes_once(airflow_home:
     process 5 s later, cutting the transfer where it was. on_kill now interrupts the call, which cleans up."""
     import signal
 
-    data = tmp_path / "retried"
-    data.mkdir()
-    (data / "part.bin").write_bytes(os.urandom(300_000))
     data_put = rb"^PUT /[^ ]*/data/"
     moto_proxy.on_request(data_put, lambda: time.sleep(120))  # the first try's data gets no answer
-    conn = {"conn_type": "fedml_storage", "password": TEST_API_KEY,
-            "extra": {"service": "S3", "bucket": s3_bucket, "endpoint_url": moto_proxy.endpoint,
-                      "region": "us-east-1", "read_timeout": 5}}
-    env = {**os.environ, **base_env(airflow_home), "AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": json.dumps(conn),
-           "FEDML_RETRY_DATA": str(data), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
-    log = (tmp_path / "dags-test.log").open("w")
-    proc = subprocess.Popen([AIRFLOW, "dags", "test", "fedml_storage_retry", "-f", str(DAGFILE)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = _start_upload_dag(airflow_home, tmp_path, 300_000, {"bucket": s3_bucket, "read_timeout": 5,
+                                                               "endpoint_url": moto_proxy.endpoint})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not any(re.match(data_put, h) for h in moto_proxy.request_heads):
