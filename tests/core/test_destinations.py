@@ -170,7 +170,6 @@ def test_a_download_says_when_it_replaced_a_copy(store: Store, tmp_path: Path) -
     assert not (tmp_path / "out" / "ds" / "mine.txt").exists() and second.data.to_dict()["replaced"] is True
 
 
-
 def test_a_download_never_replaces_fedml_storages_own_files(store: Store, isolated_home: Path, tmp_path: Path) -> None:
     """A dataset named like the LOCAL store's folder, downloaded beside it, replaced the whole store (every dataset
     gone); one named config.json, downloaded into the home, replaced the saved settings and key."""

@@ -87,7 +87,6 @@ def test_an_entry_of_a_newer_release_is_listed_as_such_not_as_something_to_delet
     assert client.cleanup(older_than_seconds=0).ok and entry["versions"][0]["key"] in store.keys()
 
 
-
 def _case_blind(monkeypatch: pytest.MonkeyPatch) -> None:
     """The LOCAL store on a file system that ignores case (macOS's and Windows' by default): none here, so its
     path lookup is made to find names as such a file system does."""
