@@ -37,13 +37,15 @@ def check_target(target: Path, settings: StorageSettings) -> None:
     own = own_paths(settings)
     inner = {3: own[3], 4: settings.store_root / settings.namespace, 5: own[5]}
     for index, path in enumerate(own):
-        for form in {Path(os.path.abspath(path)), path.resolve()}:  # a link to the store is its place too
-            if form.is_relative_to(where):
-                _refuse(target, index, form)
-        if index in inner and any(where.is_relative_to(f) for f in {Path(os.path.abspath(inner[index])),
-                                                                    inner[index].resolve()}):
+        if any(form.is_relative_to(where) for form in _forms(path)):
+            _refuse(target, index, path)
+        if index in inner and any(where.is_relative_to(form) for form in _forms(inner[index])):
             _refuse(target, index, inner[index])
 
+
+def _forms(path: Path) -> set[Path]:
+    """The path as written (absolute) and with links resolved: a link to the store is its place too."""
+    return {Path(os.path.abspath(path)), path.resolve()}
 
 def _refuse(target: Path, index: int, path: Path) -> None:
     raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {_LABELS[index]} ({path}), which a download "
