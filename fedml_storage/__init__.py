@@ -5,12 +5,13 @@ from .client import StorageClient
 from .config import PLAIN_SETTINGS, StorageSettings, is_unset, unknown_settings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
 from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
+from .stops import Stopped, stop_when
 from .uploads import planned_name
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PLAIN_SETTINGS", "DownloadResult", "FedMLResponse", "FedMLStorageError", "Readiness", "Reason", "ResponseCode",
-    "StorageClient", "StorageMetadata", "StorageSettings", "UploadResult", "__version__", "api", "asset_uri", "human_size",
-    "is_unset", "planned_name", "unknown_settings",
+    "StorageClient", "StorageMetadata", "StorageSettings", "Stopped", "UploadResult", "__version__", "api", "asset_uri",
+    "human_size", "is_unset", "planned_name", "stop_when", "unknown_settings",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from . import stops
 from .errors import IntegrityError, InvalidInput, size_not_content
 from .modes import open_plain, umask
 from .trees import MAX_DEPTH, Entry, same_file_state
@@ -178,6 +179,7 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     usual = 0o777 & ~umask_bits
     folder_modes: list[tuple[str, int]] = []  # set once the files are in: a folder may be read-only
     for m in index.members():
+        stops.check()
         rel = m.name.rstrip("/")
         if m.is_dir():
             make(root, rel)

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import stops
 from .errors import size_not_content
 from .modes import open_plain
 from .trees import Entry
@@ -33,6 +34,7 @@ def sha256_file(path: Path | str, stop: threading.Event | None = None, size: int
         while chunk := fh.read(CHUNK):
             if stop is not None and stop.is_set():
                 return ""
+            stops.check()
             digest.update(chunk)
             read += len(chunk)
         if size is not None and read != size and os.fstat(fh.fileno()).st_size == size:

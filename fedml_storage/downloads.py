@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from . import partials
+from . import partials, stops
 from .archive import HashingWriter, safe_extract
 from .backends.base import ObjectMissing
 from .backends.ranges import RangeIgnored
@@ -89,6 +89,7 @@ def download(
                         f"{exc}. The archive of {name!r} version {record.version} matches its manifest, so it was "
                         "stored this way, not as fedml-storage packs folders: check who can write to the store, "
                         f"then delete({name!r}) and upload it again") from None
+        stops.check()  # a stopped download leaves dest as it was
         if record.kind == "file":
             _check_target(target, record.kind)  # again: something may have taken the place meanwhile
             os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode

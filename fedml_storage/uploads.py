@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import stops
 from .abandon import Helpers
 from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
@@ -106,7 +107,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
                                "nothing was uploaded; check the patterns")
-        found, intact, lost = reading.result()
+        found, intact, lost = stops.result(reading)
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
         helpers.give_up()
@@ -134,6 +135,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
 
     def build(cur: Manifest | None) -> Manifest | None:
         nonlocal tries, final
+        stops.check()  # the last point where a stopped upload can still not publish
         tries += 1
         if tries > 1 and data_key is not None:  # a try whose answer was lost may have landed, and been built upon
             if cur is not None and any(v.key == data_key for v in cur.versions):
@@ -267,7 +269,7 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
             hashing = _submit(pool, sha256_file, src, stop, st.st_size) if digest is None else None
             try:
                 catalog.store.put_file(key, src, advance)
-                digest = hashing.result() if hashing else digest  # in here: a file it refuses is not kept either
+                digest = stops.result(hashing) if hashing else digest  # in here: a file it refuses is not kept either
             except BaseException as exc:
                 stop.set()  # no use for the digest now: Ctrl-C need not wait for the rest of the file to be read
                 catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
@@ -365,6 +367,7 @@ def _digest_tree(entries: Entries, cache: DigestCache) -> str:
     tree = TreeDigest()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for part in batches(entries, 4096):
+            stops.check()
             paths = [None if e.is_dir else e.path for e in part]
             known = cache.lookup([(path, e) for path, e in zip(paths, part) if path is not None])
             missing = [(path, e) for path, e in zip(paths, part) if path is not None and path not in known]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from .. import stops
+
 Progress = Callable[[int], None]
 
 
@@ -70,6 +72,7 @@ def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | Non
         for chunk in chunks:
             if failure:
                 break
+            stops.check()
             for q in queues:
                 q.put(chunk)  # the same immutable bytes to every stage
             copied += len(chunk)

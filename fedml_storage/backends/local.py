@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import stops
 from ..errors import InvalidInput, PreconditionFailed
 from ..locks import exclusive_lock
 from ..modes import open_plain, umask
@@ -71,6 +72,7 @@ class LocalStore(ObjectStore):
 
     def _copy(self, src: BinaryIO, out: BinaryIO, progress: Progress | None) -> None:
         while chunk := src.read(CHUNK):
+            stops.check()
             out.write(chunk)
             if progress:
                 progress(len(chunk))

@@ -7,9 +7,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
+from .. import stops
 from ..abandon import Helpers
 from ..errors import StorageFailure, TransientError
 from .base import Progress, Sink
@@ -160,7 +161,7 @@ def fetch_ranges(
         hashed = 0  # parts hashed, in order, while later ones still download
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, pending = stops.wait_first(pending)
                 for future in done:
                     future.result()  # the first failure ends the download at once
                 while in_order and hashed < len(parts) and parts[hashed][1].done():

@@ -16,6 +16,7 @@ from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import OSUtils, ReadFileChunk
 
+from .. import stops
 from ..config import StorageSettings
 from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
 from ..modes import open_plain
@@ -315,6 +316,7 @@ def _finish(transfer: TransferFuture) -> None:
     """Wait for an upload. Interrupted while waiting (Ctrl-C, a framework's timeout), cancel it and let the requests
     in flight end first (a second interrupt stops that), so that no object is completed after this returns."""
     try:
+        stops.wait_until(transfer.done)  # a worker thread's call, where no Ctrl-C reaches, is stopped so
         transfer.result()
     except BaseException:
         transfer.cancel()

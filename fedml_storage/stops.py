@@ -1,0 +1,71 @@
+"""A caller's stop for calls that run in a worker thread, where no Ctrl-C or signal can reach them.
+
+A framework that gives up on such a call (Prefect's async tasks, on a timeout or a cancelled flow run) sets an event;
+the call raises `Stopped` in its own thread at its next wait or chunk, cleans up as on Ctrl-C, and never publishes:
+it is checked right before the catalog commit of an upload and before a download is put in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import TypeVar
+
+T = TypeVar("T")
+
+POLL_SECONDS = 0.05  # how often a waiting call looks at its stop event
+
+_EVENT: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("fedml_storage_stop", default=None)
+
+
+class Stopped(BaseException):
+    """The call's stop event was set. A BaseException, as KeyboardInterrupt: clean-up runs, nothing reports it as a
+    failure of the storage, and the core API lets it through instead of returning a response."""
+
+
+@contextlib.contextmanager
+def stop_when(event: threading.Event) -> Iterator[None]:
+    """Calls made in this block (in this thread) stop once `event` is set: they raise `Stopped`, having removed what
+    they had sent or fetched; an upload stopped before its commit publishes nothing."""
+    token = _EVENT.set(event)
+    try:
+        yield
+    finally:
+        _EVENT.reset(token)
+
+
+def check() -> None:
+    """Raise `Stopped` if the calling context's stop event is set."""
+    event = _EVENT.get()
+    if event is not None and event.is_set():
+        raise Stopped("the call was stopped by its caller; what it had sent or fetched was removed")
+
+
+def wait_until(done: Callable[[], bool]) -> None:
+    """Return once `done()` is true; sooner, raise `Stopped` when the stop event is set. Without a stop event, return
+    at once: the caller then blocks as usual (where Ctrl-C reaches it)."""
+    event = _EVENT.get()
+    if event is None:
+        return
+    while not done():
+        if event.wait(POLL_SECONDS):
+            check()
+
+
+def result(future: Future[T]) -> T:
+    """`future.result()`, or `Stopped` once the stop event is set while it is not done."""
+    wait_until(future.done)
+    return future.result()
+
+
+def wait_first(pending: set[Future]) -> tuple[set[Future], set[Future]]:
+    """`concurrent.futures.wait(pending, FIRST_COMPLETED)`, or `Stopped` once the stop event is set first."""
+    timeout = None if _EVENT.get() is None else POLL_SECONDS
+    while True:
+        done, left = wait(pending, timeout, FIRST_COMPLETED)
+        if done:
+            return done, left
+        check()

@@ -1,0 +1,146 @@
+"""`stop_when`: a call in a worker thread (where no Ctrl-C or signal reaches) stops when its caller sets an event,
+cleans up, and never publishes. S3 through the cutting proxy in front of moto, the stop set mid-request."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import ResponseCode, Stopped, stop_when
+from tests.conftest import s3_client
+from tests.cutting_proxy import CuttingProxy
+
+from .conftest import Store
+
+MiB = 1 << 20
+
+
+def _stored_v1(store: Store, tmp_path: Path, size: int = 12 * MiB, folder: bool = False, **kw
+               ) -> tuple[Path, str, list[str]]:
+    """A file (or a folder holding one) stored once as data.bin, then changed in place. Its path, the stored
+    version and the store's keys."""
+    src = tmp_path / "data.bin"
+    file = src / "inside.bin" if folder else src
+    file.parent.mkdir(exist_ok=True)
+    file.write_bytes(os.urandom(size))
+    with store.client(**kw) as client:
+        version = client.upload(str(src)).unwrap().version
+    file.write_bytes(os.urandom(size))
+    return src, version, store.keys()
+
+
+def _current(store: Store, **kw) -> str:
+    with store.client(**kw) as client:
+        return client.get_metadata("data.bin").unwrap().version
+
+
+def test_a_stop_set_before_the_call_publishes_nothing_and_leaves_nothing(store: Store, tmp_path: Path) -> None:
+    src, version, keys = _stored_v1(store, tmp_path, size=MiB)
+    stop = threading.Event()
+    stop.set()
+    with store.client() as client, stop_when(stop):
+        with pytest.raises(Stopped):
+            client.upload(str(src))
+        with pytest.raises(Stopped):
+            client.download("data.bin", str(tmp_path / "out"))
+    assert store.keys() == keys and _current(store) == version
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    with store.client() as client:  # outside the block the same client works as before
+        assert client.upload(str(src)).code == ResponseCode.SUCCESS and _current(store) != version
+
+
+def _s3_via(s3_store: Store, proxy: CuttingProxy) -> dict:
+    return {"endpoint_url": proxy.endpoint, "part_size": 5 * MiB}
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
+def test_an_upload_stopped_mid_part_cancels_its_multipart_upload(s3_store: Store, moto_proxy: CuttingProxy,
+                                                                    tmp_path: Path, folder: bool) -> None:
+    kw = _s3_via(s3_store, moto_proxy)
+    src, version, keys = _stored_v1(s3_store, tmp_path, folder=folder, **kw)
+    stop = threading.Event()
+    moto_proxy.on_request(rb"^PUT /[^ ]*/data/[^ ]*partNumber=", lambda: (stop.set(), threading.Event().wait(0.5)))
+    seen = len(moto_proxy.request_heads)
+    with s3_store.client(**kw) as client, stop_when(stop):
+        with pytest.raises(Stopped):
+            client.upload(str(src))
+    assert stop.is_set() and s3_store.keys() == keys and _current(s3_store) == version
+    heads = moto_proxy.request_heads[seen:]
+    assert not [h for h in heads if re.match(rb"^POST /[^ ]*uploadId=", h)]  # never completed, but aborted:
+    assert [h for h in heads if re.match(rb"^DELETE /[^ ]*uploadId=", h)]
+    assert not s3_client(s3_store.endpoint).list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads")
+
+
+def test_an_upload_stopped_once_its_data_is_in_does_not_commit(s3_store: Store, moto_proxy: CuttingProxy,
+                                                                tmp_path: Path) -> None:
+    """The stop arrives as the commit reads the catalog entry, its data all in: the commit must still not happen."""
+    kw = _s3_via(s3_store, moto_proxy)
+    src, version, keys = _stored_v1(s3_store, tmp_path, **kw)
+    stop = threading.Event()
+    manifest_get = rb"^GET /[^ ]*/manifests/data\.bin\.json"
+    moto_proxy.on_request(manifest_get, lambda: None)  # the upload's first look at what is stored
+    moto_proxy.on_request(manifest_get, stop.set)  # the commit's
+    seen = len(moto_proxy.request_heads)
+    with s3_store.client(**kw) as client, stop_when(stop):
+        with pytest.raises(Stopped):
+            client.upload(str(src))
+    completed = [h for h in moto_proxy.request_heads[seen:] if re.match(rb"^POST /[^ ]*uploadId=", h)]
+    assert stop.is_set() and completed
+    assert s3_store.keys() == keys and _current(s3_store) == version  # its data was removed
+
+
+def test_a_download_stopped_mid_fetch_leaves_dest_as_it_was(s3_store: Store, moto_proxy: CuttingProxy,
+                                                             tmp_path: Path) -> None:
+    kw = _s3_via(s3_store, moto_proxy)
+    _stored_v1(s3_store, tmp_path, **kw)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    stop = threading.Event()
+    moto_proxy.on_request(rb"^GET /[^ ]*/data/", lambda: (stop.set(), threading.Event().wait(0.5)))
+    before = moto_proxy.bytes_down
+    with s3_store.client(**kw) as client, stop_when(stop):
+        with pytest.raises(Stopped):
+            client.download("data.bin", str(dest))
+    assert moto_proxy.bytes_down - before < 12 * MiB  # it stopped fetching
+    assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
+    with s3_store.client(**kw) as client:  # what it fetched does not spoil the next download
+        path = client.download("data.bin", str(dest)).unwrap().path
+    assert Path(path).read_bytes() == s3_store.read(_data_key(s3_store))
+
+
+def _data_key(store: Store) -> str:
+    return next(k for k in store.keys() if "/data/" in k)
+
+
+def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: Store, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set as the first bytes are counted (on LOCAL in the copying thread, on S3 in s3transfer's)."""
+    import fedml_storage.progress
+
+    src, version, keys = _stored_v1(store, tmp_path, size=24 * MiB)
+    stop = threading.Event()
+    counted: list[int] = []
+
+    class Bar(fedml_storage.progress.tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            counted.append(int(n or 0))
+            stop.set()
+            return super().update(n)
+
+    monkeypatch.setattr(fedml_storage.progress, "tqdm", Bar)
+    dest = tmp_path / "dest"
+    with store.client() as client, stop_when(stop):
+        with pytest.raises(Stopped):
+            client.upload(str(src), show_progress=True)
+        assert 0 < sum(counted) < 24 * MiB and store.keys() == keys and _current(store) == version
+        counted.clear()
+        stop.clear()
+        with pytest.raises(Stopped):
+            client.download("data.bin", str(dest), show_progress=True)
+        assert 0 < sum(counted) < 24 * MiB
+    assert not dest.exists() or not list(dest.iterdir())
