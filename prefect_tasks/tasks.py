@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +27,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from fedml_storage import FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
+from fedml_storage import (FedMLStorageError, StorageClient, StorageSettings, Stopped, human_size, planned_name,
+                           stop_when)
 
 from .block import FedMLStorage
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
@@ -154,13 +156,50 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 
     @functools.wraps(body)  # Prefect reads the parameters and the docstring through __wrapped__
     async def in_thread(*args: Any, **kwargs: Any) -> Any:
-        # abandon_on_cancel: a timeout or cancellation ends the task at once (as Prefect's own worker threads do);
-        # the body left running is an ordinary concurrent call, which the core keeps safe
-        return await anyio.to_thread.run_sync(functools.partial(body, *args, **kwargs), abandon_on_cancel=True)
+        stop, ended = threading.Event(), threading.Event()
+        outcome: list[str] = []
+
+        def run() -> Any:
+            try:
+                with stop_when(stop):
+                    result = body(*args, **kwargs)
+                outcome.append("finished")
+                return result
+            except Stopped:
+                outcome.append("stopped")
+                raise
+            finally:
+                ended.set()
+
+        try:
+            # abandon_on_cancel: a timeout or cancellation need not wait for a request in flight to be answered
+            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            stop.set()  # the body stops at its next wait or chunk, removes what it sent and does not publish
+            with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
+                while not ended.is_set():
+                    await anyio.sleep(0.05)
+            _say_how_it_ended(outcome)
+            raise
 
     in_thread.__name__ = in_thread.__qualname__ = "a" + body.__name__.lstrip("_")  # its own task key
     options = {"name": f"fedml-{name}", "task_run_name": run_name, **TASK_OPTIONS}
     return task(body, **options), task(in_thread, **options)
+
+
+STOP_GRACE_SECONDS = 5.0  # how long a cancelled async task waits for its stopped body to clean up
+
+
+def _say_how_it_ended(outcome: list[str]) -> None:
+    """Say in the run's log what became of a cancelled (or timed-out) async task's storage call."""
+    if outcome == ["stopped"]:
+        _log().info("the storage call was stopped: nothing was published or left behind")
+    elif outcome:
+        _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
+                       "was published)")
+    else:
+        _log().warning("the storage call is still waiting for an answer after %s s; it stops after it, and "
+                       "cleanup() removes anything it leaves", STOP_GRACE_SECONDS)
 
 
 def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 from pathlib import Path
 
 from prefect import flow
@@ -117,3 +119,41 @@ def test_async_variants_retry_transient_failures_and_not_bad_input(tmp_path: Pat
     else:
         raise AssertionError("a missing path must fail the flow")
     assert calls["upload"] == 1  # bad input: no retry
+
+
+def test_a_timed_out_async_upload_stops_and_publishes_nothing(tmp_path: Path, s3_settings: dict, s3_bucket: str,
+                                                               moto_proxy, monkeypatch) -> None:
+    """The timed-out task's worker thread went on (no signal reaches it): its upload published when its stalled
+    part was answered, after the run had said TimedOut. The core is now told to stop: it cancels the multipart
+    upload, removes what it sent, and the task waits for that before it ends."""
+    from prefect_tasks import FedMLStorage
+    from tests.conftest import s3_client
+    from tests.prefect.test_review_findings import _run_logs
+
+    (tmp_path / "big.bin").write_bytes(os.urandom(12 << 20))
+    block = FedMLStorage(service="S3", bucket=s3_bucket, endpoint_url=moto_proxy.endpoint, region="us-east-1",
+                         api_key=s3_settings["api_key"], part_size=5 << 20)
+    moto_proxy.on_request(rb"^PUT /[^ ]*/data/[^ ]*partNumber=", lambda: time.sleep(3))  # past the timeout
+    ended = threading.Event()
+    original = StorageClient.upload
+
+    def watched(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(StorageClient, "upload", watched)
+
+    @flow
+    async def times_out() -> None:
+        await aupload_data.with_options(timeout_seconds=1, retries=0)(str(tmp_path / "big.bin"), storage=block)
+
+    state = asyncio.run(times_out(return_state=True))
+    assert state.name == "TimedOut" or "TimedOut" in state.message, state
+    assert ended.wait(30), "the upload's thread never ended"
+    s3 = s3_client(s3_settings["endpoint_url"])
+    assert s3.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0  # no catalog entry, no data
+    assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+    logs = _run_logs(state.state_details.flow_run_id)
+    assert "the storage call was stopped: nothing was published or left behind" in logs, logs

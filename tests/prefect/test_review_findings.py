@@ -57,7 +57,8 @@ def test_block_fields_take_any_case_and_blank_is_unset() -> None:
 
 
 def test_an_async_task_that_times_out_ends_without_waiting_for_its_body(tmp_path: Path, monkeypatch) -> None:
-    """The worker thread was not abandoned: a 2 s timeout waited for the whole (here blocked) download."""
+    """The worker thread was not abandoned: a 2 s timeout waited for the whole (here blocked) download. (The task
+    now gives a stopped call STOP_GRACE_SECONDS to clean up; a body that never stops is left after that.)"""
     release, returned = threading.Event(), threading.Event()
 
     def stuck(self, *args, **kwargs):
