@@ -41,3 +41,25 @@ def test_the_readme_api_example_runs_as_written(tmp_path: Path) -> None:
 def test_the_readme_api_example_stops_with_the_reason_when_there_is_no_data(tmp_path: Path) -> None:
     run = _run(tmp_path)
     assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_readme_stop_example_stops_a_call_in_another_thread(tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from fedml_storage import StorageClient
+
+    [snippet] = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "stop_when(stop)" in b]
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    (tmp_path / "data" / "mnist" / "0.png").write_bytes(os.urandom(1 << 20))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEDML_STORAGE_LOCAL_ROOT", str(tmp_path / "store"))
+    names: dict = {}
+    exec(snippet, names)
+    names["stop"].set()
+    worker = threading.Thread(target=names["work"])
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and StorageClient().list().unwrap() == []
+    names["stop"].clear()
+    names["work"]()
+    assert [m.dataName for m in StorageClient().list().unwrap()] == ["mnist"]
