@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TypeVar
 
@@ -25,11 +25,16 @@ class Stopped(BaseException):
     """The call's stop event was set. A BaseException, as KeyboardInterrupt: clean-up runs, nothing reports it as a
     failure of the storage, and the core API lets it through instead of returning a response."""
 
+    def __init__(self) -> None:
+        super().__init__("the call was stopped by its caller: nothing was published, what it had sent was removed, "
+                         "and what a download had fetched is kept in partial_dir for the next one to go on from")
+
 
 @contextlib.contextmanager
 def stop_when(event: threading.Event) -> Iterator[None]:
-    """Calls made in this block (in this thread) stop once `event` is set: they raise `Stopped`, having removed what
-    they had sent or fetched; an upload stopped before its commit publishes nothing."""
+    """Calls made in this block (in this thread) stop once `event` is set: they raise `Stopped` as on Ctrl-C, having
+    removed what they had sent (a download keeps what it fetched in partial_dir); an upload stopped before its
+    commit publishes nothing, a download leaves its destination as it was."""
     token = _EVENT.set(event)
     try:
         yield
@@ -41,23 +46,22 @@ def check() -> None:
     """Raise `Stopped` if the calling context's stop event is set."""
     event = _EVENT.get()
     if event is not None and event.is_set():
-        raise Stopped("the call was stopped by its caller; what it had sent or fetched was removed")
+        raise Stopped()
 
 
-def wait_until(done: Callable[[], bool]) -> None:
-    """Return once `done()` is true; sooner, raise `Stopped` when the stop event is set. Without a stop event, return
+def wait_event(done: threading.Event) -> None:
+    """Return once `done` is set; sooner, raise `Stopped` when the stop event is set. Without a stop event, return
     at once: the caller then blocks as usual (where Ctrl-C reaches it)."""
-    event = _EVENT.get()
-    if event is None:
-        return
-    while not done():
-        if event.wait(POLL_SECONDS):
+    if _EVENT.get() is not None:
+        while not done.wait(POLL_SECONDS):
             check()
 
 
 def result(future: Future[T]) -> T:
     """`future.result()`, or `Stopped` once the stop event is set while it is not done."""
-    wait_until(future.done)
+    if _EVENT.get() is not None:
+        while not wait([future], POLL_SECONDS).done:  # not result(timeout=): a socket timeout is a TimeoutError too
+            check()
     return future.result()
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from . import stops
 from .errors import InvalidInput
 from .ignores import IgnoreRules
 from .spill import cannot_spill
@@ -228,6 +229,7 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
     own = tree.fedml_own
     stack = [(_listing(folder, prefix), _joinable(folder), prefix)]
     while stack:
+        stops.check()  # once a folder
         items, base, prefix = stack[-1]
         for name, is_link in items:
             rel = prefix + name
@@ -308,6 +310,7 @@ def tree_fingerprints(entries: Iterable[Entry]) -> Fingerprints:
     mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
     state, modes, folder_modes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     for part in batches(entries, 4096):
+        stops.check()
         lines = "".join(f"{e.rel}\0{e.st_size}\0{e.st_mtime_ns}\0{e.st_ctime_ns}\0{e.st_ino}\0{e.is_dir:d}\n"
                         for e in part)
         state.update(lines.encode("utf-8", "surrogateescape"))

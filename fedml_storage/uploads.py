@@ -135,7 +135,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
 
     def build(cur: Manifest | None) -> Manifest | None:
         nonlocal tries, final
-        stops.check()  # the last point where a stopped upload can still not publish
+        if tries == 0:  # the last point where a stopped upload can still not publish (a retry may find it landed)
+            stops.check()
         tries += 1
         if tries > 1 and data_key is not None:  # a try whose answer was lost may have landed, and been built upon
             if cur is not None and any(v.key == data_key for v in cur.versions):
@@ -367,11 +368,16 @@ def _digest_tree(entries: Entries, cache: DigestCache) -> str:
     tree = TreeDigest()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for part in batches(entries, 4096):
-            stops.check()
             paths = [None if e.is_dir else e.path for e in part]
             known = cache.lookup([(path, e) for path, e in zip(paths, part) if path is not None])
             missing = [(path, e) for path, e in zip(paths, part) if path is not None and path not in known]
-            fresh = list(pool.map(sha256_file, (path for path, _ in missing)))
+            hashing = [_submit(pool, sha256_file, path) for path, _ in missing]  # in context: each sees a stop
+            try:
+                fresh = [stops.result(h) for h in hashing]
+            except BaseException:
+                for h in hashing:
+                    h.cancel()
+                raise
             cache.store([(path, e, sha) for (path, e), sha in zip(missing, fresh)])
             known.update((path, sha) for (path, _), sha in zip(missing, fresh))
             tree.add((e, None if path is None else known[path]) for path, e in zip(paths, part))

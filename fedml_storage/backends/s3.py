@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,6 +54,16 @@ class _Progress(BaseSubscriber):
         self._progress(bytes_transferred)
 
 
+class _Done(BaseSubscriber):
+    """Sets an event when the transfer ends, however it ends."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def on_done(self, future, **kwargs) -> None:
+        self.event.set()
+
+
 class S3Store(ObjectStore):
     """One bucket (and namespace prefix handled by the catalog) on an S3 API."""
 
@@ -90,13 +101,15 @@ class S3Store(ObjectStore):
         return f"s3://{self.bucket}/{key}"
 
     def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        subs = [_Progress(progress)] if progress else None
+        done = _Done()
+        subs = [done, *([_Progress(progress)] if progress else [])]
         with _translate(key, self._location):
-            _finish(self._manager().upload(str(path), self.bucket, key, subscribers=subs))
+            _finish(self._manager().upload(str(path), self.bucket, key, subscribers=subs), done.event)
 
     def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
                    size_bound: int | None = None) -> None:
-        subs = [_Progress(progress)] if progress else None
+        done = _Done()
+        subs = [done, *([_Progress(progress)] if progress else [])]
         part = self._upload_config.multipart_chunksize
         manager = self._manager()
         if size_bound is not None and size_bound > MAX_PARTS * part:
@@ -109,7 +122,8 @@ class S3Store(ObjectStore):
                 max_in_memory_upload_chunks=held))
         try:
             with _translate(key, self._location):
-                _finish(manager.upload(stream, self.bucket, key, subscribers=subs))
+                _finish(manager.upload(stream, self.bucket, key, subscribers=subs), done.event,
+                        getattr(stream, "close_reader", None))
         finally:
             if manager is not self._transfers:  # made for this upload alone
                 manager.shutdown()
@@ -312,14 +326,17 @@ class S3Store(ObjectStore):
         self._client.close()
 
 
-def _finish(transfer: TransferFuture) -> None:
-    """Wait for an upload. Interrupted while waiting (Ctrl-C, a framework's timeout), cancel it and let the requests
-    in flight end first (a second interrupt stops that), so that no object is completed after this returns."""
+def _finish(transfer: TransferFuture, done: threading.Event, stop_reading: Callable[[], None] | None = None) -> None:
+    """Wait for an upload. Interrupted while waiting (Ctrl-C, a framework's timeout, a stop), cancel it and let the
+    requests in flight end first (a second interrupt stops that), so that no object is completed after this returns.
+    `stop_reading` ends a stream's reading, which s3transfer would otherwise take to its end first."""
     try:
-        stops.wait_until(transfer.done)  # a worker thread's call, where no Ctrl-C reaches, is stopped so
+        stops.wait_event(done)  # a worker thread's call, where no Ctrl-C reaches, is stopped so
         transfer.result()
     except BaseException:
         transfer.cancel()
+        if stop_reading is not None:
+            stop_reading()
         with contextlib.suppress(BaseException):
             transfer.result()  # at once when it had ended; else once its last request is answered
         raise

@@ -96,7 +96,7 @@ def test_an_upload_stopped_once_its_data_is_in_does_not_commit(s3_store: Store, 
 def test_a_download_stopped_mid_fetch_leaves_dest_as_it_was(s3_store: Store, moto_proxy: CuttingProxy,
                                                              tmp_path: Path) -> None:
     kw = _s3_via(s3_store, moto_proxy)
-    _stored_v1(s3_store, tmp_path, **kw)
+    _stored_v1(s3_store, tmp_path, size=48 * MiB, **kw)
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
@@ -106,7 +106,7 @@ def test_a_download_stopped_mid_fetch_leaves_dest_as_it_was(s3_store: Store, mot
     with s3_store.client(**kw) as client, stop_when(stop):
         with pytest.raises(Stopped):
             client.download("data.bin", str(dest))
-    assert moto_proxy.bytes_down - before < 12 * MiB  # it stopped fetching
+    assert moto_proxy.bytes_down - before < 32 * MiB  # it stopped fetching (some was in socket buffers)
     assert sorted(p.name for p in dest.iterdir()) == ["keep.txt"]
     with s3_store.client(**kw) as client:  # what it fetched does not spoil the next download
         path = client.download("data.bin", str(dest)).unwrap().path
@@ -120,19 +120,10 @@ def _data_key(store: Store) -> str:
 def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: Store, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Set as the first bytes are counted (on LOCAL in the copying thread, on S3 in s3transfer's)."""
-    import fedml_storage.progress
-
     src, version, keys = _stored_v1(store, tmp_path, size=24 * MiB)
     stop = threading.Event()
     counted: list[int] = []
-
-    class Bar(fedml_storage.progress.tqdm):
-        def update(self, n: float | None = 1) -> bool | None:
-            counted.append(int(n or 0))
-            stop.set()
-            return super().update(n)
-
-    monkeypatch.setattr(fedml_storage.progress, "tqdm", Bar)
+    _counting_bar(monkeypatch, counted, stop)
     dest = tmp_path / "dest"
     with store.client() as client, stop_when(stop):
         with pytest.raises(Stopped):
@@ -144,3 +135,98 @@ def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: S
             client.download("data.bin", str(dest), show_progress=True)
         assert 0 < sum(counted) < 24 * MiB
     assert not dest.exists() or not list(dest.iterdir())
+
+
+def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: threading.Event | None = None) -> None:
+    """Progress bars that count the bytes they are told of (and set `stop` at the first)."""
+    import fedml_storage.progress
+
+    class Bar(fedml_storage.progress.tqdm):
+        def update(self, n: float | None = 1) -> bool | None:
+            counted.append(int(n or 0))
+            if stop is not None:
+                stop.set()
+            return super().update(n)
+
+    monkeypatch.setattr(fedml_storage.progress, "tqdm", Bar)
+
+
+def test_a_stopped_folder_upload_does_not_pack_the_rest_of_the_folder(s3_store: Store, moto_proxy: CuttingProxy,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """s3transfer reads a stream to its end before a cancelled upload ends: the whole folder was packed first."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(64):
+        (folder / f"{i:02}.bin").write_bytes(os.urandom(MiB))
+    stop = threading.Event()
+    moto_proxy.on_request(rb"^PUT /[^ ]*/data/[^ ]*partNumber=", lambda: (stop.set(), threading.Event().wait(0.5)))
+    counted: list[int] = []
+    _counting_bar(monkeypatch, counted)
+    with s3_store.client(**_s3_via(s3_store, moto_proxy)) as client, stop_when(stop):
+        with pytest.raises(Stopped):
+            client.upload(str(folder), show_progress=True)
+    assert stop.is_set() and sum(counted) < 48 * MiB and s3_store.keys() == []
+
+
+def test_a_stop_ends_the_hashing_of_a_changed_folder(tmp_path: Path, monkeypatch) -> None:
+    """A changed folder of the same shape is hashed first (to send nothing if its content is the same): the helper
+    threads did not see the stop, and the call waited for every file."""
+    from fedml_storage import StorageClient, StorageSettings, uploads
+
+    folder = tmp_path / "same-shape"
+    folder.mkdir()
+    for i in range(300):
+        (folder / f"{i:03}.txt").write_text(f"{i:03}")
+    with StorageClient(StorageSettings(service="LOCAL", local_root=str(tmp_path / "store"))) as client:
+        version = client.upload(str(folder)).unwrap().version
+        for i in range(300):
+            (folder / f"{i:03}.txt").write_text(f"{i + 1:03}")
+        stop, hashed = threading.Event(), []
+        original = uploads.sha256_file
+
+        def slow(*args, **kwargs):  # a slow disk: each file takes a while
+            stop.set()
+            hashed.append(1)
+            threading.Event().wait(0.01)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(uploads, "sha256_file", slow)
+        with stop_when(stop), pytest.raises(Stopped):
+            client.upload(str(folder))
+        monkeypatch.undo()
+        assert 0 < len(hashed) < 300 and client.get_metadata("same-shape").unwrap().version == version
+
+
+def test_a_stop_during_a_commit_retry_does_not_deny_a_publish_that_landed(tmp_path: Path, monkeypatch) -> None:
+    """The catalog write landed, its answer was lost and another writer built on it; the stop came then. The retry
+    must find the upload published and say so, not raise Stopped ("nothing was published")."""
+    import json
+
+    from fedml_storage import StorageClient, StorageSettings
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.errors import PreconditionFailed
+
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"v1")
+    client = StorageClient(StorageSettings(service="LOCAL", local_root=str(tmp_path / "store")))
+    client.upload(str(src)).unwrap()
+    src.write_bytes(b"v2 content")
+    stop = threading.Event()
+    real = LocalStore.write_bytes
+
+    def answer_lost(self, key, data, **kw):
+        etag = real(self, key, data, **kw)
+        if key.endswith("manifests/a.bin.json") and not stop.is_set():
+            other = json.loads(data)
+            other["description"] = "another writer's, on top"
+            real(self, key, json.dumps(other).encode())
+            stop.set()
+            raise PreconditionFailed(key)  # what a retried PUT, whose first answer was lost, sees
+        return etag
+
+    monkeypatch.setattr(LocalStore, "write_bytes", answer_lost)
+    with stop_when(stop):
+        response = client.upload(str(src))
+    assert stop.is_set() and response.code == ResponseCode.SUCCESS, response.message
+    assert client.download("a.bin", str(tmp_path / "out")).unwrap().path == str(tmp_path / "out" / "a.bin")
+    assert (tmp_path / "out" / "a.bin").read_bytes() == b"v2 content"
