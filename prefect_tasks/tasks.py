@@ -156,17 +156,21 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 
     @functools.wraps(body)  # Prefect reads the parameters and the docstring through __wrapped__
     async def in_thread(*args: Any, **kwargs: Any) -> Any:
-        stop, ended = threading.Event(), threading.Event()
-        outcome: list[str] = []
+        stop, ended, lock = threading.Event(), threading.Event(), threading.Lock()
+        outcome: list[str] = []  # how the body ended: "finished", "stopped" or the exception's type
 
         def run() -> Any:
+            with lock:  # a body not yet started when the task was cancelled never starts
+                if stop.is_set():
+                    raise Stopped()
+                outcome.append("started")
             try:
                 with stop_when(stop):
                     result = body(*args, **kwargs)
                 outcome.append("finished")
                 return result
-            except Stopped:
-                outcome.append("stopped")
+            except BaseException as exc:
+                outcome.append("stopped" if isinstance(exc, Stopped) else type(exc).__name__)
                 raise
             finally:
                 ended.set()
@@ -175,10 +179,13 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
             # abandon_on_cancel: a timeout or cancellation need not wait for a request in flight to be answered
             return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            stop.set()  # the body stops at its next wait or chunk, removes what it sent and does not publish
-            with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
-                while not ended.is_set():
-                    await anyio.sleep(0.05)
+            with lock:
+                stop.set()  # the body stops at its next wait or chunk, removes what it sent and does not publish
+                started = bool(outcome)
+            if started:  # shielded from the cancellation (an asyncio task cancelled again still ends it)
+                with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
+                    while not ended.is_set():
+                        await anyio.sleep(0.05)
             _say_how_it_ended(outcome)
             raise
 
@@ -192,11 +199,16 @@ STOP_GRACE_SECONDS = 5.0  # how long a cancelled async task waits for its stoppe
 
 def _say_how_it_ended(outcome: list[str]) -> None:
     """Say in the run's log what became of a cancelled (or timed-out) async task's storage call."""
-    if outcome == ["stopped"]:
-        _log().info("the storage call was stopped: nothing was published or left behind")
-    elif outcome:
+    if not outcome:
+        _log().info("the storage call had not started; it never will")
+    elif outcome[-1] == "stopped":
+        _log().info("the storage call was stopped: nothing was published and what it had sent was removed (what a "
+                    "download fetched is kept in partial_dir for the next one)")
+    elif outcome[-1] == "finished":
         _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
                        "was published)")
+    elif outcome[-1] != "started":
+        _log().warning("the storage call ended with %s as it was being stopped", outcome[-1])
     else:
         _log().warning("the storage call is still waiting for an answer after %s s; it stops after it, and "
                        "cleanup() removes anything it leaves", STOP_GRACE_SECONDS)

@@ -156,4 +156,34 @@ def test_a_timed_out_async_upload_stops_and_publishes_nothing(tmp_path: Path, s3
     assert s3.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0  # no catalog entry, no data
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     logs = _run_logs(state.state_details.flow_run_id)
-    assert "the storage call was stopped: nothing was published or left behind" in logs, logs
+    assert [m for m in logs if m.startswith("the storage call was stopped: nothing was published")], logs
+
+
+def test_an_async_task_cancelled_before_its_thread_started_never_runs_its_call(tmp_path: Path, caplog,
+                                                                                monkeypatch) -> None:
+    """Cancelled while it waited for a worker thread (all busy), it waited the whole grace for a call that had not
+    started and said the call was "still waiting for an answer"."""
+    import anyio
+    import anyio.to_thread
+
+    (tmp_path / "f.bin").write_bytes(b"x" * 100)
+    monkeypatch.setenv("FEDML_STORAGE_LOCAL_ROOT", str(tmp_path / "store"))
+
+    async def main() -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = 1
+        release = threading.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, release.wait)  # holds the only worker thread
+            await anyio.sleep(0.1)
+            with anyio.move_on_after(0.3):
+                await aupload_data.fn(str(tmp_path / "f.bin"))
+            release.set()
+        await anyio.sleep(0.3)  # a call that had been let start would have published by now
+
+    with caplog.at_level("INFO", logger="prefect_tasks"):
+        anyio.run(main)
+    said = [r.getMessage() for r in caplog.records if r.name == "prefect_tasks"]
+    assert said == ["the storage call had not started; it never will"], said
+    with StorageClient() as client:
+        assert client.list().unwrap() == [] and client.settings.local_root == tmp_path / "store"
