@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -121,15 +122,18 @@ def test_async_variants_retry_transient_failures_and_not_bad_input(tmp_path: Pat
     assert calls["upload"] == 1  # bad input: no retry
 
 
-def test_a_timed_out_async_upload_stops_and_publishes_nothing(tmp_path: Path, s3_settings: dict, s3_bucket: str,
-                                                               moto_proxy, monkeypatch) -> None:
-    """The timed-out task's worker thread went on (no signal reaches it): its upload published when its stalled
-    part was answered, after the run had said TimedOut. The core is now told to stop: it cancels the multipart
-    upload, removes what it sent, and the task waits for that before it ends."""
+@pytest.mark.parametrize("how", ["awaited async", "submitted sync"])
+def test_a_timed_out_upload_in_a_worker_thread_stops_and_publishes_nothing(tmp_path: Path, s3_settings: dict,
+                                                                            s3_bucket: str, moto_proxy, monkeypatch,
+                                                                            how: str) -> None:
+    """No signal reaches a worker thread: the timed-out async task's upload went on and published once its stalled
+    part was answered, after the run had said it timed out; it now tells the core to stop. A sync task's timeout,
+    which Prefect raises in its thread once that thread runs Python again, lands in the core, which cleans up."""
     from prefect_tasks import FedMLStorage
     from tests.conftest import s3_client
     from tests.prefect.test_review_findings import _run_logs
 
+    path = str(tmp_path / "big.bin")
     (tmp_path / "big.bin").write_bytes(os.urandom(12 << 20))
     block = FedMLStorage(service="S3", bucket=s3_bucket, endpoint_url=moto_proxy.endpoint, region="us-east-1",
                          api_key=s3_settings["api_key"], part_size=5 << 20)
@@ -146,17 +150,22 @@ def test_a_timed_out_async_upload_stops_and_publishes_nothing(tmp_path: Path, s3
     monkeypatch.setattr(StorageClient, "upload", watched)
 
     @flow
-    async def times_out() -> None:
-        await aupload_data.with_options(timeout_seconds=1, retries=0)(str(tmp_path / "big.bin"), storage=block)
+    async def awaited() -> None:
+        await aupload_data.with_options(timeout_seconds=1, retries=0)(path, storage=block)
 
-    state = asyncio.run(times_out(return_state=True))
-    assert state.name == "TimedOut" or "TimedOut" in state.message, state
+    @flow
+    def submitted() -> None:
+        upload_data.with_options(timeout_seconds=1, retries=0).submit(path, storage=block).result()
+
+    state = asyncio.run(awaited(return_state=True)) if how == "awaited async" else submitted(return_state=True)
+    assert "timed out after 1.0 second" in str(state.message), state
     assert ended.wait(30), "the upload's thread never ended"
     s3 = s3_client(s3_settings["endpoint_url"])
     assert s3.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0  # no catalog entry, no data
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
-    logs = _run_logs(state.state_details.flow_run_id)
-    assert [m for m in logs if m.startswith("the storage call was stopped: nothing was published")], logs
+    if how == "awaited async":
+        logs = _run_logs(state.state_details.flow_run_id)
+        assert [m for m in logs if m.startswith("the storage call was stopped: nothing was published")], logs
 
 
 def test_an_async_task_cancelled_before_its_thread_started_never_runs_its_call(tmp_path: Path, caplog,
