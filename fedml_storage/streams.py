@@ -85,6 +85,8 @@ class BoundedPipe:
                     self._cond.notify_all()
                 elif self._error is not None:
                     raise PipeAborted("the data source failed while streaming") from self._error
+                elif self._reader_gone:  # given up by the consumer's owner (an interrupted upload)
+                    raise BrokenPipeError("the upload stopped reading")
                 elif self._closed:
                     break
                 else:
@@ -92,7 +94,7 @@ class BoundedPipe:
         return b"".join(out)
 
     def close_reader(self) -> None:
-        """The consumer gave up: unblock and fail the producer."""
+        """The consumer gave up: unblock and fail the producer, and a read still waiting."""
         with self._cond:
             self._reader_gone = True
             self._chunks.clear()

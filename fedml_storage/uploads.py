@@ -135,8 +135,6 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
 
     def build(cur: Manifest | None) -> Manifest | None:
         nonlocal tries, final
-        if tries == 0:  # the last point where a stopped upload can still not publish (a retry may find it landed)
-            stops.check()
         tries += 1
         if tries > 1 and data_key is not None:  # a try whose answer was lost may have landed, and been built upon
             if cur is not None and any(v.key == data_key for v in cur.versions):
@@ -144,6 +142,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
             if catalog.store.head(data_key) is None:
                 raise Conflict(f"{name!r} was published and at once replaced by another upload, which removed this "
                                "one's data; upload again if this one should be current")
+        if tries == 1 or data_key is not None:  # the last point where a stopped upload can still not publish
+            stops.check()  # (a metadata-only retry cannot tell whether its first try landed: it goes on)
         now = utc_now()
         if skipped and (cur is None or _content(cur.current) != _content(record)):
             raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
@@ -312,10 +312,10 @@ def _directory(src, entries: Entries, name, settings, catalog, cache, current, r
         try:
             write_zip(entries, writer, settings.compression, advance, recorder)
             recorder.flush()
+            pipe.close()  # in here: its last push fails too once the reader is gone
         except BaseException as exc:
             pipe.fail(exc)
             raise
-        pipe.close()
 
     with progress_bar(entries.size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:

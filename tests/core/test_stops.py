@@ -230,3 +230,95 @@ def test_a_stop_during_a_commit_retry_does_not_deny_a_publish_that_landed(tmp_pa
     assert stop.is_set() and response.code == ResponseCode.SUCCESS, response.message
     assert client.download("a.bin", str(tmp_path / "out")).unwrap().path == str(tmp_path / "out" / "a.bin")
     assert (tmp_path / "out" / "a.bin").read_bytes() == b"v2 content"
+
+
+def test_a_stop_as_the_folder_producer_closes_the_stream_does_not_hang(s3_store: Store, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its last push failed once the reader was given up, outside the producer's clean-up: the pipe never ended and
+    s3transfer's reading thread (and the stopped call with it) waited for ever (helper-75)."""
+    from fedml_storage import streams
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.bin").write_bytes(os.urandom(3 * MiB))
+    stop = threading.Event()
+    real_close = streams.BoundedPipe.close
+
+    def close(self) -> None:  # the producer reaches its last push just as the caller stops
+        stop.set()
+        for _ in range(500):
+            if self._reader_gone:
+                break
+            threading.Event().wait(0.01)
+        return real_close(self)
+
+    monkeypatch.setattr(streams.BoundedPipe, "close", close)
+    ended: list[BaseException] = []
+
+    def call() -> None:
+        with s3_store.client(part_size=5 * MiB) as client, stop_when(stop):
+            try:
+                client.upload(str(folder))
+            except BaseException as exc:
+                ended.append(exc)
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the stopped upload never returned"
+    assert [type(e) for e in ended] == [Stopped] and s3_store.keys() == []
+
+
+def test_a_pipe_given_up_by_its_reader_fails_a_read_still_waiting() -> None:
+    from fedml_storage.streams import BoundedPipe
+
+    pipe = BoundedPipe(limit=MiB)
+    got: list[object] = []
+
+    def read() -> None:
+        try:
+            got.append(pipe.read(5 * MiB))
+        except BaseException as exc:
+            got.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    threading.Event().wait(0.1)
+    pipe.close_reader()
+    reader.join(5)
+    assert [type(g) for g in got] == [BrokenPipeError]
+
+
+def test_a_stop_during_a_commit_lost_to_another_writer_publishes_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Another writer's commit came first (this one's did not land); the stop came then: the retry published."""
+    import json
+
+    from fedml_storage import StorageClient, StorageSettings
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.errors import PreconditionFailed
+
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"v1")
+    client = StorageClient(StorageSettings(service="LOCAL", local_root=str(tmp_path / "store")))
+    version = client.upload(str(src)).unwrap().version
+    src.write_bytes(b"v2 content")
+    stop = threading.Event()
+    real = LocalStore.write_bytes
+
+    def other_writer_first(self, key, data, **kw):
+        if key.endswith("manifests/a.bin.json") and not stop.is_set():
+            current = json.loads(self.read_bytes(key)[0])
+            current["description"] = "another writer's"
+            real(self, key, json.dumps(current).encode())  # the other writer's commit lands; this one's does not
+            stop.set()
+            raise PreconditionFailed(key)
+        return real(self, key, data, **kw)
+
+    monkeypatch.setattr(LocalStore, "write_bytes", other_writer_first)
+    with stop_when(stop), pytest.raises(Stopped):
+        client.upload(str(src))
+    monkeypatch.undo()
+    meta = client.get_metadata("a.bin").unwrap()
+    assert meta.version == version and meta.description == "another writer's"
+    assert len([k for k in (tmp_path / "store").rglob("*") if k.is_file() and "/data/" in k.as_posix()]) == 1
