@@ -206,7 +206,7 @@ def _say_how_it_ended(outcome: list[str]) -> None:
                     "download fetched is kept in partial_dir for the next one)")
     elif outcome[-1] == "finished":
         _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
-                       "was published)")
+                       "is published, a download in place)")
     elif outcome[-1] != "started":
         _log().warning("the storage call ended with %s as it was being stopped", outcome[-1])
     else:
