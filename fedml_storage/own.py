@@ -47,6 +47,7 @@ def _forms(path: Path) -> set[Path]:
     """The path as written (absolute) and with links resolved: a link to the store is its place too."""
     return {Path(os.path.abspath(path)), path.resolve()}
 
+
 def _refuse(target: Path, index: int, path: Path) -> None:
     raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {_LABELS[index]} ({path}), which a download "
                        "there would replace or mix with; download into another dest_path")

@@ -53,14 +53,14 @@ def test_a_stop_set_before_the_call_publishes_nothing_and_leaves_nothing(store: 
         assert client.upload(str(src)).code == ResponseCode.SUCCESS and _current(store) != version
 
 
-def _s3_via(s3_store: Store, proxy: CuttingProxy) -> dict:
+def _s3_via(proxy: CuttingProxy) -> dict:
     return {"endpoint_url": proxy.endpoint, "part_size": 5 * MiB}
 
 
 @pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
 def test_an_upload_stopped_mid_part_cancels_its_multipart_upload(s3_store: Store, moto_proxy: CuttingProxy,
                                                                     tmp_path: Path, folder: bool) -> None:
-    kw = _s3_via(s3_store, moto_proxy)
+    kw = _s3_via(moto_proxy)
     src, version, keys = _stored_v1(s3_store, tmp_path, folder=folder, **kw)
     stop = threading.Event()
     moto_proxy.on_request(rb"^PUT /[^ ]*/data/[^ ]*partNumber=", lambda: (stop.set(), threading.Event().wait(0.5)))
@@ -78,7 +78,7 @@ def test_an_upload_stopped_mid_part_cancels_its_multipart_upload(s3_store: Store
 def test_an_upload_stopped_once_its_data_is_in_does_not_commit(s3_store: Store, moto_proxy: CuttingProxy,
                                                                 tmp_path: Path) -> None:
     """The stop arrives as the commit reads the catalog entry, its data all in: the commit must still not happen."""
-    kw = _s3_via(s3_store, moto_proxy)
+    kw = _s3_via(moto_proxy)
     src, version, keys = _stored_v1(s3_store, tmp_path, **kw)
     stop = threading.Event()
     manifest_get = rb"^GET /[^ ]*/manifests/data\.bin\.json"
@@ -95,7 +95,7 @@ def test_an_upload_stopped_once_its_data_is_in_does_not_commit(s3_store: Store, 
 
 def test_a_download_stopped_mid_fetch_leaves_dest_as_it_was(s3_store: Store, moto_proxy: CuttingProxy,
                                                              tmp_path: Path) -> None:
-    kw = _s3_via(s3_store, moto_proxy)
+    kw = _s3_via(moto_proxy)
     _stored_v1(s3_store, tmp_path, size=48 * MiB, **kw)
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -162,7 +162,7 @@ def test_a_stopped_folder_upload_does_not_pack_the_rest_of_the_folder(s3_store: 
     moto_proxy.on_request(rb"^PUT /[^ ]*/data/[^ ]*partNumber=", lambda: (stop.set(), threading.Event().wait(0.5)))
     counted: list[int] = []
     _counting_bar(monkeypatch, counted)
-    with s3_store.client(**_s3_via(s3_store, moto_proxy)) as client, stop_when(stop):
+    with s3_store.client(**_s3_via(moto_proxy)) as client, stop_when(stop):
         with pytest.raises(Stopped):
             client.upload(str(folder), show_progress=True)
     assert stop.is_set() and sum(counted) < 48 * MiB and s3_store.keys() == []
