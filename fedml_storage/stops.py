@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +40,44 @@ def stop_when(event: threading.Event) -> Iterator[None]:
         yield
     finally:
         _EVENT.reset(token)
+
+
+class StoppableCall(Generic[T]):
+    """A call for a worker thread that another thread can stop: `run()` in the worker, `stop()` from anywhere.
+
+    `outcome` says how far it got: "waiting", "running", "finished", "stopped", or the type of the error it raised;
+    `ended` is set once `run()` returns or raises.
+    """
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._stop, self._lock = threading.Event(), threading.Lock()
+        self.ended = threading.Event()
+        self.outcome = "waiting"
+
+    def run(self) -> T:
+        """Make the call under `stop_when`; raise `Stopped` without making it if `stop()` came first."""
+        with self._lock:
+            if self._stop.is_set():
+                self.ended.set()
+                raise Stopped()
+            self.outcome = "running"
+        try:
+            with stop_when(self._stop):
+                result = self._call()
+            self.outcome = "finished"
+            return result
+        except BaseException as exc:
+            self.outcome = "stopped" if isinstance(exc, Stopped) else type(exc).__name__
+            raise
+        finally:
+            self.ended.set()
+
+    def stop(self) -> bool:
+        """Stop the call at its next wait or chunk; returns whether it had started (if not, it never will)."""
+        with self._lock:
+            self._stop.set()
+            return self.outcome != "waiting"
 
 
 def check() -> None:

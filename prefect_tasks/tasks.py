@@ -14,7 +14,6 @@ import functools
 import hashlib
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,8 +26,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from fedml_storage import (FedMLStorageError, StorageClient, StorageSettings, Stopped, human_size, planned_name,
-                           stop_when)
+from fedml_storage import FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
+from fedml_storage.stops import StoppableCall
 
 from .block import FedMLStorage
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
@@ -156,37 +155,18 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 
     @functools.wraps(body)  # Prefect reads the parameters and the docstring through __wrapped__
     async def in_thread(*args: Any, **kwargs: Any) -> Any:
-        stop, ended, lock = threading.Event(), threading.Event(), threading.Lock()
-        outcome: list[str] = []  # how the body ended: "finished", "stopped" or the exception's type
-
-        def run() -> Any:
-            with lock:  # a body not yet started when the task was cancelled never starts
-                if stop.is_set():
-                    raise Stopped()
-                outcome.append("started")
-            try:
-                with stop_when(stop):
-                    result = body(*args, **kwargs)
-                outcome.append("finished")
-                return result
-            except BaseException as exc:
-                outcome.append("stopped" if isinstance(exc, Stopped) else type(exc).__name__)
-                raise
-            finally:
-                ended.set()
-
+        call = StoppableCall(functools.partial(body, *args, **kwargs))
         try:
             # abandon_on_cancel: a timeout or cancellation need not wait for a request in flight to be answered
-            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(call.run, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            with lock:
-                stop.set()  # the body stops at its next wait or chunk, removes what it sent and does not publish
-                started = bool(outcome)
-            if started:  # shielded from the cancellation (an asyncio task cancelled again still ends it)
+            # The body stops at its next wait or chunk, removes what it sent and does not publish; the wait for
+            # that is shielded from the cancellation (an asyncio task cancelled again still ends it).
+            if call.stop():
                 with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
-                    while not ended.is_set():
+                    while not call.ended.is_set():
                         await anyio.sleep(0.05)
-            _say_how_it_ended(outcome)
+            _say_how_it_ended(call.outcome)
             raise
 
     in_thread.__name__ = in_thread.__qualname__ = "a" + body.__name__.lstrip("_")  # its own task key
@@ -197,21 +177,21 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 STOP_GRACE_SECONDS = 5.0  # how long a cancelled async task waits for its stopped body to clean up
 
 
-def _say_how_it_ended(outcome: list[str]) -> None:
+def _say_how_it_ended(outcome: str) -> None:
     """Say in the run's log what became of a cancelled (or timed-out) async task's storage call."""
-    if not outcome:
+    if outcome == "waiting":
         _log().info("the storage call had not started; it never will")
-    elif outcome[-1] == "stopped":
+    elif outcome == "stopped":
         _log().info("the storage call was stopped: nothing was published and what it had sent was removed (what a "
                     "download fetched is kept in partial_dir for the next one)")
-    elif outcome[-1] == "finished":
+    elif outcome == "finished":
         _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
                        "is published, a download in place)")
-    elif outcome[-1] != "started":
-        _log().warning("the storage call ended with %s as it was being stopped", outcome[-1])
-    else:
+    elif outcome == "running":
         _log().warning("the storage call is still waiting for an answer after %s s; it stops after it, and "
                        "cleanup() removes anything it leaves", STOP_GRACE_SECONDS)
+    else:
+        _log().warning("the storage call ended with %s as it was being stopped", outcome)
 
 
 def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:

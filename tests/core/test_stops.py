@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fedml_storage import ResponseCode, Stopped, stop_when
+from fedml_storage import ResponseCode, Stopped, stop_when, stops
+from fedml_storage.stops import StoppableCall
 from tests.conftest import s3_client
 from tests.cutting_proxy import CuttingProxy
 
@@ -322,3 +323,27 @@ def test_a_stop_during_a_commit_lost_to_another_writer_publishes_nothing(tmp_pat
     meta = client.get_metadata("a.bin").unwrap()
     assert meta.version == version and meta.description == "another writer's"
     assert len([k for k in (tmp_path / "store").rglob("*") if k.is_file() and "/data/" in k.as_posix()]) == 1
+
+
+def test_a_stoppable_call_says_how_it_ended_and_never_starts_once_stopped() -> None:
+    calls: list[str] = []
+    early = StoppableCall(lambda: calls.append("made"))
+    assert early.stop() is False  # had not started
+    with pytest.raises(Stopped):
+        early.run()
+    assert calls == [] and early.outcome == "waiting" and early.ended.is_set()
+
+    waiting = StoppableCall(lambda: stops.wait_event(threading.Event()))  # waits until stopped
+    worker = threading.Thread(target=lambda: pytest.raises(Stopped, waiting.run))
+    worker.start()
+    while waiting.outcome == "waiting":
+        worker.join(0.01)
+    assert waiting.stop() is True
+    assert waiting.ended.wait(10) and waiting.outcome == "stopped"
+    worker.join()
+
+    assert StoppableCall(lambda: 7).run() == 7
+    failing = StoppableCall(lambda: {}["x"])
+    with pytest.raises(KeyError):
+        failing.run()
+    assert failing.outcome == "KeyError" and failing.ended.is_set()
