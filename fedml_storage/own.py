@@ -34,13 +34,13 @@ def check_target(target: Path, settings: StorageSettings) -> None:
     cache, the namespace's part of the LOCAL store, partial_dir): replacing it would lose stored data or the saved
     key. A LOCAL root may be a broad folder: only its namespace folders are the store's."""
     where = target.parent.resolve() / target.name  # a link there is replaced itself, not what it points to
-    own = own_paths(settings)
-    inner = {3: own[3], 4: settings.store_root / settings.namespace, 5: own[5]}
-    for index, path in enumerate(own):
+    home, config, lock, cache, store, partials = own = own_paths(settings)
+    contents_too = (None, None, None, cache, store / settings.namespace, partials)  # a target inside is theirs too
+    for label, path, folder in zip(_LABELS, own, contents_too):
         if any(form.is_relative_to(where) for form in _forms(path)):
-            _refuse(target, index, path)
-        if index in inner and any(where.is_relative_to(form) for form in _forms(inner[index])):
-            _refuse(target, index, inner[index])
+            _refuse(target, label, path)
+        if folder is not None and any(where.is_relative_to(form) for form in _forms(folder)):
+            _refuse(target, label, folder)
 
 
 def _forms(path: Path) -> set[Path]:
@@ -48,6 +48,6 @@ def _forms(path: Path) -> set[Path]:
     return {Path(os.path.abspath(path)), path.resolve()}
 
 
-def _refuse(target: Path, index: int, path: Path) -> None:
-    raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {_LABELS[index]} ({path}), which a download "
+def _refuse(target: Path, label: str, path: Path) -> None:
+    raise InvalidInput(f"{target} is, holds or lies in fedml-storage's {label} ({path}), which a download "
                        "there would replace or mix with; download into another dest_path")
