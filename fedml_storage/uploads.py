@@ -36,6 +36,8 @@ T = TypeVar("T")
 
 @dataclass
 class UploadRequest:
+    """An upload's arguments as the caller gave them (checked by `upload`)."""
+
     data_path: object
     name: str | None = None
     description: str | None = None
@@ -122,7 +124,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     desc = req.progress_desc or UPLOAD_DESC
 
     if tree is None:
-        record, data_key = _file(src, name, settings, catalog, cache, current, req, desc)
+        record, data_key = _file(src, name, catalog, cache, current, req, desc)
     else:
         try:
             record, data_key = _directory(src, tree.entries, name, settings, catalog, cache, current, req, desc)
@@ -247,7 +249,9 @@ def _record(data_key: str, version: str, kind: str, size: int, sha256: str, dige
                          file_count=count, created_at=utc_now())
 
 
-def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[VersionRecord, str | None]:
+def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: VersionRecord | None,
+          req: UploadRequest, desc: str) -> tuple[VersionRecord, str | None]:
+    """The file's version record and its new data key; the current record and None when its content is unchanged."""
     st = src.stat()
     path = str(src)
     digest = cache.lookup([(path, st)]).get(path)
@@ -284,8 +288,10 @@ def _file(src, name, settings, catalog, cache, current, req, desc) -> tuple[Vers
     return _record(key, version, "file", st.st_size, digest, digest, st.st_size, 1), key
 
 
-def _directory(src, entries: Entries, name, settings, catalog, cache, current, req, desc
+def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings, catalog: Catalog,
+               cache: DigestCache, current: VersionRecord | None, req: UploadRequest, desc: str
                ) -> tuple[VersionRecord, str | None]:
+    """The folder's version record and the key of its new zip; the current record and None when unchanged."""
     fingerprint, modes, folder_modes = tree_fingerprints(entries)
     top_mode = stat.S_IMODE(src.stat().st_mode) & 0o777
     same_shape = (
