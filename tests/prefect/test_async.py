@@ -27,6 +27,8 @@ from prefect_tasks import (
     upload_data,
 )
 
+from .conftest import run_logs
+
 
 def test_async_variants_are_real_async_tasks_beside_the_sync_ones() -> None:
     pairs = [(upload_data, aupload_data), (download_data, adownload_data), (delete_data, adelete_data),
@@ -131,7 +133,6 @@ def test_a_timed_out_upload_in_a_worker_thread_stops_and_publishes_nothing(tmp_p
     which Prefect raises in its thread once that thread runs Python again, lands in the core, which cleans up."""
     from prefect_tasks import FedMLStorage
     from tests.conftest import s3_client
-    from tests.prefect.test_review_findings import _run_logs
 
     path = str(tmp_path / "big.bin")
     (tmp_path / "big.bin").write_bytes(os.urandom(12 << 20))
@@ -164,7 +165,7 @@ def test_a_timed_out_upload_in_a_worker_thread_stops_and_publishes_nothing(tmp_p
     assert s3.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0  # no catalog entry, no data
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     if how == "awaited async":
-        logs = _run_logs(state.state_details.flow_run_id)
+        logs = run_logs(state.state_details.flow_run_id)
         assert [m for m in logs if m.startswith("the storage call was stopped: nothing was published")], logs
 
 
@@ -196,3 +197,30 @@ def test_an_async_task_cancelled_before_its_thread_started_never_runs_its_call(t
     assert said == ["the storage call had not started; it never will"], said
     with StorageClient() as client:
         assert client.list().unwrap() == [] and client.settings.local_root == tmp_path / "store"
+
+
+def test_an_async_task_that_times_out_ends_without_waiting_for_its_body(tmp_path: Path, monkeypatch) -> None:
+    """A timeout ends the task at once although its body (here a download blocked where no stop reaches it) goes on;
+    after a grace period for a stopped call's clean-up (STOP_GRACE_SECONDS), the body is left to end by itself."""
+    release, returned = threading.Event(), threading.Event()
+    calls = []
+
+    def stuck(self, *args, **kwargs):
+        calls.append(1)
+        release.wait(20)
+        returned.set()
+        raise RuntimeError("released")
+
+    monkeypatch.setattr(StorageClient, "download", stuck)
+
+    @flow
+    async def waits() -> None:  # the default retries: a timeout is not retried, or abandoned calls would pile up
+        await adownload_data.with_options(timeout_seconds=1, retry_delay_seconds=0)("ds", dest_path=str(tmp_path))
+
+    try:
+        state = asyncio.run(waits(return_state=True))
+        body_was_still_running = not returned.is_set()
+    finally:
+        release.set()
+    assert state.name == "TimedOut" and "timed out after 1.0 second" in state.message, state
+    assert body_was_still_running and len(calls) == 1

@@ -1,6 +1,9 @@
-"""The FedMLStorage block's own fields: unknown ones refused, the api_key a secret however it is set."""
+"""The FedMLStorage block's own fields (unknown ones refused, any case taken, the api_key a secret however it is set)
+and its delete, which leaves Prefect's own alone."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,29 @@ def test_an_api_key_assigned_later_is_a_secret_too() -> None:
     assert block.settings()["api_key"] == TEST_API_KEY and block.list() == []  # AttributeError before
     with pytest.raises(ValueError):
         block.api_key = "no-colon-s3cr3t"
+
+
+def test_the_block_deletes_datasets_with_delete_data_and_leaves_prefects_delete_alone(tmp_path: Path) -> None:
+    """The block's own `delete(name)` hid Prefect's, which removes a saved block document."""
+    (tmp_path / "f.txt").write_text("x")
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    block.save("fedml-to-remove", overwrite=True)
+    block.upload(str(tmp_path / "f.txt"))
+    with pytest.raises(TypeError, match=r"To remove a dataset call storage.delete_data\(name\)"):
+        block.delete("fedml-to-remove")  # on an instance it would have removed the saved block named so
+    with pytest.raises(TypeError, match="delete_data"):
+        block.adelete("f.txt")
+    assert FedMLStorage.load("fedml-to-remove", _sync=True).local_root == str(tmp_path / "store")
+    assert block.delete_data("f.txt") is True
+    FedMLStorage.delete("fedml-to-remove", _sync=True)
+    with pytest.raises(ValueError, match="Unable to find block document named fedml-to-remove"):
+        FedMLStorage.load("fedml-to-remove", _sync=True)
+
+
+def test_block_fields_take_any_case_and_blank_is_unset() -> None:
+    block = FedMLStorage(service=" s3", compression="DEFLATED", checksum_calculation="When_Required")
+    assert (block.service, block.compression, block.checksum_calculation) == ("S3", "deflated", "when_required")
+    assert FedMLStorage(service="").service is None
+    block = FedMLStorage(service="LOCAL", namespace="team-a")
+    with block.client(namespace="", service=" ") as client:  # a blank task argument leaves the block's value
+        assert (client.settings.namespace, client.settings.service) == ("team-a", "LOCAL")

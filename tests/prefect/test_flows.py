@@ -13,10 +13,9 @@ from prefect import flow, unmapped
 from prefect.client.orchestration import get_client
 
 from fedml_storage import PLAIN_SETTINGS, FedMLStorageError, StorageClient
-from fedml_storage.backends.s3 import S3Store
-from fedml_storage.errors import TransientError
 from prefect_tasks import FedMLStorage, delete_data, download_data, get_data_metadata, list_data, upload_data
 from tests.conftest import TEST_API_KEY, s3_client
+from tests.cutting_proxy import CuttingProxy
 from tests.core.conftest import tree_bytes
 
 SECRET = TEST_API_KEY.split(":", 1)[1]
@@ -64,27 +63,22 @@ def test_example_flow_on_s3_with_block(tmp_path: Path, s3_settings: dict, moto_e
 
 
 def test_transient_fault_is_retried_and_data_stored_once(tmp_path: Path, s3_settings: dict, moto_endpoint: str,
-                                                         monkeypatch) -> None:
+                                                         moto_proxy: CuttingProxy) -> None:
     src = tmp_path / "flaky"
     src.mkdir()
     (src / "f.bin").write_bytes(b"x" * 5000)
-    calls = {"n": 0}
-    original = S3Store.put_stream
-
-    def flaky_once(self, key, stream, progress=None, **kw):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise TransientError("injected: storage service busy (503)")
-        return original(self, key, stream, progress, **kw)
-
-    monkeypatch.setattr(S3Store, "put_stream", flaky_once)
+    data_put = f"^PUT /{s3_settings['bucket']}/default/data/".encode()
+    moto_proxy.answer(data_put, "503 Service Unavailable", "SlowDown", "Please reduce your request rate.")
+    block = FedMLStorage(service="S3", bucket=s3_settings["bucket"], endpoint_url=moto_proxy.endpoint,
+                         region="us-east-1", api_key=s3_settings["api_key"], max_attempts=1)  # botocore: no retry
 
     @flow
     def once(block: FedMLStorage) -> dict:
         return upload_data.with_options(retry_delay_seconds=0)(str(src), storage=block)
 
-    result = once(_s3_block(s3_settings))
-    assert calls["n"] == 2 and result["name"] == "flaky"
+    result = once(block)
+    assert result["name"] == "flaky"
+    assert len([head for head in moto_proxy.request_heads if re.match(data_put, head)]) == 2  # refused, then sent
     keys = [o["Key"] for o in s3_client(moto_endpoint).list_objects_v2(Bucket=s3_settings["bucket"])["Contents"]]
     assert len([k for k in keys if "/data/" in k]) == 1 and len([k for k in keys if "/manifests/" in k]) == 1
 

@@ -110,7 +110,7 @@ def test_storage_can_be_a_saved_block_name_even_under_map(tmp_path: Path) -> Non
 
 
 def test_a_delete_that_meets_a_new_upload_fails_without_retries_and_keeps_it(tmp_path: Path, monkeypatch) -> None:
-    """The delete's conflict was retryable: Prefect's retry read the new upload and deleted it (helper-57)."""
+    """The delete's conflict was retryable: Prefect's retry read the new upload and deleted it."""
     from fedml_storage.backends.local import LocalStore
 
     block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))

@@ -1,0 +1,126 @@
+"""Task arguments (a wrong storage, a block's slug), the core's warnings in the run's log, artifact keys, task bodies
+called outside a run: each through real flow runs on the test server."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from prefect_tasks import FedMLStorage, list_data, upload_data
+from prefect_tasks.tasks import _artifact_key
+
+from .conftest import run_logs
+
+
+def test_a_wrong_storage_argument_says_what_to_pass(tmp_path: Path) -> None:
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    block.save("fedml-by-slug", overwrite=True)
+    (tmp_path / "a.txt").write_text("a")
+
+    @flow
+    def mapped_without_unmapped() -> None:
+        for future in list_data.with_options(retries=0).map(storage=[block, {"service": "S3"}]):
+            future.result()
+
+    with pytest.raises(TypeError, match="storage must be a FedMLStorage block or a saved block's name, not a dict; "
+                                        "with .map, pass storage=unmapped"):
+        mapped_without_unmapped()
+
+    @flow
+    def by_slug() -> str:  # as the Prefect UI shows a saved block
+        return upload_data(str(tmp_path / "a.txt"), storage="fedml-storage/fedml-by-slug")["service"]
+
+    assert by_slug() == "LOCAL" and (tmp_path / "store" / "default" / "manifests" / "a.txt.json").exists()
+
+
+def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path, caplog) -> None:
+    """A damaged catalog entry that list skips was said only on the worker's stderr, never in Prefect's UI; then
+    twice on the console (by the run's logger, and by the root logger Prefect sets up)."""
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "ok.txt").write_text("x")
+    block.upload(str(tmp_path / "ok.txt"))
+    (tmp_path / "store" / "default" / "manifests" / "bad.json").write_text("{not json")
+
+    @flow
+    def lists() -> list[str]:
+        return [m["dataName"] for m in list_data(storage=block)]
+
+    state = lists(return_state=True)
+    assert state.result() == ["ok.txt"]
+    logs = run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if m.startswith("skipping 'bad'") and "delete('bad') removes it" in m], logs
+    said_by = [r.name for r in caplog.records if r.getMessage().startswith("skipping 'bad'")]
+    assert "fedml_storage" not in said_by and len(said_by) <= 1, said_by
+    for data in (tmp_path / "store" / "default" / "data" / "ok.txt").rglob("ok.txt"):
+        data.unlink()  # the stored data is lost: an unchanged upload sends it again, and says so
+
+    @flow
+    def uploads_again() -> bool:
+        return upload_data(str(tmp_path / "ok.txt"), storage=block)["skipped"]
+
+    state = uploads_again(return_state=True)
+    assert state.result() is False
+    logs = run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if "stored data of 'ok.txt'" in m and "uploaded again" in m], logs
+
+
+def test_warnings_from_the_cores_own_threads_reach_the_runs_log(tmp_path: Path, monkeypatch) -> None:
+    """The zip writer runs in a thread of the core's: its warning (no room to spill the central directory) was
+    forwarded by no handler keyed on the task's thread."""
+    import tempfile
+
+    import fedml_storage.zipformat as zipformat
+
+    monkeypatch.setattr(zipformat, "_SPOOL_IN_MEMORY", 100)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(20):
+        (tree / f"file-{i:03d}.txt").write_text(str(i))
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+
+    @flow
+    def up() -> bool:
+        return upload_data(str(tree), storage=block)["skipped"]
+
+    state = up(return_state=True)
+    assert state.result() is False
+    logs = run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if "central directory" in m and "temporary folder" in m], logs
+
+
+def test_outside_a_run_the_cores_warnings_are_said_once(tmp_path: Path, caplog) -> None:
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "store" / "default" / "manifests").mkdir(parents=True)
+    (tmp_path / "store" / "default" / "manifests" / "bad.json").write_text("{not json")
+    assert list_data.fn(storage=block) == []
+    said = [r.name for r in caplog.records if r.getMessage().startswith("skipping 'bad'")]
+    assert said == ["fedml_storage"], said  # not passed on to a run log that is not there
+
+
+def test_artifact_keys_of_different_datasets_differ() -> None:
+    """'my_data', 'My-Data' and 'my.data' all became fedml-upload-my-data; other scripts and long names collided;
+    so did the same name in two namespaces (two teams' datasets in one artifact history)."""
+    names = ["my_data", "My-Data", "my.data", "データ", "模型", "x" * 120, "x" * 119 + "y"]
+    keys = [_artifact_key("fedml-upload", "default", n) for n in names]
+    # another namespace is another dataset (and 'a-b' + 'c' is not 'a' + 'b-c'); so is another team's listing
+    keys += [_artifact_key("fedml-upload", ns, n) for ns, n in (("team-a", "mnist"), ("a-b", "c"), ("a", "b-c"))]
+    keys += [_artifact_key("fedml-storage-list", ns) for ns in ("default", "team-a", "Team_A")]
+    assert len(set(keys)) == len(keys), keys
+    assert all(len(k) <= 100 and k.replace("-", "").isalnum() and k == k.lower() for k in keys), keys
+    assert _artifact_key("fedml-upload", "default", "mnist") == "fedml-upload-mnist"  # kept where nothing is lost
+    assert _artifact_key("fedml-storage-list", "default") == "fedml-storage-list"
+    assert _artifact_key("fedml-upload", "team-a", "mnist").startswith("fedml-upload-team-a-mnist-")
+
+
+def test_a_task_body_called_outside_a_run_still_returns(tmp_path: Path) -> None:
+    """`upload_data.fn(...)` uploaded, then raised MissingContextError from the run logger."""
+    (tmp_path / "f.txt").write_text("x")
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor an artifact outside a run, which Prefect deprecates
+        assert upload_data.fn(str(tmp_path / "f.txt"), storage=block)["name"] == "f.txt"
+        assert [m["dataName"] for m in list_data.fn(storage=block)] == ["f.txt"]
