@@ -1,5 +1,5 @@
 """Connections that would send data or secrets somewhere unintended, arguments that could never be met or work
-(found by a review against the amazon provider, helper-47)."""
+(found by a review against the amazon provider)."""
 
 from __future__ import annotations
 

@@ -53,11 +53,17 @@ def test_no_default_connection_uses_core_config_but_named_one_must_exist(tmp_pat
     assert missing.value.reason == "not_configured"
 
 
-def test_extras_named_the_airflow_2_way_still_work(s3_settings: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extras_named_the_airflow_2_way_still_work(s3_settings: dict, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
     old_style = {f"extra__fedml_storage__{k}": s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}
     monkeypatch.setenv("AIRFLOW_CONN_MIGRATED", json.dumps({"conn_type": "fedml_storage", "extra": old_style,
                                                              "password": s3_settings["api_key"]}))
-    assert FedMLStorageHook("migrated").list() == []
+    hook = FedMLStorageHook("migrated")
+    assert hook.location().startswith(f"s3://{s3_settings['bucket']}/default at ")
+    (tmp_path / "f.txt").write_text("on S3")
+    assert hook.upload(str(tmp_path / "f.txt"))["service"] == "S3"
+    assert [m["dataName"] for m in hook.list()] == ["f.txt"]
+    assert StorageClient(**s3_settings).get_metadata("f.txt").ok  # in the connection's bucket
 
 
 @pytest.mark.parametrize(("extra", "words"), [
@@ -251,7 +257,7 @@ def test_a_retried_delete_succeeds_and_says_nothing_was_deleted(tmp_path: Path) 
 
 
 def test_a_delete_that_meets_a_new_upload_fails_the_task_without_retries(tmp_path: Path, monkeypatch) -> None:
-    """Its conflict was retryable: Airflow's retry would read the new upload and delete it (helper-57)."""
+    """Its conflict was retryable: Airflow's retry would read the new upload and delete it."""
     from fedml_storage.backends.local import LocalStore
 
     (tmp_path / "ds").write_text("one")

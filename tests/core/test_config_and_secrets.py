@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from fedml_storage import StorageClient, StorageSettings, api
 from fedml_storage.api.fedml_response import ResponseCode
-from fedml_storage.config import config_path
+from fedml_storage.config import config_path, read_config_file
 from tests.conftest import TEST_API_KEY
 
 SECRET = TEST_API_KEY.split(":", 1)[1]
@@ -182,6 +182,16 @@ def test_a_malformed_key_is_told_what_is_wrong_with_it_without_echoing_it(key: s
                                  "team/a+b:minio-secret-0001", "GOOG1EXAMPLEHMACID:bGoa+V7g/yqDXvKRqq+JTFn4uQZbPiQJo4pf9RzJ"])
 def test_keys_as_aws_r2_and_minio_write_them_are_taken(key: str) -> None:
     assert api.fedml_login(key).ok
+    assert read_config_file()["api_key"] == key  # saved as given: '/', '+', '=' and ':' kept
+
+
+def test_a_refused_login_keeps_the_key_saved_before() -> None:
+    assert api.fedml_login(TEST_API_KEY).ok
+    saved = config_path().read_bytes()
+    for bad in ("no-colon-here", "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRET:AKIAIOSFODNN7EXAMPLE", "AKIA:KEY:ID:SECRET", ""):
+        assert api.fedml_login(bad).reason == "invalid_input"
+        assert config_path().read_bytes() == saved
+    assert read_config_file()["api_key"] == TEST_API_KEY
 
 
 def test_masked_settings_and_reprs_hide_the_key() -> None:

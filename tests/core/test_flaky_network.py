@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -153,6 +154,12 @@ def test_an_answer_cut_once_is_simply_asked_again(s3_store: Store, stored: bytes
     assert proxy.cut == 1 and response.ok, response.message
     if call == "list":
         assert [m.dataName for m in response.data] == ["blob.bin"]
+    if call == "get_metadata":
+        assert response.data.sha256 == hashlib.sha256(stored).hexdigest()
+    if call == "upload":
+        assert response.data.sha256 == hashlib.sha256(b"new content").hexdigest()
+        with s3_store.client() as direct:
+            assert direct.get_metadata("blob.bin").data.version == response.data.version
 
 
 def test_a_catalog_entry_whose_body_breaks_off_once_is_read_again(s3_store: Store, stored: bytes,
@@ -161,6 +168,7 @@ def test_a_catalog_entry_whose_body_breaks_off_once_is_read_again(s3_store: Stor
     with s3_store.client(endpoint_url=proxy.endpoint) as client:
         response = client.get_metadata("blob.bin")
     assert proxy.cut == 1 and response.ok, response.message
+    assert response.data.sha256 == hashlib.sha256(stored).hexdigest()
 
 
 def test_uploads_do_not_wait_for_100_continue(s3_store: Store, proxy: CuttingProxy, tmp_path: Path) -> None:

@@ -298,7 +298,7 @@ def _publish_before_the_delete(deleter: StorageClient, publish) -> list:
 def test_an_unchanged_re_upload_reports_the_version_it_described(store: Store, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Others publish other content, then this content again, between its read and its commit (keep_versions 1):
-    the version it read is gone, and the one it wrote its description onto is what it must report (helper-59)."""
+    the version it read is gone, and the one it wrote its description onto is what it must report."""
     from fedml_storage import uploads
 
     a, b = tmp_path / "a" / "w.bin", tmp_path / "b" / "w.bin"

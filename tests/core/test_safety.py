@@ -197,8 +197,11 @@ def test_names_stored_before_the_byte_limit_stay_deletable(store: Store, tmp_pat
 
 def test_unreadable_manifest_is_reported(store: Store, tmp_path: Path) -> None:
     store.write("default/manifests/broken.json", b"{not json")
-    response = StorageClient(service=store.service, api_key=store.api_key).get_metadata("broken")
-    assert not response.ok and "unreadable" in response.message
+    client = StorageClient(service=store.service, api_key=store.api_key)
+    response = client.get_metadata("broken")
+    assert response.code == ResponseCode.FAILURE and "unreadable" in response.message, response.message
+    assert "delete('broken')" in response.message and store.keys() == ["default/manifests/broken.json"]
+    assert client.delete("broken").ok and store.keys() == []  # what the message advises works
 
 
 def test_unreadable_manifest_blocks_neither_list_nor_delete(

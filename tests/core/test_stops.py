@@ -236,7 +236,7 @@ def test_a_stop_during_a_commit_retry_does_not_deny_a_publish_that_landed(tmp_pa
 def test_a_stop_as_the_folder_producer_closes_the_stream_does_not_hang(s3_store: Store, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Its last push failed once the reader was given up, outside the producer's clean-up: the pipe never ended and
-    s3transfer's reading thread (and the stopped call with it) waited for ever (helper-75)."""
+    s3transfer's reading thread (and the stopped call with it) waited for ever."""
     from fedml_storage import streams
 
     folder = tmp_path / "f"
@@ -283,9 +283,16 @@ def test_a_pipe_given_up_by_its_reader_fails_a_read_still_waiting() -> None:
         except BaseException as exc:
             got.append(exc)
 
+    waiting, real_wait = threading.Event(), pipe._cond.wait
+
+    def wait(*args, **kwargs):  # the read is about to wait for data (close_reader takes the lock once it does)
+        waiting.set()
+        return real_wait(*args, **kwargs)
+
+    pipe._cond.wait = wait
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    threading.Event().wait(0.1)
+    assert waiting.wait(5)
     pipe.close_reader()
     reader.join(5)
     assert [type(g) for g in got] == [BrokenPipeError]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from fedml_storage.api import check_store
 from fedml_storage.api.fedml_response import ResponseCode
@@ -100,20 +101,20 @@ def test_probes_a_killed_check_left_are_removed_by_cleanup(store: Store) -> None
     assert client.cleanup(0).data["orphaned_objects_removed"] == 0 and store.keys() == ["default/probes/notes.txt"]
 
 
-def test_cleanup_goes_on_where_the_key_may_not_list_probes(store: Store, monkeypatch) -> None:
-    from fedml_storage.errors import AccessDenied
-
-    client = store.client()
-    assert client.cleanup(0).ok  # opens its store
-    real = client._store.list
-
-    def scoped(prefix: str):  # a key scoped to the data and manifests
-        if "/probes/" in prefix:
-            raise AccessDenied("access denied (AccessDenied)")
-        return real(prefix)
-
-    monkeypatch.setattr(client._store, "list", scoped)
-    assert client.cleanup(0).ok
+def test_cleanup_goes_on_where_the_key_may_not_list_probes(s3_store: Store, moto_proxy: CuttingProxy,
+                                                           tmp_path: Path) -> None:
+    """A key scoped to the data and manifests (denied the probes' folder) still has its leftovers removed."""
+    (tmp_path / "f.txt").write_text("kept")
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        client.upload(str(tmp_path / "f.txt")).unwrap()
+        kept = s3_store.keys()
+        s3_store.write("default/data/f.txt/20200101T000000000000Z-0123abcd/f.txt", b"an interrupted upload's")
+        moto_proxy.answer(rb"(?is)^GET [^ ]*prefix=default%2Fprobes", "403 Forbidden", "AccessDenied",
+                          "Access Denied", times=10)
+        result = client.cleanup(0)
+    assert result.ok and result.data["orphaned_objects_removed"] == 1, result.message
+    assert s3_store.keys() == kept
+    assert any(b"prefix=default%2Fprobes" in head for head in moto_proxy.request_heads)  # it was denied
 
 
 def test_a_key_that_may_not_delete_fails_the_check_as_denied(s3_store: Store, moto_proxy: CuttingProxy) -> None:
