@@ -12,7 +12,6 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, Context
@@ -117,12 +116,7 @@ def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
     where it is parsed: the DAG processor and the worker would disagree); None when only the run can."""
     if _templated(name) or not isinstance(data_path, (str, os.PathLike)) or _templated(str(data_path)):
         return None  # templated, or the path comes from an upstream task
-    path = Path(data_path)
-    if name is None:
-        return planned_name(data_path) if path.name not in ("", "..") else None  # "." names the parser's folder
-    if Path(name).suffix or not path.suffix:
-        return planned_name(data_path, name)  # the same for a file and a folder
-    return None  # a file gains the extension (weights + model.pt -> weights.pt), a folder does not
+    return planned_name(data_path, name, on_disk=False)
 
 
 class FedMLStorageUploadOperator(_StorageOperator):

@@ -6,7 +6,7 @@ from .config import PLAIN_SETTINGS, StorageSettings, is_unset, unknown_settings
 from .response import FedMLResponse, FedMLStorageError, Reason, ResponseCode
 from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
 from .stops import Stopped, stop_when
-from .uploads import planned_name
+from .naming import planned_name
 
 __version__ = "0.1.0"
 

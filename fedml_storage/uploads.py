@@ -27,7 +27,8 @@ from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
 from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
-from .validation import check_description, check_metadata, check_name, check_path, check_progress_desc, check_tags
+from .naming import stored_name
+from .validation import check_description, check_metadata, check_path, check_progress_desc, check_tags
 from .zipformat import size_bound
 
 log = logging.getLogger("fedml_storage")
@@ -47,30 +48,6 @@ class UploadRequest:
     out_progress_to_err: bool = True
     progress_desc: str | None = None
     ignore_patterns: object = None
-
-
-def stored_name(src: Path, name: str | None) -> str:
-    """The reference's naming: a directory keeps `name` (or its own); a file keeps its extension."""
-    if name is None:
-        if not src.name:
-            raise InvalidInput(f"cannot take a data name from {str(src)!r}; pass name=...")
-        try:
-            return check_name(src.name, new=True)
-        except InvalidInput as exc:
-            raise InvalidInput(f"{exc} (the name of {str(src)!r}); pass name=... to store it under another name") from None
-    check_name(name, new=True)
-    if src.is_file() and src.suffix and not Path(name).suffix:
-        name += src.suffix
-    return check_name(name, new=True)
-
-
-def planned_name(data_path: str | os.PathLike, name: str | None = None) -> str | None:
-    """The name `upload(data_path, name)` will store under, without reading the data (a path that does not
-    exist yet keeps `name` as given); None when it cannot be told or the upload would refuse it."""
-    try:
-        return stored_name(check_path(data_path, "data_path"), name)
-    except (InvalidInput, OSError):
-        return None
 
 
 def _source(data_path: object) -> Path:

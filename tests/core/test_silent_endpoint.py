@@ -95,13 +95,16 @@ def test_only_jobs_running_when_given_up_are_abandoned() -> None:
     finished.start()
     finished.join()
 
+    started = threading.Event()
+
     def waits() -> None:
+        started.set()
         release.wait(10)
         seen.append(("running", abandoned()))
 
     running = threading.Thread(target=helpers.job(waits))
     running.start()
-    time.sleep(0.1)
+    assert started.wait(10)
     helpers.give_up()
     release.set()
     running.join()

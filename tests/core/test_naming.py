@@ -1,0 +1,31 @@
+"""The name an upload stores under, told beforehand: from the disk, or (on_disk=False) from the strings alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedml_storage import StorageClient, planned_name
+
+
+def test_a_planned_name_is_the_name_the_upload_stores_under(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_text("weights")
+    (tmp_path / "run.d").mkdir()
+    (tmp_path / "run.d" / "a.txt").write_text("a")
+    client = StorageClient(service="LOCAL")
+    for path, name, planned in ((tmp_path / "model.pt", None, "model.pt"), (tmp_path / "model.pt", "w", "w.pt"),
+                                (tmp_path / "run.d", None, "run.d"), (tmp_path / "run.d", "run", "run")):
+        assert planned_name(path, name) == planned == client.upload(str(path), name).unwrap().name
+
+
+def test_from_the_strings_alone_only_what_they_tell(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_text("weights")
+    (tmp_path / "run.d").mkdir()
+    # a name without an extension for a path with one: a file gains it, a folder does not; only the data tells
+    assert planned_name(tmp_path / "model.pt", "w", on_disk=False) is None
+    assert planned_name(tmp_path / "run.d", "run", on_disk=False) is None
+    assert planned_name(tmp_path / "model.pt", on_disk=False) == "model.pt"
+    assert planned_name(tmp_path / "not-there.pt", "w.bin", on_disk=False) == "w.bin"
+    assert planned_name(tmp_path / "data", "w", on_disk=False) == "w"
+    assert planned_name(".", on_disk=False) is None and planned_name("..", on_disk=False) is None
+    assert planned_name(".") == Path.cwd().name  # on the disk, "." is the folder it runs in
+    assert planned_name(tmp_path / "x", "../y", on_disk=False) is None  # a name the upload refuses
