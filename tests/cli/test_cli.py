@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import select
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fedml_storage import cli
 from tests.conftest import TEST_API_KEY
 from tests.core.conftest import make_tree, tree_bytes
 
@@ -304,3 +306,26 @@ def test_debug_says_each_failure_and_warning_once(tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert failed.stderr.count("download of 'nope' failed") == 1, failed.stderr
     assert failed.stderr.count("ignoring unknown keys") == 1, failed.stderr
+
+
+def _core_texts() -> list[str]:
+    """Every string the core writes (f-strings with their fields as \\0, a repr'd field as '\\0')."""
+    def text(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.JoinedStr):
+            return "".join(v.value if isinstance(v, ast.Constant) else "'\0'" if v.conversion == ord("r") else "\0"
+                           for v in node.values)
+        return None
+
+    core = Path(cli.__file__).parent
+    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py") if path.name != "cli.py"]
+    return [t for tree in trees for t in map(text, ast.walk(tree)) if t]
+
+
+def test_every_advice_the_cli_rewords_is_still_what_the_core_says() -> None:
+    """The CLI turns the core's Python advice into commands by matching its words: a reworded core message would
+    slip through in Python terms."""
+    texts = _core_texts()
+    stale = [advice for advice in cli._CLI_ADVICE if not any(advice.removeprefix("failed: ") in t for t in texts)]
+    assert stale == []  # ("failed: " joins an action to its cause when the response is made)
