@@ -306,7 +306,7 @@ class StorageClient:
         )
 
 
-__all__ = ["FedMLStorageError", "StorageClient"]
+__all__ = ["FedMLStorageError", "StorageClient", "same_store"]
 
 
 def same_store(a: str, b: str) -> bool:
