@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import stops
-from .errors import IntegrityError, InvalidInput, size_not_content
+from .errors import IntegrityError, InvalidInput, SourceChanged, size_not_content
 from .modes import open_plain, umask
 from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
@@ -113,8 +113,8 @@ def _pack_file(writer: ZipWriter, e: Entry, when: tuple[int, ...], attr: int,
     try:
         src = open_plain(e.path)
     except FileNotFoundError:
-        raise InvalidInput(f"{e.path} was removed while the folder was being uploaded; nothing was published, "
-                           "upload it again") from None
+        raise SourceChanged(f"{e.path} was removed while the folder was being uploaded; nothing was published, "
+                            "upload it again") from None
     except PermissionError as exc:
         raise InvalidInput(f"cannot read {e.path} ({exc.strerror}); nothing was published: check its permissions, "
                            "or leave it out with ignore_patterns") from None
@@ -132,8 +132,8 @@ def _pack_file(writer: ZipWriter, e: Entry, when: tuple[int, ...], attr: int,
         writer.add(e.rel, when, attr, e.st_size, chunks())
         after = os.fstat(src.fileno())
     if not same_file_state(after, e):
-        raise InvalidInput(f"{e.path} changed while it was being uploaded; nothing was published, "
-                           "upload it again once it is no longer being written")
+        raise SourceChanged(f"{e.path} changed while it was being uploaded; nothing was published, "
+                            "upload it again once it is no longer being written")
     if read != e.st_size:
         raise size_not_content(e.path, read, e.st_size)
     return h.hexdigest()

@@ -45,6 +45,11 @@ class Conflict(StorageFailure):
     reason = Reason.CONFLICT
 
 
+class SourceChanged(Conflict):
+    """The data was written to while it was uploaded: nothing was published; another try, once the writer is done,
+    succeeds (so Airflow and Prefect retry it)."""
+
+
 class Changed(StorageFailure):
     """A delete found the dataset published again since it read it: not retried, so as not to delete that."""
 

@@ -20,7 +20,7 @@ from .archive import HashingWriter, write_zip
 from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
-from .errors import Conflict, InvalidInput, StorageFailure, TransientError
+from .errors import Conflict, InvalidInput, SourceChanged, StorageFailure, TransientError
 from .ignores import check_ignore_patterns
 from .own import check_source, own_paths
 from .progress import UPLOAD_DESC, progress_bar
@@ -199,8 +199,9 @@ def _changed(src: Path, st: os.stat_result) -> bool:
         return True
 
 
-def _changed_error(src: Path) -> InvalidInput:
-    return InvalidInput(f"{src} changed while it was being uploaded; nothing was published, upload it again")
+def _changed_error(src: Path) -> SourceChanged:
+    return SourceChanged(f"{src} changed while it was being uploaded; nothing was published, upload it again once "
+                         "it is no longer being written")
 
 
 def _content(record: VersionRecord) -> tuple[str, str | None, str | None, int | None]:
@@ -310,7 +311,7 @@ def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings
                 _ = zipping.exception()
                 catalog.drop_data([key])
                 cause = exc.__cause__
-                if isinstance(cause, InvalidInput):
+                if isinstance(cause, StorageFailure):  # said for the user: bad input, a source written meanwhile
                     raise cause from None
                 raise InvalidInput(f"could not pack {src} ({type(cause).__name__}: {cause}); "
                                    "nothing was published") from None

@@ -163,6 +163,7 @@ def test_a_single_file_replaced_by_a_pipe_fails_its_s3_upload(s3_store: Store, t
     monkeypatch.setattr(S3Store, "put_file", swap_then_send)
     response = _upload_meeting_a_pipe(s3_store, src, src)
     assert response.code == ResponseCode.FAILURE and "w.bin changed while it was being uploaded" in response.message
+    assert response.reason == "conflict" and response.retryable  # another try, once the writer is done
     assert s3_store.keys() == []
 
 def test_fedml_storages_own_files_and_folders_are_never_uploaded(isolated_home: Path, tmp_path: Path,
