@@ -83,6 +83,10 @@ class FedMLStorageHook(BaseHook):
                 ) from None
             self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
             return {}
+        if conn.conn_type and conn.conn_type.replace("-", "_") != self.conn_type:  # e.g. an aws connection reused
+            self.log.warning("Airflow connection %r is of type %r, not %s: fedml-storage reads its password as the "
+                             "API key and its extra as settings (service, bucket, endpoint_url, ...)",
+                             self.fedml_storage_conn_id, conn.conn_type, self.conn_type)
         unused = [field for field in ("host", "schema", "port") if getattr(conn, field, None)]
         mangled = f"{conn.host or ''}{conn.schema or ''}"  # 'fedml_storage://...' is no URI scheme: all a path
         if unused and not conn.conn_type and "//" in mangled:
@@ -143,7 +147,7 @@ class FedMLStorageHook(BaseHook):
         """
         if self._client is None:
             settings = self.settings_from_connection()
-            self._client = StorageClient(origin=self._origin(settings), log_failures=False,
+            self._client = StorageClient(origin=self._origin(settings), log_failures=False, key_means_remote=True,
                                          **{**settings, **self._overrides})
         return self._client
 

@@ -32,12 +32,14 @@ class StorageClient:
     """Upload, download, delete, inspect and list named datasets in one store and namespace."""
 
     def __init__(self, settings: StorageSettings | None = None, *, origin: str = "the argument",
-                 log_failures: bool = True, **overrides: Any) -> None:
+                 log_failures: bool = True, key_means_remote: bool = False, **overrides: Any) -> None:
         """`overrides`: settings by name over the configured ones; `origin` says where they come from in messages
         about bad values (e.g. "the Airflow connection 'x'"); `log_failures=False` for callers that raise failures
-        (their framework logs them)."""
+        (their framework logs them); `key_means_remote` refuses an api_key when no service is set anywhere (for
+        a connection or block that holds credentials) instead of ignoring it on the default LOCAL store."""
         self._base = settings
         self._origin = origin
+        self._key_means_remote = key_means_remote
         self._log_failures = log_failures
         self._overrides = {k: v for k, v in overrides.items() if not is_unset(v)}  # blank: unset
         self._settings: StorageSettings | None = None
@@ -59,7 +61,8 @@ class StorageClient:
             merged = {**self._base.model_dump(), **overrides}
             settings = validate_settings(merged, dict.fromkeys(overrides, self._origin), self._origin)
         else:
-            settings = StorageSettings.resolve(self._origin, **overrides)
+            key_given = api_key is not None and self._key_means_remote
+            settings = StorageSettings.resolve(self._origin, also_remote=("api_key",) if key_given else (), **overrides)
         # LOCAL needs no credential: a platform-style key passed out of habit is ignored there.
         if api_key is not None and settings.service != "LOCAL":
             settings = validate_settings({**settings.model_dump(), "api_key": api_key}, {"api_key": self._origin},

@@ -192,9 +192,11 @@ class StorageSettings(BaseModel):
         )
 
     @classmethod
-    def resolve(cls, origin: str = "the argument", **overrides: Any) -> StorageSettings:
+    def resolve(cls, origin: str = "the argument", *, also_remote: Iterable[str] = (), **overrides: Any
+                ) -> StorageSettings:
         """Explicit arguments, then FEDML_STORAGE_* variables, then the config file, then defaults; `origin`
-        names where the explicit ones came from, for messages."""
+        names where the explicit ones came from, for messages. `also_remote` names settings given beside these
+        that, as a bucket does, mean a remote store."""
         unknown = set(overrides) - set(cls.model_fields)
         if unknown:
             raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
@@ -208,7 +210,7 @@ class StorageSettings(BaseModel):
         given = {k: v for k, v in overrides.items() if not is_unset(v)}
         values.update(given)
         sources.update(dict.fromkeys(given, origin))
-        remote = sorted(k for k in _REMOTE_ONLY if k in given)
+        remote = sorted({k for k in _REMOTE_ONLY if k in given} | set(also_remote))
         if remote and "service" not in sources:  # e.g. a block or connection that names a bucket but no service
             raise NotConfigured(
                 f"{origin} sets {' and '.join(remote)} but no service, and none is configured: the default, LOCAL, "

@@ -198,7 +198,7 @@ upload_data("data/mnist", storage=storage)
         """
         saved = getattr(self, "_block_document_name", None)
         origin = f"the FedMLStorage block{f' {saved!r}' if saved else ''} or the task's arguments"
-        return StorageClient(origin=origin, log_failures=False,
+        return StorageClient(origin=origin, log_failures=False, key_means_remote=True,
                              **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from urllib.parse import quote
 
@@ -91,6 +92,24 @@ def test_a_connection_with_a_bucket_but_no_service_fails_instead_of_storing_loca
                                                    "no service") as refused:
         FedMLStorageHook().upload(str(tmp_path / "f.txt"))
     assert refused.value.reason == "not_configured" and not (isolated_home / "store").exists()
+
+
+@pytest.mark.parametrize("conn_type", ["fedml_storage", "aws"])
+def test_a_connection_with_a_key_but_no_service_fails_instead_of_storing_locally(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_home: Path, conn_type: str, caplog, capfd) -> None:
+    """The key was ignored and the data went to the worker's LOCAL store, where no other worker finds it."""
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({"conn_type": conn_type,
+                                                                         "password": TEST_API_KEY}))
+    (tmp_path / "f.txt").write_text("x")
+    with caplog.at_level(logging.WARNING), pytest.raises(
+            AirflowFailException, match="or the task's arguments sets api_key but no service") as refused:
+        FedMLStorageHook().upload(str(tmp_path / "f.txt"))
+    assert refused.value.reason == "not_configured" and not (isolated_home / "store").exists()
+    logged = caplog.text + "".join(capfd.readouterr())  # Airflow's task logger writes to stdout
+    assert SECRET not in str(refused.value) and SECRET not in logged
+    assert ("is of type 'aws', not fedml_storage" in logged) == (conn_type == "aws")
+    monkeypatch.setenv("FEDML_STORAGE_SERVICE", "LOCAL")  # a service set anywhere decides, LOCAL too
+    assert FedMLStorageHook().upload(str(tmp_path / "f.txt"))["service"] == "LOCAL"
 
 
 def test_the_clients_repr_masks_credentials_typed_into_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,8 +69,13 @@ def test_store_settings_without_any_service_are_refused_not_used_on_local(tmp_pa
     assert not (config_path().parent / "store").exists()  # nothing went to the LOCAL store
     with StorageClient(r2_account_id="0" * 32, endpoint_url="http://127.0.0.1:9") as c:
         assert "sets endpoint_url and r2_account_id but no service" in c.upload(str(tmp_path / "f.txt")).message
-    # a service given anywhere decides, LOCAL too
+    with StorageClient(api_key=TEST_API_KEY, key_means_remote=True) as c:  # as a connection or a block holds one
+        assert "sets api_key but no service" in c.upload(str(tmp_path / "f.txt")).message
+    assert not (config_path().parent / "store").exists()
+    # a service given anywhere decides, LOCAL too; the documented API passes its key to every call, LOCAL ignores it
     with StorageClient(service="LOCAL", bucket="prod-datasets") as c:
+        assert c.upload(str(tmp_path / "f.txt")).ok
+    with StorageClient(api_key=TEST_API_KEY) as c:
         assert c.upload(str(tmp_path / "f.txt")).ok
 
 

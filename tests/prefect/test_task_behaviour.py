@@ -19,6 +19,7 @@ from prefect_tasks import (
     list_data,
     upload_data,
 )
+from tests.conftest import TEST_API_KEY
 from tests.prefect.conftest import task_run_names
 
 
@@ -137,3 +138,18 @@ def test_a_delete_that_meets_a_new_upload_fails_without_retries_and_keeps_it(tmp
     assert failed.value.reason == "changed" and len(manifest_deletes) == 1  # not retried
     got = block.download("ds.csv", dest_path=str(tmp_path / "out"))
     assert Path(got).read_text() == "two, newer"
+
+
+def test_a_block_with_a_key_but_no_service_fails_instead_of_storing_locally(tmp_path: Path,
+                                                                            isolated_home: Path) -> None:
+    (tmp_path / "f.txt").write_text("x")
+
+    @flow
+    def store(block: FedMLStorage) -> dict:
+        return upload_data.with_options(retry_delay_seconds=0)(str(tmp_path / "f.txt"), storage=block)
+
+    with pytest.raises(FedMLStorageError, match="sets api_key but no service") as refused:
+        store(FedMLStorage(api_key=TEST_API_KEY))
+    assert refused.value.reason == "not_configured" and not refused.value.retryable
+    assert TEST_API_KEY.split(":")[1] not in str(refused.value)
+    assert not (isolated_home / "store").exists()
