@@ -57,6 +57,8 @@ class StorageSettings(BaseModel):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph, R2, moto).")
     region: str | None = Field(None, description="Region for S3.")
     r2_account_id: str | None = Field(None, description="Cloudflare account id; gives the R2 endpoint.")
+    ca_bundle: Path | None = Field(None, description="PEM file of the certificate authorities that sign the endpoint's "
+                                   "TLS certificate (a private CA); default: boto3's (AWS_CA_BUNDLE, or certifi's).")
     namespace: str = Field("default", description="Key prefix, so several teams can share a bucket.")
     api_key: SecretStr | None = Field(None, description="ACCESS_KEY_ID:SECRET_ACCESS_KEY for S3 and R2 (with "
                                       "':SESSION_TOKEN' for temporary credentials).")
@@ -108,7 +110,8 @@ class StorageSettings(BaseModel):
         check_api_key(raw)
         return SecretStr(raw.strip())
 
-    @field_validator("bucket", "endpoint_url", "region", "r2_account_id", "local_root", "partial_dir", mode="before")
+    @field_validator("bucket", "endpoint_url", "region", "r2_account_id", "ca_bundle", "local_root", "partial_dir",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -227,7 +230,7 @@ def without_userinfo(url: str) -> str:
     return (scheme.group(0) if scheme else "") + "****@" + url.rpartition("@")[2]
 
 
-_REMOTE_ONLY = ("bucket", "endpoint_url", "r2_account_id")  # settings LOCAL has no use for
+_REMOTE_ONLY = ("bucket", "endpoint_url", "r2_account_id", "ca_bundle")  # settings LOCAL has no use for
 
 
 def is_unset(value: Any) -> bool:

@@ -52,9 +52,10 @@ def s3_client(settings: StorageSettings) -> BaseClient:
     """A client for the settings' service and endpoint; NotConfigured when they cannot make one."""
     endpoint = settings.resolved_endpoint
     if settings.service == "R2" and not endpoint:
-        raise NotConfigured("R2 needs an account id or endpoint; set FEDML_STORAGE_R2_ACCOUNT_ID or endpoint_url "
-                            "(upload and download default to service='R2', as documented: for your configured "
-                            "default service pass service=None, or name it, e.g. service='S3')")
+        raise NotConfigured("R2 needs r2_account_id (or endpoint_url): set it beside the other settings (an argument, "
+                            "an Airflow connection's extra, a block's field, or FEDML_STORAGE_R2_ACCOUNT_ID). "
+                            "Upload and download default to service='R2', as documented: for your configured "
+                            "default service pass service=None, or name it, e.g. service='S3'")
     custom = settings.custom_endpoint  # an explicit AWS endpoint (regional, FIPS, VPC) gets boto3's defaults
     s3_options: dict | None = None
     if custom:
@@ -90,6 +91,7 @@ def s3_client(settings: StorageSettings) -> BaseClient:
             aws_secret_access_key=secret,
             aws_session_token=token,
             config=config,
+            verify=str(settings.ca_bundle) if settings.ca_bundle else None,
         )
     except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. a malformed endpoint or region
         raise NotConfigured(f"cannot set up the {settings.service} client: {str(exc).rstrip('.')}; check "

@@ -60,6 +60,13 @@ class translate:
                             ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
             raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc}); if this "
                                  f"persists, {NOT_S3}") from None
+        if isinstance(exc, botocore.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            why = re.search(r"certificate verify failed: (.+?)\s*\(_ssl", str(exc))
+            raise NotConfigured(
+                f"the TLS certificate of the endpoint for {self.location} could not be verified ("
+                f"{why.group(1) if why else 'certificate verify failed'}); retrying will not help: if a private "
+                "certificate authority signs it, set ca_bundle to that authority's PEM file, and if it has expired "
+                "or names another host, renew it or fix endpoint_url") from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
             raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
                                  "endpoint_url (or r2_account_id) and the network") from None

@@ -396,7 +396,7 @@ def test_the_documented_r2_default_of_upload_says_how_to_use_the_configured_serv
     (tmp_path / "f.txt").write_text("x")
     response = api.upload(str(tmp_path / "f.txt"))  # service="R2" by the documented default
     assert response.reason == "not_configured", response.message
-    assert "R2 needs an account id" in response.message and "pass service=None" in response.message
+    assert "R2 needs r2_account_id" in response.message and "pass service=None" in response.message
 
 
 def test_a_bucket_name_s3_cannot_take_is_told_with_the_rules(s3_store: Store) -> None:

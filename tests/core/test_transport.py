@@ -145,3 +145,27 @@ def test_a_folder_larger_than_the_part_limit_allows_gets_larger_parts(s3_store, 
         assert 1 < len(parts) <= 3, len(parts)
         got = client.download("big", str(tmp_path / "out"))
     assert got.ok and (tmp_path / "out" / "big" / "part2.bin").read_bytes() == (src / "part2.bin").read_bytes()
+
+
+def test_an_untrusted_certificate_fails_at_once_and_ca_bundle_trusts_it(tmp_path: Path, monkeypatch) -> None:
+    """A self-signed or private-CA certificate was 'cannot reach the endpoint ... may pass: try again': retried by
+    Airflow and Prefect, waited on by sensors until their timeout."""
+    serving = _serve(tmp_path, tls=True)
+    server = next(serving)
+    try:
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        bucket = f"tls-{uuid.uuid4().hex[:12]}"
+        key_id, secret = TEST_API_KEY.split(":", 1)
+        boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1", aws_access_key_id=key_id,
+                     aws_secret_access_key=secret, verify=server.ca_bundle).create_bucket(Bucket=bucket)
+        (tmp_path / "f.txt").write_text("x")
+        settings = {"service": "S3", "bucket": bucket, "endpoint_url": server.endpoint, "api_key": TEST_API_KEY,
+                    "max_attempts": 1}
+        with StorageClient(**settings) as client:
+            response = client.upload(str(tmp_path / "f.txt"))
+        assert response.code == ResponseCode.FAILURE and response.reason == "not_configured" and not response.retryable
+        assert "could not be verified (self-signed certificate" in response.message and "ca_bundle" in response.message
+        with StorageClient(**settings, ca_bundle=server.ca_bundle) as client:
+            assert client.upload(str(tmp_path / "f.txt")).ok and client.list().data[0].dataName == "f.txt"
+    finally:
+        next(serving, None)  # on to its shutdown
