@@ -202,6 +202,11 @@ class FedMLStorageHook(BaseHook):
         `sha256`, `size`, ..."""
         if dest_path is None or not str(dest_path).strip():  # the core's default: the worker's working directory
             raise FedMLStorageFailException(no_dest_path("download"), Reason.INVALID_INPUT.value, retryable=False)
+        if isinstance(dest_path, (str, os.PathLike)) and not os.path.isabs(os.path.expanduser(dest_path)):
+            raise FedMLStorageFailException(
+                f"dest_path {str(dest_path)!r} is relative: on a worker it names a folder in the worker's working "
+                "directory, wherever the worker was started (a dataset named like something there, dags or logs, "
+                "would replace it); give an absolute path", Reason.INVALID_INPUT.value, retryable=False)
         result = raise_for(self.get_client().download(name, dest_path, version=version))
         self.log.info("%s", result.summary())
         self._report_lineage("add_input_asset", result.name)

@@ -216,7 +216,14 @@ def test_a_download_without_a_destination_is_refused_before_anything_lands(tmp_p
     for blank in (None, ""):  # a @task calling the hook: no retries either
         with pytest.raises(AirflowFailException, match="download needs dest_path="):
             FedMLStorageHook().download("dags", blank)
+    for relative in (".", "out", Path("out/inner")):  # into the working directory all the same
+        with pytest.raises(AirflowFailException, match="is relative: on a worker .* give an absolute path"):
+            FedMLStorageHook().download("dags", relative)
+    with pytest.raises(AirflowFailException, match="is relative"):
+        FedMLStorageDownloadOperator(task_id="d", name="dags", dest_path=".").execute(task_context())
     assert sorted(p.name for p in (tmp_path / "dags").iterdir()) == ["my_dag.py"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dags", "src"]
+    assert FedMLStorageHook().download("dags", str(tmp_path / "out")).name == "dags"  # an absolute one is taken
 
 
 def test_a_connection_uri_airflow_cannot_read_fails_instead_of_storing_locally(
