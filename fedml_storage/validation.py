@@ -39,7 +39,10 @@ def check_progress_desc(desc: Any) -> None:
 
 def check_name(name: Any, *, new: bool = False) -> str:
     """A stored name: one path component, printable, not '.' or '..'; `new` for a name about to be stored."""
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str):
+        shown = f" {name!r}" if isinstance(name, (int, float)) else ""
+        raise InvalidInput(f"a data name must be a string, not {type(name).__name__}{shown}; pass str(...)")
+    if not name.strip():
         raise InvalidInput("a data name must be a non-empty string")
     if name in (".", "..") or "/" in name or "\\" in name:
         raise InvalidInput(f"invalid data name {name!r}: it must be one name, without '/' or '\\\\', and not '.' or "

@@ -41,6 +41,8 @@ def stored(store: Store, tmp_path: Path) -> Path:
         ({"name": "é" * 101}, "invalid_input", "202 bytes long in UTF-8; at most 200"),
         ({"name": "bad\udcffname"}, "invalid_input", "not valid Unicode"),
         ({"name": ".fedml-download-x"}, "invalid_input", "reserved"),
+        ({"name": 20260305}, "invalid_input", "a data name must be a string, not int 20260305; pass str(...)"),
+        ({"name": ["a"]}, "invalid_input", "a data name must be a string, not list; pass str(...)"),
         ({"tag_list": "images"}, "invalid_input", "list of strings"),
         ({"tag_list": ["ok", "  "]}, "invalid_input", "non-empty strings"),
         ({"tag_list": [f"t{i}" for i in range(65)]}, "invalid_input", "65 different tags; at most 64"),
