@@ -78,8 +78,8 @@ class UploadResult(_Detailed):
         if self.skipped:
             line = f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
         else:
-            rate = self.size / self.seconds / (1 << 20) if self.seconds else 0.0  # in the size's MB (1024 KB)
-            line = (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate:.1f} MB/s, "
+            rate = human_size(int(self.size / self.seconds)) + "/s" if self.seconds else "at once"
+            line = (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate}, "
                     f"version {self.version}) to {self.uri}")
         if self.left_out:
             shown = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio.to_thread
+import httpx
 from prefect import Task, get_run_logger, task
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
@@ -34,7 +35,8 @@ from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only failures that can pass: connection errors, throttling, 5xx. Never bad input or a missing name."""
+    """Retry only failures that can pass: connection errors (to the store or to Prefect's API), throttling, 5xx.
+    Never bad input or a missing name."""
     # The failure as a value: Prefect's retry check hands over Failed(data=<the exception>). Never state.result()
     # bare: in an async task's run it returns a coroutine (and no retry would ever happen); raising would add
     # this check to the traceback the user reads.
@@ -48,7 +50,8 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
         return failure.retryable
     if isinstance(failure, TaskRunTimeoutError):  # the timed-out call may still be running: a retry would add one
         return False
-    return isinstance(failure, (ConnectionError, TimeoutError))
+    # Prefect's own API unreachable (loading a saved block, writing an artifact): httpx's errors are no OSErrors
+    return isinstance(failure, (ConnectionError, TimeoutError, httpx.TransportError))
 
 
 # Every task: no input-based caching (an upload is a side effect, and a block's masked secret would give
@@ -247,7 +250,7 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
             description=f"fedml-storage upload of {result.name}",
             _sync=True,
         )
-    add_metadata(key, {k: details[k] for k in ("version", "sha256", "size", "uri")})
+    add_metadata(key, {k: details[k] for k in ("version", "sha256", "size", "uri", "skipped")})  # skipped: unchanged
     return hold_for_flow_run(details)
 
 

@@ -50,4 +50,6 @@ def test_the_upload_line_gives_its_rate_in_the_units_of_its_size() -> None:
 
     line = UploadResult("s3://b/k", name="mnist", size=int(52.10 * (1 << 20)), seconds=1.42, version="v1",
                         skipped=False, uri="s3://b/k").summary()
-    assert "(52.10 MB in 1.42 s, 36.7 MB/s, version v1)" in line  # 52.10 / 1.42, as a reader checks it
+    assert "(52.10 MB in 1.42 s, 36.69 MB/s, version v1)" in line  # 52.10 / 1.42, as a reader checks it
+    tiny = UploadResult("s3://b/k", name="t", size=300, seconds=0.5, version="v1", skipped=False, uri="s3://b/k")
+    assert "(300 B in 0.50 s, 600 B/s, version v1)" in tiny.summary()  # not '0.0 MB/s'

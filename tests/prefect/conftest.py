@@ -25,12 +25,19 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ[key] = value
 
 
+class _Emitted(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[dict] = []
+
+
 @pytest.fixture
 def emitted(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Every Prefect event emitted during the test (name, resource id, related ids by role), still sent for real."""
+    """Every Prefect event emitted during the test (name, resource id, related ids by role), still sent for real;
+    the list's `payloads` holds each event's payload."""
     import prefect.events
 
-    seen: list = []
+    seen = _Emitted()
     real = prefect.events.emit_event
 
     def record(event: str, resource: dict, related: list | None = None, **kwargs):
@@ -38,6 +45,7 @@ def emitted(monkeypatch: pytest.MonkeyPatch) -> list:
         for r in related or []:
             roles.setdefault(r["prefect.resource.role"], []).append(r["prefect.resource.id"])
         seen.append((event, resource["prefect.resource.id"], roles))
+        seen.payloads.append(kwargs.get("payload") or {})
         return real(event=event, resource=resource, related=related, **kwargs)
 
     monkeypatch.setattr(prefect.events, "emit_event", record)

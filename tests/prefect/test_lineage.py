@@ -145,3 +145,19 @@ def test_objects_made_after_a_dropped_result_are_not_linked_to_it(tmp_path: Path
         return seen
 
     assert drops() == [[]] * 10
+
+
+def test_an_unchanged_upload_says_so_in_its_materialization(tmp_path: Path, emitted: list) -> None:
+    """Both runs emitted the same payload: a deployment triggered on the asset retrained on every no-op upload."""
+    src = _dir(tmp_path, "same")
+
+    @flow
+    def twice() -> None:
+        upload_data(src)
+        upload_data(src)
+
+    twice()
+    payloads = [p for (event, key, _), p in zip(emitted, emitted.payloads)
+                if event == "prefect.asset.materialization.succeeded" and key == "fedml://default/same"]
+    assert [p.get("skipped") for p in payloads] == [False, True], payloads
+    assert payloads[0]["version"] == payloads[1]["version"]

@@ -153,3 +153,22 @@ def test_a_block_with_a_key_but_no_service_fails_instead_of_storing_locally(tmp_
     assert refused.value.reason == "not_configured" and not refused.value.retryable
     assert TEST_API_KEY.split(":")[1] not in str(refused.value)
     assert not (isolated_home / "store").exists()
+
+
+def test_what_the_retry_condition_retries() -> None:
+    """httpx's errors (Prefect's API unreachable while a saved block loads or an artifact is written) are no
+    ConnectionError: they were not retried."""
+    import httpx
+    from prefect.states import Failed
+
+    from fedml_storage import FedMLResponse, ResponseCode
+    from prefect_tasks.tasks import retry_transient
+
+    def retried(exc: BaseException) -> bool:
+        return retry_transient(None, None, Failed(data=exc))
+
+    assert retried(httpx.ConnectError("refused")) and retried(httpx.ReadTimeout("slow")) and retried(TimeoutError())
+    assert retried(FedMLStorageError(FedMLResponse(ResponseCode.ERROR, "busy", None, "transient")))
+    assert not retried(FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, "no such name", None, "not_found")))
+    assert not retried(ValueError("bad")) and not retried(httpx.HTTPStatusError(
+        "409", request=httpx.Request("POST", "http://x"), response=httpx.Response(409)))
