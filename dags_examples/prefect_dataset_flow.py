@@ -6,8 +6,8 @@ another task pinned to the uploaded version, verify it byte for byte, read its m
 Runs on the embedded LOCAL store with no configuration; pass a saved `FedMLStorage` block to use S3 or R2.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a deployment builds the flow's parameter model from its annotations, and
+# postponed ones leave the block's type undefined there ("Dataset_HandoffModel is not fully defined").
 import os
 import shutil
 import tempfile
