@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
 from fedml_storage.api_keys import check_api_key
@@ -42,6 +42,18 @@ class _ClassOnly:
                             "a dataset call storage.delete_data(name); to remove this block, FedMLStorage."
                             f"{self.name}(block_name)")
         return refuse
+
+
+def _masked(error: Any) -> Any:
+    """A validation error's details with the api_key it was given masked (Prefect pickles a failed run's exception
+    into result storage)."""
+    given = error["input"]
+    if error["loc"][:1] == ("api_key",):
+        given = "**********"
+    elif isinstance(given, dict) and "api_key" in given:
+        given = {**given, "api_key": "**********"}
+    context = {"ctx": error["ctx"]} if "ctx" in error else {}
+    return {"type": error["type"], "loc": error["loc"], "input": given, **context}
 
 
 class FedMLStorage(Block):
@@ -94,6 +106,13 @@ upload_data("data/mnist", storage=storage)
     # (saved block name, salt, key digest) of an api_key not yet read back after unpickling (see __reduce_ex__)
     _saved_key: tuple[str, bytes, bytes] | None = PrivateAttr(None)
     _digest: tuple[Any, bytes, bytes] | None = PrivateAttr(None)  # (the key object, salt, digest): see _key_digest
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        try:
+            super().__init__(*args, **data)
+        except ValidationError as exc:  # its errors keep their inputs, a malformed key among them, and pickle them
+            raise ValidationError.from_exception_data(exc.title, [_masked(e) for e in exc.errors()],
+                                                      hide_input=True) from None
 
     @model_validator(mode="before")
     @classmethod

@@ -59,3 +59,30 @@ def test_block_fields_take_any_case_and_blank_is_unset() -> None:
     block = FedMLStorage(service="LOCAL", namespace="team-a")
     with block.client(namespace="", service=" ") as client:  # a blank task argument leaves the block's value
         assert (client.settings.namespace, client.settings.service) == ("team-a", "LOCAL")
+
+
+def test_a_malformed_key_is_kept_out_of_the_error_and_of_result_storage(tmp_path: Path) -> None:
+    """The error's str hid the key, but its details held it (errors()[0]["input"]), and Prefect pickles a failed
+    run's exception into result storage: the whole key landed on disk."""
+    import pickle
+
+    from prefect import flow
+    from pydantic import ValidationError
+
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYzz"
+    for bad in (f"'AKIAKEYID0001:{secret}'", f"AKIAKEYID0001{secret}"):
+        with pytest.raises(ValidationError, match="api_key") as refused:
+            FedMLStorage(service="S3", api_key=bad)
+        assert secret not in repr(refused.value.errors()) and secret.encode() not in pickle.dumps(refused.value)
+    with pytest.raises(ValidationError, match="no field 'region_name'") as refused:  # the whole input, key masked
+        FedMLStorage(api_key=f"AKIAKEYID0001:{secret}", region_name="eu-west-1")
+    assert secret.encode() not in pickle.dumps(refused.value)
+
+    @flow
+    def builds_a_block() -> None:
+        FedMLStorage(service="S3", api_key=f"'AKIAKEYID0001:{secret}'")
+
+    state = builds_a_block(return_state=True)
+    failure = state.result(raise_on_failure=False)  # what Prefect persists of the failed run
+    assert state.is_failed() and isinstance(failure, ValidationError) and "api_key" in str(failure)
+    assert secret.encode() not in pickle.dumps(failure)
