@@ -121,6 +121,8 @@ upload_data("data/mnist", storage=storage)
         prefect-aws's names (region_name, aws_secret_access_key), whose secret would show among a flow's
         parameters."""
         if isinstance(values, dict):
+            # an unknown field left unset (None) is a setting of a newer release that saved the block: harmless
+            values = {k: v for k, v in values.items() if v is not None or k in cls.model_fields}
             given = [k for k in values if isinstance(k, str) and k != "block_type_slug" and not k.startswith("_")]
             hints = setting_hints(given, cls.model_fields, _SECRET_NAME,
                                   "the key pair goes in api_key, ACCESS_KEY_ID:SECRET_ACCESS_KEY")

@@ -86,3 +86,18 @@ def test_a_malformed_key_is_kept_out_of_the_error_and_of_result_storage(tmp_path
     failure = state.result(raise_on_failure=False)  # what Prefect persists of the failed run
     assert state.is_failed() and isinstance(failure, ValidationError) and "api_key" in str(failure)
     assert secret.encode() not in pickle.dumps(failure)
+
+
+def test_a_block_saved_by_a_newer_release_loads_where_its_new_settings_are_unset(tmp_path: Path) -> None:
+    """Every save writes every field: a worker on an older release could load no block a newer one saved."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    block_id = FedMLStorage(service="LOCAL", local_root=str(tmp_path)).save("fedml-newer", overwrite=True)
+    with get_client(sync_client=True) as client:  # what a newer release with one more setting would have saved
+        client.update_block_document(block_id, BlockDocumentUpdate(data={"a_later_setting": None}))
+    assert FedMLStorage.load("fedml-newer", _sync=True).local_root == str(tmp_path)
+    with get_client(sync_client=True) as client:  # one it sets is not ignored: it might change where data goes
+        client.update_block_document(block_id, BlockDocumentUpdate(data={"a_later_setting": "on"}))
+    with pytest.raises(RuntimeError, match="failed validation"):
+        FedMLStorage.load("fedml-newer", _sync=True)
