@@ -133,10 +133,10 @@ class Catalog:
         found = self.read(name)
         if found is None:
             raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                           f"{self._similar(name)}; list_storage_objects() shows what is stored")
+                           f"{self.similar(name)}; list_storage_objects() shows what is stored")
         return found[0]
 
-    def _similar(self, name: str) -> str:
+    def similar(self, name: str) -> str:
         """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
         try:
             # `name` itself matches when it was stored again since the miss: never suggest it
@@ -184,7 +184,7 @@ class Catalog:
         found = self._read_raw(name)
         if found is None:
             raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                           f"{self._similar(name)}; nothing was deleted")
+                           f"{self.similar(name)}; nothing was deleted")
         raw, etag = found
         try:
             manifest = self._parsed_or_none(raw, name)  # unreadable: still deletable; its data goes at cleanup()

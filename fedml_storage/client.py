@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from .store_check import check_store
 from .uploads import UploadRequest
 from .uploads import upload as _upload
 from .validation import check_name
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -174,12 +177,17 @@ class StorageClient:
             except NotFound:
                 if not missing_ok:
                     raise
+                similar = self._catalog().similar(data_name)
+                if similar:  # a clean-up step would otherwise leave the dataset meant, quietly
+                    log.warning("%r was not stored, nothing was deleted%s", data_name, similar)
+                notes.append(similar)
                 return False
             return True
 
         return self._run(f"delete of {data_name!r}", run,
                          lambda done: f"deleted {data_name!r}" + "".join(notes) if done else
-                         f"{data_name!r} was not stored: nothing to delete{self._default_service_hint()}")
+                         f"{data_name!r} was not stored: nothing to delete{''.join(notes)}"
+                         f"{self._default_service_hint()}")
 
     def get_metadata(self, data_name: str) -> FedMLResponse:
         """Stored metadata of a dataset; data is a StorageMetadata."""

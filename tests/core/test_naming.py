@@ -29,3 +29,21 @@ def test_from_the_strings_alone_only_what_they_tell(tmp_path: Path) -> None:
     assert planned_name(".", on_disk=False) is None and planned_name("..", on_disk=False) is None
     assert planned_name(".") == Path.cwd().name  # on the disk, "." is the folder it runs in
     assert planned_name(tmp_path / "x", "../y", on_disk=False) is None  # a name the upload refuses
+
+
+def test_a_delete_of_a_name_missing_its_extension_says_which_was_meant(tmp_path: Path, caplog) -> None:
+    """With missing_ok it succeeded quietly (INFO, no hint), and a clean-up step left the dataset it meant."""
+    import logging
+
+    (tmp_path / "model.safetensors").write_text("weights")
+    client = StorageClient(service="LOCAL")
+    assert client.upload(str(tmp_path / "model.safetensors"), "weights").unwrap().name == "weights.safetensors"
+    with caplog.at_level(logging.WARNING, logger="fedml_storage"):
+        response = client.delete("weights", missing_ok=True)
+    assert response.ok and response.data is False
+    assert "did you mean 'weights.safetensors'?" in response.message
+    assert [r.levelname for r in caplog.records if "did you mean 'weights.safetensors'" in r.getMessage()] == [
+        "WARNING"]
+    assert client.get_metadata("weights.safetensors").ok  # still there, as asked
+    caplog.clear()
+    assert client.delete("gone", missing_ok=True).data is False and not caplog.records  # a retry's delete: quiet
