@@ -88,8 +88,8 @@ def test_a_connection_with_a_bucket_but_no_service_fails_instead_of_storing_loca
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolated_home: Path) -> None:
     _connect(monkeypatch, password=TEST_API_KEY, extra={"bucket": "prod-datasets", "region": "eu-west-1"})
     (tmp_path / "f.txt").write_text("x")
-    with pytest.raises(AirflowFailException, match="'fedml_storage_default' or the task's arguments sets bucket but "
-                                                   "no service") as refused:
+    with pytest.raises(AirflowFailException, match="'fedml_storage_default' or the task's arguments sets api_key and "
+                                                   "bucket but no service") as refused:
         FedMLStorageHook().upload(str(tmp_path / "f.txt"))
     assert refused.value.reason == "not_configured" and not (isolated_home / "store").exists()
 

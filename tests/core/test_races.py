@@ -109,8 +109,8 @@ def test_not_found_hint_never_suggests_the_name_asked_for(tmp_path: Path) -> Non
     store = LocalStore(tmp_path / "store")
     catalog = Catalog(store, "default")
     store.write_bytes("default/manifests/x.bin.json", b"{}")  # stored again just after a miss
-    assert catalog._similar("x.bin") == ""
-    assert "'x.bin'" in catalog._similar("x")
+    assert catalog.similar("x.bin") == ""
+    assert "'x.bin'" in catalog.similar("x")
 
 
 def test_cleanup_removes_empty_folders_killed_uploads_left(tmp_path: Path) -> None:
