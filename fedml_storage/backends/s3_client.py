@@ -82,6 +82,7 @@ def s3_client(settings: StorageSettings) -> BaseClient:
         token = rest[0] if rest else None  # temporary credentials (STS) carry a session token
         _MASKING.add(secret, token)
     region = settings.region or ("auto" if settings.service == "R2" else None)
+    verify = _ca_bundle(settings)
     try:
         return boto3.session.Session().client(
             "s3",
@@ -91,8 +92,19 @@ def s3_client(settings: StorageSettings) -> BaseClient:
             aws_secret_access_key=secret,
             aws_session_token=token,
             config=config,
-            verify=str(settings.ca_bundle) if settings.ca_bundle else None,
+            verify=verify,
         )
     except (ValueError, botocore.exceptions.BotoCoreError) as exc:  # e.g. a malformed endpoint or region
         raise NotConfigured(f"cannot set up the {settings.service} client: {str(exc).rstrip('.')}; check "
                             "endpoint_url and region") from None
+
+
+def _ca_bundle(settings: StorageSettings) -> str | None:
+    """The ca_bundle setting as botocore takes it; NotConfigured when it names no file."""
+    if settings.ca_bundle is None:
+        return None
+    path = settings.ca_bundle.expanduser()
+    if not path.is_file():
+        raise NotConfigured(f"ca_bundle {str(path)!r} is not a file; give the PEM file of the certificate "
+                            "authorities to trust, or unset ca_bundle for boto3's own")
+    return str(path)

@@ -167,5 +167,9 @@ def test_an_untrusted_certificate_fails_at_once_and_ca_bundle_trusts_it(tmp_path
         assert "could not be verified (self-signed certificate" in response.message and "ca_bundle" in response.message
         with StorageClient(**settings, ca_bundle=server.ca_bundle) as client:
             assert client.upload(str(tmp_path / "f.txt")).ok and client.list().data[0].dataName == "f.txt"
+        with StorageClient(**settings, ca_bundle=str(tmp_path / "no-such.pem")) as client:
+            response = client.list()
+        assert response.reason == "not_configured" and "ca_bundle" in response.message
+        assert "no-such.pem' is not a file" in response.message
     finally:
         next(serving, None)  # on to its shutdown
