@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
 from fedml_storage.api_keys import check_api_key
@@ -130,6 +131,15 @@ upload_data("data/mnist", storage=storage)
                 raise ValueError(f"FedMLStorage has no field {', '.join(hints)}; its fields are "
                                  f"{', '.join(cls.model_fields)}")
         return values
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        """The schema refuses an object holding "$ref": with no required field, a saved block picked as a deployment
+        parameter ({"$ref": {"block_document_id": ...}}, what the UI sends) matched the block's own schema as well as
+        Prefect's reference schema, and the server refused the run (409, "valid under each of")."""
+        schema = handler(core_schema)
+        handler.resolve_ref_schema(schema)["not"] = {"required": ["$ref"]}
+        return schema
 
     @field_validator("api_key", mode="before")
     @classmethod
