@@ -165,32 +165,6 @@ def test_non_string_api_key_is_a_failure_not_a_crash(key, tmp_path: Path) -> Non
         assert response.code == ResponseCode.FAILURE and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in response.message
 
 
-def test_a_folder_written_to_while_uploaded_publishes_nothing_and_may_be_tried_again(
-        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedml_storage import uploads
-
-    src = tmp_path / "growing"
-    src.mkdir()
-    (src / "log.txt").write_text("first line\n")
-    real_scan = uploads.scan_tree
-
-    def scan_then_append(*args, **kwargs):  # a writer appends between the scan and the packing
-        tree = real_scan(*args, **kwargs)
-        with open(src / "log.txt", "a") as fh:
-            fh.write("second line\n")
-        return tree
-
-    monkeypatch.setattr(uploads, "scan_tree", scan_then_append)
-    response = store.client().upload(str(src))
-    assert response.code == ResponseCode.FAILURE and response.reason == "conflict" and response.retryable
-    assert "changed while it was being uploaded" in response.message and "no longer being written" in response.message
-    assert store.keys() == []
-    monkeypatch.setattr(uploads, "scan_tree", real_scan)  # the writer is done: the next try publishes all of it
-    assert store.client().upload(str(src)).ok
-    assert store.client().download("growing", str(tmp_path / "out")).ok
-    assert (tmp_path / "out" / "growing" / "log.txt").read_text() == "first line\nsecond line\n"
-
-
 def test_malformed_endpoint_is_a_configuration_failure(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     response = StorageClient(service="S3", bucket="b1", endpoint_url="htp:/nowhere here", api_key="AKIAX:secret-x",

@@ -285,3 +285,29 @@ def test_a_file_whose_size_is_not_its_content_is_refused_and_nothing_is_stored(s
     (folder / "cpuinfo").write_bytes(Path("/proc/cpuinfo").read_bytes())  # what the message advises
     assert client.upload(str(folder)).ok and client.download("sysinfo", tmp_path / "out").ok
     assert tree_bytes(tmp_path / "out" / "sysinfo") == tree_bytes(folder)
+
+
+def test_a_folder_written_to_while_uploaded_publishes_nothing_and_may_be_tried_again(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage import uploads
+
+    src = tmp_path / "growing"
+    src.mkdir()
+    (src / "log.txt").write_text("first line\n")
+    real_scan = uploads.scan_tree
+
+    def scan_then_append(*args, **kwargs):  # a writer appends between the scan and the packing
+        tree = real_scan(*args, **kwargs)
+        with open(src / "log.txt", "a") as fh:
+            fh.write("second line\n")
+        return tree
+
+    monkeypatch.setattr(uploads, "scan_tree", scan_then_append)
+    response = store.client().upload(str(src))
+    assert response.code == ResponseCode.FAILURE and response.reason == "conflict" and response.retryable
+    assert "changed while it was being uploaded" in response.message and "no longer being written" in response.message
+    assert store.keys() == []
+    monkeypatch.setattr(uploads, "scan_tree", real_scan)  # the writer is done: the next try publishes all of it
+    assert store.client().upload(str(src)).ok
+    assert store.client().download("growing", str(tmp_path / "out")).ok
+    assert (tmp_path / "out" / "growing" / "log.txt").read_text() == "first line\nsecond line\n"
