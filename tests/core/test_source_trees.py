@@ -1,4 +1,5 @@
-"""Folders as users have them: links, pipes, sockets, odd but valid names, far-future times."""
+"""Folders as users have them: links, pipes, sockets, odd but valid names, far-future times, files written to while
+they upload."""
 
 from __future__ import annotations
 
