@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from fedml_storage import FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
+from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
 from fedml_storage.stops import StoppableCall
 
 from .block import FedMLStorage
@@ -256,8 +256,9 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
 
 def _download_data(name: str, dest_path: str | None = None, version: str | None = None,
                    storage: FedMLStorage | str | None = None, service: str | None = None,
-                   namespace: str | None = None) -> str:
-    """Fetch a dataset (optionally an exact version), verified; returns its absolute path.
+                   namespace: str | None = None) -> DownloadResult:
+    """Fetch a dataset (optionally an exact version), verified; returns its absolute path, a str whose `version`,
+    `sha256` and `size` say what was downloaded (a result read back from JSON storage is the plain path).
 
     Tasks given the path see the asset fedml://<namespace>/<name> upstream.
     """
@@ -265,7 +266,7 @@ def _download_data(name: str, dest_path: str | None = None, version: str | None 
         result = client.download(name, dest_path, version=version).unwrap()
         declare_input(client, name)
     _log().info("%s", result.summary())
-    return hold_for_flow_run(str(result))
+    return hold_for_flow_run(result)
 
 
 def _delete_data(name: str, storage: FedMLStorage | str | None = None, service: str | None = None,

@@ -172,3 +172,22 @@ def test_what_the_retry_condition_retries() -> None:
     assert not retried(FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, "no such name", None, "not_found")))
     assert not retried(ValueError("bad")) and not retried(httpx.HTTPStatusError(
         "409", request=httpx.Request("POST", "http://x"), response=httpx.Response(409)))
+
+
+def test_a_download_says_which_version_it_got(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It returned the bare path: which version a training step used was lost (asking the metadata afterwards races
+    with the next upload)."""
+    monkeypatch.setenv("FEDML_STORAGE_KEEP_VERSIONS", "2")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("v1")
+
+    @flow
+    def fetch() -> tuple[dict, str]:
+        up = upload_data(str(tmp_path / "ds"))
+        (tmp_path / "ds" / "a.txt").write_text("v2")
+        upload_data(str(tmp_path / "ds"))  # a newer version lands before anyone asks
+        return up, download_data("ds", dest_path=str(tmp_path / "out"), version=up["version"])
+
+    up, path = fetch()
+    assert path == str(tmp_path / "out" / "ds") and (Path(path) / "a.txt").read_text() == "v1"
+    assert (path.version, path.sha256, path.size) == (up["version"], up["sha256"], up["size"])
