@@ -151,6 +151,7 @@ def login(obj: Ctx, api_key: str | None) -> None:
 @click.option("--region", help="S3 region.")
 @click.option("--r2-account-id", help="Cloudflare account id: R2's endpoint is made from it.")
 @click.option("--local-root", type=click.Path(file_okay=False), help="Folder of the LOCAL store.")
+@click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM file of a private CA that signs the endpoint.")
 @click.option("--keep-versions", type=click.IntRange(min=1),
               help="Versions of each dataset kept downloadable (default 1: the current one).")
 @click.option("--json", "as_json", is_flag=True, help="Print settings as JSON.")

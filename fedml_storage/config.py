@@ -376,8 +376,9 @@ def write_config_file(updates: dict[str, Any]) -> Path:
             data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
             if "service" in data:
                 data["service"] = settings.service  # as it is used: "S3", not " s3 "
-            if data.get("local_root"):  # saved absolute: a relative folder would move with the caller's cwd
-                data["local_root"] = str(Path(data["local_root"]).expanduser().absolute())
+            for key in ("local_root", "partial_dir", "ca_bundle"):  # saved absolute: else they move with the cwd
+                if data.get(key):
+                    data[key] = str(Path(data[key]).expanduser().absolute())
             _remove_killed_writes(target.parent)
             fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=target.parent)
             try:

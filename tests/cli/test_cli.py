@@ -110,11 +110,12 @@ def test_login_prompts_without_echo_and_configure_masks(isolated_home: Path) -> 
     bad = run("login", "not-a-pair")
     assert bad.returncode == 1 and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in bad.stderr
     saved = run("--service", "S3", "--namespace", "team-x", "configure", "--bucket", "my-bucket",
-                "--region", "eu-west-1")
+                "--region", "eu-west-1", "--ca-bundle", "certs/ca.pem", cwd=isolated_home)
     assert saved.returncode == 0 and "saved" in saved.stdout
     shown = json.loads(run("configure", "--json").stdout)
     assert (shown["service"], shown["bucket"], shown["namespace"], shown["api_key"]) == ("S3", "my-bucket",
                                                                                           "team-x", "****")
+    assert shown["ca_bundle"] == str(isolated_home / "certs" / "ca.pem")
     table = run("configure").stdout
     assert "my-bucket" in table and "****" in table
 

@@ -79,11 +79,12 @@ def test_store_settings_without_any_service_are_refused_not_used_on_local(tmp_pa
         assert c.upload(str(tmp_path / "f.txt")).ok
 
 
-def test_configured_local_root_is_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configured_paths_are_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert api.configure(local_root="stores/team").ok
-    saved = json.loads(config_path().read_text())["local_root"]
-    assert saved == str(tmp_path / "stores" / "team")
+    assert api.configure(local_root="stores/team", partial_dir="partial", ca_bundle="certs/ca.pem").ok
+    saved = json.loads(config_path().read_text())
+    assert (saved["local_root"], saved["partial_dir"], saved["ca_bundle"]) == (
+        str(tmp_path / "stores" / "team"), str(tmp_path / "partial"), str(tmp_path / "certs" / "ca.pem"))
     monkeypatch.chdir("/")  # the store does not move with the caller's folder
     assert StorageSettings.resolve().store_root == (tmp_path / "stores" / "team").resolve()
 
