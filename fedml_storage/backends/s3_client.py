@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 import boto3
@@ -107,4 +108,9 @@ def _ca_bundle(settings: StorageSettings) -> str | None:
     if not path.is_file():
         raise NotConfigured(f"ca_bundle {str(path)!r} is not a file; give the PEM file of the certificate "
                             "authorities to trust, or unset ca_bundle for boto3's own")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise NotConfigured(f"ca_bundle {str(path)!r} holds no certificate TLS can use ({exc}); give a PEM file of "
+                            "certificate authorities") from None
     return str(path)

@@ -60,13 +60,8 @@ class translate:
                             ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
             raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc}); if this "
                                  f"persists, {NOT_S3}") from None
-        if isinstance(exc, botocore.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            why = re.search(r"certificate verify failed: (.+?)\s*\(_ssl", str(exc))
-            raise NotConfigured(
-                f"the TLS certificate of the endpoint for {self.location} could not be verified ("
-                f"{why.group(1) if why else 'certificate verify failed'}); retrying will not help: if a private "
-                "certificate authority signs it, set ca_bundle to that authority's PEM file, and if it has expired "
-                "or names another host, renew it or fix endpoint_url") from None
+        if isinstance(exc, botocore.exceptions.SSLError) and (tls := _tls_misconfigured(str(exc), self.location)):
+            raise NotConfigured(tls) from None
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
             raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
                                  "endpoint_url (or r2_account_id) and the network") from None
@@ -137,3 +132,18 @@ class translate:
                     "releases do; AWS took them on deletes in 2025)")
         return (f"{self.location} does not implement a request fedml-storage made for {self.key!r}{said}; retrying "
                 "will not help")
+
+
+def _tls_misconfigured(text: str, location: str) -> str | None:
+    """What to fix when a TLS failure is the endpoint's certificate or port, which retrying does not cure."""
+    verify = re.search(r"certificate verify failed: (.+?)\s*\(_ssl", text)
+    host = re.search(r"hostname '[^']*' doesn't match .*'", text)  # urllib3's own check (botocore turns off ssl's)
+    if verify or host or "CERTIFICATE_VERIFY_FAILED" in text:
+        why = verify.group(1) if verify else host.group(0) if host else "certificate verify failed"
+        return (f"the TLS certificate of the endpoint for {location} could not be verified ({why}); retrying will "
+                "not help: if a private certificate authority signs it, set ca_bundle to that authority's PEM file, "
+                "and if it has expired or names another host, renew it or fix endpoint_url")
+    if "WRONG_VERSION_NUMBER" in text:
+        return (f"the endpoint for {location} does not answer TLS there (WRONG_VERSION_NUMBER): use http:// for a "
+                "plain-http endpoint, or the port that serves https")
+    return None

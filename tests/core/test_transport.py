@@ -44,14 +44,14 @@ class Server:
     ca_bundle: str | None = None
 
 
-def _serve(tmp: Path, tls: bool) -> Iterator[Server]:
+def _serve(tmp: Path, tls: bool, cert_host: str = "localhost") -> Iterator[Server]:
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server, make_ssl_devcert
 
     recorder = Recorder(DomainDispatcherApplication(create_backend_app))
     cert = key = None
     if tls:
-        cert, key = make_ssl_devcert(str(tmp / "moto"), host="localhost")
+        cert, key = make_ssl_devcert(str(tmp / cert_host), host=cert_host)
     server = make_server("localhost", 0, recorder, threaded=True, ssl_context=(cert, key) if tls else None)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -171,5 +171,29 @@ def test_an_untrusted_certificate_fails_at_once_and_ca_bundle_trusts_it(tmp_path
             response = client.list()
         assert response.reason == "not_configured" and "ca_bundle" in response.message
         assert "no-such.pem' is not a file" in response.message
+        (tmp_path / "not.pem").write_text("not a certificate")
+        with StorageClient(**settings, ca_bundle=str(tmp_path / "not.pem")) as client:
+            response = client.list()
+        assert response.reason == "not_configured" and "holds no certificate TLS can use" in response.message
     finally:
         next(serving, None)  # on to its shutdown
+
+
+def test_a_certificate_for_another_host_fails_at_once(tmp_path: Path) -> None:
+    serving = _serve(tmp_path, tls=True, cert_host="example.com")
+    server = next(serving)
+    try:
+        with StorageClient(service="S3", bucket="b", endpoint_url=server.endpoint, api_key=TEST_API_KEY,
+                           max_attempts=1, ca_bundle=server.ca_bundle) as client:
+            response = client.list()
+        assert response.reason == "not_configured" and not response.retryable, response.message
+        assert "hostname 'localhost' doesn't match either of 'example.com'" in response.message
+    finally:
+        next(serving, None)
+
+
+def test_https_to_a_plain_http_port_fails_at_once(moto_endpoint: str) -> None:
+    with StorageClient(service="S3", bucket="b", endpoint_url=moto_endpoint.replace("http://", "https://"),
+                       api_key=TEST_API_KEY, max_attempts=1) as client:
+        response = client.list()
+    assert response.reason == "not_configured" and "does not answer TLS there" in response.message, response.message
