@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import InvalidInput
+from .errors import SourceChanged
 
 _UMASK_LOCK = threading.Lock()
 
@@ -40,8 +40,8 @@ def open_plain(path: str | Path) -> BinaryIO:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidInput(f"{path} is no longer a plain file (it was replaced while being uploaded); nothing "
-                               "was published, upload it again")
+            raise SourceChanged(f"{path} is no longer a plain file (it was replaced while being uploaded); nothing "
+                                "was published, upload it again")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)  # a file system that honours it for files (FUSE) must not return short reads
         return os.fdopen(fd, "rb")

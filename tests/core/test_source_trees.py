@@ -144,6 +144,7 @@ def test_a_file_replaced_by_a_pipe_during_the_upload_fails_it_instead_of_waiting
     monkeypatch.setattr(uploads, "tree_fingerprints", then_swap)
     response = _upload_meeting_a_pipe(store, src, src / "b.txt")
     assert response.code == ResponseCode.FAILURE and "b.txt is no longer a plain file" in response.message
+    assert response.reason == "conflict" and response.retryable  # written meanwhile: another try may succeed
     assert "nothing was published" in response.message
     assert store.client().list().data == []
 
