@@ -274,7 +274,8 @@ class FedMLStorageHook(BaseHook):
             settings = self.settings_from_connection()
         except (AirflowNotFoundException, FedMLStorageException) as exc:
             return False, str(exc)
-        with StorageClient(origin=self._origin(settings), log_failures=False, **settings) as client:
+        with StorageClient(origin=self._origin(settings), log_failures=False, key_means_remote=True,
+                           **settings) as client:
             response = client.list()
         if response.ok:
             return True, f"Connection works: {len(response.data)} dataset(s) visible"

@@ -108,6 +108,8 @@ def test_a_connection_with_a_key_but_no_service_fails_instead_of_storing_locally
     logged = caplog.text + "".join(capfd.readouterr())  # Airflow's task logger writes to stdout
     assert SECRET not in str(refused.value) and SECRET not in logged
     assert ("is of type 'aws', not fedml_storage" in logged) == (conn_type == "aws")
+    works, said = FedMLStorageHook().test_connection()  # the form's Test button says the same
+    assert not works and "sets api_key but no service" in said
     monkeypatch.setenv("FEDML_STORAGE_SERVICE", "LOCAL")  # a service set anywhere decides, LOCAL too
     assert FedMLStorageHook().upload(str(tmp_path / "f.txt"))["service"] == "LOCAL"
 
