@@ -45,16 +45,22 @@ class _ClassOnly:
         return refuse
 
 
-def _masked(error: Any) -> Any:
-    """A validation error's details with the api_key it was given masked (Prefect pickles a failed run's exception
-    into result storage)."""
-    given = error["input"]
-    if error["loc"][:1] == ("api_key",):
-        given = "**********"
-    elif isinstance(given, dict) and "api_key" in given:
-        given = {**given, "api_key": "**********"}
-    context = {"ctx": error["ctx"]} if "ctx" in error else {}
-    return {"type": error["type"], "loc": error["loc"], "input": given, **context}
+def _masked(exc: ValidationError) -> ValidationError:
+    """The validation error with every secret it was given masked in its details (Prefect pickles a failed run's
+    exception into result storage): the api_key, and a secret under another field's name (aws_secret_access_key)."""
+    def secret(field: object) -> bool:
+        return isinstance(field, str) and bool(_SECRET_NAME.search(field))
+
+    details = []
+    for error in exc.errors():
+        given = error["input"]
+        if error["loc"] and secret(error["loc"][0]):
+            given = "**********"
+        elif isinstance(given, dict):
+            given = {k: "**********" if secret(k) else v for k, v in given.items()}
+        details.append({"type": error["type"], "loc": error["loc"], "input": given,
+                        **({"ctx": error["ctx"]} if "ctx" in error else {})})
+    return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
 class FedMLStorage(Block):
@@ -112,8 +118,13 @@ upload_data("data/mnist", storage=storage)
         try:
             super().__init__(*args, **data)
         except ValidationError as exc:  # its errors keep their inputs, a malformed key among them, and pickle them
-            raise ValidationError.from_exception_data(exc.title, [_masked(e) for e in exc.errors()],
-                                                      hide_input=True) from None
+            raise _masked(exc) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:  # block.api_key = "...": validated on assignment
+            raise _masked(exc) from None
 
     @model_validator(mode="before")
     @classmethod

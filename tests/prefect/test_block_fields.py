@@ -77,6 +77,13 @@ def test_a_malformed_key_is_kept_out_of_the_error_and_of_result_storage(tmp_path
     with pytest.raises(ValidationError, match="no field 'region_name'") as refused:  # the whole input, key masked
         FedMLStorage(api_key=f"AKIAKEYID0001:{secret}", region_name="eu-west-1")
     assert secret.encode() not in pickle.dumps(refused.value)
+    with pytest.raises(ValidationError, match="aws_secret_access_key") as refused:  # a secret by prefect-aws's name
+        FedMLStorage(aws_secret_access_key=secret)
+    assert secret.encode() not in pickle.dumps(refused.value)
+    block = FedMLStorage(service="S3")
+    with pytest.raises(ValidationError, match="api_key") as refused:  # set after the block was made
+        block.api_key = f"'AKIAKEYID0001:{secret}'"
+    assert secret.encode() not in pickle.dumps(refused.value)
 
     @flow
     def builds_a_block() -> None:
