@@ -32,6 +32,8 @@ def planned_name(data_path: str | os.PathLike, name: str | None = None, *, on_di
     file parsed by another machine): None where only the data can tell, for a name without an extension given a
     path with one (a file gains the extension, a folder does not), and for '.' or '..' as the path."""
     if not on_disk:
+        if not isinstance(data_path, (str, os.PathLike)) or not isinstance(name, (str, type(None))):
+            return None
         if name is None and Path(data_path).name in ("", ".."):  # the folder it is read in: not known here
             return None
         if name is not None and Path(data_path).suffix and not Path(name).suffix:

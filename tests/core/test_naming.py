@@ -47,3 +47,8 @@ def test_a_delete_of_a_name_missing_its_extension_says_which_was_meant(tmp_path:
     assert client.get_metadata("weights.safetensors").ok  # still there, as asked
     caplog.clear()
     assert client.delete("gone", missing_ok=True).data is False and not caplog.records  # a retry's delete: quiet
+
+
+def test_from_the_strings_alone_what_is_no_path_or_name_tells_nothing() -> None:
+    for path, name in ((b"data", None), (7, None), ("data", 7), ("data", ["a"])):
+        assert planned_name(path, name, on_disk=False) is None and planned_name(path, name) is None

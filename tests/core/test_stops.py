@@ -341,13 +341,22 @@ def test_a_stoppable_call_says_how_it_ended_and_never_starts_once_stopped() -> N
     assert calls == [] and early.outcome == "waiting" and early.ended.is_set()
 
     waiting = StoppableCall(lambda: stops.wait_event(threading.Event()))  # waits until stopped
-    worker = threading.Thread(target=lambda: pytest.raises(Stopped, waiting.run))
+    raised: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            waiting.run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=work)
     worker.start()
     while waiting.outcome == "waiting":
         worker.join(0.01)
     assert waiting.stop() is True
     assert waiting.ended.wait(10) and waiting.outcome == "stopped"
     worker.join()
+    assert [type(exc) for exc in raised] == [Stopped]
 
     assert StoppableCall(lambda: 7).run() == 7
     failing = StoppableCall(lambda: {}["x"])
