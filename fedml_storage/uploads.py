@@ -227,6 +227,11 @@ def _record(data_key: str, version: str, kind: str, size: int, sha256: str, dige
                          file_count=count, created_at=utc_now())
 
 
+# Files up to this size are hashed before they are sent, not beside: a /sys file that says 4096 bytes and gives fewer
+# kept an S3 PUT waiting for the rest (read_timeout x max_attempts) and then looked like a network failure.
+HASH_FIRST = 8 << 20
+
+
 def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: VersionRecord | None,
           req: UploadRequest, desc: str) -> tuple[VersionRecord, str | None]:
     """The file's version record and its new data key; the current record and None when its content is unchanged."""
@@ -234,9 +239,9 @@ def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: V
     path = str(src)
     digest = cache.lookup([(path, st)]).get(path)
     same_shape = current is not None and current.kind == "file" and current.source_size == st.st_size
-    if digest is None and same_shape:
-        try:
-            digest = sha256_file(src, size=st.st_size)  # likely unchanged: read once to avoid sending it again
+    if digest is None and (same_shape or st.st_size <= HASH_FIRST):
+        try:  # likely unchanged, or small: read once before sending
+            digest = sha256_file(src, size=st.st_size)
         except InvalidInput:
             if _changed(src, st):  # rewritten meanwhile, not a /proc-like file
                 raise _changed_error(src) from None

@@ -313,3 +313,17 @@ def test_a_folder_written_to_while_uploaded_publishes_nothing_and_may_be_tried_a
     assert store.client().upload(str(src)).ok
     assert store.client().download("growing", str(tmp_path / "out")).ok
     assert (tmp_path / "out" / "growing" / "log.txt").read_text() == "first line\nsecond line\n"
+
+
+SYSFS = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # says 4096 bytes, gives a line
+
+
+@pytest.mark.skipif(not SYSFS.is_file() or SYSFS.stat().st_size == len(SYSFS.read_bytes()),
+                    reason="needs a sysfs file whose size is not its content")
+def test_a_file_that_says_more_than_it_gives_is_refused_at_once(store: Store) -> None:
+    """On S3 the upload promised its stat's size, waited read_timeout x max_attempts for bytes that never came, and
+    then called it a network failure (retried by Airflow and Prefect)."""
+    with store.client(read_timeout=5, max_attempts=1) as client:
+        response = client.upload(str(SYSFS), "thp")
+    assert response.reason == "invalid_input" and not response.retryable, response.message
+    assert "where its size says 4096" in response.message and store.keys() == []
