@@ -146,18 +146,19 @@ class FedMLStorageHook(BaseHook):
         Its failures are not logged by the core: the hook raises them and Airflow logs them once.
         """
         if self._client is None:
-            settings = self.settings_from_connection()
-            self._client = StorageClient(origin=self._origin(settings), log_failures=False, key_means_remote=True,
-                                         **{**settings, **self._overrides})
+            self._client = self._client_for(self.settings_from_connection(), **self._overrides)
         return self._client
 
     def get_conn(self) -> StorageClient:
         """The core client for this connection, as `get_client()` (the name other Airflow hooks use)."""
         return self.get_client()
 
-    def _origin(self, settings: dict[str, Any]) -> str:
-        """Where explicit settings came from, for messages about a bad one."""
-        return (f"the Airflow connection {self.fedml_storage_conn_id!r} or " if settings else "") + "the task's arguments"
+    def _client_for(self, settings: dict[str, Any], **overrides: Any) -> StorageClient:
+        """A core client for the connection's settings (and the task's): failures not logged, a key without a service
+        refused, messages naming where a bad setting came from."""
+        origin = f"the Airflow connection {self.fedml_storage_conn_id!r} or " if settings else ""
+        origin += "the task's arguments"
+        return StorageClient(origin=origin, log_failures=False, key_means_remote=True, **{**settings, **overrides})
 
     def close(self) -> None:
         """Release the client's connections (use the hook as a context manager to do it for you)."""
@@ -274,8 +275,7 @@ class FedMLStorageHook(BaseHook):
             settings = self.settings_from_connection()
         except (AirflowNotFoundException, FedMLStorageException) as exc:
             return False, str(exc)
-        with StorageClient(origin=self._origin(settings), log_failures=False, key_means_remote=True,
-                           **settings) as client:
+        with self._client_for(settings) as client:
             response = client.list()
         if response.ok:
             return True, f"Connection works: {len(response.data)} dataset(s) visible"
