@@ -183,8 +183,9 @@ class Catalog:
         was unreadable. What another writer publishes meanwhile is kept: a delete removes only what it read."""
         found = self._read_raw(name)
         if found is None:
+            similar = self.similar(name)
             raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                           f"{self.similar(name)}; nothing was deleted")
+                           f"{similar}; nothing was deleted", similar)
         raw, etag = found
         try:
             manifest = self._parsed_or_none(raw, name)  # unreadable: still deletable; its data goes at cleanup()

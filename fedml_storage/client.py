@@ -174,13 +174,12 @@ class StorageClient:
             try:
                 if self._catalog().remove(check_name(data_name)) is None:
                     notes.append(" (its catalog entry was unreadable: cleanup() removes its data)")
-            except NotFound:
+            except NotFound as missing:
                 if not missing_ok:
                     raise
-                similar = self._catalog().similar(data_name)
-                if similar:  # a clean-up step would otherwise leave the dataset meant, quietly
-                    log.warning("%r was not stored, nothing was deleted%s", data_name, similar)
-                notes.append(similar)
+                if missing.similar:  # a clean-up step would otherwise leave the dataset meant, quietly
+                    log.warning("%r was not stored, nothing was deleted%s", data_name, missing.similar)
+                notes.append(missing.similar)
                 return False
             return True
 

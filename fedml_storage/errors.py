@@ -32,6 +32,10 @@ class InvalidInput(StorageFailure):
 class NotFound(StorageFailure):
     reason = Reason.NOT_FOUND
 
+    def __init__(self, message: str, similar: str = "") -> None:
+        super().__init__(message)
+        self.similar = similar  # the hint in the message for a name given without its extension, or ""
+
 
 class NotConfigured(StorageFailure):
     reason = Reason.NOT_CONFIGURED
