@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from . import stops
-from .errors import InvalidInput
+from .errors import InvalidInput, SourceChanged
 from .ignores import IgnoreRules
 from .spill import cannot_spill
 
@@ -270,9 +270,17 @@ def _listing(folder: str, prefix: str) -> Iterator[tuple[str, bool]]:
     try:
         with os.scandir(folder) as it:
             return iter(sorted((item.name, item.is_symlink()) for item in it))
+    except (FileNotFoundError, NotADirectoryError):
+        raise _removed(folder) from None
     except OSError as exc:
         hint = f" (leave it out with ignore_patterns: '{prefix}')" if prefix else ""
         raise InvalidInput(f"cannot read {folder}: {exc.strerror}; nothing was published{hint}") from None
+
+
+def _removed(path: str) -> SourceChanged:
+    """What a scan says of an item that was there when its folder was listed and is gone (or replaced) now."""
+    return SourceChanged(f"{path} was removed or replaced while the folder was being read; nothing was published, "
+                         "upload it again once nothing moves files in it")
 
 
 def _stat(path: str, rel: str) -> os.stat_result:
@@ -285,6 +293,8 @@ def _stat(path: str, rel: str) -> os.stat_result:
     try:
         return os.stat(path)
     except FileNotFoundError:
+        if not os.path.islink(path):  # the listing had it: removed since
+            raise _removed(path) from None
         raise InvalidInput(f"{path} is a broken link; remove it, fix its target or leave it out with "
                            "ignore_patterns") from None
     except OSError as exc:

@@ -327,3 +327,38 @@ def test_a_file_that_says_more_than_it_gives_is_refused_at_once(store: Store) ->
         response = client.upload(str(SYSFS), "thp")
     assert response.reason == "invalid_input" and not response.retryable, response.message
     assert "where its size says 4096" in response.message and store.keys() == []
+
+
+@pytest.mark.parametrize("removed", ["b.txt", "sub"])
+def test_an_item_removed_while_its_folder_is_read_is_a_change_not_bad_input(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, removed: str) -> None:
+    """A file removed between the folder's listing and its stat was called a broken link, a sub-folder removed before
+    it was read "cannot read": bad input, so Airflow and Prefect did not retry what another try would upload."""
+    import shutil
+
+    from fedml_storage import trees
+
+    src = tmp_path / "ds"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "b.txt").write_text("beta")
+    (src / "sub" / "c.txt").write_text("gamma")
+    real_listing = trees._listing
+
+    def listing_then_remove(folder: str, prefix: str):
+        if removed == "sub" and prefix == "sub/":  # stat'ed as a folder, gone before it is read
+            shutil.rmtree(folder)
+        items = real_listing(folder, prefix)
+        if removed == "b.txt" and prefix == "":  # listed, gone before its stat
+            (src / "b.txt").unlink()
+        return items
+
+    monkeypatch.setattr(trees, "_listing", listing_then_remove)
+    response = store.client().upload(str(src))
+    assert response.code == ResponseCode.FAILURE and response.reason == "conflict" and response.retryable
+    assert f"{src / removed} was removed or replaced while the folder was being read" in response.message
+    assert "broken link" not in response.message and "nothing was published" in response.message
+    assert store.keys() == []
+    monkeypatch.setattr(trees, "_listing", real_listing)  # nothing moves now: the next try publishes what is there
+    assert store.client().upload(str(src)).ok and store.client().download("ds", str(tmp_path / "out")).ok
+    assert sorted(p.name for p in (tmp_path / "out" / "ds").rglob("*")) == sorted(p.name for p in src.rglob("*"))
