@@ -50,7 +50,10 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
         return failure.retryable
     if isinstance(failure, TaskRunTimeoutError):  # the timed-out call may still be running: a retry would add one
         return False
-    # Prefect's own API unreachable (loading a saved block, writing an artifact): httpx's errors are no OSErrors
+    # Prefect's own API unreachable (loading a saved block, writing an artifact): httpx's errors are no OSErrors.
+    # Not a URL without http(s):// (PREFECT_API_URL=host:4200) nor a request httpx refuses to send: no try helps.
+    if isinstance(failure, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+        return False
     return isinstance(failure, (ConnectionError, TimeoutError, httpx.TransportError))
 
 

@@ -170,6 +170,10 @@ def test_what_the_retry_condition_retries() -> None:
     assert retried(httpx.ConnectError("refused")) and retried(httpx.ReadTimeout("slow")) and retried(TimeoutError())
     assert retried(FedMLStorageError(FedMLResponse(ResponseCode.ERROR, "busy", None, "transient")))
     assert not retried(FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, "no such name", None, "not_found")))
+    assert retried(httpx.RemoteProtocolError("server hung up mid-answer"))
+    # PREFECT_API_URL without its scheme, and a request httpx will not send: the same every try
+    assert not retried(httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' protocol."))
+    assert not retried(httpx.LocalProtocolError("Illegal header value"))
     assert not retried(ValueError("bad")) and not retried(httpx.HTTPStatusError(
         "409", request=httpx.Request("POST", "http://x"), response=httpx.Response(409)))
 
