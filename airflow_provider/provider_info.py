@@ -36,6 +36,7 @@ def get_provider_info() -> dict[str, Any]:
                     "endpoint_url": {"label": "Endpoint URL (S3-compatible)", "schema": _TEXT},
                     "region": {"label": "Region", "schema": _TEXT},
                     "r2_account_id": {"label": "Cloudflare R2 account id", "schema": _TEXT},
+                    "ca_bundle": {"label": "CA bundle file on the workers (a private CA's endpoint)", "schema": _TEXT},
                     "namespace": {"label": "Namespace (key prefix)", "schema": _TEXT},
                     "local_root": {"label": "LOCAL store folder", "schema": _TEXT},
                 },
@@ -45,7 +46,7 @@ def get_provider_info() -> dict[str, Any]:
                                    "login": "Access key id (when the API key is the secret alone)",
                                    "extra": "Other settings by name (JSON), e.g. {\"keep_versions\": 3}"},
                     "placeholders": {"password": "ACCESS_KEY_ID:SECRET_ACCESS_KEY", "service": "S3",
-                                     "namespace": "default"},
+                                     "namespace": "default", "ca_bundle": "/etc/ssl/certs/company-ca.pem"},
                 },
             }
         ],

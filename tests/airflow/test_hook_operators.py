@@ -20,7 +20,7 @@ from airflow_provider.operators import (
     FedMLStorageUploadOperator,
 )
 from airflow_provider.sensors import FedMLStorageDatasetSensor
-from fedml_storage import StorageClient
+from fedml_storage import StorageClient, StorageSettings
 from tests.conftest import TEST_API_KEY
 
 from .conftest import task_context
@@ -231,7 +231,8 @@ def test_provider_is_found_by_airflow() -> None:
     assert hook_info is not None and hook_info.hook_class_name == "airflow_provider.hook.FedMLStorageHook"
     info = manager.providers["fedml-storage"].data
     fields = info["connection-types"][0]["conn-fields"]
-    assert {"service", "bucket", "endpoint_url", "region", "r2_account_id", "namespace"} <= set(fields)
+    assert {"service", "bucket", "endpoint_url", "region", "r2_account_id", "ca_bundle", "namespace"} <= set(fields)
+    assert set(fields) <= set(StorageSettings.model_fields) - {"api_key"}  # each is a setting the hook reads by name
 
 
 def test_a_bad_setting_in_the_connection_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
