@@ -203,7 +203,9 @@ class FedMLStorageHook(BaseHook):
         `sha256`, `size`, ..."""
         if dest_path is None or not str(dest_path).strip():  # the core's default: the worker's working directory
             raise FedMLStorageFailException(no_dest_path("download"), Reason.INVALID_INPUT.value, retryable=False)
-        if isinstance(dest_path, (str, os.PathLike)) and not os.path.isabs(os.path.expanduser(dest_path)):
+        # '~user/...' is absolute (the core says so of a user this system does not know)
+        if isinstance(dest_path, (str, os.PathLike)) and not str(dest_path).startswith("~") \
+                and not os.path.isabs(dest_path):
             raise FedMLStorageFailException(
                 f"dest_path {str(dest_path)!r} is relative: on a worker it names a folder in the worker's working "
                 "directory, wherever the worker was started (a dataset named like something there, dags or logs, "

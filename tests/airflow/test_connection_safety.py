@@ -223,9 +223,15 @@ def test_a_download_without_a_destination_is_refused_before_anything_lands(tmp_p
             FedMLStorageHook().download("dags", relative)
     with pytest.raises(AirflowFailException, match="is relative"):
         FedMLStorageDownloadOperator(task_id="d", name="dags", dest_path=".").execute(task_context())
+    with pytest.raises(AirflowFailException, match="names a home folder .~user. this system does not know") as home:
+        FedMLStorageHook().download("dags", "~no-such-user-here/out")  # absolute, to a user the worker lacks
+    assert "relative" not in str(home.value)
     assert sorted(p.name for p in (tmp_path / "dags").iterdir()) == ["my_dag.py"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dags", "src"]
     assert FedMLStorageHook().download("dags", str(tmp_path / "out")).name == "dags"  # an absolute one is taken
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert FedMLStorageHook().download("dags", "~/out").name == "dags"  # and one in the worker's home
+    assert (tmp_path / "home" / "out" / "dags" / "rows.csv").read_text() == "a,b\n"
 
 
 def test_a_connection_uri_airflow_cannot_read_fails_instead_of_storing_locally(
