@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import logging
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +16,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .api_keys import check_api_key
+from .config_file import replace_config
 from .errors import InvalidInput, NotConfigured
 from .locks import exclusive_lock
-from .modes import own_plain_file
 
 log = logging.getLogger("fedml_storage")
 
@@ -325,20 +323,6 @@ def read_config_file() -> dict[str, Any]:
     return known
 
 
-_TEMP_PREFIX, _TEMP_SUFFIX = ".fedml-storage-config-", ".tmp"
-_TEMP_NAME = re.compile(re.escape(_TEMP_PREFIX) + "[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX))  # as mkstemp names it
-
-
-def _remove_killed_writes(folder: Path) -> None:
-    """Remove the copies writers killed before their rename left (maybe with a key), called under the lock that
-    every writer holds: only files named as they name them, plain and of this user's."""
-    for stale in folder.glob(_TEMP_PREFIX + "*"):
-        with contextlib.suppress(OSError):
-            st = stale.lstat()
-            if _TEMP_NAME.fullmatch(stale.name) and own_plain_file(st):
-                stale.unlink()
-
-
 def overridden_note(fields: Iterable[str]) -> str:
     """'; X, set in the environment, still ...' for saved settings a FEDML_STORAGE_* variable takes precedence over."""
     names = [ENV_PREFIX + f.upper() for f in fields if not is_unset(os.environ.get(ENV_PREFIX + f.upper()))]
@@ -379,17 +363,7 @@ def write_config_file(updates: dict[str, Any]) -> Path:
             for key in ("local_root", "partial_dir", "ca_bundle"):  # saved absolute: else they move with the cwd
                 if data.get(key):
                     data[key] = str(Path(data[key]).expanduser().absolute())
-            _remove_killed_writes(target.parent)
-            fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=target.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    with contextlib.suppress(OSError):  # mkstemp's mode is 0600 already; a file system may refuse
-                        os.chmod(tmp, 0o600)
-                    json.dump(data, fh, indent=2, sort_keys=True)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            replace_config(target, data)
     except PermissionError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise InvalidInput(f"cannot write the config file {path}: {exc.strerror}{where}; fix its permissions or set "
