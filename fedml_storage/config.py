@@ -211,6 +211,7 @@ class StorageSettings(BaseModel):
         given = {k: v for k, v in overrides.items() if not is_unset(v)}
         values.update(given)
         sources.update(dict.fromkeys(given, origin))
+        _r2_endpoint_from_closest(values, sources, origin)
         remote = sorted({k for k in _REMOTE_ONLY if k in given} | set(also_remote))
         if remote and "service" not in sources:  # e.g. a block or connection that names a bucket but no service
             raise NotConfigured(
@@ -218,6 +219,19 @@ class StorageSettings(BaseModel):
                 f"would ignore {'it' if len(remote) == 1 else 'them'} and keep the data on this machine. Set "
                 "service='S3' (AWS or another S3-compatible store) or 'R2' there, or 'LOCAL' if that is meant")
         return validate_settings(values, sources, origin)
+
+
+def _r2_endpoint_from_closest(values: dict[str, Any], sources: dict[str, str], origin: str) -> None:
+    """For R2, an account id set closer to the call than endpoint_url (argument, then variable, then file) decides
+    the endpoint: a worker's FEDML_STORAGE_ENDPOINT_URL sent the R2 calls of a block naming its account elsewhere."""
+    if "endpoint_url" in values and "r2_account_id" in values and str(values.get("service")).strip().upper() == "R2":
+        def rank(source: str) -> int:
+            return 2 if source == origin else 1 if source.startswith(ENV_PREFIX) else 0
+
+        if rank(sources["r2_account_id"]) > rank(sources["endpoint_url"]):
+            log.info("using R2 account %s's endpoint (from %s), not endpoint_url from %s", values["r2_account_id"],
+                     sources["r2_account_id"], sources["endpoint_url"])
+            del values["endpoint_url"]
 
 
 def without_userinfo(url: str) -> str:

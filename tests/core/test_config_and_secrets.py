@@ -316,3 +316,23 @@ def test_saving_what_an_environment_variable_overrides_says_so(isolated_home: Pa
     monkeypatch.delenv("FEDML_STORAGE_API_KEY")
     assert "precedence" not in api.fedml_login(TEST_API_KEY, service="R2").message
 
+
+
+def test_an_r2_account_id_given_closer_to_the_call_than_an_endpoint_decides_the_endpoint(monkeypatch) -> None:
+    """A worker's FEDML_STORAGE_ENDPOINT_URL (its MinIO) beat the R2 account a block or connection named: that
+    block's R2 calls went to the MinIO."""
+    account, other = "a" * 32, "b" * 32
+    r2 = f"https://{account}.r2.cloudflarestorage.com"
+    monkeypatch.setenv("FEDML_STORAGE_ENDPOINT_URL", "http://minio.internal:9000")
+    s = StorageSettings.resolve(service="R2", bucket="b", r2_account_id=account)
+    assert s.resolved_endpoint == r2 and s.endpoint_url is None
+    # set as close as the account id: the endpoint given wins, as documented; for S3 the account id means nothing
+    assert StorageSettings.resolve(service="R2", r2_account_id=account, endpoint_url="http://a:1").endpoint_url \
+        == "http://a:1"
+    assert StorageSettings.resolve(service="S3", r2_account_id=account).resolved_endpoint == "http://minio.internal:9000"
+    # a variable's account id over the config file's endpoint; the file's over nothing closer
+    monkeypatch.delenv("FEDML_STORAGE_ENDPOINT_URL")
+    assert api.configure(service="R2", endpoint_url="http://from-file:9000").ok
+    assert StorageSettings.resolve().resolved_endpoint == "http://from-file:9000"
+    monkeypatch.setenv("FEDML_STORAGE_R2_ACCOUNT_ID", other)
+    assert StorageSettings.resolve().resolved_endpoint == f"https://{other}.r2.cloudflarestorage.com"

@@ -61,6 +61,15 @@ def test_block_fields_take_any_case_and_blank_is_unset() -> None:
         assert (client.settings.namespace, client.settings.service) == ("team-a", "LOCAL")
 
 
+
+def test_a_blocks_r2_account_beats_the_workers_endpoint_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's FEDML_STORAGE_ENDPOINT_URL (its MinIO) took the block's R2 calls."""
+    monkeypatch.setenv("FEDML_STORAGE_ENDPOINT_URL", "http://minio.internal:9000")
+    block = FedMLStorage(service="R2", bucket="b", r2_account_id="a" * 32, api_key=TEST_API_KEY)
+    with block.client() as client:
+        assert client.settings.resolved_endpoint == f"https://{'a' * 32}.r2.cloudflarestorage.com"
+
+
 def test_a_malformed_key_is_kept_out_of_the_error_and_of_result_storage(tmp_path: Path) -> None:
     """The error's str hid the key, but its details held it (errors()[0]["input"]), and Prefect pickles a failed
     run's exception into result storage: the whole key landed on disk."""
