@@ -11,14 +11,20 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from typing import Generic, TypeVar
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 POLL_SECONDS = 0.05  # how often a waiting call looks at its stop event
 
 _EVENT: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("fedml_storage_stop", default=None)
+
+
+def submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`pool.submit` in a copy of the caller's context: the helper thread sees the caller's stop, and what it logs
+    is seen as the caller's (Prefect's run-log forwarding keys on it)."""
+    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 class Stopped(BaseException):

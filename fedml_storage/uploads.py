@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
-import stat
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from . import stops
 from .abandon import Helpers
@@ -22,17 +18,17 @@ from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, SourceChanged, StorageFailure, TransientError
 from .ignores import check_ignore_patterns
+from .local_match import tree_holds, tree_state
 from .own import check_source, own_paths
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
-from .trees import Entries, Entry, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
+from .trees import Entries, Entry, TreeDigest, same_file_state, scan_tree
 from .naming import stored_name
 from .validation import check_description, check_metadata, check_path, check_progress_desc, check_tags
 from .zipformat import size_bound
 
 log = logging.getLogger("fedml_storage")
-T = TypeVar("T")
 
 
 @dataclass
@@ -81,7 +77,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     helpers = Helpers()
     tree = None
     try:
-        reading = _submit(pool, helpers.job(_read_stored), catalog, name)  # round trips, overlapped with the scan
+        reading = stops.submit(pool, helpers.job(_read_stored), catalog, name)  # round trips, overlapped with the scan
         tree = None if src.is_file() else scan_tree(src, ignore, own)
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
@@ -162,12 +158,6 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         service=settings.service, namespace=catalog.namespace, left_out=tree.left_out if tree else [],
         ignored=tree.ignored if tree else 0,
     )
-
-
-def _submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future[T]:
-    """`pool.submit` in a copy of the caller's context, so that what a helper thread logs is seen as the caller's
-    (Prefect's run-log forwarding keys on it)."""
-    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool, str | None]:
@@ -254,7 +244,7 @@ def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: V
     with progress_bar(st.st_size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
             stop = threading.Event()
-            hashing = _submit(pool, sha256_file, src, stop, st.st_size) if digest is None else None
+            hashing = stops.submit(pool, sha256_file, src, stop, st.st_size) if digest is None else None
             try:
                 catalog.store.put_file(key, src, advance)
                 digest = stops.result(hashing) if hashing else digest  # in here: a file it refuses is not kept either
@@ -275,22 +265,9 @@ def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings
                cache: DigestCache, current: VersionRecord | None, req: UploadRequest, desc: str
                ) -> tuple[VersionRecord, str | None]:
     """The folder's version record and the key of its new zip; the current record and None when unchanged."""
-    fingerprint, modes, folder_modes = tree_fingerprints(entries)
-    top_mode = stat.S_IMODE(src.stat().st_mode) & 0o777
-    same_shape = (
-        current is not None and current.kind == "directory"
-        and current.file_count == entries.files and current.source_size == entries.size
-        # a mode change alone is a new version (None: stored before such modes were recorded)
-        and current.modes in (None, modes) and current.folder_modes in (None, folder_modes)
-        and current.top_mode in (None, top_mode)
-    )
-    if same_shape and cache.lookup_tree(str(src), fingerprint) == current.content_digest:
-        return current, None  # nothing in the tree changed since it was last digested
-    if same_shape:
-        digest = _digest_tree(entries, cache)
-        cache.store_tree(str(src), fingerprint, digest, entries.newest)
-        if current.content_digest == digest:
-            return current, None
+    state = tree_state(src, entries)
+    if tree_holds(src, entries, state, current, cache):
+        return current, None
     version = new_version_id()
     key = catalog.data_key(name, version, name + ".zip")
     pipe = BoundedPipe(limit=max(settings.part_size, 8 << 20))
@@ -308,7 +285,7 @@ def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings
 
     with progress_bar(entries.size, req.show_progress, req.out_progress_to_err, desc) as advance:
         with ThreadPoolExecutor(1) as pool:
-            zipping = _submit(pool, produce)
+            zipping = stops.submit(pool, produce)
             try:
                 catalog.store.put_stream(key, pipe, size_bound=size_bound(entries.size, entries.members,
                                                                            entries.name_chars))
@@ -326,9 +303,10 @@ def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings
                 raise
             zipping.result()
     digest = recorder.tree.hexdigest()
+    fingerprint, modes, folder_modes = state.fingerprints
     cache.store_tree(str(src), fingerprint, digest, entries.newest)
     record = _record(key, version, "directory", writer.size, writer.sha256.hexdigest(), digest, entries.size,
-                     entries.files, modes, folder_modes, top_mode)
+                     entries.files, modes, folder_modes, state.top_mode)
     return record, key
 
 
@@ -350,24 +328,3 @@ class _Recorder:
         self.tree.add(self._batch)
         self._cache.store([(e.path, e, sha) for e, sha in self._batch if sha is not None])
         self._batch = []
-
-
-def _digest_tree(entries: Entries, cache: DigestCache) -> str:
-    """The tree digest, reading only the files the digest cache does not know as they are."""
-    tree = TreeDigest()
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for part in batches(entries, 4096):
-            paths = [None if e.is_dir else e.path for e in part]
-            known = cache.lookup([(path, e) for path, e in zip(paths, part) if path is not None])
-            missing = [(path, e) for path, e in zip(paths, part) if path is not None and path not in known]
-            hashing = [_submit(pool, sha256_file, path) for path, _ in missing]  # in context: each sees a stop
-            try:
-                fresh = [stops.result(h) for h in hashing]
-            except BaseException:
-                for h in hashing:
-                    h.cancel()
-                raise
-            cache.store([(path, e, sha) for (path, e), sha in zip(missing, fresh)])
-            known.update((path, sha) for (path, _), sha in zip(missing, fresh))
-            tree.add((e, None if path is None else known[path]) for path, e in zip(paths, part))
-    return tree.hexdigest()

@@ -133,15 +133,15 @@ def test_a_file_replaced_by_a_pipe_during_the_upload_fails_it_instead_of_waiting
     src.mkdir()
     (src / "a.txt").write_text("alpha")
     (src / "b.txt").write_text("beta")
-    scanned = uploads.tree_fingerprints
+    scanned = uploads.tree_state
 
-    def then_swap(entries):  # after the folder was read, before its files are
-        found = scanned(entries)
+    def then_swap(*args):  # after the folder was read, before its files are
+        found = scanned(*args)
         (src / "b.txt").unlink()
         os.mkfifo(src / "b.txt")
         return found
 
-    monkeypatch.setattr(uploads, "tree_fingerprints", then_swap)
+    monkeypatch.setattr(uploads, "tree_state", then_swap)
     response = _upload_meeting_a_pipe(store, src, src / "b.txt")
     assert response.code == ResponseCode.FAILURE and "b.txt is no longer a plain file" in response.message
     assert response.reason == "conflict" and response.retryable  # written meanwhile: another try may succeed

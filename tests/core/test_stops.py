@@ -172,7 +172,7 @@ def test_a_stopped_folder_upload_does_not_pack_the_rest_of_the_folder(s3_store: 
 def test_a_stop_ends_the_hashing_of_a_changed_folder(tmp_path: Path, monkeypatch) -> None:
     """A changed folder of the same shape is hashed first (to send nothing if its content is the same): the helper
     threads did not see the stop, and the call waited for every file."""
-    from fedml_storage import StorageClient, StorageSettings, uploads
+    from fedml_storage import StorageClient, StorageSettings, local_match
 
     folder = tmp_path / "same-shape"
     folder.mkdir()
@@ -183,7 +183,7 @@ def test_a_stop_ends_the_hashing_of_a_changed_folder(tmp_path: Path, monkeypatch
         for i in range(300):
             (folder / f"{i:03}.txt").write_text(f"{i + 1:03}")
         stop, hashed = threading.Event(), []
-        original = uploads.sha256_file
+        original = local_match.sha256_file
 
         def slow(*args, **kwargs):  # a slow disk: each file takes a while
             stop.set()
@@ -191,7 +191,7 @@ def test_a_stop_ends_the_hashing_of_a_changed_folder(tmp_path: Path, monkeypatch
             threading.Event().wait(0.01)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(uploads, "sha256_file", slow)
+        monkeypatch.setattr(local_match, "sha256_file", slow)
         with stop_when(stop), pytest.raises(Stopped):
             client.upload(str(folder))
         monkeypatch.undo()
