@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -20,7 +21,7 @@ from .downloads import download as _download
 from .errors import InvalidInput, NotFound, Unsupported, to_response
 from .own import check_target
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
-from .results import Readiness, StorageMetadata, asset_uri, human_size
+from .results import DownloadResult, Readiness, StorageMetadata, asset_uri, human_size
 from .store_check import check_store
 from .uploads import UploadRequest
 from .uploads import upload as _upload
@@ -143,23 +144,26 @@ class StorageClient:
 
         def run():
             catalog = self._catalog()
-            cache = DigestCache(storage_home() / "cache" / "digests.sqlite")
-            try:
+            with _digest_cache() as cache:
                 return _upload(req, self._ensure_settings(), catalog, cache)
-            finally:
-                cache.close()
 
         return self._run(f"upload of {data_path!s}", run, lambda r: r.summary(), after_error="Nothing was published")
 
     def download(self, data_name: str, dest_path: str | os.PathLike | None = None, *, version: str | None = None,
                  show_progress: bool = False, out_progress_to_err: bool = True,
                  progress_desc: str | None = None) -> FedMLResponse:
-        """Fetch a dataset into dest_path (default: the current folder); data is a DownloadResult (its path)."""
+        """Fetch a dataset into dest_path (default: the current folder); data is a DownloadResult (its path). A
+        dest_path/<name> that holds exactly that version already is kept, and nothing is fetched."""
+        def run() -> DownloadResult:
+            catalog = self._catalog()
+            with _digest_cache() as cache:
+                return _download(catalog, data_name, dest_path, version, show_progress, out_progress_to_err,
+                                 progress_desc, self._ensure_settings().partials_folder,
+                                 functools.partial(check_target, settings=self._ensure_settings()), cache)
+
         return self._run(
             f"download of {data_name!r}",
-            lambda: _download(self._catalog(), data_name, dest_path, version, show_progress, out_progress_to_err,
-                              progress_desc, self._ensure_settings().partials_folder,
-                              functools.partial(check_target, settings=self._ensure_settings())),
+            run,
             lambda r: r.summary(),
             after_error="Nothing was left at the destination",
         )
@@ -317,6 +321,15 @@ class StorageClient:
 
 
 __all__ = ["FedMLStorageError", "StorageClient", "same_store"]
+
+
+@contextlib.contextmanager
+def _digest_cache() -> Iterator[DigestCache]:
+    cache = DigestCache(storage_home() / "cache" / "digests.sqlite")
+    try:
+        yield cache
+    finally:
+        cache.close()
 
 
 def same_store(a: str, b: str) -> bool:

@@ -17,7 +17,9 @@ from .backends.base import ObjectMissing
 from .backends.ranges import RangeIgnored
 from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
+from .digests import DigestCache
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
+from .local_match import holds_already
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
@@ -38,10 +40,12 @@ def download(
     progress_desc: str | None = None,
     partial_dir: Path | None = None,
     check_target: Callable[[Path], None] | None = None,
+    cache: DigestCache | None = None,
 ) -> DownloadResult:
     """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there. What a failed fetch got
     is kept in `partial_dir` (when on dest's filesystem) for the next download of the same data to go on from.
-    `check_target` refuses a target (dest/name) before anything is fetched."""
+    `check_target` refuses a target (dest/name) before anything is fetched. Given the digest `cache`, a target
+    that holds exactly this version already is kept as it is and nothing is fetched."""
     started = time.monotonic()
     name = check_name(data_name)
     check_progress_desc(progress_desc)
@@ -61,6 +65,8 @@ def download(
     if partial_dir is not None:
         partials.sweep(partial_dir)
     target = dest / name
+    if cache is not None and holds_already(target, record, cache):
+        return _result(target, name, record, started, replaced=False, skipped=True)
     part: Path | None = None
     note: partials.Note | None = None
     unpacked: Path | None = None
@@ -123,9 +129,14 @@ def download(
                     folder.rmdir()
                 except OSError:
                     break
+    return _result(target, name, record, started, replaced=replaced, skipped=False)
+
+
+def _result(target: Path, name: str, record: VersionRecord, started: float, *, replaced: bool,
+            skipped: bool) -> DownloadResult:
     return DownloadResult(
         str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
-        seconds=round(time.monotonic() - started, 3), kind=record.kind, replaced=replaced,
+        seconds=round(time.monotonic() - started, 3), kind=record.kind, replaced=replaced, skipped=skipped,
     )
 
 

@@ -91,12 +91,16 @@ class UploadResult(_Detailed):
 
 
 class DownloadResult(_Detailed):
-    """The absolute local path, with name, version, digest, size and time."""
+    """The absolute local path, with name, version, digest, size, time, and whether the path held that version
+    already (`skipped`: nothing was fetched)."""
 
-    _fields = ("name", "path", "version", "sha256", "size", "seconds", "kind", "replaced")
+    _fields = ("name", "path", "version", "sha256", "size", "seconds", "kind", "replaced", "skipped")
 
     def summary(self) -> str:
         """One log line."""
+        if self.skipped:
+            return (f"kept {self.path} as it is: it holds {self.name!r} version {self.version} already (its "
+                    "digests checked), nothing fetched")
         return (f"downloaded {self.name!r} (version {self.version}, {human_size(self.size)} in "
                 f"{self.seconds:.2f} s, sha256 verified) to {self.path}"
                 + (", replacing what was there" if self.replaced else ""))

@@ -156,6 +156,7 @@ class Tree:
     entries: Entries
     left_out: list[str] = field(default_factory=list)  # FIFOs, sockets, devices, links to folders held already
     ignored: int = 0  # items left out by the upload's ignore patterns (a folder counts once, not its contents)
+    links: int = 0  # links followed, to files and folders
     fedml_own: dict[tuple[int, int], str] = field(default_factory=dict)  # fedml-storage's files and folders
 
 
@@ -238,6 +239,7 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
                 tree.ignored += 1
                 continue
             st = _stat(path, rel)
+            tree.links += is_link
             if stat.S_ISDIR(st.st_mode):
                 if is_link:
                     links.append((rel, path, st))

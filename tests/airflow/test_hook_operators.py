@@ -123,6 +123,10 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     path = down.execute(ctx)
     assert Path(path, "a.txt").read_text() == "airflow" and type(path) is str  # XCom: the path, as before
     assert ctx["ti"].pushed == {"version": result["version"], "sha256": result["sha256"]}  # to pin downstream
+    capfd.readouterr()
+    ctx = task_context()  # a retry, or the DAG run again: the copy there is that version, kept
+    assert down.execute(ctx) == path and ctx["ti"].pushed == {"version": result["version"], "sha256": result["sha256"]}
+    assert f"kept {path} as it is: it holds 'ds' version {result['version']} already" in capfd.readouterr().out
     ctx = task_context()
     FedMLStorageDownloadOperator(task_id="quiet", name="ds", dest_path=str(tmp_path / "q"), do_xcom_push=False
                                  ).execute(ctx)

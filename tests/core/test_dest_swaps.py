@@ -19,11 +19,13 @@ from .conftest import make_tree, tree_bytes
 
 
 def _downloaded_twice(tmp_path: Path) -> tuple[StorageClient, Path, Path]:
-    """A LOCAL dataset with an earlier copy already downloaded to out/ds."""
+    """A LOCAL dataset with a copy of its earlier version already downloaded to out/ds."""
     client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"))
     src = make_tree(tmp_path / "ds")
     assert client.upload(src).ok
     assert client.download("ds", tmp_path / "out").ok
+    (src / "next-version.txt").write_text("new in the version the next download fetches\n")
+    assert not client.upload(src).unwrap().skipped
     return client, src, tmp_path / "out" / "ds"
 
 

@@ -195,3 +195,13 @@ def test_a_download_says_which_version_it_got(tmp_path: Path, monkeypatch: pytes
     up, path = fetch()
     assert path == str(tmp_path / "out" / "ds") and (Path(path) / "a.txt").read_text() == "v1"
     assert (path.version, path.sha256, path.size) == (up["version"], up["sha256"], up["size"])
+    assert not path.skipped
+
+    @flow
+    def fetch_again(version: str | None) -> str:  # the flow run again: that version is there, nothing is fetched
+        return download_data("ds", dest_path=str(tmp_path / "out"), version=version)
+
+    again = fetch_again(up["version"])
+    assert again == path and again.skipped and again.version == up["version"]
+    assert fetch_again(None).version != up["version"]  # the current one is fetched over it
+    assert (Path(path) / "a.txt").read_text() == "v2"

@@ -1,0 +1,140 @@
+"""A download into a dest_path/<name> that holds exactly the version asked for keeps it and fetches nothing (a
+pipeline's re-run re-fetched every byte); any difference at all is replaced whole, as before."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fedml_storage.backends.local import LocalStore
+from fedml_storage.backends.s3 import S3Store
+
+from .conftest import Store, make_tree, tree_bytes
+
+
+def _count_fetches(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    fetched: list[str] = []
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    original = backend.get_into
+
+    def spy(self, key, *args, **kwargs):
+        fetched.append(key)
+        return original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "get_into", spy)
+    return fetched
+
+
+def test_a_copy_of_the_version_asked_for_is_kept_and_nothing_is_fetched(
+        store: Store, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "ds")
+    (tmp_path / "model.bin").write_bytes(os.urandom(300_000))
+    client = store.client()
+    assert client.upload(str(src)).ok and client.upload(str(tmp_path / "model.bin")).ok
+    fetched = _count_fetches(store, monkeypatch)
+    out = tmp_path / "out"
+    for name in ("ds", "model.bin"):
+        first = client.download(name, str(out)).unwrap()
+        assert not first.skipped and len(fetched) == 1
+        inode = os.stat(first).st_ino
+        again = client.download(name, str(out)).unwrap()
+        assert again.skipped and not again.replaced and len(fetched) == 1, again.summary()
+        assert os.stat(again).st_ino == inode  # kept, not replaced by a new copy
+        assert (again.version, again.sha256, again.path) == (first.version, first.sha256, first.path)
+        assert "nothing fetched" in again.summary() and again.to_dict()["skipped"] is True
+        shutil.rmtree(isolated_home / "cache")  # without the digest cache: read and hashed, still kept
+        assert client.download(name, str(out)).unwrap().skipped and len(fetched) == 1
+        fetched.clear()
+    assert tree_bytes(out / "ds") == tree_bytes(src)
+    assert (out / "model.bin").read_bytes() == (tmp_path / "model.bin").read_bytes()
+
+
+def _edit(path: Path) -> None:  # the same size, and the mtime put back (as tar or cp -p leave it)
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _replace_by_link(path: Path, elsewhere: Path) -> None:  # to a file of the same bytes: not the download's own copy
+    elsewhere.mkdir(exist_ok=True)
+    twin = elsewhere / path.name
+    shutil.copyfile(path, twin)
+    path.unlink()
+    path.symlink_to(twin)
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "a byte edited": lambda t: _edit(t / "sub" / "b.bin"),
+    "a file added": lambda t: (t / "extra.txt").write_text("mine\n"),
+    "a file removed": lambda t: (t / "a.txt").unlink(),
+    "an empty folder added": lambda t: (t / "new-dir").mkdir(),
+    "a mode changed": lambda t: (t / "a.txt").chmod(0o600),
+    "the folder's own mode changed": lambda t: t.chmod(0o700),
+    "a pipe added": lambda t: os.mkfifo(t / "pipe"),
+    "a file replaced by a link": lambda t: _replace_by_link(t / "sub" / "b.bin", t.parent.parent / "elsewhere"),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_copy_that_differs_in_any_way_is_replaced_whole(store: Store, tmp_path: Path, change: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_tree(tmp_path / "ds")
+    client = store.client()
+    assert client.upload(str(src)).ok
+    out = tmp_path / "out"
+    assert client.download("ds", str(out)).ok
+    CHANGES[change](out / "ds")
+    fetched = _count_fetches(store, monkeypatch)
+    got = client.download("ds", str(out)).unwrap()
+    assert not got.skipped and got.replaced and len(fetched) == 1
+    assert tree_bytes(out / "ds") == tree_bytes(src)
+    assert not (out / "ds" / "sub" / "b.bin").is_symlink() and (out / "ds" / "a.txt").stat().st_mode & 0o777 != 0o600
+
+
+@pytest.mark.parametrize("change", ["a byte edited", "a link to the same bytes", "a folder of that name"])
+def test_a_file_copy_that_differs_is_replaced_or_refused_as_before(store: Store, tmp_path: Path, change: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(50_000))
+    client = store.client()
+    assert client.upload(str(src)).ok
+    out = tmp_path / "out"
+    assert client.download("model.bin", str(out)).ok
+    if change == "a byte edited":
+        _edit(out / "model.bin")
+    elif change == "a link to the same bytes":
+        _replace_by_link(out / "model.bin", tmp_path / "elsewhere")
+    else:
+        (out / "model.bin").unlink()
+        (out / "model.bin").mkdir()
+    fetched = _count_fetches(store, monkeypatch)
+    got = client.download("model.bin", str(out))
+    if change == "a folder of that name":  # as before: a folder is not a copy of a file to replace
+        assert not got.ok and "is a folder" in got.message and fetched == []
+        return
+    assert got.unwrap().replaced and not got.data.skipped and len(fetched) == 1
+    assert not (out / "model.bin").is_symlink() and (out / "model.bin").read_bytes() == src.read_bytes()
+
+
+def test_a_copy_of_another_version_is_replaced_by_the_one_asked_for(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "w.txt"
+    src.write_text("v1")
+    client = store.client(keep_versions=2)
+    v1 = client.upload(str(src)).unwrap().version
+    src.write_text("v2")  # the same size
+    v2 = client.upload(str(src)).unwrap().version
+    out = tmp_path / "out"
+    fetched = _count_fetches(store, monkeypatch)
+    assert client.download("w.txt", str(out), version=v1).unwrap().version == v1
+    got = client.download("w.txt", str(out)).unwrap()
+    assert (got.version, got.skipped, (out / "w.txt").read_text(), len(fetched)) == (v2, False, "v2", 2)
+    assert client.download("w.txt", str(out), version=v2).unwrap().skipped and len(fetched) == 2
+    again = client.download("w.txt", str(out), version=v1).unwrap()
+    assert (again.skipped, (out / "w.txt").read_text(), len(fetched)) == (False, "v1", 3)
