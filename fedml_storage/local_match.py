@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ from . import stops
 from .catalog import VersionRecord
 from .digests import DigestCache, sha256_file
 from .errors import StorageFailure
+from .modes import own_plain_file, umask
 from .trees import Entries, Entry, Fingerprints, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
 
 log = logging.getLogger("fedml_storage")
@@ -31,17 +33,19 @@ def tree_state(src: Path, entries: Entries) -> TreeState:
     return TreeState(tree_fingerprints(entries), stat.S_IMODE(src.stat().st_mode) & 0o777)
 
 
-def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRecord | None,
-               cache: DigestCache) -> bool:
+def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRecord | None, cache: DigestCache, *,
+               strict: bool = False) -> bool:
     """Whether the folder `src` (scanned into `entries`, in `state`) holds exactly `record`'s files, folders and
-    modes. Reads only files the digest cache does not know as they are."""
+    modes. Reads only files the digest cache does not know as they are. A record made before modes were recorded
+    matches any modes, unless `strict`."""
     fingerprint, modes, folder_modes = state.fingerprints
+    unknown = () if strict else (None,)
     same_shape = (
         record is not None and record.kind == "directory"
         and record.file_count == entries.files and record.source_size == entries.size
-        # a mode change alone is a new version (None: stored before such modes were recorded)
-        and record.modes in (None, modes) and record.folder_modes in (None, folder_modes)
-        and record.top_mode in (None, state.top_mode)
+        # a mode change alone is a new version
+        and record.modes in (*unknown, modes) and record.folder_modes in (*unknown, folder_modes)
+        and record.top_mode in (*unknown, state.top_mode)
     )
     if not same_shape:
         return False
@@ -55,16 +59,18 @@ def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRec
 def digest_tree(entries: Entries, cache: DigestCache) -> str:
     """The tree digest, reading only the files the digest cache does not know as they are."""
     tree = TreeDigest()
+    given_up = threading.Event()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for part in batches(entries, 4096):
             paths = [None if e.is_dir else e.path for e in part]
             known = cache.lookup([(path, e) for path, e in zip(paths, part) if path is not None])
             missing = [(path, e) for path, e in zip(paths, part) if path is not None and path not in known]
             # a task per group of files, not per file: a future per small file cost more than hashing it
-            hashing = [stops.submit(pool, _sha256_files, group) for group in _groups(missing)]  # each sees a stop
+            hashing = [stops.submit(pool, _sha256_files, group, given_up) for group in _groups(missing)]
             try:
-                fresh = [sha for h in hashing for sha in stops.result(h)]
-            except BaseException:
+                fresh = [sha for h in hashing for sha in stops.result(h)]  # in context: each sees a caller's stop
+            except BaseException:  # Ctrl-C too, which the helper threads do not see: they end within a chunk
+                given_up.set()
                 for h in hashing:
                     h.cancel()
                 raise
@@ -89,18 +95,19 @@ def _groups(files: list[tuple[str, Entry]], most_files: int = 256, most_bytes: i
         yield group
 
 
-def _sha256_files(paths: list[str]) -> list[str]:
-    return [sha256_file(path) for path in paths]
+def _sha256_files(paths: list[str], given_up: threading.Event) -> list[str]:
+    return [sha256_file(path, given_up) for path in paths if not given_up.is_set()]
 
 
 def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bool:
-    """Whether `target` (a download's dest_path/<name>) is exactly `record`'s data already: a plain file with its
-    SHA-256, or a real folder holding its files, folders and modes and nothing else (no link either). Any doubt is
-    False."""
+    """Whether `target` (a download's dest_path/<name>) is exactly what a download of `record` would put there: a
+    plain file of this user's (one link, the mode a download gives) with its SHA-256, or a folder holding its files,
+    folders and modes and nothing else. Any doubt is False."""
     try:
         st = os.lstat(target)  # not through a link: a download puts a copy of its own there
         if record.kind == "file":
-            if not stat.S_ISREG(st.st_mode) or st.st_size != record.source_size:
+            if not (own_plain_file(st) and st.st_size == record.source_size
+                    and stat.S_IMODE(st.st_mode) == 0o666 & ~umask()):
                 return False
             path = str(target)
             digest = cache.lookup([(path, st)]).get(path) or sha256_file(target, size=st.st_size)
@@ -108,14 +115,44 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
                 return False
             cache.store([(path, st, digest)])
             return digest == record.content_digest
-        if not stat.S_ISDIR(st.st_mode):
+        if not _only_what_a_download_makes(target, st, record):
             return False
         tree = scan_tree(target)
         try:
             return not (tree.left_out or tree.links) and tree_holds(
-                target, tree.entries, tree_state(target, tree.entries), record, cache)
+                target, tree.entries, tree_state(target, tree.entries), record, cache, strict=True)
         finally:
             tree.entries.close()
-    except (OSError, StorageFailure) as exc:  # unreadable, changing, a broken link inside: fetched as usual
+    except (OSError, StorageFailure) as exc:  # unreadable, changing: fetched as usual
         log.debug("fetching %s again: %s", target, exc)
         return False
+
+
+def _only_what_a_download_makes(top: Path, top_st: os.stat_result, record: VersionRecord) -> bool:
+    """Whether the folder holds only what a download makes: this user's folders and plain files (one link each), no
+    link, pipe or device, no mode bit a download would not set, and the record's count and bytes of files. Links are
+    not followed and the walk ends at the first misfit: an unrelated tree at the target costs little."""
+    mask = umask() | 0o7000  # a download never sets setuid, setgid or sticky bits, nor those the umask takes
+    uid = getattr(os, "geteuid", lambda: None)()
+
+    def fits(st: os.stat_result) -> bool:
+        return (uid is None or st.st_uid == uid) and not stat.S_IMODE(st.st_mode) & mask
+
+    if not (stat.S_ISDIR(top_st.st_mode) and fits(top_st)):
+        return False
+    files = size = 0
+    folders = [str(top)]
+    while folders:
+        stops.check()
+        with os.scandir(folders.pop()) as items:
+            for item in items:
+                st = item.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode) and fits(st):
+                    folders.append(item.path)
+                elif own_plain_file(st) and fits(st):
+                    files, size = files + 1, size + st.st_size
+                    if files > record.file_count or size > record.source_size:
+                        return False
+                else:
+                    return False
+    return (files, size) == (record.file_count, record.source_size)

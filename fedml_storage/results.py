@@ -100,7 +100,7 @@ class DownloadResult(_Detailed):
         """One log line."""
         if self.skipped:
             return (f"kept {self.path} as it is: it holds {self.name!r} version {self.version} already (its "
-                    "digests checked), nothing fetched")
+                    "digests match), nothing fetched")
         return (f"downloaded {self.name!r} (version {self.version}, {human_size(self.size)} in "
                 f"{self.seconds:.2f} s, sha256 verified) to {self.path}"
                 + (", replacing what was there" if self.replaced else ""))

@@ -156,7 +156,7 @@ class Tree:
     entries: Entries
     left_out: list[str] = field(default_factory=list)  # FIFOs, sockets, devices, links to folders held already
     ignored: int = 0  # items left out by the upload's ignore patterns (a folder counts once, not its contents)
-    links: int = 0  # links followed, to files and folders
+    links: int = 0  # links met, to files or folders (followed or left out)
     fedml_own: dict[tuple[int, int], str] = field(default_factory=dict)  # fedml-storage's files and folders
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.backends.s3 import S3Store
+from fedml_storage.modes import umask
 
 from .conftest import Store, make_tree, tree_bytes
 
@@ -78,6 +79,11 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "the folder's own mode changed": lambda t: t.chmod(0o700),
     "a pipe added": lambda t: os.mkfifo(t / "pipe"),
     "a file replaced by a link": lambda t: _replace_by_link(t / "sub" / "b.bin", t.parent.parent / "elsewhere"),
+    # a hard link: the copy is not the download's own (cp -al, rsync --link-dest, a hard-link cache leave these)
+    "a file hard-linked outside": lambda t: os.link(t / "a.txt", t.parent.parent / "a-twin.txt"),
+    "a file made setuid": lambda t: (t / "a.txt").chmod(0o4644),
+    "a folder made setgid": lambda t: (t / "sub").chmod(0o2755),
+    "the folder made sticky": lambda t: t.chmod(0o1755),
 }
 
 
@@ -94,10 +100,14 @@ def test_a_copy_that_differs_in_any_way_is_replaced_whole(store: Store, tmp_path
     got = client.download("ds", str(out)).unwrap()
     assert not got.skipped and got.replaced and len(fetched) == 1
     assert tree_bytes(out / "ds") == tree_bytes(src)
-    assert not (out / "ds" / "sub" / "b.bin").is_symlink() and (out / "ds" / "a.txt").stat().st_mode & 0o777 != 0o600
+    assert not (out / "ds" / "sub" / "b.bin").is_symlink() and (out / "ds" / "a.txt").stat().st_nlink == 1
+    for path in (out / "ds", out / "ds" / "a.txt", out / "ds" / "sub"):  # the modes a download gives
+        assert path.stat().st_mode & 0o7777 == (0o777 if path.is_dir() else 0o666) & (src / path.relative_to(
+            out / "ds")).stat().st_mode & ~umask()
 
 
-@pytest.mark.parametrize("change", ["a byte edited", "a link to the same bytes", "a folder of that name"])
+@pytest.mark.parametrize("change", ["a byte edited", "a link to the same bytes", "a folder of that name",
+                                    "a hard link", "another mode", "setuid"])
 def test_a_file_copy_that_differs_is_replaced_or_refused_as_before(store: Store, tmp_path: Path, change: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "model.bin"
@@ -110,6 +120,12 @@ def test_a_file_copy_that_differs_is_replaced_or_refused_as_before(store: Store,
         _edit(out / "model.bin")
     elif change == "a link to the same bytes":
         _replace_by_link(out / "model.bin", tmp_path / "elsewhere")
+    elif change == "a hard link":
+        os.link(out / "model.bin", tmp_path / "elsewhere.bin")
+    elif change == "another mode":
+        (out / "model.bin").chmod(0o600)
+    elif change == "setuid":
+        (out / "model.bin").chmod(0o4644)
     else:
         (out / "model.bin").unlink()
         (out / "model.bin").mkdir()
@@ -120,6 +136,8 @@ def test_a_file_copy_that_differs_is_replaced_or_refused_as_before(store: Store,
         return
     assert got.unwrap().replaced and not got.data.skipped and len(fetched) == 1
     assert not (out / "model.bin").is_symlink() and (out / "model.bin").read_bytes() == src.read_bytes()
+    st = (out / "model.bin").stat()
+    assert st.st_nlink == 1 and st.st_mode & 0o7777 == 0o666 & ~umask()
 
 
 def test_a_copy_of_another_version_is_replaced_by_the_one_asked_for(store: Store, tmp_path: Path,
@@ -138,3 +156,81 @@ def test_a_copy_of_another_version_is_replaced_by_the_one_asked_for(store: Store
     assert client.download("w.txt", str(out), version=v2).unwrap().skipped and len(fetched) == 2
     again = client.download("w.txt", str(out), version=v1).unwrap()
     assert (again.skipped, (out / "w.txt").read_text(), len(fetched)) == (False, "v1", 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give files away")
+def test_a_copy_holding_another_users_file_is_fetched(store: Store, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its owner could rewrite "the downloaded version" at any time."""
+    src = make_tree(tmp_path / "ds")
+    client = store.client()
+    assert client.upload(str(src)).ok
+    out = tmp_path / "out"
+    assert client.download("ds", str(out)).ok
+    os.chown(out / "ds" / "a.txt", 4242, -1)
+    fetched = _count_fetches(store, monkeypatch)
+    assert not client.download("ds", str(out)).unwrap().skipped and len(fetched) == 1
+    assert (out / "ds" / "a.txt").stat().st_uid == os.geteuid() and tree_bytes(out / "ds") == tree_bytes(src)
+
+
+def test_a_version_stored_before_modes_were_recorded_is_fetched_over_a_copy_with_other_modes(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Such a record matches any modes for an upload (no re-upload after an upgrade); a download must be sure."""
+    import json
+
+    src = make_tree(tmp_path / "legacy")
+    client = store.client()
+    assert client.upload(str(src)).ok
+    key = "default/manifests/legacy.json"
+    manifest = json.loads(store.read(key))
+    for field in ("modes", "folder_modes", "top_mode"):
+        manifest["versions"][0].pop(field)
+    store.write(key, json.dumps(manifest).encode())
+    out = tmp_path / "out"
+    assert client.download("legacy", str(out)).ok
+    (out / "legacy" / "a.txt").chmod(0o600)
+    fetched = _count_fetches(store, monkeypatch)
+    assert not client.download("legacy", str(out)).unwrap().skipped and len(fetched) == 1
+    assert (out / "legacy" / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask()
+
+
+def test_an_unrelated_folder_at_the_target_is_not_walked_through_its_links(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check followed every link of whatever was at dest_path/<name> (one to /usr took seconds) and read all of
+    an unrelated tree before finding it was not the dataset."""
+    from fedml_storage import local_match
+
+    src = make_tree(tmp_path / "ds")
+    client = store.client()
+    assert client.upload(str(src)).ok
+    theirs = tmp_path / "out" / "ds"
+    (theirs / "many").mkdir(parents=True)
+    for i in range(50):
+        (theirs / "many" / f"{i}.txt").write_text("not the dataset")
+    (theirs / "usr").symlink_to("/usr")
+    scanned: list[Path] = []
+    monkeypatch.setattr(local_match, "scan_tree", lambda root, *a, **kw: scanned.append(root))
+    got = client.download("ds", str(tmp_path / "out")).unwrap()
+    assert not got.skipped and got.replaced and scanned == []  # told apart before any full scan
+    assert tree_bytes(theirs) == tree_bytes(src)
+
+
+def test_a_copy_with_bits_this_umask_takes_is_fetched(store: Store, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored by a teammate under umask 002 (files 664), copied here with those modes: this process (umask 022)
+    would make 644, so the copy is not what its download gives."""
+    before = os.umask(0o002)
+    try:
+        src = tmp_path / "shared"
+        src.mkdir()
+        (src / "a.txt").write_text("group-writable")
+        client = store.client()
+        assert client.upload(str(src)).ok
+        assert client.download("shared", str(tmp_path / "out")).ok  # under 002: 664, kept as stored
+        assert (tmp_path / "out" / "shared" / "a.txt").stat().st_mode & 0o777 == 0o664
+        os.umask(0o022)
+        fetched = _count_fetches(store, monkeypatch)
+        assert not client.download("shared", str(tmp_path / "out")).unwrap().skipped and len(fetched) == 1
+        assert (tmp_path / "out" / "shared" / "a.txt").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(before)

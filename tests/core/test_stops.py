@@ -198,6 +198,40 @@ def test_a_stop_ends_the_hashing_of_a_changed_folder(tmp_path: Path, monkeypatch
         assert 0 < len(hashed) < 300 and client.get_metadata("same-shape").unwrap().version == version
 
 
+def test_ctrl_c_while_a_folder_is_hashed_ends_the_helper_threads_within_a_file(tmp_path: Path, monkeypatch) -> None:
+    """The helper threads do not see Ctrl-C: the call waited for every group of files already started."""
+    from fedml_storage import local_match
+    from fedml_storage.digests import DigestCache
+    from fedml_storage.trees import scan_tree
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(600):
+        (folder / f"{i:03}.txt").write_text(f"{i:03}")
+    hashed: list[str] = []
+    original = local_match.sha256_file
+
+    def slow(path, *args, **kwargs):  # a slow disk
+        hashed.append(path)
+        threading.Event().wait(0.005)
+        return original(path, *args, **kwargs)
+
+    def ctrl_c(future):  # while the caller waits for the first group
+        threading.Event().wait(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_match, "sha256_file", slow)
+    monkeypatch.setattr(local_match.stops, "result", ctrl_c)
+    tree, cache = scan_tree(folder), DigestCache(tmp_path / "cache.sqlite")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            local_match.digest_tree(tree.entries, cache)
+    finally:
+        tree.entries.close()
+        cache.close()
+    assert 0 < len(hashed) < 100  # two groups of 256 had started
+
+
 def test_a_stop_during_a_commit_retry_does_not_deny_a_publish_that_landed(tmp_path: Path, monkeypatch) -> None:
     """The catalog write landed, its answer was lost and another writer built on it; the stop came then. The retry
     must find the upload published and say so, not raise Stopped ("nothing was published")."""
