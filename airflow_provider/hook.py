@@ -229,9 +229,9 @@ class FedMLStorageHook(BaseHook):
         self.log.info("%s", response.message)
         return deleted
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every dataset's metadata as dicts."""
-        items: list[StorageMetadata] = raise_for(self.get_client().list())
+    def list(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        """Every dataset's metadata as dicts (of names starting with `prefix`, when given)."""
+        items: list[StorageMetadata] = raise_for(self.get_client().list(prefix=prefix or None))
         return [m.to_dict() for m in items]
 
     def get_metadata(self, name: str) -> dict[str, Any]:

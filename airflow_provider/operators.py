@@ -251,13 +251,18 @@ class FedMLStorageDeleteOperator(_StorageOperator):
 
 
 class FedMLStorageListOperator(_StorageOperator):
-    """List stored datasets; XCom: a list of metadata dicts."""
+    """List stored datasets (those whose name starts with `prefix`, when given); XCom: a list of metadata dicts
+    (about 1 KB each: a prefix keeps a large catalog's XCom small)."""
 
-    template_fields: Sequence[str] = ("service", "namespace", "fedml_storage_conn_id")
+    template_fields: Sequence[str] = ("prefix", "service", "namespace", "fedml_storage_conn_id")
+
+    def __init__(self, *, prefix: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prefix = prefix
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with self.calls() as hook:
-            items = self._call(hook.list)
+            items = self._call(hook.list, self.prefix)
         self.log.info("listed %d dataset(s): %s", len(items), ", ".join(i["dataName"] for i in items[:20]))
         return items
 

@@ -234,9 +234,10 @@ class Catalog:
             log.warning("could not remove %d unreferenced object(s) (e.g. %s); run cleanup() later", len(failed),
                         failed[0])
 
-    def list(self, workers: int = 8) -> list[Manifest]:
-        """Every readable manifest in the namespace, sorted by name; unreadable ones are logged and skipped."""
-        manifests, unreadable = self._scan(workers)
+    def list(self, workers: int = 8, prefix: str = "") -> list[Manifest]:
+        """Every readable manifest in the namespace whose name starts with `prefix`, sorted by name; unreadable ones
+        are logged and skipped."""
+        manifests, unreadable = self._scan(workers, prefix)
         for name, why in unreadable.items():
             log.warning("skipping %r: %s", name, why)
         return manifests
@@ -248,9 +249,9 @@ class Catalog:
             if rel.endswith(".json") and "/" not in rel:
                 yield rel[: -len(".json")]
 
-    def _scan(self, workers: int = 8) -> tuple[list[Manifest], dict[str, str]]:
-        """The readable manifests, and why each other name could not be read."""
-        names = list(self._names())
+    def _scan(self, workers: int = 8, prefix: str = "") -> tuple[list[Manifest], dict[str, str]]:
+        """The readable manifests (of names starting with `prefix`), and why each other name could not be read."""
+        names = list(self._names(prefix))
 
         def one(name: str) -> Manifest | tuple[str, str] | None:
             try:

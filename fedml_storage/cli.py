@@ -229,17 +229,18 @@ def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bo
 
 
 @cli.command(name="list")
+@click.option("--prefix", help="Only datasets whose name starts with this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def list_(obj: Ctx, as_json: bool) -> None:
+def list_(obj: Ctx, prefix: str | None, as_json: bool) -> None:
     """List stored datasets."""
-    response = obj.client().list()
+    response = obj.client().list(prefix=prefix)
     items = _finish(response)
     if as_json:
         _emit([m.to_dict() for m in items])
         return
     if not items:
-        click.echo("no datasets stored" + _hint(response))
+        click.echo("no datasets stored" + (f" named {prefix}*" if prefix else "") + _hint(response))
         return
     table = PrettyTable(["Name", "Size", "Files", "Description", "Tags", "Created", "Updated"], align="l")
     table.align["Size"] = table.align["Files"] = "r"

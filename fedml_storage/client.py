@@ -25,7 +25,7 @@ from .results import DownloadResult, Readiness, StorageMetadata, asset_uri, huma
 from .store_check import check_store
 from .uploads import UploadRequest
 from .uploads import upload as _upload
-from .validation import check_name
+from .validation import check_name, check_prefix
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +208,20 @@ class StorageClient:
             lambda: dict(self._catalog().get(check_name(data_name)).user_metadata),
         )
 
-    def list(self) -> FedMLResponse:
-        """Every dataset in the namespace; data is a list of StorageMetadata."""
+    def list(self, *, prefix: str | None = None) -> FedMLResponse:
+        """Every dataset in the namespace (whose name starts with `prefix`, when given); data is a list of
+        StorageMetadata. Only the matching entries are read."""
 
         def run() -> list[StorageMetadata]:
+            starting = check_prefix(prefix)
             catalog = self._catalog()
-            return [self._metadata(catalog, m) for m in catalog.list(self._ensure_settings().concurrency)]
+            return [self._metadata(catalog, m) for m in catalog.list(self._ensure_settings().concurrency, starting)]
 
-        return self._run("listing stored data", run,
-                         lambda items: f"{len(items)} stored object(s){'' if items else self._default_service_hint()}")
+        def said(items: list[StorageMetadata]) -> str:
+            named = f" named {prefix}*" if prefix else ""
+            return f"{len(items)} stored object(s){named}{'' if items or named else self._default_service_hint()}"
+
+        return self._run("listing stored data", run, said)
 
     def exists(self, data_name: str) -> FedMLResponse:
         """Whether a name is stored; data is a bool."""

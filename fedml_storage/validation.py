@@ -122,3 +122,15 @@ def check_description(description: Any) -> str | None:
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidInput(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
     return description
+
+
+def check_prefix(prefix: Any) -> str:
+    """A listing's name prefix ("" for every name); one that no name can start with is InvalidInput."""
+    if prefix is None:
+        return ""
+    if not isinstance(prefix, str):
+        raise InvalidInput(f"prefix must be a string (the start of dataset names), not {type(prefix).__name__}")
+    if any(ch in prefix for ch in "/\\\0"):
+        raise InvalidInput(f"prefix {prefix!r} holds a character no dataset name has ('/', '\\' or NUL); give the "
+                           "start of the names to list")
+    return prefix

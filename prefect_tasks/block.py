@@ -268,10 +268,10 @@ upload_data("data/mnist", storage=storage)
         with self.client() as client:
             return client.delete(name, missing_ok=missing_ok).unwrap()
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every dataset's metadata as dicts."""
+    def list(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        """Every dataset's metadata as dicts (of names starting with `prefix`, when given)."""
         with self.client() as client:
-            return [m.to_dict() for m in client.list().unwrap()]
+            return [m.to_dict() for m in client.list(prefix=prefix).unwrap()]
 
     def get_metadata(self, name: str) -> dict[str, Any]:
         """Stored metadata (including the user-defined dict) of a dataset."""

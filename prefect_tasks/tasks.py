@@ -287,10 +287,11 @@ def _delete_data(name: str, storage: FedMLStorage | str | None = None, service: 
 
 
 def _list_data(storage: FedMLStorage | str | None = None, service: str | None = None,
-               namespace: str | None = None) -> list[dict[str, Any]]:
-    """Every stored dataset's metadata as dicts; also a table artifact."""
+               namespace: str | None = None, prefix: str | None = None) -> list[dict[str, Any]]:
+    """Every stored dataset's metadata as dicts (of names starting with `prefix`, when given); also a table
+    artifact."""
     with _client(storage, service, namespace) as client:
-        items = [m.to_dict() for m in client.list().unwrap()]
+        items = [m.to_dict() for m in client.list(prefix=prefix or None).unwrap()]
         namespace = client.settings.namespace
     _log().info("listed %d dataset(s)", len(items))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],

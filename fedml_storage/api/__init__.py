@@ -66,10 +66,11 @@ def get_storage_user_defined_metadata(data_name: str, api_key: str | None = None
         return client.get_user_metadata(data_name)
 
 
-def list_storage_objects(api_key: str | None = None, *, service: str | None = None) -> FedMLResponse:
-    """Every stored dataset's metadata, sorted by name."""
+def list_storage_objects(api_key: str | None = None, *, service: str | None = None,
+                         prefix: str | None = None) -> FedMLResponse:
+    """Every stored dataset's metadata (of names starting with `prefix`, when given), sorted by name."""
     with _client(api_key, service) as client:
-        return client.list()
+        return client.list(prefix=prefix)
 
 
 def fedml_login(api_key: str | None = None, service: str | None = None) -> FedMLResponse:

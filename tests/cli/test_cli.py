@@ -47,6 +47,9 @@ def test_upload_list_metadata_download_delete(backend_env: dict, tmp_path: Path)
     assert table.returncode == 0 and "| dataset" in table.stdout and "cli data" in table.stdout and "a, b" in table.stdout
     listed = json.loads(run("list", "--json", env=backend_env).stdout)
     assert [item["dataName"] for item in listed] == ["dataset"] and listed[0]["tag_list"] == ["a", "b"]
+    assert "| dataset" in run("list", "--prefix", "data", env=backend_env).stdout
+    assert run("list", "--prefix", "other", env=backend_env).stdout.strip() == "no datasets stored named other*"
+    assert json.loads(run("list", "--prefix", "other", "--json", env=backend_env).stdout) == []
     meta = json.loads(run("metadata", "dataset", "--json", env=backend_env).stdout)
     assert meta["file_count"] == 5 and meta["user_metadata"] == {"owner": "ml", "split": "train"}
     assert "| user_metadata" in run("metadata", "dataset", env=backend_env).stdout

@@ -304,12 +304,13 @@ def test_tasks_and_block_release_their_connections(tmp_path: Path, s3_settings: 
         download_data("f.txt", str(tmp_path / "o"), storage=block)
         get_data_metadata("f.txt", storage=block)
         listed = list_data(storage=block)
+        assert list_data(storage=block, prefix="g") == [] and list_data(storage=block, prefix="f") == listed
         delete_data("f.txt", storage=block)
         return listed
 
     assert [m["dataName"] for m in every_task()] == ["f.txt"]
-    assert len(client_spy.opened) == 5 and client_spy.leaked() == []  # one client per task, each closed
-    assert block.list() == [] and len(client_spy.opened) == 6 and client_spy.leaked() == []
+    assert len(client_spy.opened) == 7 and client_spy.leaked() == []  # one client per task, each closed
+    assert block.list(prefix="f") == [] and len(client_spy.opened) == 8 and client_spy.leaked() == []
 
 
 def test_the_blocks_own_delete_takes_missing_ok(tmp_path: Path) -> None:

@@ -1,0 +1,46 @@
+"""Listing by name prefix: only the matching catalog entries are read (a large catalog's listing, or an Airflow
+XCom of it, stays small)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import api
+from fedml_storage.catalog import Catalog
+
+from .conftest import Store
+
+
+def test_a_prefix_lists_and_reads_only_the_names_starting_with_it(store: Store, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    client = store.client()
+    for name in ("mnist", "mnist-small", "cifar", "Mnist-upper"):
+        (tmp_path / name).write_text(name)
+        assert client.upload(str(tmp_path / name)).ok
+    read: list[str] = []
+    real_read = Catalog.read
+
+    def counted(self, name, *args, **kwargs):
+        read.append(name)
+        return real_read(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Catalog, "read", counted)
+    listed = client.list(prefix="mnist")
+    assert [m.dataName for m in listed.unwrap()] == ["mnist", "mnist-small"] and sorted(read) == ["mnist", "mnist-small"]
+    assert listed.message == "2 stored object(s) named mnist*"
+    assert [m.dataName for m in client.list(prefix="").unwrap()] == ["Mnist-upper", "cifar", "mnist", "mnist-small"]
+    assert [m.dataName for m in client.list().unwrap()] == ["Mnist-upper", "cifar", "mnist", "mnist-small"]
+    none = client.list(prefix="zzz")
+    assert none.ok and none.data == [] and none.message == "0 stored object(s) named zzz*"
+    documented = api.list_storage_objects(api_key=store.api_key, service=store.service, prefix="cif")
+    assert [m.dataName for m in documented.unwrap()] == ["cifar"]
+
+
+@pytest.mark.parametrize(("prefix", "said"), [(3, "prefix must be a string (the start of dataset names), not int"),
+                                              ("data/", "holds a character no dataset name has"),
+                                              ("a\\b", "holds a character no dataset name has")])
+def test_a_prefix_no_name_can_start_with_is_bad_input(store: Store, prefix: object, said: str) -> None:
+    response = store.client().list(prefix=prefix)
+    assert not response.ok and response.reason == "invalid_input" and said in response.message
