@@ -205,3 +205,28 @@ def test_a_download_says_which_version_it_got(tmp_path: Path, monkeypatch: pytes
     assert again == path and again.skipped and again.version == up["version"]
     assert fetch_again(None).version != up["version"]  # the current one is fetched over it
     assert (Path(path) / "a.txt").read_text() == "v2"
+
+
+def test_a_task_cached_on_its_inputs_sees_a_new_version_when_given_it(tmp_path: Path) -> None:
+    """What the README advises: the path alone hashes by its text, the same for every version downloaded there."""
+    from prefect import task
+    from prefect.cache_policies import INPUTS
+
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "a.txt").write_text("v1")
+    read: list[str] = []
+
+    @task(cache_policy=INPUTS, persist_result=True)
+    def first_line(path: str, version: str) -> str:
+        read.append(version)
+        return (Path(path) / "a.txt").read_text()
+
+    @flow
+    def pipeline() -> str:
+        upload_data(str(tmp_path / "ds"))
+        path = download_data("ds", dest_path=str(tmp_path / "out"))
+        return first_line(path, path.version)
+
+    assert pipeline() == "v1" and pipeline() == "v1" and len(read) == 1  # the second run: a cache hit
+    (tmp_path / "ds" / "a.txt").write_text("v2")
+    assert pipeline() == "v2" and len(read) == 2  # a new version, a new key
