@@ -231,7 +231,7 @@ class FedMLStorageHook(BaseHook):
 
     def list(self, prefix: str | None = None) -> list[dict[str, Any]]:
         """Every dataset's metadata as dicts (of names starting with `prefix`, when given)."""
-        items: list[StorageMetadata] = raise_for(self.get_client().list(prefix=prefix or None))
+        items: list[StorageMetadata] = raise_for(self.get_client().list(prefix=prefix))
         return [m.to_dict() for m in items]
 
     def get_metadata(self, name: str) -> dict[str, Any]:

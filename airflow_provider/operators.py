@@ -263,7 +263,8 @@ class FedMLStorageListOperator(_StorageOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with self.calls() as hook:
             items = self._call(hook.list, self.prefix)
-        self.log.info("listed %d dataset(s): %s", len(items), ", ".join(i["dataName"] for i in items[:20]))
+        self.log.info("listed %d dataset(s)%s: %s", len(items), f" starting {self.prefix!r}" if self.prefix else "",
+                      ", ".join(i["dataName"] for i in items[:20]))
         return items
 
 

@@ -8,7 +8,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +20,8 @@ from .modes import own_plain_file, umask
 from .trees import Entries, Entry, Fingerprints, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
 
 log = logging.getLogger("fedml_storage")
+
+PARALLEL_BYTES = 4 << 20  # a group of files holding this much is hashed on a helper thread
 
 
 class TreeState(NamedTuple):
@@ -65,14 +67,19 @@ def digest_tree(entries: Entries, cache: DigestCache) -> str:
             paths = [None if e.is_dir else e.path for e in part]
             known = cache.lookup([(path, e) for path, e in zip(paths, part) if path is not None])
             missing = [(path, e) for path, e in zip(paths, part) if path is not None and path not in known]
-            # a task per group of files, not per file: a future per small file cost more than hashing it
-            hashing = [stops.submit(pool, _sha256_files, group, given_up) for group in _groups(missing)]
+            # Groups of large files go to the helper threads (hashing them frees the GIL); small files are hashed
+            # here, meanwhile: a future per file, or threads contending for the GIL over their syscalls, cost more.
+            hashing = [stops.submit(pool, _sha256_files, group, given_up) if size >= PARALLEL_BYTES else group
+                       for group, size in _groups(missing)]
             try:
-                fresh = [sha for h in hashing for sha in stops.result(h)]  # in context: each sees a caller's stop
+                here = {i: _sha256_files(h, given_up) for i, h in enumerate(hashing) if not isinstance(h, Future)}
+                fresh = [sha for i, h in enumerate(hashing)  # in context: each sees a caller's stop
+                         for sha in (stops.result(h) if isinstance(h, Future) else here[i])]
             except BaseException:  # Ctrl-C too, which the helper threads do not see: they end within a chunk
                 given_up.set()
                 for h in hashing:
-                    h.cancel()
+                    if isinstance(h, Future):
+                        h.cancel()
                 raise
             cache.store([(path, e, sha) for (path, e), sha in zip(missing, fresh)])
             known.update((path, sha) for (path, _), sha in zip(missing, fresh))
@@ -81,18 +88,18 @@ def digest_tree(entries: Entries, cache: DigestCache) -> str:
 
 
 def _groups(files: list[tuple[str, Entry]], most_files: int = 256, most_bytes: int = 16 << 20
-            ) -> Iterator[list[str]]:
-    """The files' paths in order, in groups of at most `most_files` files or about `most_bytes`."""
+            ) -> Iterator[tuple[list[str], int]]:
+    """The files' paths in order, in groups of at most `most_files` files or about `most_bytes`, with their bytes."""
     group: list[str] = []
     size = 0
     for path, e in files:
         group.append(path)
         size += e.st_size
         if len(group) >= most_files or size >= most_bytes:
-            yield group
+            yield group, size
             group, size = [], 0
     if group:
-        yield group
+        yield group, size
 
 
 def _sha256_files(paths: list[str], given_up: threading.Event) -> list[str]:

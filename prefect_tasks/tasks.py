@@ -291,7 +291,7 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
     """Every stored dataset's metadata as dicts (of names starting with `prefix`, when given); also a table
     artifact."""
     with _client(storage, service, namespace) as client:
-        items = [m.to_dict() for m in client.list(prefix=prefix or None).unwrap()]
+        items = [m.to_dict() for m in client.list(prefix=prefix).unwrap()]
         namespace = client.settings.namespace
     _log().info("listed %d dataset(s)", len(items))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
@@ -299,7 +299,8 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
             for i in items]
     if _in_run():
         create_table_artifact(key=_artifact_key("fedml-storage-list", namespace), table=rows, _sync=True,
-                              description=f"Datasets in FedML storage (namespace {namespace!r})")
+                              description=f"Datasets in FedML storage (namespace {namespace!r}"
+                              + (f", names starting {prefix!r})" if prefix else ")"))
     return items
 
 

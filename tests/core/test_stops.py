@@ -206,8 +206,8 @@ def test_ctrl_c_while_a_folder_is_hashed_ends_the_helper_threads_within_a_file(t
 
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(600):
-        (folder / f"{i:03}.txt").write_text(f"{i:03}")
+    for i in range(512):  # two groups of 256 files of 20 KiB: large enough for the helper threads
+        (folder / f"{i:03}.txt").write_bytes(os.urandom(20 << 10))
     hashed: list[str] = []
     original = local_match.sha256_file
 

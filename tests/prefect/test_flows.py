@@ -254,7 +254,7 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
         upload_data(str(tmp_path / "café"))
         list_data()
         upload_data(str(tmp_path / "art"), description="another team's", namespace="team-b")  # its own artifacts
-        list_data(namespace="team-b")
+        list_data(namespace="team-b", prefix="ar")  # the description says the table holds some names only
         return up
 
     state = with_artifacts(return_state=True)
@@ -277,6 +277,9 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
     assert done == {"fedml://default/art", "fedml://default/café", "fedml://team-b/art"}
     assert table and '"name": "art"' in str(table[0].data) and "for artifacts" in str(table[0].data)
     assert upload and up["version"] in upload[0].data and up["sha256"] in upload[0].data
+    team_b = next(a for k, a in made.items() if k.startswith("fedml-storage-list-team-b"))
+    assert team_b.description == "Datasets in FedML storage (namespace 'team-b', names starting 'ar')"
+    assert table[0].description == "Datasets in FedML storage (namespace 'default')"
     assert "| left out by ignore_patterns | 1 |" in upload[0].data
 
 
