@@ -33,7 +33,6 @@ IO_CHUNK = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 
 
-
 class _PlainFiles(OSUtils):
     """s3transfer's file access, opening only plain files: one replaced by a FIFO during the upload fails it
     instead of waiting for a writer for ever."""

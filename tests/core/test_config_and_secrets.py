@@ -317,7 +317,6 @@ def test_saving_what_an_environment_variable_overrides_says_so(isolated_home: Pa
     assert "precedence" not in api.fedml_login(TEST_API_KEY, service="R2").message
 
 
-
 def test_an_r2_account_id_given_closer_to_the_call_than_an_endpoint_decides_the_endpoint(monkeypatch) -> None:
     """A worker's FEDML_STORAGE_ENDPOINT_URL (its MinIO) beat the R2 account a block or connection named: that
     block's R2 calls went to the MinIO."""

@@ -61,7 +61,6 @@ def test_block_fields_take_any_case_and_blank_is_unset() -> None:
         assert (client.settings.namespace, client.settings.service) == ("team-a", "LOCAL")
 
 
-
 def test_a_blocks_r2_account_beats_the_workers_endpoint_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's FEDML_STORAGE_ENDPOINT_URL (its MinIO) took the block's R2 calls."""
     monkeypatch.setenv("FEDML_STORAGE_ENDPOINT_URL", "http://minio.internal:9000")
