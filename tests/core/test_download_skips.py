@@ -224,3 +224,25 @@ def test_a_copy_with_bits_this_umask_takes_is_fetched(store: Store, tmp_path: Pa
         assert (tmp_path / "out" / "shared" / "a.txt").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(before)
+
+
+def test_a_later_re_run_reads_no_file_of_a_kept_copy(store: Store, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first check reads and hashes every file; it stores their digests (once they are old enough to trust
+    their times), so later checks take a stat each."""
+    from fedml_storage import digests, local_match
+
+    monkeypatch.setattr(digests, "RACY_SECONDS", 0)  # as if each run came a while after the one before
+    src = make_tree(tmp_path / "ds")
+    (tmp_path / "model.bin").write_bytes(os.urandom(50_000))
+    client = store.client()
+    read: list[str] = []
+    real_sha256 = local_match.sha256_file
+    monkeypatch.setattr(local_match, "sha256_file", lambda path, *a, **kw: read.append(str(path))
+                        or real_sha256(path, *a, **kw))
+    for name in ("ds", "model.bin"):
+        assert client.upload(str(src if name == "ds" else tmp_path / name)).ok
+        assert not client.download(name, str(tmp_path / "out")).unwrap().skipped
+        assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read  # read and hashed once
+        read.clear()
+        assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read == []
