@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +17,8 @@ from prettytable import PrettyTable
 from . import __version__, api
 from .client import StorageClient
 from .config import config_path, overridden_note
+from .cli_words import for_cli as _for_cli
+from .cli_words import hint as _hint
 from .response import FedMLResponse
 from .errors import redact
 
@@ -35,44 +38,6 @@ class Ctx:
     @property
     def progress(self) -> bool:
         return not self.quiet and sys.stderr.isatty()
-
-
-# The core's advice names Python calls; on the command line, the commands that do the same.
-_CLI_ADVICE = {
-    "list_storage_objects() shows what is stored": "`fedml-storage list` shows what is stored",
-    "fedml_storage.api.configure(bucket=...)": "`fedml-storage configure --bucket ...`",
-    "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY')": "run `fedml-storage login`",
-    "pass api_key=...": "pass --api-key",
-    "pass bucket= to StorageClient (or service='LOCAL' for the embedded store)": "pass --service LOCAL for the "
-    "embedded store",
-    "calls without service=": "commands without --service",
-    "pass service='R2' or 'S3', or make one the default (configure(service=...))":
-        "pass --service R2 or S3, or make one the default (`fedml-storage --service S3 configure`)",
-    "raise keep_versions to keep more": "raise keep_versions to keep more (`fedml-storage configure --keep-versions N`)",
-    "pass the `version` an upload returned or get_storage_metadata shows":
-        "pass the --version an upload printed or `fedml-storage metadata NAME` shows",
-    # whole phrases of advice only: a dataset's name or a path may hold the bare words
-    "with ignore_patterns": "with --ignore",
-    "by ignore_patterns": "by --ignore",
-    "failed: ignore_patterns le": "failed: --ignore patterns le",
-    "the file given as data_path:": "the file given as PATH:",
-    "failed: data_path '": "failed: PATH '",
-    "failed: dest_path '": "failed: --dest '",
-    "download into another dest_path": "download into another --dest",
-    "choose another dest_path": "choose another --dest",
-}
-
-
-def _for_cli(message: str) -> str:
-    for python, command in _CLI_ADVICE.items():
-        message = message.replace(python, command)
-    return message
-
-
-def _hint(response: FedMLResponse) -> str:
-    """'; ...' why a success found nothing (a bucket configured beside the default LOCAL service), in CLI words."""
-    hint = response.message.partition(";")[2]
-    return _for_cli(f";{hint}") if hint else ""
 
 
 EXIT_FAILURE, EXIT_RETRYABLE, EXIT_INTERRUPTED = 1, 75, 130  # 75: EX_TEMPFAIL (sysexits.h)
@@ -215,16 +180,24 @@ def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bool, as_json: bool) -> None:
-    """Download a dataset, verified, into DEST/NAME. An existing DEST/NAME is replaced as a whole (what it holds
-    that the dataset does not is removed), after asking at a terminal unless --yes."""
-    target = os.path.join(os.path.expanduser(dest or "."), name)
-    asking = sys.stdin.isatty() and sys.stderr.isatty()  # someone there to answer, who sees the question
-    if not yes and asking and os.path.lexists(target) and not click.confirm(
+    """Download a dataset, verified, into DEST/NAME. An existing DEST/NAME that is not already that version is
+    replaced as a whole (what it holds that the dataset does not is removed), after asking at a terminal unless
+    --yes."""
+    asking = not yes and sys.stdin.isatty() and sys.stderr.isatty()  # someone there to answer, who sees it
+    declined: list[bool] = []
+
+    def confirm(target: Path) -> bool:  # asked only once the dataset is found and the copy there differs
+        declined.append(not click.confirm(
             f"{target} exists: replace it as a whole with the stored {name!r} (what it holds that the dataset "
-            "does not is removed)?", default=False, err=True):
+            "does not is removed)?", default=False, err=True))
+        return not declined[-1]
+
+    response = obj.client().download(name, dest, version=version,
+                                     show_progress=obj.progress, confirm_replace=confirm if asking else None)
+    if any(declined):
         click.echo("aborted: nothing downloaded", err=True)
         sys.exit(EXIT_FAILURE)
-    result = _finish(obj.client().download(name, dest, version=version, show_progress=obj.progress))
+    result = _finish(response)
     _emit(result.to_dict()) if as_json else click.echo(result.summary())
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -151,15 +152,18 @@ class StorageClient:
 
     def download(self, data_name: str, dest_path: str | os.PathLike | None = None, *, version: str | None = None,
                  show_progress: bool = False, out_progress_to_err: bool = True,
-                 progress_desc: str | None = None) -> FedMLResponse:
+                 progress_desc: str | None = None,
+                 confirm_replace: Callable[[Path], bool] | None = None) -> FedMLResponse:
         """Fetch a dataset into dest_path (default: the current folder); data is a DownloadResult (its path). A
-        dest_path/<name> that holds exactly that version already is kept, and nothing is fetched."""
+        dest_path/<name> that holds exactly that version already is kept, and nothing is fetched. Any other is
+        replaced as a whole, once `confirm_replace(path)` (when given) says yes: no leaves it, fetching nothing."""
         def run() -> DownloadResult:
             catalog = self._catalog()
             with _digest_cache() as cache:
                 return _download(catalog, data_name, dest_path, version, show_progress, out_progress_to_err,
                                  progress_desc, self._ensure_settings().partials_folder,
-                                 functools.partial(check_target, settings=self._ensure_settings()), cache)
+                                 functools.partial(check_target, settings=self._ensure_settings()), cache,
+                                 confirm_replace)
 
         return self._run(
             f"download of {data_name!r}",

@@ -41,11 +41,13 @@ def download(
     partial_dir: Path | None = None,
     check_target: Callable[[Path], None] | None = None,
     cache: DigestCache | None = None,
+    confirm_replace: Callable[[Path], bool] | None = None,
 ) -> DownloadResult:
     """Place the dataset at `dest_path/<name>`; on any failure nothing new is left there. What a failed fetch got
     is kept in `partial_dir` (when on dest's filesystem) for the next download of the same data to go on from.
     `check_target` refuses a target (dest/name) before anything is fetched. Given the digest `cache`, a target
-    that holds exactly this version already is kept as it is and nothing is fetched."""
+    that holds exactly this version already is kept as it is and nothing is fetched. `confirm_replace` is asked
+    before an existing target is replaced; False leaves it and fetches nothing."""
     started = time.monotonic()
     name = check_name(data_name)
     check_progress_desc(progress_desc)
@@ -67,6 +69,8 @@ def download(
     target = dest / name
     if cache is not None and holds_already(target, record, cache):
         return _result(target, name, record, started, replaced=False, skipped=True)
+    if confirm_replace is not None and os.path.lexists(target) and not confirm_replace(target):
+        raise InvalidInput(f"{target} was left as it is (replacing it was declined): nothing was downloaded")
     part: Path | None = None
     note: partials.Note | None = None
     unpacked: Path | None = None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedml_storage import cli
+from fedml_storage import cli, cli_words
 from tests.conftest import TEST_API_KEY
 from tests.core.conftest import make_tree, tree_bytes
 
@@ -257,9 +257,9 @@ def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -
     (tmp_path / "out" / "ds").mkdir(parents=True)
     (tmp_path / "out" / "ds" / "mine.csv").write_text("the user's own results")
 
-    def at_terminal(*args: str, answer: bytes, stderr_too: bool = True) -> tuple[int, str]:
+    def at_terminal(*args: str, answer: bytes, stderr_too: bool = True, name: str = "ds") -> tuple[int, str]:
         main, sub = pty.openpty()
-        proc = subprocess.Popen([SCRIPT, "download", "ds", "--dest", str(tmp_path / "out"), *args], stdin=sub,
+        proc = subprocess.Popen([SCRIPT, "download", name, "--dest", str(tmp_path / "out"), *args], stdin=sub,
                                 stdout=subprocess.PIPE, stderr=sub if stderr_too else subprocess.PIPE)
         os.close(sub)
         os.write(main, answer)
@@ -282,6 +282,11 @@ def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -
     code, said = at_terminal("--yes", answer=b"")
     assert code == 0 and "replacing what was there" in said and "exists:" not in said
     assert sorted(p.name for p in (tmp_path / "out" / "ds").iterdir()) == ["a.txt"]
+    code, said = at_terminal(answer=b"n\n")  # the copy there is that version: kept, nothing to ask
+    assert code == 0 and "exists:" not in said and "kept" in said
+    (tmp_path / "out" / "gone").mkdir()
+    code, said = at_terminal(answer=b"n\n", name="gone")  # asked before, then told it was not stored
+    assert code == 1 and "exists:" not in said and "no data named 'gone'" in said and (tmp_path / "out" / "gone").is_dir()
     piped = run("download", "ds", "--dest", str(tmp_path / "out"))  # a script's download: no one to ask
     assert piped.returncode == 0 and "exists:" not in piped.stderr
     code, said = at_terminal(answer=b"", stderr_too=False)  # stderr to a log: a question no one would see
@@ -323,7 +328,7 @@ def _core_texts() -> list[str]:
         return None
 
     core = Path(cli.__file__).parent
-    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py") if path.name != "cli.py"]
+    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py") if path.name not in ("cli.py", "cli_words.py")]
     return [t for tree in trees for t in map(text, ast.walk(tree)) if t]
 
 
@@ -331,5 +336,5 @@ def test_every_advice_the_cli_rewords_is_still_what_the_core_says() -> None:
     """The CLI turns the core's Python advice into commands by matching its words: a reworded core message would
     slip through in Python terms."""
     texts = _core_texts()
-    stale = [advice for advice in cli._CLI_ADVICE if not any(advice.removeprefix("failed: ") in t for t in texts)]
+    stale = [advice for advice in cli_words.CLI_ADVICE if not any(advice.removeprefix("failed: ") in t for t in texts)]
     assert stale == []  # ("failed: " joins an action to its cause when the response is made)

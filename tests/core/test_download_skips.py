@@ -246,3 +246,31 @@ def test_a_later_re_run_reads_no_file_of_a_kept_copy(store: Store, tmp_path: Pat
         assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read  # read and hashed once
         read.clear()
         assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read == []
+
+
+def test_confirm_replace_is_asked_only_before_a_copy_would_be_replaced(store: Store, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI asked "replace?" before any download into an existing DEST/NAME: also over a copy that is kept,
+    and for a name that is not stored."""
+    client = store.client()
+    assert client.upload(str(make_tree(tmp_path / "ds"))).ok
+    fetched = _count_fetches(store, monkeypatch)
+    asked: list[Path] = []
+    answer = {"yes": False}
+
+    def confirm(path: Path) -> bool:
+        asked.append(path)
+        return answer["yes"]
+
+    out = tmp_path / "out"
+    assert client.download("ds", str(out), confirm_replace=confirm).ok and asked == []  # nothing there yet
+    assert client.download("ds", str(out), confirm_replace=confirm).unwrap().skipped and asked == []
+    (out / "ds" / "mine.csv").write_text("the user's own results")
+    declined = client.download("ds", str(out), confirm_replace=confirm)
+    assert declined.code.name == "FAILURE" and asked == [out / "ds"] and len(fetched) == 1
+    assert "declined" in declined.message and (out / "ds" / "mine.csv").exists()
+    answer["yes"] = True
+    assert client.download("ds", str(out), confirm_replace=confirm).unwrap().replaced
+    assert not (out / "ds" / "mine.csv").exists() and len(asked) == 2 and len(fetched) == 2
+    (out / "gone").mkdir()
+    assert not client.download("gone", str(out), confirm_replace=confirm).ok and len(asked) == 2

@@ -1,0 +1,42 @@
+"""The core's messages in the command line's words: its advice names Python calls and arguments."""
+
+from __future__ import annotations
+
+from .response import FedMLResponse
+
+# The core's advice names Python calls; on the command line, the commands that do the same.
+CLI_ADVICE = {
+    "list_storage_objects() shows what is stored": "`fedml-storage list` shows what is stored",
+    "fedml_storage.api.configure(bucket=...)": "`fedml-storage configure --bucket ...`",
+    "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY')": "run `fedml-storage login`",
+    "pass api_key=...": "pass --api-key",
+    "pass bucket= to StorageClient (or service='LOCAL' for the embedded store)": "pass --service LOCAL for the "
+    "embedded store",
+    "calls without service=": "commands without --service",
+    "pass service='R2' or 'S3', or make one the default (configure(service=...))":
+        "pass --service R2 or S3, or make one the default (`fedml-storage --service S3 configure`)",
+    "raise keep_versions to keep more": "raise keep_versions to keep more (`fedml-storage configure --keep-versions N`)",
+    "pass the `version` an upload returned or get_storage_metadata shows":
+        "pass the --version an upload printed or `fedml-storage metadata NAME` shows",
+    # whole phrases of advice only: a dataset's name or a path may hold the bare words
+    "with ignore_patterns": "with --ignore",
+    "by ignore_patterns": "by --ignore",
+    "failed: ignore_patterns le": "failed: --ignore patterns le",
+    "the file given as data_path:": "the file given as PATH:",
+    "failed: data_path '": "failed: PATH '",
+    "failed: dest_path '": "failed: --dest '",
+    "download into another dest_path": "download into another --dest",
+    "choose another dest_path": "choose another --dest",
+}
+
+
+def for_cli(message: str) -> str:
+    for python, command in CLI_ADVICE.items():
+        message = message.replace(python, command)
+    return message
+
+
+def hint(response: FedMLResponse) -> str:
+    """'; ...' why a success found nothing (a bucket configured beside the default LOCAL service), in CLI words."""
+    hint = response.message.partition(";")[2]
+    return for_cli(f";{hint}") if hint else ""
