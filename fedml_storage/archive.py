@@ -17,7 +17,7 @@ from typing import BinaryIO
 from . import stops
 from .errors import IntegrityError, InvalidInput, SourceChanged, size_not_content
 from .modes import open_plain, umask
-from .trees import MAX_DEPTH, Entry, same_file_state
+from .trees import MAX_DEPTH, Entries, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
 
 CHUNK = 1024 * 1024
@@ -148,10 +148,10 @@ def _zip_second(second: int) -> tuple[int, int, int, int, int, int]:
     return time.localtime(second)[:6]
 
 
-def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
+def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int, made: Entries | None = None) -> int:
     """Extract the open zip `archive` into the empty folder `dest`, refusing escaping paths, links, names held
     twice or as a file and a folder, and more than `max_bytes`; a malformed archive raises IntegrityError, after
-    which the caller removes `dest`.
+    which the caller removes `dest`. `made` gets the stat of every file and folder as extraction leaves it.
 
     The archive must already be verified against its recorded SHA-256 (through this same handle): stored
     members are then copied straight from their offsets, without a CRC. The central directory is read twice as a
@@ -178,11 +178,14 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
     make = _FolderBudget(folders + _DEPTH_READ)
     usual = 0o777 & ~umask_bits
     folder_modes: list[tuple[str, int]] = []  # set once the files are in: a folder may be read-only
+    folders_made: list[str] = []
     for m in index.members():
         stops.check()
         rel = m.name.rstrip("/")
         if m.is_dir():
             make(root, rel)
+            if made is not None:
+                folders_made.append(rel)
             if _has_mode(m) and (perm := stat.S_IMODE(m.mode) & 0o777 & ~umask_bits) != usual:
                 folder_modes.append((f"{root}/{rel}", perm))
             continue
@@ -201,10 +204,15 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int) -> int:
         try:
             copy = _copy_stored if m.method == STORED else _copy_deflated
             written += copy(archive, m, fd, max_bytes - written, index.data_end)
+            if made is not None:  # cheaper than a scan of the tree after (a stat on an open file)
+                made.append(Entry.of(rel, root, os.fstat(fd), False))
         finally:
             os.close(fd)
     for path, perm in reversed(folder_modes):  # inner folders first
         os.chmod(path, perm)
+    if made is not None:
+        for rel in folders_made:
+            made.append(Entry.of(rel, root, os.stat(f"{root}/{rel}"), True))
     return written
 
 

@@ -111,9 +111,11 @@ class DigestCache:
             return None
         return row[1] if row and row[0] == fingerprint else None
 
-    def store_tree(self, root: str, fingerprint: str, digest: str, newest_mtime_ns: int) -> None:
-        """Remember a tree digest, unless a file in it changed too recently to trust its times."""
-        if self._db is None or newest_mtime_ns >= (time.time() - RACY_SECONDS) * 1e9:
+    def store_tree(self, root: str, fingerprint: str, digest: str, newest_mtime_ns: int, *,
+                   settled: bool = False) -> None:
+        """Remember a tree digest, unless a file in it changed too recently to trust its times (`settled`: the
+        caller saw the filesystem's clock pass them all before anyone else could write there)."""
+        if self._db is None or (not settled and newest_mtime_ns >= (time.time() - RACY_SECONDS) * 1e9):
             return
         try:
             with self._db:

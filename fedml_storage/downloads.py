@@ -19,7 +19,8 @@ from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .digests import DigestCache
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
-from .local_match import holds_already
+from .local_match import MADE, folder_made, holds_already
+from .trees import Entries
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
@@ -74,6 +75,7 @@ def download(
     part: Path | None = None
     note: partials.Note | None = None
     unpacked: Path | None = None
+    made: Entries | None = None
     claim: int | None = None
     tries: list[tuple[HashingWriter, VersionRecord]] = []  # the last: what was fetched, of which data
     adopted = 0
@@ -92,8 +94,9 @@ def download(
                 unpacked = part.with_suffix(".d")
                 unpacked.mkdir(mode=0o700)  # private while files land (folders get their modes at the end)
                 fh.flush()
+                made = None if cache is None else Entries(str(unpacked))  # what a re-run's check can trust
                 try:
-                    safe_extract(fh, unpacked, record.source_size)  # the handle that was verified, not a reopen
+                    safe_extract(fh, unpacked, record.source_size, made)  # the handle verified, not a reopen
                 except IntegrityError as exc:
                     raise IntegrityError(
                         f"{exc}. The archive of {name!r} version {record.version} matches its manifest, so it was "
@@ -107,10 +110,13 @@ def download(
             os.replace(part, target)
         else:
             os.chmod(unpacked, (0o777 if record.top_mode is None else record.top_mode) & ~umask())
+            made_key = None if made is None else folder_made(unpacked, made, part)
             _check_target(target, record.kind)
             replaced = os.path.lexists(target)
             swap_in(unpacked, target, part.with_suffix(".old"))
             unpacked = None
+            if made_key is not None:  # a re-run's check of the copy then reads no file
+                cache.store_tree(MADE + str(target), made_key, record.sha256, 0, settled=True)
         done = True
     except IntegrityError:
         raise
@@ -125,6 +131,8 @@ def download(
                 part.unlink(missing_ok=True)
         if note is not None:
             note.remove()
+        if made is not None:
+            made.close()
         if claim is not None:
             os.close(claim)
         if not done:

@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ from .trees import Entries, Entry, Fingerprints, TreeDigest, batches, same_file_
 log = logging.getLogger("fedml_storage")
 
 PARALLEL_BYTES = 4 << 20  # a group of files holding this much is hashed on a helper thread
+MADE = "made by a download:"  # the digest cache's rows of folders downloads made, apart from those of uploads
 
 
 class TreeState(NamedTuple):
@@ -126,8 +128,12 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
             return False
         tree = scan_tree(target)
         try:
-            return not (tree.left_out or tree.links) and tree_holds(
-                target, tree.entries, tree_state(target, tree.entries), record, cache, strict=True)
+            if tree.left_out or tree.links:
+                return False
+            state = tree_state(target, tree.entries)
+            if cache.lookup_tree(MADE + str(target), made_key(state)) == record.sha256:
+                return True  # as a download of this version made it, and untouched since
+            return tree_holds(target, tree.entries, state, record, cache, strict=True)
         finally:
             tree.entries.close()
     except (OSError, StorageFailure) as exc:  # unreadable, changing: fetched as usual
@@ -163,3 +169,29 @@ def _only_what_a_download_makes(top: Path, top_st: os.stat_result, record: Versi
                 else:
                     return False
     return (files, size) == (record.file_count, record.source_size)
+
+
+def made_key(state: TreeState) -> str:
+    """A downloaded folder's row key: its stat fingerprint, its own mode and the umask its modes were made under."""
+    return f"{state.fingerprints.state}:{state.top_mode:o}:{umask():o}"
+
+
+def folder_made(folder: Path, entries: Entries, probe: Path) -> str | None:
+    """The key of the folder a download has just made at `folder` (private still), its `entries` as made, taken
+    once the filesystem's clock has passed every time in it, so that any later change shows in its stat (a check
+    then reads no file, whatever the modes). `probe`: a temp file of ours on that filesystem, whose times this
+    sets. None if the clock did not pass soon."""
+    entries.finish()
+    deadline = time.monotonic() + 0.5  # a clock ticks within milliseconds; some filesystems keep 1-2 s times
+    try:
+        key = made_key(tree_state(folder, entries))
+        while True:
+            os.utime(probe)
+            if os.stat(probe).st_ctime_ns > entries.newest:
+                return key
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+    except OSError as exc:
+        log.debug("not remembering %s as downloaded: %s", folder, exc)
+        return None

@@ -13,6 +13,7 @@ import pytest
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.backends.s3 import S3Store
 from fedml_storage.modes import umask
+from fedml_storage.trees import Entries, scan_tree
 
 from .conftest import Store, make_tree, tree_bytes
 
@@ -199,9 +200,10 @@ def test_an_unrelated_folder_at_the_target_is_not_walked_through_its_links(
         (theirs / "many" / f"{i}.txt").write_text("not the dataset")
     (theirs / "usr").symlink_to("/usr")
     scanned: list[Path] = []
-    monkeypatch.setattr(local_match, "scan_tree", lambda root, *a, **kw: scanned.append(root))
+    real_scan = local_match.scan_tree
+    monkeypatch.setattr(local_match, "scan_tree", lambda root, *a, **kw: scanned.append(root) or real_scan(root))
     got = client.download("ds", str(tmp_path / "out")).unwrap()
-    assert not got.skipped and got.replaced and scanned == []  # told apart before any full scan
+    assert not got.skipped and got.replaced and theirs not in scanned  # told apart before any full scan
     assert tree_bytes(theirs) == tree_bytes(src)
 
 
@@ -228,8 +230,8 @@ def test_a_copy_with_bits_this_umask_takes_is_fetched(store: Store, tmp_path: Pa
 
 def test_a_later_re_run_reads_no_file_of_a_kept_copy(store: Store, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first check reads and hashes every file; it stores their digests (once they are old enough to trust
-    their times), so later checks take a stat each."""
+    """The first check of a file reads and hashes it; it stores its digest (once it is old enough to trust its
+    times), so later checks take a stat. A folder's download remembers what it made: no check reads a file."""
     from fedml_storage import digests, local_match
 
     monkeypatch.setattr(digests, "RACY_SECONDS", 0)  # as if each run came a while after the one before
@@ -243,7 +245,8 @@ def test_a_later_re_run_reads_no_file_of_a_kept_copy(store: Store, tmp_path: Pat
     for name in ("ds", "model.bin"):
         assert client.upload(str(src if name == "ds" else tmp_path / name)).ok
         assert not client.download(name, str(tmp_path / "out")).unwrap().skipped
-        assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read  # read and hashed once
+        assert client.download(name, str(tmp_path / "out")).unwrap().skipped
+        assert bool(read) is (name == "model.bin")  # a file is read and hashed once
         read.clear()
         assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read == []
 
@@ -274,3 +277,60 @@ def test_confirm_replace_is_asked_only_before_a_copy_would_be_replaced(store: St
     assert not (out / "ds" / "mine.csv").exists() and len(asked) == 2 and len(fetched) == 2
     (out / "gone").mkdir()
     assert not client.download("gone", str(out), confirm_replace=confirm).ok and len(asked) == 2
+
+
+def test_a_folder_downloaded_here_is_kept_by_a_re_run_whatever_its_modes(store: Store, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored under umask 002 (files 664), downloaded under 022 (644): the copy's modes are not the stored ones, so
+    every re-run fetched it again (a laptop's upload, a worker's downloads). The download now remembers what it
+    made, and a change to the copy after it is still seen."""
+    from fedml_storage import local_match
+
+    before = os.umask(0o002)
+    try:
+        src = tmp_path / "shared"
+        (src / "sub").mkdir(parents=True)
+        (src / "a.txt").write_text("group-writable")
+        (src / "sub" / "b.txt").write_text("and this")
+        client = store.client()
+        assert client.upload(str(src)).ok
+    finally:
+        os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        first = client.download("shared", str(out)).unwrap()
+        assert (out / "shared" / "a.txt").stat().st_mode & 0o777 == 0o644 and not first.skipped
+        fetched = _count_fetches(store, monkeypatch)
+        read: list[str] = []
+        real_sha256 = local_match.sha256_file
+        monkeypatch.setattr(local_match, "sha256_file", lambda path, *a, **kw: read.append(str(path))
+                            or real_sha256(path, *a, **kw))
+        again = client.download("shared", str(out)).unwrap()
+        assert again.skipped and fetched == [] and read == [], again.summary()
+        _edit(out / "shared" / "sub" / "b.txt")  # at once: the same size, the mtime put back
+        assert not client.download("shared", str(out)).unwrap().skipped and len(fetched) == 1
+        assert tree_bytes(out / "shared") == tree_bytes(src)
+        os.chmod(out / "shared", 0o700)  # the folder's own mode is not in its files' stats
+        assert not client.download("shared", str(out)).unwrap().skipped and len(fetched) == 2
+    finally:
+        os.umask(before)
+
+
+def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change in the same clock tick as the download's last write would leave the stats as remembered: the
+    download waits for the tick to pass, and remembers nothing if it does not (a filesystem keeping 2 s times)."""
+    from fedml_storage import local_match
+
+    def made(folder: Path) -> Entries:
+        tree = scan_tree(make_tree(folder))
+        return tree.entries
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    assert local_match.folder_made(tmp_path / "made", made(tmp_path / "made"), probe) is not None
+    assert probe.stat().st_ctime_ns > max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns)
+                                          for p in (tmp_path / "made").rglob("*"))
+    stuck = made(tmp_path / "stuck")  # newer than the probe, whose clock will not move on
+    monkeypatch.setattr(local_match.os, "utime", lambda path: None)
+    assert local_match.folder_made(tmp_path / "stuck", stuck, probe) is None

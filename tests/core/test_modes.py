@@ -223,9 +223,9 @@ def test_a_folder_being_unpacked_is_private_until_it_is_in_place(store: Store, t
     seen: list[int] = []
     real = downloads.safe_extract
 
-    def watched(archive, dest, max_bytes):
+    def watched(archive, dest, max_bytes, *more):
         seen.append(dest.stat().st_mode & 0o777)  # before any file lands: others may not enter
-        return real(archive, dest, max_bytes)
+        return real(archive, dest, max_bytes, *more)
 
     monkeypatch.setattr(downloads, "safe_extract", watched)
     down = Path(store.client().download("ds", tmp_path / "out").data)
