@@ -139,8 +139,7 @@ class Catalog:
     def similar(self, name: str) -> str:
         """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
         try:
-            # `name` itself matches when it was stored again since the miss: never suggest it
-            close = list(itertools.islice((n for n in self._names(f"{name}.") if n != name), 3))
+            close = list(itertools.islice(self._names(f"{name}."), 3))
         except Exception:  # a hint must never turn "not found" into another failure
             return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
@@ -246,7 +245,8 @@ class Catalog:
         """Stored names (those with a manifest) that start with `starting`, as the store lists them."""
         for o in self.store.list(self.manifest_prefix + starting):
             rel = o.key[len(self.manifest_prefix) :]
-            if rel.endswith(".json") and "/" not in rel:
+            # the store matched `starting` against '<name>.json': 'mnist.' picked 'mnist.json', not a name for it
+            if rel.endswith(".json") and "/" not in rel and rel[: -len(".json")].startswith(starting):
                 yield rel[: -len(".json")]
 
     def _scan(self, workers: int = 8, prefix: str = "") -> tuple[list[Manifest], dict[str, str]]:

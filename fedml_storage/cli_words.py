@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .client import SERVICE_HINT
 from .response import FedMLResponse
 
 # The core's advice names Python calls; on the command line, the commands that do the same.
@@ -37,6 +38,7 @@ def for_cli(message: str) -> str:
 
 
 def hint(response: FedMLResponse) -> str:
-    """'; ...' why a success found nothing (a bucket configured beside the default LOCAL service), in CLI words."""
-    hint = response.message.partition(";")[2]
-    return for_cli(f";{hint}") if hint else ""
+    """'; ...' why a success found nothing (a bucket configured beside the default LOCAL service), in CLI words.
+    Found by its opening words: a name in the message may hold ';'."""
+    at = response.message.find(SERVICE_HINT)
+    return for_cli(response.message[at:]) if at >= 0 else ""

@@ -31,6 +31,7 @@ from .validation import check_name, check_prefix
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SERVICE_HINT = "; calls without service= use the default service"  # how a message's hint of a wrong service starts
 
 
 class StorageClient:
@@ -118,8 +119,8 @@ class StorageClient:
         """Why a name may be missing: the call went to the default LOCAL store while a bucket is configured."""
         s = self._settings
         if self._overrides.get("service") is None and s is not None and s.service == "LOCAL" and s.bucket:
-            return (f"; calls without service= use the default service, LOCAL, while bucket {s.bucket!r} is configured: "
-                    "pass service='R2' or 'S3', or make one the default (configure(service=...))")
+            return (f"{SERVICE_HINT}, LOCAL, while bucket {s.bucket!r} is configured: pass service='R2' or 'S3', or "
+                    "make one the default (configure(service=...))")
         return ""
 
     def _run(self, action: str, fn: Callable[[], T], message: Callable[[T], str] | None = None, *,
@@ -223,7 +224,7 @@ class StorageClient:
 
         def said(items: list[StorageMetadata]) -> str:
             named = f" named {prefix}*" if prefix else ""
-            return f"{len(items)} stored object(s){named}{'' if items or named else self._default_service_hint()}"
+            return f"{len(items)} stored object(s){named}{'' if items else self._default_service_hint()}"
 
         return self._run("listing stored data", run, said)
 

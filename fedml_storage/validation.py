@@ -130,7 +130,12 @@ def check_prefix(prefix: Any) -> str:
         return ""
     if not isinstance(prefix, str):
         raise InvalidInput(f"prefix must be a string (the start of dataset names), not {type(prefix).__name__}")
-    if any(ch in prefix for ch in "/\\\0"):
-        raise InvalidInput(f"prefix {prefix!r} holds a character no dataset name has ('/', '\\' or NUL); give the "
-                           "start of the names to list")
+    _unicode(prefix, "prefix")
+    if any(ch in "/\\" or unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in prefix):
+        raise InvalidInput(f"prefix {prefix!r} holds a character no dataset name has ('/', '\\', a control "
+                           "character or line break); give the start of the names to list")
+    if prefix != prefix.lstrip():
+        raise InvalidInput(f"prefix {prefix!r} starts with a space, as no dataset name does; remove it")
+    if len(prefix.encode("utf-8")) > MAX_STORED_NAME_BYTES:
+        raise InvalidInput(f"prefix is longer than any dataset name ({MAX_STORED_NAME_BYTES} bytes in UTF-8)")
     return prefix

@@ -231,6 +231,12 @@ def test_a_bucket_configured_beside_the_default_local_service_is_pointed_out(tmp
     empty = run("list", env=env)
     assert empty.returncode == 0 and empty.stdout.startswith("no datasets stored; commands without --service use")
     assert "'datasets'" in empty.stdout and "pass --service R2 or S3" in empty.stdout
+    named = run("list", "--prefix", "run;2024", env=env)  # the hint was dropped, or found at the name's ';'
+    assert named.stdout.startswith("no datasets stored named run;2024*; commands without --service use")
+    assert named.stdout.count("2024") == 1 and "pass --service R2 or S3" in named.stdout
+    gone = run("delete", "a;b", "--yes", "--missing-ok", env=env)
+    assert gone.returncode == 0 and gone.stdout.startswith("nothing to delete: 'a;b' is not stored; commands without")
+    assert gone.stdout.count("a;b") == 1
     missing = run("metadata", "mnist", env=env)
     assert missing.returncode == 1 and "pass --service R2 or S3" in missing.stderr and "service=" not in \
         missing.stderr

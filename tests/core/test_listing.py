@@ -38,9 +38,27 @@ def test_a_prefix_lists_and_reads_only_the_names_starting_with_it(store: Store, 
     assert [m.dataName for m in documented.unwrap()] == ["cifar"]
 
 
+def test_a_prefix_is_matched_against_names_not_the_catalog_files_they_are_kept_in(store: Store,
+                                                                                 tmp_path: Path) -> None:
+    """'mnist.' listed 'mnist' (its catalog entry is 'mnist.json'): a clean-up deleting what 'tmp.' lists would
+    also have deleted 'tmp'."""
+    client = store.client()
+    for name in ("mnist", "mnist.v2", "model", "a.json"):
+        (tmp_path / name).write_text(name)
+        assert client.upload(str(tmp_path / name)).ok
+    for prefix, names in [("mnist.", ["mnist.v2"]), ("mnist.j", []), ("model.json", []), ("model", ["model"]),
+                          ("a.js", ["a.json"]), ("a.json", ["a.json"])]:
+        assert [m.dataName for m in client.list(prefix=prefix).unwrap()] == names, prefix
+    assert "did you mean 'a.json'?" in client.get_metadata("a").message  # the hint for a missing extension
+
+
 @pytest.mark.parametrize(("prefix", "said"), [(3, "prefix must be a string (the start of dataset names), not int"),
                                               ("data/", "holds a character no dataset name has"),
-                                              ("a\\b", "holds a character no dataset name has")])
+                                              ("a\\b", "holds a character no dataset name has"),
+                                              ("run\n", "a control character or line break"),
+                                              ("mn\udcff", "prefix is not valid Unicode"),
+                                              (" mn", "starts with a space, as no dataset name does"),
+                                              ("x" * 1100, "prefix is longer than any dataset name")])
 def test_a_prefix_no_name_can_start_with_is_bad_input(store: Store, prefix: object, said: str) -> None:
     response = store.client().list(prefix=prefix)
     assert not response.ok and response.reason == "invalid_input" and said in response.message
