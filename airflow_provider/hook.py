@@ -14,6 +14,7 @@ from fedml_storage import (
     DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata, is_unset,
     unknown_settings,
 )
+from fedml_storage.advice import kept_in
 
 
 class FedMLStorageException(AirflowException):
@@ -156,9 +157,13 @@ class FedMLStorageHook(BaseHook):
     def _client_for(self, settings: dict[str, Any], **overrides: Any) -> StorageClient:
         """A core client for the connection's settings (and the task's): failures not logged, a key without a service
         refused, messages naming where a bad setting came from."""
-        origin = f"the Airflow connection {self.fedml_storage_conn_id!r} or " if settings else ""
+        conn = f"Airflow connection {self.fedml_storage_conn_id!r}"
+        origin = f"the {conn} or " if settings else ""
         origin += "the task's arguments"
-        return StorageClient(origin=origin, log_failures=False, key_means_remote=True, **{**settings, **overrides})
+        advice = kept_in("FedMLStorageListOperator", f"the extra of {conn}", f"the password of {conn}") if settings \
+            else kept_in("FedMLStorageListOperator")  # no connection: the worker's configuration, the core's advice
+        return StorageClient(origin=origin, log_failures=False, key_means_remote=True, advice=advice,
+                             **{**settings, **overrides})
 
     def close(self) -> None:
         """Release the client's connections (use the hook as a context manager to do it for you)."""

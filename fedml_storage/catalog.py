@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from .advice import LISTING
 from .abandon import Helpers
 from .backends.base import ObjectMissing, ObjectStore
 from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
@@ -133,7 +134,7 @@ class Catalog:
         found = self.read(name)
         if found is None:
             raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                           f"{self.similar(name)}; list_storage_objects() shows what is stored")
+                           f"{self.similar(name)}; {LISTING}")
         return found[0]
 
     def similar(self, name: str) -> str:

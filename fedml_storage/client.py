@@ -8,11 +8,12 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .advice import PICK_SERVICE, reword
 from .backends import ObjectStore, open_store
 from .catalog import VERSION_ID, Catalog, Manifest
 from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
@@ -38,11 +39,14 @@ class StorageClient:
     """Upload, download, delete, inspect and list named datasets in one store and namespace."""
 
     def __init__(self, settings: StorageSettings | None = None, *, origin: str = "the argument",
-                 log_failures: bool = True, key_means_remote: bool = False, **overrides: Any) -> None:
+                 log_failures: bool = True, key_means_remote: bool = False, advice: Mapping[str, str] | None = None,
+                 **overrides: Any) -> None:
         """`overrides`: settings by name over the configured ones; `origin` says where they come from in messages
         about bad values (e.g. "the Airflow connection 'x'"); `log_failures=False` for callers that raise failures
         (their framework logs them); `key_means_remote` refuses an api_key when no service is set anywhere (for
-        a connection or block that holds credentials) instead of ignoring it on the default LOCAL store."""
+        a connection or block that holds credentials) instead of ignoring it on the default LOCAL store; `advice`
+        rewords the advice of messages for a framework (advice.kept_in)."""
+        self._advice = advice or {}
         self._base = settings
         self._origin = origin
         self._key_means_remote = key_means_remote
@@ -119,8 +123,7 @@ class StorageClient:
         """Why a name may be missing: the call went to the default LOCAL store while a bucket is configured."""
         s = self._settings
         if self._overrides.get("service") is None and s is not None and s.service == "LOCAL" and s.bucket:
-            return (f"{SERVICE_HINT}, LOCAL, while bucket {s.bucket!r} is configured: pass service='R2' or 'S3', or "
-                    "make one the default (configure(service=...))")
+            return f"{SERVICE_HINT}, LOCAL, while bucket {s.bucket!r} is configured: {PICK_SERVICE}"
         return ""
 
     def _run(self, action: str, fn: Callable[[], T], message: Callable[[T], str] | None = None, *,
@@ -130,9 +133,10 @@ class StorageClient:
         except Exception as exc:  # the core API reports failures, it does not raise them
             if isinstance(exc, NotFound) and (hint := self._default_service_hint()):
                 exc = NotFound(f"{exc}{hint}")
-            return to_response(exc, action, self._secrets(), after_error, log_it=self._log_failures)
+            failed = to_response(exc, action, self._secrets(), after_error, log_it=self._log_failures)
+            return dataclasses.replace(failed, message=reword(failed.message, self._advice))
         text = message(data) if message else f"{action} succeeded"
-        return FedMLResponse(ResponseCode.SUCCESS, text, data)
+        return FedMLResponse(ResponseCode.SUCCESS, reword(text, self._advice), data)
 
     # -- operations ---------------------------------------------------------
     def upload(self, data_path: Any, name: str | None = None, description: str | None = None,

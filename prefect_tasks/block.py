@@ -15,6 +15,7 @@ from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, Secr
                       model_validator)
 
 from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
+from fedml_storage.advice import kept_in
 from fedml_storage.api_keys import check_api_key
 from fedml_storage.config import setting_hints
 
@@ -61,6 +62,9 @@ def _masked(exc: ValidationError) -> ValidationError:
         details.append({"type": error["type"], "loc": error["loc"], "input": given,
                         **({"ctx": error["ctx"]} if "ctx" in error else {})})
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
+
+
+LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
 
 
 class FedMLStorage(Block):
@@ -240,8 +244,9 @@ upload_data("data/mnist", storage=storage)
         Its failures are raised, not logged by the core too: Prefect (or the caller) logs what is raised.
         """
         saved = getattr(self, "_block_document_name", None)
-        origin = f"the FedMLStorage block{f' {saved!r}' if saved else ''} or the task's arguments"
-        return StorageClient(origin=origin, log_failures=False, key_means_remote=True,
+        block = f"the FedMLStorage block{f' {saved!r}' if saved else ''}"
+        return StorageClient(origin=f"{block} or the task's arguments", log_failures=False, key_means_remote=True,
+                             advice=kept_in(LISTING, block, f"the api_key field of {block}"),
                              **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,

@@ -28,9 +28,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
+from fedml_storage.advice import kept_in
 from fedml_storage.stops import StoppableCall
 
-from .block import FedMLStorage
+from .block import LISTING, FedMLStorage
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
 
 
@@ -76,7 +77,8 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
                         f"{type(storage).__name__}; with .map, pass storage=unmapped(block)")
     if storage is not None:
         return storage.client(service=service, namespace=namespace)
-    return StorageClient(service=service, namespace=namespace, log_failures=False)  # Prefect logs what we raise
+    return StorageClient(service=service, namespace=namespace, log_failures=False,  # Prefect logs what we raise
+                         advice=kept_in(LISTING))
 
 
 DEFAULT_NAMESPACE = StorageSettings.model_fields["namespace"].default

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..advice import PICK_SERVICE
 from ..client import StorageClient
 from ..api_keys import check_api_key
 from ..config import StorageSettings, config_path, overridden_note, write_config_file
@@ -111,7 +112,7 @@ def unused_bucket_note() -> str:
     if s.service != "LOCAL" or not s.bucket:
         return ""
     return (f"; the default service is still LOCAL, which uses no bucket: calls without service= do not use "
-            f"{s.bucket!r}; pass service='R2' or 'S3', or make one the default (configure(service=...))")
+            f"{s.bucket!r}; {PICK_SERVICE}")
 
 
 def cleanup(service: str | None = None, api_key: str | None = None,

@@ -18,6 +18,7 @@ from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import OSUtils, ReadFileChunk
 
 from .. import stops
+from ..advice import NO_BUCKET
 from ..config import StorageSettings
 from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
 from ..modes import open_plain
@@ -69,11 +70,7 @@ class S3Store(ObjectStore):
     def __init__(self, settings: StorageSettings) -> None:
         self.service = settings.service
         if not settings.bucket:
-            raise NotConfigured(
-                f"no bucket configured for {settings.service}; set FEDML_STORAGE_BUCKET, run "
-                "fedml_storage.api.configure(bucket=...) or pass bucket= to StorageClient (or service='LOCAL' for the "
-                "embedded store)"
-            )
+            raise NotConfigured(f"no bucket configured for {settings.service}; {NO_BUCKET}")
         self.bucket = settings.bucket
         endpoint = settings.resolved_endpoint
         self._client = s3_client(settings)

@@ -8,6 +8,7 @@ import re
 import botocore.exceptions
 import urllib3.exceptions
 
+from ..advice import NO_CREDENTIALS
 from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFailure, TransientError, Unsupported
 from .base import ObjectMissing
 from .responses import IncompleteResponse, WebPage, malformed
@@ -47,10 +48,7 @@ class translate:
         if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
             return False
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
-            raise NotConfigured(
-                "no storage credentials found; run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), "
-                "pass api_key=... or set FEDML_STORAGE_API_KEY"
-            ) from None
+            raise NotConfigured(f"no storage credentials found; {NO_CREDENTIALS}") from None
         if isinstance(exc, botocore.exceptions.ReadTimeoutError):  # before the broad transport check below
             raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
                                  "overloaded: try again, or raise read_timeout for a slow endpoint") from None

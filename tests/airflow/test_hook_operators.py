@@ -53,6 +53,32 @@ def test_no_default_connection_uses_core_config_but_named_one_must_exist(tmp_pat
     assert missing.value.reason == "not_configured"
 
 
+def test_advice_names_the_connection_and_the_operator_not_python_calls(
+        s3_settings: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A connection without a bucket or key was told to run configure(bucket=...), pass bucket= to StorageClient or
+    run fedml_login(...); a missing name to call list_storage_objects()."""
+    def failure(extra: dict, call) -> str:
+        monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({"conn_type": "fedml_storage",
+                                                                             "extra": extra}))
+        with pytest.raises(AirflowFailException) as failed:
+            call(FedMLStorageHook())
+        return str(failed.value)
+
+    said = failure({"service": "S3"}, lambda hook: hook.list())
+    assert "set bucket in the extra of Airflow connection 'fedml_storage_default' (or service LOCAL" in said
+    assert "StorageClient" not in said and "configure(" not in said
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    said = failure({k: s3_settings[k] for k in ("service", "bucket", "endpoint_url")}, lambda hook: hook.list())
+    assert "set the password of Airflow connection 'fedml_storage_default' to ACCESS_KEY_ID:SECRET_ACCESS_KEY" in said
+    assert "fedml_login" not in said
+    said = failure({"service": "LOCAL", "local_root": str(tmp_path / "store")}, lambda hook: hook.get_metadata("x"))
+    assert "FedMLStorageListOperator shows what is stored" in said and "list_storage_objects" not in said
+
+
 def test_extras_named_the_airflow_2_way_still_work(s3_settings: dict, monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     old_style = {f"extra__fedml_storage__{k}": s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}

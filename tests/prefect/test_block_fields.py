@@ -116,3 +116,19 @@ def test_a_block_saved_by_a_newer_release_loads_where_its_new_settings_are_unset
         client.update_block_document(block_id, BlockDocumentUpdate(data={"a_later_setting": "on"}))
     with pytest.raises(RuntimeError, match="failed validation"):
         FedMLStorage.load("fedml-newer", _sync=True)
+
+
+def test_advice_names_the_block_and_the_tasks_not_python_calls(tmp_path: Path) -> None:
+    """A block without a bucket was told to run configure(bucket=...) or pass bucket= to StorageClient; a missing
+    name to call list_storage_objects()."""
+    from fedml_storage import FedMLStorageError
+
+    with pytest.raises(FedMLStorageError) as no_bucket:
+        FedMLStorage(service="S3").list()
+    said = str(no_bucket.value)
+    assert "set bucket in the FedMLStorage block (or service LOCAL for the embedded store)" in said
+    assert "StorageClient" not in said and "configure(" not in said
+    with pytest.raises(FedMLStorageError) as missing:
+        FedMLStorage(service="LOCAL", local_root=str(tmp_path)).get_metadata("nope")
+    assert "list_data() (or a block's list()) shows what is stored" in str(missing.value)
+    assert "list_storage_objects" not in str(missing.value)

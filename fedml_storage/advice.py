@@ -1,0 +1,30 @@
+"""The core's advice on what to do, in Python's terms, and its rewording for settings kept in an Airflow
+connection or a Prefect block (the command line keeps its own table, in cli_words)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+NO_CREDENTIALS = "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), pass api_key=... or set FEDML_STORAGE_API_KEY"
+NO_BUCKET = ("set FEDML_STORAGE_BUCKET, run fedml_storage.api.configure(bucket=...) or pass bucket= to StorageClient "
+             "(or service='LOCAL' for the embedded store)")
+PICK_SERVICE = "pass service='R2' or 'S3', or make one the default (configure(service=...))"
+LISTING = "list_storage_objects() shows what is stored"
+
+
+def kept_in(listing: str, settings_place: str | None = None, key_place: str | None = None) -> dict[str, str]:
+    """The advice for a framework whose `listing` (a task, an operator) shows what is stored and, when its settings
+    are kept in `settings_place` (its API key in `key_place`), for setting them there."""
+    advice = {LISTING: f"{listing} shows what is stored"}
+    if settings_place is not None and key_place is not None:
+        advice |= {NO_CREDENTIALS: f"set {key_place} to ACCESS_KEY_ID:SECRET_ACCESS_KEY",
+                   NO_BUCKET: f"set bucket in {settings_place} (or service LOCAL for the embedded store)",
+                   PICK_SERVICE: f"set service to R2 or S3 in {settings_place}"}
+    return advice
+
+
+def reword(message: str, advice: Mapping[str, str]) -> str:
+    """`message` with the advice it holds in the words of `advice` (the core's phrase to another)."""
+    for python, theirs in advice.items():
+        message = message.replace(python, theirs)
+    return message
