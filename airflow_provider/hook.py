@@ -14,7 +14,7 @@ from fedml_storage import (
     DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata, is_unset,
     unknown_settings,
 )
-from fedml_storage.advice import kept_in
+from fedml_storage.advice import kept_in, needs_dest_path
 
 
 class FedMLStorageException(AirflowException):
@@ -34,10 +34,9 @@ class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
 
 
 def no_dest_path(who: str) -> str:
-    """Why `who` refuses to download without a dest_path."""
-    return (f"{who} needs dest_path=: a folder on the worker to download into (did a template for it render empty?). "
-            "A worker's working directory, the API's default, is wherever the worker was started: a dataset named "
-            "like something there (dags, logs) would replace it")
+    """Why `who` refuses to download without a dest_path (did a template for it render empty?)."""
+    return needs_dest_path(who, "worker", "is wherever the worker was started (dags, logs; did a template for "
+                                          "dest_path render empty?)")
 
 
 def raise_for(response: FedMLResponse) -> Any:

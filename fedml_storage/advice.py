@@ -23,6 +23,13 @@ def kept_in(listing: str, settings_place: str | None = None, key_place: str | No
     return advice
 
 
+def needs_dest_path(who: str, worker: str, holds: str) -> str:
+    """Why `who`, a pipeline's download step, refuses to run without a dest_path: on an unattended `worker` the
+    working directory (the API's default) `holds` things a dataset of the same name would replace as a whole."""
+    return (f"{who} needs dest_path=: a folder on the {worker} to download into. Its working directory, the API's "
+            f"default, {holds}: a dataset named like something there would replace it as a whole")
+
+
 def reword(message: str, advice: Mapping[str, str]) -> str:
     """`message` with the advice it holds in the words of `advice` (the core's phrase to another)."""
     for python, theirs in advice.items():

@@ -14,8 +14,9 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, SecretStr, ValidationError, field_validator,
                       model_validator)
 
-from fedml_storage import PLAIN_SETTINGS, StorageClient, StorageSettings, is_unset
-from fedml_storage.advice import kept_in
+from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Reason, ResponseCode, StorageClient,
+                           StorageSettings, is_unset)
+from fedml_storage.advice import kept_in, needs_dest_path
 from fedml_storage.api_keys import check_api_key
 from fedml_storage.config import setting_hints
 
@@ -65,6 +66,14 @@ def _masked(exc: ValidationError) -> ValidationError:
 
 
 LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
+
+
+def require_dest_path(dest_path: str | os.PathLike | None, who: str) -> None:
+    """Refuse a flow's download without a dest_path (FedMLStorageError, not retried)."""
+    if dest_path is None or not os.fspath(dest_path):
+        raise FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, needs_dest_path(
+            who, "machine running the flow", "is where the flow run started (a worker's holds the flow code it "
+            "pulled)"), None, Reason.INVALID_INPUT.value))
 
 
 class FedMLStorage(Block):
@@ -259,7 +268,8 @@ upload_data("data/mnist", storage=storage)
                                  ignore_patterns=ignore_patterns).unwrap().to_dict()
 
     def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
-        """Fetch a dataset; its absolute path."""
+        """Fetch a dataset into the folder `dest_path` (required); its absolute path."""
+        require_dest_path(dest_path, "FedMLStorage.download")
         with self.client() as client:
             return str(client.download(name, dest_path, version=version).unwrap())
 

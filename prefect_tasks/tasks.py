@@ -31,7 +31,7 @@ from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, Stor
 from fedml_storage.advice import kept_in
 from fedml_storage.stops import StoppableCall
 
-from .block import LISTING, FedMLStorage
+from .block import LISTING, FedMLStorage, require_dest_path
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
 
 
@@ -267,6 +267,7 @@ def _download_data(name: str, dest_path: str | None = None, version: str | None 
 
     Tasks given the path see the asset fedml://<namespace>/<name> upstream.
     """
+    require_dest_path(dest_path, "download_data")
     with _client(storage, service, namespace) as client:
         result = client.download(name, dest_path, version=version).unwrap()
         declare_input(client, name)
