@@ -85,8 +85,8 @@ DEFAULT_NAMESPACE = StorageSettings.model_fields["namespace"].default
 
 
 def _artifact_key(prefix: str, namespace: str, name: str = "") -> str:
-    """An artifact key for a namespace (and a dataset in it): `<prefix>-<name>` in the default namespace,
-    `<prefix>-<namespace>-<name>-<hash>` in others, so that one team's history does not mix with another's.
+    """An artifact key for a namespace (and a dataset, or a listing's name prefix): `<prefix>-<name>` in the default
+    namespace, `<prefix>-<namespace>-<name>-<hash>` in others, so that one team's history does not mix with another's.
     Keys allow only lowercase letters, digits and dashes; where that loses something ('My_Data' and 'my-data', a
     name in another script, a long one), a short hash of namespace and name keeps keys apart."""
     slugs = [re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") for part in (namespace, name)]
@@ -301,8 +301,8 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]
     if _in_run():
-        create_table_artifact(key=_artifact_key("fedml-storage-list", namespace), table=rows, _sync=True,
-                              description=f"Datasets in FedML storage (namespace {namespace!r}"
+        create_table_artifact(key=_artifact_key("fedml-storage-list", namespace, prefix or ""), table=rows,
+                              _sync=True, description=f"Datasets in FedML storage (namespace {namespace!r}"
                               + (f", names starting {prefix!r})" if prefix else ")"))
     return items
 

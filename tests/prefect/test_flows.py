@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import traceback
@@ -279,6 +280,7 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
         up = upload_data(str(tmp_path / "art"), description="for artifacts", ignore_patterns="*.tmp")
         upload_data(str(tmp_path / "café"))
         list_data()
+        list_data(prefix="ca")  # a table of its own: the whole listing's stays
         upload_data(str(tmp_path / "art"), description="another team's", namespace="team-b")  # its own artifacts
         list_data(namespace="team-b", prefix="ar")  # the description says the table holds some names only
         return up
@@ -295,8 +297,8 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
 
     made = {a.key: a for a in asyncio.run(read())}  # team-b's upload and listing have keys of their own
     assert sorted(re.sub(r"-[0-9a-f]{8}$", "-<hash>", k) for k in made) == [
-        "fedml-storage-list", "fedml-storage-list-team-b-<hash>", "fedml-upload-art", "fedml-upload-caf-<hash>",
-        "fedml-upload-team-b-art-<hash>"], sorted(made)
+        "fedml-storage-list", "fedml-storage-list-ca", "fedml-storage-list-team-b-ar-<hash>", "fedml-upload-art",
+        "fedml-upload-caf-<hash>", "fedml-upload-team-b-art-<hash>"], sorted(made)
     table, upload = [made["fedml-storage-list"]], [made["fedml-upload-art"]]
     # lineage: fedml://default/art and fedml://default/café (not %-encoded: Prefect refuses '%') were materialised
     done = {key for event, key, _ in emitted if event == "prefect.asset.materialization.succeeded"}
@@ -306,6 +308,7 @@ def test_artifacts_and_asset_lineage(tmp_path: Path, emitted: list) -> None:
     team_b = next(a for k, a in made.items() if k.startswith("fedml-storage-list-team-b"))
     assert team_b.description == "Datasets in FedML storage (namespace 'team-b', names starting 'ar')"
     assert table[0].description == "Datasets in FedML storage (namespace 'default')"
+    assert [row["name"] for row in json.loads(made["fedml-storage-list-ca"].data)] == ["café"]
     assert "| left out by ignore_patterns | 1 |" in upload[0].data
 
 
