@@ -22,8 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .advice import LISTING
 from .abandon import Helpers
+from .advice import LISTING
 from .backends.base import ObjectMissing, ObjectStore
 from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
 

@@ -15,10 +15,10 @@ import click
 from prettytable import PrettyTable
 
 from . import __version__, api
-from .client import StorageClient
-from .config import config_path, overridden_note
 from .cli_words import for_cli as _for_cli
 from .cli_words import hint as _hint
+from .client import StorageClient
+from .config import config_path, overridden_note
 from .response import FedMLResponse
 from .errors import redact
 

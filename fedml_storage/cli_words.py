@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .advice import reword
 from .client import SERVICE_HINT
 from .response import FedMLResponse
 
@@ -32,9 +33,7 @@ CLI_ADVICE = {
 
 
 def for_cli(message: str) -> str:
-    for python, command in CLI_ADVICE.items():
-        message = message.replace(python, command)
-    return message
+    return reword(message, CLI_ADVICE)
 
 
 def hint(response: FedMLResponse) -> str:

@@ -20,10 +20,10 @@ from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .digests import DigestCache
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .local_match import MADE, folder_made, holds_already
-from .trees import Entries
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
+from .trees import Entries
 from .validation import check_name, check_path, check_progress_desc
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often

@@ -79,8 +79,11 @@ class UploadResult(_Detailed):
             line = f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
         else:
             rate = human_size(int(self.size / self.seconds)) + "/s" if self.seconds else "at once"
-            line = (f"uploaded {self.name!r} ({human_size(self.size)} in {self.seconds:.2f} s, {rate}, "
-                    f"version {self.version}) to {self.uri}")
+            what = human_size(self.size)  # a folder's: what its progress bar counts, then the zip stored
+            if self.kind == "directory" and self.source_size is not None:
+                what = f"{self.file_count} file(s), {human_size(self.source_size)}, as a {what} zip"
+            line = (f"uploaded {self.name!r} ({what} in {self.seconds:.2f} s, {rate}, version {self.version}) to "
+                    f"{self.uri}")
         if self.left_out:
             shown = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
             line += (f"; left out {len(self.left_out)} that are not data (FIFOs, sockets, devices, fedml-storage's own "

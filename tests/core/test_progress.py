@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import fedml_storage.progress as progress_module
+from fedml_storage import human_size
 
 from .conftest import Store, make_tree
 
@@ -40,6 +41,9 @@ def test_progress_counts_are_exact(store: Store, tmp_path: Path, monkeypatch, ca
         ("Downloading from Remote Storage", up_file.size, up_file.size),
         ("Downloading from Remote Storage", up_tree.size, up_tree.size),
     ]
+    # a folder's bar counts its files' bytes; the line says those beside the zip's (it gave the zip's alone)
+    assert f"({up_tree.file_count} file(s), {human_size(up_tree.source_size)}, as a {human_size(up_tree.size)} zip " \
+        in up_tree.summary() and up_tree.source_size != up_tree.size
     out, err = capsys.readouterr()
     assert "Packing tree" in out and "Packing tree" not in err
     assert "Uploading Package to Remote Storage" in err
