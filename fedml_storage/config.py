@@ -19,6 +19,7 @@ from .api_keys import check_api_key
 from .config_file import replace_config
 from .errors import InvalidInput, NotConfigured
 from .locks import exclusive_lock
+from .validation import byte_size
 
 log = logging.getLogger("fedml_storage")
 
@@ -115,6 +116,11 @@ class StorageSettings(BaseModel):
         if isinstance(value, str):
             return value.strip() or None
         return value
+
+    @field_validator("part_size", "download_threshold", "download_part_size", "stream_min_rate", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        return byte_size(value)
 
     @field_validator("compression", "checksum_calculation", mode="before")
     @classmethod

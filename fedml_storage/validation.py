@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ MAX_USER_METADATA_BYTES = 16 * 1024
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 
 
 def check_path(value: Any, what: str) -> Path:
@@ -139,3 +141,14 @@ def check_prefix(prefix: Any) -> str:
     if len(prefix.encode("utf-8")) > MAX_STORED_NAME_BYTES:
         raise InvalidInput(f"prefix is longer than any dataset name ({MAX_STORED_NAME_BYTES} bytes in UTF-8)")
     return prefix
+
+
+def byte_size(value: Any) -> Any:
+    """A size given as text with a unit ('16MiB', '64 MB', '1g'; binary multiples, as the AWS CLI reads them) in
+    bytes; text without one as it is, for the field's own check (so are values that are not text)."""
+    if not isinstance(value, str) or value.strip().isdigit():
+        return value
+    if not (found := _SIZE.fullmatch(value)):
+        raise ValueError("give a size in bytes, or with a unit, e.g. 16MiB, 64 MB or 1GiB")
+    number, unit = found.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))

@@ -335,3 +335,16 @@ def test_an_r2_account_id_given_closer_to_the_call_than_an_endpoint_decides_the_
     assert StorageSettings.resolve().resolved_endpoint == "http://from-file:9000"
     monkeypatch.setenv("FEDML_STORAGE_R2_ACCOUNT_ID", other)
     assert StorageSettings.resolve().resolved_endpoint == f"https://{other}.r2.cloudflarestorage.com"
+
+
+def test_sizes_take_a_unit_as_the_settings_table_writes_them(monkeypatch, tmp_path: Path) -> None:
+    """FEDML_STORAGE_PART_SIZE=16MiB (as the table gives the default) failed with 'Input should be a valid integer'."""
+    monkeypatch.setenv("FEDML_STORAGE_PART_SIZE", "16MiB")
+    monkeypatch.setenv("FEDML_STORAGE_DOWNLOAD_PART_SIZE", "8 MB")
+    settings = StorageSettings.resolve()
+    assert (settings.part_size, settings.download_part_size) == (16 << 20, 8 << 20)
+    assert StorageSettings(download_threshold="1.5GiB", stream_min_rate="0").download_threshold == 3 << 29
+    monkeypatch.setenv("FEDML_STORAGE_PART_SIZE", "16 megs")
+    refused = StorageClient(service="LOCAL", local_root=str(tmp_path)).list()
+    assert refused.reason == "invalid_input" and "part_size: give a size in bytes, or with a unit, e.g. 16MiB" in \
+        refused.message and "FEDML_STORAGE_PART_SIZE" in refused.message
