@@ -10,12 +10,15 @@ NO_BUCKET = ("set FEDML_STORAGE_BUCKET, run fedml_storage.api.configure(bucket=.
              "(or service='LOCAL' for the embedded store)")
 PICK_SERVICE = "pass service='R2' or 'S3', or make one the default (configure(service=...))"
 LISTING = "list_storage_objects() shows what is stored"
+# only the API's upload and download name a service by default (the documented R2)
+R2_BY_DEFAULT = (" Upload and download default to service='R2', as documented: for your configured default service "
+                 "pass service=None, or name it, e.g. service='S3'")
 
 
 def kept_in(listing: str, settings_place: str | None = None, key_place: str | None = None) -> dict[str, str]:
     """The advice for a framework whose `listing` (a task, an operator) shows what is stored and, when its settings
     are kept in `settings_place` (its API key in `key_place`), for setting them there."""
-    advice = {LISTING: f"{listing} shows what is stored"}
+    advice = {LISTING: f"{listing} shows what is stored", R2_BY_DEFAULT: ""}
     if settings_place is not None and key_place is not None:
         advice |= {NO_CREDENTIALS: f"set {key_place} to ACCESS_KEY_ID:SECRET_ACCESS_KEY",
                    NO_BUCKET: f"set bucket in {settings_place} (or service LOCAL for the embedded store)",

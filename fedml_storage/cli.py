@@ -268,10 +268,18 @@ def user_metadata(obj: Ctx, name: str, as_json: bool) -> None:
 @click.pass_obj
 def delete(obj: Ctx, name: str, yes: bool, missing_ok: bool, as_json: bool) -> None:
     """Delete a dataset (asks first unless --yes)."""
-    if not yes and not click.confirm(f"Delete {name!r} and all its kept versions?", default=False, err=True):
-        click.echo("aborted: nothing deleted", err=True)
+    try:
+        if not yes and not click.confirm(f"Delete {name!r} and all its kept versions?", default=False, err=True):
+            click.echo("aborted: nothing deleted", err=True)
+            sys.exit(1)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise
+        click.echo("aborted: nothing deleted (no answer came; pass --yes to delete without asking)", err=True)
         sys.exit(1)
     response = obj.client().delete(name, missing_ok=missing_ok)
+    if response.reason == "not_found":  # a second run of a clean-up job
+        response.message += " (--missing-ok: succeed when it is not stored)"
     deleted = _finish(response)
     if as_json:
         _emit({"name": name, "deleted": deleted})

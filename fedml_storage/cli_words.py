@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .advice import reword
+from .advice import R2_BY_DEFAULT, reword
 from .client import SERVICE_HINT
 from .response import FedMLResponse
 
 # The core's advice names Python calls; on the command line, the commands that do the same.
 CLI_ADVICE = {
+    R2_BY_DEFAULT: "",  # the command line has no default service of its own
     "list_storage_objects() shows what is stored": "`fedml-storage list` shows what is stored",
     "fedml_storage.api.configure(bucket=...)": "`fedml-storage configure --bucket ...`",
     "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY')": "run `fedml-storage login`",

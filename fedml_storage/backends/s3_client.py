@@ -11,6 +11,7 @@ import botocore.exceptions
 from botocore.client import BaseClient
 from botocore.config import Config
 
+from ..advice import R2_BY_DEFAULT
 from ..config import StorageSettings
 from ..errors import NotConfigured, redact
 
@@ -54,9 +55,8 @@ def s3_client(settings: StorageSettings) -> BaseClient:
     endpoint = settings.resolved_endpoint
     if settings.service == "R2" and not endpoint:
         raise NotConfigured("R2 needs r2_account_id (or endpoint_url): set it beside the other settings (an argument, "
-                            "an Airflow connection's extra, a block's field, or FEDML_STORAGE_R2_ACCOUNT_ID). "
-                            "Upload and download default to service='R2', as documented: for your configured "
-                            "default service pass service=None, or name it, e.g. service='S3'")
+                            "an Airflow connection's extra, a block's field, or FEDML_STORAGE_R2_ACCOUNT_ID)."
+                            + R2_BY_DEFAULT)
     custom = settings.custom_endpoint  # an explicit AWS endpoint (regional, FIPS, VPC) gets boto3's defaults
     s3_options: dict | None = None
     if custom:

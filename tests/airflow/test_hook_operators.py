@@ -75,6 +75,8 @@ def test_advice_names_the_connection_and_the_operator_not_python_calls(
     said = failure({k: s3_settings[k] for k in ("service", "bucket", "endpoint_url")}, lambda hook: hook.list())
     assert "set the password of Airflow connection 'fedml_storage_default' to ACCESS_KEY_ID:SECRET_ACCESS_KEY" in said
     assert "fedml_login" not in said
+    said = failure({"service": "R2", "bucket": "b"}, lambda hook: hook.list())  # no default R2 in operators
+    assert "R2 needs r2_account_id" in said and "service=None" not in said
     said = failure({"service": "LOCAL", "local_root": str(tmp_path / "store")}, lambda hook: hook.get_metadata("x"))
     assert "FedMLStorageListOperator shows what is stored" in said and "list_storage_objects" not in said
 

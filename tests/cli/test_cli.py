@@ -67,6 +67,9 @@ def test_upload_list_metadata_download_delete(backend_env: dict, tmp_path: Path)
     assert run("list", env=backend_env).stdout.strip() == "no datasets stored"
     again = run("delete", "dataset", "--yes", env=backend_env)  # a cron job's second run
     assert again.returncode == 1 and "no data named 'dataset'" in again.stderr
+    assert "(--missing-ok: succeed when it is not stored)" in again.stderr
+    unanswered = run("delete", "dataset", env=backend_env, stdin="")  # a script without --yes: it said "aborted"
+    assert unanswered.returncode == 1 and "no answer came; pass --yes" in unanswered.stderr
     tolerated = run("delete", "dataset", "--yes", "--missing-ok", "--json", env=backend_env)
     assert tolerated.returncode == 0, tolerated.stderr
     assert json.loads(tolerated.stdout) == {"name": "dataset", "deleted": False}
@@ -89,6 +92,8 @@ def test_bad_input_exit_codes_and_messages(tmp_path: Path) -> None:
     assert "`fedml-storage list` shows what is stored" in unknown.stderr  # command-line advice, not Python's
     no_bucket = run("--service", "S3", "list")
     assert no_bucket.returncode == 1 and "`fedml-storage configure --bucket ...`" in no_bucket.stderr
+    no_account = run("list", env={"FEDML_STORAGE_SERVICE": "R2", "FEDML_STORAGE_BUCKET": "b"})
+    assert "R2 needs r2_account_id" in no_account.stderr and "service=None" not in no_account.stderr  # API advice
     wrong = run("--service", "GCS", "list")  # a usage error, naming the option (it was exit 1, "the argument")
     assert wrong.returncode == 2 and "--service" in wrong.stderr and "'GCS' is not one of" in wrong.stderr
     assert run("--service", "s3", "configure", "--json", env={"FEDML_STORAGE_HOME": str(tmp_path / "h")}).returncode == 0
@@ -292,7 +297,8 @@ def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -
     assert code == 0 and "exists:" not in said and "kept" in said
     (tmp_path / "out" / "gone").mkdir()
     code, said = at_terminal(answer=b"n\n", name="gone")  # asked before, then told it was not stored
-    assert code == 1 and "exists:" not in said and "no data named 'gone'" in said and (tmp_path / "out" / "gone").is_dir()
+    assert code == 1 and "exists:" not in said and "no data named 'gone'" in said
+    assert (tmp_path / "out" / "gone").is_dir()
     piped = run("download", "ds", "--dest", str(tmp_path / "out"))  # a script's download: no one to ask
     assert piped.returncode == 0 and "exists:" not in piped.stderr
     code, said = at_terminal(answer=b"", stderr_too=False)  # stderr to a log: a question no one would see
