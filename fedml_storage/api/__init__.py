@@ -95,6 +95,9 @@ def fedml_login(api_key: str | None = None, service: str | None = None) -> FedML
 
 def configure(**settings: Any) -> FedMLResponse:
     """Save settings (service, bucket, endpoint_url, region, r2_account_id, namespace, local_root, ...)."""
+    if not settings:
+        return FedMLResponse(ResponseCode.SUCCESS, f"nothing saved: no setting given (e.g. configure(bucket=...)); "
+                             f"the config file is {config_path()}", str(config_path()))
     try:
         path = write_config_file(settings)
     except Exception as exc:

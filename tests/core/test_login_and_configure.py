@@ -24,6 +24,13 @@ def test_configuring_a_bucket_beside_the_default_local_service_says_it_is_unused
     assert "still LOCAL" not in api.configure(service="S3").message
 
 
+def test_configure_without_settings_says_nothing_was_saved() -> None:
+    """It said "settings saved to ..." and wrote a config file holding nothing."""
+    response = api.configure()
+    assert response.ok and response.message.startswith("nothing saved: no setting given (e.g. configure(bucket=...))")
+    assert not config_path().exists() and response.data == str(config_path())
+
+
 def test_login_without_a_key_says_none_was_given() -> None:
     response = api.fedml_login()
     assert response.code == ResponseCode.FAILURE and "no api_key given" in response.message
