@@ -105,32 +105,6 @@ def test_bad_input_is_not_retried(tmp_path: Path, monkeypatch) -> None:
     assert "retry_transient" not in "".join(traceback.format_tb(failed.value.__traceback__))
 
 
-def test_a_download_without_dest_path_is_refused_before_anything_is_fetched(tmp_path: Path, monkeypatch) -> None:
-    """It downloaded into the flow run's working directory, where a worker keeps the flow's code: a dataset named
-    like a folder there replaced it as a whole (Airflow's operators refuse too)."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "pipeline.py").write_text("the flow's code")
-    (tmp_path / "src" / "flows").mkdir(parents=True)
-    assert StorageClient().upload(str(tmp_path / "src" / "flows")).ok
-
-    states = []
-
-    @flow
-    def pipeline() -> None:
-        states.append(download_data.with_options(retry_delay_seconds=0)("flows", return_state=True))
-
-    pipeline()
-    state = states[0]
-    with pytest.raises(FedMLStorageError, match="download_data needs dest_path=: a folder on the machine running"):
-        state.result()
-    with get_client(sync_client=True) as api:
-        assert api.read_task_run(state.state_details.task_run_id).run_count == 1  # not retried
-    with pytest.raises(FedMLStorageError, match="FedMLStorage.download needs dest_path="):
-        FedMLStorage(service="LOCAL").download("flows")
-    assert (tmp_path / "flows" / "pipeline.py").read_text() == "the flow's code"
-
-
 def test_tasks_are_real_tasks_and_work_in_async_flows(tmp_path: Path) -> None:
     for t in (upload_data, download_data, list_data):
         assert hasattr(t, "submit") and hasattr(t, "map") and hasattr(t, "with_options")

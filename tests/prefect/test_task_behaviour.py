@@ -1,4 +1,5 @@
-"""Real Prefect flow runs: idempotent deletes, failures logged once, task run names, a block given by name."""
+"""Real Prefect flow runs: idempotent deletes, failures logged once, task run names, a block given by name, a
+download without dest_path refused."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prefect import flow
+from prefect.client.orchestration import get_client
 
 from fedml_storage import FedMLStorageError, StorageClient
 from prefect_tasks import (
@@ -230,3 +232,29 @@ def test_a_task_cached_on_its_inputs_sees_a_new_version_when_given_it(tmp_path: 
     assert pipeline() == "v1" and pipeline() == "v1" and len(read) == 1  # the second run: a cache hit
     (tmp_path / "ds" / "a.txt").write_text("v2")
     assert pipeline() == "v2" and len(read) == 2  # a new version, a new key
+
+
+def test_a_download_without_dest_path_is_refused_before_anything_is_fetched(tmp_path: Path, monkeypatch) -> None:
+    """It downloaded into the flow run's working directory, where a worker keeps the flow's code: a dataset named
+    like a folder there replaced it as a whole (Airflow's operators refuse too)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "pipeline.py").write_text("the flow's code")
+    (tmp_path / "src" / "flows").mkdir(parents=True)
+    assert StorageClient().upload(str(tmp_path / "src" / "flows")).ok
+
+    states = []
+
+    @flow
+    def pipeline() -> None:
+        states.append(download_data.with_options(retry_delay_seconds=0)("flows", return_state=True))
+
+    pipeline()
+    state = states[0]
+    with pytest.raises(FedMLStorageError, match="download_data needs dest_path=: a folder on the machine running"):
+        state.result()
+    with get_client(sync_client=True) as api:
+        assert api.read_task_run(state.state_details.task_run_id).run_count == 1  # not retried
+    with pytest.raises(FedMLStorageError, match="FedMLStorage.download needs dest_path="):
+        FedMLStorage(service="LOCAL").download("flows")
+    assert (tmp_path / "flows" / "pipeline.py").read_text() == "the flow's code"
