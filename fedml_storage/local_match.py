@@ -131,7 +131,8 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
             if tree.left_out or tree.links:
                 return False
             state = tree_state(target, tree.entries)
-            if cache.lookup_tree(MADE + str(target), made_key(state)) == record.sha256:
+            top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()  # not in the archive
+            if state.top_mode == top_mode and cache.lookup_tree(MADE + str(target), made_key(state)) == record.sha256:
                 return True  # as a download of this version made it, and untouched since
             return tree_holds(target, tree.entries, state, record, cache, strict=True)
         finally:
@@ -182,15 +183,16 @@ def folder_made(folder: Path, entries: Entries, probe: Path) -> str | None:
     then reads no file, whatever the modes). `probe`: a temp file of ours on that filesystem, whose times this
     sets. None if the clock did not pass soon."""
     entries.finish()
-    deadline = time.monotonic() + 0.5  # a clock ticks within milliseconds; some filesystems keep 1-2 s times
+    deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
     try:
         key = made_key(tree_state(folder, entries))
         while True:
             os.utime(probe)
-            if os.stat(probe).st_ctime_ns > entries.newest:
+            ctime = os.stat(probe).st_ctime_ns
+            if ctime > entries.newest:
                 return key
-            if time.monotonic() > deadline:
-                return None
+            if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
+                return None  # waiting for the next second would cost each download more than it saves a re-run
             time.sleep(0.001)
     except OSError as exc:
         log.debug("not remembering %s as downloaded: %s", folder, exc)

@@ -316,6 +316,24 @@ def test_a_folder_downloaded_here_is_kept_by_a_re_run_whatever_its_modes(store: 
         os.umask(before)
 
 
+def test_a_version_that_differs_only_in_the_folders_own_mode_is_not_taken_for_the_copy(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder's own mode is not in its archive: two versions can share one, and the copy of one was kept for
+    the other (helper-84)."""
+    src = make_tree(tmp_path / "ds")
+    client = store.client(keep_versions=5)
+    os.chmod(src, 0o755)
+    open_one = client.upload(str(src)).unwrap()
+    os.chmod(src, 0o700)
+    private = client.upload(str(src)).unwrap()
+    assert open_one.sha256 == private.sha256 and open_one.version != private.version
+    out = tmp_path / "out"
+    assert not client.download("ds", str(out), version=private.version).unwrap().skipped
+    again = client.download("ds", str(out), version=open_one.version).unwrap()
+    assert not again.skipped and (out / "ds").stat().st_mode & 0o777 == 0o755 & ~umask()
+    assert client.download("ds", str(out), version=open_one.version).unwrap().skipped
+
+
 def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A change in the same clock tick as the download's last write would leave the stats as remembered: the
@@ -331,6 +349,17 @@ def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp
     assert local_match.folder_made(tmp_path / "made", made(tmp_path / "made"), probe) is not None
     assert probe.stat().st_ctime_ns > max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns)
                                           for p in (tmp_path / "made").rglob("*"))
-    stuck = made(tmp_path / "stuck")  # newer than the probe, whose clock will not move on
+    stuck, later = made(tmp_path / "stuck"), made(tmp_path / "later")  # newer than the probe, whose clock stops
     monkeypatch.setattr(local_match.os, "utime", lambda path: None)
     assert local_match.folder_made(tmp_path / "stuck", stuck, probe) is None
+    real_stat, probed = os.stat, []
+
+    def whole_seconds(path, *args, **kwargs):  # as ext3, FAT or HFS+ keep times
+        st = real_stat(path, *args, **kwargs)
+        if os.fspath(path) != str(probe):
+            return st
+        probed.append(path)
+        return os.stat_result(tuple(st[:10]), {"st_ctime_ns": st.st_ctime_ns // 10**9 * 10**9})
+
+    monkeypatch.setattr(local_match.os, "stat", whole_seconds)
+    assert local_match.folder_made(tmp_path / "later", later, probe) is None and len(probed) == 1
