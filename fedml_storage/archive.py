@@ -17,7 +17,7 @@ from typing import BinaryIO
 from . import stops
 from .errors import IntegrityError, InvalidInput, SourceChanged, size_not_content
 from .modes import open_plain, umask
-from .trees import MAX_DEPTH, Entries, Entry, same_file_state
+from .trees import MAX_DEPTH, Entry, MadeTree, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
 
 CHUNK = 1024 * 1024
@@ -148,7 +148,7 @@ def _zip_second(second: int) -> tuple[int, int, int, int, int, int]:
     return time.localtime(second)[:6]
 
 
-def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int, made: Entries | None = None) -> int:
+def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int, made: MadeTree | None = None) -> int:
     """Extract the open zip `archive` into the empty folder `dest`, refusing escaping paths, links, names held
     twice or as a file and a folder, and more than `max_bytes`; a malformed archive raises IntegrityError, after
     which the caller removes `dest`. `made` gets the stat of every file and folder as extraction leaves it.
@@ -205,14 +205,14 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int, made: Entries | 
             copy = _copy_stored if m.method == STORED else _copy_deflated
             written += copy(archive, m, fd, max_bytes - written, index.data_end)
             if made is not None:  # cheaper than a scan of the tree after (a stat on an open file)
-                made.append(Entry.of(rel, root, os.fstat(fd), False))
+                made.add(rel, os.fstat(fd), False)
         finally:
             os.close(fd)
     for path, perm in reversed(folder_modes):  # inner folders first
         os.chmod(path, perm)
     if made is not None:
         for rel in folders_made:
-            made.append(Entry.of(rel, root, os.stat(f"{root}/{rel}"), True))
+            made.add(rel, os.stat(f"{root}/{rel}"), True)
     return written
 
 

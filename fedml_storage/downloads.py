@@ -23,7 +23,7 @@ from .local_match import MADE, folder_made, holds_already
 from .modes import umask
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
-from .trees import Entries
+from .trees import MadeTree
 from .validation import check_name, check_path, check_progress_desc
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
@@ -75,7 +75,7 @@ def download(
     part: Path | None = None
     note: partials.Note | None = None
     unpacked: Path | None = None
-    made: Entries | None = None
+    made: MadeTree | None = None
     claim: int | None = None
     tries: list[tuple[HashingWriter, VersionRecord]] = []  # the last: what was fetched, of which data
     adopted = 0
@@ -94,7 +94,7 @@ def download(
                 unpacked = part.with_suffix(".d")
                 unpacked.mkdir(mode=0o700)  # private while files land (folders get their modes at the end)
                 fh.flush()
-                made = None if cache is None else Entries(str(unpacked))  # what a re-run's check can trust
+                made = None if cache is None else MadeTree()  # what a re-run's check can trust
                 try:
                     safe_extract(fh, unpacked, record.source_size, made)  # the handle verified, not a reopen
                 except IntegrityError as exc:
@@ -131,8 +131,6 @@ def download(
                 part.unlink(missing_ok=True)
         if note is not None:
             note.remove()
-        if made is not None:
-            made.close()
         if claim is not None:
             os.close(claim)
         if not done:

@@ -18,7 +18,8 @@ from .catalog import VersionRecord
 from .digests import DigestCache, sha256_file
 from .errors import StorageFailure
 from .modes import own_plain_file, umask
-from .trees import Entries, Entry, Fingerprints, TreeDigest, batches, same_file_state, scan_tree, tree_fingerprints
+from .trees import (Entries, Entry, Fingerprints, MadeTree, TreeDigest, batches, same_file_state, scan_tree,
+                    tree_fingerprints)
 
 log = logging.getLogger("fedml_storage")
 
@@ -34,7 +35,11 @@ class TreeState(NamedTuple):
 
 
 def tree_state(src: Path, entries: Entries) -> TreeState:
-    return TreeState(tree_fingerprints(entries), stat.S_IMODE(src.stat().st_mode) & 0o777)
+    return TreeState(tree_fingerprints(entries), folder_mode(src))
+
+
+def folder_mode(folder: Path) -> int:
+    return stat.S_IMODE(folder.stat().st_mode) & 0o777
 
 
 def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRecord | None, cache: DigestCache, *,
@@ -132,7 +137,8 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
                 return False
             state = tree_state(target, tree.entries)
             top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()  # not in the archive
-            if state.top_mode == top_mode and cache.lookup_tree(MADE + str(target), made_key(state)) == record.sha256:
+            made = made_key(state.fingerprints.state, state.top_mode)
+            if state.top_mode == top_mode and cache.lookup_tree(MADE + str(target), made) == record.sha256:
                 return True  # as a download of this version made it, and untouched since
             return tree_holds(target, tree.entries, state, record, cache, strict=True)
         finally:
@@ -172,24 +178,25 @@ def _only_what_a_download_makes(top: Path, top_st: os.stat_result, record: Versi
     return (files, size) == (record.file_count, record.source_size)
 
 
-def made_key(state: TreeState) -> str:
-    """A downloaded folder's row key: its stat fingerprint, its own mode and the umask its modes were made under."""
-    return f"{state.fingerprints.state}:{state.top_mode:o}:{umask():o}"
+def made_key(state: str, top_mode: int) -> str:
+    """A downloaded folder's row key: its state fingerprint, its own mode and the umask its modes were made under."""
+    return f"{state}:{top_mode:o}:{umask():o}"
 
 
-def folder_made(folder: Path, entries: Entries, probe: Path) -> str | None:
-    """The key of the folder a download has just made at `folder` (private still), its `entries` as made, taken
-    once the filesystem's clock has passed every time in it, so that any later change shows in its stat (a check
-    then reads no file, whatever the modes). `probe`: a temp file of ours on that filesystem, whose times this
-    sets. None if the clock did not pass soon."""
-    entries.finish()
+def folder_made(folder: Path, made: MadeTree, probe: Path) -> str | None:
+    """The key of the folder a download has just made at `folder` (private still), as `made` saw it written,
+    taken once the filesystem's clock has passed every time in it, so that any later change shows in its stat (a
+    check then reads no file, whatever the modes). `probe`: a temp file of ours on that filesystem, whose times
+    this sets. None if the clock did not pass soon, or the tree was too large to keep its lines."""
+    if (state := made.state()) is None:
+        return None
     deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
     try:
-        key = made_key(tree_state(folder, entries))
+        key = made_key(state, folder_mode(folder))
         while True:
             os.utime(probe)
             ctime = os.stat(probe).st_ctime_ns
-            if ctime > entries.newest:
+            if ctime > made.newest:
                 return key
             if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
                 return None  # waiting for the next second would cost each download more than it saves a re-run

@@ -73,28 +73,36 @@ class Entries:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.files = self.size = self.newest = 0  # newest: the latest mtime or ctime, in ns
-        self.members = self.name_chars = 0  # files and folders, and their paths' length: what a zip adds to size
+        # totals, made by finish(): files, their bytes, the latest mtime or ctime (ns), files and folders, and
+        # their paths' length (what a zip adds to size)
+        self.files = self.size = self.newest = self.members = self.name_chars = 0
         self._held: list[Entry] = []
         self._runs: list[str] = []
         self._folder: str | None = None
         self._written = 0
         self._spillable = True
+        self._finished = False
         self._remove: weakref.finalize | None = None
 
     def append(self, e: Entry) -> None:
-        self._held.append(e)
-        self.members += 1
-        self.name_chars += len(e.rel) + 1
-        if not e.is_dir:
-            self.files += 1
-            self.size += e.st_size
-        self.newest = max(self.newest, e.st_mtime_ns, e.st_ctime_ns)
+        self._held.append(e)  # counted in the totals as it leaves memory, or at the end: per entry, that is cheaper
         if len(self._held) >= HELD and self._spillable:
             self._spill()
 
     def finish(self) -> None:
+        """Once every entry is in: sorts them and makes the totals."""
+        if not self._finished:
+            self._finished = True
+            self._count(self._held)
         self._held.sort()  # by rel: it is the first field and unique
+
+    def _count(self, entries: list[Entry]) -> None:
+        files = [e for e in entries if not e.is_dir]
+        self.members += len(entries)
+        self.name_chars += sum(len(e.rel) for e in entries) + len(entries)
+        self.files += len(files)
+        self.size += sum(e.st_size for e in files)
+        self.newest = max(self.newest, max((max(e.st_mtime_ns, e.st_ctime_ns) for e in entries), default=0))
 
     def __iter__(self) -> Iterator[Entry]:
         if not self._runs:
@@ -112,6 +120,7 @@ class Entries:
                 self._remove = weakref.finalize(self, shutil.rmtree, self._folder, True)
             self._held.sort()
             self._runs.append(self._write_run(self._held))
+            self._count(self._held)
             self._held = []
             if len(self._runs) >= _RUNS:
                 merged = self._write_run(heapq.merge(*(self._read(path) for path in self._runs)))
@@ -317,14 +326,18 @@ class Fingerprints(NamedTuple):
     folder_modes: str  # the same of the folders (apart, so that records made before they were still match)
 
 
+def state_line(rel: str, st: os.stat_result | Entry, is_dir: bool) -> str:
+    """What the state fingerprint takes of a tree's item; sorted as the items' paths are."""
+    return f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\0{is_dir:d}\n"
+
+
 def tree_fingerprints(entries: Iterable[Entry]) -> Fingerprints:
     """The tree's state and modes fingerprints, in one pass. (The state takes ctime too: tools that restore an
     mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
     state, modes, folder_modes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     for part in batches(entries, 4096):
         stops.check()
-        lines = "".join(f"{e.rel}\0{e.st_size}\0{e.st_mtime_ns}\0{e.st_ctime_ns}\0{e.st_ino}\0{e.is_dir:d}\n"
-                        for e in part)
+        lines = "".join(state_line(e.rel, e, e.is_dir) for e in part)
         state.update(lines.encode("utf-8", "surrogateescape"))
         lines = "".join(f"{e.rel}\0{e.st_mode & 0o777:o}\n" for e in part if not e.is_dir)
         modes.update(lines.encode("utf-8", "surrogateescape"))
@@ -346,3 +359,28 @@ class TreeDigest:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+class MadeTree:
+    """The state lines of a folder as a download writes it, to give its state fingerprint once it is in place
+    without a scan. Text, not entries: cheaper while thousands of files are written (strings are no work for the
+    garbage collector). Past HELD items it gives up (`lines` None): a tree that large is checked by its digests."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] | None = []
+        self.newest = 0  # the latest mtime or ctime, in ns
+
+    def add(self, rel: str, st: os.stat_result, is_dir: bool) -> None:
+        if self.lines is None:
+            return
+        if len(self.lines) >= HELD:
+            self.lines = None
+            return
+        self.lines.append(state_line(rel, st, is_dir))
+        self.newest = max(self.newest, st.st_mtime_ns, st.st_ctime_ns)
+
+    def state(self) -> str | None:
+        """The state fingerprint tree_fingerprints gives of the same tree, if it was kept."""
+        if self.lines is None:
+            return None
+        return hashlib.sha256("".join(sorted(self.lines)).encode("utf-8", "surrogateescape")).hexdigest()

@@ -13,7 +13,7 @@ import pytest
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.backends.s3 import S3Store
 from fedml_storage.modes import umask
-from fedml_storage.trees import Entries, scan_tree
+from fedml_storage.trees import MadeTree, scan_tree
 
 from .conftest import Store, make_tree, tree_bytes
 
@@ -340,9 +340,11 @@ def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp
     download waits for the tick to pass, and remembers nothing if it does not (a filesystem keeping 2 s times)."""
     from fedml_storage import local_match
 
-    def made(folder: Path) -> Entries:
-        tree = scan_tree(make_tree(folder))
-        return tree.entries
+    def made(folder: Path) -> MadeTree:
+        tree, made = scan_tree(make_tree(folder)), MadeTree()
+        for e in tree.entries:
+            made.add(e.rel, e, e.is_dir)
+        return made
 
     probe = tmp_path / "probe"
     probe.write_bytes(b"")
