@@ -156,3 +156,37 @@ def test_spill_files_go_when_the_catalog_cannot_be_read(store: Store, tmp_path: 
         assert list(spill.iterdir()) == []
     finally:
         gc.enable()
+
+
+def test_spilled_entries_count_what_held_ones_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The totals (files, bytes, members, name lengths, newest time) are made as entries leave memory."""
+    src = _awkward_tree(tmp_path / "src")
+
+    def totals(entries: trees.Entries) -> tuple[int, ...]:
+        return entries.files, entries.size, entries.members, entries.name_chars, entries.newest
+
+    held = totals(scan_tree(src).entries)
+    monkeypatch.setattr(trees, "HELD", 7)
+    spilled = scan_tree(src).entries
+    assert len(spilled._runs) > 3 and totals(spilled) == held and held[0] > 40 and held[4] > 0
+    spilled.finish()  # again: nothing counted twice
+    assert totals(spilled) == held
+
+
+def test_a_download_too_large_to_record_is_kept_by_its_digests(store: Store, tmp_path: Path, spill: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past HELD items a download keeps no lines of what it made (memory stays bounded): a re-run reads and hashes
+    the files, and keeps the copy all the same."""
+    from fedml_storage import local_match
+
+    src = make_tree(tmp_path / "src")
+    client = store.client()
+    assert client.upload(src).ok
+    read: list[str] = []
+    real_sha256 = local_match.sha256_file
+    monkeypatch.setattr(local_match, "sha256_file", lambda path, *a, **kw: read.append(path)
+                        or real_sha256(path, *a, **kw))
+    assert not client.download("src", tmp_path / "out").unwrap().skipped
+    assert client.download("src", tmp_path / "out").unwrap().skipped
+    files = [str(p) for p in (tmp_path / "out" / "src").rglob("*") if p.is_file()]
+    assert sorted(map(str, read)) == sorted(files) and len(list((tmp_path / "out" / "src").rglob("*"))) > 7
