@@ -185,15 +185,22 @@ def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bo
     --yes."""
     asking = not yes and sys.stdin.isatty() and sys.stderr.isatty()  # someone there to answer, who sees it
     declined: list[bool] = []
+    stopped: list[click.exceptions.Abort] = []  # Ctrl-C or EOF at the prompt, for main() to report once
 
     def confirm(target: Path) -> bool:  # asked only once the dataset is found and the copy there differs
-        declined.append(not click.confirm(
-            f"{target} exists: replace it as a whole with the stored {name!r} (what it holds that the dataset "
-            "does not is removed)?", default=False, err=True))
+        try:
+            declined.append(not click.confirm(
+                f"{target} exists: replace it as a whole with the stored {name!r} (what it holds that the dataset "
+                "does not is removed)?", default=False, err=True))
+        except click.exceptions.Abort as exc:
+            stopped.append(exc)
+            return False
         return not declined[-1]
 
     response = obj.client().download(name, dest, version=version,
                                      show_progress=obj.progress, confirm_replace=confirm if asking else None)
+    if stopped:
+        raise stopped[0]
     if any(declined):
         click.echo("aborted: nothing downloaded", err=True)
         sys.exit(EXIT_FAILURE)

@@ -70,8 +70,9 @@ def download(
     target = dest / name
     if cache is not None and holds_already(target, record, cache):
         return _result(target, name, record, started, replaced=False, skipped=True)
-    if confirm_replace is not None and os.path.lexists(target) and not confirm_replace(target):
-        raise InvalidInput(f"{target} was left as it is (replacing it was declined): nothing was downloaded")
+    if confirm_replace is not None and os.path.lexists(target):
+        _check_target(target, record.kind)  # not asked, then refused: a folder where a file goes, a mount point
+        _confirmed(confirm_replace, target)
     part: Path | None = None
     note: partials.Note | None = None
     unpacked: Path | None = None
@@ -109,8 +110,9 @@ def download(
             replaced = os.path.lexists(target)
             os.replace(part, target)
         else:
-            os.chmod(unpacked, (0o777 if record.top_mode is None else record.top_mode) & ~umask())
-            made_key = None if made is None else folder_made(unpacked, made, part)
+            top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()
+            made_key = None if made is None else folder_made(unpacked, top_mode, made, part)  # while private
+            os.chmod(unpacked, top_mode)
             _check_target(target, record.kind)
             replaced = os.path.lexists(target)
             swap_in(unpacked, target, part.with_suffix(".old"))
@@ -140,6 +142,17 @@ def download(
                 except OSError:
                     break
     return _result(target, name, record, started, replaced=replaced, skipped=False)
+
+
+def _confirmed(confirm_replace: Callable[[Path], bool], target: Path) -> None:
+    """Ask before `target` is replaced; a no, or the callback's own failure, leaves it and fetches nothing."""
+    try:
+        yes = confirm_replace(target)
+    except Exception as exc:
+        raise InvalidInput(f"confirm_replace raised {type(exc).__name__}: {exc}; {target} was left as it is, nothing "
+                           "was downloaded") from None
+    if not yes:
+        raise InvalidInput(f"{target} was left as it is (replacing it was declined): nothing was downloaded")
 
 
 def _result(target: Path, name: str, record: VersionRecord, started: float, *, replaced: bool,

@@ -39,6 +39,7 @@ def tree_state(src: Path, entries: Entries) -> TreeState:
 
 
 def folder_mode(folder: Path) -> int:
+    """The folder's own permission bits."""
     return stat.S_IMODE(folder.stat().st_mode) & 0o777
 
 
@@ -183,16 +184,17 @@ def made_key(state: str, top_mode: int) -> str:
     return f"{state}:{top_mode:o}:{umask():o}"
 
 
-def folder_made(folder: Path, made: MadeTree, probe: Path) -> str | None:
-    """The key of the folder a download has just made at `folder` (private still), as `made` saw it written,
-    taken once the filesystem's clock has passed every time in it, so that any later change shows in its stat (a
-    check then reads no file, whatever the modes). `probe`: a temp file of ours on that filesystem, whose times
-    this sets. None if the clock did not pass soon, or the tree was too large to keep its lines."""
+def folder_made(folder: Path, top_mode: int, made: MadeTree, probe: Path) -> str | None:
+    """The key of the folder a download has just made at `folder` (private still; `top_mode` is what it will get),
+    as `made` saw it written, taken once the filesystem's clock has passed every time in it, so that any later
+    change shows in its stat (a check then reads no file, whatever the modes). `probe`: a temp file of ours on that
+    filesystem, whose times this sets. None if the clock did not pass soon, or the tree was too large to keep its
+    lines."""
     if (state := made.state()) is None:
         return None
+    key = made_key(state, top_mode)
     deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
     try:
-        key = made_key(state, folder_mode(folder))
         while True:
             os.utime(probe)
             ctime = os.stat(probe).st_ctime_ns

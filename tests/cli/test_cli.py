@@ -290,6 +290,9 @@ def test_a_download_asks_before_replacing_a_copy_at_a_terminal(tmp_path: Path) -
     code, said = at_terminal(answer=b"n\n")
     assert code == 1 and "exists: replace it as a whole" in said and "aborted: nothing downloaded" in said
     assert (tmp_path / "out" / "ds" / "mine.csv").exists()
+    code, said = at_terminal(answer=b"\x04")  # Ctrl-D at the prompt: it was reported as an unexpected error
+    assert code == 1 and "aborted" in said and "unexpectedly" not in said
+    assert (tmp_path / "out" / "ds" / "mine.csv").exists()
     code, said = at_terminal("--yes", answer=b"")
     assert code == 0 and "replacing what was there" in said and "exists:" not in said
     assert sorted(p.name for p in (tmp_path / "out" / "ds").iterdir()) == ["a.txt"]

@@ -203,7 +203,7 @@ def test_an_unrelated_folder_at_the_target_is_not_walked_through_its_links(
     real_scan = local_match.scan_tree
     monkeypatch.setattr(local_match, "scan_tree", lambda root, *a, **kw: scanned.append(root) or real_scan(root))
     got = client.download("ds", str(tmp_path / "out")).unwrap()
-    assert not got.skipped and got.replaced and theirs not in scanned  # told apart before any full scan
+    assert not got.skipped and got.replaced and scanned == []  # told apart before any full scan
     assert tree_bytes(theirs) == tree_bytes(src)
 
 
@@ -277,6 +277,18 @@ def test_confirm_replace_is_asked_only_before_a_copy_would_be_replaced(store: St
     assert not (out / "ds" / "mine.csv").exists() and len(asked) == 2 and len(fetched) == 2
     (out / "gone").mkdir()
     assert not client.download("gone", str(out), confirm_replace=confirm).ok and len(asked) == 2
+    (tmp_path / "one.txt").write_text("a file dataset")
+    assert client.upload(str(tmp_path / "one.txt")).ok
+    (out / "one.txt").mkdir()  # a folder where the file goes: refused, so not asked first
+    assert "is a folder" in client.download("one.txt", str(out), confirm_replace=confirm).message and len(asked) == 2
+
+    def broken(path: Path) -> bool:
+        raise RuntimeError("no terminal")
+
+    (out / "ds" / "mine.csv").write_text("the user's own results")
+    failed = client.download("ds", str(out), confirm_replace=broken)
+    assert failed.reason == "invalid_input" and "confirm_replace raised RuntimeError: no terminal" in failed.message
+    assert (out / "ds" / "mine.csv").exists()
 
 
 def test_a_folder_downloaded_here_is_kept_by_a_re_run_whatever_its_modes(store: Store, tmp_path: Path,
@@ -348,12 +360,12 @@ def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp
 
     probe = tmp_path / "probe"
     probe.write_bytes(b"")
-    assert local_match.folder_made(tmp_path / "made", made(tmp_path / "made"), probe) is not None
+    assert local_match.folder_made(tmp_path / "made", 0o755, made(tmp_path / "made"), probe) is not None
     assert probe.stat().st_ctime_ns > max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns)
                                           for p in (tmp_path / "made").rglob("*"))
     stuck, later = made(tmp_path / "stuck"), made(tmp_path / "later")  # newer than the probe, whose clock stops
     monkeypatch.setattr(local_match.os, "utime", lambda path: None)
-    assert local_match.folder_made(tmp_path / "stuck", stuck, probe) is None
+    assert local_match.folder_made(tmp_path / "stuck", 0o755, stuck, probe) is None
     real_stat, probed = os.stat, []
 
     def whole_seconds(path, *args, **kwargs):  # as ext3, FAT or HFS+ keep times
@@ -364,4 +376,4 @@ def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp
         return os.stat_result(tuple(st[:10]), {"st_ctime_ns": st.st_ctime_ns // 10**9 * 10**9})
 
     monkeypatch.setattr(local_match.os, "stat", whole_seconds)
-    assert local_match.folder_made(tmp_path / "later", later, probe) is None and len(probed) == 1
+    assert local_match.folder_made(tmp_path / "later", 0o755, later, probe) is None and len(probed) == 1
