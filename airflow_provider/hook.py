@@ -14,7 +14,7 @@ from fedml_storage import (
     DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata, is_unset,
     unknown_settings,
 )
-from fedml_storage.advice import kept_in, needs_dest_path
+from fedml_storage.advice import kept_in, needs_dest_path, unattended_dest
 
 
 class FedMLStorageException(AirflowException):
@@ -33,10 +33,12 @@ class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
     """A failure retrying cannot cure (bad input, unknown name, refused credentials): fails the task at once."""
 
 
+WORKER_DIR = "is wherever the worker was started (dags, logs)"
+
+
 def no_dest_path(who: str) -> str:
-    """Why `who` refuses to download without a dest_path (did a template for it render empty?)."""
-    return needs_dest_path(who, "worker", "is wherever the worker was started (dags, logs; did a template for "
-                                          "dest_path render empty?)")
+    """Why `who` refuses to download without a dest_path."""
+    return needs_dest_path(who, "worker", WORKER_DIR) + ". Did a template for dest_path render empty?"
 
 
 def raise_for(response: FedMLResponse) -> Any:
@@ -205,15 +207,10 @@ class FedMLStorageHook(BaseHook):
     def download(self, name: str, dest_path: str, version: str | None = None) -> DownloadResult:
         """Fetch a dataset into `dest_path` (required); its absolute local path, a str that also carries `version`,
         `sha256`, `size`, ..."""
-        if dest_path is None or not str(dest_path).strip():  # the core's default: the worker's working directory
-            raise FedMLStorageFailException(no_dest_path("download"), Reason.INVALID_INPUT.value, retryable=False)
-        # '~user/...' is absolute (the core says so of a user this system does not know)
-        if isinstance(dest_path, (str, os.PathLike)) and not str(dest_path).startswith("~") \
-                and not os.path.isabs(dest_path):
-            raise FedMLStorageFailException(
-                f"dest_path {str(dest_path)!r} is relative: on a worker it names a folder in the worker's working "
-                "directory, wherever the worker was started (a dataset named like something there, dags or logs, "
-                "would replace it); give an absolute path", Reason.INVALID_INPUT.value, retryable=False)
+        if why := unattended_dest(dest_path, "download", "worker", WORKER_DIR):  # the core's default: the cwd
+            blank = dest_path is None or not str(dest_path).strip()
+            raise FedMLStorageFailException(no_dest_path("download") if blank else why, Reason.INVALID_INPUT.value,
+                                            retryable=False)
         result = raise_for(self.get_client().download(name, dest_path, version=version))
         self.log.info("%s", result.summary())
         self._report_lineage("add_input_asset", result.name)

@@ -3,7 +3,9 @@ connection or a Prefect block (the command line keeps its own table, in cli_word
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
 NO_CREDENTIALS = "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), pass api_key=... or set FEDML_STORAGE_API_KEY"
 NO_BUCKET = ("set FEDML_STORAGE_BUCKET, run fedml_storage.api.configure(bucket=...) or pass bucket= to StorageClient "
@@ -31,6 +33,19 @@ def needs_dest_path(who: str, worker: str, holds: str) -> str:
     working directory (the API's default) `holds` things a dataset of the same name would replace as a whole."""
     return (f"{who} needs dest_path=: a folder on the {worker} to download into. Its working directory, the API's "
             f"default, {holds}: a dataset named like something there would replace it as a whole")
+
+
+def unattended_dest(dest_path: Any, who: str, worker: str, holds: str) -> str | None:
+    """Why `who` refuses `dest_path` on an unattended `worker` (none, blank, not a path, or relative: in the working
+    directory, which `holds` things), or None for an absolute path ('~user/...' counts: the core expands it)."""
+    if dest_path is None or (isinstance(dest_path, (str, os.PathLike)) and not str(dest_path).strip()):
+        return needs_dest_path(who, worker, holds)
+    if not isinstance(dest_path, (str, os.PathLike)):
+        return f"dest_path must be a folder path, not {type(dest_path).__name__}"
+    if not str(dest_path).startswith("~") and not os.path.isabs(dest_path):
+        return (f"dest_path {str(dest_path)!r} is relative: on a {worker} it names a folder in the working directory, "
+                f"which {holds}: a dataset named like something there would replace it; give an absolute path")
+    return None
 
 
 def reword(message: str, advice: Mapping[str, str]) -> str:

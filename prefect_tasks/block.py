@@ -16,7 +16,7 @@ from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, Secr
 
 from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Reason, ResponseCode, StorageClient,
                            StorageSettings, is_unset)
-from fedml_storage.advice import kept_in, needs_dest_path
+from fedml_storage.advice import kept_in, unattended_dest
 from fedml_storage.api_keys import check_api_key
 from fedml_storage.config import setting_hints
 
@@ -65,15 +65,14 @@ def _masked(exc: ValidationError) -> ValidationError:
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
-LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
+PREFECT_LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
+FLOW_DIR = "is where the flow run started (a worker's holds the flow code it pulled)"
 
 
-def require_dest_path(dest_path: str | os.PathLike | None, who: str) -> None:
-    """Refuse a flow's download without a dest_path (FedMLStorageError, not retried)."""
-    if dest_path is None or not os.fspath(dest_path):
-        raise FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, needs_dest_path(
-            who, "machine running the flow", "is where the flow run started (a worker's holds the flow code it "
-            "pulled)"), None, Reason.INVALID_INPUT.value))
+def require_dest_path(dest_path: Any, who: str) -> None:
+    """Refuse a flow's download without an absolute dest_path (FedMLStorageError, not retried)."""
+    if why := unattended_dest(dest_path, who, "machine running the flow", FLOW_DIR):
+        raise FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, why, None, Reason.INVALID_INPUT.value))
 
 
 class FedMLStorage(Block):
@@ -255,7 +254,7 @@ upload_data("data/mnist", storage=storage)
         saved = getattr(self, "_block_document_name", None)
         block = f"the FedMLStorage block{f' {saved!r}' if saved else ''}"
         return StorageClient(origin=f"{block} or the task's arguments", log_failures=False, key_means_remote=True,
-                             advice=kept_in(LISTING, block, f"the api_key field of {block}"),
+                             advice=kept_in(PREFECT_LISTING, block, f"the api_key field of {block}"),
                              **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,

@@ -31,7 +31,7 @@ from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, Stor
 from fedml_storage.advice import kept_in
 from fedml_storage.stops import StoppableCall
 
-from .block import LISTING, FedMLStorage, require_dest_path
+from .block import PREFECT_LISTING, FedMLStorage, require_dest_path
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
 
 
@@ -78,7 +78,8 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
     if storage is not None:
         return storage.client(service=service, namespace=namespace)
     return StorageClient(service=service, namespace=namespace, log_failures=False,  # Prefect logs what we raise
-                         advice=kept_in(LISTING))
+                         advice=kept_in(PREFECT_LISTING, "a FedMLStorage block passed as storage=",
+                                        "the api_key of a FedMLStorage block passed as storage="))
 
 
 DEFAULT_NAMESPACE = StorageSettings.model_fields["namespace"].default

@@ -257,4 +257,9 @@ def test_a_download_without_dest_path_is_refused_before_anything_is_fetched(tmp_
         assert api.read_task_run(state.state_details.task_run_id).run_count == 1  # not retried
     with pytest.raises(FedMLStorageError, match="FedMLStorage.download needs dest_path="):
         FedMLStorage(service="LOCAL").download("flows")
+    for where, said in ((".", "is relative: on a machine running the flow"), ("  ", "needs dest_path="),
+                        (123, "dest_path must be a folder path, not int")):
+        with pytest.raises(FedMLStorageError, match=said) as refused:
+            FedMLStorage(service="LOCAL").download("flows", where)
+        assert refused.value.reason == "invalid_input"
     assert (tmp_path / "flows" / "pipeline.py").read_text() == "the flow's code"
