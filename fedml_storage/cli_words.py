@@ -18,7 +18,8 @@ CLI_ADVICE = {
     "calls without service=": "commands without --service",
     "pass service='R2' or 'S3', or make one the default (configure(service=...))":
         "pass --service R2 or S3, or make one the default (`fedml-storage --service S3 configure`)",
-    "raise keep_versions to keep more": "raise keep_versions to keep more (`fedml-storage configure --keep-versions N`)",
+    "raise keep_versions to keep more":
+        "raise keep_versions to keep more (`fedml-storage configure --keep-versions N`)",
     "pass the `version` an upload returned or get_storage_metadata shows":
         "pass the --version an upload printed or `fedml-storage metadata NAME` shows",
     # whole phrases of advice only: a dataset's name or a path may hold the bare words
@@ -34,6 +35,7 @@ CLI_ADVICE = {
 
 
 def for_cli(message: str) -> str:
+    """The message with its advice in the command line's words."""
     return reword(message, CLI_ADVICE)
 
 

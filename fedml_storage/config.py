@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from .api_keys import check_api_key
 from .config_file import replace_config
@@ -119,7 +119,9 @@ class StorageSettings(BaseModel):
 
     @field_validator("part_size", "download_threshold", "download_part_size", "stream_min_rate", mode="before")
     @classmethod
-    def _bytes(cls, value: Any) -> Any:
+    def _bytes(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "stream_min_rate" and isinstance(value, str):
+            value = value.strip().removesuffix("/s")  # '128 MiB/s', as the settings table writes it
         return byte_size(value)
 
     @field_validator("compression", "checksum_calculation", mode="before")

@@ -148,7 +148,7 @@ def byte_size(value: Any) -> Any:
     bytes; text without one as it is, for the field's own check (so are values that are not text)."""
     if not isinstance(value, str) or value.strip().isdigit():
         return value
-    if not (found := _SIZE.fullmatch(value)):
-        raise ValueError("give a size in bytes, or with a unit, e.g. 16MiB, 64 MB or 1GiB")
+    if not (found := _SIZE.fullmatch(value)) or not found.group(2) and "." in found.group(1):  # 1.9 bytes
+        raise ValueError("give a whole number of bytes, or a size with a unit, e.g. 16MiB, 64 MB or 1GiB")
     number, unit = found.groups()
     return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from fedml_storage import StorageClient, StorageSettings, api
 from fedml_storage.api.fedml_response import ResponseCode
@@ -344,7 +344,10 @@ def test_sizes_take_a_unit_as_the_settings_table_writes_them(monkeypatch, tmp_pa
     settings = StorageSettings.resolve()
     assert (settings.part_size, settings.download_part_size) == (16 << 20, 8 << 20)
     assert StorageSettings(download_threshold="1.5GiB", stream_min_rate="0").download_threshold == 3 << 29
+    assert StorageSettings(stream_min_rate="128 MiB/s").stream_min_rate == 128 << 20  # as the table writes it
+    with pytest.raises(ValidationError, match="give a whole number of bytes"):
+        StorageSettings(download_threshold="1.9")  # it was 1 byte
     monkeypatch.setenv("FEDML_STORAGE_PART_SIZE", "16 megs")
     refused = StorageClient(service="LOCAL", local_root=str(tmp_path)).list()
-    assert refused.reason == "invalid_input" and "part_size: give a size in bytes, or with a unit, e.g. 16MiB" in \
-        refused.message and "FEDML_STORAGE_PART_SIZE" in refused.message
+    assert refused.reason == "invalid_input" and "FEDML_STORAGE_PART_SIZE" in refused.message
+    assert "part_size: give a whole number of bytes, or a size with a unit, e.g. 16MiB" in refused.message
