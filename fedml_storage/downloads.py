@@ -111,14 +111,14 @@ def download(
             os.replace(part, target)
         else:
             top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()
-            made_key = None if made is None else folder_made(unpacked, top_mode, made, part)  # while private
+            row = None if made is None else folder_made(unpacked, top_mode, made, part)  # while private
             os.chmod(unpacked, top_mode)
             _check_target(target, record.kind)
             replaced = os.path.lexists(target)
             swap_in(unpacked, target, part.with_suffix(".old"))
             unpacked = None
-            if made_key is not None:  # a re-run's check of the copy then reads no file
-                cache.store_tree(MADE + str(target), made_key, record.sha256, 0, settled=True)
+            if row is not None:  # a re-run's check of the copy then reads no file
+                cache.store_tree(MADE + str(target), row, record.sha256, 0, settled=True)
         done = True
     except IntegrityError:
         raise

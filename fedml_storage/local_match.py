@@ -138,8 +138,8 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
                 return False
             state = tree_state(target, tree.entries)
             top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()  # not in the archive
-            made = made_key(state.fingerprints.state, state.top_mode)
-            if state.top_mode == top_mode and cache.lookup_tree(MADE + str(target), made) == record.sha256:
+            row = made_key(state.fingerprints.state, state.top_mode)
+            if state.top_mode == top_mode and cache.lookup_tree(MADE + str(target), row) == record.sha256:
                 return True  # as a download of this version made it, and untouched since
             return tree_holds(target, tree.entries, state, record, cache, strict=True)
         finally:

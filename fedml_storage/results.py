@@ -79,8 +79,8 @@ class UploadResult(_Detailed):
             line = f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
         else:
             rate = human_size(int(self.size / self.seconds)) + "/s" if self.seconds else "at once"
-            what = human_size(self.size)  # a folder's: what its progress bar counts, then the zip stored
-            if self.kind == "directory" and self.source_size is not None:
+            what = human_size(self.size)  # what was stored
+            if self.kind == "directory" and self.source_size is not None:  # the files' bytes: what its bar counts
                 what = f"{self.file_count} file(s), {human_size(self.source_size)}, as a {what} zip"
             line = (f"uploaded {self.name!r} ({what} in {self.seconds:.2f} s, {rate}, version {self.version}) to "
                     f"{self.uri}")

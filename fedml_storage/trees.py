@@ -370,7 +370,7 @@ class MadeTree:
         self.lines: list[str] | None = []
         self.newest = 0  # the latest mtime or ctime, in ns
 
-    def add(self, rel: str, st: os.stat_result, is_dir: bool) -> None:
+    def add(self, rel: str, st: os.stat_result | Entry, is_dir: bool) -> None:
         if self.lines is None:
             return
         if len(self.lines) >= HELD:
