@@ -19,8 +19,7 @@ from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .digests import DigestCache
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
-from .local_match import MADE, folder_made, holds_already
-from .modes import umask
+from .local_match import MADE, download_mode, folder_made, holds_already
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
 from .trees import MadeTree
@@ -106,11 +105,11 @@ def download(
         stops.check()  # a stopped download leaves dest as it was
         if record.kind == "file":
             _check_target(target, record.kind)  # again: something may have taken the place meanwhile
-            os.chmod(part, 0o666 & ~umask())  # mkstemp made it private; a download gets the usual mode
+            os.chmod(part, download_mode(record))  # mkstemp made it private; a download gets the usual mode
             replaced = os.path.lexists(target)
             os.replace(part, target)
         else:
-            top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()
+            top_mode = download_mode(record)
             row = None if made is None else folder_made(unpacked, top_mode, made, part)  # while private
             os.chmod(unpacked, top_mode)
             _check_target(target, record.kind)

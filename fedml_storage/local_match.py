@@ -43,6 +43,14 @@ def folder_mode(folder: Path) -> int:
     return stat.S_IMODE(folder.stat().st_mode) & 0o777
 
 
+def download_mode(record: VersionRecord) -> int:
+    """The mode a download gives dest_path/<name>: a file the usual one, a folder its recorded own mode (the usual
+    one for records made before it was), as the umask allows. A kept copy must have it too."""
+    if record.kind == "file" or record.top_mode is None:
+        return (0o666 if record.kind == "file" else 0o777) & ~umask()
+    return record.top_mode & ~umask()
+
+
 def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRecord | None, cache: DigestCache, *,
                strict: bool = False) -> bool:
     """Whether the folder `src` (scanned into `entries`, in `state`) holds exactly `record`'s files, folders and
@@ -122,7 +130,7 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
         st = os.lstat(target)  # not through a link: a download puts a copy of its own there
         if record.kind == "file":
             if not (own_plain_file(st) and st.st_size == record.source_size
-                    and stat.S_IMODE(st.st_mode) == 0o666 & ~umask()):
+                    and stat.S_IMODE(st.st_mode) == download_mode(record)):
                 return False
             path = str(target)
             digest = cache.lookup([(path, st)]).get(path) or sha256_file(target, size=st.st_size)
@@ -137,9 +145,8 @@ def holds_already(target: Path, record: VersionRecord, cache: DigestCache) -> bo
             if tree.left_out or tree.links:
                 return False
             state = tree_state(target, tree.entries)
-            top_mode = (0o777 if record.top_mode is None else record.top_mode) & ~umask()  # not in the archive
-            row = made_key(state.fingerprints.state, state.top_mode)
-            if state.top_mode == top_mode and cache.lookup_tree(MADE + str(target), row) == record.sha256:
+            row = made_key(state.fingerprints.state, state.top_mode)  # own mode: not in the archive, so compared
+            if state.top_mode == download_mode(record) and cache.lookup_tree(MADE + str(target), row) == record.sha256:
                 return True  # as a download of this version made it, and untouched since
             return tree_holds(target, tree.entries, state, record, cache, strict=True)
         finally:
