@@ -34,11 +34,12 @@ class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
 
 
 WORKER_DIR = "is wherever the worker was started (dags, logs)"
+TEMPLATE_RENDERED_EMPTY = ". Did a template for dest_path render empty?"
 
 
 def no_dest_path(who: str) -> str:
     """Why `who` refuses to download without a dest_path."""
-    return needs_dest_path(who, "worker", WORKER_DIR) + ". Did a template for dest_path render empty?"
+    return needs_dest_path(who, "worker", WORKER_DIR) + TEMPLATE_RENDERED_EMPTY
 
 
 def raise_for(response: FedMLResponse) -> Any:
@@ -207,10 +208,8 @@ class FedMLStorageHook(BaseHook):
     def download(self, name: str, dest_path: str, version: str | None = None) -> DownloadResult:
         """Fetch a dataset into `dest_path` (required); its absolute local path, a str that also carries `version`,
         `sha256`, `size`, ..."""
-        if why := unattended_dest(dest_path, "download", "worker", WORKER_DIR):  # the core's default: the cwd
-            blank = dest_path is None or not str(dest_path).strip()
-            raise FedMLStorageFailException(no_dest_path("download") if blank else why, Reason.INVALID_INPUT.value,
-                                            retryable=False)
+        if why := unattended_dest(dest_path, "download", "worker", WORKER_DIR, TEMPLATE_RENDERED_EMPTY):
+            raise FedMLStorageFailException(why, Reason.INVALID_INPUT.value, retryable=False)  # not the worker's cwd
         result = raise_for(self.get_client().download(name, dest_path, version=version))
         self.log.info("%s", result.summary())
         self._report_lineage("add_input_asset", result.name)

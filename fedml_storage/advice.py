@@ -35,11 +35,12 @@ def needs_dest_path(who: str, worker: str, holds: str) -> str:
             f"default, {holds}: a dataset named like something there would replace it as a whole")
 
 
-def unattended_dest(dest_path: Any, who: str, worker: str, holds: str) -> str | None:
+def unattended_dest(dest_path: Any, who: str, worker: str, holds: str, if_none: str = "") -> str | None:
     """Why `who` refuses `dest_path` on an unattended `worker` (none, blank, not a path, or relative: in the working
-    directory, which `holds` things), or None for an absolute path ('~user/...' counts: the core expands it)."""
+    directory, which `holds` things), or None for an absolute path ('~user/...' counts: the core expands it).
+    `if_none` is added to the reason when there is none (why that may be)."""
     if dest_path is None or (isinstance(dest_path, (str, os.PathLike)) and not str(dest_path).strip()):
-        return needs_dest_path(who, worker, holds)
+        return needs_dest_path(who, worker, holds) + if_none
     if not isinstance(dest_path, (str, os.PathLike)):
         return f"dest_path must be a folder path, not {type(dest_path).__name__}"
     if not str(dest_path).startswith("~") and not os.path.isabs(dest_path):
