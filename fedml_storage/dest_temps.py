@@ -3,14 +3,15 @@ downloads left swept away by the next download there.
 
 A download's files share one random stem: `<stem>.part` (the data; the live download holds an flock on it from
 before it bears that name), `<stem>.sha` (a note of what the data is, see partials), `<stem>.d` (the unpacked
-folder) and `<stem>.old/<name>` (the copy being replaced, moved aside where the system has no atomic exchange). A
-`.part` nobody holds, and a `.d`, `.sha` or `.old` whose `.part` is gone, belong to a killed download: the copy
-in a `.old` goes back to its place if nothing took it, what the `.part` holds is kept as its note says, the rest
-is removed (copies are dropped by first renaming their folder to `<stem>.drop`, which is never put back). The
-part file is first made as `<stem>.new` and locked at once; one left unlocked is cleared after NEW_GRACE_SECONDS
-(a download locks it within microseconds of making it, so no live one is taken for dead). This assumes downloads
-into one folder run on one host (or on a filesystem whose flock locks span hosts); where no lock can be taken
-(Windows, NFS), a `.part` and its siblings wait a day untouched (a `.new`, which Windows never makes, a minute).
+folder; for a file, a probe of the filesystem's clock) and `<stem>.old/<name>` (the copy being replaced, moved
+aside where the system has no atomic exchange). A `.part` nobody holds, and a `.d`, `.sha` or `.old` whose `.part`
+is gone, belong to a killed download: the copy in a `.old` goes back to its place if nothing took it, what the
+`.part` holds is kept as its note says, the rest is removed (copies are dropped by first renaming their folder to
+`<stem>.drop`, which is never put back). The part file is first made as `<stem>.new` and locked at once; one left
+unlocked is cleared after NEW_GRACE_SECONDS (a download locks it within microseconds of making it, so no live one
+is taken for dead). This assumes downloads into one folder run on one host (or on a filesystem whose flock locks
+span hosts); where no lock can be taken (Windows, NFS), a `.part` and its siblings wait a day untouched (a `.new`,
+which Windows never makes, a minute).
 """
 
 from __future__ import annotations

@@ -83,11 +83,12 @@ class DigestCache:
             log.debug("digest cache lookup failed: %s", exc)
         return found
 
-    def store(self, items: list[tuple[str, os.stat_result | Entry, str]]) -> None:
-        """Remember digests, except for files changed too recently to trust their times."""
+    def store(self, items: list[tuple[str, os.stat_result | Entry, str]], *, settled: bool = False) -> None:
+        """Remember digests, except for files changed too recently to trust their times (`settled`: the caller saw
+        the filesystem's clock pass them)."""
         if self._db is None:
             return
-        horizon = (time.time() - RACY_SECONDS) * 1e9
+        horizon = float("inf") if settled else (time.time() - RACY_SECONDS) * 1e9
         rows = [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha) for p, st, sha in items
                 if max(st.st_mtime_ns, st.st_ctime_ns) < horizon]
         try:

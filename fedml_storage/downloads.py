@@ -19,13 +19,16 @@ from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .digests import DigestCache
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
-from .local_match import MADE, download_mode, folder_made, holds_already
+from .local_match import MADE, download_mode, folder_made, holds_already, place_file
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
 from .trees import MadeTree
 from .validation import check_name, check_path, check_progress_desc
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
+# A file this large is remembered as downloaded: hashing it on a re-run costs more than the wait for the
+# filesystem's clock that remembering takes (a tick or two on kernels before 6.13).
+RECORD_FILE_BYTES = 16 << 20
 
 log = logging.getLogger("fedml_storage")
 
@@ -107,7 +110,7 @@ def download(
             _check_target(target, record.kind)  # again: something may have taken the place meanwhile
             os.chmod(part, download_mode(record))  # mkstemp made it private; a download gets the usual mode
             replaced = os.path.lexists(target)
-            os.replace(part, target)
+            place_file(part, target, record.sha256, cache if record.size >= RECORD_FILE_BYTES else None)
         else:
             top_mode = download_mode(record)
             row = None if made is None else folder_made(unpacked, top_mode, made, part)  # while private

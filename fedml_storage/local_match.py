@@ -3,6 +3,7 @@ nothing."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -195,21 +196,73 @@ def folder_made(folder: Path, top_mode: int, made: MadeTree, probe: Path) -> str
     """The key of the folder a download has just made at `folder` (private still; `top_mode` is what it will get),
     as `made` saw it written, taken once the filesystem's clock has passed every time in it, so that any later
     change shows in its stat (a check then reads no file, whatever the modes). `probe`: a temp file of ours on that
-    filesystem, whose times this sets. None if the clock did not pass soon, or the tree was too large to keep its
-    lines."""
+    filesystem. None if the clock did not pass soon, or the tree was too large to keep its lines."""
     if (state := made.state()) is None:
         return None
-    key = made_key(state, top_mode)
-    deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
     try:
-        while True:
-            os.utime(probe)
-            ctime = os.stat(probe).st_ctime_ns
-            if ctime > made.newest:
-                return key
-            if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
-                return None  # waiting for the next second would cost each download more than it saves a re-run
-            time.sleep(0.001)
+        return made_key(state, top_mode) if _clock_past(made.newest, probe) else None
     except OSError as exc:
         log.debug("not remembering %s as downloaded: %s", folder, exc)
         return None
+
+
+def place_file(part: Path, target: Path, sha256: str, cache: DigestCache | None) -> None:
+    """Rename a downloaded file (`part`: private still, its mode set, its SHA-256 checked) to `target`. Given the
+    digest `cache`, remember it there as downloaded, once the filesystem's clock has passed both its last write and
+    the rename: a later write or chmod then shows in its stat, and a re-run's check reads nothing. (A rename sets
+    a file's ctime: the stat its digest is kept by is taken after it.)"""
+    probe = part.with_suffix(".d")  # what a killed download leaves of it is swept with the part file's siblings
+    written = None if cache is None else _settled_stat(part, probe)
+    try:
+        os.replace(part, target)
+        if written is not None:
+            _remember_file(target, written, probe, sha256, cache)
+    finally:
+        if written is not None:
+            probe.unlink(missing_ok=True)
+
+
+def _settled_stat(part: Path, probe: Path) -> os.stat_result | None:
+    """The stat of `part` once the filesystem's clock has passed its last write (a write after it then changes
+    its mtime), or None; makes `probe`, a file to read that clock by."""
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        log.debug("not remembering %s as downloaded: %s", part, exc)
+        return None
+    try:
+        written = os.stat(part)
+        if _clock_past(written.st_mtime_ns, probe):
+            return written
+    except OSError as exc:
+        log.debug("not remembering %s as downloaded: %s", part, exc)
+    probe.unlink(missing_ok=True)
+    return None
+
+
+def _remember_file(target: Path, written: os.stat_result, probe: Path, sha256: str, cache: DigestCache) -> None:
+    try:
+        placed = os.lstat(target)
+        if ((placed.st_ino, placed.st_size, placed.st_mtime_ns) == (written.st_ino, written.st_size,
+                                                                   written.st_mtime_ns)
+                and _clock_past(placed.st_ctime_ns, probe) and same_file_state(os.lstat(target), placed)):
+            cache.store([(str(target), placed, sha256)], settled=True)
+    except OSError as exc:
+        log.debug("not remembering %s as downloaded: %s", target, exc)
+
+
+def _clock_past(newest: int, probe: Path) -> bool:
+    """Whether the filesystem's clock passes `newest` (ns) soon, read by setting the times of `probe` (a temp file
+    of ours on it). Times set after that are later than `newest`, so a change shows in a stat taken then."""
+    if os.name == "nt":  # a ctime there is the file's creation time, not the time of its last change
+        return False
+    deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
+    for attempt in itertools.count():
+        os.utime(probe)
+        ctime = os.stat(probe).st_ctime_ns
+        if ctime > newest:
+            return True
+        if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
+            return False  # waiting for the next second would cost each download more than it saves a re-run
+        if attempt:  # the first retry at once: a kernel keeping fine-grained times for files just read (6.13 on)
+            time.sleep(0.001)  # gives the probe one now, where the first could only match the latest time given

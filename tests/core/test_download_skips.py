@@ -13,7 +13,6 @@ import pytest
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.backends.s3 import S3Store
 from fedml_storage.modes import umask
-from fedml_storage.trees import MadeTree, scan_tree
 
 from .conftest import Store, make_tree, tree_bytes
 
@@ -116,6 +115,10 @@ def test_a_copy_that_differs_in_any_way_is_replaced_whole(store: Store, tmp_path
                                     "a hard link", "another mode", "setuid"])
 def test_a_file_copy_that_differs_is_replaced_or_refused_as_before(store: Store, tmp_path: Path, change: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedml_storage import downloads
+
+    # the download remembers what it wrote (any size), and still sees the changes made right after it
+    monkeypatch.setattr(downloads, "RECORD_FILE_BYTES", 0)
     src = tmp_path / "model.bin"
     src.write_bytes(os.urandom(50_000))
     client = store.client()
@@ -230,23 +233,26 @@ def test_a_copy_with_bits_this_umask_takes_is_fetched(store: Store, tmp_path: Pa
 
 def test_a_later_re_run_reads_no_file_of_a_kept_copy(store: Store, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first check of a file reads and hashes it; it stores its digest (once it is old enough to trust its
-    times), so later checks take a stat. A folder's download remembers what it made: no check reads a file."""
-    from fedml_storage import digests, local_match
+    """A folder's download, and a large file's, remember what they made: no check reads a file. The first check of
+    a smaller file reads and hashes it; it stores its digest (once it is old enough to trust its times), so later
+    checks take a stat."""
+    from fedml_storage import digests, downloads, local_match
 
     monkeypatch.setattr(digests, "RACY_SECONDS", 0)  # as if each run came a while after the one before
+    monkeypatch.setattr(downloads, "RECORD_FILE_BYTES", 60_000)
     src = make_tree(tmp_path / "ds")
     (tmp_path / "model.bin").write_bytes(os.urandom(50_000))
+    (tmp_path / "large.bin").write_bytes(os.urandom(60_000))
     client = store.client()
     read: list[str] = []
     real_sha256 = local_match.sha256_file
     monkeypatch.setattr(local_match, "sha256_file", lambda path, *a, **kw: read.append(str(path))
                         or real_sha256(path, *a, **kw))
-    for name in ("ds", "model.bin"):
+    for name in ("ds", "model.bin", "large.bin"):
         assert client.upload(str(src if name == "ds" else tmp_path / name)).ok
         assert not client.download(name, str(tmp_path / "out")).unwrap().skipped
         assert client.download(name, str(tmp_path / "out")).unwrap().skipped
-        assert bool(read) is (name == "model.bin")  # a file is read and hashed once
+        assert bool(read) is (name == "model.bin"), name  # a smaller file is read and hashed once
         read.clear()
         assert client.download(name, str(tmp_path / "out")).unwrap().skipped and read == []
 
@@ -344,36 +350,3 @@ def test_a_version_that_differs_only_in_the_folders_own_mode_is_not_taken_for_th
     again = client.download("ds", str(out), version=open_one.version).unwrap()
     assert not again.skipped and (out / "ds").stat().st_mode & 0o777 == 0o755 & ~umask()
     assert client.download("ds", str(out), version=open_one.version).unwrap().skipped
-
-
-def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A change in the same clock tick as the download's last write would leave the stats as remembered: the
-    download waits for the tick to pass, and remembers nothing if it does not (a filesystem keeping 2 s times)."""
-    from fedml_storage import local_match
-
-    def made(folder: Path) -> MadeTree:
-        tree, made = scan_tree(make_tree(folder)), MadeTree()
-        for e in tree.entries:
-            made.add(e.rel, e, e.is_dir)
-        return made
-
-    probe = tmp_path / "probe"
-    probe.write_bytes(b"")
-    assert local_match.folder_made(tmp_path / "made", 0o755, made(tmp_path / "made"), probe) is not None
-    assert probe.stat().st_ctime_ns > max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns)
-                                          for p in (tmp_path / "made").rglob("*"))
-    stuck, later = made(tmp_path / "stuck"), made(tmp_path / "later")  # newer than the probe, whose clock stops
-    monkeypatch.setattr(local_match.os, "utime", lambda path: None)
-    assert local_match.folder_made(tmp_path / "stuck", 0o755, stuck, probe) is None
-    real_stat, probed = os.stat, []
-
-    def whole_seconds(path, *args, **kwargs):  # as ext3, FAT or HFS+ keep times
-        st = real_stat(path, *args, **kwargs)
-        if os.fspath(path) != str(probe):
-            return st
-        probed.append(path)
-        return os.stat_result(tuple(st[:10]), {"st_ctime_ns": st.st_ctime_ns // 10**9 * 10**9})
-
-    monkeypatch.setattr(local_match.os, "stat", whole_seconds)
-    assert local_match.folder_made(tmp_path / "later", 0o755, later, probe) is None and len(probed) == 1

@@ -1,0 +1,121 @@
+"""What a download remembers of what it made, so that a re-run's check reads no file: taken only once the
+filesystem's clock has passed every time in it, so that any later change shows in a stat."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fedml_storage import local_match
+from fedml_storage.dest_temps import TEMP_PREFIX
+from fedml_storage.digests import DigestCache
+from fedml_storage.trees import MadeTree, scan_tree
+
+from .conftest import Store, make_tree
+
+
+def test_a_folder_is_remembered_only_once_the_filesystem_clock_has_passed_it(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change in the same clock tick as the download's last write would leave the stats as remembered: the
+    download waits for the tick to pass, and remembers nothing if it does not (a filesystem keeping 2 s times)."""
+    def made(folder: Path) -> MadeTree:
+        tree, made = scan_tree(make_tree(folder)), MadeTree()
+        for e in tree.entries:
+            made.add(e.rel, e, e.is_dir)
+        return made
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    assert local_match.folder_made(tmp_path / "made", 0o755, made(tmp_path / "made"), probe) is not None
+    assert probe.stat().st_ctime_ns > max(max(p.stat().st_mtime_ns, p.stat().st_ctime_ns)
+                                          for p in (tmp_path / "made").rglob("*"))
+    stuck, later = made(tmp_path / "stuck"), made(tmp_path / "later")  # newer than the probe, whose clock stops
+    monkeypatch.setattr(local_match.os, "utime", lambda path: None)
+    assert local_match.folder_made(tmp_path / "stuck", 0o755, stuck, probe) is None
+    real_stat, probed = os.stat, []
+
+    def whole_seconds(path, *args, **kwargs):  # as ext3, FAT or HFS+ keep times
+        st = real_stat(path, *args, **kwargs)
+        if os.fspath(path) != str(probe):
+            return st
+        probed.append(path)
+        return os.stat_result(tuple(st[:10]), {"st_ctime_ns": st.st_ctime_ns // 10**9 * 10**9})
+
+    monkeypatch.setattr(local_match.os, "stat", whole_seconds)
+    assert local_match.folder_made(tmp_path / "later", 0o755, later, probe) is None and len(probed) == 1
+
+
+def _part(folder: Path, data: bytes = b"weights" * 1000) -> Path:
+    part = folder / f"{TEMP_PREFIX}x.part"
+    part.write_bytes(data)
+    part.chmod(0o644)
+    return part
+
+
+def test_a_file_is_remembered_once_the_clock_has_passed_its_write_and_its_rename(tmp_path: Path) -> None:
+    cache = DigestCache(tmp_path / "digests.sqlite")
+    target = tmp_path / "model.bin"
+    local_match.place_file(_part(tmp_path), target, "digest-1", cache)
+    st = target.stat()
+    assert cache.lookup([(str(target), st)]) == {str(target): "digest-1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digests.sqlite", "model.bin"]  # the probe is gone
+    assert _now(tmp_path) > st.st_ctime_ns  # the clock has passed the rename: a change now shows in a stat
+    local_match.place_file(_part(tmp_path, b"other"), target, "digest-2", None)  # no cache: a plain rename
+    assert target.read_bytes() == b"other" and cache.lookup([(str(target), target.stat())]) == {}
+
+
+def _rows(folder: Path) -> int:
+    with contextlib.closing(sqlite3.connect(folder / "digests.sqlite")) as db:
+        return db.execute("SELECT COUNT(*) FROM file_digests").fetchone()[0]
+
+
+def _now(folder: Path) -> int:
+    probe = folder / "now"
+    probe.write_bytes(b"")
+    return probe.stat().st_ctime_ns
+
+
+def test_a_file_changed_while_the_download_waits_for_the_clock_is_not_remembered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written to after its rename, with the same size and its mtime put back (as tar or cp -p leave a file)."""
+    cache = DigestCache(tmp_path / "digests.sqlite")
+    target = tmp_path / "model.bin"
+    real_utime = os.utime
+
+    def meddle(path, *args, **kwargs):
+        if target.exists() and not args and not kwargs:  # the wait after the rename
+            st = target.stat()
+            target.write_bytes(b"W" + target.read_bytes()[1:])
+            real_utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(local_match.os, "utime", meddle)
+    local_match.place_file(_part(tmp_path), target, "digest-1", cache)
+    # no row: with coarse ctimes, one taken before the change could still match the file's stat
+    assert target.read_bytes().startswith(b"W") and _rows(tmp_path) == 0
+    assert not any(p.name.endswith(".d") for p in tmp_path.iterdir())
+
+
+def test_a_file_is_not_remembered_when_the_clock_does_not_pass(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = DigestCache(tmp_path / "digests.sqlite")
+    target = tmp_path / "model.bin"
+    monkeypatch.setattr(local_match.os, "utime", lambda path: None)
+    local_match.place_file(_part(tmp_path), target, "digest-1", cache)
+    assert target.read_bytes() == b"weights" * 1000 and _rows(tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digests.sqlite", "model.bin"]
+
+
+def test_the_probe_of_a_killed_download_is_swept_by_the_next(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    client = store.client()
+    assert client.upload(str(tmp_path / "model.bin")).ok
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{TEMP_PREFIX}killed.d").write_bytes(b"")  # its part file is gone
+    assert client.download("model.bin", str(out)).ok
+    assert sorted(p.name for p in out.iterdir()) == ["model.bin"]
