@@ -35,9 +35,9 @@ class Ctx:
         # failures are printed as errors (`_finish`): not also logged, which --debug would show
         return StorageClient(service=self.service, namespace=self.namespace, api_key=self.api_key, log_failures=False)
 
-    @property
-    def progress(self) -> bool:
-        return not self.quiet and sys.stderr.isatty()
+    def progress(self, quiet: bool = False) -> bool:
+        """Whether to show progress bars: not with --quiet (before the command, or after it: `quiet`)."""
+        return not (self.quiet or quiet) and sys.stderr.isatty()
 
 
 EXIT_FAILURE, EXIT_RETRYABLE, EXIT_INTERRUPTED = 1, 75, 130  # 75: EX_TEMPFAIL (sysexits.h)
@@ -74,6 +74,9 @@ def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[st
             raise click.BadParameter(f"{key.strip()!r} is given twice; give each key once")
         result[key.strip()] = value  # as given: the API keeps a value's spaces too
     return result
+
+
+_QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar (also taken before the command).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -163,12 +166,13 @@ def _settings(obj: Ctx) -> FedMLResponse:
 @click.option("--ignore", "ignore", multiple=True,
               help="Leave out what a .gitignore line would match (quote it: --ignore '*.pyc'); repeat for more.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_QUIET
 @click.pass_obj
 def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags: tuple[str, ...],
-           metadata: dict[str, str] | None, ignore: tuple[str, ...], as_json: bool) -> None:
+           metadata: dict[str, str] | None, ignore: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     """Upload a file or directory (unchanged content is not sent again)."""
     result = _finish(obj.client().upload(path, name, description, metadata, list(tags) or None,
-                                         show_progress=obj.progress, ignore_patterns=list(ignore) or None))
+                                         show_progress=obj.progress(quiet), ignore_patterns=list(ignore) or None))
     _emit(result.to_dict()) if as_json else click.echo(_for_cli(result.summary()))
 
 
@@ -178,8 +182,10 @@ def upload(obj: Ctx, path: str, name: str | None, description: str | None, tags:
 @click.option("-y", "--yes", is_flag=True, help="Replace an existing DEST/NAME without asking.")
 @click.option("--version", "version", help="An exact version (default: the current one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_QUIET
 @click.pass_obj
-def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bool, as_json: bool) -> None:
+def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bool, as_json: bool,
+             quiet: bool) -> None:
     """Download a dataset, verified, into DEST/NAME. An existing DEST/NAME that is not already that version is
     replaced as a whole (what it holds that the dataset does not is removed), after asking at a terminal unless
     --yes."""
@@ -198,7 +204,7 @@ def download(obj: Ctx, name: str, dest: str | None, version: str | None, yes: bo
         return not declined[-1]
 
     response = obj.client().download(name, dest, version=version,
-                                     show_progress=obj.progress, confirm_replace=confirm if asking else None)
+                                     show_progress=obj.progress(quiet), confirm_replace=confirm if asking else None)
     if stopped:
         raise stopped[0]
     if any(declined):

@@ -353,3 +353,38 @@ def test_every_advice_the_cli_rewords_is_still_what_the_core_says() -> None:
     texts = _core_texts()
     stale = [advice for advice in cli_words.CLI_ADVICE if not any(advice.removeprefix("failed: ") in t for t in texts)]
     assert stale == []  # ("failed: " joins an action to its cause when the response is made)
+
+
+def test_quiet_is_taken_before_or_after_the_command(tmp_path: Path) -> None:
+    """`upload PATH --quiet` was refused ("No such option"); bars show only when stderr is a terminal."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def stderr_at_terminal(*args: str) -> tuple[int, str]:
+        main, sub = pty.openpty()
+        fcntl.ioctl(sub, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing 0 wide
+        proc = subprocess.Popen([SCRIPT, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=sub)
+        os.close(sub)
+        shown = b""
+        while chunk := _read_or_nothing(main):
+            shown += chunk
+        proc.communicate(timeout=120)
+        os.close(main)
+        return proc.returncode, shown.decode()
+
+    for where in ("nowhere", "before", "after"):
+        before, after = (["--quiet"], []) if where == "before" else ([], ["--quiet"] if where == "after" else [])
+        (tmp_path / f"{where}.bin").write_bytes(os.urandom(100_000))  # new data each time: a bar to show
+        code, shown = stderr_at_terminal(*before, "upload", str(tmp_path / f"{where}.bin"), *after)
+        assert code == 0 and ("Uploading" in shown) is (where == "nowhere"), (where, shown)
+        code, shown = stderr_at_terminal(*before, "download", f"{where}.bin", "--dest", str(tmp_path / "out"), *after)
+        assert code == 0 and ("Downloading" in shown) is (where == "nowhere"), (where, shown)
+
+
+def _read_or_nothing(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # EIO: no writer left
+        return b""
