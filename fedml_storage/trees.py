@@ -10,6 +10,7 @@ import heapq
 import itertools
 import logging
 import marshal
+import operator
 import os
 import shutil
 import stat
@@ -66,6 +67,9 @@ class Entry(NamedTuple):
         return os.path.join(self.root, self.rel)
 
 
+_REL, _SIZE, _MTIME, _CTIME = (operator.attrgetter(f) for f in ("rel", "st_size", "st_mtime_ns", "st_ctime_ns"))
+
+
 class Entries:
     """A tree's entries in order of relative path, readable any number of times. Up to HELD of them stay in
     memory; past that they go to temporary files in sorted runs, merged as they are read, so a tree of millions
@@ -99,10 +103,10 @@ class Entries:
     def _count(self, entries: list[Entry]) -> None:
         files = [e for e in entries if not e.is_dir]
         self.members += len(entries)
-        self.name_chars += sum(len(e.rel) for e in entries) + len(entries)
+        self.name_chars += sum(map(len, map(_REL, entries))) + len(entries)
         self.files += len(files)
-        self.size += sum(e.st_size for e in files)
-        self.newest = max(self.newest, max((max(e.st_mtime_ns, e.st_ctime_ns) for e in entries), default=0))
+        self.size += sum(map(_SIZE, files))
+        self.newest = max(self.newest, max(map(_MTIME, entries), default=0), max(map(_CTIME, entries), default=0))
 
     def __iter__(self) -> Iterator[Entry]:
         if not self._runs:
@@ -257,7 +261,7 @@ def _walk(folder: str, prefix: str, tree: Tree, seen: set[tuple[int, int]],
                     stack.append((_listing(path, rel + "/"), _joinable(path), rel + "/"))
                     break  # into it; this folder's other items come after
             elif stat.S_ISREG(st.st_mode):
-                if own and _is_own(rel, path, st, tree):
+                if own and (st.st_dev, st.st_ino) in own and _is_own(rel, path, st, tree):
                     continue
                 tree.entries.append(Entry(rel, root, False, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
                                           st.st_mode))
