@@ -133,8 +133,11 @@ class StorageClient:
         except Exception as exc:  # the core API reports failures, it does not raise them
             if isinstance(exc, NotFound) and (hint := self._default_service_hint()):
                 exc = NotFound(f"{exc}{hint}")
-            failed = to_response(exc, action, self._secrets(), after_error, log_it=self._log_failures)
-            return dataclasses.replace(failed, message=reword(failed.message, self._advice))
+            failed = to_response(exc, action, self._secrets(), after_error, log_it=False)
+            failed = dataclasses.replace(failed, message=reword(failed.message, self._advice))
+            if self._log_failures:  # in the words the caller gets
+                log.info("%s", failed.message)
+            return failed
         text = message(data) if message else f"{action} succeeded"
         return FedMLResponse(ResponseCode.SUCCESS, reword(text, self._advice), data)
 

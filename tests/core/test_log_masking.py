@@ -45,3 +45,15 @@ def test_the_log_masking_stays_bounded_and_safe_while_clients_are_made() -> None
     logging_thread.join()
     logger.setLevel(logging.NOTSET)
     assert errors == [] and len(_MASKING._secrets) == _MASKING.KEPT
+
+
+def test_a_failure_is_logged_in_the_words_its_message_was_given(isolated_home, caplog) -> None:
+    """With advice for a framework, the message said "the list task" while the log line said
+    list_storage_objects()."""
+    from fedml_storage.advice import LISTING, kept_in
+
+    client = StorageClient(service="LOCAL", advice=kept_in("the list task"))
+    with caplog.at_level(logging.INFO, logger="fedml_storage"):
+        got = client.get_metadata("never-stored")
+    assert "the list task shows what is stored" in got.message and LISTING not in got.message
+    assert [r.getMessage() for r in caplog.records if "never-stored" in r.getMessage()] == [got.message]
