@@ -241,6 +241,8 @@ def _settled_stat(part: Path, probe: Path) -> os.stat_result | None:
 
 
 def _remember_file(target: Path, written: os.stat_result, probe: Path, sha256: str, cache: DigestCache) -> None:
+    """Store the digest of the file just renamed to `target` if it is still the one `written` saw (no write since:
+    its mtime would differ), keyed by its stat once the clock has passed the rename."""
     try:
         placed = os.lstat(target)
         if ((placed.st_ino, placed.st_size, placed.st_mtime_ns) == (written.st_ino, written.st_size,
@@ -264,5 +266,5 @@ def _clock_past(newest: int, probe: Path) -> bool:
             return True
         if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
             return False  # waiting for the next second would cost each download more than it saves a re-run
-        if attempt:  # the first retry at once: a kernel keeping fine-grained times for files just read (6.13 on)
-            time.sleep(0.001)  # gives the probe one now, where the first could only match the latest time given
+        if attempt:  # the first retry comes at once: from 6.13 Linux gives a file whose times were just read a
+            time.sleep(0.001)  # fine-grained time, where the first try could only repeat the latest time handed out
