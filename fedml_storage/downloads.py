@@ -207,6 +207,13 @@ def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionReco
             log.info("the server sends whole objects only: fetching %r from its start", name)
             resume_at = 0
             continue
+        except IntegrityError as exc:  # said of the stored object while going on from kept bytes: judged whole
+            if not resume_at:
+                raise
+            log.warning("going on with what an earlier download of %r kept failed (%s); fetching it from its start",
+                        name, exc)
+            resume_at = 0
+            continue
         if writer.size == record.size and writer.sha256.hexdigest() == record.sha256:
             return record
         if resume_at:

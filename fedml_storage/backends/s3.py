@@ -128,6 +128,8 @@ class S3Store(ObjectStore):
         # One streamed GET, verified as it arrives; when that stream proves slow over its first part (real S3
         # serves ~100 MB/s per connection) the rest comes in parallel ranges. Streaming first suits servers
         # where every ranged GET re-reads the object (moto, small gateways). Huge objects go ranged at once.
+        if start and start >= size:  # all kept from an earlier try (a Range past the end is an error to S3)
+            return
         got = start
         if size - start <= self._download_threshold or self._concurrency < 2:
             switch_at = self._stream_into(key, sink, start, size, progress)

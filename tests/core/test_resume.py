@@ -324,3 +324,52 @@ def test_what_another_user_plants_in_a_shared_folder_is_never_kept_nor_followed(
     assert victim.read_bytes() == b"v" * (20 * MiB)  # neither truncated nor moved
     assert list(out.iterdir()) == []
     assert not (isolated_home / "partial" / sha).exists()
+
+
+@pytest.mark.parametrize("going_on_fails", [False, True])
+def test_a_folder_download_stopped_while_unpacking_is_placed_by_the_next_from_what_it_kept(
+    store: Store, isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, going_on_fails: bool
+) -> None:
+    """Stopped after every byte was in (an Airflow timeout while a large folder unpacks): on S3 the next download
+    asked for a range past the end and called the stored data corrupt, for good (helper-86). Whatever the store
+    says of its data while a download goes on from kept bytes, it is fetched from its start before it is judged."""
+    from fedml_storage import downloads
+    from fedml_storage.errors import IntegrityError
+
+    src = tmp_path / "ds"
+    src.mkdir()
+    (src / "weights.bin").write_bytes(os.urandom(SIZE))
+    (src / "notes.txt").write_text("kept whole")
+    client = store.client(stream_min_rate=0)
+    assert client.upload(str(src)).ok
+    real_extract, stopped = downloads.safe_extract, []
+
+    def stop_once(*args, **kwargs):
+        if not stopped:
+            stopped.append(True)
+            raise KeyboardInterrupt  # as a framework's timeout or SIGTERM handler raises in the task
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(downloads, "safe_extract", stop_once)
+    with pytest.raises(KeyboardInterrupt):
+        client.download("ds", str(tmp_path / "out"))
+    kept = list((isolated_home / "partial").iterdir())
+    size = client.get_metadata("ds").unwrap().size_bytes
+    assert len(kept) == 1 and kept[0].stat().st_size == size
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.backends.s3 import S3Store
+
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    fetch, starts = backend.get_into, []
+
+    def spy(self, key, sink, n, progress=None, start=0):
+        starts.append(start)
+        if start and going_on_fails:
+            raise IntegrityError("the stored data is corrupt")
+        return fetch(self, key, sink, n, progress, start)
+
+    monkeypatch.setattr(backend, "get_into", spy)
+    again = client.download("ds", str(tmp_path / "out"))
+    assert again.ok and starts == ([size, 0] if going_on_fails else [size]), (again.message, starts)
+    assert (tmp_path / "out" / "ds" / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
+    assert not any((isolated_home / "partial").iterdir())
