@@ -197,3 +197,22 @@ def test_https_to_a_plain_http_port_fails_at_once(moto_endpoint: str) -> None:
                        api_key=TEST_API_KEY, max_attempts=1) as client:
         response = client.list()
     assert response.reason == "not_configured" and "does not answer TLS there" in response.message, response.message
+
+
+def test_each_client_reads_credentials_anew_and_shares_the_service_models(monkeypatch) -> None:
+    """Every API call makes a client: a new boto3 session each loaded botocore's models again (~110 ms a call,
+    helper-87). The models are now loaded once; credentials, from the environment here, are still read anew."""
+    from fedml_storage.backends.s3_client import s3_client
+    from fedml_storage.config import StorageSettings
+
+    settings = StorageSettings(service="S3", bucket="b", endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FIRSTKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    first = s3_client(settings)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ROTATEDKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-secret")
+    second = s3_client(settings)
+    assert first._request_signer._credentials.access_key == "FIRSTKEY"
+    assert second._request_signer._credentials.access_key == "ROTATEDKEY"
+    assert first._loader is second._loader
+    assert first.meta.service_model.operation_names == second.meta.service_model.operation_names
