@@ -120,7 +120,8 @@ def _upload_name_at_parse(data_path: object, name: str | None) -> str | None:
 
 
 class FedMLStorageUploadOperator(_StorageOperator):
-    """Upload a file or directory; XCom: name, uri, version, sha256, size, skipped, ...
+    """Upload a file or directory; XCom: name, uri, version, sha256, size, skipped, ..., and under the keys
+    ``name``, ``version`` and ``sha256`` what was stored (for a downstream task to pin that version).
 
     With `namespace=` given and a name the DAG file tells, declares the outlet Asset
     ``fedml://<namespace>/<name>``, so DAGs scheduled on it run after each upload. Otherwise (the namespace comes
@@ -187,6 +188,7 @@ class FedMLStorageUploadOperator(_StorageOperator):
         if not declared and not aliases:  # e.g. a mapped upload made outside a DAG
             self.log.warning("no outlet of this task carries an event for %s: DAGs scheduled on it will not run; "
                              "pass outlets=[AssetAlias(...)], or namespace= and a name the DAG file tells", uri)
+        push_keys(self, context, name=result["name"], version=result["version"], sha256=result["sha256"])
         return result
 
     @staticmethod
@@ -199,6 +201,14 @@ class FedMLStorageUploadOperator(_StorageOperator):
                 "pass namespace= when it comes from the connection, a name= with the file's extension (a file keeps "
                 "it: name='weights' for model.pt is stored as weights.pt), or outlets="
             )
+
+
+def push_keys(task: BaseOperator, context: Context, **values: Any) -> None:
+    """Push `values` under keys of their own (for `task.output["version"]` or `xcom_pull(key="version")`), as the
+    return value is pushed: not with do_xcom_push=False."""
+    if task.do_xcom_push:
+        for key, value in values.items():
+            context["ti"].xcom_push(key=key, value=value)
 
 
 class FedMLStorageDownloadOperator(_StorageOperator):
@@ -225,9 +235,7 @@ class FedMLStorageDownloadOperator(_StorageOperator):
     def execute(self, context: Context) -> str:
         with self.calls() as hook:
             result = self._call(hook.download, self.name, self.dest_path, self.version or None)
-        if self.do_xcom_push:  # as the return value: nothing with do_xcom_push=False
-            context["ti"].xcom_push(key="version", value=result.version)
-            context["ti"].xcom_push(key="sha256", value=result.sha256)
+        push_keys(self, context, version=result.version, sha256=result.sha256)
         return str(result)
 
 

@@ -12,13 +12,14 @@ from airflow.sdk.exceptions import (AirflowFailException, AirflowSensorTimeout, 
                                     AirflowTaskTimeout)
 
 from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
+from .operators import push_keys
 from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger, in_seconds
 
 
 class FedMLStorageDatasetSensor(BaseSensorOperator):
     """Succeeds once `name` is stored; with `metadata_key`, once that user-metadata key is set (to
     `metadata_value`, when given); with `version`, once that version is stored. XCom: {"name", "version",
-    "sha256"} of what a download gets (the version asked for, when given).
+    "sha256"} of what a download gets (the version asked for, when given), also each under its own key.
 
     Works in poke and reschedule mode, and with `deferrable=True` waits in the triggerer without holding a
     worker slot. An unreachable or busy service counts as "not yet" (logged as a warning); bad input or refused
@@ -57,6 +58,12 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         return PokeReturnValue(seen.ready, _seen(self.name, seen.version, seen.sha256) if seen.ready else None)
 
     def execute(self, context: Context) -> Any:
+        seen = self._wait(context)
+        if isinstance(seen, dict):
+            push_keys(self, context, **seen)
+        return seen
+
+    def _wait(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
         done = self._first_poke(context)
@@ -108,7 +115,9 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
                 raise FedMLStorageException(message, None, retryable=True)
             raise FedMLStorageFailException(message, None, retryable=False)
         self.log.info("%s", event["message"])
-        return _seen(event.get("name", self.name), event.get("version"), event.get("sha256"))
+        seen = _seen(event.get("name", self.name), event.get("version"), event.get("sha256"))
+        push_keys(self, context, **seen)
+        return seen
 
 
 def _seen(name: str, version: str | None, sha256: str | None) -> dict[str, Any]:

@@ -115,6 +115,10 @@ def test_namespace_from_the_connection_mapped_uploads_sensor_download_and_retrie
     assert upload["ignored"] == 2 and upload["file_count"] == 1  # scratch.tmp and .cache/ left out
     assert tree_bytes(tmp_path / "work" / "down" / "shared") == {"rows.csv": b"a,b\n1,2\n"}
     assert _xcoms(airflow_home, dag_id, "download", "version") == [upload["version"]]
+    for task_id in ("upload", "wait"):  # under keys of their own too: `task.output["version"]` pins it
+        assert [_xcoms(airflow_home, dag_id, task_id, key)[0] for key in ("name", "version", "sha256")] == \
+            [seen["name"], seen["version"], seen["sha256"]]
+    assert _xcoms(airflow_home, dag_id, "upload_each", "name") == ["ds1.csv", "ds2.csv", "ds3.csv"]
     assert _xcoms(airflow_home, dag_id, "download", "sha256") == [upload["sha256"]]
     # a delete run again after it went through succeeds, and says nothing was deleted
     assert (_xcoms(airflow_home, dag_id, "delete"), _xcoms(airflow_home, dag_id, "delete_again")) == ([True], [False])

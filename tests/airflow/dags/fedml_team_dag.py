@@ -1,6 +1,6 @@
 """Test DAG: the connection alone sets the namespace (team-a). Mapped uploads and a plain one (leaving out
 scratch files by ignore_patterns) emit their Assets there; a sensor waits for the uploaded version and tells it;
-the download pushes what it got; the delete runs twice, as a retry after it went through would."""
+the download gets that version and pushes what it got; the delete runs twice, as a retry after it went through would."""
 
 from __future__ import annotations
 
@@ -36,9 +36,11 @@ def team_dag():
         data_path=[f"{WORK}/ds{i}.csv" for i in (1, 2, 3)])
     upload = FedMLStorageUploadOperator(task_id="upload", data_path=f"{WORK}/shared", name="shared",
                                         ignore_patterns=["*.tmp", ".cache/"])
+    # each pinned the TaskFlow way, by the key the task upstream pushes the version under
     wait = FedMLStorageDatasetSensor(task_id="wait", name="shared", poke_interval=1, timeout=60,
-                                     version="{{ ti.xcom_pull(task_ids='upload')['version'] }}")
-    download = FedMLStorageDownloadOperator(task_id="download", name="shared", dest_path=f"{WORK}/down")
+                                     version=upload.output["version"])
+    download = FedMLStorageDownloadOperator(task_id="download", name="shared", dest_path=f"{WORK}/down",
+                                            version=wait.output["version"])
     delete = FedMLStorageDeleteOperator(task_id="delete", name="shared")
     delete_again = FedMLStorageDeleteOperator(task_id="delete_again", name="shared")
     make_data() >> [each, upload]
