@@ -126,14 +126,19 @@ class LocalStore(ObjectStore):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
+        root = str(self.root)
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if not (dirpath == str(self.root) and d == TMP_DIR))
+            folder = os.path.relpath(dirpath, root).replace(os.sep, "/") + "/"
+            folder = "" if folder == "./" else folder
+            # only into folders whose keys start with the prefix (`base` is the folder the prefix names, so a folder
+            # below it either does or cannot hold such keys); matched as text, no Path made per file
+            dirnames[:] = sorted(d for d in dirnames if not (folder == "" and d == TMP_DIR)
+                                 and (folder + d + "/").startswith(prefix))
             for filename in sorted(filenames):
-                full = Path(dirpath, filename)
-                key = full.relative_to(self.root).as_posix()
+                key = folder + filename
                 if key.startswith(prefix) and key != ".lock":
                     try:
-                        st = full.stat()
+                        st = os.stat(os.path.join(dirpath, filename))
                     except FileNotFoundError:
                         continue  # deleted while listing
                     yield ObjectInfo(key, st.st_size, None, st.st_mtime)

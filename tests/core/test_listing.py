@@ -62,3 +62,18 @@ def test_a_prefix_is_matched_against_names_not_the_catalog_files_they_are_kept_i
 def test_a_prefix_no_name_can_start_with_is_bad_input(store: Store, prefix: object, said: str) -> None:
     response = store.client().list(prefix=prefix)
     assert not response.ok and response.reason == "invalid_input" and said in response.message
+
+
+def test_the_local_store_lists_by_key_prefix_across_folders(tmp_path: Path) -> None:
+    """Folders that cannot hold a matching key are not walked (a miss among 5,000 names walked every catalog file,
+    helper-87): what is listed is still every key that starts with the prefix."""
+    from fedml_storage.backends.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    keys = ["ns/manifests/a.json", "ns/manifests/ab.json", "ns/manifests/b.json", "ns/data/a/v1/a.zip",
+            "ns/data/ab/v2/ab.zip", "ns/data/b/v1/b", "ns-2/manifests/a.json", "top.json"]
+    for key in keys:
+        store.write_bytes(key, key.encode())
+    for prefix in ("", "ns", "ns/", "ns-", "ns/manifests/", "ns/manifests/a", "ns/data/a", "ns/data/a/",
+                   "ns/data/ab/v", "ns/data/b/v1/b", "ns/data/c", "t", "x/"):
+        assert sorted(o.key for o in store.list(prefix)) == sorted(k for k in keys if k.startswith(prefix)), prefix
