@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -49,3 +50,17 @@ class Helpers:
         """Jobs running now stop retrying their requests (queued ones are the caller's to cancel)."""
         with _lock:
             _abandoned.update(self._running)
+
+
+def parallel_map(fn: Callable[[Any], T], items: list[Any], workers: int, name: str) -> list[T]:
+    """`fn` of each item, in order, on up to `workers` threads named `name`. Once the caller is interrupted (a task
+    timeout) or a job fails, jobs not yet started are dropped and those running are given up."""
+    if not items:
+        return []
+    helpers = Helpers()
+    with ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix=name) as pool:
+        try:
+            return list(pool.map(helpers.job(fn), items))  # map's results, left on a raise, cancel those queued
+        except BaseException:
+            helpers.give_up()
+            raise

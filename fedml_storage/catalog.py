@@ -16,13 +16,12 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .abandon import Helpers
+from .abandon import parallel_map
 from .advice import LISTING
 from .backends.base import ObjectMissing, ObjectStore
 from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
@@ -263,13 +262,7 @@ class Catalog:
                 return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
             return found[0] if found else None  # deleted while listing
 
-        helpers = Helpers()
-        with ThreadPoolExecutor(max(1, min(workers, len(names))), thread_name_prefix="fedml-storage-list") as pool:
-            try:
-                results = [r for r in pool.map(helpers.job(one), names) if r is not None]
-            except BaseException:
-                helpers.give_up()  # interrupted (a task timeout): reads in flight are not sent again
-                raise
+        results = [r for r in parallel_map(one, names, workers, "fedml-storage-list") if r is not None]
         manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
         return manifests, dict(sorted(r for r in results if isinstance(r, tuple)))
 
@@ -331,23 +324,26 @@ class Catalog:
         parts = key[len(self.data_prefix):].split("/")
         return len(parts) == 3 and bool(VERSION_ID.fullmatch(parts[1])) and "" not in parts
 
-    def _confirm_orphans(self, keys: list[str]) -> list[str]:
+    def _confirm_orphans(self, keys: list[str], workers: int = 8) -> list[str]:
         """Of data keys the manifest listing left unreferenced, those their name's manifest, read on its own, does not
         reference either: a listing that came back short must never cost published data."""
         by_name: dict[str, list[str]] = {}
         for key in keys:
             by_name.setdefault(key[len(self.data_prefix):].split("/", 1)[0], []).append(key)
-        confirmed = []
-        for name, name_keys in by_name.items():
+
+        def unreferenced(item: tuple[str, list[str]]) -> list[str]:
+            name, name_keys = item
             try:
                 found = self.read(name)
             except (IntegrityError, PermissionError):
-                continue  # unreadable: its data stays, as above
+                return []  # unreadable: its data stays, as above
             kept = {v.key for v in found[0].versions} if found else set()
             if kept & set(name_keys):
                 log.warning("cleanup leaves the data of %r: the listing of catalog entries missed it", name)
-            confirmed += [k for k in name_keys if k not in kept]
-        return confirmed
+            return [k for k in name_keys if k not in kept]
+
+        return [key for keys in parallel_map(unreferenced, list(by_name.items()), workers, "fedml-storage-cleanup")
+                for key in keys]
 
 
 def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:

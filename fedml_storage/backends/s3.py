@@ -18,6 +18,7 @@ from s3transfer.subscribers import BaseSubscriber
 from s3transfer.utils import OSUtils, ReadFileChunk
 
 from .. import stops
+from ..abandon import parallel_map
 from ..advice import NO_BUCKET
 from ..config import StorageSettings
 from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
@@ -291,22 +292,24 @@ class S3Store(ObjectStore):
     def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
         """Abort multipart uploads under `prefix` idle since before `older_than` (started then, and no part
         since: a long upload still sending parts is left alone); how many."""
-        count = 0
+
+        def abort_if_idle(upload: dict) -> bool:
+            key, upload_id = upload["Key"], upload["UploadId"]
+            try:
+                if self._last_part_at(key, upload_id) >= older_than:
+                    return False
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return False  # completed or aborted meanwhile
+                raise
+            return True
+
         with _translate(prefix, self._location):
             paginator = self._client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for upload in page.get("Uploads", []):
-                    key, upload_id = upload["Key"], upload["UploadId"]
-                    try:
-                        if upload["Initiated"].timestamp() >= older_than or self._last_part_at(key, upload_id) >= older_than:
-                            continue
-                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                    except botocore.exceptions.ClientError as exc:
-                        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                            continue  # completed or aborted meanwhile
-                        raise
-                    count += 1
-        return count
+            old = [upload for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+                   for upload in page.get("Uploads", []) if upload["Initiated"].timestamp() < older_than]
+            return sum(parallel_map(abort_if_idle, old, self._concurrency, "fedml-storage-cleanup"))
 
     def _last_part_at(self, key: str, upload_id: str) -> float:
         """When the newest part of a multipart upload arrived (0 when it has none)."""

@@ -150,3 +150,24 @@ def test_an_interrupted_listing_leaves_no_read_asking_again(s3_store, moto_proxy
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert not any(t.name.startswith("fedml-storage-list") for t in threading.enumerate())
+
+
+def test_once_a_job_fails_the_jobs_not_started_are_dropped() -> None:
+    """A listing or clean-up reads in parallel: after a failure (or the caller's interrupt) the reads still queued
+    were all made before it raised."""
+    from fedml_storage.abandon import parallel_map
+
+    ran: list[int] = []
+
+    def read(i: int) -> int:
+        if i == 0:
+            raise ValueError("unreadable")
+        time.sleep(0.02)
+        ran.append(i)
+        return i
+
+    assert parallel_map(read, list(range(1, 6)), 2, "test") == [1, 2, 3, 4, 5]
+    ran.clear()
+    with pytest.raises(ValueError, match="unreadable"):
+        parallel_map(read, list(range(100)), 2, "test")
+    assert len(ran) < 10, ran
