@@ -257,6 +257,10 @@ class StorageClient:
             if metadata_key is not None and (not isinstance(metadata_key, str) or not metadata_key.strip()):
                 raise InvalidInput("metadata_key is empty (a template that rendered empty?): name the user-metadata key "
                                    "to wait for, or pass None to wait for the dataset alone")
+            if version is not None and (not isinstance(version, str) or not VERSION_ID.fullmatch(version)):
+                given = repr(version) if len(repr(version)) <= 80 else repr(version)[:77] + "..."
+                raise InvalidInput(f"{given} is not a version id, so it can never be stored (a template that rendered "
+                                   "'None'?); pass the `version` an upload returned, or None for any version")
             catalog = self._catalog()
             found = catalog.read(name)  # one read: the name and its metadata from the same manifest
             if found is None:
@@ -268,10 +272,9 @@ class StorageClient:
             if version is not None:
                 kept = next((v for v in manifest.versions if v.version == version), None)
                 if kept is None:
-                    # ids sort by time: one dropped, older than every kept version, or malformed, can never appear
-                    if not isinstance(version, str) or not VERSION_ID.fullmatch(version) \
-                            or version in manifest.dropped or version < max(v.version for v in manifest.versions):
-                        manifest.find(version)  # raises: not a version id, or not kept
+                    # ids sort by time: one dropped, or older than every kept version, can never appear
+                    if version in manifest.dropped or version < max(v.version for v in manifest.versions):
+                        manifest.find(version)  # raises: not kept
                     return Readiness(False, f"dataset {name!r}: version {version!r} not stored (yet)",
                                      manifest.current.version, manifest.current.sha256)
                 pinned = (kept.version, kept.sha256)

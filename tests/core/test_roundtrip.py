@@ -286,8 +286,9 @@ def test_ready_waits_for_a_version_and_tells_which_one_a_download_gets(store: St
     assert client.upload(src).ok  # keep_versions=2: the first is dropped
     gone = client.ready("f.txt", version=first.version)  # older than the current one: it can never come
     assert gone.reason == "not_found" and not gone.retryable and "is not kept" in gone.message, gone.message
-    bad = client.ready("f.txt", version="v1")
-    assert bad.reason == "invalid_input" and "not a version id" in bad.message
+    for name in ("f.txt", "not-stored-yet"):  # malformed: refused at once, also before the name is stored
+        bad = client.ready(name, version="None")
+        assert bad.reason == "invalid_input" and "not a version id" in bad.message, bad.message
 
 
 def test_delete_with_missing_ok_succeeds_for_a_name_already_gone(store: Store, tmp_path: Path) -> None:
