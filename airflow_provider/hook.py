@@ -11,10 +11,11 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow.sdk.lineage import get_hook_lineage_collector
 
 from fedml_storage import (
-    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata, is_unset,
-    unknown_settings,
+    PLAIN_SETTINGS, DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata,
+    is_unset, unknown_settings,
 )
 from fedml_storage.advice import kept_in, needs_dest_path, unattended_dest
+from fedml_storage.config import config_path
 
 
 class FedMLStorageException(AirflowException):
@@ -35,6 +36,12 @@ class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
 
 WORKER_DIR = "is wherever the worker was started (dags, logs)"
 TEMPLATE_RENDERED_EMPTY = ". Did a template for dest_path render empty?"
+
+
+def _configured_here() -> bool:
+    """Whether this worker configures fedml-storage itself: a setting's FEDML_STORAGE_* variable, or a config file."""
+    return config_path().is_file() or any(os.environ.get(f"FEDML_STORAGE_{field.upper()}", "").strip()
+                                          for field in (*PLAIN_SETTINGS, "api_key"))
 
 
 def no_dest_path(who: str) -> str:
@@ -84,7 +91,15 @@ class FedMLStorageHook(BaseHook):
                     f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
                     "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
                 ) from None
-            self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
+            if _configured_here():
+                self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
+            else:  # a misspelt AIRFLOW_CONN_ variable looks the same: say where the data goes
+                self.log.warning(
+                    "No Airflow connection %r and no fedml-storage configuration on this worker (FEDML_STORAGE_* "
+                    "variables or %s): datasets go to the embedded LOCAL store on this worker's disk, which tasks on "
+                    "other workers do not see. Define the connection (type fedml_storage) for a shared store, or "
+                    "set FEDML_STORAGE_SERVICE=LOCAL on the worker to keep them there",
+                    self.fedml_storage_conn_id, config_path())
             return {}
         if conn.conn_type and conn.conn_type.replace("-", "_") != self.conn_type:  # e.g. an aws connection reused
             self.log.warning("Airflow connection %r is of type %r, not %s: fedml-storage reads its password as the "

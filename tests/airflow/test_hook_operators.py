@@ -334,14 +334,19 @@ def _level(line: str) -> str:
     return ""
 
 
-def test_a_failure_is_logged_once_by_airflow_not_by_the_core(tmp_path: Path, caplog, capfd) -> None:
+def test_a_failure_is_logged_once_by_airflow_not_by_the_core(tmp_path: Path, caplog, capfd, monkeypatch) -> None:
     caplog.set_level(logging.INFO)
+    monkeypatch.setenv("FEDML_STORAGE_SERVICE", "LOCAL")  # a worker configured without a connection
     hook = FedMLStorageHook()
     with pytest.raises(AirflowFailException, match="no data named 'never-stored'"):
         hook.download("never-stored", str(tmp_path))
     lines = _log_lines(caplog, capfd)
     assert not [line for line in lines if "never-stored" in line]  # the exception carries it: Airflow logs it once
     assert not [line for line in lines if "No connection" in line and _level(line) != "debug"]  # on every task
+    monkeypatch.delenv("FEDML_STORAGE_SERVICE")  # nothing configured at all (or a misspelt AIRFLOW_CONN_ variable)
+    FedMLStorageHook().upload(str(tmp_path))
+    warned = [line for line in _log_lines(caplog, capfd) if "No Airflow connection 'fedml_storage_default'" in line]
+    assert warned and all(_level(line) == "warning" for line in warned) and "LOCAL store" in warned[0]
 
 
 def test_sensor_waits_for_a_version_and_pushes_what_it_saw(tmp_path: Path) -> None:
@@ -379,20 +384,3 @@ def test_sensor_warns_when_the_service_cannot_be_reached(unreachable_connection:
     warned = [line for line in lines if "cannot check dataset 'ds'" in line and "cannot reach the storage" in line]
     assert [_level(line) for line in warned] in (["warning"], ["warning", "warning"]), lines  # not a quiet "not yet"
     assert SECRET not in "\n".join(lines)
-
-
-def test_hook_cleanup_removes_what_an_interrupted_upload_left(s3_settings: dict, monkeypatch: pytest.MonkeyPatch,
-                                                             caplog, capfd) -> None:
-    from tests.conftest import s3_client
-
-    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({
-        "conn_type": "fedml_storage", "password": TEST_API_KEY,
-        "extra": {k: s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}}))
-    s3 = s3_client(s3_settings["endpoint_url"])
-    left = "default/data/killed/20261126T000000000000Z-0badc0de/killed.zip"  # never published
-    s3.put_object(Bucket=s3_settings["bucket"], Key=left, Body=b"partial")
-    assert FedMLStorageHook().cleanup(older_than_seconds=3600)["orphaned_objects_removed"] == 0  # in its grace period
-    counts = FedMLStorageHook().cleanup(older_than_seconds=0)
-    logged = caplog.text + capfd.readouterr().out
-    assert counts["orphaned_objects_removed"] == 1 and "cleanup removed 1 unreferenced object(s)" in logged
-    assert "Contents" not in s3.list_objects_v2(Bucket=s3_settings["bucket"])

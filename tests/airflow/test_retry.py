@@ -1,4 +1,5 @@
-"""Airflow retries: the first try fails because S3 is not up yet, the retry succeeds, data is stored once."""
+"""Airflow retries: the first try fails because S3 is not up yet, the retry succeeds, data is stored once; and
+the hook's cleanup of what an interrupted try left."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from moto.server import ThreadedMotoServer
 
+from airflow_provider.hook import FedMLStorageHook
 from tests.conftest import TEST_API_KEY, s3_client
 
 from .conftest import AIRFLOW, base_env, query
@@ -140,3 +143,18 @@ def test_on_kill_interrupts_only_a_storage_call_in_the_main_thread_and_once() ->
     assert seen == ["other thread: nothing", "stopped"]
     op.on_kill()
     assert op._call(lambda: "done") == "done"
+
+
+def test_hook_cleanup_removes_what_an_interrupted_upload_left(s3_settings: dict, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog, capfd) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FEDML_STORAGE_DEFAULT", json.dumps({
+        "conn_type": "fedml_storage", "password": TEST_API_KEY,
+        "extra": {k: s3_settings[k] for k in ("service", "bucket", "endpoint_url", "region")}}))
+    s3 = s3_client(s3_settings["endpoint_url"])
+    left = "default/data/killed/20261126T000000000000Z-0badc0de/killed.zip"  # never published
+    s3.put_object(Bucket=s3_settings["bucket"], Key=left, Body=b"partial")
+    assert FedMLStorageHook().cleanup(older_than_seconds=3600)["orphaned_objects_removed"] == 0  # in its grace period
+    counts = FedMLStorageHook().cleanup(older_than_seconds=0)
+    logged = caplog.text + capfd.readouterr().out
+    assert counts["orphaned_objects_removed"] == 1 and "cleanup removed 1 unreferenced object(s)" in logged
+    assert "Contents" not in s3.list_objects_v2(Bucket=s3_settings["bucket"])
