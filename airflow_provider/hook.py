@@ -14,7 +14,7 @@ from fedml_storage import (
     PLAIN_SETTINGS, DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata,
     is_unset, unknown_settings,
 )
-from fedml_storage.advice import kept_in, needs_dest_path, unattended_dest
+from fedml_storage.advice import kept_in, needs_dest_path, relative_paths, unattended_dest
 from fedml_storage.config import config_path
 
 
@@ -119,7 +119,7 @@ class FedMLStorageHook(BaseHook):
         # Extras are the core's settings by name (Airflow 2's forms prefixed them); the API key is the password.
         settings = {k.removeprefix(f"extra__{self.conn_type}__"): v for k, v in self._extra(conn).items()
                     if not is_unset(v)}
-        problem = unknown_settings(settings)
+        problem = unknown_settings(settings) or relative_paths(settings, "its extra", "worker")
         if problem:
             raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "
                                             "its extra (the API key is its password)", "invalid_input", False)

@@ -49,6 +49,19 @@ def unattended_dest(dest_path: Any, who: str, worker: str, holds: str, if_none: 
     return None
 
 
+def relative_paths(settings: Mapping[str, Any], where: str, worker: str) -> str | None:
+    """Why path settings kept in `where` (a connection's extra, a block's fields) are refused on an unattended
+    `worker`: a relative one names a folder in each run's working directory. None when every one is absolute."""
+    relative = [key for key in ("local_root", "partial_dir", "ca_bundle")
+                if isinstance(value := settings.get(key), (str, os.PathLike)) and str(value).strip()
+                and not str(value).startswith("~") and not os.path.isabs(value)]
+    if not relative:
+        return None
+    return (f"{' and '.join(relative)} in {where} {'is' if len(relative) == 1 else 'are'} relative: on a {worker} "
+            "that names a folder in each run's working directory, which differs between runs and machines; give an "
+            "absolute path")
+
+
 def reword(message: str, advice: Mapping[str, str]) -> str:
     """`message` with the advice it holds in the words of `advice` (the core's phrase to another)."""
     for python, theirs in advice.items():

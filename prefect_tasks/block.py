@@ -16,7 +16,7 @@ from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, Secr
 
 from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Reason, ResponseCode, StorageClient,
                            StorageSettings, is_unset)
-from fedml_storage.advice import kept_in, unattended_dest
+from fedml_storage.advice import kept_in, relative_paths, unattended_dest
 from fedml_storage.api_keys import check_api_key
 from fedml_storage.config import setting_hints
 
@@ -253,6 +253,8 @@ upload_data("data/mnist", storage=storage)
         """
         saved = getattr(self, "_block_document_name", None)
         block = f"the FedMLStorage block{f' {saved!r}' if saved else ''}"
+        if why := relative_paths(self.settings(), block, "machine running the flow"):
+            raise FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, why, None, Reason.INVALID_INPUT.value))
         return StorageClient(origin=f"{block} or the task's arguments", log_failures=False, key_means_remote=True,
                              advice=kept_in(PREFECT_LISTING, block, f"the api_key field of {block}"),
                              **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})

@@ -97,6 +97,7 @@ def test_extras_named_the_airflow_2_way_still_work(s3_settings: dict, monkeypatc
 @pytest.mark.parametrize(("extra", "words"), [
     ({"endpoint": "http://127.0.0.1:9"}, "'endpoint' (did you mean 'endpoint_url'?)"),
     ({"api_key": "AKIA:s3cr3t"}, "'api_key' (secrets go in their own field)"),
+    ({"service": "LOCAL", "local_root": "relstore"}, "local_root in its extra is relative: on a worker"),
 ])
 def test_connection_extras_that_are_no_setting_fail_the_task(monkeypatch: pytest.MonkeyPatch, extra: dict,
                                                              words: str) -> None:

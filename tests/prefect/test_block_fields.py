@@ -132,3 +132,15 @@ def test_advice_names_the_block_and_the_tasks_not_python_calls(tmp_path: Path) -
         FedMLStorage(service="LOCAL", local_root=str(tmp_path)).get_metadata("nope")
     assert "list_data() (or a block's list()) shows what is stored" in str(missing.value)
     assert "list_storage_objects" not in str(missing.value)
+
+
+def test_a_relative_path_in_a_block_is_refused(tmp_path: Path) -> None:
+    """A flow run's working directory differs between runs: a relative local_root kept each run's datasets in a
+    store of its own (helper-86)."""
+    from fedml_storage import FedMLStorageError
+
+    for fields in ({"local_root": "relstore"}, {"partial_dir": "partial", "local_root": str(tmp_path)}):
+        with pytest.raises(FedMLStorageError, match="is relative: on a machine running the flow"):
+            FedMLStorage(service="LOCAL", **fields).list()
+    assert FedMLStorage(service="LOCAL", local_root=str(tmp_path)).list() == []
+    assert not Path("relstore").exists()  # nothing made in the working directory
