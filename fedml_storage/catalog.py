@@ -101,6 +101,13 @@ class Manifest(BaseModel):
         )
 
 
+class Unread:
+    """A manifest not read yet (`Catalog.commit` reads it)."""
+
+
+UNREAD = Unread()
+
+
 class Catalog:
     """Reads and commits manifests of one namespace in one store."""
 
@@ -144,14 +151,17 @@ class Catalog:
             return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
 
-    def commit(self, name: str, build: Callable[[Manifest | None], Manifest | None]) -> tuple[Manifest, list[str]]:
+    def commit(self, name: str, build: Callable[[Manifest | None], Manifest | None],
+               known: tuple[Manifest, str] | None | Unread = UNREAD) -> tuple[Manifest, list[str]]:
         """Write `build(current)` only over the manifest it was built from; retried when another writer won.
         `build` returns None when `current` already holds what it would write (an earlier try that landed).
+        `known`: the manifest and etag (or None: no manifest) the caller read earlier, for the first try (its write
+        is conditional like any other: a change since is caught, then read).
 
         Returns the new manifest and the data keys it no longer references (to delete after).
         """
         for attempt in range(COMMIT_ATTEMPTS):
-            found = self.read(name)
+            found = self.read(name) if attempt or isinstance(known, Unread) else known
             current, etag = found if found else (None, None)
             manifest = build(current)
             if manifest is None:

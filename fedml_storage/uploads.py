@@ -145,7 +145,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     dropped: list[str] = []
     try:
         if not (skipped and unchanged_meta):  # a no-op upload (a retry, say) writes nothing
-            _, dropped = catalog.commit(name, build)
+            _, dropped = catalog.commit(name, build, found)  # its first try writes over what was read, if unchanged
     except BaseException as exc:
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):
             catalog.drop_data([data_key])  # never published: invisible, but do not leave it

@@ -216,3 +216,29 @@ def test_each_client_reads_credentials_anew_and_shares_the_service_models(monkey
     assert second._request_signer._credentials.access_key == "ROTATEDKEY"
     assert first._loader is second._loader
     assert first.meta.service_model.operation_names == second.meta.service_model.operation_names
+
+
+def test_an_upload_reads_its_catalog_entry_once(s3_store, moto_proxy, tmp_path: Path) -> None:
+    """The entry read before the data went up is what the commit writes over (If-Match): a second read before the
+    write was one more round trip for every upload (helper-87). Another writer meanwhile is still caught."""
+    src = tmp_path / "rows.csv"
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        for content in ("a,b\n", "a,b\n1,2\n"):  # a new name, then new content
+            src.write_text(content)
+            moto_proxy.request_heads.clear()
+            assert client.upload(str(src)).ok
+            reads = [h for h in moto_proxy.request_heads if h.startswith(b"GET ") and b"/manifests/" in h]
+            assert len(reads) == 1, reads
+        src.write_text("a,b\n3,4\n")
+        real_put = client._catalog().store.put_file
+
+        def and_another_writer(key, path, progress=None):  # publishes while this upload's data goes up
+            real_put(key, path, progress)
+            (tmp_path / "theirs").mkdir()
+            (tmp_path / "theirs" / "rows.csv").write_text("theirs\n")
+            assert s3_store.client().upload(str(tmp_path / "theirs" / "rows.csv"), description="theirs").ok
+
+        client._store.put_file = and_another_writer
+        assert client.upload(str(src)).ok
+    meta = s3_store.client().get_metadata("rows.csv").unwrap()
+    assert meta.description == "theirs" and len(meta.versions) == 1  # written on top of theirs, not over it
