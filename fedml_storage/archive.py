@@ -17,7 +17,8 @@ from typing import BinaryIO
 from . import stops
 from .errors import IntegrityError, InvalidInput, SourceChanged, size_not_content
 from .modes import open_plain, umask
-from .trees import MAX_DEPTH, Entry, MadeTree, same_file_state
+from .made import MadeTree
+from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
 
 CHUNK = 1024 * 1024

@@ -22,7 +22,7 @@ from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientE
 from .local_match import MADE, download_mode, folder_made, holds_already, place_file
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
-from .trees import MadeTree
+from .made import MadeTree
 from .validation import check_name, check_path, check_progress_desc
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often

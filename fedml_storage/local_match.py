@@ -19,7 +19,8 @@ from .catalog import VersionRecord
 from .digests import DigestCache, sha256_file
 from .errors import StorageFailure
 from .modes import own_plain_file, umask
-from .trees import (Entries, Entry, Fingerprints, MadeTree, TreeDigest, batches, same_file_state, scan_tree,
+from .made import MadeTree
+from .trees import (Entries, Entry, Fingerprints, TreeDigest, batches, same_file_state, scan_tree,
                     tree_fingerprints)
 
 log = logging.getLogger("fedml_storage")

@@ -326,6 +326,7 @@ def same_file_state(a: os.stat_result | Entry, b: os.stat_result | Entry) -> boo
 
 class Fingerprints(NamedTuple):
     state: str  # changes whenever any path, size, mtime, ctime or inode does: the key of the tree digest cache
+    # (made of the files' lines and the folders' apart: a download writes files in path order, folders after)
     modes: str  # the files' permission bits, which the archive keeps and downloads give back
     folder_modes: str  # the same of the folders (apart, so that records made before they were still match)
 
@@ -338,16 +339,23 @@ def state_line(rel: str, st: os.stat_result | Entry, is_dir: bool) -> str:
 def tree_fingerprints(entries: Iterable[Entry]) -> Fingerprints:
     """The tree's state and modes fingerprints, in one pass. (The state takes ctime too: tools that restore an
     mtime after writing, such as tar, unzip or cp -p, cannot restore it.)"""
-    state, modes, folder_modes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+    files, folders, modes, folder_modes = hashlib.sha256(), hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     for part in batches(entries, 4096):
         stops.check()
-        lines = "".join(state_line(e.rel, e, e.is_dir) for e in part)
-        state.update(lines.encode("utf-8", "surrogateescape"))
+        lines = "".join(state_line(e.rel, e, False) for e in part if not e.is_dir)
+        files.update(lines.encode("utf-8", "surrogateescape"))
+        lines = "".join(state_line(e.rel, e, True) for e in part if e.is_dir)
+        folders.update(lines.encode("utf-8", "surrogateescape"))
         lines = "".join(f"{e.rel}\0{e.st_mode & 0o777:o}\n" for e in part if not e.is_dir)
         modes.update(lines.encode("utf-8", "surrogateescape"))
         lines = "".join(f"{e.rel}\0{e.st_mode & 0o777:o}\n" for e in part if e.is_dir)
         folder_modes.update(lines.encode("utf-8", "surrogateescape"))
-    return Fingerprints(state.hexdigest(), modes.hexdigest(), folder_modes.hexdigest())
+    return Fingerprints(state_of(files.hexdigest(), folders.hexdigest()), modes.hexdigest(), folder_modes.hexdigest())
+
+
+def state_of(files: str, folders: str) -> str:
+    """The state fingerprint, of its files' lines' and folders' lines' digests."""
+    return hashlib.sha256(f"{files}:{folders}".encode()).hexdigest()
 
 
 class TreeDigest:
@@ -363,28 +371,3 @@ class TreeDigest:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
-
-
-class MadeTree:
-    """The state lines of a folder as a download writes it, to give its state fingerprint once it is in place
-    without a scan. Text, not entries: cheaper while thousands of files are written (strings are no work for the
-    garbage collector). Past HELD items it gives up (`lines` None): a tree that large is checked by its digests."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] | None = []
-        self.newest = 0  # the latest mtime or ctime, in ns
-
-    def add(self, rel: str, st: os.stat_result | Entry, is_dir: bool) -> None:
-        if self.lines is None:
-            return
-        if len(self.lines) >= HELD:
-            self.lines = None
-            return
-        self.lines.append(state_line(rel, st, is_dir))
-        self.newest = max(self.newest, st.st_mtime_ns, st.st_ctime_ns)
-
-    def state(self) -> str | None:
-        """The state fingerprint tree_fingerprints gives of the same tree, if it was kept."""
-        if self.lines is None:
-            return None
-        return hashlib.sha256("".join(sorted(self.lines)).encode("utf-8", "surrogateescape")).hexdigest()

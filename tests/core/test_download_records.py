@@ -13,7 +13,8 @@ import pytest
 from fedml_storage import local_match
 from fedml_storage.dest_temps import TEMP_PREFIX
 from fedml_storage.digests import DigestCache
-from fedml_storage.trees import MadeTree, scan_tree
+from fedml_storage.made import MadeTree
+from fedml_storage.trees import scan_tree
 
 from .conftest import Store, make_tree
 
@@ -119,3 +120,37 @@ def test_the_probe_of_a_killed_download_is_swept_by_the_next(store: Store, tmp_p
     (out / f"{TEMP_PREFIX}killed.d").write_bytes(b"")  # its part file is gone
     assert client.download("model.bin", str(out)).ok
     assert sorted(p.name for p in out.iterdir()) == ["model.bin"]
+
+
+def test_a_folder_of_more_files_than_a_tree_holds_in_memory_is_remembered_too(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past HELD (50,000) items the download remembered nothing, so the first re-run hashed every file: slower than
+    the download itself for a 100,000-image dataset (helper-87). Files are now hashed into the record as they come."""
+    from fedml_storage import trees
+
+    monkeypatch.setattr(trees, "HELD", 4)  # also what a scan keeps in memory: its entries spill to disk past it
+    src = tmp_path / "images"
+    for folder in ("a", "b", "c"):
+        (src / folder).mkdir(parents=True)
+        for i in range(5):
+            (src / folder / f"{i}.png").write_bytes(os.urandom(100))
+    client = store.client()
+    assert client.upload(str(src)).ok
+    assert not client.download("images", str(tmp_path / "out")).unwrap().skipped
+    read: list[str] = []
+    real_sha256 = local_match.sha256_file
+    monkeypatch.setattr(local_match, "sha256_file", lambda path, *a, **kw: read.append(str(path))
+                        or real_sha256(path, *a, **kw))
+    assert client.download("images", str(tmp_path / "out")).unwrap().skipped and read == []
+
+
+def test_files_written_out_of_path_order_are_not_remembered() -> None:
+    """An archive fedml-storage did not write may hold its files in any order: its record would not match a scan."""
+    made, st = MadeTree(), os.stat(__file__)
+    for rel in ("b.txt", "a.txt"):
+        made.add(rel, st, False)
+    assert made.state() is None
+    ordered = MadeTree()
+    for rel in ("a.txt", "b.txt"):
+        ordered.add(rel, st, False)
+    assert ordered.state() is not None

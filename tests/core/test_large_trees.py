@@ -175,11 +175,13 @@ def test_spilled_entries_count_what_held_ones_do(tmp_path: Path, monkeypatch: py
 
 def test_a_download_too_large_to_record_is_kept_by_its_digests(store: Store, tmp_path: Path, spill: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past HELD items a download keeps no lines of what it made (memory stays bounded): a re-run reads and hashes
-    the files, and keeps the copy all the same."""
+    """Past HELD folders a download keeps no record of what it made (memory stays bounded): a re-run reads and
+    hashes the files, and keeps the copy all the same."""
     from fedml_storage import local_match
 
     src = make_tree(tmp_path / "src")
+    for i in range(8):  # with its own 4, more folders than HELD (7)
+        (src / f"more-{i}").mkdir()
     client = store.client()
     assert client.upload(src).ok
     read: list[str] = []
