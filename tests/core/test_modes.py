@@ -58,11 +58,11 @@ def test_a_metadata_only_upload_never_lands_on_a_mode_change_made_meanwhile(stor
     real_commit = Catalog.commit
     raced: list[bool] = []
 
-    def another_upload_first(self, name, build):
+    def another_upload_first(self, name, build, *read):
         if not raced:
             raced.append(True)
             assert store.client().upload(other).ok  # publishes a new version between this upload's read and commit
-        return real_commit(self, name, build)
+        return real_commit(self, name, build, *read)
 
     monkeypatch.setattr(Catalog, "commit", another_upload_first)
     got = store.client().upload(src, description="re-run")  # unchanged here: only its description would be new
