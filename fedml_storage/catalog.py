@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .abandon import parallel_map
 from .advice import LISTING
 from .backends.base import ObjectMissing, ObjectStore
+from .entry_cache import EntryCache
 from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
 
 log = logging.getLogger("fedml_storage")
@@ -243,36 +244,53 @@ class Catalog:
             log.warning("could not remove %d unreferenced object(s) (e.g. %s); run cleanup() later", len(failed),
                         failed[0])
 
-    def list(self, workers: int = 8, prefix: str = "") -> list[Manifest]:
+    def list(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None) -> list[Manifest]:
         """Every readable manifest in the namespace whose name starts with `prefix`, sorted by name; unreadable ones
-        are logged and skipped."""
-        manifests, unreadable = self._scan(workers, prefix)
+        are logged and skipped. Given the entry `cache`, only entries whose ETag changed since are read."""
+        manifests, unreadable = self._scan(workers, prefix, cache)
         for name, why in unreadable.items():
             log.warning("skipping %r: %s", name, why)
         return manifests
 
     def _names(self, starting: str = "") -> Iterator[str]:
         """Stored names (those with a manifest) that start with `starting`, as the store lists them."""
+        return (name for name, _ in self._listed(starting))
+
+    def _listed(self, starting: str) -> Iterator[tuple[str, str | None]]:
+        """(name, its manifest's ETag, None where the store gives none) of the names that start with `starting`."""
         for o in self.store.list(self.manifest_prefix + starting):
             rel = o.key[len(self.manifest_prefix) :]
             # the store matched `starting` against '<name>.json': 'mnist.' picked 'mnist.json', not a name for it
             if rel.endswith(".json") and "/" not in rel and rel[: -len(".json")].startswith(starting):
-                yield rel[: -len(".json")]
+                yield rel[: -len(".json")], o.etag
 
-    def _scan(self, workers: int = 8, prefix: str = "") -> tuple[list[Manifest], dict[str, str]]:
-        """The readable manifests (of names starting with `prefix`), and why each other name could not be read."""
-        names = list(self._names(prefix))
+    def _scan(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None
+              ) -> tuple[list[Manifest], dict[str, str]]:
+        """The readable manifests (of names starting with `prefix`), and why each other name could not be read.
+        Entries the `cache` holds under the ETag listed are not read again; those read are kept in it."""
+        listed = list(self._listed(prefix))
+        uris = {name: self.store.uri(self.manifest_key(name)) for name, _ in listed}
+        kept = cache.lookup([(uris[name], etag) for name, etag in listed if etag]) if cache else {}
+        read: dict[str, tuple[bytes, str]] = {}
 
         def one(name: str) -> Manifest | tuple[str, str] | None:
             try:
-                found = self.read(name)
+                if (raw := kept.get(uris[name])) is not None:
+                    return _parse(raw, name, self.data_prefix)
+                if (found := self._read_raw(name)) is None:
+                    return None  # deleted while listing
+                manifest = _parse(found[0], name, self.data_prefix)
             except (IntegrityError, InvalidInput) as exc:  # says why: a newer format wants an upgrade, not a delete
                 return name, str(exc)
             except PermissionError:  # a shared LOCAL store where another user's entry is private to them
                 return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
-            return found[0] if found else None  # deleted while listing
+            read[name] = found
+            return manifest
 
-        results = [r for r in parallel_map(one, names, workers, "fedml-storage-list") if r is not None]
+        results = [r for r in parallel_map(one, [n for n, _ in listed], workers, "fedml-storage-list") if r is not None]
+        if cache:  # where the store lists ETags (S3, not LOCAL), under the one each entry was read with
+            listed_etags = dict(listed)
+            cache.store([(uris[name], etag, raw) for name, (raw, etag) in read.items() if listed_etags[name] and etag])
         manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
         return manifests, dict(sorted(r for r in results if isinstance(r, tuple)))
 

@@ -19,6 +19,7 @@ from .catalog import VERSION_ID, Catalog, Manifest
 from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
                      without_userinfo)
 from .digests import DigestCache
+from .entry_cache import EntryCache
 from .downloads import download as _download
 from .errors import InvalidInput, NotFound, Unsupported, to_response
 from .own import check_target
@@ -227,7 +228,9 @@ class StorageClient:
         def run() -> list[StorageMetadata]:
             starting = check_prefix(prefix)
             catalog = self._catalog()
-            return [self._metadata(catalog, m) for m in catalog.list(self._ensure_settings().concurrency, starting)]
+            with contextlib.closing(EntryCache(storage_home() / "cache" / "entries.sqlite")) as cache:
+                listed = catalog.list(self._ensure_settings().concurrency, starting, cache)
+            return [self._metadata(catalog, m) for m in listed]
 
         def said(items: list[StorageMetadata]) -> str:
             named = f" named {prefix}*" if prefix else ""

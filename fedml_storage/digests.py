@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import stops
 from .errors import size_not_content
+from .local_cache import LocalCache
 from .modes import open_plain
 from .trees import Entry
 
@@ -42,25 +43,19 @@ def sha256_file(path: Path | str, stop: threading.Event | None = None, size: int
     return digest.hexdigest()
 
 
-class DigestCache:
+class DigestCache(LocalCache):
     """Maps (path, size, mtime, ctime, inode) to a file's SHA-256, as git's index does. Never fails a transfer."""
 
+    what = "digest cache"
+
     def __init__(self, path: Path) -> None:
-        self._db: sqlite3.Connection | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=5, check_same_thread=False)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS file_digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
-                " ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
-            )
-            self._db.execute("CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, fingerprint TEXT, digest TEXT)")
-            self._db.execute("DROP TABLE IF EXISTS digests")  # the cache of earlier versions, keyed without ctime
-        except (sqlite3.Error, OSError) as exc:  # e.g. a read-only home: transfers go on without the cache
-            log.debug("digest cache disabled: %s", exc)
-            if self._db is not None:
-                self._db.close()
-            self._db = None
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS file_digests (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+            " ctime_ns INTEGER, ino INTEGER, sha256 TEXT)",
+            "CREATE TABLE IF NOT EXISTS trees (root TEXT PRIMARY KEY, fingerprint TEXT, digest TEXT)",
+            "DROP TABLE IF EXISTS digests",  # the cache of earlier versions, keyed without ctime
+        )
 
     def lookup(self, items: list[tuple[str, os.stat_result | Entry]]) -> dict[str, str]:
         """Cached digests for the given (absolute path, stat) pairs whose stat still matches."""
@@ -91,15 +86,9 @@ class DigestCache:
         horizon = float("inf") if settled else (time.time() - RACY_SECONDS) * 1e9
         rows = [(p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, sha) for p, st, sha in items
                 if max(st.st_mtime_ns, st.st_ctime_ns) < horizon]
-        try:
-            with self._db:
-                self._db.executemany(
-                    "INSERT INTO file_digests VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
-                    " size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, ino=excluded.ino,"
-                    " sha256=excluded.sha256", rows)
-                _trim(self._db, "file_digests", MAX_FILES)
-        except sqlite3.Error as exc:
-            log.debug("digest cache update failed: %s", exc)
+        self._put("INSERT INTO file_digests VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                  " size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, ino=excluded.ino,"
+                  " sha256=excluded.sha256", rows, "file_digests", MAX_FILES)
 
     def lookup_tree(self, root: str, fingerprint: str) -> str | None:
         """The cached tree digest of `root` if its stat fingerprint is unchanged."""
@@ -116,23 +105,7 @@ class DigestCache:
                    settled: bool = False) -> None:
         """Remember a tree digest, unless a file in it changed too recently to trust its times (`settled`: the
         caller saw the filesystem's clock pass them all before anyone else could write there)."""
-        if self._db is None or (not settled and newest_mtime_ns >= (time.time() - RACY_SECONDS) * 1e9):
+        if not settled and newest_mtime_ns >= (time.time() - RACY_SECONDS) * 1e9:
             return
-        try:
-            with self._db:
-                self._db.execute("INSERT INTO trees VALUES (?, ?, ?) ON CONFLICT(root) DO UPDATE SET"
-                                 " fingerprint=excluded.fingerprint, digest=excluded.digest", (root, fingerprint, digest))
-                _trim(self._db, "trees", MAX_TREES)
-        except sqlite3.Error as exc:
-            log.debug("digest cache update failed: %s", exc)
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-
-def _trim(db: sqlite3.Connection, table: str, keep: int) -> None:
-    """Drop all but the `keep` rows first stored most recently. Updates keep a row's rowid and only trimming deletes,
-    oldest first, so rowids have no gaps below the newest and the span is the count."""
-    db.execute(f"DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?", (keep,))
+        self._put("INSERT INTO trees VALUES (?, ?, ?) ON CONFLICT(root) DO UPDATE SET fingerprint=excluded.fingerprint,"
+                  " digest=excluded.digest", [(root, fingerprint, digest)], "trees", MAX_TREES)

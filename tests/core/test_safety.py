@@ -272,8 +272,8 @@ def test_cleanup_with_nothing_old_reads_no_catalog_entry(store: Store, tmp_path:
     for i in range(3):
         assert client.upload(make_tree(tmp_path / f"ds{i}")).ok
     reads = []
-    original = Catalog.read
-    monkeypatch.setattr(Catalog, "read", lambda self, name: reads.append(name) or original(self, name))
+    original = Catalog._read_raw
+    monkeypatch.setattr(Catalog, "_read_raw", lambda self, name: reads.append(name) or original(self, name))
     done = client.cleanup(older_than_seconds=3600)
     assert done.ok and done.data["orphaned_objects_removed"] == 0 and reads == []
     keys = store.keys()
