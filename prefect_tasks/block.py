@@ -253,11 +253,12 @@ upload_data("data/mnist", storage=storage)
         """
         saved = getattr(self, "_block_document_name", None)
         block = f"the FedMLStorage block{f' {saved!r}' if saved else ''}"
-        if why := relative_paths(self.settings(), block, "machine running the flow"):
+        settings = self.settings()
+        if why := relative_paths(settings, block, "machine running the flow"):
             raise FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, why, None, Reason.INVALID_INPUT.value))
         return StorageClient(origin=f"{block} or the task's arguments", log_failures=False, key_means_remote=True,
                              advice=kept_in(PREFECT_LISTING, block, f"the api_key field of {block}"),
-                             **{**self.settings(), **{k: v for k, v in overrides.items() if not is_unset(v)}})
+                             **{**settings, **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None, *,
