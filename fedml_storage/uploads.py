@@ -13,7 +13,7 @@ from pathlib import Path
 from . import stops
 from .abandon import Helpers
 from .archive import HashingWriter, write_zip
-from .catalog import DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
+from .catalog import UNREAD, DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, SourceChanged, StorageFailure, TransientError
@@ -29,6 +29,9 @@ from .validation import check_description, check_metadata, check_path, check_pro
 from .zipformat import size_bound
 
 log = logging.getLogger("fedml_storage")
+# A catalog entry read this recently is what the commit writes over (If-Match, as always): one round trip less for
+# small uploads. Older, it is read again: on a store that ignores If-Match, a writer in between would be lost.
+FRESH_READ_SECONDS = 1.0
 
 
 @dataclass
@@ -77,6 +80,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     helpers = Helpers()
     tree = None
     try:
+        read_at = time.monotonic()
         reading = stops.submit(pool, helpers.job(_read_stored), catalog, name)  # round trips, overlapped with the scan
         tree = None if src.is_file() else scan_tree(src, ignore, own)
         if tree is not None and tree.ignored and not tree.entries.files:
@@ -145,7 +149,8 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     dropped: list[str] = []
     try:
         if not (skipped and unchanged_meta):  # a no-op upload (a retry, say) writes nothing
-            _, dropped = catalog.commit(name, build, found)  # its first try writes over what was read, if unchanged
+            recent = time.monotonic() - read_at < FRESH_READ_SECONDS
+            _, dropped = catalog.commit(name, build, found if recent else UNREAD)
     except BaseException as exc:
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):
             catalog.drop_data([data_key])  # never published: invisible, but do not leave it

@@ -101,22 +101,22 @@ def s3_client(settings: StorageSettings) -> BaseClient:
                             "endpoint_url and region") from None
 
 
-_loader: Loader | None = None  # one per process, made with its first client
-_loader_lock = threading.Lock()
+_loaders: dict[str | None, Loader] = {}  # by AWS_DATA_PATH (botocore's data_path), made with a first client
+_loaders_lock = threading.Lock()
 
 
 def _new_client(**options: Any) -> BaseClient:
     """An S3 client of a fresh botocore session (credentials, profile and environment read anew, as by a new boto3
     session) that shares the process's loader of botocore's service models: loading those is most of what a new
-    session's first client costs (~110 of ~125 ms here), and every API call makes a client. Under a lock: two
-    sessions must not fill the shared loader's caches at once."""
-    global _loader
-    with _loader_lock:
-        if _loader is None:
-            _loader = create_loader()
-        session = botocore.session.Session()
-        session.register_component("data_loader", _loader)
-        return session.create_client("s3", **options)
+    session's first client costs (~110 of ~125 ms here), and every API call makes a client."""
+    session = botocore.session.Session()
+    data_path = session.get_config_variable("data_path")
+    with _loaders_lock:
+        loader = _loaders.get(data_path)
+        if loader is None:
+            loader = _loaders[data_path] = create_loader(data_path)
+    session.register_component("data_loader", loader)
+    return session.create_client("s3", **options)
 
 
 def _ca_bundle(settings: StorageSettings) -> str | None:

@@ -78,13 +78,11 @@ def test_an_upload_stopped_mid_part_cancels_its_multipart_upload(s3_store: Store
 
 def test_an_upload_stopped_once_its_data_is_in_does_not_commit(s3_store: Store, moto_proxy: CuttingProxy,
                                                                 tmp_path: Path) -> None:
-    """The stop arrives as the commit reads the catalog entry, its data all in: the commit must still not happen."""
+    """The stop arrives as the data's upload completes, so all of it is in: the commit must still not happen."""
     kw = _s3_via(moto_proxy)
     src, version, keys = _stored_v1(s3_store, tmp_path, **kw)
     stop = threading.Event()
-    manifest_get = rb"^GET /[^ ]*/manifests/data\.bin\.json"
-    moto_proxy.on_request(manifest_get, lambda: None)  # the upload's first look at what is stored
-    moto_proxy.on_request(manifest_get, stop.set)  # the commit's
+    moto_proxy.on_request(rb"^POST /[^ ]*uploadId=", stop.set)  # CompleteMultipartUpload, passed on after this
     seen = len(moto_proxy.request_heads)
     with s3_store.client(**kw) as client, stop_when(stop):
         with pytest.raises(Stopped):

@@ -216,11 +216,16 @@ def test_each_client_reads_credentials_anew_and_shares_the_service_models(monkey
     assert second._request_signer._credentials.access_key == "ROTATEDKEY"
     assert first._loader is second._loader
     assert first.meta.service_model.operation_names == second.meta.service_model.operation_names
+    monkeypatch.setenv("AWS_DATA_PATH", "/opt/my-botocore-models")  # as botocore's own sessions read it
+    assert "/opt/my-botocore-models" in s3_client(settings)._loader.search_paths
 
 
-def test_an_upload_reads_its_catalog_entry_once(s3_store, moto_proxy, tmp_path: Path) -> None:
+def test_an_upload_reads_its_catalog_entry_once(s3_store, moto_proxy, tmp_path: Path, monkeypatch) -> None:
     """The entry read before the data went up is what the commit writes over (If-Match): a second read before the
     write was one more round trip for every upload (helper-87). Another writer meanwhile is still caught."""
+    from fedml_storage import uploads
+
+    monkeypatch.setattr(uploads, "FRESH_READ_SECONDS", 600)  # however slow this machine is now
     src = tmp_path / "rows.csv"
     with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
         for content in ("a,b\n", "a,b\n1,2\n"):  # a new name, then new content
@@ -242,3 +247,35 @@ def test_an_upload_reads_its_catalog_entry_once(s3_store, moto_proxy, tmp_path: 
         assert client.upload(str(src)).ok
     meta = s3_store.client().get_metadata("rows.csv").unwrap()
     assert meta.description == "theirs" and len(meta.versions) == 1  # written on top of theirs, not over it
+
+
+def test_an_upload_reads_its_catalog_entry_again_when_that_read_is_old(store, tmp_path: Path, monkeypatch) -> None:
+    """On a store that ignores If-Match, writing over the entry read before a long upload dropped the version
+    another writer published meanwhile (helper-88); one read a while ago is read again first."""
+    from fedml_storage import uploads
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.backends.s3 import S3Store
+
+    monkeypatch.setattr(uploads, "FRESH_READ_SECONDS", 0)  # every upload as if it took long
+    backend = LocalStore if store.service == "LOCAL" else S3Store
+    real_write, real_put = backend.write_bytes, backend.put_file
+    monkeypatch.setattr(backend, "write_bytes", lambda self, key, data, *, if_match=None, if_absent=False:
+                        real_write(self, key, data, if_absent=if_absent))  # a store that ignores If-Match
+    src, theirs = tmp_path / "mine" / "rows.csv", tmp_path / "theirs" / "rows.csv"
+    for path, text in ((src, "v0\n"), (theirs, "theirs\n")):
+        path.parent.mkdir()
+        path.write_text(text)
+    client = store.client(keep_versions=5)
+    assert client.upload(str(src)).ok
+    published: list[str] = []
+
+    def and_another_writer(self, key, path, progress=None):
+        real_put(self, key, path, progress)
+        if not published:
+            published.append("")  # before: its own upload comes through here too
+            published[0] = store.client(keep_versions=5).upload(str(theirs)).unwrap().version
+
+    monkeypatch.setattr(backend, "put_file", and_another_writer)
+    src.write_text("mine\n")
+    mine = client.upload(str(src)).unwrap()
+    assert store.client().get_metadata("rows.csv").unwrap().versions[:2] == [mine.version, published[0]]
