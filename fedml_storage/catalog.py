@@ -274,9 +274,12 @@ class Catalog:
         read: dict[str, tuple[bytes, str]] = {}
 
         def one(name: str) -> Manifest | tuple[str, str] | None:
-            try:
-                if (raw := kept.get(uris[name])) is not None:
+            if (raw := kept.get(uris[name])) is not None:
+                try:
                     return _parse(raw, name, self.data_prefix)
+                except Exception:  # a damaged cache row: the store's own bytes decide (and replace it)
+                    pass
+            try:
                 if (found := self._read_raw(name)) is None:
                     return None  # deleted while listing
                 manifest = _parse(found[0], name, self.data_prefix)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -18,7 +20,10 @@ class LocalCache:
     def __init__(self, path: Path, *schema: str) -> None:
         self._db: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # they hold paths and catalog entries:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # this user's alone (SQLite's journal follows)
+            with contextlib.suppress(OSError):  # made readable to others by an earlier release
+                os.chmod(path, 0o600)
             self._db = sqlite3.connect(str(path), timeout=5, check_same_thread=False)
             for statement in schema:
                 self._db.execute(statement)

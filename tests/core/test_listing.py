@@ -104,3 +104,23 @@ def test_the_local_store_lists_by_key_prefix_across_folders(tmp_path: Path) -> N
     for prefix in ("", "ns", "ns/", "ns-", "ns/manifests/", "ns/manifests/a", "ns/data/a", "ns/data/a/",
                    "ns/data/ab/v", "ns/data/b/v1/b", "ns/data/c", "t", "x/"):
         assert sorted(o.key for o in store.list(prefix)) == sorted(k for k in keys if k.startswith(prefix)), prefix
+
+
+@pytest.mark.parametrize("body", ["X'7b'", "42"])
+def test_a_damaged_cache_row_is_read_again_from_the_store_and_the_cache_is_private(
+        s3_store: Store, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """A bad row hid a healthy dataset from every listing, advising to delete it, or failed the listing (helper-88).
+    The cache holds catalog entries: only this user may read it."""
+    import sqlite3
+    import stat
+
+    (tmp_path / "f.txt").write_text("x")
+    client = s3_store.client()
+    assert client.upload(str(tmp_path / "f.txt")).ok and len(client.list().unwrap()) == 1
+    cache = isolated_home / "cache" / "entries.sqlite"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600 and stat.S_IMODE(cache.parent.stat().st_mode) == 0o700
+    with sqlite3.connect(cache) as db:
+        db.execute(f"UPDATE entries SET body = {body}")
+    read = _count_reads(monkeypatch)
+    assert [m.dataName for m in client.list().unwrap()] == ["f.txt"] and read == ["f.txt"]
+    assert [m.dataName for m in client.list().unwrap()] == ["f.txt"] and read == ["f.txt"]  # the row repaired
