@@ -213,19 +213,19 @@ def place_file(part: Path, target: Path, sha256: str, cache: DigestCache | None)
     the rename: a later write or chmod then shows in its stat, and a re-run's check reads nothing. (A rename sets
     a file's ctime: the stat its digest is kept by is taken after it.)"""
     probe = part.with_suffix(".d")  # what a killed download leaves of it is swept with the part file's siblings
-    written = None if cache is None else _settled_stat(part, probe)
     try:
+        written = None if cache is None else _settled_stat(part, probe)
         os.replace(part, target)
         if written is not None:
             _remember_file(target, written, probe, sha256, cache)
     finally:
-        if written is not None:
+        if cache is not None:  # also when interrupted while waiting for the clock
             probe.unlink(missing_ok=True)
 
 
 def _settled_stat(part: Path, probe: Path) -> os.stat_result | None:
     """The stat of `part` once the filesystem's clock has passed its last write (a write after it then changes
-    its mtime), or None; makes `probe`, a file to read that clock by."""
+    its mtime), or None; makes `probe`, a file to read that clock by (the caller removes it)."""
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
@@ -237,7 +237,6 @@ def _settled_stat(part: Path, probe: Path) -> os.stat_result | None:
             return written
     except OSError as exc:
         log.debug("not remembering %s as downloaded: %s", part, exc)
-    probe.unlink(missing_ok=True)
     return None
 
 

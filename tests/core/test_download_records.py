@@ -154,3 +154,16 @@ def test_files_written_out_of_path_order_are_not_remembered() -> None:
     for rel in ("a.txt", "b.txt"):
         ordered.add(rel, st, False)
     assert ordered.state() is not None
+
+
+def test_the_probe_is_removed_when_the_wait_for_the_clock_is_interrupted(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or a task's timeout during the wait left the probe in dest_path until the next download (helper-88)."""
+    def interrupted(newest: int, probe: Path) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_match, "_clock_past", interrupted)
+    part = _part(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        local_match.place_file(part, tmp_path / "model.bin", "digest-1", DigestCache(tmp_path / "digests.sqlite"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["digests.sqlite", part.name])  # not placed, no probe
