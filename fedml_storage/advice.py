@@ -52,9 +52,9 @@ def unattended_dest(dest_path: Any, who: str, worker: str, holds: str, if_none: 
 def relative_paths(settings: Mapping[str, Any], where: str, worker: str) -> str | None:
     """Why path settings kept in `where` (a connection's extra, a block's fields) are refused on an unattended
     `worker`: a relative one names a folder in each run's working directory. None when every one is absolute."""
-    relative = [key for key in ("local_root", "partial_dir", "ca_bundle")
-                if isinstance(value := settings.get(key), (str, os.PathLike)) and str(value).strip()
-                and not str(value).startswith("~") and not os.path.isabs(value)]
+    relative = [key for key in ("local_root", "partial_dir", "ca_bundle")  # as the settings take them: stripped
+                if isinstance(value := settings.get(key), (str, os.PathLike)) and (path := str(value).strip())
+                and not path.startswith("~") and not os.path.isabs(path)]
     if not relative:
         return None
     return (f"{' and '.join(relative)} in {where} {'is' if len(relative) == 1 else 'are'} relative: on a {worker} "

@@ -143,4 +143,5 @@ def test_a_relative_path_in_a_block_is_refused(tmp_path: Path) -> None:
         with pytest.raises(FedMLStorageError, match="is relative: on a machine running the flow"):
             FedMLStorage(service="LOCAL", **fields).list()
     assert FedMLStorage(service="LOCAL", local_root=str(tmp_path)).list() == []
+    assert FedMLStorage(service="LOCAL", local_root=f" {tmp_path}\n").list() == []  # as the settings take it
     assert not Path("relstore").exists()  # nothing made in the working directory
