@@ -300,8 +300,8 @@ def report(r: dict[str, dict], file_bytes: int, tree_bytes: int) -> None:
         print(f"{name:<34}{value:>9.3f}  {op}{target:<6}  {'PASS' if ok else 'MISS'}")
     print(f"(no goal) re-download of an unchanged copy / first download: file "
           f"{t['fs_redownload_file'] / t['fs_download_file']:.3f}, folder "
-          f"{t['fs_redownload_dir'] / t['fs_download_dir']:.3f} (kept: the file read and hashed once, the folder "
-          "checked against the stats its download recorded, no file read)")
+          f"{t['fs_redownload_dir'] / t['fs_download_dir']:.3f} (kept: both checked against the stats their "
+          "download recorded, no file read)")
     # Can the speed goals be met here at all? Compare the time each allows with the CPU floor of our operation.
     for goal, op, allowed in (("file upload", "fs_upload_file", t["tm_upload_file"] / 0.95),
                               ("file download", "fs_download_file", fastest_file / 0.9)):
