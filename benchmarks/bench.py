@@ -28,6 +28,7 @@ from pathlib import Path
 
 BUCKET = "bench"
 API_KEY = "AKIABENCH:bench-secret"
+API_CALLS = 20  # metadata calls timed for the cost of a client per call
 PART = 16 * 1024 * 1024
 CONCURRENCY = 8
 # A project's usual .gitignore (Python's), none of which matches the data here: what the patterns cost a re-upload
@@ -93,6 +94,9 @@ def run_op(op: str, endpoint: str, data: Path, scratch: Path, server_pid: int) -
     if op in ("fs_redownload_file", "fs_redownload_dir"):  # the copy a re-run of the pipeline finds there
         client.download("big.bin" if op.endswith("file") else "tree", out).unwrap()
     client.exists("warm-up")  # build the boto3 client before timing, as the baselines do
+    if op == "fs_metadata_api":  # where the documented API's own clients find the store
+        os.environ.update(FEDML_STORAGE_SERVICE="S3", FEDML_STORAGE_BUCKET=BUCKET, FEDML_STORAGE_ENDPOINT_URL=endpoint,
+                          FEDML_STORAGE_REGION="us-east-1")
     cpu, server_cpu = _cpu_seconds(), _cpu_seconds(server_pid)
     start = time.perf_counter()
     if op in ("tm_upload_file", "tmreq_upload_file"):  # the two differ in the client's checksum setting
@@ -139,6 +143,14 @@ def run_op(op: str, endpoint: str, data: Path, scratch: Path, server_pid: int) -
             zf.extractall(out / "tree")
     elif op in ("fs_download_dir", "fs_redownload_dir"):
         assert client.download("tree", out).unwrap().skipped == (op == "fs_redownload_dir")
+    elif op == "fs_metadata_client":  # the baseline of the next: one client for every call
+        for _ in range(API_CALLS):
+            client.get_metadata("big.bin").unwrap()
+    elif op == "fs_metadata_api":  # each documented call makes its own client, as a pipeline's steps do
+        from fedml_storage import api
+
+        for _ in range(API_CALLS):
+            api.get_storage_metadata("big.bin", api_key=API_KEY).unwrap()
     else:
         raise SystemExit(f"unknown op {op}")
     seconds = time.perf_counter() - start
@@ -247,7 +259,8 @@ def main() -> None:
                   ["fs_reupload_file"],
                   ["tm_download_file", "get_download_file", "getsha_download_file", "fs_download_file"],
                   ["fs_redownload_file"], ["zip_upload_dir", "fs_upload_dir"], ["fs_reupload_dir", "fsig_reupload_dir"],
-                  ["get_download_dir", "fs_download_dir"], ["fs_redownload_dir"]]
+                  ["get_download_dir", "fs_download_dir"], ["fs_redownload_dir"],
+                  ["fs_metadata_client", "fs_metadata_api"]]
         results: dict[str, dict] = {}
         for round_no in range(args.repeat):
             for op in [op for g in groups for op in (g[::-1] if round_no % 2 else g)]:
@@ -302,6 +315,9 @@ def report(r: dict[str, dict], file_bytes: int, tree_bytes: int) -> None:
           f"{t['fs_redownload_file'] / t['fs_download_file']:.3f}, folder "
           f"{t['fs_redownload_dir'] / t['fs_download_dir']:.3f} (kept: both checked against the stats their "
           "download recorded, no file read)")
+    per_call = t["fs_metadata_api"] / API_CALLS * 1e3
+    print(f"(no goal) {API_CALLS} documented get_storage_metadata calls / as many on one StorageClient: "
+          f"{t['fs_metadata_api'] / t['fs_metadata_client']:.2f} ({per_call:.0f} ms a call)")
     # Can the speed goals be met here at all? Compare the time each allows with the CPU floor of our operation.
     for goal, op, allowed in (("file upload", "fs_upload_file", t["tm_upload_file"] / 0.95),
                               ("file download", "fs_download_file", fastest_file / 0.9)):
