@@ -13,7 +13,7 @@ from pathlib import Path
 from . import stops
 from .abandon import Helpers
 from .archive import HashingWriter, write_zip
-from .catalog import UNREAD, DROPPED_REMEMBERED, Catalog, Manifest, VersionRecord, new_version_id, utc_now
+from .catalog import DROPPED_REMEMBERED, UNREAD, Catalog, Manifest, VersionRecord, new_version_id, utc_now
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, SourceChanged, StorageFailure, TransientError
