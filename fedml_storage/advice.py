@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .api_keys import looks_like_key
+
 NO_CREDENTIALS = "run fedml_login('ACCESS_KEY_ID:SECRET_ACCESS_KEY'), pass api_key=... or set FEDML_STORAGE_API_KEY"
 NO_BUCKET = ("set FEDML_STORAGE_BUCKET, run fedml_storage.api.configure(bucket=...) or pass bucket= to StorageClient "
              "(or service='LOCAL' for the embedded store)")
@@ -41,6 +43,9 @@ def unattended_dest(dest_path: Any, who: str, worker: str, holds: str, if_none: 
     `if_none` is added to the reason when there is none (why that may be)."""
     if dest_path is None or (isinstance(dest_path, (str, os.PathLike)) and not str(dest_path).strip()):
         return needs_dest_path(who, worker, holds) + if_none
+    if looks_like_key(dest_path):
+        return ("dest_path is shaped like an access key pair (KEY_ID:SECRET), so it is refused and not shown: pass "
+                "the folder to download into; a key goes in the connection or block")
     if not isinstance(dest_path, (str, os.PathLike)):
         return f"dest_path must be a folder path, not {type(dest_path).__name__}"
     if not str(dest_path).startswith("~") and not os.path.isabs(dest_path):

@@ -8,6 +8,9 @@ from typing import Any
 _API_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+(:[\x21-\x39\x3b-\x7e]+){1,2}$")  # printable ASCII parts
 _AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,124}")  # long-term and temporary AWS access key ids
 API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN)"
+# an AWS key pair (AKIA.../ASIA... id) or an R2 one (32 hex digits), as a key passed in the wrong argument would be
+_KEY_PAIR = re.compile(r"(?<![0-9A-Za-z])(?:(?:AKIA|ASIA)[A-Z0-9]{12,124}|[0-9a-f]{32}):[A-Za-z0-9/+=]{20,}"
+                       r"(?::[A-Za-z0-9/+=]+)?")
 
 
 def check_api_key(raw: Any) -> None:
@@ -40,3 +43,13 @@ def check_api_key(raw: Any) -> None:
             raise ValueError(f"the {what} part of api_key is empty; write it {API_KEY_FORM}")
     raise ValueError(f"api_key must be written {API_KEY_FORM}, each part printable ASCII without spaces (a "
                      "pasted key may carry invisible characters: type it again)")
+
+
+def looks_like_key(value: Any) -> bool:
+    """Whether `value` is shaped like an AWS or R2 key pair: text never to echo, nor to keep as a name or a path."""
+    return isinstance(value, str) and bool(_KEY_PAIR.fullmatch(value.strip()))
+
+
+def mask_keys(text: str) -> str:
+    """`text` with whatever is shaped like an AWS or R2 key pair masked (a key given where a name or path goes)."""
+    return _KEY_PAIR.sub("<a value shaped like an API key>", text)

@@ -7,6 +7,7 @@ import logging
 import traceback
 from collections.abc import Iterable
 
+from .api_keys import mask_keys
 from .response import FedMLResponse, Reason, ResponseCode
 
 log = logging.getLogger("fedml_storage")
@@ -92,7 +93,9 @@ MIN_SECRET_CHARS = 8  # key ids and secrets are 20-64 characters; masking shorte
 
 
 def redact(text: str, secrets: Iterable[object]) -> str:
-    """Replace every secret (and each part of an ID:SECRET[:TOKEN] key) in `text` with '****'."""
+    """Replace every secret (and each part of an ID:SECRET[:TOKEN] key) in `text` with '****', and mask whatever
+    else is shaped like a key pair."""
+    text = mask_keys(text)
     for secret in secrets:
         if hasattr(secret, "get_secret_value"):
             secret = secret.get_secret_value()

@@ -9,6 +9,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from .api_keys import looks_like_key
 from .errors import InvalidInput
 
 MAX_NAME_BYTES = 200  # in UTF-8, for new names: leaves room for '.json'/'.zip' in a file system's 255-byte names
@@ -46,6 +47,9 @@ def check_name(name: Any, *, new: bool = False) -> str:
         raise InvalidInput(f"a data name must be a string, not {type(name).__name__}{shown}; pass str(...)")
     if not name.strip():
         raise InvalidInput("a data name must be a non-empty string")
+    if looks_like_key(name):  # a key passed where a name goes: it would land in names, logs and object keys
+        raise InvalidInput("the data name is shaped like an access key pair (KEY_ID:SECRET), so it is refused and not "
+                           "shown: pass a key as api_key (in a pipeline, in its connection or block), never as a name")
     if name in (".", "..") or "/" in name or "\\" in name:
         raise InvalidInput(f"invalid data name {name!r}: it must be one name, without '/' or '\\\\', and not '.' or "
                            "'..' (dots inside a name, as in 'weights.pt', are fine)")

@@ -29,6 +29,7 @@ from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
 from fedml_storage.advice import kept_in
+from fedml_storage.api_keys import looks_like_key
 from fedml_storage.stops import StoppableCall
 
 from .block import PREFECT_LISTING, FedMLStorage, require_dest_path
@@ -70,6 +71,10 @@ TASK_OPTIONS: dict[str, Any] = {
 
 
 def _client(storage: FedMLStorage | str | None, service: str | None, namespace: str | None) -> StorageClient:
+    if isinstance(storage, str) and ":" in storage:  # never a block's name: Prefect's "not found" would echo it
+        raise ValueError("storage must be a FedMLStorage block or a saved block's name (lowercase letters, digits "
+                         "and dashes); the text given holds ':' and is not shown, as it may be an API key: a key "
+                         "goes in the block's api_key field")
     if isinstance(storage, str):  # a saved block's name (or its slug, as the Prefect UI shows it)
         storage = FedMLStorage.load(storage.removeprefix(f"{FedMLStorage._block_type_slug}/"), _sync=True)
     if storage is not None and not isinstance(storage, FedMLStorage):
@@ -212,15 +217,26 @@ def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-# Run names from the call's arguments (Prefect passes them to a callable with a `parameters` argument).
+# Run names from the call's arguments (Prefect passes them to a callable with a `parameters` argument); a key
+# passed in the wrong argument is refused by the task, and kept out of its run's name, made before it runs.
+def _shown(value: Any) -> Any:
+    return "(a value shaped like an API key)" if looks_like_key(value) else value
+
+
 def _upload_run_name(parameters: dict[str, Any]) -> str:
     p = parameters
+    if looks_like_key(p.get("name")):
+        return f"upload {_shown(p['name'])}"
     return f"upload {planned_name(p['data_path'], p.get('name')) or p.get('name') or p['data_path']}"
 
 
 def _download_run_name(parameters: dict[str, Any]) -> str:
     p = parameters
-    return f"download {p['name']}" + (f" version {p['version']}" if p.get("version") else "")
+    return f"download {_shown(p['name'])}" + (f" version {_shown(p['version'])}" if p.get("version") else "")
+
+
+def _named(verb: str) -> Callable[[dict[str, Any]], str]:
+    return lambda parameters: f"{verb} {_shown(parameters['name'])}"
 
 
 def _upload_data(data_path: str, name: str | None = None, description: str | None = None,
@@ -311,6 +327,9 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
 def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedMLStorage | str | None = None,
                        service: str | None = None, namespace: str | None = None) -> dict[str, Any]:
     """Stored metadata of a dataset as a dict (or only the user-defined dict)."""
+    if not isinstance(user_defined_only, bool):  # a block or key given as the second argument
+        raise TypeError(f"user_defined_only must be True or False, not a {type(user_defined_only).__name__}; pass "
+                        "a block as storage=")
     with _client(storage, service, namespace) as client:
         if user_defined_only:
             user = client.get_user_metadata(name).unwrap()
@@ -323,7 +342,6 @@ def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedM
 
 upload_data, aupload_data = _tasks(_task_body(_upload_data), "upload", _upload_run_name)
 download_data, adownload_data = _tasks(_task_body(_download_data), "download", _download_run_name)
-delete_data, adelete_data = _tasks(_task_body(_delete_data), "delete", "delete {name}")
+delete_data, adelete_data = _tasks(_task_body(_delete_data), "delete", _named("delete"))
 list_data, alist_data = _tasks(_task_body(_list_data), "list", "list datasets")
-get_data_metadata, aget_data_metadata = _tasks(_task_body(_get_data_metadata), "metadata",
-                                               "metadata of {name}")
+get_data_metadata, aget_data_metadata = _tasks(_task_body(_get_data_metadata), "metadata", _named("metadata of"))

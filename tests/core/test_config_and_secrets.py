@@ -351,3 +351,16 @@ def test_sizes_take_a_unit_as_the_settings_table_writes_them(monkeypatch, tmp_pa
     refused = StorageClient(service="LOCAL", local_root=str(tmp_path)).list()
     assert refused.reason == "invalid_input" and "FEDML_STORAGE_PART_SIZE" in refused.message
     assert "part_size: give a whole number of bytes, or a size with a unit, e.g. 16MiB" in refused.message
+
+
+def test_a_key_given_as_a_name_or_path_is_refused_and_never_shown(store, tmp_path: Path) -> None:
+    """download(name, api_key) swapped, or a pipeline task's second argument: a key pair where a name or dest_path
+    goes was echoed in the message, or stored as the dataset's name."""
+    key = "AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    (tmp_path / "a.txt").write_text("a")
+    client = store.client()
+    for response in (client.upload(str(tmp_path / "a.txt"), key), client.download(key, str(tmp_path)),
+                     client.delete(key), client.get_metadata(key), client.exists(key)):
+        assert response.reason == "invalid_input" and "shaped like an access key pair" in response.message
+        assert "wJalrXUtnFEMI" not in response.message and "AKIAIOSFODNN7EXAMPLE" not in response.message
+    assert client.list().data == []

@@ -124,3 +124,43 @@ def test_a_task_body_called_outside_a_run_still_returns(tmp_path: Path) -> None:
         warnings.simplefilter("error")  # nor an artifact outside a run, which Prefect deprecates
         assert upload_data.fn(str(tmp_path / "f.txt"), storage=block)["name"] == "f.txt"
         assert [m["dataName"] for m in list_data.fn(storage=block)] == ["f.txt"]
+
+
+def test_a_key_passed_in_the_wrong_argument_is_refused_and_never_shown(tmp_path: Path, monkeypatch) -> None:
+    """The API takes api_key second; the tasks take a name, dest_path, block or flag there. A key passed so was
+    stored as a dataset's name (in run names, artifacts, object keys) or echoed by Prefect's "block not found"
+    (helper-89)."""
+    from prefect import get_run_logger
+    from prefect.context import get_run_context
+
+    from prefect_tasks import delete_data, download_data, get_data_metadata
+
+    from .conftest import task_run_names
+
+    monkeypatch.setenv("FEDML_STORAGE_LOCAL_ROOT", str(tmp_path / "store"))
+    key = "AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    (tmp_path / "a.txt").write_text("a")
+    calls = [lambda: upload_data.with_options(retries=0)(str(tmp_path / "a.txt"), key),
+             lambda: download_data.with_options(retries=0)("a.txt", key),
+             lambda: list_data.with_options(retries=0)(key),
+             lambda: delete_data.with_options(retries=0)("a.txt", key),
+             lambda: get_data_metadata.with_options(retries=0)("a.txt", key),
+             lambda: delete_data.with_options(retries=0)(key)]
+
+    @flow
+    def ported_from_the_api() -> tuple[str, list[str]]:
+        said = []
+        for call in calls:
+            try:
+                call()
+                said.append("accepted")
+            except Exception as exc:
+                said.append(f"{type(exc).__name__}: {exc}")
+        get_run_logger().info("done")
+        return str(get_run_context().flow_run.id), said
+
+    run_id, said = ported_from_the_api()
+    assert "accepted" not in said and key.split(":")[1] not in "\n".join(said), said
+    seen = "\n".join([*task_run_names(run_id), *run_logs(run_id)])
+    assert key.split(":")[1] not in seen and key.split(":")[0] not in seen, seen
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*AKIA*"))
