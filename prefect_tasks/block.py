@@ -174,6 +174,18 @@ upload_data("data/mnist", storage=storage)
             check_api_key(raw)  # told now, not at the first upload; never echoed
         return value
 
+    @field_validator("endpoint_url", mode="before")
+    @classmethod
+    def _endpoint_form(cls, value: Any) -> Any:
+        """Told now, not at the first task: a saved block's fields show in Prefect's UI, and a user:secret@ part
+        in the URL would show there (never echoed)."""
+        if isinstance(value, str) and value.strip():
+            try:
+                StorageSettings(endpoint_url=value)
+            except ValidationError as exc:
+                raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return value
+
     @field_validator("service", mode="before")
     @classmethod
     def _service_any_case(cls, value: Any) -> Any:

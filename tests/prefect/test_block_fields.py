@@ -145,3 +145,18 @@ def test_a_relative_path_in_a_block_is_refused(tmp_path: Path) -> None:
     assert FedMLStorage(service="LOCAL", local_root=str(tmp_path)).list() == []
     assert FedMLStorage(service="LOCAL", local_root=f" {tmp_path}\n").list() == []  # as the settings take it
     assert not Path("relstore").exists()  # nothing made in the working directory
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("http://AKIAIOSFODNN7EXAMPLE:s3cr3t-in-url@minio:9000", "must not hold credentials"),
+    ("minio:9000", "must be an http:// or https:// URL"),
+])
+def test_an_endpoint_url_is_checked_when_the_block_is_made(url: str, said: str) -> None:
+    """A saved block's fields show in Prefect's UI: a user:secret@ part was kept there, refused only at the first
+    task (helper-89)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=said) as refused:
+        FedMLStorage(service="S3", bucket="b", endpoint_url=url)
+    assert "s3cr3t" not in str(refused.value)
+    assert FedMLStorage(service="S3", bucket="b", endpoint_url=" http://minio:9000 ").endpoint_url
