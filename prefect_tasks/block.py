@@ -307,6 +307,12 @@ upload_data("data/mnist", storage=storage)
         with self.client() as client:
             return client.get_metadata(name).unwrap().to_dict()
 
+    def cleanup(self, older_than_seconds: float = 3600) -> dict[str, int]:
+        """Remove what interrupted uploads left in this store (never published data, incomplete multipart uploads)
+        older than the grace period; the counts. What a warning's "run cleanup() later" asks for."""
+        with self.client() as client:
+            return client.cleanup(older_than_seconds).unwrap()
+
 
 def _fingerprint(key: SecretStr | str | None, salt: bytes) -> bytes | None:
     """A slow salted digest telling whether two keys are the same without holding either, and costly to guess a

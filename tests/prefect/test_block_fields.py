@@ -160,3 +160,16 @@ def test_an_endpoint_url_is_checked_when_the_block_is_made(url: str, said: str) 
         FedMLStorage(service="S3", bucket="b", endpoint_url=url)
     assert "s3cr3t" not in str(refused.value)
     assert FedMLStorage(service="S3", bucket="b", endpoint_url=" http://minio:9000 ").endpoint_url
+
+
+def test_the_block_cleans_up_what_interrupted_uploads_left(tmp_path: Path) -> None:
+    """Warnings say "run cleanup() later"; from Prefect that took the block's undocumented client() (helper-89)."""
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "a.txt").write_text("a")
+    assert block.upload(str(tmp_path / "a.txt"))["name"] == "a.txt"
+    left = tmp_path / "store" / "default" / "data" / "killed" / "20261126T000000000000Z-0badc0de" / "killed.zip"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"partial")  # never published
+    assert block.cleanup(older_than_seconds=3600)["orphaned_objects_removed"] == 0  # in its grace period
+    assert block.cleanup(older_than_seconds=0)["orphaned_objects_removed"] == 1 and not left.exists()
+    assert [d["dataName"] for d in block.list()] == ["a.txt"]
