@@ -268,9 +268,9 @@ class Catalog:
               ) -> tuple[list[Manifest], dict[str, str]]:
         """The readable manifests (of names starting with `prefix`), and why each other name could not be read.
         Entries the `cache` holds under the ETag listed are not read again; those read are kept in it."""
-        listed = list(self._listed(prefix))
-        uris = {name: self.store.uri(self.manifest_key(name)) for name, _ in listed}
-        kept = cache.lookup([(uris[name], etag) for name, etag in listed if etag]) if cache else {}
+        listed = dict(self._listed(prefix))  # name: ETag
+        uris = {name: self.store.uri(self.manifest_key(name)) for name in listed}
+        kept = cache.lookup([(uris[name], etag) for name, etag in listed.items() if etag]) if cache else {}
         read: dict[str, tuple[bytes, str]] = {}
 
         def one(name: str) -> Manifest | tuple[str, str] | None:
@@ -290,10 +290,9 @@ class Catalog:
             read[name] = found
             return manifest
 
-        results = [r for r in parallel_map(one, [n for n, _ in listed], workers, "fedml-storage-list") if r is not None]
+        results = [r for r in parallel_map(one, list(listed), workers, "fedml-storage-list") if r is not None]
         if cache:  # where the store lists ETags (S3, not LOCAL), under the one each entry was read with
-            listed_etags = dict(listed)
-            cache.store([(uris[name], etag, raw) for name, (raw, etag) in read.items() if listed_etags[name] and etag])
+            cache.store([(uris[name], etag, raw) for name, (raw, etag) in read.items() if listed[name] and etag])
         manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
         return manifests, dict(sorted(r for r in results if isinstance(r, tuple)))
 
