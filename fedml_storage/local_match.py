@@ -197,7 +197,8 @@ def folder_made(folder: Path, top_mode: int, made: MadeTree, probe: Path) -> str
     """The key of the folder a download has just made at `folder` (private still; `top_mode` is what it will get),
     as `made` saw it written, taken once the filesystem's clock has passed every time in it, so that any later
     change shows in its stat (a check then reads no file, whatever the modes). `probe`: a temp file of ours on that
-    filesystem. None if the clock did not pass soon, or the tree was too large to keep its lines."""
+    filesystem. None if the clock did not pass soon, or `made` gave up (files out of path order, too many
+    folders)."""
     if (state := made.state()) is None:
         return None
     try:
