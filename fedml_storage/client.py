@@ -36,6 +36,11 @@ T = TypeVar("T")
 SERVICE_HINT = "; calls without service= use the default service"  # how a message's hint of a wrong service starts
 
 
+LEFT_BEHIND = ("; data stored under that name remains (an earlier try of this delete may have removed the catalog "
+               "entry and lost the answer, or an upload of it is under way): cleanup() removes it once older than "
+               "its grace period")
+
+
 class StorageClient:
     """Upload, download, delete, inspect and list named datasets in one store and namespace."""
 
@@ -188,15 +193,19 @@ class StorageClient:
         notes: list[str] = []
 
         def run() -> bool:
+            catalog = self._catalog()
             try:
-                if self._catalog().remove(check_name(data_name)) is None:
+                if catalog.remove(check_name(data_name)) is None:
                     notes.append(" (its catalog entry was unreadable: cleanup() removes its data)")
             except NotFound as missing:
                 if not missing_ok:
                     raise
-                if missing.similar:  # a clean-up step would otherwise leave the dataset meant, quietly
-                    log.warning("%r was not stored, nothing was deleted%s", data_name, missing.similar)
-                notes.append(missing.similar)
+                # a try whose answer was lost after the entry went leaves its data to a retry, which finds no entry
+                left = next(iter(catalog.store.list(f"{catalog.data_prefix}{data_name}/")), None)
+                hint = missing.similar + (LEFT_BEHIND if left else "")
+                if hint:  # a clean-up step would otherwise leave the dataset meant, or its data, quietly
+                    log.warning("%r was not stored, nothing was deleted%s", data_name, hint)
+                notes.append(hint)
                 return False
             return True
 

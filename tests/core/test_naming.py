@@ -52,3 +52,23 @@ def test_a_delete_of_a_name_missing_its_extension_says_which_was_meant(tmp_path:
 def test_from_the_strings_alone_what_is_no_path_or_name_tells_nothing() -> None:
     for path, name in ((b"data", None), (7, None), ("data", 7), ("data", ["a"])):
         assert planned_name(path, name, on_disk=False) is None and planned_name(path, name) is None
+
+
+def test_a_retried_delete_that_finds_only_data_says_so(store, tmp_path: Path, caplog) -> None:
+    """A delete whose answer was lost after the catalog entry went: its retry said "not stored: nothing to delete"
+    and the data stayed, unsaid (helper-89)."""
+    import logging
+
+    (tmp_path / "amb.csv").write_text("a,b\n")
+    client = store.client()
+    assert client.upload(str(tmp_path / "amb.csv")).ok
+    catalog = client._catalog()
+    catalog.store.delete(catalog.manifest_key("amb.csv"))  # the first try's delete of the entry landed
+    with caplog.at_level(logging.WARNING, logger="fedml_storage"):
+        retry = client.delete("amb.csv", missing_ok=True)
+    assert retry.ok and retry.data is False and "data stored under that name remains" in retry.message
+    assert [r.levelname for r in caplog.records if "cleanup() removes it" in r.getMessage()] == ["WARNING"]
+    assert client.cleanup(older_than_seconds=0).data["orphaned_objects_removed"] == 1
+    caplog.clear()
+    assert client.delete("amb.csv", missing_ok=True).data is False  # nothing left: quiet
+    assert not [r for r in caplog.records if r.name.startswith("fedml_storage")]
