@@ -333,7 +333,9 @@ def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as malformed:  # a malformed key: when the block is made, never echoed
         FedMLStorage(service="S3", bucket="datasets", api_key="no-colon-s3cr3t")
     assert "api_key has no ':'" in str(malformed.value) and "s3cr3t" not in str(malformed.value)
-    block = FedMLStorage(service="S3", bucket="datasets", endpoint_url="minio:9000", api_key=TEST_API_KEY)
+    with pytest.raises(ValueError, match="endpoint_url must be an http"):  # also told when the block is made
+        FedMLStorage(service="S3", bucket="datasets", endpoint_url="minio:9000", api_key=TEST_API_KEY)
+    block = FedMLStorage(service="R2", bucket="datasets", r2_account_id="my-account", api_key=TEST_API_KEY)
 
     @flow
     def uses_bad_block() -> None:
@@ -342,7 +344,7 @@ def test_a_bad_setting_in_the_block_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(FedMLStorageError) as refused:
         uses_bad_block()
     message = str(refused.value)
-    assert "endpoint_url" in message and "(from the FedMLStorage block or the task's arguments)" in message
+    assert "r2_account_id" in message and "(from the FedMLStorage block or the task's arguments)" in message
     assert "Fix the FedMLStorage block or the task's arguments" in message and SECRET not in message
 
 
