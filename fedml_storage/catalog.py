@@ -122,8 +122,11 @@ class Catalog:
     def manifest_key(self, name: str) -> str:
         return f"{self.manifest_prefix}{name}.json"
 
+    def data_folder(self, name: str) -> str:
+        return f"{self.data_prefix}{name}/"
+
     def data_key(self, name: str, version: str, filename: str) -> str:
-        return f"{self.data_prefix}{name}/{version}/{filename}"
+        return f"{self.data_folder(name)}{version}/{filename}"
 
     def read(self, name: str) -> tuple[Manifest, str] | None:
         """The manifest and its etag, or None when the name is not stored."""
@@ -147,7 +150,7 @@ class Catalog:
     def similar(self, name: str) -> str:
         """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
         try:
-            close = list(itertools.islice(self._names(f"{name}."), 3))
+            close = [other for other, _ in itertools.islice(self._listed(f"{name}."), 3)]
         except Exception:  # a hint must never turn "not found" into another failure
             return ""
         return f" (did you mean {' or '.join(map(repr, close))}? a file keeps its extension)" if close else ""
@@ -252,10 +255,6 @@ class Catalog:
             log.warning("skipping %r: %s", name, why)
         return manifests
 
-    def _names(self, starting: str = "") -> Iterator[str]:
-        """Stored names (those with a manifest) that start with `starting`, as the store lists them."""
-        return (name for name, _ in self._listed(starting))
-
     def _listed(self, starting: str) -> Iterator[tuple[str, str | None]]:
         """(name, its manifest's ETag, None where the store gives none) of the names that start with `starting`."""
         for o in self.store.list(self.manifest_prefix + starting):
@@ -307,7 +306,7 @@ class Catalog:
         manifests, unreadable = self._scan() if candidates else ([], {})  # nothing old: no catalog entry to read
         referenced = {v.key for m in manifests for v in m.versions}
         # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
-        protected = tuple(f"{self.data_prefix}{name}/" for name in unreadable)
+        protected = tuple(map(self.data_folder, unreadable))
         for name, why in unreadable.items():
             log.warning("cleanup leaves the data of %r: %s", name, why)
         orphans = self._confirm_orphans([k for k in candidates if k not in referenced and not k.startswith(protected)])

@@ -201,7 +201,7 @@ class StorageClient:
                 if not missing_ok:
                     raise
                 # a try whose answer was lost after the entry went leaves its data to a retry, which finds no entry
-                left = next(iter(catalog.store.list(f"{catalog.data_prefix}{data_name}/")), None)
+                left = next(iter(catalog.store.list(catalog.data_folder(data_name))), None)
                 hint = missing.similar + (LEFT_BEHIND if left else "")
                 if hint:  # a clean-up step would otherwise leave the dataset meant, or its data, quietly
                     log.warning("%r was not stored, nothing was deleted%s", data_name, hint)

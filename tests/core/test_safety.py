@@ -381,7 +381,7 @@ def test_cleanup_never_takes_a_short_listing_of_the_catalog_for_the_truth(store:
     client = store.client()
     assert client.upload(make_tree(tmp_path / "kept")).ok
     data = [k for k in store.keys() if "/data/" in k]
-    monkeypatch.setattr(Catalog, "_names", lambda self, starting="": iter(()))  # the listing came back empty
+    monkeypatch.setattr(Catalog, "_listed", lambda self, starting: iter(()))  # the listing came back empty
     response = client.cleanup(older_than_seconds=0)
     assert response.ok and response.data["orphaned_objects_removed"] == 0, response.message
     assert [k for k in store.keys() if "/data/" in k] == data
