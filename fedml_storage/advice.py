@@ -48,7 +48,7 @@ def unattended_dest(dest_path: Any, who: str, worker: str, holds: str, if_none: 
                 "the folder to download into; a key goes in the connection or block")
     if not isinstance(dest_path, (str, os.PathLike)):
         return f"dest_path must be a folder path, not {type(dest_path).__name__}"
-    if not str(dest_path).startswith("~") and not os.path.isabs(dest_path):
+    if _relative(str(dest_path)):
         return (f"dest_path {str(dest_path)!r} is relative: on a {worker} it names a folder in the working directory, "
                 f"which {holds}: a dataset named like something there would replace it; give an absolute path")
     return None
@@ -58,13 +58,17 @@ def relative_paths(settings: Mapping[str, Any], where: str, worker: str) -> str 
     """Why path settings kept in `where` (a connection's extra, a block's fields) are refused on an unattended
     `worker`: a relative one names a folder in each run's working directory. None when every one is absolute."""
     relative = [key for key in ("local_root", "partial_dir", "ca_bundle")  # as the settings take them: stripped
-                if isinstance(value := settings.get(key), (str, os.PathLike)) and (path := str(value).strip())
-                and not path.startswith("~") and not os.path.isabs(path)]
+                if isinstance(value := settings.get(key), (str, os.PathLike)) and _relative(str(value).strip())]
     if not relative:
         return None
     return (f"{' and '.join(relative)} in {where} {'is' if len(relative) == 1 else 'are'} relative: on a {worker} "
             "that names a folder in each run's working directory, which differs between runs and machines; give an "
             "absolute path")
+
+
+def _relative(path: str) -> bool:
+    """Whether a path names a place in the working directory ('~user/...' does not: the core expands it)."""
+    return bool(path) and not path.startswith("~") and not os.path.isabs(path)
 
 
 def reword(message: str, advice: Mapping[str, str]) -> str:
