@@ -29,7 +29,7 @@ from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
 from fedml_storage.advice import kept_in
-from fedml_storage.api_keys import looks_like_key
+from fedml_storage.api_keys import mask_keys
 from fedml_storage.stops import StoppableCall
 
 from .block import PREFECT_LISTING, FedMLStorage, require_dest_path
@@ -218,25 +218,19 @@ def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # Run names from the call's arguments (Prefect passes them to a callable with a `parameters` argument); a key
-# passed in the wrong argument is refused by the task, and kept out of its run's name, made before it runs.
-def _shown(value: Any) -> Any:
-    return "(a value shaped like an API key)" if looks_like_key(value) else value
-
-
+# passed in the wrong argument is refused by the task, and masked in its run's name, made before it runs.
 def _upload_run_name(parameters: dict[str, Any]) -> str:
     p = parameters
-    if looks_like_key(p.get("name")):
-        return f"upload {_shown(p['name'])}"
-    return f"upload {planned_name(p['data_path'], p.get('name')) or p.get('name') or p['data_path']}"
+    return mask_keys(f"upload {planned_name(p['data_path'], p.get('name')) or p.get('name') or p['data_path']}")
 
 
 def _download_run_name(parameters: dict[str, Any]) -> str:
     p = parameters
-    return f"download {_shown(p['name'])}" + (f" version {_shown(p['version'])}" if p.get("version") else "")
+    return mask_keys(f"download {p['name']}" + (f" version {p['version']}" if p.get("version") else ""))
 
 
 def _named(verb: str) -> Callable[[dict[str, Any]], str]:
-    return lambda parameters: f"{verb} {_shown(parameters['name'])}"
+    return lambda parameters: mask_keys(f"{verb} {parameters['name']}")
 
 
 def _upload_data(data_path: str, name: str | None = None, description: str | None = None,
