@@ -15,7 +15,7 @@ from fedml_storage import (
     is_unset, unknown_settings,
 )
 from fedml_storage.advice import kept_in, needs_dest_path, relative_paths, unattended_dest
-from fedml_storage.config import config_path
+from fedml_storage.config import ENV_PREFIX, config_path
 
 
 class FedMLStorageException(AirflowException):
@@ -40,7 +40,7 @@ TEMPLATE_RENDERED_EMPTY = ". Did a template for dest_path render empty?"
 
 def _configured_here() -> bool:
     """Whether this worker configures fedml-storage itself: a setting's FEDML_STORAGE_* variable, or a config file."""
-    return config_path().is_file() or any(os.environ.get(f"FEDML_STORAGE_{field.upper()}", "").strip()
+    return config_path().is_file() or any(os.environ.get(ENV_PREFIX + field.upper(), "").strip()
                                           for field in (*PLAIN_SETTINGS, "api_key"))
 
 

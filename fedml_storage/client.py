@@ -19,8 +19,8 @@ from .catalog import VERSION_ID, Catalog, Manifest
 from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
                      without_userinfo)
 from .digests import DigestCache
-from .entry_cache import EntryCache
 from .downloads import download as _download
+from .entry_cache import EntryCache
 from .errors import InvalidInput, NotFound, Unsupported, to_response
 from .own import check_target
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
@@ -237,7 +237,7 @@ class StorageClient:
         def run() -> list[StorageMetadata]:
             starting = check_prefix(prefix)
             catalog = self._catalog()
-            with contextlib.closing(EntryCache(storage_home() / "cache" / "entries.sqlite")) as cache:
+            with contextlib.closing(EntryCache(_cache_file("entries.sqlite"))) as cache:
                 listed = catalog.list(self._ensure_settings().concurrency, starting, cache)
             return [self._metadata(catalog, m) for m in listed]
 
@@ -355,9 +355,13 @@ class StorageClient:
 __all__ = ["FedMLStorageError", "StorageClient", "same_store"]
 
 
+def _cache_file(name: str) -> Path:
+    return storage_home() / "cache" / name
+
+
 @contextlib.contextmanager
 def _digest_cache() -> Iterator[DigestCache]:
-    cache = DigestCache(storage_home() / "cache" / "digests.sqlite")
+    cache = DigestCache(_cache_file("digests.sqlite"))
     try:
         yield cache
     finally:

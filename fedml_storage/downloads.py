@@ -20,9 +20,9 @@ from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .digests import DigestCache
 from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
 from .local_match import MADE, download_mode, folder_made, holds_already, place_file
+from .made import MadeTree
 from .progress import DOWNLOAD_DESC, progress_bar
 from .results import DownloadResult, human_size
-from .made import MadeTree
 from .validation import check_name, check_path, check_progress_desc
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
