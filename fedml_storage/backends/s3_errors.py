@@ -47,79 +47,87 @@ class translate:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
             return False
+        mapped = self._answered(exc) if isinstance(exc, botocore.exceptions.ClientError) else self._unanswered(exc)
+        if mapped is None:
+            return False
+        raise mapped from None
+
+    def _unanswered(self, exc: BaseException) -> Exception | None:
+        """The core's error for a request the store did not answer with an error: no credentials, a transport or
+        TLS failure, a setting botocore refused; None for what is not botocore's."""
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
-            raise NotConfigured(f"no storage credentials found; {NO_CREDENTIALS}") from None
+            return NotConfigured(f"no storage credentials found; {NO_CREDENTIALS}")
         if isinstance(exc, botocore.exceptions.ReadTimeoutError):  # before the broad transport check below
-            raise TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
-                                 "overloaded: try again, or raise read_timeout for a slow endpoint") from None
+            return TransientError(f"{self.location} stopped sending data (read timeout, every attempt); it may be "
+                                  "overloaded: try again, or raise read_timeout for a slow endpoint")
         if isinstance(exc, WebPage):
-            raise NotConfigured(web_page_answer(self.location)) from None
+            return NotConfigured(web_page_answer(self.location))
         if isinstance(exc, (IncompleteResponse, urllib3.exceptions.HTTPError, http.client.HTTPException,
                             ConnectionError)) or malformed(exc):  # a transport error that reached us unwrapped
-            raise TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc}); if this "
-                                 f"persists, {NOT_S3}") from None
+            return TransientError(f"the connection to {self.location} broke ({type(exc).__name__}: {exc}); if this "
+                                  f"persists, {NOT_S3}")
         if isinstance(exc, botocore.exceptions.SSLError) and (tls := _tls_misconfigured(str(exc), self.location)):
-            raise NotConfigured(tls) from None
+            return NotConfigured(tls)
         if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError)):
-            raise TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); check "
-                                 "endpoint_url (or r2_account_id) and the network") from None
-        if isinstance(exc, botocore.exceptions.ClientError):
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            page = str(headers.get("content-type", "")).lower().startswith("text/html")
-            generic = code in ("", str(status))  # what botocore makes of a body that is no S3 error (or of none)
-            read = exc.operation_name in ("GetObject", "HeadObject")  # where a 404 is a missing key, as ever
-            # a listing or write answered 404 without a body: a store says NoSuchBucket (a sandbox's or a proxy's 404)
-            bare_404 = code == "404" and exc.operation_name in _NEVER_BARE_404
-            if generic and isinstance(status, int) and (page or not code or bare_404) and not (read and status == 404) \
-                    and exc.operation_name != "HeadObject":  # (a HEAD has no body: its code is always generic)
-                self._not_s3(status)  # a web page, a proxy's answer
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
-                raise PreconditionFailed(self.key) from None
-            if code in _UNSUPPORTED or status == 501:
-                raise Unsupported(self._unsupported(err.get("Message", ""))) from None
-            if code == "NoSuchBucket":
-                raise NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket") from None
-            if code in MISSING_CODES:
-                raise ObjectMissing(self.key) from None
-            if code in ("ExpiredToken", "TokenRefreshRequired"):
-                raise AccessDenied(
-                    f"{self.location} refused an expired session token ({code}): temporary credentials last hours; "
-                    "renew them, give the new ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN and run again") from None
-            if code in _DENIED:
-                raise AccessDenied(
-                    f"access denied by {self.location} ({code}); check the API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY) "
-                    "and that it may read and write this bucket"
-                ) from None
-            if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
-                raise TransientError(f"storage service busy or failing ({code or status}) at {self.location}") from None
-            raise StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})") from None
+            return TransientError(f"cannot reach the storage endpoint for {self.location} ({type(exc).__name__}); "
+                                  "check endpoint_url (or r2_account_id) and the network")
         if isinstance(exc, botocore.exceptions.ParamValidationError) and \
                 (bad := re.match(r'\s*Invalid bucket name "([^"]*)"', str(exc.kwargs.get("report", "")))):
-            raise NotConfigured(f"bucket name {bad.group(1)!r} is not valid: bucket names are 3 to 63 lowercase letters, "
-                                "digits, '.' and '-', starting and ending with a letter or digit; check the bucket "
-                                "setting") from None
+            return NotConfigured(f"bucket name {bad.group(1)!r} is not valid: bucket names are 3 to 63 lowercase "
+                                 "letters, digits, '.' and '-', starting and ending with a letter or digit; check the "
+                                 "bucket setting")
         if isinstance(exc, _SETUP_ERRORS):
-            raise NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
-                                "fix the setting it names (retrying will not help)") from None
+            return NotConfigured(f"the request to {self.location} could not be made ({type(exc).__name__}: {exc}); "
+                                 "fix the setting it names (retrying will not help)")
         if isinstance(exc, botocore.exceptions.BotoCoreError):
-            raise TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})") from None
-        return False
+            return TransientError(f"storage request to {self.location} failed ({type(exc).__name__}: {exc})")
+        return None
 
-    def _not_s3(self, status: int) -> None:
+    def _answered(self, exc: botocore.exceptions.ClientError) -> Exception:
+        """The core's error for an error answer: by its S3 code, or by its HTTP status when no store wrote it."""
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        page = str(headers.get("content-type", "")).lower().startswith("text/html")
+        generic = code in ("", str(status))  # what botocore makes of a body that is no S3 error (or of none)
+        read = exc.operation_name in ("GetObject", "HeadObject")  # where a 404 is a missing key, as ever
+        # a listing or write answered 404 without a body: a store says NoSuchBucket (a sandbox's or a proxy's 404)
+        bare_404 = code == "404" and exc.operation_name in _NEVER_BARE_404
+        if generic and isinstance(status, int) and (page or not code or bare_404) and not (read and status == 404) \
+                and exc.operation_name != "HeadObject":  # (a HEAD has no body: its code is always generic)
+            return self._not_s3(status)  # a web page, a proxy's answer
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
+            return PreconditionFailed(self.key)
+        if code in _UNSUPPORTED or status == 501:
+            return Unsupported(self._unsupported(err.get("Message", "")))
+        if code == "NoSuchBucket":
+            return NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket")
+        if code in MISSING_CODES:
+            return ObjectMissing(self.key)
+        if code in ("ExpiredToken", "TokenRefreshRequired"):
+            return AccessDenied(
+                f"{self.location} refused an expired session token ({code}): temporary credentials last hours; "
+                "renew them, give the new ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN and run again")
+        if code in _DENIED:
+            return AccessDenied(f"access denied by {self.location} ({code}); check the API key "
+                                "(ACCESS_KEY_ID:SECRET_ACCESS_KEY) and that it may read and write this bucket")
+        if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
+            return TransientError(f"storage service busy or failing ({code or status}) at {self.location}")
+        return StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})")
+
+    def _not_s3(self, status: int) -> Exception:
         said = (f"{self.location} answered HTTP {status} {http.client.responses.get(status, '')} without an S3 error: "
                 "a web server or a proxy answered, not the store itself".replace("  ", " "))
         where = f"{NOT_S3}, and any proxy in front of the store"
         if status >= 500 or status in (408, 429):
-            raise TransientError(f"{said}; if this persists, {where}") from None
+            return TransientError(f"{said}; if this persists, {where}")
         if status == 413:
-            raise NotConfigured(f"{said}; a proxy may limit the size of requests (nginx: client_max_body_size): "
-                                "raise that limit, or lower part_size below it") from None
+            return NotConfigured(f"{said}; a proxy may limit the size of requests (nginx: client_max_body_size): "
+                                 "raise that limit, or lower part_size below it")
         if status in (401, 403):
-            raise AccessDenied(f"{said}; {where}, and that the network lets you reach it") from None
-        raise NotConfigured(f"{said}; {where}") from None
+            return AccessDenied(f"{said}; {where}, and that the network lets you reach it")
+        return NotConfigured(f"{said}; {where}")
 
     def _unsupported(self, message: str) -> str:
         said = f" ({message})" if message else ""
