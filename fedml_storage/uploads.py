@@ -17,13 +17,13 @@ from .catalog import DROPPED_REMEMBERED, UNREAD, Catalog, Manifest, VersionRecor
 from .config import StorageSettings
 from .digests import DigestCache, sha256_file
 from .errors import Conflict, InvalidInput, SourceChanged, StorageFailure, TransientError
-from .ignores import check_ignore_patterns
+from .ignores import IgnoreRules, check_ignore_patterns
 from .local_match import tree_holds, tree_state
 from .own import check_source, own_paths
 from .progress import UPLOAD_DESC, progress_bar
 from .results import UploadResult
 from .streams import BoundedPipe, PipeAborted
-from .trees import Entries, Entry, TreeDigest, same_file_state, scan_tree
+from .trees import Entries, Entry, Tree, TreeDigest, same_file_state, scan_tree
 from .naming import stored_name
 from .validation import check_description, check_metadata, check_path, check_progress_desc, check_tags
 from .zipformat import size_bound
@@ -68,33 +68,14 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     own = own_paths(settings)
     check_source(src, own)
     name = stored_name(src, req.name)
-    description = check_description(req.description)
-    metadata = check_metadata(req.metadata)
-    tags = check_tags(req.tag_list)
+    fields = _Fields(check_description(req.description), check_tags(req.tag_list), check_metadata(req.metadata))
     check_progress_desc(req.progress_desc)
     ignore = check_ignore_patterns(req.ignore_patterns)
     if ignore is not None and src.is_file() and ignore.ignores(src.name, False):
         raise InvalidInput(f"ignore_patterns leave out {src.name!r}, the file given as data_path: nothing was "
                            "uploaded; check the patterns or the path")
-    pool = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-read")
-    helpers = Helpers()
-    tree = None
-    try:
-        read_at = time.monotonic()
-        reading = stops.submit(pool, helpers.job(_read_stored), catalog, name)  # round trips, overlapped with the scan
-        tree = None if src.is_file() else scan_tree(src, ignore, own)
-        if tree is not None and tree.ignored and not tree.entries.files:
-            raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
-                               "nothing was uploaded; check the patterns")
-        found, intact, lost = stops.result(reading)
-    except BaseException:
-        # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
-        helpers.give_up()
-        pool.shutdown(wait=False, cancel_futures=True)
-        if tree is not None:
-            tree.entries.close()
-        raise
-    pool.shutdown()
+    read_at = time.monotonic()
+    tree, (found, intact, lost) = _scan_and_read(src, catalog, name, ignore, own)
     if lost is not None:  # said here, in the caller's thread, where a framework's log handler looks
         log.warning("the stored data of %r version %s is missing or damaged; it will be uploaded again", name, lost)
     current = found[0].current if found and intact else None  # lost data is sent again, even if unchanged
@@ -115,40 +96,16 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     def build(cur: Manifest | None) -> Manifest | None:
         nonlocal tries, final
         tries += 1
-        if tries > 1 and data_key is not None:  # a try whose answer was lost may have landed, and been built upon
-            if cur is not None and any(v.key == data_key for v in cur.versions):
-                return None  # it did: published, nothing more to write
-            if catalog.store.head(data_key) is None:
-                raise Conflict(f"{name!r} was published and at once replaced by another upload, which removed this "
-                               "one's data; upload again if this one should be current")
+        if tries > 1 and data_key is not None and _landed(catalog, cur, name, data_key):
+            return None  # a try whose answer was lost landed (and may have been built upon): nothing more to write
         if tries == 1 or data_key is not None:  # the last point where a stopped upload can still not publish
             stops.check()  # (a metadata-only retry cannot tell whether its first try landed: it goes on)
-        now = utc_now()
-        if skipped and (cur is None or _content(cur.current) != _content(record)):
-            raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
-        if skipped:  # the same content, maybe published again meanwhile as another version: the one written on
-            final = cur.current
-        versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
-        keep = len(versions) if skipped else settings.keep_versions  # only a content change drops versions
-        dropped = [v.version for v in versions[keep:]] + (cur.dropped if cur else [])
-        return Manifest(
-            name=name,
-            description=description if description is not None else (cur.description if cur else ""),
-            tags=tags if tags is not None else (cur.tags if cur else []),
-            user_metadata=metadata if metadata is not None else (cur.user_metadata if cur else {}),
-            created_at=cur.created_at if cur else now,
-            updated_at=now,
-            versions=versions[:keep],
-            dropped=dropped[:DROPPED_REMEMBERED],
-        )
+        manifest, final = _next_manifest(cur, name, record, skipped, fields, settings.keep_versions)
+        return manifest
 
-    unchanged_meta = found is not None and all(
-        new is None or new == old
-        for new, old in ((description, found[0].description), (tags, found[0].tags), (metadata, found[0].user_metadata))
-    )
     dropped: list[str] = []
     try:
-        if not (skipped and unchanged_meta):  # a no-op upload (a retry, say) writes nothing
+        if not (skipped and found is not None and fields.kept_by(found[0])):  # a no-op upload writes nothing
             recent = time.monotonic() - read_at < FRESH_READ_SECONDS
             _, dropped = catalog.commit(name, build, found if recent else UNREAD)
     except BaseException as exc:
@@ -163,6 +120,80 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         service=settings.service, namespace=catalog.namespace, left_out=tree.left_out if tree else [],
         ignored=tree.ignored if tree else 0,
     )
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """The catalog fields an upload sets; None keeps what is stored."""
+
+    description: str | None
+    tags: list[str] | None
+    metadata: dict | None
+
+    def kept_by(self, stored: Manifest) -> bool:
+        """Whether `stored` holds these fields already."""
+        return all(new is None or new == old for new, old in ((self.description, stored.description),
+                                                              (self.tags, stored.tags),
+                                                              (self.metadata, stored.user_metadata)))
+
+
+def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules | None, own: tuple[Path, ...]
+                   ) -> tuple[Tree | None, tuple[tuple[Manifest, str] | None, bool, str | None]]:
+    """The folder's scan (None for a file) and `_read_stored`'s answer, whose round trips overlap the scan."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-read")
+    helpers = Helpers()
+    tree = None
+    try:
+        reading = stops.submit(pool, helpers.job(_read_stored), catalog, name)
+        tree = None if src.is_file() else scan_tree(src, ignore, own)
+        if tree is not None and tree.ignored and not tree.entries.files:
+            raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
+                               "nothing was uploaded; check the patterns")
+        stored = stops.result(reading)
+    except BaseException:
+        # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
+        helpers.give_up()
+        pool.shutdown(wait=False, cancel_futures=True)
+        if tree is not None:
+            tree.entries.close()
+        raise
+    pool.shutdown()
+    return tree, stored
+
+
+def _landed(catalog: Catalog, cur: Manifest | None, name: str, data_key: str) -> bool:
+    """On a commit's retry: whether the try whose answer was lost published `data_key`. Conflict when another
+    upload has replaced it meanwhile and removed its data."""
+    if cur is not None and any(v.key == data_key for v in cur.versions):
+        return True
+    if catalog.store.head(data_key) is None:
+        raise Conflict(f"{name!r} was published and at once replaced by another upload, which removed this "
+                       "one's data; upload again if this one should be current")
+    return False
+
+
+def _next_manifest(cur: Manifest | None, name: str, record: VersionRecord, skipped: bool, fields: _Fields,
+                   keep_versions: int) -> tuple[Manifest, VersionRecord]:
+    """The manifest that publishes `record` over `cur` (or, `skipped`, only updates its fields), and the version it
+    makes current."""
+    if skipped and (cur is None or _content(cur.current) != _content(record)):
+        raise Conflict(f"{name!r} was changed by another writer during this upload; try again")
+    now = utc_now()
+    versions = cur.versions if skipped and cur else [record, *(cur.versions if cur else [])]
+    keep = len(versions) if skipped else keep_versions  # only a content change drops versions
+    dropped = [v.version for v in versions[keep:]] + (cur.dropped if cur else [])
+    manifest = Manifest(
+        name=name,
+        description=fields.description if fields.description is not None else (cur.description if cur else ""),
+        tags=fields.tags if fields.tags is not None else (cur.tags if cur else []),
+        user_metadata=fields.metadata if fields.metadata is not None else (cur.user_metadata if cur else {}),
+        created_at=cur.created_at if cur else now,
+        updated_at=now,
+        versions=versions[:keep],
+        dropped=dropped[:DROPPED_REMEMBERED],
+    )
+    # skipped: the same content, maybe published again meanwhile as another version: the one written on
+    return manifest, cur.current if skipped else record
 
 
 def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool, str | None]:
