@@ -54,14 +54,7 @@ def download(
     started = time.monotonic()
     name = check_name(data_name)
     check_progress_desc(progress_desc)
-    if name.startswith(TEMP_PREFIX):
-        raise InvalidInput(f"{name!r} cannot be downloaded: names starting with {TEMP_PREFIX!r} are reserved for "
-                           "download temp files (it was stored by an older version). Its data is at the download_url of "
-                           "get_storage_metadata; delete() removes it")
-    dest = check_path(os.getcwd() if dest_path is None or dest_path == "" else dest_path,
-                      "dest_path must be a folder path")
-    if dest.exists() and not dest.is_dir():
-        raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
+    dest = _dest_folder(name, dest_path)
     if check_target is not None:
         check_target(dest / name)
     record = catalog.get(name).find(version)
@@ -96,28 +89,14 @@ def download(
             if record.kind != "file":
                 unpacked = part.with_suffix(".d")
                 unpacked.mkdir(mode=0o700)  # private while files land (folders get their modes at the end)
-                fh.flush()
-                made = None if cache is None else MadeTree()  # what a re-run's check can trust
-                try:
-                    safe_extract(fh, unpacked, record.source_size, made)  # the handle verified, not a reopen
-                except IntegrityError as exc:
-                    raise IntegrityError(
-                        f"{exc}. The archive of {name!r} version {record.version} matches its manifest, so it was "
-                        "stored this way, not as fedml-storage packs folders: check who can write to the store, "
-                        f"then delete({name!r}) and upload it again") from None
+                made = _extract(fh, unpacked, name, record, cache is not None)
         stops.check()  # a stopped download leaves dest as it was
         if record.kind == "file":
-            _check_target(target, record.kind)  # again: something may have taken the place meanwhile
-            os.chmod(part, download_mode(record))  # mkstemp made it private; a download gets the usual mode
-            replaced = os.path.lexists(target)
-            place_file(part, target, record.sha256, cache if record.size >= RECORD_FILE_BYTES else None)
+            replaced = _place_file(part, target, record, cache)
         else:
-            top_mode = download_mode(record)
-            row = None if made is None else folder_made(unpacked, top_mode, made, part)  # while private
-            os.chmod(unpacked, top_mode)
-            _check_target(target, record.kind)
-            replaced = os.path.lexists(target)
-            swap_in(unpacked, target, part.with_suffix(".old"))
+            mode = download_mode(record)
+            row = None if made is None else folder_made(unpacked, mode, made, part)  # while private
+            replaced = _swap_folder(unpacked, mode, target, part)
             unpacked = None
             if row is not None:  # a re-run's check of the copy then reads no file
                 cache.store_tree(MADE + str(target), row, record.sha256, 0, settled=True)
@@ -144,6 +123,52 @@ def download(
                 except OSError:
                     break
     return _result(target, name, record, started, replaced=replaced, skipped=False)
+
+
+def _dest_folder(name: str, dest_path: str | os.PathLike | None) -> Path:
+    """The folder to download `name` into (the working directory by default), checked."""
+    if name.startswith(TEMP_PREFIX):
+        raise InvalidInput(f"{name!r} cannot be downloaded: names starting with {TEMP_PREFIX!r} are reserved for "
+                           "download temp files (it was stored by an older version). Its data is at the download_url of "
+                           "get_storage_metadata; delete() removes it")
+    dest = check_path(os.getcwd() if dest_path is None or dest_path == "" else dest_path,
+                      "dest_path must be a folder path")
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"dest_path {str(dest)!r} is a file; give a folder to download into")
+    return dest
+
+
+def _extract(fh: BinaryIO, unpacked: Path, name: str, record: VersionRecord, remember: bool) -> MadeTree | None:
+    """Unpack the verified archive open in `fh` into `unpacked`; `remember`: what it made, for a re-run's check."""
+    fh.flush()
+    made = MadeTree() if remember else None
+    try:
+        safe_extract(fh, unpacked, record.source_size, made)  # the handle verified, not a reopen
+    except IntegrityError as exc:
+        raise IntegrityError(
+            f"{exc}. The archive of {name!r} version {record.version} matches its manifest, so it was "
+            "stored this way, not as fedml-storage packs folders: check who can write to the store, "
+            f"then delete({name!r}) and upload it again") from None
+    return made
+
+
+def _place_file(part: Path, target: Path, record: VersionRecord, cache: DigestCache | None) -> bool:
+    """Rename the verified `part` to `target`; whether something was replaced."""
+    _check_target(target, record.kind)  # again: something may have taken the place meanwhile
+    os.chmod(part, download_mode(record))  # mkstemp made it private; a download gets the usual mode
+    replaced = os.path.lexists(target)
+    place_file(part, target, record.sha256, cache if record.size >= RECORD_FILE_BYTES else None)
+    return replaced
+
+
+def _swap_folder(unpacked: Path, mode: int, target: Path, part: Path) -> bool:
+    """Put the `unpacked` folder at `target` with its `mode` (gone from `unpacked` on return); whether something was
+    replaced."""
+    os.chmod(unpacked, mode)
+    _check_target(target, "directory")
+    replaced = os.path.lexists(target)
+    swap_in(unpacked, target, part.with_suffix(".old"))
+    return replaced
 
 
 def _confirmed(confirm_replace: Callable[[Path], bool], target: Path) -> None:
