@@ -80,27 +80,7 @@ class FedMLStorageHook(BaseHook):
         try:
             conn = self.get_connection(self.fedml_storage_conn_id)
         except AirflowNotFoundException:
-            variable = f"AIRFLOW_CONN_{self.fedml_storage_conn_id.upper()}"
-            if os.environ.get(variable, "").strip():  # Airflow takes a URI it cannot parse for no connection
-                raise FedMLStorageFailException(
-                    f"Airflow could not read connection {self.fedml_storage_conn_id!r} from {variable}: in a URI, "
-                    "URL-encode the login and the secret ('/' as %2F, '+' as %2B, '@' as %40, ':' as %3A), or give "
-                    "the connection as JSON", "not_configured", False) from None
-            if self.fedml_storage_conn_id != self.default_conn_name:
-                raise FedMLStorageFailException(  # retrying does not define it
-                    f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
-                    "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
-                ) from None
-            if _configured_here():
-                self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
-            else:  # a misspelt AIRFLOW_CONN_ variable looks the same: say where the data goes
-                self.log.warning(
-                    "No Airflow connection %r and no fedml-storage configuration on this worker (FEDML_STORAGE_* "
-                    "variables or %s): datasets go to the embedded LOCAL store on this worker's disk, which tasks on "
-                    "other workers do not see. Define the connection (type fedml_storage) for a shared store, or "
-                    "set FEDML_STORAGE_SERVICE=LOCAL on the worker to keep them there",
-                    self.fedml_storage_conn_id, config_path())
-            return {}
+            return self._without_connection()
         if conn.conn_type and conn.conn_type.replace("-", "_") != self.conn_type:  # e.g. an aws connection reused
             self.log.warning("Airflow connection %r is of type %r, not %s: fedml-storage reads its password as the "
                              "API key and its extra as settings (service, bucket, endpoint_url, ...)",
@@ -123,6 +103,36 @@ class FedMLStorageHook(BaseHook):
         if problem:
             raise FedMLStorageFailException(f"Airflow connection {self.fedml_storage_conn_id!r}: {problem}. Fix "
                                             "its extra (the API key is its password)", "invalid_input", False)
+        if (api_key := self._api_key(conn)) is not None:
+            settings["api_key"] = api_key
+        return settings
+
+    def _without_connection(self) -> dict[str, Any]:
+        """No settings of the connection's own: the core's configuration, for the default id only."""
+        variable = f"AIRFLOW_CONN_{self.fedml_storage_conn_id.upper()}"
+        if os.environ.get(variable, "").strip():  # Airflow takes a URI it cannot parse for no connection
+            raise FedMLStorageFailException(
+                f"Airflow could not read connection {self.fedml_storage_conn_id!r} from {variable}: in a URI, "
+                "URL-encode the login and the secret ('/' as %2F, '+' as %2B, '@' as %40, ':' as %3A), or give "
+                "the connection as JSON", "not_configured", False) from None
+        if self.fedml_storage_conn_id != self.default_conn_name:
+            raise FedMLStorageFailException(  # retrying does not define it
+                f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
+                "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
+            ) from None
+        if _configured_here():
+            self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
+        else:  # a misspelt AIRFLOW_CONN_ variable looks the same: say where the data goes
+            self.log.warning(
+                "No Airflow connection %r and no fedml-storage configuration on this worker (FEDML_STORAGE_* "
+                "variables or %s): datasets go to the embedded LOCAL store on this worker's disk, which tasks on "
+                "other workers do not see. Define the connection (type fedml_storage) for a shared store, or "
+                "set FEDML_STORAGE_SERVICE=LOCAL on the worker to keep them there",
+                self.fedml_storage_conn_id, config_path())
+        return {}
+
+    def _api_key(self, conn: Any) -> str | None:
+        """The API key the connection's login and password make, if any."""
         if conn.login and not conn.password:
             raise FedMLStorageFailException(
                 f"Airflow connection {self.fedml_storage_conn_id!r} has a login but no password: put the secret "
@@ -138,8 +148,8 @@ class FedMLStorageHook(BaseHook):
                     "does not start with that login; with a login, the password is the secret access key alone. For "
                     "the whole key (or one with a session token, ACCESS_KEY_ID:SECRET:TOKEN) leave the login empty",
                     "invalid_input", False)
-            settings["api_key"] = f"{conn.login}:{password}" if conn.login and ":" not in password else password
-        return settings
+            return f"{conn.login}:{password}" if conn.login and ":" not in password else password
+        return None
 
     def _extra(self, conn: Any) -> dict[str, Any]:
         """The connection's extra as a dict; Airflow takes one that is not a JSON object for none (and logs it),
