@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import re
+from types import TracebackType
 
 import botocore.exceptions
 import urllib3.exceptions
@@ -13,7 +14,8 @@ from ..errors import AccessDenied, NotConfigured, PreconditionFailed, StorageFai
 from .base import ObjectMissing
 from .responses import IncompleteResponse, WebPage, malformed
 
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "403"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "403"}
+_EXPIRED = {"ExpiredToken", "TokenRefreshRequired"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNSUPPORTED = {"NotImplemented", "501"}
 _NEVER_BARE_404 = {"ListObjectsV2", "PutObject", "CreateMultipartUpload"}  # a store's 404 there names its error
@@ -44,7 +46,8 @@ class translate:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
             return False
         mapped = self._answered(exc) if isinstance(exc, botocore.exceptions.ClientError) else self._unanswered(exc)
@@ -88,16 +91,9 @@ class translate:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        page = str(headers.get("content-type", "")).lower().startswith("text/html")
-        generic = code in ("", str(status))  # what botocore makes of a body that is no S3 error (or of none)
-        read = exc.operation_name in ("GetObject", "HeadObject")  # where a 404 is a missing key, as ever
-        # a listing or write answered 404 without a body: a store says NoSuchBucket (a sandbox's or a proxy's 404)
-        bare_404 = code == "404" and exc.operation_name in _NEVER_BARE_404
-        if generic and isinstance(status, int) and (page or not code or bare_404) and not (read and status == 404) \
-                and exc.operation_name != "HeadObject":  # (a HEAD has no body: its code is always generic)
+        if isinstance(status, int) and _not_from_store(exc, code, status):
             return self._not_s3(status)  # a web page, a proxy's answer
-        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412) and self.conditional:
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or (status in (409, 412) and self.conditional):
             return PreconditionFailed(self.key)
         if code in _UNSUPPORTED or status == 501:
             return Unsupported(self._unsupported(err.get("Message", "")))
@@ -105,7 +101,7 @@ class translate:
             return NotConfigured(f"bucket {self.location} does not exist; create it or configure another bucket")
         if code in MISSING_CODES:
             return ObjectMissing(self.key)
-        if code in ("ExpiredToken", "TokenRefreshRequired"):
+        if code in _EXPIRED:
             return AccessDenied(
                 f"{self.location} refused an expired session token ({code}): temporary credentials last hours; "
                 "renew them, give the new ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN and run again")
@@ -138,6 +134,20 @@ class translate:
                     "releases do; AWS took them on deletes in 2025)")
         return (f"{self.location} does not implement a request fedml-storage made for {self.key!r}{said}; retrying "
                 "will not help")
+
+
+def _not_from_store(exc: botocore.exceptions.ClientError, code: str, status: int) -> bool:
+    """Whether an error answer came from a web server or proxy, not the store: no S3 error code in it."""
+    operation = exc.operation_name
+    if operation == "HeadObject" or code not in ("", str(status)):  # a HEAD has no body: its code is always generic
+        return False
+    if status == 404 and operation == "GetObject":  # a missing key, as ever
+        return False
+    page = str(exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-type", "")).lower() \
+        .startswith("text/html")
+    # a listing or write answered 404 without a body: a store says NoSuchBucket (a sandbox's or a proxy's 404)
+    bare_404 = code == "404" and operation in _NEVER_BARE_404
+    return page or not code or bare_404
 
 
 def _tls_misconfigured(text: str, location: str) -> str | None:
