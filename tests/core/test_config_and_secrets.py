@@ -225,8 +225,9 @@ def test_a_secret_inside_the_endpoint_url_is_refused_and_never_shown(monkeypatch
 
 
 def test_settings_errors_never_echo_the_key() -> None:
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(ValidationError) as raised:
         StorageSettings(api_key="AKIAKEYID0001 wJalrSECRETSECRET")  # a space where the colon goes
+    assert "api_key has no ':'" in str(raised.value)
     assert "wJalrSECRETSECRET" not in str(raised.value) and "AKIAKEYID0001" not in str(raised.value)
 
 
