@@ -3,7 +3,7 @@
 Layout under a namespace:  <ns>/manifests/<name>.json   and   <ns>/data/<name>/<version>/<file>.
 Publish writes data under a fresh key, then the manifest (conditional write), then drops replaced data.
 Delete removes the manifest first, then the data. Data no manifest points at is invisible and
-removed by `cleanup`.
+removed by `catalog_cleanup.cleanup`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .abandon import parallel_map
 from .advice import LISTING
 from .backends.base import ObjectMissing, ObjectStore
 from .entry_cache import EntryCache
-from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, StorageFailure
+from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed
 
 log = logging.getLogger("fedml_storage")
 
@@ -40,7 +40,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_PROBE_NAME = re.compile(r"[0-9a-f]{16}")  # what new_probe_key puts after the probe prefix
+PROBE_NAME = re.compile(r"[0-9a-f]{16}")  # what new_probe_key puts after the probe prefix
 VERSION_ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{8}")  # what new_version_id makes
 
 
@@ -250,7 +250,7 @@ class Catalog:
     def list(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None) -> list[Manifest]:
         """Every readable manifest in the namespace whose name starts with `prefix`, sorted by name; unreadable ones
         are logged and skipped. Given the entry `cache`, only entries whose ETag changed since are read."""
-        manifests, unreadable = self._scan(workers, prefix, cache)
+        manifests, unreadable = self.scan(workers, prefix, cache)
         for name, why in unreadable.items():
             log.warning("skipping %r: %s", name, why)
         return manifests
@@ -263,7 +263,7 @@ class Catalog:
             if rel.endswith(".json") and "/" not in rel and rel[: -len(".json")].startswith(starting):
                 yield rel[: -len(".json")], o.etag
 
-    def _scan(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None
+    def scan(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None
               ) -> tuple[list[Manifest], dict[str, str]]:
         """The readable manifests (of names starting with `prefix`), and why each other name could not be read.
         Entries the `cache` holds under the ETag listed are not read again; those read are kept in it."""
@@ -295,84 +295,9 @@ class Catalog:
         manifests = sorted((r for r in results if isinstance(r, Manifest)), key=lambda m: m.name)
         return manifests, dict(sorted(r for r in results if isinstance(r, tuple)))
 
-    def cleanup(self, older_than_seconds: float) -> dict[str, int]:
-        """Remove data and temp leftovers older than the grace period that no manifest references."""
-        if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) \
-                or not older_than_seconds >= 0:
-            raise InvalidInput("older_than_seconds must be a number of seconds >= 0 (use 0 only while no upload runs)")
-        cutoff = time.time() - older_than_seconds
-        # Data is listed before manifests are read, so data whose manifest commits meanwhile is seen referenced.
-        candidates = [o.key for o in self.store.list(self.data_prefix) if o.modified < cutoff and self._ours(o.key)]
-        manifests, unreadable = self._scan() if candidates else ([], {})  # nothing old: no catalog entry to read
-        referenced = {v.key for m in manifests for v in m.versions}
-        # an unreadable (or newer-format) manifest may still point into its name's data: leave all of it
-        protected = tuple(map(self.data_folder, unreadable))
-        for name, why in unreadable.items():
-            log.warning("cleanup leaves the data of %r: %s", name, why)
-        orphans = self._confirm_orphans([k for k in candidates if k not in referenced and not k.startswith(protected)])
-        orphans += self._stale_probes(cutoff)
-        failed = self.store.delete_many(orphans)
-        removed = len(orphans) - len(failed)
-        extra = 0
-        stale = getattr(self.store, "stale_temp_files", None)
-        if stale:
-            for path in stale(cutoff):
-                try:
-                    path.unlink(missing_ok=True)
-                    extra += 1
-                except OSError:  # another user's, in a shared LOCAL store's sticky .tmp folder
-                    failed.append(str(path))
-        prune = getattr(self.store, "prune_empty_folders", None)
-        if prune:
-            prune(self.data_prefix, cutoff)
-        abort = getattr(self.store, "abort_stale_uploads", None)
-        if abort:
-            extra += abort(self.data_prefix, cutoff)
-        if failed:
-            log.warning("cleanup could not remove %d object(s), e.g. %s; check you (or the key) may delete them",
-                        len(failed), failed[0])
-        return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": extra,
-                "objects_not_removed": len(failed)}
-
     def new_probe_key(self) -> str:
         """A fresh key for a store check's probe object, of the shape cleanup() removes when left behind."""
         return f"{self.probe_prefix}{secrets.token_hex(8)}"
-
-    def _stale_probes(self, cutoff: float) -> list[str]:
-        """Probe objects (named by new_probe_key) a killed store check left; none for a key that may not list
-        them."""
-        try:
-            return [o.key for o in self.store.list(self.probe_prefix)
-                    if o.modified < cutoff and _PROBE_NAME.fullmatch(o.key[len(self.probe_prefix):])]
-        except (StorageFailure, OSError) as exc:
-            log.debug("cleanup did not look for stale store-check probes: %s", exc)
-            return []
-
-    def _ours(self, key: str) -> bool:
-        """Whether a key under the data prefix has the shape of data_key(): anything else there is not ours."""
-        parts = key[len(self.data_prefix):].split("/")
-        return len(parts) == 3 and bool(VERSION_ID.fullmatch(parts[1])) and "" not in parts
-
-    def _confirm_orphans(self, keys: list[str], workers: int = 8) -> list[str]:
-        """Of data keys the manifest listing left unreferenced, those their name's manifest, read on its own, does not
-        reference either: a listing that came back short must never cost published data."""
-        by_name: dict[str, list[str]] = {}
-        for key in keys:
-            by_name.setdefault(key[len(self.data_prefix):].split("/", 1)[0], []).append(key)
-
-        def unreferenced(item: tuple[str, list[str]]) -> list[str]:
-            name, name_keys = item
-            try:
-                found = self.read(name)
-            except (IntegrityError, PermissionError):
-                return []  # unreadable: its data stays, as above
-            kept = {v.key for v in found[0].versions} if found else set()
-            if kept & set(name_keys):
-                log.warning("cleanup leaves the data of %r: the listing of catalog entries missed it", name)
-            return [k for k in name_keys if k not in kept]
-
-        return [key for keys in parallel_map(unreferenced, list(by_name.items()), workers, "fedml-storage-cleanup")
-                for key in keys]
 
 
 def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:

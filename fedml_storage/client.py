@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from .advice import PICK_SERVICE, reword
 from .backends import ObjectStore, open_store
 from .catalog import VERSION_ID, Catalog, Manifest
+from .catalog_cleanup import cleanup
 from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
                      without_userinfo)
 from .digests import DigestCache
@@ -307,7 +308,7 @@ class StorageClient:
         The grace period must exceed the longest upload that may run meanwhile: an upload's data is dated from
         its start and is unreferenced until its manifest commits. Use 0 only when no upload runs.
         """
-        return self._run("cleanup", lambda: self._catalog().cleanup(older_than_seconds))
+        return self._run("cleanup", lambda: cleanup(self._catalog(), older_than_seconds))
 
     def check(self) -> FedMLResponse:
         """Try on a probe object what fedml-storage needs of the store (writes, reads, listings, deletes, and

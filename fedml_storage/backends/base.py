@@ -151,5 +151,10 @@ class ObjectStore(ABC):
                 failed.append(key)
         return failed
 
+    def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
+        """Remove what interrupted writes left in this kind of store, unchanged since `older_than` (epoch seconds):
+        how many were removed, and what could not be. Nothing by default."""
+        return 0, []
+
     def close(self) -> None:
         """Release connections and threads."""

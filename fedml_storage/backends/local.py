@@ -166,7 +166,19 @@ class LocalStore(ObjectStore):
                 return
             folder = folder.parent
 
-    def prune_empty_folders(self, prefix: str, older_than: float) -> None:
+    def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
+        """Temp files of interrupted writes, then empty folders killed uploads left under `data_prefix`."""
+        removed, failed = 0, []
+        for path in self._stale_temp_files(older_than):
+            try:
+                path.unlink(missing_ok=True)
+                removed += 1
+            except OSError:  # another user's, in a shared LOCAL store's sticky .tmp folder
+                failed.append(str(path))
+        self._prune_empty_folders(data_prefix, older_than)
+        return removed, failed
+
+    def _prune_empty_folders(self, prefix: str, older_than: float) -> None:
         """Remove empty folders under `prefix` unchanged since `older_than` (epoch seconds): killed uploads
         leave them. A write racing this makes its folder again (see _write_atomic)."""
         base = self._path(prefix.rstrip("/"))
@@ -179,7 +191,7 @@ class LocalStore(ObjectStore):
                 with contextlib.suppress(OSError):  # not empty, or gone
                     os.rmdir(dirpath)
 
-    def stale_temp_files(self, older_than: float) -> list[Path]:
+    def _stale_temp_files(self, older_than: float) -> list[Path]:
         """Temp files left by interrupted writes, older than `older_than` (epoch seconds)."""
         stale = []
         for path in (self.root / TMP_DIR).iterdir():

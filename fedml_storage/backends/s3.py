@@ -289,7 +289,11 @@ class S3Store(ObjectStore):
                 failed += [e["Key"] for e in resp.get("Errors", []) if e.get("Code") not in MISSING_CODES]
         return failed
 
-    def abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+    def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
+        """Multipart uploads under `data_prefix` that interrupted uploads left."""
+        return self._abort_stale_uploads(data_prefix, older_than), []
+
+    def _abort_stale_uploads(self, prefix: str, older_than: float) -> int:
         """Abort multipart uploads under `prefix` idle since before `older_than` (started then, and no part
         since: a long upload still sending parts is left alone); how many."""
 

@@ -46,6 +46,7 @@ def test_corrupted_object_fails_and_leaves_nothing(store: Store, tmp_path: Path)
 def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from fedml_storage.backends.local import LocalStore
     from fedml_storage.catalog import Catalog
+    from fedml_storage.catalog_cleanup import cleanup
 
     class Stubborn(LocalStore):  # a store that refuses some deletions, as S3 reports per key
         def delete_many(self, keys: list[str]) -> list[str]:
@@ -55,7 +56,7 @@ def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pyte
     store = Stubborn(tmp_path / "store")
     for n in range(3):
         store.write_bytes(f"default/data/gone{n}/20260101T000000000000Z-0123abc{n}/f", b"x")
-    result = Catalog(store, "default").cleanup(older_than_seconds=0)
+    result = cleanup(Catalog(store, "default"), older_than_seconds=0)
     assert result["orphaned_objects_removed"] == 2 and result["objects_not_removed"] == 1
     assert "could not remove 1 object" in caplog.text
 
