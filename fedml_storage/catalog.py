@@ -44,6 +44,14 @@ PROBE_NAME = re.compile(r"[0-9a-f]{16}")  # what new_probe_key puts after the pr
 VERSION_ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{8}")  # what new_version_id makes
 
 
+def malformed_version(version: object) -> str | None:
+    """`version` as a refusal shows it (its repr, shortened) when it is no version id; None when it is one."""
+    if isinstance(version, str) and VERSION_ID.fullmatch(version):
+        return None
+    given = repr(version)
+    return given if len(given) <= 80 else given[:77] + "..."
+
+
 def new_version_id() -> str:
     """Sortable, unique version id: UTC time plus randomness."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(4)
@@ -83,17 +91,19 @@ class Manifest(BaseModel):
     def current(self) -> VersionRecord:
         return self.versions[0]
 
+    def kept(self, version: str) -> VersionRecord | None:
+        """The kept version `version`, if it is one."""
+        return next((record for record in self.versions if record.version == version), None)
+
     def find(self, version: str | None) -> VersionRecord:
         """The requested version (current when None), or NotFound naming what is kept."""
         if version is None:
             return self.current
-        for record in self.versions:
-            if record.version == version:
-                return record
+        if (record := self.kept(version)) is not None:
+            return record
         shown = ", ".join(v.version for v in self.versions[:KEPT_SHOWN])
         kept = shown + (f" and {len(self.versions) - KEPT_SHOWN} older" if len(self.versions) > KEPT_SHOWN else "")
-        if not isinstance(version, str) or not VERSION_ID.fullmatch(version):
-            given = repr(version) if len(repr(version)) <= 80 else repr(version)[:77] + "..."
+        if (given := malformed_version(version)) is not None:
             raise InvalidInput(f"{given} is not a version id of {self.name!r} (kept: {kept}); pass the `version` "
                                "an upload returned or get_storage_metadata shows, or none for the current one")
         raise NotFound(
@@ -131,7 +141,7 @@ class Catalog:
     def read(self, name: str) -> tuple[Manifest, str] | None:
         """The manifest and its etag, or None when the name is not stored."""
         found = self._read_raw(name)
-        return None if found is None else (_parse(found[0], name, self.data_prefix), found[1])
+        return None if found is None else (_parse(found[0], name, self.data_folder(name)), found[1])
 
     def _read_raw(self, name: str) -> tuple[bytes, str] | None:
         try:
@@ -143,9 +153,14 @@ class Catalog:
         """The manifest, or NotFound with advice."""
         found = self.read(name)
         if found is None:
-            raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                           f"{self.similar(name)}; {LISTING}")
+            raise self._not_stored(name, LISTING)
         return found[0]
+
+    def _not_stored(self, name: str, then: str) -> NotFound:
+        """NotFound for `name`, naming similar names stored, followed by `then`."""
+        similar = self.similar(name)
+        return NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}{similar}; "
+                        f"{then}", similar)
 
     def similar(self, name: str) -> str:
         """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
@@ -196,9 +211,7 @@ class Catalog:
         was unreadable. What another writer publishes meanwhile is kept: a delete removes only what it read."""
         found = self._read_raw(name)
         if found is None:
-            similar = self.similar(name)
-            raise NotFound(f"no data named {name!r} in namespace {self.namespace!r} on {self.store.service}"
-                           f"{similar}; nothing was deleted", similar)
+            raise self._not_stored(name, "nothing was deleted")
         raw, etag = found
         try:
             manifest = self._parsed_or_none(raw, name)  # unreadable: still deletable; its data goes at cleanup()
@@ -229,7 +242,7 @@ class Catalog:
     def _parsed_or_none(self, raw: bytes, name: str) -> Manifest | None:
         """The manifest in `raw`, or None when it is unreadable."""
         try:
-            return _parse(raw, name, self.data_prefix)
+            return _parse(raw, name, self.data_folder(name))
         except IntegrityError:
             return None
 
@@ -275,13 +288,13 @@ class Catalog:
         def one(name: str) -> Manifest | tuple[str, str] | None:
             if (raw := kept.get(uris[name])) is not None:
                 try:
-                    return _parse(raw, name, self.data_prefix)
+                    return _parse(raw, name, self.data_folder(name))
                 except Exception:  # a damaged cache row: the store's own bytes decide (and replace it)
                     pass
             try:
                 if (found := self._read_raw(name)) is None:
                     return None  # deleted while listing
-                manifest = _parse(found[0], name, self.data_prefix)
+                manifest = _parse(found[0], name, self.data_folder(name))
             except (IntegrityError, InvalidInput) as exc:  # says why: a newer format wants an upgrade, not a delete
                 return name, str(exc)
             except PermissionError:  # a shared LOCAL store where another user's entry is private to them
@@ -300,7 +313,8 @@ class Catalog:
         return f"{self.probe_prefix}{secrets.token_hex(8)}"
 
 
-def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:
+def _parse(raw: bytes, name: str, own: str) -> Manifest:
+    """The manifest of `name` in `raw`, whose data must lie in its data folder `own`."""
     try:
         manifest = Manifest.model_validate(json.loads(raw))
     except (ValueError, ValidationError):
@@ -315,7 +329,6 @@ def _parse(raw: bytes, name: str, data_prefix: str) -> Manifest:
                            "one")
     if not manifest.versions:
         raise IntegrityError(f"the catalog entry of {name!r} lists no data; delete it and upload again")
-    own = f"{data_prefix}{name}/"
     for record in manifest.versions:  # a delete or a re-upload removes what is listed here: only this name's data
         parts = record.key[len(own):].split("/")
         if not record.key.startswith(own) or any(part in ("", ".", "..") for part in parts):

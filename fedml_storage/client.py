@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from .advice import PICK_SERVICE, reword
 from .backends import ObjectStore, open_store
-from .catalog import VERSION_ID, Catalog, Manifest
+from .catalog import Catalog, Manifest, malformed_version
 from .catalog_cleanup import cleanup
 from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
                      without_userinfo)
@@ -270,8 +270,7 @@ class StorageClient:
             if metadata_key is not None and (not isinstance(metadata_key, str) or not metadata_key.strip()):
                 raise InvalidInput("metadata_key is empty (a template that rendered empty?): name the user-metadata key "
                                    "to wait for, or pass None to wait for the dataset alone")
-            if version is not None and (not isinstance(version, str) or not VERSION_ID.fullmatch(version)):
-                given = repr(version) if len(repr(version)) <= 80 else repr(version)[:77] + "..."
+            if version is not None and (given := malformed_version(version)) is not None:
                 raise InvalidInput(f"{given} is not a version id, so it can never be stored (a template that rendered "
                                    "'None'?); pass the `version` an upload returned, or None for any version")
             catalog = self._catalog()
@@ -283,7 +282,7 @@ class StorageClient:
                 return Readiness(False, f"dataset {name!r} not stored yet")
             manifest = found[0]
             if version is not None:
-                kept = next((v for v in manifest.versions if v.version == version), None)
+                kept = manifest.kept(version)
                 if kept is None:
                     # ids sort by time: one dropped, or older than every kept version, can never appear
                     if version in manifest.dropped or version < max(v.version for v in manifest.versions):
