@@ -1,4 +1,5 @@
-"""`StorageClient`: the Storage API bound to one set of settings. Never raises; returns FedMLResponse."""
+"""`StorageClient`: the Storage API bound to one set of settings. Its operations return FedMLResponse and never
+raise; the accessors `settings`, `location()` and `asset_uri()` raise FedMLStorageError on invalid settings."""
 
 from __future__ import annotations
 
