@@ -18,7 +18,8 @@ from . import __version__, api
 from .cli_words import for_cli as _for_cli
 from .cli_words import hint as _hint
 from .client import StorageClient
-from .config import config_path, overridden_note
+from .config import config_path
+from .config_file import overridden_note
 from .response import FedMLResponse
 from .errors import redact
 

@@ -16,9 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from .api_keys import check_api_key
-from .config_file import replace_config
 from .errors import InvalidInput, NotConfigured
-from .locks import exclusive_lock
 from .validation import byte_size
 
 log = logging.getLogger("fedml_storage")
@@ -206,15 +204,11 @@ class StorageSettings(BaseModel):
         """Explicit arguments, then FEDML_STORAGE_* variables, then the config file, then defaults; `origin`
         names where the explicit ones came from, for messages. `also_remote` names settings given beside these
         that, as a bucket does, mean a remote store."""
-        unknown = set(overrides) - set(cls.model_fields)
-        if unknown:
-            raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(cls.model_fields)}")
+        refuse_unknown(overrides)
         values: dict[str, Any] = {k: v for k, v in read_config_file().items() if not is_unset(v)}
         sources = dict.fromkeys(values, str(config_path()))
-        for field in cls.model_fields:
-            env = os.environ.get(ENV_PREFIX + field.upper())
-            if not is_unset(env):
-                values[field], sources[field] = env, ENV_PREFIX + field.upper()
+        for field, (variable, env) in env_settings().items():
+            values[field], sources[field] = env, variable
         _warn_unknown_variables()
         given = {k: v for k, v in overrides.items() if not is_unset(v)}
         values.update(given)
@@ -259,6 +253,17 @@ def is_unset(value: Any) -> bool:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def env_settings() -> dict[str, tuple[str, str]]:
+    """The settings FEDML_STORAGE_* variables set: {setting: (variable, value)}."""
+    found = ((field, ENV_PREFIX + field.upper()) for field in StorageSettings.model_fields)
+    return {field: (name, value) for field, name in found if not is_unset(value := os.environ.get(name))}
+
+
+def configured_here() -> bool:
+    """Whether this machine configures fedml-storage itself: FEDML_STORAGE_* settings or a config file."""
+    return bool(env_settings()) or config_path().is_file()
 
 
 # The settings a framework may hold in plain fields (connection extras, block fields); the API key is a secret.
@@ -312,6 +317,12 @@ def setting_hints(names: Iterable[str], known: Iterable[str] = PLAIN_SETTINGS,
     return hints
 
 
+def refuse_unknown(names: Iterable[str]) -> None:
+    """Refuse names that are not settings (the caller's own arguments: a typo is theirs to fix)."""
+    if unknown := set(names) - set(StorageSettings.model_fields):
+        raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(StorageSettings.model_fields)}")
+
+
 def unknown_settings(names: Iterable[str]) -> str | None:
     """What is wrong with keys that are not plain settings (a typo, or the API key out of its place); None if
     every key is one. For wrappers reading settings from their framework's own fields."""
@@ -343,51 +354,3 @@ def read_config_file() -> dict[str, Any]:
         _warned.add(f"{path} {unknown}")
         log.warning("ignoring unknown keys in %s: %s", path, unknown)
     return known
-
-
-def overridden_note(fields: Iterable[str]) -> str:
-    """'; X, set in the environment, still ...' for saved settings a FEDML_STORAGE_* variable takes precedence over."""
-    names = [ENV_PREFIX + f.upper() for f in fields if not is_unset(os.environ.get(ENV_PREFIX + f.upper()))]
-    if not names:
-        return ""
-    one = len(names) == 1
-    return (f"; {' and '.join(names)}, set in the environment, still take{'s' if one else ''} precedence over what "
-            f"was saved (unset {'it' if one else 'them'} to use the saved value{'' if one else 's'})")
-
-
-def write_config_file(updates: dict[str, Any]) -> Path:
-    """Merge `updates` into the config file (None or blank removes a key), validated, written 0600 atomically;
-    concurrent writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""
-    unknown = set(updates) - set(StorageSettings.model_fields)
-    if unknown:
-        raise InvalidInput(f"unknown setting(s) {sorted(unknown)}; valid: {sorted(StorageSettings.model_fields)}")
-    path = config_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
-        except (RuntimeError, OSError):  # a link loop (RuntimeError before Python 3.13)
-            raise InvalidInput(f"the config file {path} is a link that loops; remove the link") from None
-        if not target.parent.is_dir():
-            raise InvalidInput(f"the config file {path} links to {target}, in a folder that does not exist; create "
-                               "that folder or remove the link")
-        with exclusive_lock(target.parent / ".config.lock"):
-            data = read_config_file()
-            for key, value in updates.items():
-                if is_unset(value):
-                    data.pop(key, None)
-                else:
-                    data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
-            settings = validate_settings(data)
-            data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-            if "service" in data:
-                data["service"] = settings.service  # as it is used: "S3", not " s3 "
-            for key in ("local_root", "partial_dir", "ca_bundle"):  # saved absolute: else they move with the cwd
-                if data.get(key):
-                    data[key] = str(Path(data[key]).expanduser().absolute())
-            replace_config(target, data)
-    except PermissionError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise InvalidInput(f"cannot write the config file {path}: {exc.strerror}{where}; fix its permissions or set "
-                           "FEDML_STORAGE_HOME to a folder of yours") from None
-    return path

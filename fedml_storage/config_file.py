@@ -1,4 +1,5 @@
-"""Writing the config file: a whole new copy, 0600, renamed into place; copies left by killed writers removed."""
+"""Writing the config file: settings merged and validated under a lock, a whole new copy, 0600, renamed into
+place; copies left by killed writers removed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
+from .config import config_path, env_settings, is_unset, read_config_file, refuse_unknown, validate_settings
+from .errors import InvalidInput
+from .locks import exclusive_lock
 from .modes import own_plain_file
 
 _TEMP_PREFIX, _TEMP_SUFFIX = ".fedml-storage-config-", ".tmp"
@@ -39,3 +46,49 @@ def _remove_killed_writes(folder: Path) -> None:
             st = stale.lstat()
             if _TEMP_NAME.fullmatch(stale.name) and own_plain_file(st):
                 stale.unlink()
+
+
+def overridden_note(fields: Iterable[str]) -> str:
+    """'; X, set in the environment, still ...' for saved settings a FEDML_STORAGE_* variable takes precedence over."""
+    names = [env_settings()[f][0] for f in fields if f in env_settings()]
+    if not names:
+        return ""
+    one = len(names) == 1
+    return (f"; {' and '.join(names)}, set in the environment, still take{'s' if one else ''} precedence over what "
+            f"was saved (unset {'it' if one else 'them'} to use the saved value{'' if one else 's'})")
+
+
+def write_config_file(updates: dict[str, Any]) -> Path:
+    """Merge `updates` into the config file (None or blank removes a key), validated, written 0600 atomically;
+    concurrent writers (two `fedml_login`s, a login and a `configure`) each keep the other's settings."""
+    refuse_unknown(updates)
+    path = config_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            target = path.resolve() if path.is_symlink() else path  # a config kept elsewhere stays there
+        except (RuntimeError, OSError):  # a link loop (RuntimeError before Python 3.13)
+            raise InvalidInput(f"the config file {path} is a link that loops; remove the link") from None
+        if not target.parent.is_dir():
+            raise InvalidInput(f"the config file {path} links to {target}, in a folder that does not exist; create "
+                               "that folder or remove the link")
+        with exclusive_lock(target.parent / ".config.lock"):
+            data = read_config_file()
+            for key, value in updates.items():
+                if is_unset(value):
+                    data.pop(key, None)
+                else:
+                    data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+            settings = validate_settings(data)
+            data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+            if "service" in data:
+                data["service"] = settings.service  # as it is used: "S3", not " s3 "
+            for key in ("local_root", "partial_dir", "ca_bundle"):  # saved absolute: else they move with the cwd
+                if data.get(key):
+                    data[key] = str(Path(data[key]).expanduser().absolute())
+            replace_config(target, data)
+    except PermissionError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise InvalidInput(f"cannot write the config file {path}: {exc.strerror}{where}; fix its permissions or set "
+                           "FEDML_STORAGE_HOME to a folder of yours") from None
+    return path

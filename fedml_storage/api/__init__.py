@@ -12,7 +12,8 @@ from typing import Any
 from ..advice import PICK_SERVICE
 from ..client import StorageClient
 from ..api_keys import check_api_key
-from ..config import StorageSettings, config_path, overridden_note, write_config_file
+from ..config import StorageSettings, config_path
+from ..config_file import overridden_note, write_config_file
 from ..errors import InvalidInput, to_response
 from ..response import FedMLResponse, ResponseCode
 from .fedml_response import FedMLStorageError, Reason
