@@ -11,11 +11,11 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow.sdk.lineage import get_hook_lineage_collector
 
 from fedml_storage import (
-    PLAIN_SETTINGS, DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata,
+    DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata,
     is_unset, unknown_settings,
 )
 from fedml_storage.advice import kept_in, needs_dest_path, relative_paths, unattended_dest
-from fedml_storage.config import ENV_PREFIX, config_path
+from fedml_storage.config import config_path, configured_here
 
 
 class FedMLStorageException(AirflowException):
@@ -36,12 +36,6 @@ class FedMLStorageFailException(FedMLStorageException, AirflowFailException):
 
 WORKER_DIR = "is wherever the worker was started (dags, logs)"
 TEMPLATE_RENDERED_EMPTY = ". Did a template for dest_path render empty?"
-
-
-def _configured_here() -> bool:
-    """Whether this worker configures fedml-storage itself: a setting's FEDML_STORAGE_* variable, or a config file."""
-    return config_path().is_file() or any(os.environ.get(ENV_PREFIX + field.upper(), "").strip()
-                                          for field in (*PLAIN_SETTINGS, "api_key"))
 
 
 def no_dest_path(who: str) -> str:
@@ -120,7 +114,7 @@ class FedMLStorageHook(BaseHook):
                 f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
                 "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
             ) from None
-        if _configured_here():
+        if configured_here():
             self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
         else:  # a misspelt AIRFLOW_CONN_ variable looks the same: say where the data goes
             self.log.warning(
