@@ -18,7 +18,7 @@ from . import __version__, api
 from .cli_words import for_cli as _for_cli
 from .cli_words import hint as _hint
 from .client import StorageClient
-from .config import config_path
+from .config import SERVICES, config_path
 from .config_file import overridden_note
 from .response import FedMLResponse
 from .errors import redact
@@ -58,9 +58,9 @@ def _emit(data: Any) -> None:
 
 def _service(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """LOCAL, S3 or R2 in any case ('' clears the saved one with configure): a usage error otherwise, exit 2."""
-    if value is None or value.upper() in ("", "LOCAL", "S3", "R2"):
+    if value is None or value.upper() in ("", *SERVICES):
         return value if value is None else value.upper()
-    raise click.BadParameter(f"{value!r} is not one of LOCAL, S3, R2", param_hint="'--service'")
+    raise click.BadParameter(f"{value!r} is not one of {', '.join(SERVICES)}", param_hint="'--service'")
 
 
 def _parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:

@@ -43,7 +43,7 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    service: Literal["LOCAL", "S3", "R2"] = Field("LOCAL", description="Default storage service.")
+    service: Literal[SERVICES] = Field("LOCAL", description="Default storage service.")
     local_root: Path | None = Field(None, description="Folder of the embedded LOCAL store.")
     partial_dir: Path | None = Field(
         None, description="Folder where a failed download keeps what it fetched, for a day, so that the next "

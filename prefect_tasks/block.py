@@ -18,7 +18,7 @@ from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Rea
                            StorageSettings, is_unset)
 from fedml_storage.advice import kept_in, relative_paths, unattended_dest
 from fedml_storage.api_keys import check_api_key
-from fedml_storage.config import setting_hints
+from fedml_storage.config import SERVICES, setting_hints
 
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.I)  # a secret's field by another name (aws_secret_...)
 
@@ -100,17 +100,16 @@ storage = FedMLStorage.load("BLOCK_NAME")
 upload_data("data/mnist", storage=storage)
 ```"""
 
-    service: Literal["LOCAL", "S3", "R2"] | None = Field(None, description="Storage service: LOCAL, S3 or R2.")
-    bucket: str | None = Field(None, description="Bucket for S3 and R2.")
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (MinIO, Ceph, R2).")
-    region: str | None = Field(None, description="Region for S3.")
-    r2_account_id: str | None = Field(None, description="Cloudflare account id, which gives the R2 endpoint.")
+    service: Literal[SERVICES] | None = Field(None, description=f"Storage service: {', '.join(SERVICES)}.")
+    bucket: str | None = Field(None, **_core("bucket"))
+    endpoint_url: str | None = Field(None, **_core("endpoint_url"))
+    region: str | None = Field(None, **_core("region"))
+    r2_account_id: str | None = Field(None, **_core("r2_account_id"))
     ca_bundle: str | None = Field(None, **_core("ca_bundle"))
-    namespace: str | None = Field(None, description="Key prefix, so several teams can share one bucket.")
-    local_root: str | None = Field(None, description="Folder of the embedded LOCAL store.")
+    namespace: str | None = Field(None, **_core("namespace"))
+    local_root: str | None = Field(None, **_core("local_root"))
     partial_dir: str | None = Field(None, **_core("partial_dir"))
-    api_key: SecretStr | None = Field(None, description="Storage credential written ACCESS_KEY_ID:SECRET_ACCESS_KEY "
-                                      "(temporary credentials add :SESSION_TOKEN).")
+    api_key: SecretStr | None = Field(None, **_core("api_key"))
     keep_versions: int | None = Field(None, **_core("keep_versions"))
     part_size: int | None = Field(None, **_core("part_size"))
     concurrency: int | None = Field(None, **_core("concurrency"))
