@@ -44,8 +44,11 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         self.namespace = namespace
         self.deferrable = deferrable
 
+    def hook(self) -> FedMLStorageHook:
+        return FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
+
     def poke(self, context: Context) -> PokeReturnValue:
-        with FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace) as hook:
+        with self.hook() as hook:
             try:
                 seen = hook.readiness(self.name, self.metadata_key, self.metadata_value, version=self.version)
             except FedMLStorageException as exc:
@@ -69,7 +72,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         done = self._first_poke(context)
         if done:
             return done.xcom_value
-        with FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace) as hook:
+        with self.hook() as hook:
             location = hook.location()  # the triggerer must check the same store
         self.defer(
             trigger=FedMLStorageDatasetTrigger(
