@@ -278,9 +278,9 @@ class FedMLStorageHook(BaseHook):
     def cleanup(self, older_than_seconds: float = 3600) -> dict[str, int]:
         """Remove what interrupted uploads left (never published data) older than the grace period; the counts.
         For a maintenance task: `FedMLStorageHook().cleanup(older_than_seconds=86400)`."""
-        counts = raise_for(self.get_client().cleanup(older_than_seconds))
-        self.log.info("cleanup removed %d unreferenced object(s) and %d incomplete upload(s)",
-                      counts["orphaned_objects_removed"], counts["incomplete_uploads_removed"])
+        response = self.get_client().cleanup(older_than_seconds)
+        counts = raise_for(response)
+        self.log.info("%s", response.message)
         return counts
 
     def asset_uri(self, name: str) -> str:

@@ -308,12 +308,12 @@ def delete(obj: Ctx, name: str, yes: bool, missing_ok: bool, as_json: bool) -> N
 @click.pass_obj
 def cleanup(obj: Ctx, older_than: float, as_json: bool) -> None:
     """Remove what interrupted uploads left (never published data)."""
-    counts = _finish(obj.client().cleanup(older_than_seconds=older_than))
+    response = obj.client().cleanup(older_than_seconds=older_than)
+    counts = _finish(response)
     if as_json:
         _emit(counts)
     else:
-        click.echo(f"removed {counts['orphaned_objects_removed']} unreferenced object(s) and "
-                   f"{counts['incomplete_uploads_removed']} incomplete upload(s)")
+        click.echo(response.message)
     if counts["objects_not_removed"]:  # the core's warning said which
         sys.exit(EXIT_FAILURE)
 

@@ -308,7 +308,9 @@ class StorageClient:
         The grace period must exceed the longest upload that may run meanwhile: an upload's data is dated from
         its start and is unreferenced until its manifest commits. Use 0 only when no upload runs.
         """
-        return self._run("cleanup", lambda: cleanup(self._catalog(), older_than_seconds))
+        return self._run("cleanup", lambda: cleanup(self._catalog(), older_than_seconds), lambda counts: (
+            f"cleanup removed {counts['orphaned_objects_removed']} unreferenced object(s) and "
+            f"{counts['incomplete_uploads_removed']} incomplete upload(s)"))
 
     def check(self) -> FedMLResponse:
         """Try on a probe object what fedml-storage needs of the store (writes, reads, listings, deletes, and

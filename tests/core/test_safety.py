@@ -120,7 +120,9 @@ def test_crash_between_data_and_manifest_keeps_old_dataset(store: Store, tmp_pat
     assert client.download("ds", tmp_path / "out").ok
     assert (tmp_path / "out" / "ds" / "f.txt").read_text() == "old"
     assert client.cleanup(older_than_seconds=3600).data["orphaned_objects_removed"] == 0  # grace period
-    assert client.cleanup(older_than_seconds=0).data["orphaned_objects_removed"] == 1
+    cleaned = client.cleanup(older_than_seconds=0)
+    assert cleaned.data["orphaned_objects_removed"] == 1
+    assert cleaned.message == "cleanup removed 1 unreferenced object(s) and 0 incomplete upload(s)"
     assert [k for k in store.keys() if "/data/" in k] == [k for k in store.keys() if old.version in k]
 
 
