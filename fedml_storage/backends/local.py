@@ -89,7 +89,9 @@ class LocalStore(ObjectStore):
         try:
             src = open(self._path(key), "rb")
         except OSError as exc:
-            raise _missing(exc, key) from None
+            if _absent(exc):
+                raise ObjectMissing(key) from None
+            raise
         with src:
             src.seek(start)
             self._copy(src, sink, progress)  # type: ignore[arg-type]
@@ -98,7 +100,9 @@ class LocalStore(ObjectStore):
         try:
             data = self._path(key).read_bytes()
         except OSError as exc:
-            raise _missing(exc, key) from None
+            if _absent(exc):
+                raise ObjectMissing(key) from None
+            raise
         return data, _etag(data)
 
     def write_bytes(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
@@ -106,11 +110,7 @@ class LocalStore(ObjectStore):
             self._write_atomic(key, lambda out: out.write(data))
             return _etag(data)
         with self._lock():
-            try:
-                current = _etag(self._path(key).read_bytes())
-            except OSError as exc:
-                _missing(exc, key)
-                current = None
+            current = _current_etag(self._path(key))
             if (if_absent and current is not None) or (if_match is not None and current != if_match):
                 raise PreconditionFailed(key)
             self._write_atomic(key, lambda out: out.write(data))
@@ -120,9 +120,10 @@ class LocalStore(ObjectStore):
         try:
             st = self._path(key).stat()
         except OSError as exc:
-            _missing(exc, key)
-            return None
-        return ObjectInfo(key, st.st_size, f"{st.st_ino:x}-{st.st_mtime_ns:x}", st.st_mtime)
+            if _absent(exc):
+                return None
+            raise
+        return ObjectInfo(key, st.st_size, None, st.st_mtime)  # (an ETag here is read_bytes' MD5: a read)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
@@ -149,9 +150,8 @@ class LocalStore(ObjectStore):
             path.unlink(missing_ok=True)
         else:
             with self._lock():
-                try:
-                    current = _etag(path.read_bytes())
-                except FileNotFoundError:
+                current = _current_etag(path)
+                if current is None:
                     return
                 if current != if_match:
                     raise PreconditionFailed(key)
@@ -203,12 +203,20 @@ class LocalStore(ObjectStore):
         return stale
 
 
-def _missing(exc: OSError, key: str) -> ObjectMissing:
-    """ObjectMissing for an error that means there is no such object (also a key too long for this file system,
-    as S3 keys may be, or one under a file); any other error is raised as it is."""
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)) or exc.errno == errno.ENAMETOOLONG:
-        return ObjectMissing(key)
-    raise exc
+def _absent(exc: OSError) -> bool:
+    """Whether an error means there is no such object (also a key too long for this file system, as S3 keys may be,
+    or one under a file)."""
+    return isinstance(exc, (FileNotFoundError, NotADirectoryError)) or exc.errno == errno.ENAMETOOLONG
+
+
+def _current_etag(path: Path) -> str | None:
+    """The ETag of the object at `path` (read whole), None when there is none. Call it under the store's lock."""
+    try:
+        return _etag(path.read_bytes())
+    except OSError as exc:
+        if _absent(exc):
+            return None
+        raise
 
 
 def _etag(data: bytes) -> str:
