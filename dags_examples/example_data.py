@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 from pathlib import Path
-
-from fedml_storage.compare import tree_differences
 
 
 def make_dataset(root: Path, note: str) -> Path:
@@ -27,3 +26,16 @@ def verify_copy(produced: str | Path, downloaded: str | Path) -> int:
     if diffs:
         raise ValueError(f"downloaded data differs from what was produced: {diffs[:10]}")
     return sum(1 for p in Path(downloaded).rglob("*") if p.is_file())
+
+
+def tree_differences(a: str | Path, b: str | Path) -> list[str]:
+    """Relative paths that differ between two folders (missing on a side, or different bytes); [] if equal."""
+    a, b = Path(a), Path(b)
+    names_a = {p.relative_to(a).as_posix(): p for p in a.rglob("*")}
+    names_b = {p.relative_to(b).as_posix(): p for p in b.rglob("*")}
+    diffs = sorted(set(names_a) ^ set(names_b))
+    for rel in sorted(set(names_a) & set(names_b)):
+        pa, pb = names_a[rel], names_b[rel]
+        if pa.is_dir() != pb.is_dir() or (pa.is_file() and not filecmp.cmp(pa, pb, shallow=False)):
+            diffs.append(rel)
+    return diffs
