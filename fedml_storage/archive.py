@@ -160,16 +160,7 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int, made: MadeTree |
     before anything is written; clashing names are found by the file system as members are written.
     """
     index = ZipIndex(archive)
-    declared = packed = folders = 0
-    for m in index.members():
-        _check_member(m, index.data_end)
-        declared += m.size
-        packed += m.compressed
-        folders += m.is_dir()
-        if declared > max_bytes:
-            raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
-    if packed > index.data_end:  # members sharing their data: one stored chunk written out many times
-        raise IntegrityError("archive members overlap each other's data; refusing to extract")
+    folders = _checked(index, max_bytes)
     written = 0
     root = str(dest)
     last_parent = ""
@@ -215,6 +206,21 @@ def safe_extract(archive: BinaryIO, dest: Path, max_bytes: int, made: MadeTree |
         for rel in folders_made:
             made.add(rel, os.stat(f"{root}/{rel}"), True)
     return written
+
+
+def _checked(index: ZipIndex, max_bytes: int) -> int:
+    """Check every member's name and the sizes declared (IntegrityError on the first fault); how many folders."""
+    declared = packed = folders = 0
+    for m in index.members():
+        _check_member(m, index.data_end)
+        declared += m.size
+        packed += m.compressed
+        folders += m.is_dir()
+        if declared > max_bytes:
+            raise IntegrityError(f"archive declares more bytes than the {max_bytes} recorded at upload; refusing")
+    if packed > index.data_end:  # members sharing their data: one stored chunk written out many times
+        raise IntegrityError("archive members overlap each other's data; refusing to extract")
+    return folders
 
 
 def _has_mode(m: Member) -> bool:
