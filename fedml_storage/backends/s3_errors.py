@@ -19,7 +19,8 @@ _EXPIRED = {"ExpiredToken", "TokenRefreshRequired"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNSUPPORTED = {"NotImplemented", "501"}
 _NEVER_BARE_404 = {"ListObjectsV2", "PutObject", "CreateMultipartUpload"}  # a store's 404 there names its error
-_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502"}
+_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling", "503", "500", "502",
+              "OperationAborted"}  # (a conflicting operation in progress: S3 says to try again)
 
 NOT_S3 = ("check that endpoint_url is the store's S3 API (for MinIO the API port, usually 9000, not the console's "
           "9001)")
@@ -89,11 +90,11 @@ class translate:
     def _answered(self, exc: botocore.exceptions.ClientError) -> Exception:
         """The core's error for an error answer: by its S3 code, or by its HTTP status when no store wrote it."""
         err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
+        code = str(err.get("Code") or "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if isinstance(status, int) and _not_from_store(exc, code, status):
             return self._not_s3(status)  # a web page, a proxy's answer
-        if code in ("PreconditionFailed", "ConditionalRequestConflict") or (status in (409, 412) and self.conditional):
+        if self.conditional and (code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)):
             return PreconditionFailed(self.key)
         if code in _UNSUPPORTED or status == 501:
             return Unsupported(self._unsupported(err.get("Message", "")))

@@ -16,7 +16,7 @@ from fedml_storage.errors import (AccessDenied, NotConfigured, PreconditionFaile
 WHERE = "bucket 'b'"
 
 
-def answer(code: str, status: int, operation: str = "PutObject", message: str = "", html: bool = False) -> ClientError:
+def answer(code: str | None, status: int, operation: str = "PutObject", message: str = "", html: bool = False) -> ClientError:
     headers = {"content-type": "text/html"} if html else {"content-type": "application/xml"}
     return ClientError({"Error": {"Code": code, "Message": message},
                         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": headers}}, operation)
@@ -30,11 +30,15 @@ def answer(code: str, status: int, operation: str = "PutObject", message: str = 
     (answer("413", 413, "UploadPart", html=True), False, NotConfigured, "client_max_body_size"),
     (answer("403", 403, "PutObject", html=True), False, AccessDenied, "the network lets you reach it"),
     (answer("PreconditionFailed", 412), True, PreconditionFailed, ""),
-    (answer("ConditionalRequestConflict", 409), False, PreconditionFailed, ""),
+    (answer("ConditionalRequestConflict", 409), True, PreconditionFailed, ""),
+    (answer("PreconditionFailed", 412), False, StorageFailure, "refused the request for 'k' (PreconditionFailed"),
+    (answer("OperationAborted", 409), False, TransientError, "busy or failing (OperationAborted)"),
+    (answer("OperationAborted", 409), True, PreconditionFailed, ""),
     (answer("Conflict", 409), True, PreconditionFailed, ""),
     (answer("NotImplemented", 501, message="If-Match"), True, Unsupported, "refused a conditional request"),
     (answer("NotImplemented", 501), False, Unsupported, "does not implement a request"),
     (answer("NoSuchBucket", 404), False, NotConfigured, "does not exist; create it"),
+    (answer(None, 400, "PutObject"), False, NotConfigured, "answered HTTP 400 Bad Request without an S3 error"),
     (answer("ExpiredToken", 400), False, AccessDenied, "expired session token"),
     (answer("SignatureDoesNotMatch", 403), False, AccessDenied, "check the API key"),
     (answer("SlowDown", 503), False, TransientError, "busy or failing (SlowDown)"),
