@@ -25,7 +25,7 @@ from .abandon import parallel_map
 from .advice import LISTING
 from .backends.base import ObjectMissing, ObjectStore
 from .entry_cache import EntryCache
-from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed
+from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, TransientError
 
 log = logging.getLogger("fedml_storage")
 
@@ -140,8 +140,21 @@ class Catalog:
 
     def read(self, name: str) -> tuple[Manifest, str] | None:
         """The manifest and its etag, or None when the name is not stored."""
-        found = self._read_raw(name)
-        return None if found is None else (_parse(found[0], name, self.data_folder(name)), found[1])
+        found = self._read_parsed(name)
+        return None if found is None else (found[0], found[2])
+
+    def _read_parsed(self, name: str) -> tuple[Manifest, bytes, str] | None:
+        """The manifest, its bytes and etag, or None when the name is not stored. An entry found unreadable is read
+        once more before it is judged so: one damaged in transit (over plain http, say) reads whole again."""
+        for again in (False, True):
+            if (found := self._read_raw(name)) is None:
+                return None
+            try:
+                return _parse(found[0], name, self.data_folder(name)), *found
+            except IntegrityError:
+                if again:
+                    raise
+        raise AssertionError("not reached: the second read returns or raises")
 
     def _read_raw(self, name: str) -> tuple[bytes, str] | None:
         try:
@@ -201,6 +214,10 @@ class Catalog:
                         time.sleep(random.uniform(0, min(1.0, 0.05 * 2 ** attempt)))
                     continue
                 # our write went through and only its answer was lost: a retry of it then found it in place
+            except TransientError:  # every attempt unanswered: it may still have landed
+                if not self._holds(name, body):
+                    raise
+                log.warning("the answer to writing the catalog entry of %r was lost; it was written", name)
             kept = {v.key for v in manifest.versions}
             dropped = [v.key for v in (current.versions if current else []) if v.key not in kept]
             return manifest, dropped
@@ -233,11 +250,24 @@ class Catalog:
                 log.warning("%r was published anew right after it was deleted; that stays", name)
                 keep = {v.key for v in current.versions}
             # else gone: our delete went through and only its answer was lost (or another delete of it won)
+        except TransientError:  # every attempt unanswered: it may still have gone through
+            if not self._holds(name, None):
+                raise
+            log.warning("the answer to deleting the catalog entry of %r was lost; it is gone", name)
         if manifest is None:
             log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
         else:
             self.drop_data([v.key for v in manifest.versions if v.key not in keep])
         return manifest
+
+    def _holds(self, name: str, body: bytes | None) -> bool:
+        """Whether the catalog entry of `name` is now `body` (None: there is none), after a write or delete whose
+        answer was lost; False when that cannot be read either."""
+        try:
+            found = self._read_raw(name)
+        except Exception:
+            return False
+        return (found is None) if body is None else (found is not None and found[0] == body)
 
     def _parsed_or_none(self, raw: bytes, name: str) -> Manifest | None:
         """The manifest in `raw`, or None when it is unreadable."""
@@ -277,7 +307,7 @@ class Catalog:
                 yield rel[: -len(".json")], o.etag
 
     def scan(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None
-              ) -> tuple[list[Manifest], dict[str, str]]:
+             ) -> tuple[list[Manifest], dict[str, str]]:
         """The readable manifests (of names starting with `prefix`), and why each other name could not be read.
         Entries the `cache` holds under the ETag listed are not read again; those read are kept in it."""
         listed = dict(self._listed(prefix))  # name: ETag
@@ -292,15 +322,14 @@ class Catalog:
                 except Exception:  # a damaged cache row: the store's own bytes decide (and replace it)
                     pass
             try:
-                if (found := self._read_raw(name)) is None:
+                if (found := self._read_parsed(name)) is None:
                     return None  # deleted while listing
-                manifest = _parse(found[0], name, self.data_folder(name))
             except (IntegrityError, InvalidInput) as exc:  # says why: a newer format wants an upgrade, not a delete
                 return name, str(exc)
             except PermissionError:  # a shared LOCAL store where another user's entry is private to them
                 return name, "you may not read its catalog entry; its owner can make it readable (chmod a+r)"
-            read[name] = found
-            return manifest
+            read[name] = found[1:]
+            return found[0]
 
         results = [r for r in parallel_map(one, list(listed), workers, "fedml-storage-list") if r is not None]
         if cache:  # where the store lists ETags (S3, not LOCAL), under the one each entry was read with
