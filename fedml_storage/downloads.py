@@ -196,6 +196,7 @@ def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionReco
     """Fetch the data of `record` into `fh` and check it against its manifest, going on from byte `resume_at`
     (what an earlier download kept); the record it matches. Each try is added to `tries`."""
     replaced = 0
+    doubted = False  # a fetch of the data found missing or not matching: once is a fault in transit, maybe
     while True:
         fh.seek(resume_at)
         fh.truncate()
@@ -217,6 +218,10 @@ def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionReco
             fresh = catalog.get(name).find(version)
             if fresh.key != record.key and replaced == FETCH_ATTEMPTS:
                 raise Conflict(f"{name!r} kept being replaced while downloading it; try again") from None
+            if fresh.key == record.key and not doubted and catalog.store.head(record.key) is not None:
+                doubted = True  # the store has it: that answer was not the store's (a proxy's, say)
+                log.warning("the data of %r was answered missing, yet the store has it; fetching it again", name)
+                continue
             if fresh.key == record.key:
                 raise NotFound(
                     f"the data of {name!r} version {record.version} is missing from the store although the "
@@ -245,10 +250,15 @@ def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionReco
             log.warning("what an earlier download of %r kept does not match; fetching it from its start", name)
             resume_at = 0
             continue
+        if not doubted:
+            doubted = True
+            log.warning("the data of %r fetched does not match its manifest; fetching it again (a fault in transit "
+                        "would not happen twice)", name)
+            continue
         raise IntegrityError(
             f"the stored data of {name!r} version {record.version} is corrupt (sha256 or size does not "
-            f"match its manifest); nothing was written. Delete it (delete({name!r})) and upload it again (an "
-            "upload of unchanged data alone sends nothing)"
+            f"match its manifest, twice fetched); nothing was written. Delete it (delete({name!r})) and upload it "
+            "again (an upload of unchanged data alone sends nothing)"
         )
 
 
