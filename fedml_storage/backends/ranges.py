@@ -24,6 +24,11 @@ class RangeIgnored(StorageFailure):
     """The server answered a ranged GET with other bytes than the range."""
 
 
+class Unanswered(TransientError):
+    """A request that got no usable answer after botocore's own retries: asking again at once would only repeat them
+    (unlike a broken answer, which is gone on with from where it stopped)."""
+
+
 class Counted:
     """Passes on chunks, counting their bytes (what reached the sink when the stream breaks)."""
 
@@ -145,8 +150,8 @@ def fetch_ranges(
                     pos += len(chunk)
                     if progress:
                         progress(len(chunk))
-            except TransientError:
-                if attempt == RANGE_ATTEMPTS - 1 or stop.is_set():
+            except TransientError as exc:
+                if isinstance(exc, Unanswered) or attempt == RANGE_ATTEMPTS - 1 or stop.is_set():
                     raise
                 continue
             if pos == hi:

@@ -24,7 +24,8 @@ from ..config import StorageSettings
 from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
 from ..modes import open_plain
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
-from .ranges import RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, fetch_ranges, ranges_pay
+from .ranges import (RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, Unanswered, fetch_ranges,
+                     ranges_pay)
 from .responses import register as check_responses
 from .s3_client import s3_client
 from .s3_errors import MISSING_CODES, translate as _translate, web_page_answer
@@ -33,6 +34,9 @@ log = logging.getLogger("fedml_storage")
 
 IO_CHUNK = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
+# what botocore's retry handler asks again (max_attempts in all): error answers it retries, broken connections, timeouts
+_RETRIED_BY_BOTOCORE = (botocore.exceptions.ClientError, botocore.exceptions.ConnectionError,
+                        botocore.exceptions.HTTPClientError)
 
 
 class _PlainFiles(OSUtils):
@@ -164,7 +168,7 @@ class S3Store(ObjectStore):
                 return None
             except TransientError as exc:
                 got += stream.got
-                if got >= size or attempt == RANGE_ATTEMPTS - 1:
+                if isinstance(exc, Unanswered) or got >= size or attempt == RANGE_ATTEMPTS - 1:
                     raise
                 broke = exc
                 log.info("the download of %s broke after %d of %d bytes; going on from there", key, got, size)
@@ -177,8 +181,8 @@ class S3Store(ObjectStore):
         raise AssertionError("not reached: the last attempt returns or raises")
 
     def _open_whole(self, key: str, size: int) -> Iterator[bytes]:
+        resp = self._asked(key, lambda: self._client.get_object(Bucket=self.bucket, Key=key))
         with _translate(key, self._location):
-            resp = self._client.get_object(Bucket=self.bucket, Key=key)
             body = resp["Body"]
             try:
                 length = resp.get("ContentLength")  # none when chunked: a short body is caught by its count
@@ -190,13 +194,16 @@ class S3Store(ObjectStore):
 
     def _open_range(self, key: str, lo: int, hi: int, size: int) -> Iterator[bytes]:
         """The bytes [lo, hi) of an object of `size` bytes, as chunks."""
-        with _translate(key, self._location):
+        def ask() -> dict:
             try:
-                resp = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
+                return self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={lo}-{hi - 1}")
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                     raise _short_object(key, size, None) from None
                 raise
+
+        resp = self._asked(key, ask)
+        with _translate(key, self._location):
             body = resp["Body"]
             try:
                 total = str(resp.get("ContentRange", "")).rpartition("/")[2]
@@ -211,6 +218,16 @@ class S3Store(ObjectStore):
                 yield from body.iter_chunks(IO_CHUNK)
             finally:
                 body.close()
+
+    def _asked(self, key: str, request: Callable[[], dict]) -> dict:
+        """The answer to a GET; a transient failure botocore already retried (max_attempts) is Unanswered."""
+        try:
+            with _translate(key, self._location):
+                return request()
+        except TransientError as exc:
+            if isinstance(exc.__context__, _RETRIED_BY_BOTOCORE):
+                raise Unanswered(str(exc)) from None
+            raise  # an answer cut short or unparsable (botocore does not ask again): going on may help
 
     def _size_mismatch(self, key: str, size: int, told: int) -> Exception:
         """An answer gave the object another size than its manifest: corrupt data, or (when the store, asked again,
