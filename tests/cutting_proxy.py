@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 class CuttingProxy:
@@ -27,8 +28,10 @@ class CuttingProxy:
         self._rewrites: list[tuple[bytes, bytes, bytes]] = []
         self._hooks: list[tuple[re.Pattern[bytes], Callable[[], object]]] = []
         self._answers: list[tuple[re.Pattern[bytes], bytes]] = []
+        self._flips: list[tuple[bytes, int]] = []
         self.rewritten = 0  # the head (request line and headers) of every request seen
         self.cut = 0  # connections cut so far
+        self.flipped = 0  # answer bytes damaged so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -74,7 +77,13 @@ class CuttingProxy:
             threading.Thread(target=self._pipe, args=(client, upstream, False, conn), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, True, conn), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool, conn: dict[str, bytes]) -> None:
+    def flip_byte(self, request_part: str, at: int) -> None:
+        """Invert (once) the byte `at` bytes into the body of the answer to the next request whose line or headers
+        hold `request_part`: data damaged in transit."""
+        with self._lock:
+            self._flips.append((request_part.encode(), at))
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, down: bool, conn: dict[str, Any]) -> None:
         sent = 0
         try:
             while data := src.recv(65536):
@@ -98,6 +107,12 @@ class CuttingProxy:
                     data = self._rewritten(conn["request"], data)
                     if self._cut_headers_now(conn["request"], data, dst):
                         break
+                    if (flip := self._take(self._flips, conn["request"])) is not None:  # (headers in one read)
+                        conn["flip_at"] = sent + data.index(b"\r\n\r\n") + 4 + flip[1]
+                if down and sent <= conn.get("flip_at", -1) < sent + len(data):
+                    i = conn.pop("flip_at") - sent
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+                    self.flipped += 1
                 if down:
                     with self._lock:
                         if self._cuts and sent + len(data) > self._cuts[0]:

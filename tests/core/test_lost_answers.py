@@ -1,0 +1,110 @@
+"""Faults between the client and the store that say nothing about what is stored: answers lost after a request was
+carried out, requests never answered, bytes damaged in transit once. Through moto and a proxy in front of it
+(helper-91's findings): none of them may be reported as a failure of the data, nor repeat botocore's retries."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fedml_storage.api.fedml_response import ResponseCode
+from tests.cutting_proxy import CuttingProxy
+
+from .conftest import Store
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def stored(s3_store: Store, tmp_path: Path) -> bytes:
+    data = os.urandom(12 * MiB)
+    (tmp_path / "blob.bin").write_bytes(data)
+    assert s3_store.client().upload(str(tmp_path / "blob.bin")).ok
+    return data
+
+
+def requests(proxy: CuttingProxy, pattern: str) -> int:
+    return sum(1 for head in proxy.request_heads if re.match(pattern.encode(), head))
+
+
+def data_keys(s3_store: Store) -> list[str]:
+    return [k for k in s3_store.keys() if "/data/" in k]
+
+
+def test_a_commit_whose_every_answer_is_lost_is_found_written(s3_store: Store, stored: bytes, moto_proxy: CuttingProxy,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "blob.bin").write_bytes(b"new content")
+    # every attempt at the catalog entry's write is carried out by the store, and its answer never arrives
+    moto_proxy.cut_headers(f"PUT /{s3_store.bucket}/default/manifests/blob.bin.json", 0, times=3)
+    with s3_store.client(endpoint_url=moto_proxy.endpoint, max_attempts=3) as client:
+        response = client.upload(str(tmp_path / "new" / "blob.bin"))
+    assert moto_proxy.cut == 3
+    assert response.ok, response.message  # it was published: not "failed, try again"
+    with s3_store.client() as direct:
+        meta = direct.get_metadata("blob.bin").data
+    assert meta.version == response.data.version and meta.sha256 == hashlib.sha256(b"new content").hexdigest()
+    assert data_keys(s3_store) == [k for k in data_keys(s3_store) if meta.version in k]  # the replaced data dropped
+
+
+def test_a_delete_whose_every_answer_is_lost_is_found_done(s3_store: Store, stored: bytes,
+                                                           moto_proxy: CuttingProxy) -> None:
+    moto_proxy.cut_headers(f"DELETE /{s3_store.bucket}/default/manifests/blob.bin.json", 0, times=3)
+    with s3_store.client(endpoint_url=moto_proxy.endpoint, max_attempts=3) as client:
+        response = client.delete("blob.bin")
+    assert moto_proxy.cut == 3
+    assert response.ok and response.data is True, response.message
+    assert s3_store.keys() == []  # the entry is gone, and its data with it
+
+
+@pytest.mark.parametrize("mode", ["stream", "ranges"])
+def test_a_read_botocore_gave_up_on_is_not_asked_again_three_times(s3_store: Store, stored: bytes,
+                                                                   moto_proxy: CuttingProxy, tmp_path: Path,
+                                                                   mode: str) -> None:
+    data_get = rf"GET /{s3_store.bucket}/default/data/"
+    moto_proxy.answer(data_get.encode(), "503 Slow Down", "SlowDown", "Please reduce your request rate.", times=50)
+    settings = {"stream": {"stream_min_rate": 0},
+                "ranges": {"download_threshold": MiB, "download_part_size": 6 * MiB, "concurrency": 2}}[mode]
+    with s3_store.client(endpoint_url=moto_proxy.endpoint, max_attempts=2, **settings) as client:
+        response = client.download("blob.bin", str(tmp_path / "out"))
+    assert response.code == ResponseCode.ERROR and response.retryable, response.message
+    # max_attempts per request (per part: two here), not that again for every resumption botocore already retried
+    assert requests(moto_proxy, data_get) <= {"stream": 2, "ranges": 4}[mode]
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_damaged_in_transit_once_is_fetched_again(s3_store: Store, stored: bytes, moto_proxy: CuttingProxy,
+                                                       tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    moto_proxy.flip_byte(f"GET /{s3_store.bucket}/default/data/", 1000)
+    with caplog.at_level(logging.WARNING, "fedml_storage"), \
+            s3_store.client(endpoint_url=moto_proxy.endpoint, stream_min_rate=0) as client:
+        response = client.download("blob.bin", str(tmp_path / "out"))
+    assert moto_proxy.flipped == 1
+    assert response.ok, response.message  # not "corrupt: delete it and upload it again"
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == stored
+    assert "does not match its manifest; fetching it again" in caplog.text
+
+
+def test_data_answered_missing_once_is_fetched_again(s3_store: Store, stored: bytes, moto_proxy: CuttingProxy,
+                                                     tmp_path: Path) -> None:
+    moto_proxy.answer(rf"GET /{s3_store.bucket}/default/data/".encode(), "404 Not Found", "NoSuchKey",
+                      "The specified key does not exist.")
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        response = client.download("blob.bin", str(tmp_path / "out"))
+    assert response.ok, response.message  # not "missing from the store: upload the dataset again"
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == stored
+
+
+def test_a_catalog_entry_damaged_in_transit_once_is_read_again(s3_store: Store, stored: bytes,
+                                                               moto_proxy: CuttingProxy) -> None:
+    moto_proxy.flip_byte(f"GET /{s3_store.bucket}/default/manifests/blob.bin.json", 0)
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        response = client.get_metadata("blob.bin")
+    assert moto_proxy.flipped == 1
+    assert response.ok, response.message  # not "unreadable: delete it"
+    assert response.data.sha256 == hashlib.sha256(stored).hexdigest()
