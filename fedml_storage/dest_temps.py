@@ -182,7 +182,9 @@ def swap_in(new: Path, target: Path, aside: Path) -> None:
         if os.path.lexists(target):
             try:
                 if _exchange(new, target):
-                    remove(new)  # now the replaced copy
+                    if not remove(new):  # now the replaced copy
+                        log.warning("the copy %s replaced could not be removed entirely (a file in it immutable or "
+                                    "another user's?); what is left of it is at %s", target, new)
                     return
             except FileNotFoundError:
                 pass  # the target was moved away meanwhile

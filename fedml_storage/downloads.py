@@ -22,6 +22,7 @@ from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientE
 from .local_match import MADE, download_mode, folder_made, holds_already, place_file
 from .made import MadeTree
 from .progress import DOWNLOAD_DESC, progress_bar
+from .removal import mount_points
 from .results import DownloadResult, human_size
 from .validation import check_name, check_path, check_progress_desc
 
@@ -279,10 +280,15 @@ def _check_target(target: Path, kind: str) -> None:
     """Refuse to put a file where a folder is, or a folder where a file is: that is not a copy to replace."""
     if target.is_symlink() or not target.exists():
         return
-    if os.path.ismount(target):  # a rename onto it fails (EBUSY): say so before fetching anything
+    points = mount_points(target) if target.is_dir() else []
+    if os.path.ismount(target) or str(target.resolve()) in points:  # a rename onto it fails (EBUSY): said first
         raise InvalidInput(f"{target} is a mount point (a volume mounted there), which a download cannot replace as it "
                            "replaces dest_path/<name>; download into another dest_path and copy from there, or mount "
                            "the volume one level up and download into it")
+    if points:  # replacing the folder would take what is mounted there with it
+        raise InvalidInput(f"{target} holds a mount point ({points[0]}), and a download replaces dest_path/<name> as "
+                           "a whole, which would remove what is mounted there; unmount it, or download into another "
+                           "dest_path")
     if kind == "file" and target.is_dir():
         raise InvalidInput(f"{target} is a folder; remove it or download into another dest_path")
     if kind != "file" and not target.is_dir():

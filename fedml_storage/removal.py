@@ -1,9 +1,10 @@
-"""Removing a folder tree however deep it is, without following links out of it."""
+"""Removing a folder tree however deep it is, without following links out of it or into a mount."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,9 +14,35 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLL
 _TOO_DEEP = {errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG}
 
 
+def mount_points(path: Path | str) -> list[str]:
+    """Mount points at or below `path` (bind mounts of the same file system too), from /proc/self/mountinfo; none
+    where the system has no such file."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            lines = info.read().splitlines()
+    except OSError:
+        return []
+    top = os.path.realpath(path)
+    inside = top.rstrip("/") + "/"
+    found = []
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:  # the fifth field is the mount point, with spaces and the like as octal escapes
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == top or point.startswith(inside):
+                found.append(point)
+    return found
+
+
 def remove_tree(path: Path | str, ignore_errors: bool = False) -> None:
     """shutil.rmtree, going on level by level where a tree is too deep for it: some 1,000 levels exhaust Python's
-    stack (RecursionError, even with ignore_errors), or the process's open files, or the longest path."""
+    stack (RecursionError, even with ignore_errors), or the process's open files, or the longest path. A tree
+    holding a mount point is left whole: removing it would empty what is mounted there (another file system, or
+    a folder bind-mounted from elsewhere)."""
+    if points := mount_points(path):
+        if ignore_errors:
+            return
+        raise OSError(errno.EBUSY, f"{points[0]} is mounted inside it: left as it is", str(path))
     try:
         shutil.rmtree(path, ignore_errors=ignore_errors)
     except (RecursionError, OSError) as exc:

@@ -148,6 +148,42 @@ def test_a_volume_mounted_at_the_target_is_refused_before_fetching_and_kept(stor
         subprocess.run(["umount", str(dest / "ds")], check=True)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="mounts made by the test")
+def test_a_folder_mounted_inside_the_target_is_never_emptied(store: Store, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A bind mount inside dest/<name> (helper-90): replacing the copy emptied the mounted folder, and every later
+    download's sweep again; with the store's own folder mounted there, the whole store."""
+    from fedml_storage.dest_temps import swap_in
+    from fedml_storage.removal import mount_points, remove_tree
+
+    from .conftest import make_tree
+
+    assert store.client().upload(str(make_tree(tmp_path / "ds"))).ok
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("no dataset's")
+    (tmp_path / "dest" / "ds" / "share").mkdir(parents=True)
+    if not _mount(["--bind", str(elsewhere), str(tmp_path / "dest" / "ds" / "share")]):
+        pytest.skip("this machine does not let the tests mount")
+    try:
+        response = store.client().download("ds", tmp_path / "dest")
+        assert response.code.value == "FAILURE" and response.reason == "invalid_input", response.message
+        assert "holds a mount point" in response.message and "unmount it" in response.message
+        with pytest.raises(OSError, match="is mounted inside it"):  # what sweeps and swaps remove with
+            remove_tree(tmp_path / "dest" / "ds")
+        remove_tree(tmp_path / "dest" / "ds", ignore_errors=True)
+        assert (elsewhere / "precious.txt").read_text() == "no dataset's"
+        fresh = tmp_path / "dest" / ".fresh"  # a mount made after the download's checks: the swap leaves it, and says
+        fresh.mkdir()
+        with caplog.at_level(logging.WARNING, "fedml_storage"):
+            swap_in(fresh, tmp_path / "dest" / "ds", tmp_path / "dest" / ".aside")
+        assert "could not be removed entirely" in caplog.text and str(fresh) in caplog.text
+        assert (elsewhere / "precious.txt").read_text() == "no dataset's"
+    finally:
+        for point in reversed(mount_points(tmp_path)):
+            subprocess.run(["umount", point], check=True)
+
+
 def test_a_busy_local_path_is_named_with_what_to_do() -> None:
     import errno
 
