@@ -24,7 +24,7 @@ from .made import MadeTree
 from .progress import DOWNLOAD_DESC, progress_bar
 from .removal import mount_points
 from .results import DownloadResult, human_size
-from .validation import check_name, check_path, check_progress_desc
+from .validation import check_name, check_path, check_progress_desc, resolved
 
 FETCH_ATTEMPTS = 3  # a dataset replaced mid-download is fetched again, up to this often
 # A file this large is remembered as downloaded: hashing it on a re-run costs more than the wait for the
@@ -281,7 +281,7 @@ def _check_target(target: Path, kind: str) -> None:
     if target.is_symlink() or not target.exists():
         return
     points = mount_points(target) if target.is_dir() else []
-    if os.path.ismount(target) or str(target.resolve()) in points:  # a rename onto it fails (EBUSY): said first
+    if os.path.ismount(target) or str(resolved(target)) in points:  # a rename onto it fails (EBUSY): said first
         raise InvalidInput(f"{target} is a mount point (a volume mounted there), which a download cannot replace as it "
                            "replaces dest_path/<name>; download into another dest_path and copy from there, or mount "
                            "the volume one level up and download into it")

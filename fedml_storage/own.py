@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import StorageSettings, config_path, storage_home
 from .errors import InvalidInput
+from .validation import resolved
 
 _LABELS = ("home folder", "config file (which may hold your key)", "config lock", "cache", "LOCAL store",
            "kept partial downloads")
@@ -21,8 +22,8 @@ def own_paths(settings: StorageSettings) -> tuple[Path, ...]:
 
 def check_source(src: Path, own: tuple[Path, ...]) -> None:
     """Refuse to upload one of them, or something inside one (but the home: it may be a broad folder of the user's)."""
-    inner = [path.resolve() for path in own[1:]]
-    where = src.resolve()
+    inner = [resolved(path) for path in own[1:]]
+    where = resolved(src)
     if any(where == path or path in where.parents for path in inner):
         raise InvalidInput(f"data_path {str(src)!r} is fedml-storage's own (its config file, which may hold your key, "
                            "its caches, its LOCAL store or kept partial downloads), not data to upload; upload data "
@@ -33,7 +34,7 @@ def check_target(target: Path, settings: StorageSettings) -> None:
     """Refuse a download target that is one of them, holds one, or lies in a folder whose contents are theirs (the
     cache, the namespace's part of the LOCAL store, partial_dir): replacing it would lose stored data or the saved
     key. A LOCAL root may be a broad folder: only its namespace folders are the store's."""
-    where = target.parent.resolve() / target.name  # a link there is replaced itself, not what it points to
+    where = resolved(target.parent) / target.name  # a link there is replaced itself, not what it points to
     home, config, lock, cache, store, partials = own = own_paths(settings)
     contents_too = (None, None, None, cache, store / settings.namespace, partials)  # a target inside is theirs too
     for label, path, folder in zip(_LABELS, own, contents_too):
@@ -45,7 +46,7 @@ def check_target(target: Path, settings: StorageSettings) -> None:
 
 def _forms(path: Path) -> set[Path]:
     """The path as written (absolute) and with links resolved: a link to the store is its place too."""
-    return {Path(os.path.abspath(path)), path.resolve()}
+    return {Path(os.path.abspath(path)), resolved(path)}
 
 
 def _refuse(target: Path, label: str, path: Path) -> None:

@@ -35,6 +35,15 @@ def check_path(value: Any, what: str) -> Path:
         raise InvalidInput(f"{what}; {text!r} names a home folder (~user) this system does not know") from None
 
 
+def resolved(path: Path) -> Path:
+    """`path` with its links resolved; a loop of links is InvalidInput (Python 3.11 raises RuntimeError)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise InvalidInput(f"{path} leads into a loop of links ({type(exc).__name__}: {exc}); fix or remove the "
+                           "links") from None
+
+
 def check_progress_desc(desc: Any) -> None:
     if desc is not None and not isinstance(desc, str):
         raise InvalidInput(f"progress_desc must be a string (the progress bar's label), not {type(desc).__name__}")

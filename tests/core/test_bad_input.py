@@ -380,3 +380,17 @@ def test_a_bucket_name_s3_cannot_take_is_told_with_the_rules(s3_store: Store) ->
     assert response.code == ResponseCode.FAILURE and response.reason == "not_configured" and not response.retryable
     assert "bucket name 'Bad_Bucket!' is not valid" in response.message and "3 to 63 lowercase" in response.message
     assert "regex" not in response.message
+
+
+def test_a_loop_of_links_as_dest_path_or_local_root_is_bad_input(store: Store, tmp_path: Path) -> None:
+    """Python 3.11's Path.resolve raises RuntimeError on a loop: it was an internal error (helper-90)."""
+    (tmp_path / "data.txt").write_text("x")
+    assert store.client().upload(str(tmp_path / "data.txt")).ok
+    os.symlink(tmp_path / "l2", tmp_path / "l1")
+    os.symlink(tmp_path / "l1", tmp_path / "l2")
+    response = store.client().download("data.txt", str(tmp_path / "l1"))
+    assert response.reason == "invalid_input" and "loop of links" in response.message, response.message
+    if store.service == "LOCAL":
+        with StorageClient(service="LOCAL", local_root=str(tmp_path / "l1")) as client:
+            listed = client.list()
+        assert listed.reason == "invalid_input" and "loop of links" in listed.message, listed.message
