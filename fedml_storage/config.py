@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from .api_keys import check_api_key
 from .errors import InvalidInput, NotConfigured
-from .validation import byte_size
+from .validation import byte_size, resolved
 
 log = logging.getLogger("fedml_storage")
 
@@ -156,7 +156,7 @@ class StorageSettings(BaseModel):
     @property
     def store_root(self) -> Path:
         """The LOCAL store folder (default: `<home>/store`)."""
-        return (self.local_root or storage_home() / "store").expanduser().resolve()
+        return resolved((self.local_root or storage_home() / "store").expanduser())
 
     @property
     def partials_folder(self) -> Path:
@@ -334,9 +334,13 @@ def read_config_file() -> dict[str, Any]:
     """The saved settings, or {} when there is no config file."""
     path = config_path()
     try:
+        if not (stat.S_ISREG(mode := path.stat().st_mode) or stat.S_ISDIR(mode)):  # a pipe blocks every read
+            raise InvalidInput(f"config file {path} is not a regular file (a pipe or a device?); remove it")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError:
+        raise InvalidInput(f"config file {path} is not UTF-8 text (JSON); fix or remove it") from None
     except OSError as exc:
         raise InvalidInput(f"cannot read config file {path}: {exc.strerror}") from None
     if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077 and str(path) not in _warned:

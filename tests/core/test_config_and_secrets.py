@@ -365,3 +365,19 @@ def test_a_key_given_as_a_name_or_path_is_refused_and_never_shown(store, tmp_pat
         assert response.reason == "invalid_input" and "shaped like an access key pair" in response.message
         assert "wJalrXUtnFEMI" not in response.message and "AKIAIOSFODNN7EXAMPLE" not in response.message
     assert client.list().data == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "latin-1"])
+def test_a_config_file_that_cannot_be_read_as_json_text_is_refused_at_once(isolated_home: Path, kind: str) -> None:
+    """A pipe in its place blocked every call; bytes that are not UTF-8 gave an internal error (helper-90)."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b'{"namespace": "caf\xe9"}')
+    run = subprocess.run([sys.executable, "-c", "from fedml_storage import api; r = api.list_storage_objects(); "
+                          "print(r.code.value, r.reason, r.message)"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "FEDML_STORAGE_HOME": str(isolated_home)})
+    said = {"fifo": "is not a regular file", "latin-1": "is not UTF-8 text"}[kind]
+    assert run.stdout.startswith("FAILURE invalid_input") and said in run.stdout and str(path) in run.stdout, run
