@@ -21,7 +21,7 @@ from .. import stops
 from ..abandon import parallel_map
 from ..advice import NO_BUCKET
 from ..config import StorageSettings
-from ..errors import IntegrityError, NotConfigured, PreconditionFailed, TransientError
+from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, TransientError
 from ..modes import open_plain
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import (RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, Unanswered, fetch_ranges,
@@ -307,8 +307,15 @@ class S3Store(ObjectStore):
         return failed
 
     def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
-        """Multipart uploads under `data_prefix` that interrupted uploads left."""
-        return self._abort_stale_uploads(data_prefix, older_than), []
+        """Multipart uploads under `data_prefix` that interrupted uploads left (none for a key that may not list or
+        abort them: said in a warning, the rest of a cleanup stands)."""
+        try:
+            return self._abort_stale_uploads(data_prefix, older_than), []
+        except AccessDenied as exc:
+            log.warning("cleanup left incomplete multipart uploads alone: %s. Listing and aborting them needs the "
+                        "s3:ListBucketMultipartUploads and s3:AbortMultipartUpload permissions (or let a lifecycle "
+                        "rule, AbortIncompleteMultipartUpload, remove them)", exc)
+            return 0, []
 
     def _abort_stale_uploads(self, prefix: str, older_than: float) -> int:
         """Abort multipart uploads under `prefix` idle since before `older_than` (started then, and no part

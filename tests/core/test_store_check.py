@@ -3,9 +3,13 @@ stores that refuse or silently ignore conditional requests are emulated by a pro
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from pathlib import Path
+
+import pytest
 
 from fedml_storage.api import check_store
 from fedml_storage.api.fedml_response import ResponseCode
@@ -115,6 +119,23 @@ def test_cleanup_goes_on_where_the_key_may_not_list_probes(s3_store: Store, moto
     assert result.ok and result.data["orphaned_objects_removed"] == 1, result.message
     assert s3_store.keys() == kept
     assert any(b"prefix=default%2Fprobes" in head for head in moto_proxy.request_heads)  # it was denied
+
+
+def test_a_key_that_may_not_list_multipart_uploads_still_has_its_leftovers_removed(
+        s3_store: Store, moto_proxy: CuttingProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Denied ListMultipartUploads, cleanup failed after removing the orphans, every time (helper-91)."""
+    (tmp_path / "f.txt").write_text("kept")
+    with s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        client.upload(str(tmp_path / "f.txt")).unwrap()
+        kept = s3_store.keys()
+        s3_store.write("default/data/f.txt/20200101T000000000000Z-0123abcd/f.txt", b"an interrupted upload's")
+        moto_proxy.answer(rb"(?is)^GET [^ ]*\?uploads", "403 Forbidden", "AccessDenied", "Access Denied", times=10)
+        with caplog.at_level(logging.WARNING, "fedml_storage"):
+            result = client.cleanup(0)
+    assert result.ok and result.data["orphaned_objects_removed"] == 1, result.message
+    assert s3_store.keys() == kept
+    assert any(re.match(rb"GET [^ ]*\?uploads", head) for head in moto_proxy.request_heads)  # it was denied
+    assert "s3:ListBucketMultipartUploads" in caplog.text
 
 
 def test_a_key_that_may_not_delete_fails_the_check_as_denied(s3_store: Store, moto_proxy: CuttingProxy) -> None:
