@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import botocore.exceptions
-from s3transfer.futures import TransferFuture
 from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
-from s3transfer.utils import OSUtils, ReadFileChunk
 
-from .. import stops
 from ..abandon import parallel_map
 from ..advice import NO_BUCKET
 from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, TransientError
-from ..modes import open_plain
 from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import (RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, Unanswered, fetch_ranges,
                      ranges_pay)
 from .responses import register as check_responses
 from .s3_client import s3_client
 from .s3_errors import MISSING_CODES, translate as _translate, web_page_answer
+from .s3_transfers import Done, PlainFiles, Progress as TransferProgress, finish
 
 log = logging.getLogger("fedml_storage")
 
@@ -37,36 +30,6 @@ MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
 # what botocore's retry handler asks again (max_attempts in all): error answers it retries, broken connections, timeouts
 _RETRIED_BY_BOTOCORE = (botocore.exceptions.ClientError, botocore.exceptions.ConnectionError,
                         botocore.exceptions.HTTPClientError)
-
-
-class _PlainFiles(OSUtils):
-    """s3transfer's file access, opening only plain files: one replaced by a FIFO during the upload fails it
-    instead of waiting for a writer for ever."""
-
-    def open_file_chunk_reader(self, filename, start_byte, size, callbacks):
-        f = open_plain(filename)
-        f.seek(start_byte)
-        return ReadFileChunk(f, size, os.fstat(f.fileno()).st_size, callbacks, enable_callbacks=False)
-
-    def open(self, filename, mode):
-        return open_plain(filename) if mode == "rb" else super().open(filename, mode)
-
-class _Progress(BaseSubscriber):
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-
-    def on_progress(self, bytes_transferred: int, **kwargs) -> None:
-        self._progress(bytes_transferred)
-
-
-class _Done(BaseSubscriber):
-    """Sets an event when the transfer ends, however it ends."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def on_done(self, future, **kwargs) -> None:
-        self.event.set()
 
 
 class S3Store(ObjectStore):
@@ -95,22 +58,22 @@ class S3Store(ObjectStore):
 
     def _manager(self) -> TransferManager:
         if self._transfers is None:
-            self._transfers = TransferManager(self._client, self._upload_config, osutil=_PlainFiles())
+            self._transfers = TransferManager(self._client, self._upload_config, osutil=PlainFiles())
         return self._transfers
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
     def put_file(self, key: str, path: Path, progress: Progress | None = None) -> None:
-        done = _Done()
-        subs = [done, *([_Progress(progress)] if progress else [])]
+        done = Done()
+        subs = [done, *([TransferProgress(progress)] if progress else [])]
         with _translate(key, self._location):
-            _finish(self._manager().upload(str(path), self.bucket, key, subscribers=subs), done.event)
+            finish(self._manager().upload(str(path), self.bucket, key, subscribers=subs), done.event)
 
     def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
                    size_bound: int | None = None) -> None:
-        done = _Done()
-        subs = [done, *([_Progress(progress)] if progress else [])]
+        done = Done()
+        subs = [done, *([TransferProgress(progress)] if progress else [])]
         part = self._upload_config.multipart_chunksize
         manager = self._manager()
         if size_bound is not None and size_bound > MAX_PARTS * part:
@@ -123,7 +86,7 @@ class S3Store(ObjectStore):
                 max_in_memory_upload_chunks=held))
         try:
             with _translate(key, self._location):
-                _finish(manager.upload(stream, self.bucket, key, subscribers=subs), done.event,
+                finish(manager.upload(stream, self.bucket, key, subscribers=subs), done.event,
                         getattr(stream, "close_reader", None))
         finally:
             if manager is not self._transfers:  # made for this upload alone
@@ -353,22 +316,6 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
             self._transfers = None
         self._client.close()
-
-
-def _finish(transfer: TransferFuture, done: threading.Event, stop_reading: Callable[[], None] | None = None) -> None:
-    """Wait for an upload. Interrupted while waiting (Ctrl-C, a framework's timeout, a stop), cancel it and let the
-    requests in flight end first (a second interrupt stops that), so that no object is completed after this returns.
-    `stop_reading` ends a stream's reading, which s3transfer would otherwise take to its end first."""
-    try:
-        stops.wait_event(done)  # a worker thread's call, where no Ctrl-C reaches, is stopped so
-        transfer.result()
-    except BaseException:
-        transfer.cancel()
-        if stop_reading is not None:
-            stop_reading()
-        with contextlib.suppress(BaseException):
-            transfer.result()  # at once when it had ended; else once its last request is answered
-        raise
 
 
 class _BodyBroke(TransientError):

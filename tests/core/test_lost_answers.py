@@ -108,3 +108,19 @@ def test_a_catalog_entry_damaged_in_transit_once_is_read_again(s3_store: Store, 
     assert moto_proxy.flipped == 1
     assert response.ok, response.message  # not "unreadable: delete it"
     assert response.data.sha256 == hashlib.sha256(stored).hexdigest()
+
+
+def test_a_file_cut_short_while_its_parts_go_up_fails_at_once_as_changed(
+        s3_store: Store, moto_proxy: CuttingProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """s3transfer reads each part by name: a file cut meanwhile sent parts shorter than their declared length, and
+    each waited read_timeout x max_attempts for the rest (6 minutes by default; helper-90)."""
+    source = tmp_path / "growing-log.bin"
+    source.write_bytes(os.urandom(24 * MiB))
+    moto_proxy.on_request(rb"^PUT [^ ]*partNumber=", lambda: os.truncate(source, 7 * MiB))  # as the first part goes
+    with caplog.at_level(logging.WARNING, "fedml_storage"), s3_store.client(
+            endpoint_url=moto_proxy.endpoint, part_size=5 * MiB, concurrency=1, read_timeout=3, max_attempts=2) as client:
+        response = client.upload(str(source))
+    assert response.code == ResponseCode.FAILURE and response.reason == "conflict", response.message
+    assert "changed while it was being uploaded" in response.message or "became shorter" in response.message
+    assert "no answer from" not in caplog.text  # no part waited for bytes that were never coming
+    assert s3_store.keys() == []  # nothing published, no object left
