@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .config import StorageSettings, config_path, storage_home
+from .backends.local import TMP_DIR
 from .errors import InvalidInput
 from .validation import resolved
 
@@ -21,13 +22,22 @@ def own_paths(settings: StorageSettings) -> tuple[Path, ...]:
 
 
 def check_source(src: Path, own: tuple[Path, ...]) -> None:
-    """Refuse to upload one of them, or something inside one (but the home: it may be a broad folder of the user's)."""
+    """Refuse to upload one of them, or something inside one (but the home, and beside the namespace folders of a
+    LOCAL root: they may be broad folders of the user's)."""
     inner = [resolved(path) for path in own[1:]]
-    where = resolved(src)
-    if any(where == path or path in where.parents for path in inner):
+    where, store = resolved(src), inner[_LABELS.index("LOCAL store") - 1]
+    if any(where == path or (path in where.parents and not (path == store and _beside_store(where, store)))
+           for path in inner):
         raise InvalidInput(f"data_path {str(src)!r} is fedml-storage's own (its config file, which may hold your key, "
                            "its caches, its LOCAL store or kept partial downloads), not data to upload; upload data "
                            "from elsewhere")
+
+
+def _beside_store(where: Path, root: Path) -> bool:
+    """Whether `where`, inside a LOCAL root, lies beside the store's own parts there: its namespace folders (each
+    holds manifests/ or data/), its temp folder and its lock."""
+    top = root / where.relative_to(root).parts[0]
+    return top.name not in (TMP_DIR, ".lock") and not any((top / part).is_dir() for part in ("manifests", "data"))
 
 
 def check_target(target: Path, settings: StorageSettings) -> None:

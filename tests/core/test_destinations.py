@@ -256,3 +256,11 @@ def test_a_broad_local_root_refuses_downloads_only_into_its_namespace_folders(st
     assert (broad / "projects" / "ds").read_text() == "d"
     inside = client.download("ds", broad / "default" / "data")
     assert inside.code == ResponseCode.FAILURE and "fedml-storage's LOCAL store" in inside.message
+    # and what was downloaded there is the user's to upload again (helper-90: uploads refused all of local_root)
+    again = client.upload(str(broad / "projects" / "ds"), name="ds-copy")
+    assert again.ok, again.message
+    if store.service == "LOCAL":  # the store's own parts under it stay refused
+        for own in (broad, broad / "default", broad / "default" / "manifests", broad / ".tmp"):
+            own.mkdir(exist_ok=True)
+            refused = client.upload(str(own), name="x")
+            assert refused.reason == "invalid_input" and "fedml-storage's own" in refused.message, (own, refused)
