@@ -21,23 +21,22 @@ def own_paths(settings: StorageSettings) -> tuple[Path, ...]:
     return home, config, config.parent / ".config.lock", home / "cache", settings.store_root, settings.partials_folder
 
 
-def check_source(src: Path, own: tuple[Path, ...]) -> None:
-    """Refuse to upload one of them, or something inside one (but the home, and beside the namespace folders of a
-    LOCAL root: they may be broad folders of the user's)."""
+def check_source(src: Path, own: tuple[Path, ...], namespace: str) -> None:
+    """Refuse to upload one of them, or something inside one (but the home, and a LOCAL root's folders beside the
+    namespace's, its temp folder and its lock: they may be broad folders of the user's, as downloads take them)."""
     inner = [resolved(path) for path in own[1:]]
     where, store = resolved(src), inner[_LABELS.index("LOCAL store") - 1]
-    if any(where == path or (path in where.parents and not (path == store and _beside_store(where, store)))
+    if any(where == path or (path in where.parents and not (path == store and _beside_store(where, store, namespace)))
            for path in inner):
         raise InvalidInput(f"data_path {str(src)!r} is fedml-storage's own (its config file, which may hold your key, "
                            "its caches, its LOCAL store or kept partial downloads), not data to upload; upload data "
                            "from elsewhere")
 
 
-def _beside_store(where: Path, root: Path) -> bool:
-    """Whether `where`, inside a LOCAL root, lies beside the store's own parts there: its namespace folders (each
-    holds manifests/ or data/), its temp folder and its lock."""
-    top = root / where.relative_to(root).parts[0]
-    return top.name not in (TMP_DIR, ".lock") and not any((top / part).is_dir() for part in ("manifests", "data"))
+def _beside_store(where: Path, root: Path, namespace: str) -> bool:
+    """Whether `where`, inside a LOCAL root, lies beside the store's parts there: the namespace's folder, the temp
+    folder and the lock (other namespaces' folders are data of their own to upload, if one wants)."""
+    return where.relative_to(root).parts[0] not in (namespace, TMP_DIR, ".lock")
 
 
 def check_target(target: Path, settings: StorageSettings) -> None:

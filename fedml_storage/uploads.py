@@ -66,7 +66,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
     started = time.monotonic()
     src = _source(req.data_path)
     own = own_paths(settings)
-    check_source(src, own)
+    check_source(src, own, settings.namespace)
     name = stored_name(src, req.name)
     fields = _Fields(check_description(req.description), check_tags(req.tag_list), check_metadata(req.metadata))
     check_progress_desc(req.progress_desc)

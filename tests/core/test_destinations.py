@@ -259,6 +259,10 @@ def test_a_broad_local_root_refuses_downloads_only_into_its_namespace_folders(st
     # and what was downloaded there is the user's to upload again (helper-90: uploads refused all of local_root)
     again = client.upload(str(broad / "projects" / "ds"), name="ds-copy")
     assert again.ok, again.message
+    (broad / "mnist" / "data").mkdir(parents=True)  # a user's folder shaped like a namespace's (helper-93)
+    (broad / "mnist" / "manifests").mkdir()
+    (broad / "mnist" / "data" / "train.csv").write_text("1,2")
+    assert client.upload(str(broad / "mnist")).ok
     if store.service == "LOCAL":  # the store's own parts under it stay refused
         for own in (broad, broad / "default", broad / "default" / "manifests", broad / ".tmp"):
             own.mkdir(exist_ok=True)
