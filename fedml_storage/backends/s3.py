@@ -6,9 +6,11 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import BinaryIO
 
 import botocore.exceptions
+from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
 from s3transfer.manager import TransferConfig, TransferManager
 
 from ..abandon import parallel_map
@@ -27,9 +29,20 @@ log = logging.getLogger("fedml_storage")
 
 IO_CHUNK = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on the parts of one multipart upload
-# what botocore's retry handler asks again (max_attempts in all): error answers it retries, broken connections, timeouts
-_RETRIED_BY_BOTOCORE = (botocore.exceptions.ClientError, botocore.exceptions.ConnectionError,
-                        botocore.exceptions.HTTPClientError)
+# botocore's standard retry mode's own rules (transient statuses and codes, throttling, broken connections)
+_BOTOCORE_RETRIES = (TransientRetryableChecker(), ThrottledRetryableChecker())
+
+
+def _retried_by_botocore(cause: BaseException | None) -> bool:
+    """Whether botocore asked again after `cause` (so max_attempts were spent on it)."""
+    if isinstance(cause, botocore.exceptions.ClientError):
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        context = RetryContext(1, parsed_response=cause.response, http_response=SimpleNamespace(status_code=status))
+    elif isinstance(cause, botocore.exceptions.BotoCoreError):
+        context = RetryContext(1, caught_exception=cause)
+    else:
+        return False
+    return any(checker.is_retryable(context) for checker in _BOTOCORE_RETRIES)
 
 
 class S3Store(ObjectStore):
@@ -183,12 +196,13 @@ class S3Store(ObjectStore):
                 body.close()
 
     def _asked(self, key: str, request: Callable[[], dict]) -> dict:
-        """The answer to a GET; a transient failure botocore already retried (max_attempts) is Unanswered."""
+        """The answer to a GET; a transient failure botocore already retried (max_attempts) is Unanswered (one it
+        does not retry, a 520 say, is asked again by the callers' loops)."""
         try:
             with _translate(key, self._location):
                 return request()
         except TransientError as exc:
-            if isinstance(exc.__context__, _RETRIED_BY_BOTOCORE):
+            if _retried_by_botocore(exc.__context__):
                 raise Unanswered(str(exc)) from None
             raise  # an answer cut short or unparsable (botocore does not ask again): going on may help
 

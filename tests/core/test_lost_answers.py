@@ -78,6 +78,20 @@ def test_a_read_botocore_gave_up_on_is_not_asked_again_three_times(s3_store: Sto
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("mode", ["stream", "ranges"])
+def test_an_error_botocore_does_not_retry_is_asked_again(s3_store: Store, stored: bytes, moto_proxy: CuttingProxy,
+                                                        tmp_path: Path, mode: str) -> None:
+    """A 520 from a CDN in front of the store: transient to us, not to botocore's standard mode (helper-93)."""
+    data_get = rf"GET /{s3_store.bucket}/default/data/"
+    moto_proxy.answer(data_get.encode(), "520 Origin Error", "InternalError", "We encountered an internal error.")
+    settings = {"stream": {"stream_min_rate": 0},
+                "ranges": {"download_threshold": MiB, "download_part_size": 6 * MiB, "concurrency": 2}}[mode]
+    with s3_store.client(endpoint_url=moto_proxy.endpoint, max_attempts=2, **settings) as client:
+        response = client.download("blob.bin", str(tmp_path / "out"))
+    assert response.ok, response.message
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == stored
+
+
 def test_data_damaged_in_transit_once_is_fetched_again(s3_store: Store, stored: bytes, moto_proxy: CuttingProxy,
                                                        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     moto_proxy.flip_byte(f"GET /{s3_store.bucket}/default/data/", 1000)
