@@ -251,7 +251,7 @@ class Catalog:
                 keep = {v.key for v in current.versions}
             # else gone: our delete went through and only its answer was lost (or another delete of it won)
         except TransientError:  # every attempt unanswered: it may still have gone through
-            if not self._holds(name, None):
+            if not self._gone(name):
                 raise
             log.warning("the answer to deleting the catalog entry of %r was lost; it is gone", name)
         if manifest is None:
@@ -260,14 +260,23 @@ class Catalog:
             self.drop_data([v.key for v in manifest.versions if v.key not in keep])
         return manifest
 
-    def _holds(self, name: str, body: bytes | None) -> bool:
-        """Whether the catalog entry of `name` is now `body` (None: there is none), after a write or delete whose
-        answer was lost; False when that cannot be read either."""
+    def _holds(self, name: str, body: bytes) -> bool:
+        """Whether the catalog entry of `name` is now `body`, after a write whose answer was lost; False when that
+        cannot be read either."""
         try:
             found = self._read_raw(name)
         except Exception:
             return False
-        return (found is None) if body is None else (found is not None and found[0] == body)
+        return found is not None and found[0] == body
+
+    def _gone(self, name: str) -> bool:
+        """Whether the catalog entry of `name` is gone, after a delete whose answer was lost: read and listed, so
+        that one stray 404 never has its data dropped while the entry stays; False when that cannot be told."""
+        key = self.manifest_key(name)
+        try:
+            return self._read_raw(name) is None and all(o.key != key for o in self.store.list(key))
+        except Exception:
+            return False
 
     def _parsed_or_none(self, raw: bytes, name: str) -> Manifest | None:
         """The manifest in `raw`, or None when it is unreadable."""

@@ -62,6 +62,22 @@ def test_a_delete_whose_every_answer_is_lost_is_found_done(s3_store: Store, stor
     assert s3_store.keys() == []  # the entry is gone, and its data with it
 
 
+def test_a_refused_delete_is_not_taken_for_done_on_one_stray_404(s3_store: Store, stored: bytes,
+                                                                  moto_proxy: CuttingProxy, tmp_path: Path) -> None:
+    """Reading back after a failed delete, one 404 (a proxy's) made it 'gone': the data went, the entry stayed
+    (helper-93)."""
+    moto_proxy.answer(rf"DELETE /{s3_store.bucket}/default/manifests/".encode(), "503 Slow Down", "SlowDown",
+                      "Please reduce your request rate.", times=2)
+    stray_404 = (rf"GET /{s3_store.bucket}/default/manifests/blob.bin.json".encode(), "404 Not Found", "NoSuchKey",
+                 "The specified key does not exist.")
+    moto_proxy.on_request(rb"^DELETE ", lambda: moto_proxy.answer(*stray_404))  # for the read after the delete
+    with s3_store.client(endpoint_url=moto_proxy.endpoint, max_attempts=2) as client:
+        response = client.delete("blob.bin")
+    assert response.code == ResponseCode.ERROR and response.retryable, response.message
+    with s3_store.client() as direct:
+        assert direct.download("blob.bin", str(tmp_path / "out")).ok  # entry and data both still there
+
+
 @pytest.mark.parametrize("mode", ["stream", "ranges"])
 def test_a_read_botocore_gave_up_on_is_not_asked_again_three_times(s3_store: Store, stored: bytes,
                                                                    moto_proxy: CuttingProxy, tmp_path: Path,
