@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Conflict
-from .removal import remove_tree
+from .removal import mount_points, remove_tree
 from .validation import RESERVED_PREFIX
 
 try:
@@ -254,6 +254,8 @@ def remove(path: Path) -> bool:
     """Remove a file, link or folder (folders best effort); whether it was there and now is gone. Folders made
     read-only inside a copy being replaced are made writable first, as deleting their files needs."""
     if path.is_dir() and not path.is_symlink():
+        if mount_points(path):  # never into a mount, nor opening up its folders below
+            return False
         try:
             remove_tree(path)
         except OSError:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,7 @@ def test_a_folder_mounted_inside_the_target_is_never_emptied(store: Store, tmp_p
     (tmp_path / "dest" / "ds" / "share").mkdir(parents=True)
     if not _mount(["--bind", str(elsewhere), str(tmp_path / "dest" / "ds" / "share")]):
         pytest.skip("this machine does not let the tests mount")
+    os.chmod(elsewhere, 0o555)  # its modes are not opened up either (helper-93)
     try:
         response = store.client().download("ds", tmp_path / "dest")
         assert response.code.value == "FAILURE" and response.reason == "invalid_input", response.message
@@ -179,6 +181,7 @@ def test_a_folder_mounted_inside_the_target_is_never_emptied(store: Store, tmp_p
             swap_in(fresh, tmp_path / "dest" / "ds", tmp_path / "dest" / ".aside")
         assert "could not be removed entirely" in caplog.text and str(fresh) in caplog.text
         assert (elsewhere / "precious.txt").read_text() == "no dataset's"
+        assert stat.S_IMODE(os.stat(elsewhere).st_mode) == 0o555
     finally:
         for point in reversed(mount_points(tmp_path)):
             subprocess.run(["umount", point], check=True)
