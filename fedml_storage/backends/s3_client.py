@@ -85,7 +85,7 @@ def s3_client(settings: StorageSettings) -> BaseClient:
         token = rest[0] if rest else None  # temporary credentials (STS) carry a session token
         _MASKING.add(secret, token)
     region = settings.region or ("auto" if settings.service == "R2" else None)
-    verify = _ca_bundle(settings)
+    verify = ca_bundle_path(settings)
     try:
         return _new_client(
             endpoint_url=endpoint,
@@ -119,7 +119,7 @@ def _new_client(**options: Any) -> BaseClient:
     return session.create_client("s3", **options)
 
 
-def _ca_bundle(settings: StorageSettings) -> str | None:
+def ca_bundle_path(settings: StorageSettings) -> str | None:
     """The ca_bundle setting as botocore takes it; NotConfigured when it names no file."""
     if settings.ca_bundle is None:
         return None

@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import certifi
 import pytest
 
 from fedml_storage import cli, cli_words
@@ -117,6 +119,8 @@ def test_login_prompts_without_echo_and_configure_masks(isolated_home: Path) -> 
     assert json.loads(config.read_text())["api_key"] == TEST_API_KEY
     bad = run("login", "not-a-pair")
     assert bad.returncode == 1 and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in bad.stderr
+    (isolated_home / "certs").mkdir()
+    shutil.copy(certifi.where(), isolated_home / "certs" / "ca.pem")  # a ca_bundle must hold certificates
     saved = run("--service", "S3", "--namespace", "team-x", "configure", "--bucket", "my-bucket",
                 "--region", "eu-west-1", "--ca-bundle", "certs/ca.pem", cwd=isolated_home)
     assert saved.returncode == 0 and "saved" in saved.stdout

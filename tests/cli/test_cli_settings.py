@@ -1,0 +1,28 @@
+"""The CLI's settings commands as a newcomer meets them (helper-94): a key given the usual ways, a ca_bundle that
+names no file, refused when it is saved rather than by every later command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import TEST_API_KEY
+
+from .test_cli import run
+
+
+def test_login_takes_the_key_given_as_api_key_or_in_the_environment(isolated_home: Path) -> None:
+    given = run("--api-key", TEST_API_KEY, "login")
+    assert given.returncode == 0 and "API key saved" in given.stdout, given.stderr
+    assert json.loads((isolated_home / "config.json").read_text())["api_key"] == TEST_API_KEY
+    (isolated_home / "config.json").unlink()
+    from_env = run("login", env={"FEDML_STORAGE_API_KEY": TEST_API_KEY})
+    assert from_env.returncode == 0 and "API key saved" in from_env.stdout, from_env.stderr
+    assert TEST_API_KEY.split(":")[1] not in given.stdout + given.stderr + from_env.stdout + from_env.stderr
+
+
+def test_a_ca_bundle_that_names_no_file_is_refused_when_configured(isolated_home: Path) -> None:
+    refused = run("configure", "--ca-bundle", str(isolated_home / "missing.pem"))
+    assert refused.returncode == 1 and "is not a file" in refused.stderr, refused
+    assert not (isolated_home / "config.json").exists()  # nothing saved: later commands still work
+    assert run("list").returncode == 0
