@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Literal
@@ -176,8 +177,12 @@ class Catalog:
                         f"{then}", similar)
 
     def similar(self, name: str) -> str:
-        """A hint for a file's name given without its extension (a file keeps it when stored); best effort."""
+        """A hint for a file's name given without its extension (a file keeps it when stored), or for a name stored
+        in another Unicode form that looks the same (macOS writes file names decomposed); best effort."""
         try:
+            for form in ("NFC", "NFD"):
+                if (other := unicodedata.normalize(form, name)) != name and self._read_raw(other) is not None:
+                    return f" (stored as {ascii(other)}: the same text in another Unicode form, {form}; pass that)"
             close = [other for other, _ in itertools.islice(self._listed(f"{name}."), 3)]
         except Exception:  # a hint must never turn "not found" into another failure
             return ""

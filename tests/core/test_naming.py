@@ -6,6 +6,8 @@ from pathlib import Path
 
 from fedml_storage import StorageClient, planned_name
 
+from .conftest import Store
+
 
 def test_a_planned_name_is_the_name_the_upload_stores_under(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_text("weights")
@@ -72,3 +74,15 @@ def test_a_retried_delete_that_finds_only_data_says_so(store, tmp_path: Path, ca
     caplog.clear()
     assert client.delete("amb.csv", missing_ok=True).data is False  # nothing left: quiet
     assert not [r for r in caplog.records if r.name.startswith("fedml_storage")]
+
+
+def test_a_name_stored_in_another_unicode_form_is_pointed_to(store: Store, tmp_path: Path) -> None:
+    """'café.txt' from macOS (decomposed) and typed (composed) look the same and differ (helper-94)."""
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "café.txt")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / decomposed).write_text("x")
+    assert store.client().upload(str(tmp_path / "src" / decomposed)).ok
+    typed = store.client().download(unicodedata.normalize("NFC", "café.txt"), str(tmp_path / "out"))
+    assert typed.reason == "not_found" and ascii(decomposed) in typed.message and "Unicode form" in typed.message
