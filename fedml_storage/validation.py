@@ -60,7 +60,7 @@ def check_name(name: Any, *, new: bool = False) -> str:
         raise InvalidInput("the data name is shaped like an access key pair (KEY_ID:SECRET), so it is refused and not "
                            "shown: pass a key as api_key (in a pipeline, in its connection or block), never as a name")
     if name in (".", "..") or "/" in name or "\\" in name:
-        raise InvalidInput(f"invalid data name {name!r}: it must be one name, without '/' or '\\\\', and not '.' or "
+        raise InvalidInput(f"invalid data name {name!r}: it must be one name, without '/' or '\\', and not '.' or "
                            "'..' (dots inside a name, as in 'weights.pt', are fine)")
     if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
         raise InvalidInput(f"invalid data name {name!r}: control characters and line breaks are not allowed")
