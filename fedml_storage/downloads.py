@@ -215,8 +215,8 @@ def _fetch(catalog: Catalog, name: str, version: str | None, record: VersionReco
         except ObjectMissing:
             # Most often a writer replaced the dataset (and dropped this data) after we read the catalog:
             # read it again and fetch what it names now.
-            replaced += 1
             fresh = catalog.get(name).find(version)
+            replaced += fresh.key != record.key
             if fresh.key != record.key and replaced == FETCH_ATTEMPTS:
                 raise Conflict(f"{name!r} kept being replaced while downloading it; try again") from None
             if fresh.key == record.key and not doubted and catalog.store.head(record.key) is not None:
