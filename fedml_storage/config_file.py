@@ -14,7 +14,6 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from .backends.s3_client import ca_bundle_path
 from .config import config_path, env_settings, is_unset, read_config_file, refuse_unknown, validate_settings
 from .errors import InvalidInput
 from .locks import exclusive_lock
@@ -82,6 +81,8 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                     data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
             settings = validate_settings(data)
             if not is_unset(updates.get("ca_bundle")):  # told now, not by every call after
+                from .backends.s3_client import ca_bundle_path  # (botocore: imported only when it is needed)
+
                 ca_bundle_path(settings)
             data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
             if "service" in data:

@@ -4,6 +4,8 @@ names no file, refused when it is saved rather than by every later command."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import TEST_API_KEY
@@ -26,3 +28,11 @@ def test_a_ca_bundle_that_names_no_file_is_refused_when_configured(isolated_home
     assert refused.returncode == 1 and "is not a file" in refused.stderr, refused
     assert not (isolated_home / "config.json").exists()  # nothing saved: later commands still work
     assert run("list").returncode == 0
+
+
+def test_importing_the_api_leaves_botocore_for_the_first_remote_call() -> None:
+    """botocore takes a tenth of a second or more to import: the CLI's start and LOCAL-only users need none."""
+    probe = subprocess.run([sys.executable, "-c", "import sys, fedml_storage.api, fedml_storage.cli; "
+                            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'boto3')))"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
