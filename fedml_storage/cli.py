@@ -100,9 +100,10 @@ def cli(ctx: click.Context, service: str | None, namespace: str | None, api_key:
 @click.argument("api_key", required=False)
 @click.pass_obj
 def login(obj: Ctx, api_key: str | None) -> None:
-    """Save the storage API key (else --api-key's or FEDML_STORAGE_API_KEY's; asks for it, hidden, when none is given;
-    reads a line when piped in). With --service, that service becomes the default too."""
-    api_key = api_key or obj.api_key
+    """Save the storage API key (or --api-key's; asks for it, hidden, when none is given; reads a line when piped
+    in). With --service, that service becomes the default too."""
+    given = click.get_current_context().find_root().get_parameter_source("api_key")
+    api_key = api_key or (obj.api_key if given == click.core.ParameterSource.COMMANDLINE else None)
     if api_key is None and not sys.stdin.isatty():  # piped: getpass would warn that it may echo
         click.echo("API key (ACCESS_KEY_ID:SECRET_ACCESS_KEY): ", err=True, nl=False)
         api_key = sys.stdin.readline().strip()
