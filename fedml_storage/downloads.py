@@ -93,7 +93,7 @@ def download(
                 made = _extract(fh, unpacked, name, record, cache is not None)
         stops.check()  # a stopped download leaves dest as it was
         if record.kind == "file":
-            replaced = _place_file(part, target, record, cache)
+            replaced = _file_into_place(part, target, record, cache)
         else:
             mode = download_mode(record)
             row = None if made is None else folder_made(unpacked, mode, made, part)  # while private
@@ -153,7 +153,7 @@ def _extract(fh: BinaryIO, unpacked: Path, name: str, record: VersionRecord, rem
     return made
 
 
-def _place_file(part: Path, target: Path, record: VersionRecord, cache: DigestCache | None) -> bool:
+def _file_into_place(part: Path, target: Path, record: VersionRecord, cache: DigestCache | None) -> bool:
     """Rename the verified `part` to `target`; whether something was replaced."""
     _check_target(target, record.kind)  # again: something may have taken the place meanwhile
     os.chmod(part, download_mode(record))  # mkstemp made it private; a download gets the usual mode
