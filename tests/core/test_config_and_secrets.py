@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import certifi
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -81,6 +83,8 @@ def test_store_settings_without_any_service_are_refused_not_used_on_local(tmp_pa
 
 def test_configured_paths_are_saved_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "certs").mkdir()
+    shutil.copy(certifi.where(), tmp_path / "certs" / "ca.pem")  # configure checks that a ca_bundle holds certificates
     assert api.configure(local_root="stores/team", partial_dir="partial", ca_bundle="certs/ca.pem").ok
     saved = json.loads(config_path().read_text())
     assert (saved["local_root"], saved["partial_dir"], saved["ca_bundle"]) == (
