@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Conflict
-from .removal import mount_points, remove_tree
+from .removal import remove_tree
 from .validation import RESERVED_PREFIX
 
 try:
@@ -254,13 +254,13 @@ def remove(path: Path) -> bool:
     """Remove a file, link or folder (folders best effort); whether it was there and now is gone. Folders made
     read-only inside a copy being replaced are made writable first, as deleting their files needs."""
     if path.is_dir() and not path.is_symlink():
-        if mount_points(path):  # never into a mount, nor opening up its folders below
-            return False
         try:
             remove_tree(path)
-        except OSError:
+        except OSError as exc:
             if not os.path.lexists(path):
                 return False  # its own download removed it meanwhile
+            if exc.errno == errno.EBUSY:  # a mount inside (remove_tree leaves such a tree whole): not opened up either
+                return False
             _make_writable(path)
             remove_tree(path, ignore_errors=True)
         return not os.path.lexists(path)
