@@ -50,7 +50,8 @@ def _remove_killed_writes(folder: Path) -> None:
 
 def overridden_note(fields: Iterable[str]) -> str:
     """'; X, set in the environment, still ...' for saved settings a FEDML_STORAGE_* variable takes precedence over."""
-    names = [env_settings()[f][0] for f in fields if f in env_settings()]
+    env = env_settings()
+    names = [env[f][0] for f in fields if f in env]
     if not names:
         return ""
     one = len(names) == 1
