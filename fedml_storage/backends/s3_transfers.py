@@ -24,10 +24,11 @@ class PlainFiles(OSUtils):
     def open_file_chunk_reader(self, filename, start_byte, size, callbacks):
         f = open_plain(filename)
         try:
-            if start_byte and start_byte >= os.fstat(f.fileno()).st_size:  # a part past its end: it shrank
+            now = os.fstat(f.fileno()).st_size
+            if start_byte and start_byte >= now:  # a part past its end: it shrank
                 raise _shrank(filename)
             f.seek(start_byte)
-            return _WholePart(f, size, os.fstat(f.fileno()).st_size, callbacks, enable_callbacks=False)
+            return _WholePart(f, size, now, callbacks, enable_callbacks=False)
         except BaseException:
             f.close()
             raise
