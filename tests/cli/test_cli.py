@@ -347,7 +347,7 @@ def _core_texts() -> list[str]:
         return None
 
     core = Path(cli.__file__).parent
-    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py") if path.name not in ("cli.py", "cli_words.py")]
+    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py") if not path.name.startswith("cli")]
     return [t for tree in trees for t in map(text, ast.walk(tree)) if t]
 
 
