@@ -13,7 +13,7 @@ import click
 from prettytable import PrettyTable
 
 from . import __version__, api
-from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, JSON, Ctx, emit, finish, parse_service
+from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, JSON, Ctx, emit, finish, key_values, parse_service
 from .cli_data import COMMANDS
 from .cli_words import for_cli
 from .config import config_path
@@ -58,6 +58,19 @@ def login(obj: Ctx, api_key: str | None) -> None:
     click.echo(response.message)
 
 
+def _count_or_clear(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    """A whole number >= 1, or '' (clears the saved one)."""
+    return value if value in (None, "") else click.IntRange(min=1).convert(value, param, ctx)
+
+
+def _other_settings(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """--set KEY=VALUE options (part-size and part_size alike); the API key is only taken by `login`."""
+    given = {key.replace("-", "_"): value for key, value in key_values(values, "--set concurrency=16").items()}
+    if "api_key" in given:  # a command line is kept in shell history and shown to other users by ps
+        raise click.BadParameter("the API key is saved by `fedml-storage login`, which asks for it hidden")
+    return given
+
+
 @cli.command()
 @click.option("--bucket", help="Bucket for S3 and R2.")
 @click.option("--endpoint-url", help="S3 API address of an S3-compatible store (MinIO, Ceph) or of R2.")
@@ -65,14 +78,20 @@ def login(obj: Ctx, api_key: str | None) -> None:
 @click.option("--r2-account-id", help="Cloudflare account id: R2's endpoint is made from it.")
 @click.option("--local-root", type=click.Path(file_okay=False), help="Folder of the LOCAL store.")
 @click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM file of a private CA that signs the endpoint.")
-@click.option("--keep-versions", type=click.IntRange(min=1),
+@click.option("--keep-versions", callback=_count_or_clear, metavar="N",
               help="Versions of each dataset kept downloadable (default 1: the current one).")
+@click.option("--set", "others", multiple=True, callback=_other_settings, metavar="KEY=VALUE",
+              help="Any other setting by its name, e.g. --set concurrency=16 (the keys: `configure --json`); repeat "
+              "for more.")
 @click.option("--json", "as_json", is_flag=True, help="Print settings as JSON.")
 @click.pass_obj
-def configure(obj: Ctx, as_json: bool, **fields: Any) -> None:
+def configure(obj: Ctx, as_json: bool, others: dict[str, str], **fields: Any) -> None:
     """Save default settings (with --service/--namespace too; '' clears one); with no option, show the current
     ones."""
-    updates = {k: v for k, v in {**fields, "service": obj.service, "namespace": obj.namespace}.items() if v is not None}
+    named = {k: v for k, v in {**fields, "service": obj.service, "namespace": obj.namespace}.items() if v is not None}
+    if twice := sorted(set(named) & set(others)):
+        raise click.UsageError(f"{', '.join(twice)} given both as an option and with --set; give each once")
+    updates = {**named, **others}
     if updates:
         finish(api.configure(**updates))
         if not as_json:

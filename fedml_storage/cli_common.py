@@ -53,19 +53,22 @@ def parse_service(ctx: click.Context, param: click.Parameter, value: str | None)
     raise click.BadParameter(f"{value!r} is not one of {', '.join(SERVICES)}", param_hint="'--service'")
 
 
-def parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
-    """--metadata key=value options as a dict (None when none is given)."""
-    if not values:
-        return None
+def key_values(values: tuple[str, ...], example: str) -> dict[str, str]:
+    """KEY=VALUE options as a dict: a usage error for one without '=' or a key given twice."""
     result: dict[str, str] = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not key=value, e.g. --metadata owner=vision")
+            raise click.BadParameter(f"{item!r} is not key=value, e.g. {example}")
         if key.strip() in result:
             raise click.BadParameter(f"{key.strip()!r} is given twice; give each key once")
-        result[key.strip()] = value  # as given: the API keeps a value's spaces too
+        result[key.strip()] = value  # as given: the API keeps a metadata value's spaces too
     return result
+
+
+def parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
+    """--metadata key=value options as a dict (None when none is given)."""
+    return key_values(values, "--metadata owner=vision") or None
 
 
 QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar (also taken before the command).")

@@ -86,8 +86,9 @@ def write_config_file(updates: dict[str, Any]) -> Path:
 
                 ca_bundle_path(settings)
             data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
-            if "service" in data:
-                data["service"] = settings.service  # as it is used: "S3", not " s3 "
+            used = settings.model_dump(mode="json", exclude={"api_key"})
+            for key in set(data) & set(updates) - {"api_key"}:  # as used: "S3", not " s3 "; 16, not "16"
+                data[key] = used[key]
             for key in ("local_root", "partial_dir", "ca_bundle"):  # saved absolute: else they move with the cwd
                 if data.get(key):
                     data[key] = str(Path(data[key]).expanduser().absolute())

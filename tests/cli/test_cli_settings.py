@@ -36,3 +36,34 @@ def test_importing_the_api_leaves_botocore_for_the_first_remote_call() -> None:
                             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'boto3')))"],
                            capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+
+def test_configure_sets_any_setting_and_clears_a_number(isolated_home: Path) -> None:
+    """Transfer tuning had no option (only the environment); `--keep-versions ''` was refused as not a number."""
+    config = isolated_home / "config.json"
+    saved = run("configure", "--set", "concurrency=16", "--set", "part-size=33554432", "--keep-versions", "3")
+    assert saved.returncode == 0, saved.stderr
+    assert "saved concurrency, keep_versions, part_size in" in saved.stdout
+    assert json.loads(config.read_text()) == {"concurrency": 16, "keep_versions": 3, "part_size": 33554432}
+    shown = json.loads(run("configure", "--json").stdout)
+    assert (shown["concurrency"], shown["keep_versions"], shown["part_size"]) == (16, 3, 33554432)
+
+    cleared = run("configure", "--keep-versions", "", "--set", "concurrency=")
+    assert cleared.returncode == 0 and "cleared concurrency, keep_versions in" in cleared.stdout, cleared.stderr
+    assert json.loads(config.read_text()) == {"part_size": 33554432}
+
+
+def test_configure_refuses_bad_settings_and_saves_none_of_them(isolated_home: Path) -> None:
+    config = isolated_home / "config.json"
+    run("configure", "--set", "concurrency=4")
+    for args, code, said in [
+        (["--set", "concurrency=x"], 1, "concurrency: Input should be a valid integer"),
+        (["--set", "nope=1", "--bucket", "b"], 1, "unknown setting(s) ['nope']"),
+        (["--set", "concurrency"], 2, "is not key=value, e.g. --set concurrency=16"),
+        (["--keep-versions", "0"], 2, "0 is not in the range x>=1"),
+        (["--keep-versions", "2", "--set", "keep_versions=3"], 2, "keep_versions given both as an option and with"),
+        (["--set", f"api-key={TEST_API_KEY}"], 2, "the API key is saved by `fedml-storage login`"),
+    ]:
+        refused = run("configure", *args)
+        assert refused.returncode == code and said in refused.stderr, (args, refused.stderr)
+        assert json.loads(config.read_text()) == {"concurrency": 4}, args
