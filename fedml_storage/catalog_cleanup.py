@@ -15,7 +15,8 @@ log = logging.getLogger("fedml_storage")
 
 def cleanup(catalog: Catalog, older_than_seconds: float) -> dict[str, int]:
     """Remove, once older than the grace period: data no manifest references, probe objects of store checks, and
-    the store's own leftovers (remove_leftovers); counts of what was removed and what could not be."""
+    the store's own leftovers (remove_leftovers); counts of what was removed, what could not be, and the store's
+    leftovers kept as younger than the grace period (uploads that may still be running)."""
     if isinstance(older_than_seconds, bool) or not isinstance(older_than_seconds, (int, float)) \
             or not older_than_seconds >= 0:
         raise InvalidInput("older_than_seconds must be a number of seconds >= 0 (use 0 only while no upload runs)")
@@ -33,13 +34,13 @@ def cleanup(catalog: Catalog, older_than_seconds: float) -> dict[str, int]:
     orphans += _stale_probes(catalog, cutoff)
     failed = catalog.store.delete_many(orphans)
     removed = len(orphans) - len(failed)
-    extra, not_removed = catalog.store.remove_leftovers(catalog.data_prefix, cutoff)
-    failed += not_removed
+    store_leftovers = catalog.store.remove_leftovers(catalog.data_prefix, cutoff)
+    failed += store_leftovers.failed
     if failed:
         log.warning("cleanup could not remove %d object(s), e.g. %s; check you (or the key) may delete them",
                     len(failed), failed[0])
-    return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": extra,
-            "objects_not_removed": len(failed)}
+    return {"orphaned_objects_removed": removed, "incomplete_uploads_removed": store_leftovers.removed,
+            "objects_not_removed": len(failed), "incomplete_uploads_kept": store_leftovers.kept}
 
 
 def _stale_probes(catalog: Catalog, cutoff: float) -> list[str]:

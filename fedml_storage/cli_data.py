@@ -169,7 +169,7 @@ def cleanup(obj: Ctx, older_than: float, as_json: bool) -> None:
     if as_json:
         emit(counts)
     else:
-        click.echo(response.message)
+        click.echo(for_cli(response.message))
     if counts["objects_not_removed"]:  # the core's warning said which
         sys.exit(EXIT_FAILURE)
 

@@ -310,7 +310,10 @@ class StorageClient:
         """
         return self._run("cleanup", lambda: cleanup(self._catalog(), older_than_seconds), lambda counts: (
             f"cleanup removed {counts['orphaned_objects_removed']} unreferenced object(s) and "
-            f"{counts['incomplete_uploads_removed']} incomplete upload(s)"))
+            f"{counts['incomplete_uploads_removed']} incomplete upload(s)" + (
+                f"; kept {kept} incomplete upload(s) written to in the last {older_than_seconds:g} s, which may "
+                "still be running (once no upload runs, cleanup(older_than_seconds=0) removes them)"
+                if (kept := counts["incomplete_uploads_kept"]) else "")))
 
     def check(self) -> FedMLResponse:
         """Try on a probe object what fedml-storage needs of the store (writes, reads, listings, deletes, and

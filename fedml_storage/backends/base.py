@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from .. import stops
 
@@ -94,6 +94,15 @@ class ObjectMissing(KeyError):
     """The key does not exist."""
 
 
+class Leftovers(NamedTuple):
+    """What a store's remove_leftovers did: how many it removed, what it could not remove, and how many it kept as
+    changed within the grace period (writes that may still be running)."""
+
+    removed: int = 0
+    failed: tuple[str, ...] = ()
+    kept: int = 0
+
+
 class ObjectStore(ABC):
     """Put, get, head, list, delete and conditional put of keyed objects."""
 
@@ -151,10 +160,10 @@ class ObjectStore(ABC):
                 failed.append(key)
         return failed
 
-    def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
-        """Remove what interrupted writes left in this kind of store, unchanged since `older_than` (epoch seconds):
-        how many were removed, and what could not be. Nothing by default."""
-        return 0, []
+    def remove_leftovers(self, data_prefix: str, older_than: float) -> Leftovers:
+        """Remove what interrupted writes left in this kind of store, unchanged since `older_than` (epoch seconds).
+        Nothing by default."""
+        return Leftovers()
 
     def close(self) -> None:
         """Release connections and threads."""

@@ -15,7 +15,7 @@ from .. import stops
 from ..errors import InvalidInput, PreconditionFailed
 from ..locks import exclusive_lock
 from ..modes import open_plain, umask
-from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
+from .base import Leftovers, ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
 CHUNK = 8 * 1024 * 1024
 TMP_DIR = ".tmp"
@@ -166,17 +166,18 @@ class LocalStore(ObjectStore):
                 return
             folder = folder.parent
 
-    def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
+    def remove_leftovers(self, data_prefix: str, older_than: float) -> Leftovers:
         """Temp files of interrupted writes, then empty folders killed uploads left under `data_prefix`."""
         removed, failed = 0, []
-        for path in self._stale_temp_files(older_than):
+        stale, young = self._temp_files(older_than)
+        for path in stale:
             try:
                 path.unlink(missing_ok=True)
                 removed += 1
             except OSError:  # another user's, in a shared LOCAL store's sticky .tmp folder
                 failed.append(str(path))
         self._prune_empty_folders(data_prefix, older_than)
-        return removed, failed
+        return Leftovers(removed, tuple(failed), young)
 
     def _prune_empty_folders(self, prefix: str, older_than: float) -> None:
         """Remove empty folders under `prefix` unchanged since `older_than` (epoch seconds): killed uploads
@@ -191,16 +192,19 @@ class LocalStore(ObjectStore):
                 with contextlib.suppress(OSError):  # not empty, or gone
                     os.rmdir(dirpath)
 
-    def _stale_temp_files(self, older_than: float) -> list[Path]:
-        """Temp files left by interrupted writes, older than `older_than` (epoch seconds)."""
-        stale = []
+    def _temp_files(self, older_than: float) -> tuple[list[Path], int]:
+        """Temp files of writes, those unchanged since `older_than` (epoch seconds: left by interrupted writes), and
+        how many others there are."""
+        stale, young = [], 0
         for path in (self.root / TMP_DIR).iterdir():
             try:
                 if path.stat().st_mtime < older_than:
                     stale.append(path)
+                else:
+                    young += 1
             except FileNotFoundError:
                 pass  # a write just finished with it
-        return stale
+        return stale, young
 
 
 def _absent(exc: OSError) -> bool:

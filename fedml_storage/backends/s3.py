@@ -17,7 +17,7 @@ from ..abandon import parallel_map
 from ..advice import NO_BUCKET
 from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, TransientError
-from .base import ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
+from .base import Leftovers, ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import (RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, Unanswered, fetch_ranges,
                      ranges_pay)
 from .responses import register as check_responses
@@ -283,22 +283,23 @@ class S3Store(ObjectStore):
                 failed += [e["Key"] for e in resp.get("Errors", []) if e.get("Code") not in MISSING_CODES]
         return failed
 
-    def remove_leftovers(self, data_prefix: str, older_than: float) -> tuple[int, list[str]]:
+    def remove_leftovers(self, data_prefix: str, older_than: float) -> Leftovers:
         """Multipart uploads under `data_prefix` that interrupted uploads left (none for a key that may not list or
         abort them: said in a warning, the rest of a cleanup stands)."""
         try:
-            return self._abort_stale_uploads(data_prefix, older_than), []
+            return self._abort_stale_uploads(data_prefix, older_than)
         except AccessDenied as exc:
             log.warning("cleanup left incomplete multipart uploads alone: %s. Listing and aborting them needs the "
                         "s3:ListBucketMultipartUploads and s3:AbortMultipartUpload permissions (or let a lifecycle "
                         "rule, AbortIncompleteMultipartUpload, remove them)", exc)
-            return 0, []
+            return Leftovers()
 
-    def _abort_stale_uploads(self, prefix: str, older_than: float) -> int:
+    def _abort_stale_uploads(self, prefix: str, older_than: float) -> Leftovers:
         """Abort multipart uploads under `prefix` idle since before `older_than` (started then, and no part
-        since: a long upload still sending parts is left alone); how many."""
+        since: a long upload still sending parts is kept)."""
 
-        def abort_if_idle(upload: dict) -> bool:
+        def abort_if_idle(upload: dict) -> bool | None:
+            """True when aborted, False when kept (a part came since), None when it ended meanwhile."""
             key, upload_id = upload["Key"], upload["UploadId"]
             try:
                 if self._last_part_at(key, upload_id) >= older_than:
@@ -306,15 +307,17 @@ class S3Store(ObjectStore):
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                    return False  # completed or aborted meanwhile
+                    return None  # completed or aborted meanwhile
                 raise
             return True
 
         with _translate(prefix, self._location):
             paginator = self._client.get_paginator("list_multipart_uploads")
-            old = [upload for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
-                   for upload in page.get("Uploads", []) if upload["Initiated"].timestamp() < older_than]
-            return sum(parallel_map(abort_if_idle, old, self._concurrency, "fedml-storage-cleanup"))
+            uploads = [upload for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+                       for upload in page.get("Uploads", [])]
+            old = [upload for upload in uploads if upload["Initiated"].timestamp() < older_than]
+            done = parallel_map(abort_if_idle, old, self._concurrency, "fedml-storage-cleanup")
+            return Leftovers(removed=done.count(True), kept=len(uploads) - len(old) + done.count(False))
 
     def _last_part_at(self, key: str, upload_id: str) -> float:
         """When the newest part of a multipart upload arrived (0 when it has none)."""

@@ -32,13 +32,6 @@ def run(*args: str, env: dict | None = None, stdin: str = "", cwd: Path | None =
     return proc
 
 
-@pytest.fixture(params=["LOCAL", "S3"])
-def backend_env(request) -> dict[str, str]:
-    if request.param == "LOCAL":
-        return {}
-    return request.getfixturevalue("s3_env")
-
-
 def test_upload_list_metadata_download_delete(backend_env: dict, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "dataset")
     up = run("upload", str(src), "--description", "cli data", "--tag", "a", "--tag", "b",
@@ -167,29 +160,6 @@ def test_the_cores_warnings_are_shown(isolated_home: Path) -> None:
     typo = run("list", env={"FEDML_STORAGE_SERVCE": "S3"})
     assert typo.returncode == 0
     assert "warning: ignoring FEDML_STORAGE_SERVCE" in typo.stderr and "FEDML_STORAGE_SERVICE" in typo.stderr
-
-
-def test_cleanup_removes_unpublished_leftovers_and_keeps_datasets(backend_env: dict, tmp_path: Path) -> None:
-    from fedml_storage import StorageClient
-
-    src = make_tree(tmp_path / "kept")
-    assert run("upload", str(src), env=backend_env).returncode == 0
-    with StorageClient() as client:  # the same settings, from the environment
-        store = client._catalog().store
-        ghost = "default/data/ghost/20260101T000000000000Z-0123abcd/ghost.bin"
-        store.write_bytes(ghost, b"left by a killed upload")
-        keys = sorted(o.key for o in store.list("default/"))
-    bad = run("cleanup", "--older-than", "-1", env=backend_env)
-    assert bad.returncode == 2 and "--older-than" in bad.stderr
-    kept = run("cleanup", env=backend_env)  # the default grace period: an hour, so nothing yet
-    assert kept.returncode == 0 and "removed 0 unreferenced object(s)" in kept.stdout
-    done = json.loads(run("cleanup", "--older-than", "0", "--json", env=backend_env).stdout)
-    assert done == {"orphaned_objects_removed": 1, "incomplete_uploads_removed": 0, "objects_not_removed": 0}
-    with StorageClient() as client:
-        assert sorted(o.key for o in client._catalog().store.list("default/")) == \
-            [k for k in keys if "/ghost/" not in k]
-    got = run("download", "kept", "--dest", str(tmp_path / "out"), env=backend_env)
-    assert got.returncode == 0 and tree_bytes(tmp_path / "out" / "kept") == tree_bytes(src)
 
 
 def test_upload_leaves_out_what_ignore_patterns_match(tmp_path: Path) -> None:

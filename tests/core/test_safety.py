@@ -17,7 +17,6 @@ import pytest
 from fedml_storage import StorageClient
 from fedml_storage.api.fedml_response import ResponseCode
 
-from tests.conftest import s3_client
 
 from .conftest import Store, make_tree, plant_archive, tree_bytes, zip_of
 
@@ -41,24 +40,6 @@ def test_corrupted_object_fails_and_leaves_nothing(store: Store, tmp_path: Path)
     assert list(dest.iterdir()) == []
     assert "delete('ds')" in response.message  # the advice works:
     assert client.delete("ds").ok and client.upload(src).ok and client.download("ds", dest).ok
-
-
-def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from fedml_storage.backends.local import LocalStore
-    from fedml_storage.catalog import Catalog
-    from fedml_storage.catalog_cleanup import cleanup
-
-    class Stubborn(LocalStore):  # a store that refuses some deletions, as S3 reports per key
-        def delete_many(self, keys: list[str]) -> list[str]:
-            super().delete_many(keys[1:])
-            return keys[:1]
-
-    store = Stubborn(tmp_path / "store")
-    for n in range(3):
-        store.write_bytes(f"default/data/gone{n}/20260101T000000000000Z-0123abc{n}/f", b"x")
-    result = cleanup(Catalog(store, "default"), older_than_seconds=0)
-    assert result["orphaned_objects_removed"] == 2 and result["objects_not_removed"] == 1
-    assert "could not remove 1 object" in caplog.text
 
 
 def test_failed_download_removes_the_folders_it_created(store: Store, tmp_path: Path) -> None:
@@ -258,32 +239,6 @@ def test_stored_data_of_the_wrong_size_is_reported_as_corrupt(store: Store, tmp_
     assert not (tmp_path / "bad").exists()
 
 
-def test_cleanup_refuses_a_grace_period_that_is_not_a_number(store: Store, tmp_path: Path) -> None:
-    client = store.client()
-    assert client.upload(make_tree(tmp_path / "kept")).ok
-    keys = store.keys()
-    for bad in (-1, "3600", None, True, float("nan")):
-        response = client.cleanup(older_than_seconds=bad)
-        assert not response.ok and response.reason == "invalid_input" and "older_than_seconds" in response.message
-    assert store.keys() == keys
-
-
-def test_cleanup_with_nothing_old_reads_no_catalog_entry(store: Store, tmp_path: Path, monkeypatch) -> None:
-    from fedml_storage.catalog import Catalog
-
-    client = store.client()
-    for i in range(3):
-        assert client.upload(make_tree(tmp_path / f"ds{i}")).ok
-    reads = []
-    original = Catalog._read_raw
-    monkeypatch.setattr(Catalog, "_read_raw", lambda self, name: reads.append(name) or original(self, name))
-    done = client.cleanup(older_than_seconds=3600)
-    assert done.ok and done.data["orphaned_objects_removed"] == 0 and reads == []
-    keys = store.keys()
-    assert client.cleanup(older_than_seconds=0).ok and sorted(reads) == ["ds0", "ds1", "ds2"]
-    assert store.keys() == keys  # all of it referenced
-
-
 def test_a_name_stored_with_the_reserved_prefix_stays_deletable(store: Store, tmp_path: Path) -> None:
     name = ".fedml-download-old"  # reserved later for download temp files
     plant_archive(store, name, zip_of([("a.txt", b"old")]), 3)
@@ -320,44 +275,6 @@ def test_slow_stream_hands_the_rest_to_parallel_ranges(s3_store: Store, tmp_path
     assert not bad.ok and "corrupt" in bad.message and not (tmp_path / "bad").exists()
 
 
-def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store) -> None:
-    s3 = s3_client(s3_store.endpoint)
-    bucket = s3_store.bucket
-
-    def start(key: str) -> str:
-        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1024)
-        return upload_id
-
-    idle = start("default/data/idle/v1/idle")
-    active = s3.create_multipart_upload(Bucket=bucket, Key="default/data/busy/v1/busy")["UploadId"]
-    time_module.sleep(2.5)
-    s3.upload_part(Bucket=bucket, Key="default/data/busy/v1/busy", UploadId=active, PartNumber=1, Body=b"y" * 1024)
-    # both started over 2 s ago; only the idle one has sent nothing since
-    result = s3_store.client().cleanup(older_than_seconds=2)
-    assert result.ok and result.data["incomplete_uploads_removed"] == 1
-    left = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
-    assert left == [active] and idle not in left
-
-
-def test_cleanup_counts_an_upload_finished_meanwhile_as_done(s3_store: Store, monkeypatch) -> None:
-    from fedml_storage.backends.s3 import S3Store
-
-    s3 = s3_client(s3_store.endpoint)
-    key = "default/data/racing/v1/racing"
-    s3.create_multipart_upload(Bucket=s3_store.bucket, Key=key)
-    real_last_part_at = S3Store._last_part_at
-
-    def finished_meanwhile(self, key: str, upload_id: str) -> float:
-        when = real_last_part_at(self, key, upload_id)
-        s3.abort_multipart_upload(Bucket=s3_store.bucket, Key=key, UploadId=upload_id)  # another actor ends it
-        return when
-
-    monkeypatch.setattr(S3Store, "_last_part_at", finished_meanwhile)
-    result = s3_store.client().cleanup(older_than_seconds=0)
-    assert result.ok and result.data["incomplete_uploads_removed"] == 0, result.message
-
-
 def test_local_write_survives_a_concurrent_prune(tmp_path: Path, monkeypatch) -> None:
     import fedml_storage.backends.local as local
 
@@ -375,18 +292,3 @@ def test_local_write_survives_a_concurrent_prune(tmp_path: Path, monkeypatch) ->
     assert len(calls) == 2
     assert (tmp_path / "store" / "ns" / "manifests" / "a.json").read_bytes() == b"data"
     assert [o.key for o in store.list("ns/")] == ["ns/manifests/a.json"]
-
-
-def test_cleanup_never_takes_a_short_listing_of_the_catalog_for_the_truth(store: Store, tmp_path: Path,
-                                                                            monkeypatch) -> None:
-    from fedml_storage.catalog import Catalog
-
-    client = store.client()
-    assert client.upload(make_tree(tmp_path / "kept")).ok
-    data = [k for k in store.keys() if "/data/" in k]
-    monkeypatch.setattr(Catalog, "_listed", lambda self, starting: iter(()))  # the listing came back empty
-    response = client.cleanup(older_than_seconds=0)
-    assert response.ok and response.data["orphaned_objects_removed"] == 0, response.message
-    assert [k for k in store.keys() if "/data/" in k] == data
-    monkeypatch.undo()
-    assert client.download("kept", tmp_path / "out").ok

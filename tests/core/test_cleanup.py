@@ -1,0 +1,110 @@
+"""cleanup: what interrupted uploads left is removed once older than the grace period; published data never is."""
+
+from __future__ import annotations
+
+import time as time_module
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import s3_client
+
+from .conftest import Store, make_tree
+
+
+def test_cleanup_counts_only_what_the_store_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.catalog import Catalog
+    from fedml_storage.catalog_cleanup import cleanup
+
+    class Stubborn(LocalStore):  # a store that refuses some deletions, as S3 reports per key
+        def delete_many(self, keys: list[str]) -> list[str]:
+            super().delete_many(keys[1:])
+            return keys[:1]
+
+    store = Stubborn(tmp_path / "store")
+    for n in range(3):
+        store.write_bytes(f"default/data/gone{n}/20260101T000000000000Z-0123abc{n}/f", b"x")
+    result = cleanup(Catalog(store, "default"), older_than_seconds=0)
+    assert result["orphaned_objects_removed"] == 2 and result["objects_not_removed"] == 1
+    assert "could not remove 1 object" in caplog.text
+
+
+def test_cleanup_refuses_a_grace_period_that_is_not_a_number(store: Store, tmp_path: Path) -> None:
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "kept")).ok
+    keys = store.keys()
+    for bad in (-1, "3600", None, True, float("nan")):
+        response = client.cleanup(older_than_seconds=bad)
+        assert not response.ok and response.reason == "invalid_input" and "older_than_seconds" in response.message
+    assert store.keys() == keys
+
+
+def test_cleanup_with_nothing_old_reads_no_catalog_entry(store: Store, tmp_path: Path, monkeypatch) -> None:
+    from fedml_storage.catalog import Catalog
+
+    client = store.client()
+    for i in range(3):
+        assert client.upload(make_tree(tmp_path / f"ds{i}")).ok
+    reads = []
+    original = Catalog._read_raw
+    monkeypatch.setattr(Catalog, "_read_raw", lambda self, name: reads.append(name) or original(self, name))
+    done = client.cleanup(older_than_seconds=3600)
+    assert done.ok and done.data["orphaned_objects_removed"] == 0 and reads == []
+    keys = store.keys()
+    assert client.cleanup(older_than_seconds=0).ok and sorted(reads) == ["ds0", "ds1", "ds2"]
+    assert store.keys() == keys  # all of it referenced
+
+
+def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store) -> None:
+    s3 = s3_client(s3_store.endpoint)
+    bucket = s3_store.bucket
+
+    def start(key: str) -> str:
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1024)
+        return upload_id
+
+    idle = start("default/data/idle/v1/idle")
+    active = s3.create_multipart_upload(Bucket=bucket, Key="default/data/busy/v1/busy")["UploadId"]
+    time_module.sleep(2.5)
+    s3.upload_part(Bucket=bucket, Key="default/data/busy/v1/busy", UploadId=active, PartNumber=1, Body=b"y" * 1024)
+    # both started over 2 s ago; only the idle one has sent nothing since
+    result = s3_store.client().cleanup(older_than_seconds=2)
+    assert result.ok and result.data["incomplete_uploads_removed"] == 1
+    assert result.data["incomplete_uploads_kept"] == 1 and "kept 1 incomplete upload(s)" in result.message
+    left = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left == [active] and idle not in left
+
+
+def test_cleanup_counts_an_upload_finished_meanwhile_as_done(s3_store: Store, monkeypatch) -> None:
+    from fedml_storage.backends.s3 import S3Store
+
+    s3 = s3_client(s3_store.endpoint)
+    key = "default/data/racing/v1/racing"
+    s3.create_multipart_upload(Bucket=s3_store.bucket, Key=key)
+    real_last_part_at = S3Store._last_part_at
+
+    def finished_meanwhile(self, key: str, upload_id: str) -> float:
+        when = real_last_part_at(self, key, upload_id)
+        s3.abort_multipart_upload(Bucket=s3_store.bucket, Key=key, UploadId=upload_id)  # another actor ends it
+        return when
+
+    monkeypatch.setattr(S3Store, "_last_part_at", finished_meanwhile)
+    result = s3_store.client().cleanup(older_than_seconds=0)
+    assert result.ok and result.data["incomplete_uploads_removed"] == 0, result.message
+
+
+def test_cleanup_never_takes_a_short_listing_of_the_catalog_for_the_truth(store: Store, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from fedml_storage.catalog import Catalog
+
+    client = store.client()
+    assert client.upload(make_tree(tmp_path / "kept")).ok
+    data = [k for k in store.keys() if "/data/" in k]
+    monkeypatch.setattr(Catalog, "_listed", lambda self, starting: iter(()))  # the listing came back empty
+    response = client.cleanup(older_than_seconds=0)
+    assert response.ok and response.data["orphaned_objects_removed"] == 0, response.message
+    assert [k for k in store.keys() if "/data/" in k] == data
+    monkeypatch.undo()
+    assert client.download("kept", tmp_path / "out").ok
