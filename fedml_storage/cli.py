@@ -29,7 +29,8 @@ from .response import FedMLResponse
 @click.option("--api-key", envvar="FEDML_STORAGE_API_KEY", show_envvar=True,
               help="ACCESS_KEY_ID:SECRET_ACCESS_KEY (prefer `login` or the environment variable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors, and the debug log.")
+@click.option("--debug", is_flag=True,
+              help="Show tracebacks of unexpected errors, and fedml-storage's own debug messages (not each request).")
 @click.version_option(__version__, prog_name="fedml-storage")
 @click.pass_context
 def cli(ctx: click.Context, service: str | None, namespace: str | None, api_key: str | None, quiet: bool,
