@@ -317,7 +317,8 @@ def _core_texts() -> list[str]:
         return None
 
     core = Path(cli.__file__).parent
-    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py") if not path.name.startswith("cli")]
+    trees = [ast.parse(path.read_text()) for path in core.rglob("*.py")
+             if path.stem != "cli" and not path.stem.startswith("cli_")]  # (client.py is the core's)
     return [t for tree in trees for t in map(text, ast.walk(tree)) if t]
 
 
