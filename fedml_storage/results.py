@@ -68,15 +68,18 @@ def _rebuild(cls, value, details):
 
 
 class UploadResult(_Detailed):
-    """The stored object's URI, with name, version, digests, sizes and whether it was skipped."""
+    """The stored object's URI, with name, version, digests, sizes, whether its data was skipped as unchanged, and
+    which catalog fields such an upload updated (`updated`: description, tags, metadata)."""
 
     _fields = ("name", "uri", "version", "sha256", "content_digest", "size", "source_size", "file_count",
-               "kind", "skipped", "seconds", "service", "namespace", "left_out", "ignored")
+               "kind", "skipped", "seconds", "service", "namespace", "left_out", "ignored", "updated")
 
     def summary(self) -> str:
         """One log line."""
         if self.skipped:
-            line = f"skipped upload of {self.name!r}: unchanged, nothing sent (version {self.version})"
+            line = f"skipped upload of {self.name!r}: data unchanged, none sent (version {self.version})"
+            if self.updated:  # only the catalog entry was written
+                line += f"; updated its {' and '.join(self.updated)}"
         else:
             rate = human_size(int(self.size / self.seconds)) + "/s" if self.seconds else "at once"
             what = human_size(self.size)  # what was stored

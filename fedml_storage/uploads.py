@@ -105,7 +105,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
 
     dropped: list[str] = []
     try:
-        if not (skipped and found is not None and fields.kept_by(found[0])):  # a no-op upload writes nothing
+        if not (skipped and found is not None and not fields.changed(found[0])):  # a no-op upload writes nothing
             recent = time.monotonic() - read_at < FRESH_READ_SECONDS
             _, dropped = catalog.commit(name, build, found if recent else UNREAD)
     except BaseException as exc:
@@ -118,7 +118,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
         file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
         service=settings.service, namespace=catalog.namespace, left_out=tree.left_out if tree else [],
-        ignored=tree.ignored if tree else 0,
+        ignored=tree.ignored if tree else 0, updated=fields.changed(found[0] if found else None) if skipped else [],
     )
 
 
@@ -130,11 +130,13 @@ class _Fields:
     tags: list[str] | None
     metadata: dict | None
 
-    def kept_by(self, stored: Manifest) -> bool:
-        """Whether `stored` holds these fields already."""
-        return all(new is None or new == old for new, old in ((self.description, stored.description),
-                                                              (self.tags, stored.tags),
-                                                              (self.metadata, stored.user_metadata)))
+    def changed(self, stored: Manifest | None) -> list[str]:
+        """The fields `stored` does not hold already (all given ones when nothing is stored)."""
+        return [field for field, new, old in (
+            ("description", self.description, stored and stored.description),
+            ("tags", self.tags, stored and stored.tags),
+            ("metadata", self.metadata, stored and stored.user_metadata),
+        ) if new is not None and (stored is None or new != old)]
 
 
 def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules | None, own: tuple[Path, ...]
