@@ -51,6 +51,18 @@ def test_a_delete_of_a_name_missing_its_extension_says_which_was_meant(tmp_path:
     assert client.delete("gone", missing_ok=True).data is False and not caplog.records  # a retry's delete: quiet
 
 
+def test_the_hint_for_a_folder_named_with_a_dot_gives_no_file_reason(tmp_path: Path) -> None:
+    """A folder stored as 'm.zip' was hinted at with "a file keeps its extension": its name is as it was given."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x.txt").write_text("x")
+    client = StorageClient(service="LOCAL")
+    assert client.upload(str(tmp_path / "folder"), "m.zip").ok
+    assert "(did you mean 'm.zip'?)" in client.get_metadata("m").message
+    (tmp_path / "m.csv").write_text("a,b")
+    assert client.upload(str(tmp_path / "m.csv")).ok
+    assert "(did you mean 'm.csv' or 'm.zip'? a file keeps its extension)" in client.get_metadata("m").message
+
+
 def test_from_the_strings_alone_what_is_no_path_or_name_tells_nothing() -> None:
     for path, name in ((b"data", None), (7, None), ("data", 7), ("data", ["a"])):
         assert planned_name(path, name, on_disk=False) is None and planned_name(path, name) is None
