@@ -184,11 +184,17 @@ class Catalog:
                 if (other := unicodedata.normalize(form, name)) != name and self._read_raw(other) is not None:
                     return f" (stored as {ascii(other)}: the same text in another Unicode form, {form}; pass that)"
             close = [other for other, _ in itertools.islice(self._listed(f"{name}."), 3)]
-            files = [other for other in close if (found := self.read(other)) and found[0].current.kind == "file"]
         except Exception:  # a hint must never turn "not found" into another failure
             return ""
-        why = " a file keeps its extension" if files else ""  # (a folder's name is as it was given)
+        why = " a file keeps its extension" if any(map(self._a_file, close)) else ""  # a folder's is as given
         return f" (did you mean {' or '.join(map(repr, close))}?{why})" if close else ""
+
+    def _a_file(self, name: str) -> bool:
+        """Whether `name` is stored as a file (False when that cannot be read)."""
+        try:
+            return (found := self.read(name)) is not None and found[0].current.kind == "file"
+        except Exception:  # for a hint only
+            return False
 
     def commit(self, name: str, build: Callable[[Manifest | None], Manifest | None],
                known: tuple[Manifest, str] | None | Unread = UNREAD) -> tuple[Manifest, list[str]]:
