@@ -30,7 +30,7 @@ from .results import DownloadResult, Readiness, StorageMetadata, asset_uri, huma
 from .store_check import check_store
 from .uploads import UploadRequest
 from .uploads import upload as _upload
-from .validation import check_name, check_prefix
+from .validation import check_name, check_prefix, metadata_value_as_stored
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ class StorageClient:
 
     def ready(self, data_name: str, metadata_key: str | None = None,
               metadata_value: str | None = None, *, version: str | None = None) -> FedMLResponse:
-        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given) and,
-        given `version`, that version kept (downloadable).
+        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given: a number is
+        compared as its text) and, given `version`, that version kept (downloadable).
 
         data is a Readiness (with the version and SHA-256 a download would get now); a name not stored yet is a
         success with `ready` False, what a sensor waits on.
@@ -274,6 +274,7 @@ class StorageClient:
             if version is not None and (given := malformed_version(version)) is not None:
                 raise InvalidInput(f"{given} is not a version id, so it can never be stored (a template that rendered "
                                    "'None'?); pass the `version` an upload returned, or None for any version")
+            wanted = metadata_value_as_stored(metadata_value)
             catalog = self._catalog()
             found = catalog.read(name)  # one read: the name and its metadata from the same manifest
             if found is None:
@@ -296,7 +297,7 @@ class StorageClient:
             if metadata_key is None:
                 return Readiness(True, f"dataset {name!r} version {pinned[0]} is stored", *pinned)
             value = manifest.user_metadata.get(metadata_key)
-            ok = value is not None if metadata_value is None else value == metadata_value
+            ok = value is not None if wanted is None else value == wanted
             return Readiness(ok, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ok else 'waiting'})",
                              *pinned)
 

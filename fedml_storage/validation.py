@@ -107,6 +107,17 @@ def check_metadata(metadata: Any) -> dict[str, str] | None:
     return dict(metadata)
 
 
+def metadata_value_as_stored(value: Any) -> str | None:
+    """A value to compare with stored user metadata, whose values are strings: a number as its text (a template
+    rendered as a native object turns "3" into 3); anything else but a string or None is refused."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidInput(f"metadata_value {value!r} is a {type(value).__name__}, never stored: user-metadata values are "
+                       "strings; pass the text the upload stored (e.g. 'true')")
+
+
 def check_tags(tags: Any) -> list[str] | None:
     """Tags: a list of non-empty strings, at most MAX_TAGS different ones of at most MAX_TAG_LENGTH characters."""
     if tags is None:

@@ -124,6 +124,7 @@ def test_the_clients_repr_masks_credentials_typed_into_the_endpoint(monkeypatch:
     (None, "done", "metadata_value 'done' needs metadata_key"),
     ("", None, "metadata_key is empty"),
     ("  ", "done", "metadata_key is empty"),
+    ("status", True, "metadata_value True is a bool, never stored: user-metadata values are strings"),
 ])
 def test_sensor_arguments_that_can_never_be_met_fail_the_task(tmp_path: Path, key: str | None, value: str | None,
                                                               words: str) -> None:
@@ -133,6 +134,14 @@ def test_sensor_arguments_that_can_never_be_met_fail_the_task(tmp_path: Path, ke
     sensor = FedMLStorageDatasetSensor(task_id="wait", name="ds", metadata_key=key, metadata_value=value)
     with pytest.raises(AirflowFailException, match=words):
         sensor.poke({})
+
+
+def test_a_sensor_value_rendered_as_a_number_matches_its_stored_text(tmp_path: Path) -> None:
+    """With render_template_as_native_obj, "{{ params.epoch }}" renders 3: the sensor waited for ever ('3' != 3)."""
+    (tmp_path / "ds").mkdir()
+    FedMLStorageHook().upload(str(tmp_path / "ds"), metadata={"epoch": "3"})
+    assert FedMLStorageDatasetSensor(task_id="wait", name="ds", metadata_key="epoch", metadata_value=3).poke({})
+    assert not FedMLStorageDatasetSensor(task_id="wait", name="ds", metadata_key="epoch", metadata_value=4).poke({})
 
 
 @pytest.mark.parametrize("mode", ["soft_fail", "never_fail"])
