@@ -24,6 +24,15 @@ log = logging.getLogger("fedml_storage")
 SERVICES = ("LOCAL", "S3", "R2")
 ENV_PREFIX = "FEDML_STORAGE_"
 MiB = 1024 * 1024
+SIZE_SETTINGS = ("part_size", "download_threshold", "download_part_size", "stream_min_rate")  # bytes, or with a unit
+
+
+def size_in_bytes(field: str, value: Any) -> Any:
+    """A size setting's value in bytes when it is text with a unit ('16MiB'; '128 MiB/s' for stream_min_rate);
+    anything else as it is, for the field's own check. Raises ValueError for text that is no size."""
+    if field == "stream_min_rate" and isinstance(value, str):
+        value = value.strip().removesuffix("/s")  # as the settings table writes it
+    return byte_size(value)
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _R2_ACCOUNT_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -115,12 +124,10 @@ class StorageSettings(BaseModel):
             return value.strip() or None
         return value
 
-    @field_validator("part_size", "download_threshold", "download_part_size", "stream_min_rate", mode="before")
+    @field_validator(*SIZE_SETTINGS, mode="before")
     @classmethod
     def _bytes(cls, value: Any, info: ValidationInfo) -> Any:
-        if info.field_name == "stream_min_rate" and isinstance(value, str):
-            value = value.strip().removesuffix("/s")  # '128 MiB/s', as the settings table writes it
-        return byte_size(value)
+        return size_in_bytes(info.field_name, value)
 
     @field_validator("compression", "checksum_calculation", mode="before")
     @classmethod

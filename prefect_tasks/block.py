@@ -11,14 +11,14 @@ from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
-from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Reason, ResponseCode, StorageClient,
                            StorageSettings, is_unset)
 from fedml_storage.advice import kept_in, relative_paths, unattended_dest
 from fedml_storage.api_keys import check_api_key
-from fedml_storage.config import SERVICES, setting_hints
+from fedml_storage.config import SERVICES, SIZE_SETTINGS, setting_hints, size_in_bytes
 
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.I)  # a secret's field by another name (aws_secret_...)
 
@@ -184,6 +184,12 @@ upload_data("data/mnist", storage=storage)
             except ValidationError as exc:
                 raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return value
+
+    @field_validator(*SIZE_SETTINGS, mode="before")
+    @classmethod
+    def _bytes(cls, value: Any, info: ValidationInfo) -> Any:
+        """Sizes with a unit ('64MiB'), as the core and an Airflow connection's extra take them."""
+        return size_in_bytes(info.field_name, value)
 
     @field_validator("service", mode="before")
     @classmethod

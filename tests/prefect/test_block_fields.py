@@ -61,6 +61,18 @@ def test_block_fields_take_any_case_and_blank_is_unset() -> None:
         assert (client.settings.namespace, client.settings.service) == ("team-a", "LOCAL")
 
 
+def test_block_sizes_take_a_unit_as_the_core_does() -> None:
+    """'64MiB' was refused as "Input should be a valid integer", which the settings table and a connection take."""
+    block = FedMLStorage(service="LOCAL", part_size="64MiB", download_threshold=" 2GiB ", stream_min_rate="128 MiB/s",
+                         download_part_size=8388608)
+    assert (block.part_size, block.download_threshold, block.stream_min_rate, block.download_part_size) == (
+        64 << 20, 2 << 30, 128 << 20, 8 << 20)
+    with block.client() as client:
+        assert (client.settings.part_size, client.settings.download_threshold) == (64 << 20, 2 << 30)
+    with pytest.raises(ValueError, match="give a whole number of bytes, or a size with a unit, e.g. 16MiB"):
+        FedMLStorage(part_size="lots")
+
+
 def test_a_blocks_r2_account_beats_the_workers_endpoint_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's FEDML_STORAGE_ENDPOINT_URL (its MinIO) took the block's R2 calls."""
     monkeypatch.setenv("FEDML_STORAGE_ENDPOINT_URL", "http://minio.internal:9000")
