@@ -27,6 +27,23 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future
     return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
+def submit_daemon(fn: Callable[..., T], *args: Any, name: str) -> Future[T]:
+    """`fn(*args)` in a daemon thread of its own, in a copy of the caller's context (as `submit`): for a request the
+    caller may give up on, which must not keep the interpreter from exiting (it waits for a pool's threads)."""
+    future: Future[T] = Future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(context.run(fn, *args))
+        except BaseException as exc:  # the caller's to see, as from a pool
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 class Stopped(BaseException):
     """The call's stop event was set. A BaseException, as KeyboardInterrupt: clean-up runs, nothing reports it as a
     failure of the storage, and the core API lets it through instead of returning a response."""

@@ -142,11 +142,10 @@ class _Fields:
 def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules | None, own: tuple[Path, ...]
                    ) -> tuple[Tree | None, tuple[tuple[Manifest, str] | None, bool, str | None]]:
     """The folder's scan (None for a file) and `_read_stored`'s answer, whose round trips overlap the scan."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="fedml-storage-read")
     helpers = Helpers()
     tree = None
     try:
-        reading = stops.submit(pool, helpers.job(_read_stored), catalog, name)
+        reading = stops.submit_daemon(helpers.job(_read_stored), catalog, name, name="fedml-storage-read")
         tree = None if src.is_file() else scan_tree(src, ignore, own)
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
@@ -155,11 +154,9 @@ def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules |
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
         helpers.give_up()
-        pool.shutdown(wait=False, cancel_futures=True)
         if tree is not None:
             tree.entries.close()
         raise
-    pool.shutdown()
     return tree, stored
 
 
