@@ -25,7 +25,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import Conflict
@@ -104,19 +104,32 @@ _NO_LOCKS = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF, errno.E
 
 def _lock_state(part: Path) -> str:
     """'free' (its download is gone), 'held' (live), or 'unknown' (no locks to test here)."""
+    with _testing_lock(part) as state:
+        return state
+
+
+@contextlib.contextmanager
+def _testing_lock(part: Path) -> Iterator[str]:
+    """`_lock_state(part)`, holding the lock through the block when 'free': what a sweep does with a killed
+    download's part file, no other sweep does at the same time (one kept it, then took it up and fetched on, while
+    the other, late, cut it back to what it had kept)."""
     if fcntl is None:
-        return "unknown"
+        yield "unknown"
+        return
     try:
         fd = os.open(part, os.O_RDONLY)
     except OSError:
-        return "unknown"
+        yield "unknown"
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return "free"
-    except BlockingIOError:
-        return "held"
-    except OSError:
-        return "unknown"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            state = "free"
+        except BlockingIOError:
+            state = "held"
+        except OSError:
+            state = "unknown"
+        yield state
     finally:
         os.close(fd)
 
@@ -129,17 +142,17 @@ def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:
         try:
             age = now - leftover.lstat().st_mtime
             if leftover.suffix == ".part":
-                state = _lock_state(leftover)
-                if state == "held" or (state == "unknown" and age < STALE_TEMP_SECONDS):
-                    continue
-                _put_back(leftover.with_suffix(".old"), dest)
-                drop(leftover.with_suffix(".old"))
-                remove(leftover.with_suffix(".d"))
-                if keep is not None and state == "free":  # by age alone it may be a live download stalled
-                    keep(leftover)
-                remove(leftover.with_suffix(".sha"))
-                if not os.path.lexists(leftover):
-                    continue  # kept for the download about to run
+                with _testing_lock(leftover) as state:
+                    if state == "held" or (state == "unknown" and age < STALE_TEMP_SECONDS):
+                        continue
+                    _put_back(leftover.with_suffix(".old"), dest)
+                    drop(leftover.with_suffix(".old"))
+                    remove(leftover.with_suffix(".d"))
+                    if keep is not None and state == "free":  # by age alone it may be a live download stalled
+                        keep(leftover)
+                    remove(leftover.with_suffix(".sha"))
+                    if not os.path.lexists(leftover):
+                        continue  # kept for the download about to run
             elif leftover.suffix in (".d", ".old", ".sha"):
                 if leftover.with_suffix(".part").exists():
                     continue  # judged with its part file
