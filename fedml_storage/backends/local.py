@@ -48,7 +48,7 @@ class LocalStore(ObjectStore):
 
     def _write_atomic(self, key: str, fill) -> None:
         target = self._path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR)
+        fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR, prefix=_temp_prefix(key))
         try:
             with os.fdopen(fd, "wb") as out:
                 # mkstemp's 0600 would hide a shared store's data from its other users; some file systems (vfat,
@@ -167,9 +167,10 @@ class LocalStore(ObjectStore):
             folder = folder.parent
 
     def remove_leftovers(self, data_prefix: str, older_than: float) -> Leftovers:
-        """Temp files of interrupted writes, then empty folders killed uploads left under `data_prefix`."""
+        """Temp files of this namespace's interrupted writes (and unmarked ones, of earlier releases), then empty
+        folders killed uploads left under `data_prefix`; kept: how many of this namespace's uploads are younger."""
         removed, failed = 0, []
-        stale, young = self._temp_files(older_than)
+        stale, young = self._temp_files(data_prefix, older_than)
         for path in stale:
             try:
                 path.unlink(missing_ok=True)
@@ -192,19 +193,31 @@ class LocalStore(ObjectStore):
                 with contextlib.suppress(OSError):  # not empty, or gone
                     os.rmdir(dirpath)
 
-    def _temp_files(self, older_than: float) -> tuple[list[Path], int]:
-        """Temp files of writes, those unchanged since `older_than` (epoch seconds: left by interrupted writes), and
-        how many others there are."""
+    def _temp_files(self, data_prefix: str, older_than: float) -> tuple[list[Path], int]:
+        """This namespace's temp files unchanged since `older_than` (epoch seconds: left by interrupted writes),
+        and how many others of its uploads (data writes) there are. Other namespaces' are theirs to clean up."""
+        namespace = data_prefix.split("/", 1)[0] + _MARK
+        uploads = _temp_prefix(data_prefix)
         stale, young = [], 0
         for path in (self.root / TMP_DIR).iterdir():
+            if not path.name.startswith(namespace) and _MARK in path.name:
+                continue
             try:
                 if path.stat().st_mtime < older_than:
                     stale.append(path)
-                else:
+                elif path.name.startswith(uploads):
                     young += 1
             except FileNotFoundError:
                 pass  # a write just finished with it
         return stale, young
+
+
+_MARK = "+"  # in no namespace: "<namespace>+data+" begins the temp file of a data write
+
+
+def _temp_prefix(key: str) -> str:
+    """How a temp file for `key` begins: its namespace and kind ('default+data+'), for cleanup to tell them."""
+    return "".join(part + _MARK for part in key.split("/")[:2])
 
 
 def _absent(exc: OSError) -> bool:

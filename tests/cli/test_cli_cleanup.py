@@ -13,7 +13,7 @@ from .test_cli import run
 def _leave_an_incomplete_upload(store) -> None:
     """What a killed upload leaves behind in the store itself: a temp file (LOCAL), a multipart upload (S3)."""
     if hasattr(store, "root"):
-        (store.root / ".tmp" / "killed-upload").write_bytes(b"the first part")
+        (store.root / ".tmp" / "default+data+killed").write_bytes(b"the first part")  # named as _write_atomic does
     else:
         key = "default/data/big/20260101T000000000000Z-0123abcd/big.zip"
         upload_id = store._client.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time as time_module
 from pathlib import Path
 
 import pytest
 
+from fedml_storage import StorageClient
 from tests.conftest import s3_client
 
 from .conftest import Store, make_tree
@@ -108,3 +110,26 @@ def test_cleanup_never_takes_a_short_listing_of_the_catalog_for_the_truth(store:
     assert [k for k in store.keys() if "/data/" in k] == data
     monkeypatch.undo()
     assert client.download("kept", tmp_path / "out").ok
+
+
+def test_local_cleanup_counts_and_removes_only_its_own_namespaces_temp_files(tmp_path: Path) -> None:
+    """helper-98: team a's cleanup counted team b's upload in progress as its own and advised older_than_seconds=0,
+    which then removed it under team b's feet."""
+    root = tmp_path / "store"
+    a, b = (StorageClient(service="LOCAL", local_root=str(root), namespace=ns) for ns in ("team-a", "team-b"))
+    (tmp_path / "f.txt").write_text("x")
+    assert a.upload(str(tmp_path / "f.txt")).ok and b.upload(str(tmp_path / "f.txt")).ok
+    temp = root / ".tmp"
+    for name in ("team-a+data+young", "team-a+manifests+young", "team-b+data+young", "team-b+data+old", "tmpold"):
+        (temp / name).write_bytes(b"part")
+    for name in ("team-b+data+old", "tmpold"):  # (a release before temp files were named)
+        os.utime(temp / name, (1, 1))
+    kept = a.cleanup(older_than_seconds=3600)
+    assert kept.data["incomplete_uploads_kept"] == 1 and kept.data["incomplete_uploads_removed"] == 1, kept.message
+    assert sorted(p.name for p in temp.iterdir()) == ["team-a+data+young", "team-a+manifests+young",
+                                                        "team-b+data+old", "team-b+data+young"]
+    assert a.cleanup(older_than_seconds=0).data["incomplete_uploads_removed"] == 2
+    assert sorted(p.name for p in temp.iterdir()) == ["team-b+data+old", "team-b+data+young"]
+    assert b.cleanup(older_than_seconds=3600).data["incomplete_uploads_removed"] == 1
+    assert [p.name for p in temp.iterdir()] == ["team-b+data+young"]
+    assert a.download("f.txt", tmp_path / "a").ok and b.download("f.txt", tmp_path / "b").ok
