@@ -265,7 +265,7 @@ class FedMLStorageHook(BaseHook):
         """Whether a dataset of that name is stored."""
         return raise_for(self.get_client().exists(name))
 
-    def readiness(self, name: str, metadata_key: str | None = None, metadata_value: str | None = None, *,
+    def readiness(self, name: str, metadata_key: str | None = None, metadata_value: str | int | None = None, *,
                   version: str | None = None) -> Readiness:
         """Whether `name` is stored (with `metadata_key` set, to `metadata_value` when given; with `version` kept),
         why not, and the version and SHA-256 a download would get.

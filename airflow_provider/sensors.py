@@ -29,7 +29,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("name", "metadata_key", "metadata_value", "version", "service", "namespace",
                                       "fedml_storage_conn_id")
 
-    def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
+    def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | int | None = None,
                  version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
                  service: str | None = None, namespace: str | None = None,
                  deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),

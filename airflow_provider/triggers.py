@@ -46,7 +46,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
     Holds only the connection id and what to wait for: no secret is serialised into the metadata DB.
     """
 
-    def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | None = None,
+    def __init__(self, *, name: str, metadata_key: str | None = None, metadata_value: str | int | None = None,
                  version: str | None = None, fedml_storage_conn_id: str = FedMLStorageHook.default_conn_name,
                  service: str | None = None, namespace: str | None = None, poke_interval: float = 60.0,
                  exponential_backoff: bool = False, max_wait: float | None = None,

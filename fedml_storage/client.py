@@ -255,9 +255,9 @@ class StorageClient:
                          lambda: self._catalog().read(check_name(data_name)) is not None)
 
     def ready(self, data_name: str, metadata_key: str | None = None,
-              metadata_value: str | None = None, *, version: str | None = None) -> FedMLResponse:
-        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given: a number is
-        compared as its text) and, given `version`, that version kept (downloadable).
+              metadata_value: str | int | None = None, *, version: str | None = None) -> FedMLResponse:
+        """Whether a name is stored, with user metadata `metadata_key` set (to `metadata_value` when given: a whole
+        number is compared as its text) and, given `version`, that version kept (downloadable).
 
         data is a Readiness (with the version and SHA-256 a download would get now); a name not stored yet is a
         success with `ready` False, what a sensor waits on.
@@ -298,8 +298,8 @@ class StorageClient:
                 return Readiness(True, f"dataset {name!r} version {pinned[0]} is stored", *pinned)
             value = manifest.user_metadata.get(metadata_key)
             ok = value is not None if wanted is None else value == wanted
-            return Readiness(ok, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ok else 'waiting'})",
-                             *pinned)
+            waiting = "waiting" if wanted is None else f"waiting for {wanted!r}"
+            return Readiness(ok, f"dataset {name!r}: {metadata_key}={value!r} ({'ready' if ok else waiting})", *pinned)
 
         return self._run(f"readiness of {data_name!r}", run, lambda r: r.detail)
 

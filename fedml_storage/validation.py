@@ -108,14 +108,15 @@ def check_metadata(metadata: Any) -> dict[str, str] | None:
 
 
 def metadata_value_as_stored(value: Any) -> str | None:
-    """A value to compare with stored user metadata, whose values are strings: a number as its text (a template
-    rendered as a native object turns "3" into 3); anything else but a string or None is refused."""
+    """A value to compare with stored user metadata, whose values are text: a whole number as its text (a template
+    rendered as a native object turns "3" into 3); any other value but text or None is refused (3.10 renders 3.1)."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise InvalidInput(f"metadata_value {value!r} is a {type(value).__name__}, never stored: user-metadata values are "
-                       "strings; pass the text the upload stored (e.g. 'true')")
+                       "text, and this one may not read as the text stored (3.10 becomes 3.1); pass the stored text "
+                       "(a template rendered as a native object keeps it text when quoted: \"'{{ ... }}'\")")
 
 
 def check_tags(tags: Any) -> list[str] | None:

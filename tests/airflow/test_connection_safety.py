@@ -124,7 +124,8 @@ def test_the_clients_repr_masks_credentials_typed_into_the_endpoint(monkeypatch:
     (None, "done", "metadata_value 'done' needs metadata_key"),
     ("", None, "metadata_key is empty"),
     ("  ", "done", "metadata_key is empty"),
-    ("status", True, "metadata_value True is a bool, never stored: user-metadata values are strings"),
+    ("status", True, "metadata_value True is a bool, never stored: user-metadata values are text"),
+    ("epoch", 3.1, r"metadata_value 3.1 is a float, never stored: .* \(3.10 becomes 3.1\); pass the stored text"),
 ])
 def test_sensor_arguments_that_can_never_be_met_fail_the_task(tmp_path: Path, key: str | None, value: str | None,
                                                               words: str) -> None:

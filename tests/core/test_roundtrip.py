@@ -231,7 +231,8 @@ def test_ready_says_whether_a_downstream_step_can_start(store: Store, tmp_path: 
     assert waiting.ok and waiting.data == (False, "dataset 'f.txt' not stored yet", None, None)
     assert client.upload(src, metadata={"status": "writing"}).ok
     assert client.ready("f.txt").data.ready
-    assert not client.ready("f.txt", "status", "done").data.ready
+    assert client.ready("f.txt", "status", "done").data[:2] == (False, "dataset 'f.txt': status='writing' (waiting "
+                                                                     "for 'done')")
     assert not client.ready("f.txt", "owner").data.ready
     assert client.upload(src, metadata={"status": "done"}).ok
     done = client.ready("f.txt", "status", "done")
