@@ -92,15 +92,17 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
 
     tries = 0
     final = record  # what this upload published (another may already stand on top of it)
+    updated: list[str] = []  # the fields a skipped upload wrote over, in the entry it wrote over
 
     def build(cur: Manifest | None) -> Manifest | None:
-        nonlocal tries, final
+        nonlocal tries, final, updated
         tries += 1
         if tries > 1 and data_key is not None and _landed(catalog, cur, name, data_key):
             return None  # a try whose answer was lost landed (and may have been built upon): nothing more to write
         if tries == 1 or data_key is not None:  # the last point where a stopped upload can still not publish
             stops.check()  # (a metadata-only retry cannot tell whether its first try landed: it goes on)
         manifest, final = _next_manifest(cur, name, record, skipped, fields, settings.keep_versions)
+        updated = fields.changed(cur) if skipped else []
         return manifest
 
     dropped: list[str] = []
@@ -118,7 +120,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
         file_count=final.file_count, kind=final.kind, skipped=skipped, seconds=round(time.monotonic() - started, 3),
         service=settings.service, namespace=catalog.namespace, left_out=tree.left_out if tree else [],
-        ignored=tree.ignored if tree else 0, updated=fields.changed(found[0] if found else None) if skipped else [],
+        ignored=tree.ignored if tree else 0, updated=updated,
     )
 
 

@@ -64,3 +64,26 @@ def test_a_rewrite_that_puts_the_mtime_back_is_not_taken_for_unchanged(store: St
     assert again.ok and not again.data.skipped, again.message
     down = Path(client.download(src.name, tmp_path / "out").data)
     assert (down / "sub" / "deeper" / "c.csv" if kind == "folder" else down).read_text() == "dog,2\n"
+
+
+def test_updated_names_what_the_commit_wrote_over_not_what_was_read_first(store: Store, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """helper-98: another writer retagged the dataset between this upload's read and its commit; the commit wrote
+    the tags back, and the result said only "updated its description"."""
+    from fedml_storage.catalog import Catalog
+
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    client = store.client()
+    assert client.upload(src, description="A", tag_list=["t"]).ok
+    original = Catalog.commit
+
+    def retagged_meanwhile(self, *args, **kwargs):
+        monkeypatch.setattr(Catalog, "commit", original)
+        assert store.client().upload(src, tag_list=["x"]).ok
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Catalog, "commit", retagged_meanwhile)
+    again = client.upload(src, description="B", tag_list=["t"])
+    assert again.ok and again.data.skipped and again.data.updated == ["description", "tags"], again.message
+    assert client.get_metadata("f.txt").data.tag_list == ["t"]
