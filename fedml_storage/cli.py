@@ -16,7 +16,7 @@ from . import __version__, api
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, JSON, Ctx, emit, finish, key_values, parse_service
 from .cli_data import COMMANDS
 from .cli_words import for_cli
-from .config import config_path
+from .config import config_path, is_unset
 from .config_file import overridden_note
 from .errors import redact
 from .response import FedMLResponse
@@ -96,7 +96,7 @@ def configure(obj: Ctx, as_json: bool, others: dict[str, str], **fields: Any) ->
     if updates:
         finish(api.configure(**updates))
         if not as_json:
-            cleared = sorted(k for k, v in updates.items() if v == "")
+            cleared = sorted(k for k, v in updates.items() if is_unset(v))
             saved = sorted(set(updates) - set(cleared))
             done = " and ".join(f"{verb} {', '.join(keys)}" for verb, keys in (("saved", saved), ("cleared", cleared))
                                 if keys)

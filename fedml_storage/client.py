@@ -312,7 +312,7 @@ class StorageClient:
         return self._run("cleanup", lambda: cleanup(self._catalog(), older_than_seconds), lambda counts: (
             f"cleanup removed {counts['orphaned_objects_removed']} unreferenced object(s) and "
             f"{counts['incomplete_uploads_removed']} incomplete upload(s)" + (
-                f"; kept {kept} incomplete upload(s) written to in the last {older_than_seconds:g} s, which may "
+                f"; kept {kept} incomplete upload(s) written to in the last {_seconds(older_than_seconds)} s, which may "
                 "still be running (once no upload runs, cleanup(older_than_seconds=0) removes them)"
                 if (kept := counts["incomplete_uploads_kept"]) else "")))
 
@@ -360,6 +360,11 @@ class StorageClient:
 
 
 __all__ = ["FedMLStorageError", "StorageClient", "same_store"]
+
+
+def _seconds(value: float) -> str:
+    """Seconds as a user wrote them: 2592000 (not 2.592e+06), 0.5."""
+    return str(round(value, 3)).removesuffix(".0")
 
 
 def _cache_file(name: str) -> Path:

@@ -33,6 +33,8 @@ def size_in_bytes(field: str, value: Any) -> Any:
     if field == "stream_min_rate" and isinstance(value, str):
         value = value.strip().removesuffix("/s")  # as the settings table writes it
     return byte_size(value)
+
+
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _R2_ACCOUNT_RE = re.compile(r"^[0-9a-f]{32}$")
 

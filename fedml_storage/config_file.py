@@ -81,6 +81,12 @@ def write_config_file(updates: dict[str, Any]) -> Path:
                 else:
                     data[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
             settings = validate_settings(data)
+            for key in ("local_root", "partial_dir"):  # told now, not by every call after
+                folder = getattr(settings, key)
+                if not is_unset(updates.get(key)) and folder is not None and folder.expanduser().exists() \
+                        and not folder.expanduser().is_dir():
+                    raise InvalidInput(f"{key} {str(folder)!r} is not a folder: name a folder (it is made when first "
+                                       "used)")
             if not is_unset(updates.get("ca_bundle")):  # told now, not by every call after
                 from .backends.s3_client import ca_bundle_path  # (botocore: imported only when it is needed)
 

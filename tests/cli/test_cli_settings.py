@@ -48,7 +48,7 @@ def test_configure_sets_any_setting_and_clears_a_number(isolated_home: Path) -> 
     shown = json.loads(run("configure", "--json").stdout)
     assert (shown["concurrency"], shown["keep_versions"], shown["part_size"]) == (16, 3, 33554432)
 
-    cleared = run("configure", "--keep-versions", "", "--set", "concurrency=")
+    cleared = run("configure", "--keep-versions", "", "--set", "concurrency= ")  # blank: unset, as everywhere
     assert cleared.returncode == 0 and "cleared concurrency, keep_versions in" in cleared.stdout, cleared.stderr
     assert json.loads(config.read_text()) == {"part_size": 33554432}
 
@@ -63,6 +63,7 @@ def test_configure_refuses_bad_settings_and_saves_none_of_them(isolated_home: Pa
         (["--keep-versions", "0"], 2, "0 is not in the range x>=1"),
         (["--keep-versions", "2", "--set", "keep_versions=3"], 2, "keep_versions given both as an option and with"),
         (["--set", f"api-key={TEST_API_KEY}"], 2, "the API key is saved by `fedml-storage login`"),
+        (["--set", f"local_root={config}"], 1, f"local_root '{config}' is not a folder: name a folder"),
     ]:
         refused = run("configure", *args)
         assert refused.returncode == code and said in refused.stderr, (args, refused.stderr)

@@ -124,8 +124,11 @@ def test_local_cleanup_counts_and_removes_only_its_own_namespaces_temp_files(tmp
         (temp / name).write_bytes(b"part")
     for name in ("team-b+data+old", "tmpold"):  # (a release before temp files were named)
         os.utime(temp / name, (1, 1))
-    kept = a.cleanup(older_than_seconds=3600)
+    kept = a.cleanup(older_than_seconds=30 * 86400)  # (it said "2.592e+06 s")
     assert kept.data["incomplete_uploads_kept"] == 1 and kept.data["incomplete_uploads_removed"] == 1, kept.message
+    assert "kept 1 incomplete upload(s) written to in the last 2592000 s" in kept.message
+    kept = a.cleanup(older_than_seconds=3600)
+    assert kept.data["incomplete_uploads_kept"] == 1 and kept.data["incomplete_uploads_removed"] == 0, kept.message
     assert sorted(p.name for p in temp.iterdir()) == ["team-a+data+young", "team-a+manifests+young",
                                                         "team-b+data+old", "team-b+data+young"]
     assert a.cleanup(older_than_seconds=0).data["incomplete_uploads_removed"] == 2
