@@ -192,7 +192,7 @@ def _key_arguments(argv: list[str]) -> list[str]:
 
 
 class _Lowercase(logging.Formatter):
-    """`warning: ...`, like the `error: ...` lines."""
+    """`warning: ...`, like the `error: ...` lines, with advice in the command line's words."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        return f"{record.levelname.lower()}: {for_cli(record.getMessage())}"

@@ -29,6 +29,7 @@ class CuttingProxy:
         self._hooks: list[tuple[re.Pattern[bytes], Callable[[], object]]] = []
         self._answers: list[tuple[re.Pattern[bytes], bytes]] = []
         self._flips: list[tuple[bytes, int]] = []
+        self._answer_delays: list[tuple[bytes, float]] = []
         self.rewritten = 0  # the head (request line and headers) of every request seen
         self.cut = 0  # connections cut so far
         self.flipped = 0  # answer bytes damaged so far
@@ -83,6 +84,12 @@ class CuttingProxy:
         with self._lock:
             self._flips.append((request_part.encode(), at))
 
+    def delay_answer(self, request_part: str, seconds: float, times: int = 1) -> None:
+        """Hold the answers to the next `times` requests whose line or headers hold `request_part` for `seconds`
+        (a store slow to answer once it has the whole request)."""
+        with self._lock:
+            self._answer_delays.extend([(request_part.encode(), seconds)] * times)
+
     def _pipe(self, src: socket.socket, dst: socket.socket, down: bool, conn: dict[str, Any]) -> None:
         sent = 0
         try:
@@ -104,6 +111,8 @@ class CuttingProxy:
                         src.sendall(answer)
                         continue  # the server never sees this request
                 if down and re.match(rb"HTTP/1\.. [2-5]", data):
+                    if (pause := self._take(self._answer_delays, conn["request"])) is not None:
+                        time.sleep(pause[1])
                     data = self._rewritten(conn["request"], data)
                     if self._cut_headers_now(conn["request"], data, dst):
                         break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -15,6 +16,10 @@ from .. import stops
 from ..errors import SourceChanged
 from ..modes import open_plain
 from .base import Progress as ProgressCallback
+
+STOPPING_SAID_AFTER = 0.5  # seconds an interrupted upload's requests in flight may take before it says it waits
+
+log = logging.getLogger("fedml_storage")
 
 
 class PlainFiles(OSUtils):
@@ -91,6 +96,9 @@ def finish(transfer: TransferFuture, done: threading.Event, stop_reading: Callab
         transfer.cancel()
         if stop_reading is not None:
             stop_reading()
+        if not done.wait(STOPPING_SAID_AFTER):  # (a second interrupt ends this wait too)
+            log.warning("stopping: waiting for the requests in flight to end, so that none completes the upload "
+                        "later (interrupt again to leave them: cleanup() removes what they leave)")
         with contextlib.suppress(BaseException):
             transfer.result()  # at once when it had ended; else once its last request is answered
         raise

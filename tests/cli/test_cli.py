@@ -363,3 +363,27 @@ def _read_or_nothing(fd: int) -> bytes:
         return os.read(fd, 4096)
     except OSError:  # EIO: no writer left
         return b""
+
+
+def test_ctrl_c_on_an_s3_upload_says_it_waits_for_requests_in_flight(s3_env: dict, moto_proxy, tmp_path: Path) -> None:
+    """It waited for the parts in flight with nothing said (helper-94); the warning names the command, not
+    Python's cleanup()."""
+    import re
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"\0" * (12 << 20))
+    part_put = rb"^PUT /[^ ]*partNumber="
+    moto_proxy.delay_answer("partNumber=", 2, times=3)  # the parts sent whole, their answers slow to come
+    env = {**os.environ, **s3_env, "FEDML_STORAGE_ENDPOINT_URL": moto_proxy.endpoint,
+           "FEDML_STORAGE_PART_SIZE": "5MiB"}
+    proc = subprocess.Popen([SCRIPT, "upload", str(src)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not any(re.match(part_put, h) for h in moto_proxy.request_heads) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.rstrip().endswith("interrupted"), err
+    assert ("warning: stopping: waiting for the requests in flight to end, so that none completes the upload later "
+            "(interrupt again to leave them: `fedml-storage cleanup` removes what they leave)") in err
+    assert SECRET not in out + err

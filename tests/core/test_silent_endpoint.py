@@ -174,3 +174,37 @@ def test_once_a_job_fails_the_jobs_not_started_are_dropped() -> None:
     with pytest.raises(ValueError, match="unreadable"):
         parallel_map(read, list(range(100)), 2, "test")
     assert len(ran) < 10, ran
+
+
+def test_an_interrupted_upload_says_it_waits_for_its_requests_in_flight(s3_store, moto_proxy, tmp_path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C on a multipart upload waits for the parts in flight (so none completes it later), which on a slow link
+    took long with nothing said (helper-94); then nothing is published and no multipart upload is left."""
+    import signal
+
+    from tests.conftest import s3_client
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"\0" * (12 << 20))  # three 5 MiB parts
+    part_put = rb"^PUT /[^ ]*partNumber="
+    moto_proxy.delay_answer("partNumber=", 2, times=3)  # the parts sent whole, their answers slow to come
+    asked = lambda: [h for h in moto_proxy.request_heads if re.match(part_put, h)]  # noqa: E731
+
+    def interrupt(*_):  # once a part is in flight
+        if asked():
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            raise _TaskTimeout()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with s3_store.client(endpoint_url=moto_proxy.endpoint, part_size=5 << 20) as client:
+            signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+            with pytest.raises(_TaskTimeout):
+                client.upload(str(src))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    said = [r.getMessage() for r in caplog.records if r.name == "fedml_storage" and r.levelname == "WARNING"]
+    assert any(m.startswith("stopping: waiting for the requests in flight to end") for m in said), said
+    assert s3_store.client().get_metadata("big.bin").reason == "not_found"
+    assert s3_client(s3_store.endpoint).list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", []) == []
