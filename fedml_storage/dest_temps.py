@@ -67,7 +67,15 @@ def new_part(dest: Path, adopt: Callable[[Path], int] | None = None) -> tuple[in
             fd = adopted
             os.close(lock)  # its lock was on that empty file too
             lock = None
-            lock = _claim(tmp)  # the adopted file was touched by take(): fresh, so within the grace too
+            try:
+                lock = _claim(tmp)  # the adopted file was touched by take(): fresh, so within the grace too
+            except BlockingIOError:  # the sweep that kept it, stalled, holds it still: start afresh instead
+                log.info("not going on with what an earlier download kept: the download that kept it holds it still")
+                os.close(fd)
+                os.unlink(tmp)
+                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".new", dir=dest)
+                part, length = Path(tmp).with_suffix(".part"), 0
+                lock = _claim(tmp)
         os.rename(tmp, part)
     except BaseException:
         os.close(fd)
@@ -113,25 +121,33 @@ def _testing_lock(part: Path) -> Iterator[str]:
     """`_lock_state(part)`, holding the lock through the block when 'free': what a sweep does with a killed
     download's part file, no other sweep does at the same time (one kept it, then took it up and fetched on, while
     the other, late, cut it back to what it had kept)."""
-    if fcntl is None:
-        yield "unknown"
-        return
+    state, fd = _test_lock(part)
     try:
-        fd = os.open(part, os.O_RDONLY)
-    except OSError:
-        yield "unknown"
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            state = "free"
-        except BlockingIOError:
-            state = "held"
-        except OSError:
-            state = "unknown"
         yield state
     finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _test_lock(part: Path) -> tuple[str, int | None]:
+    """The state of `part`'s lock, and the fd holding it when 'free' (a file no download made is 'free' too)."""
+    if fcntl is None:
+        return "unknown", None
+    try:  # not opened unless a plain file: a FIFO's open waits for a writer (a download folder may be shared)
+        if not stat.S_ISREG(os.lstat(part).st_mode):
+            return "free", None  # no download's: it only ever makes plain files
+        fd = os.open(part, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return "unknown", None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped meanwhile
+            os.close(fd)
+            return "free", None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "free", fd
+    except OSError as exc:
         os.close(fd)
+        return ("held" if isinstance(exc, BlockingIOError) else "unknown"), None
 
 
 def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:

@@ -196,8 +196,8 @@ class LocalStore(ObjectStore):
     def _temp_files(self, data_prefix: str, older_than: float) -> tuple[list[Path], int]:
         """This namespace's temp files unchanged since `older_than` (epoch seconds: left by interrupted writes),
         and how many others of its uploads (data writes) there are. Other namespaces' are theirs to clean up."""
-        namespace = data_prefix.split("/", 1)[0] + _MARK
         uploads = _temp_prefix(data_prefix)
+        namespace = uploads.split(_MARK, 1)[0] + _MARK
         stale, young = [], 0
         for path in (self.root / TMP_DIR).iterdir():
             if not path.name.startswith(namespace) and _MARK in path.name:
@@ -216,8 +216,12 @@ _MARK = "+"  # in no namespace: "<namespace>+data+" begins the temp file of a da
 
 
 def _temp_prefix(key: str) -> str:
-    """How a temp file for `key` begins: its namespace and kind ('default+data+'), for cleanup to tell them."""
-    return "".join(part + _MARK for part in key.split("/")[:2])
+    """How a temp file for `key` begins: its namespace and kind ('default+data+'), for cleanup to tell them; a long
+    namespace by a digest of it (eCryptfs takes names of 143 bytes at most)."""
+    parts = key.split("/")[:2]
+    if len(parts[0]) > 48:
+        parts[0] = hashlib.sha256(parts[0].encode()).hexdigest()[:48]
+    return "".join(part + _MARK for part in parts)
 
 
 def _absent(exc: OSError) -> bool:

@@ -126,6 +126,7 @@ def test_the_clients_repr_masks_credentials_typed_into_the_endpoint(monkeypatch:
     ("  ", "done", "metadata_key is empty"),
     ("status", True, "metadata_value True is a bool, never stored: user-metadata values are text"),
     ("epoch", 3.1, r"metadata_value 3.1 is a float, never stored: .* \(3.10 becomes 3.1\); pass the stored text"),
+    pytest.param("epoch", 10 ** 5000, "metadata_value of over 100 digits is a int, never stored", id="str()-fails"),
 ])
 def test_sensor_arguments_that_can_never_be_met_fail_the_task(tmp_path: Path, key: str | None, value: str | None,
                                                               words: str) -> None:

@@ -136,3 +136,18 @@ def test_local_cleanup_counts_and_removes_only_its_own_namespaces_temp_files(tmp
     assert b.cleanup(older_than_seconds=3600).data["incomplete_uploads_removed"] == 1
     assert [p.name for p in temp.iterdir()] == ["team-b+data+young"]
     assert a.download("f.txt", tmp_path / "a").ok and b.download("f.txt", tmp_path / "b").ok
+
+
+def test_temp_file_names_stay_short_for_the_longest_namespace(tmp_path: Path) -> None:
+    """A 128-character namespace made 147-character temp names, past eCryptfs's 143 (every commit failed there)."""
+    from fedml_storage.backends.local import _temp_prefix
+
+    namespace = "n" * 128
+    assert max(len(_temp_prefix(f"{namespace}/{kind}/x")) for kind in ("data", "manifests", "probes")) + 8 <= 143
+    client = StorageClient(service="LOCAL", local_root=str(tmp_path / "store"), namespace=namespace)
+    (tmp_path / "f.txt").write_text("x")
+    assert client.upload(str(tmp_path / "f.txt")).ok
+    stale = tmp_path / "store" / ".tmp" / (_temp_prefix(f"{namespace}/data/") + "killed")
+    stale.write_bytes(b"part")
+    os.utime(stale, (1, 1))
+    assert client.cleanup(older_than_seconds=3600).data["incomplete_uploads_removed"] == 1 and not stale.exists()

@@ -293,26 +293,6 @@ def test_a_killed_part_of_other_data_is_removed_not_kept(isolated_home: Path, tm
     assert list(out.iterdir()) == [] and not (isolated_home / "partial").exists()  # its space is free again
 
 
-def test_two_sweeps_never_keep_one_killed_part_at_once(isolated_home: Path, tmp_path: Path) -> None:
-    """helper-96: a second download's sweep kept the part the first sweep was keeping, took it up and fetched on;
-    the first one's late truncate then cut that download's finished file back to what it had kept."""
-    from fedml_storage.dest_temps import sweep
-
-    out, kept, sha = tmp_path / "out", isolated_home / "partial", "d" * 64
-    out.mkdir()
-    data = os.urandom(10 * MiB)
-    _killed_leftovers(out, b"%s %020d\n" % (sha.encode(), 9 * MiB), data)
-    others: list[Path] = []
-
-    def first_keeps(part: Path) -> None:  # the other sweep runs while this one is about to keep the part
-        sweep(out, lambda other: others.append(other) or partials.keep_killed(kept, sha, other))
-        partials.keep_killed(kept, sha, part)
-
-    sweep(out, first_keeps)
-    assert others == []  # it found the part held, and left it to the first
-    assert (kept / sha).read_bytes() == data[:9 * MiB] and list(out.iterdir()) == []
-
-
 @pytest.mark.parametrize("planted", ["link", "hard link", "fifo note", "endless note", "garbage note"])
 def test_what_another_user_plants_in_a_shared_folder_is_never_kept_nor_followed(
         isolated_home: Path, tmp_path: Path, planted: str) -> None:
