@@ -71,10 +71,11 @@ def new_part(dest: Path, adopt: Callable[[Path], int] | None = None) -> tuple[in
                 lock = _claim(tmp)  # the adopted file was touched by take(): fresh, so within the grace too
             except BlockingIOError:  # the sweep that kept it, stalled, holds it still: start afresh instead
                 log.info("not going on with what an earlier download kept: the download that kept it holds it still")
-                os.close(fd)
-                os.unlink(tmp)
-                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".new", dir=dest)
-                part, length = Path(tmp).with_suffix(".part"), 0
+                fresh_fd, fresh = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".new", dir=dest)
+                held_fd, held = fd, tmp
+                fd, tmp, part, length = fresh_fd, fresh, Path(fresh).with_suffix(".part"), 0  # (for the except below)
+                os.close(held_fd)
+                os.unlink(held)
                 lock = _claim(tmp)
         os.rename(tmp, part)
     except BaseException:
