@@ -23,7 +23,6 @@ CLI_ADVICE = {
     "pass the `version` an upload returned or get_storage_metadata shows":
         "pass the --version an upload printed or `fedml-storage metadata NAME` shows",
     "cleanup(older_than_seconds=0) removes them": "`fedml-storage cleanup --older-than 0` removes them",
-    "cleanup() removes what they leave": "`fedml-storage cleanup` removes what they leave",
     # whole phrases of advice only: a dataset's name or a path may hold the bare words
     "with ignore_patterns": "with --ignore",
     "by ignore_patterns": "by --ignore",

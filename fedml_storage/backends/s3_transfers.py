@@ -96,9 +96,9 @@ def finish(transfer: TransferFuture, done: threading.Event, stop_reading: Callab
         transfer.cancel()
         if stop_reading is not None:
             stop_reading()
-        if not done.wait(STOPPING_SAID_AFTER):  # (a second interrupt ends this wait too)
+        if not done.wait(STOPPING_SAID_AFTER):
             log.warning("stopping: waiting for the requests in flight to end, so that none completes the upload "
-                        "later (interrupt again to leave them: cleanup() removes what they leave)")
+                        "later")
         with contextlib.suppress(BaseException):
             transfer.result()  # at once when it had ended; else once its last request is answered
         raise

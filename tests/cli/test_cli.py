@@ -366,8 +366,7 @@ def _read_or_nothing(fd: int) -> bytes:
 
 
 def test_ctrl_c_on_an_s3_upload_says_it_waits_for_requests_in_flight(s3_env: dict, moto_proxy, tmp_path: Path) -> None:
-    """It waited for the parts in flight with nothing said (helper-94); the warning names the command, not
-    Python's cleanup()."""
+    """It waited for the parts in flight with nothing said (helper-94)."""
     import re
 
     src = tmp_path / "big.bin"
@@ -384,6 +383,14 @@ def test_ctrl_c_on_an_s3_upload_says_it_waits_for_requests_in_flight(s3_env: dic
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.rstrip().endswith("interrupted"), err
-    assert ("warning: stopping: waiting for the requests in flight to end, so that none completes the upload later "
-            "(interrupt again to leave them: `fedml-storage cleanup` removes what they leave)") in err
+    assert "warning: stopping: waiting for the requests in flight to end, so that none completes the upload later\n" \
+        in err
     assert SECRET not in out + err
+
+
+def test_warnings_give_advice_in_the_command_lines_words() -> None:
+    import logging
+
+    record = logging.LogRecord("fedml_storage", logging.WARNING, __file__, 0, "x; run %s", ("fedml_login('ACCESS_KEY_ID"
+                               ":SECRET_ACCESS_KEY')",), None)
+    assert cli._Lowercase().format(record) == "warning: x; run `fedml-storage login`"
