@@ -19,7 +19,11 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         return
     import fcntl
 
-    with open(path, "a+b") as fh:
+    try:
+        fh = open(path, "a+b")
+    except PermissionError:  # another user's, in a shared store: a lock needs only to be open, not writable
+        fh = open(path, "rb")
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

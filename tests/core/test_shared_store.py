@@ -99,3 +99,22 @@ def test_an_entry_another_user_keeps_private_is_skipped_not_fatal(tmp_path: Path
     assert seen["cleaned"]["objects_not_removed"] == 1 and (temp / "theirs.tmp").exists()
     data_after = sorted(p.relative_to(root).as_posix() for p in (root / "default" / "data").rglob("*") if p.is_file())
     assert data_after == data_before  # cleanup left the data of the entry it could not read
+
+
+def test_another_users_lock_file_does_not_stop_an_upload(tmp_path: Path) -> None:
+    """The store's lock file, made by another user with umask 022 (0644): the next user's first upload failed on
+    opening it for writing, which a lock does not need (helper-99)."""
+    from .conftest import run_without_root
+
+    root = tmp_path / "store"
+    (tmp_path / "f.txt").write_text("x")
+    with StorageClient(service="LOCAL", local_root=root) as client:
+        assert client.upload(tmp_path / "f.txt").ok
+    os.chown(root / ".lock", 65534, 65534)
+    os.chmod(root / ".lock", 0o644)
+    script = ("import sys; from fedml_storage import StorageClient\n"
+              "with StorageClient(service='LOCAL', local_root=sys.argv[1], namespace='team-b') as c:\n"
+              "    r = c.upload(sys.argv[2]); print(r.message); assert r.ok")
+    run = run_without_root(script, str(root), str(tmp_path / "f.txt"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert StorageClient(service="LOCAL", local_root=root, namespace="team-b").get_metadata("f.txt").ok
