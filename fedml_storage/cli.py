@@ -16,7 +16,7 @@ from . import __version__, api
 from .cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, JSON, Ctx, emit, finish, key_values, parse_service
 from .cli_data import COMMANDS
 from .cli_words import for_cli
-from .config import config_path, is_unset
+from .config import config_path, is_unset, unknown_settings
 from .config_file import overridden_note
 from .errors import redact
 from .response import FedMLResponse
@@ -69,6 +69,8 @@ def _other_settings(ctx: click.Context, param: click.Parameter, values: tuple[st
     given = {key.replace("-", "_"): value for key, value in key_values(values, "--set concurrency=16").items()}
     if "api_key" in given:  # a command line is kept in shell history and shown to other users by ps
         raise click.BadParameter("the API key is saved by `fedml-storage login`, which asks for it hidden")
+    if problem := unknown_settings(given):
+        raise click.BadParameter(problem)
     return given
 
 

@@ -58,7 +58,8 @@ def test_configure_refuses_bad_settings_and_saves_none_of_them(isolated_home: Pa
     run("configure", "--set", "concurrency=4")
     for args, code, said in [
         (["--set", "concurrency=x"], 1, "concurrency: Input should be a valid integer"),
-        (["--set", "nope=1", "--bucket", "b"], 1, "unknown setting(s) ['nope']"),
+        (["--set", "nope=1", "--set", "concurency=2", "--bucket", "b"], 2,
+         "unknown setting(s) 'concurency' (did you mean 'concurrency'?), 'nope'; the settings are service, "),
         (["--set", "concurrency"], 2, "is not key=value, e.g. --set concurrency=16"),
         (["--keep-versions", "0"], 2, "0 is not in the range x>=1"),
         (["--keep-versions", "2", "--set", "keep_versions=3"], 2, "keep_versions given both as an option and with"),
