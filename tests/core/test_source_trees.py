@@ -362,3 +362,21 @@ def test_an_item_removed_while_its_folder_is_read_is_a_change_not_bad_input(
     monkeypatch.setattr(trees, "_listing", real_listing)  # nothing moves now: the next try publishes what is there
     assert store.client().upload(str(src)).ok and store.client().download("ds", str(tmp_path / "out")).ok
     assert sorted(p.name for p in (tmp_path / "out" / "ds").rglob("*")) == sorted(p.name for p in src.rglob("*"))
+
+
+def test_a_folder_of_nothing_but_what_is_no_data_is_refused_not_stored_empty(isolated_home: Path,
+                                                                            tmp_path: Path) -> None:
+    """Uploading fedml-storage's home itself, or a folder of FIFOs, published an empty dataset (helper-97)."""
+    from fedml_storage import StorageClient
+
+    client = StorageClient(service="LOCAL")
+    (tmp_path / "f.txt").write_text("x")
+    assert client.upload(str(tmp_path / "f.txt")).ok  # the home now holds a store, caches, a lock
+    fifos = tmp_path / "fifos"
+    fifos.mkdir()
+    os.mkfifo(fifos / "pipe")
+    for src, said in ((isolated_home, "cache"), (fifos, "pipe")):
+        refused = client.upload(str(src))
+        assert refused.reason == "invalid_input" and "holds no file to upload, only what is not data: " in \
+            refused.message and said in refused.message, refused.message
+    assert [m.dataName for m in client.list().data] == ["f.txt"]
