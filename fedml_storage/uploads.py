@@ -155,7 +155,8 @@ def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules |
         if tree is not None and tree.left_out and not tree.entries.files:  # it would store an empty folder
             raise InvalidInput(f"{str(src)!r} holds no file to upload, only what is not data: "
                                f"{', '.join(tree.left_out[:5])}{', ...' if len(tree.left_out) > 5 else ''} (FIFOs, "
-                               "sockets, devices, fedml-storage's own files); nothing was uploaded")
+                               "sockets, devices, fedml-storage's own files, links to a folder held already); nothing "
+                               "was uploaded")
         stored = stops.result(reading)
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out
