@@ -9,8 +9,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (made if missing) until the block ends; waits for other holders."""
+def exclusive_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing) until the block ends; waits for other holders. `shared`:
+    the lock file may be another user's (a shared store), which a lock needs open, not writable."""
     if os.name == "nt":  # no flock: the filelock package (a Windows-only dependency) does it there
         from filelock import FileLock
 
@@ -21,8 +22,13 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 
     try:
         fh = open(path, "a+b")
-    except PermissionError:  # another user's, in a shared store: a lock needs only to be open, not writable
-        fh = open(path, "rb")
+    except PermissionError as denied:
+        if not shared:
+            raise
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            raise denied from None  # (none there, and no right to make one: the first error says why)
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

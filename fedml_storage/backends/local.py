@@ -44,7 +44,7 @@ class LocalStore(ObjectStore):
 
     def _lock(self) -> contextlib.AbstractContextManager[None]:
         """One writer of manifests at a time, across processes."""
-        return exclusive_lock(self.root / ".lock")
+        return exclusive_lock(self.root / ".lock", shared=True)
 
     def _write_atomic(self, key: str, fill) -> None:
         target = self._path(key)

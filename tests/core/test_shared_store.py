@@ -118,3 +118,24 @@ def test_another_users_lock_file_does_not_stop_an_upload(tmp_path: Path) -> None
     run = run_without_root(script, str(root), str(tmp_path / "f.txt"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert StorageClient(service="LOCAL", local_root=root, namespace="team-b").get_metadata("f.txt").ok
+
+
+def test_a_store_the_user_may_not_write_says_so(tmp_path: Path) -> None:
+    """With no lock file there and no right to make one, the read-only fallback for another user's lock file said
+    "FileNotFoundError ... please report this" instead of the permission problem (helper-101)."""
+    from .conftest import run_without_root
+
+    root = tmp_path / "store"
+    (tmp_path / "f.txt").write_text("x")
+    with StorageClient(service="LOCAL", local_root=root) as client:
+        assert client.upload(tmp_path / "f.txt").ok
+    (root / ".lock").unlink()
+    os.chown(root, 65534, 65534)
+    os.chmod(root, 0o755)
+    script = ("import sys; from fedml_storage import StorageClient\n"
+              "with StorageClient(service='LOCAL', local_root=sys.argv[1]) as c:\n"
+              "    r = c.upload(sys.argv[2], description='new'); print(r.reason, r.message)")
+    run = run_without_root(script, str(root), str(tmp_path / "f.txt"))
+    assert run.returncode == 0 and run.stdout.startswith("access_denied ") and "Permission denied" in run.stdout, \
+        run.stdout + run.stderr
+    assert "please report" not in run.stdout
