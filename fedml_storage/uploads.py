@@ -152,11 +152,11 @@ def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules |
         if tree is not None and tree.ignored and not tree.entries.files:
             raise InvalidInput(f"ignore_patterns left out {tree.ignored} item(s) of {str(src)!r} and no file remains: "
                                "nothing was uploaded; check the patterns")
-        if tree is not None and tree.left_out and not tree.entries.files:  # it would store an empty folder
-            raise InvalidInput(f"{str(src)!r} holds no file to upload, only what is not data: "
+        if tree is not None and tree.left_out and not tree.entries.members:  # it would store an empty folder
+            raise InvalidInput(f"{str(src)!r} holds no file or folder to upload, only what is not data: "
                                f"{', '.join(tree.left_out[:5])}{', ...' if len(tree.left_out) > 5 else ''} (FIFOs, "
                                "sockets, devices, fedml-storage's own files, links to a folder held already); nothing "
-                               "was uploaded")
+                               "was uploaded: upload the folder that holds your data")
         stored = stops.result(reading)
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out

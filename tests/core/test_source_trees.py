@@ -377,6 +377,11 @@ def test_a_folder_of_nothing_but_what_is_no_data_is_refused_not_stored_empty(iso
     os.mkfifo(fifos / "pipe")
     for src, said in ((isolated_home, "cache"), (fifos, "pipe")):
         refused = client.upload(str(src))
-        assert refused.reason == "invalid_input" and "holds no file to upload, only what is not data: " in \
-            refused.message and said in refused.message, refused.message
+        assert refused.reason == "invalid_input" and "holds no file or folder to upload, only what is not data: " \
+            in refused.message and said in refused.message, refused.message
     assert [m.dataName for m in client.list().data] == ["f.txt"]
+    layout = tmp_path / "layout"  # folders are data, even empty: a tree of them with a link is stored (helper-101)
+    (layout / "run-1" / "ckpt").mkdir(parents=True)
+    os.symlink("run-1", layout / "latest")
+    stored = client.upload(str(layout))
+    assert stored.ok and stored.data.left_out == ["latest"], stored.message
