@@ -87,7 +87,8 @@ class Done(BaseSubscriber):
 
 def finish(transfer: TransferFuture, done: threading.Event, stop_reading: Callable[[], None] | None = None) -> None:
     """Wait for an upload. Interrupted while waiting (Ctrl-C, a framework's timeout, a stop), cancel it and let the
-    requests in flight end first (a second interrupt stops that), so that no object is completed after this returns.
+    requests in flight end first (saying so when they take a while), so that no object is completed after this
+    returns.
     `stop_reading` ends a stream's reading, which s3transfer would otherwise take to its end first."""
     try:
         stops.wait_event(done)  # a worker thread's call, where no Ctrl-C reaches, is stopped so

@@ -58,6 +58,54 @@ def test_a_kept_download_still_held_by_the_sweep_that_kept_it_is_not_taken_up(st
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["blob.bin"]
 
 
+def test_a_fallback_that_cannot_make_its_temp_file_says_why(store: Store, isolated_home: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """The fallback closed the adopted file, then failed to make a new one (a full disk) and closed the same fd
+    again: "Bad file descriptor" hid the cause, and in a threaded program closed someone else's file (helper-100)."""
+    import errno
+    import tempfile
+
+    from fedml_storage import dest_temps
+
+    data = os.urandom(12 * MiB)
+    (tmp_path / "blob.bin").write_bytes(data)
+    assert store.client().upload(str(tmp_path / "blob.bin")).ok
+    kept = isolated_home / "partial" / hashlib.sha256(data).hexdigest()
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(data[:9 * MiB])
+    made: list[str] = []
+
+    real_mkstemp = tempfile.mkstemp
+
+    def full_after_one(*args, **kwargs):  # the part file's first temp file is made; the fallback's is not
+        if kwargs.get("suffix") == ".new":
+            if made:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            made.append("new")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(dest_temps.tempfile, "mkstemp", full_after_one)
+    real_close, closed_twice = os.close, []
+
+    def close(fd: int) -> None:
+        try:
+            real_close(fd)
+        except OSError as exc:
+            closed_twice.append(exc.errno == errno.EBADF)
+            raise
+
+    monkeypatch.setattr(dest_temps.os, "close", close)
+    holder = os.open(kept, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        got = store.client().download("blob.bin", tmp_path / "out")
+    finally:
+        os.close(holder)
+    assert got.retryable and "no space left on the local disk" in got.message, got.message
+    assert made == ["new"] and closed_twice == []  # (the fallback was reached)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_fifo_named_as_a_part_file_is_cleared_not_waited_on(store: Store, tmp_path: Path) -> None:
     """Another user's FIFO named like a killed download's part file: the sweep's open waited for a writer, and
     every download into that (shared) folder hung."""
