@@ -35,16 +35,22 @@ def test_two_sweeps_never_keep_one_killed_part_at_once(isolated_home: Path, tmp_
     assert (kept / sha).read_bytes() == data[:9 * MiB] and list(out.iterdir()) == []
 
 
+def _stored_and_partly_kept(store: Store, home: Path, tmp_path: Path) -> tuple[bytes, Path]:
+    """A 12 MiB file stored, and its first 9 MiB kept by a failed download; the data and the kept file."""
+    data = os.urandom(12 * MiB)
+    (tmp_path / "blob.bin").write_bytes(data)
+    assert store.client().upload(str(tmp_path / "blob.bin")).ok
+    kept = home / "partial" / hashlib.sha256(data).hexdigest()
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(data[:9 * MiB])
+    return data, kept
+
+
 def test_a_kept_download_still_held_by_the_sweep_that_kept_it_is_not_taken_up(store: Store, isolated_home: Path,
                                                                               tmp_path: Path, caplog) -> None:
     """A sweep stalled right after keeping a killed part still holds its lock: a download taking that part up
     failed with BlockingIOError ("please report this") and deleted it; it now starts afresh."""
-    data = os.urandom(12 * MiB)
-    (tmp_path / "blob.bin").write_bytes(data)
-    assert store.client().upload(str(tmp_path / "blob.bin")).ok
-    kept = isolated_home / "partial" / hashlib.sha256(data).hexdigest()
-    kept.parent.mkdir(parents=True)
-    kept.write_bytes(data[:9 * MiB])
+    data, kept = _stored_and_partly_kept(store, isolated_home, tmp_path)
     holder = os.open(kept, os.O_RDONLY)  # the stalled sweep's lock
     try:
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,14 +73,8 @@ def test_a_fallback_that_cannot_make_its_temp_file_says_why(store: Store, isolat
 
     from fedml_storage import dest_temps
 
-    data = os.urandom(12 * MiB)
-    (tmp_path / "blob.bin").write_bytes(data)
-    assert store.client().upload(str(tmp_path / "blob.bin")).ok
-    kept = isolated_home / "partial" / hashlib.sha256(data).hexdigest()
-    kept.parent.mkdir(parents=True)
-    kept.write_bytes(data[:9 * MiB])
+    data, kept = _stored_and_partly_kept(store, isolated_home, tmp_path)
     made: list[str] = []
-
     real_mkstemp = tempfile.mkstemp
 
     def full_after_one(*args, **kwargs):  # the part file's first temp file is made; the fallback's is not
