@@ -83,8 +83,8 @@ def write_config_file(updates: dict[str, Any]) -> Path:
             settings = validate_settings(data)
             for key in ("local_root", "partial_dir"):  # told now, not by every call after
                 folder = getattr(settings, key)
-                if not is_unset(updates.get(key)) and folder is not None and folder.expanduser().exists() \
-                        and not folder.expanduser().is_dir():
+                if not is_unset(updates.get(key)) and folder is not None and \
+                        (where := folder.expanduser()).exists() and not where.is_dir():
                     raise InvalidInput(f"{key} {str(folder)!r} is not a folder: name a folder (it is made when first "
                                        "used)")
             if not is_unset(updates.get("ca_bundle")):  # told now, not by every call after

@@ -141,14 +141,14 @@ def _test_lock(part: Path) -> tuple[str, int | None]:
     except OSError:
         return "unknown", None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped meanwhile
-            os.close(fd)
-            return "free", None
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return "free", fd
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # (else swapped meanwhile)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return "free", fd
     except OSError as exc:
         os.close(fd)
         return ("held" if isinstance(exc, BlockingIOError) else "unknown"), None
+    os.close(fd)
+    return "free", None
 
 
 def sweep(dest: Path, keep: Callable[[Path], None] | None = None) -> None:

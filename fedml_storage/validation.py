@@ -112,9 +112,10 @@ def metadata_value_as_stored(value: Any) -> str | None:
     rendered as a native object turns "3" into 3); any other value but text or None is refused (3.10 renders 3.1)."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10 ** 100:  # (str() refuses huge ones)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if whole and abs(value) < 10 ** 100:  # (str() refuses huge ones)
         return str(value)
-    shown = "of over 100 digits" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    shown = "of over 100 digits" if whole else repr(value)
     raise InvalidInput(f"metadata_value {shown} is a {type(value).__name__}, never stored: user-metadata values are "
                        "text, and this one may not read as the text stored (3.10 becomes 3.1); pass the stored text "
                        "(a template rendered as a native object keeps it text when quoted: \"'{{ ... }}'\")")
