@@ -13,8 +13,9 @@ _KEY_PAIR = re.compile(r"(?<![0-9A-Za-z])(?:(?:AKIA|ASIA)[A-Z0-9]{12,124}|[0-9a-
                        r"(?::[A-Za-z0-9/+=]+)?")
 
 
-def check_api_key(raw: Any) -> None:
-    """Raise ValueError (never echoing the key) unless `raw` is written as an API key."""
+def check_api_key(raw: Any) -> str:
+    """The key without surrounding whitespace; ValueError (never echoing the key) unless `raw` is written as an API
+    key."""
     if raw is None:
         raise ValueError(f"no api_key given: pass the store's key pair, written {API_KEY_FORM}")
     if not isinstance(raw, str):
@@ -30,7 +31,7 @@ def check_api_key(raw: Any) -> None:
         if _AWS_KEY_ID.fullmatch(secret) and not _AWS_KEY_ID.fullmatch(key_id):
             raise ValueError(f"api_key looks written the wrong way round (its second part is shaped like an AWS "
                              f"access key id, AKIA... or ASIA...): write it {API_KEY_FORM}")
-        return
+        return key
     parts = key.split(":")
     if len(parts) < 2:
         raise ValueError(f"api_key has no ':'; write it {API_KEY_FORM}. A FedML platform API key is not a storage "

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from . import stops
 from .errors import IntegrityError, InvalidInput, SourceChanged, size_not_content
 from .modes import open_plain, umask
+from .streams import Writable
 from .made import MadeTree
 from .trees import MAX_DEPTH, Entry, same_file_state
 from .zipformat import DEFLATED, LOCAL_HEADER_SIZE, STORED, Member, ZipIndex, ZipWriter, local_header_size
@@ -88,7 +89,7 @@ class HashingWriter:
             self._hashed(self.size)
 
 
-def write_zip(entries: Iterable[Entry], out: BinaryIO, method: str = "stored",
+def write_zip(entries: Iterable[Entry], out: Writable, method: str = "stored",
               progress: Callable[[int], None] | None = None,
               packed: Callable[[Entry, str | None], None] | None = None) -> None:
     """Write a zip of `entries` to the non-seekable `out`, telling `packed` each entry once it is in, with the

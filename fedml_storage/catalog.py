@@ -8,6 +8,7 @@ removed by `catalog_cleanup.cleanup`.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import json
 import logging
@@ -329,7 +330,7 @@ class Catalog:
                 yield rel[: -len(".json")], o.etag
 
     def scan(self, workers: int = 8, prefix: str = "", cache: EntryCache | None = None
-             ) -> tuple[list[Manifest], dict[str, str]]:
+             ) -> tuple[builtins.list[Manifest], dict[str, str]]:
         """The readable manifests (of names starting with `prefix`), and why each other name could not be read.
         Entries the `cache` holds under the ETag listed are not read again; those read are kept in it."""
         listed = dict(self._listed(prefix))  # name: ETag

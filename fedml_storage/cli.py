@@ -61,7 +61,7 @@ def login(obj: Ctx, api_key: str | None) -> None:
 
 def _count_or_clear(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
     """A whole number >= 1, or '' (clears the saved one)."""
-    return value if value in (None, "") else click.IntRange(min=1).convert(value, param, ctx)
+    return value if value in (None, "") else click.IntRange(min=1)(value, param, ctx)
 
 
 def _other_settings(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -21,13 +21,14 @@ from .validation import byte_size, resolved
 
 log = logging.getLogger("fedml_storage")
 
-SERVICES = ("LOCAL", "S3", "R2")
+Service = Literal["LOCAL", "S3", "R2"]
+SERVICES: tuple[str, ...] = get_args(Service)
 ENV_PREFIX = "FEDML_STORAGE_"
 MiB = 1024 * 1024
 SIZE_SETTINGS = ("part_size", "download_threshold", "download_part_size", "stream_min_rate")  # bytes, or with a unit
 
 
-def size_in_bytes(field: str, value: Any) -> Any:
+def size_in_bytes(field: str | None, value: Any) -> Any:
     """A size setting's value in bytes when it is text with a unit ('16MiB'; '128 MiB/s' for stream_min_rate);
     anything else as it is, for the field's own check. Raises ValueError for text that is no size."""
     if field == "stream_min_rate" and isinstance(value, str):
@@ -54,7 +55,7 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    service: Literal[SERVICES] = Field("LOCAL", description="Default storage service.")
+    service: Service = Field("LOCAL", description="Default storage service.")
     local_root: Path | None = Field(None, description="Folder of the embedded LOCAL store.")
     partial_dir: Path | None = Field(
         None, description="Folder where a failed download keeps what it fetched, for a day, so that the next "
@@ -115,8 +116,7 @@ class StorageSettings(BaseModel):
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         if raw is None or raw == "":
             return None
-        check_api_key(raw)
-        return SecretStr(raw.strip())
+        return SecretStr(check_api_key(raw))
 
     @field_validator("bucket", "endpoint_url", "region", "r2_account_id", "ca_bundle", "local_root", "partial_dir",
                      mode="before")
@@ -266,8 +266,13 @@ def is_unset(value: Any) -> bool:
 
 def env_settings() -> dict[str, tuple[str, str]]:
     """The settings FEDML_STORAGE_* variables set: {setting: (variable, value)}."""
-    found = ((field, ENV_PREFIX + field.upper()) for field in StorageSettings.model_fields)
-    return {field: (name, value) for field, name in found if not is_unset(value := os.environ.get(name))}
+    found = {}
+    for field in StorageSettings.model_fields:
+        name = ENV_PREFIX + field.upper()
+        value = os.environ.get(name)
+        if value is not None and not is_unset(value):
+            found[field] = (name, value)
+    return found
 
 
 def configured_here() -> bool:
@@ -290,7 +295,7 @@ def validate_settings(values: dict[str, Any], sources: dict[str, str] | None = N
         for e in exc.errors():
             field = ".".join(map(str, e["loc"])) or "settings"
             problem = f"{field}: {e['msg'].removeprefix('Value error, ')}"
-            if field in (sources or {}):  # where, not what: a value might be (part of) a pasted key
+            if sources and field in sources:  # where, not what: a value might be (part of) a pasted key
                 problem += f" (from {sources[field]})"
             problems.append(problem)
         raise InvalidInput(f"invalid settings ({'; '.join(problems)}). Fix {origin}, the FEDML_STORAGE_* variable "

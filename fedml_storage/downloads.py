@@ -76,7 +76,8 @@ def download(
     claim: int | None = None
     tries: list[tuple[HashingWriter, VersionRecord]] = []  # the last: what was fetched, of which data
     adopted = 0
-    keep = done = False
+    keep_in: Path | None = None  # where what was fetched stays for a later try
+    done = False
     try:
         _check_target(target, record.kind)
         fd, part, claim, adopted = new_part(
@@ -96,22 +97,23 @@ def download(
             replaced = _file_into_place(part, target, record, cache)
         else:
             mode = download_mode(record)
+            assert unpacked is not None  # made above for a folder
             row = None if made is None else folder_made(unpacked, mode, made, part)  # while private
             replaced = _swap_folder(unpacked, mode, target, part)
             unpacked = None
-            if row is not None:  # a re-run's check of the copy then reads no file
+            if row is not None and cache is not None:  # a re-run's check of the copy then reads no file
                 cache.store_tree(MADE + str(target), row, record.sha256, 0, settled=True)
         done = True
     except IntegrityError:
         raise
     except BaseException:  # a break, a full disk, Ctrl-C, a framework's timeout: what was fetched may serve again
-        keep = partial_dir is not None
+        keep_in = partial_dir
         raise
     finally:
         if unpacked is not None:  # before the part file: a folder without one is taken for a killed download's
             remove(unpacked)  # opening up folders the archive made read-only
         if part is not None:
-            if not (keep and partials.keep(partial_dir, *_fetched(part, tries, record, adopted))):
+            if not (keep_in is not None and partials.keep(keep_in, *_fetched(part, tries, record, adopted))):
                 part.unlink(missing_ok=True)
         if note is not None:
             note.remove()

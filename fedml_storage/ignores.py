@@ -279,7 +279,7 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
     if i < n and glob[i] in "!^":
         negated, i = True, i + 1
     members: list[str] = []
-    prev: str | None = None
+    prev = ""  # the last single member: a "-" after it makes it a range's low end ("" after a range or class)
     first = True
     while True:
         if i >= n:
@@ -294,7 +294,7 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
             c = glob[i + 1]
             i += 1
             members.append(re.escape(c))
-        elif c == "-" and prev is not None and i + 1 < n and glob[i + 1] != "]":
+        elif c == "-" and prev and i + 1 < n and glob[i + 1] != "]":
             high = glob[i + 1]
             i += 1
             if high == "\\":
@@ -304,7 +304,7 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
                 i += 1
             if prev <= high:  # a reversed range adds nothing (its low end, read before, stays a member)
                 members.append(f"{re.escape(prev)}-{re.escape(high)}")
-            c = None
+            c = ""
         elif c == "[" and glob.startswith(":", i + 1):
             end = glob.find("]", i + 2)
             if end < 0:
@@ -317,7 +317,7 @@ def _bracket(glob: str, i: int) -> tuple[str, int]:
                     raise _Unmatchable(f"no character class [:{name}:]")
                 members.append(_CLASSES[name])
                 i = end
-                c = None
+                c = ""
         else:
             members.append(re.escape(c))
         prev = c

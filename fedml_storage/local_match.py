@@ -3,7 +3,6 @@ nothing."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import stat
@@ -53,7 +52,7 @@ def download_mode(record: VersionRecord) -> int:
     return record.top_mode & ~umask()
 
 
-def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRecord | None, cache: DigestCache, *,
+def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRecord, cache: DigestCache, *,
                strict: bool = False) -> bool:
     """Whether the folder `src` (scanned into `entries`, in `state`) holds exactly `record`'s files, folders and
     modes. Reads only files the digest cache does not know as they are. A record made before modes were recorded
@@ -61,8 +60,7 @@ def tree_holds(src: Path, entries: Entries, state: TreeState, record: VersionRec
     fingerprint, modes, folder_modes = state.fingerprints
     unknown = () if strict else (None,)
     same_shape = (
-        record is not None and record.kind == "directory"
-        and record.file_count == entries.files and record.source_size == entries.size
+        record.kind == "directory" and record.file_count == entries.files and record.source_size == entries.size
         # a mode change alone is a new version
         and record.modes in (*unknown, modes) and record.folder_modes in (*unknown, folder_modes)
         and record.top_mode in (*unknown, state.top_mode)
@@ -217,7 +215,7 @@ def place_file(part: Path, target: Path, sha256: str, cache: DigestCache | None)
     try:
         written = None if cache is None else _settled_stat(part, probe)
         os.replace(part, target)
-        if written is not None:
+        if written is not None and cache is not None:
             _remember_file(target, written, probe, sha256, cache)
     finally:
         if cache is not None:  # also when interrupted while waiting for the clock
@@ -260,12 +258,14 @@ def _clock_past(newest: int, probe: Path) -> bool:
     if os.name == "nt":  # a ctime there is the file's creation time, not the time of its last change
         return False
     deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
-    for attempt in itertools.count():
+    retried = False
+    while True:
         os.utime(probe)
         ctime = os.stat(probe).st_ctime_ns
         if ctime > newest:
             return True
         if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
             return False  # waiting for the next second would cost each download more than it saves a re-run
-        if attempt:  # the first retry comes at once: from 6.13 Linux gives a file whose times were just read a
+        if retried:  # the first retry comes at once: from 6.13 Linux gives a file whose times were just read a
             time.sleep(0.001)  # fine-grained time, where the first try could only repeat the latest time handed out
+        retried = True

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 @contextlib.contextmanager
@@ -20,6 +21,7 @@ def exclusive_lock(path: Path, shared: bool = False) -> Iterator[None]:
         return
     import fcntl
 
+    fh: IO[bytes]
     try:
         fh = open(path, "a+b")
     except PermissionError as denied:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -47,7 +48,11 @@ class Readiness(NamedTuple):
 class _Detailed(str):
     """A str (the documented return value) that also carries details as attributes."""
 
-    _fields: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()  # the annotated attributes of a subclass, in order
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._fields = tuple(inspect.get_annotations(cls))
 
     def __new__(cls, value: str, **details: Any):
         obj = super().__new__(cls, value)
@@ -71,8 +76,22 @@ class UploadResult(_Detailed):
     """The stored object's URI, with name, version, digests, sizes, whether its data was skipped as unchanged, and
     which catalog fields such an upload updated (`updated`: description, tags, metadata)."""
 
-    _fields = ("name", "uri", "version", "sha256", "content_digest", "size", "source_size", "file_count",
-               "kind", "skipped", "seconds", "service", "namespace", "left_out", "ignored", "updated")
+    name: str
+    uri: str
+    version: str
+    sha256: str
+    content_digest: str
+    size: int  # bytes stored
+    source_size: int  # the source's bytes (a folder's files)
+    file_count: int
+    kind: str  # "file" or "directory"
+    skipped: bool  # data unchanged: none sent
+    seconds: float
+    service: str
+    namespace: str
+    left_out: list[str]
+    ignored: int  # items left out by ignore_patterns
+    updated: list[str]  # catalog fields a skipped upload wrote over
 
     def summary(self) -> str:
         """One log line."""
@@ -100,7 +119,15 @@ class DownloadResult(_Detailed):
     """The absolute local path, with name, version, digest, size, time, and whether the path held that version
     already (`skipped`: nothing was fetched)."""
 
-    _fields = ("name", "path", "version", "sha256", "size", "seconds", "kind", "replaced", "skipped")
+    name: str
+    path: str
+    version: str
+    sha256: str
+    size: int
+    seconds: float
+    kind: str
+    replaced: bool  # the path held something else, now replaced
+    skipped: bool  # the path held that version already: nothing fetched
 
     def summary(self) -> str:
         """One log line."""

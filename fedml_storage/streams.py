@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Protocol
+
+
+class Readable(Protocol):
+    """What an upload reads a stream through."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    """What a zip or a hash is written through."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 class PipeAborted(Exception):

@@ -189,9 +189,9 @@ def scan_tree(root: Path, ignore: IgnoreRules | None = None, own: Iterable[Path]
     tree = Tree(Entries(top))
     try:
         seen = {_folder_id(os.stat(root))}
-        for path in own:  # by device and inode: also when reached through a link
+        for folder in own:  # by device and inode: also when reached through a link
             with contextlib.suppress(OSError):
-                tree.fedml_own[_folder_id(os.stat(path))] = str(path)
+                tree.fedml_own[_folder_id(os.stat(folder))] = str(folder)
         links: list[tuple[str, str, os.stat_result]] = []
         leaves_out = ignore.in_folder(top) if ignore is not None else None
         _walk(top, "", tree, seen, links, leaves_out)

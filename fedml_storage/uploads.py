@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Literal, cast
 
 from . import stops
 from .abandon import Helpers
@@ -199,7 +200,7 @@ def _next_manifest(cur: Manifest | None, name: str, record: VersionRecord, skipp
         dropped=dropped[:DROPPED_REMEMBERED],
     )
     # skipped: the same content, maybe published again meanwhile as another version: the one written on
-    return manifest, cur.current if skipped else record
+    return manifest, cur.current if skipped and cur else record
 
 
 def _read_stored(catalog: Catalog, name: str) -> tuple[tuple[Manifest, str] | None, bool, str | None]:
@@ -251,8 +252,8 @@ def _maybe_published(catalog: Catalog, name: str, data_key: str) -> bool:
     return found is not None and any(v.key == data_key for v in found[0].versions)
 
 
-def _record(data_key: str, version: str, kind: str, size: int, sha256: str, digest: str, source_size: int,
-            count: int, modes: str | None = None, folder_modes: str | None = None,
+def _record(data_key: str, version: str, kind: Literal["file", "directory"], size: int, sha256: str, digest: str,
+            source_size: int, count: int, modes: str | None = None, folder_modes: str | None = None,
             top_mode: int | None = None) -> VersionRecord:
     return VersionRecord(version=version, key=data_key, kind=kind, size=size, sha256=sha256, content_digest=digest,
                          modes=modes, folder_modes=folder_modes, top_mode=top_mode, source_size=source_size,
@@ -279,7 +280,7 @@ def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: V
                 raise _changed_error(src) from None
             raise
         cache.store([(path, st, digest)])
-    if digest is not None and same_shape and current.content_digest == digest:
+    if digest is not None and same_shape and current is not None and current.content_digest == digest:
         return current, None
     version = new_version_id()
     key = catalog.data_key(name, version, name)
@@ -299,6 +300,7 @@ def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: V
     if _changed(src, st):
         catalog.drop_data([key])
         raise _changed_error(src)
+    assert digest is not None  # hashed before the transfer or beside it
     cache.store([(path, st, digest)])
     return _record(key, version, "file", st.st_size, digest, digest, st.st_size, 1), key
 
@@ -308,12 +310,12 @@ def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings
                ) -> tuple[VersionRecord, str | None]:
     """The folder's version record and the key of its new zip; the current record and None when unchanged."""
     state = tree_state(src, entries)
-    if tree_holds(src, entries, state, current, cache):
+    if current is not None and tree_holds(src, entries, state, current, cache):
         return current, None
     version = new_version_id()
     key = catalog.data_key(name, version, name + ".zip")
     pipe = BoundedPipe(limit=max(settings.part_size, 8 << 20))
-    writer = HashingWriter(pipe)
+    writer = HashingWriter(cast(BinaryIO, pipe))  # written in order only: the pipe needs no file's methods
     recorder = _Recorder(cache)
 
     def produce() -> None:

@@ -15,6 +15,7 @@ from typing import BinaryIO, NamedTuple
 
 from .errors import IntegrityError
 from .spill import Spool
+from .streams import Writable
 
 STORED, DEFLATED = 0, 8
 ZIP64_LIMIT = (1 << 31) - 1  # zipfile's: past it, sizes and offsets move into zip64 fields
@@ -53,7 +54,7 @@ def size_bound(data: int, members: int, name_chars: int) -> int:
 class ZipWriter:
     """Writes a zip archive to `out` (only `write` is used): `add` members, then `finish`; `close` in any case."""
 
-    def __init__(self, out: BinaryIO, method: int = STORED, level: int = 1) -> None:
+    def __init__(self, out: Writable, method: int = STORED, level: int = 1) -> None:
         self._out = out
         self._method = method
         self._level = level

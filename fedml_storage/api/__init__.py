@@ -80,10 +80,10 @@ def fedml_login(api_key: str | None = None, service: str | None = None) -> FedML
     secrets = [api_key]
     try:
         try:
-            check_api_key(api_key)
+            key = check_api_key(api_key)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        updates: dict[str, Any] = {"api_key": api_key.strip()}
+        updates: dict[str, Any] = {"api_key": key}
         if service is not None:
             updates["service"] = service
         path = write_config_file(updates)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
 
 from .. import stops
+from ..streams import Readable
 
 Progress = Callable[[int], None]
 
@@ -40,7 +42,7 @@ class ObjectInfo:
     modified: float  # seconds since the epoch
 
 
-def pipelined_copy(chunks: Iterator[bytes], sink: Sink, progress: Progress | None, depth: int = 16) -> int:
+def pipelined_copy(chunks: Iterable[bytes], sink: Sink, progress: Progress | None, depth: int = 16) -> int:
     """Write `chunks` to `sink` in order on other threads, so hashing and disk overlap the network.
 
     A sink that can (`stages()`: a hashing and a writing step) gets a thread for each, so they overlap each
@@ -117,7 +119,7 @@ class ObjectStore(ABC):
         """Store a local file under `key` (parallel multipart where the backend has it)."""
 
     @abstractmethod
-    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
+    def put_stream(self, key: str, stream: Readable, progress: Progress | None = None,
                    size_bound: int | None = None) -> None:
         """Store everything read from a non-seekable stream under `key`; `size_bound`, the most it can hold, lets
         a store that limits the number of parts size them."""
@@ -150,7 +152,7 @@ class ObjectStore(ABC):
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         """Remove an object (absent is fine); with `if_match`, only if unchanged."""
 
-    def delete_many(self, keys: list[str]) -> list[str]:
+    def delete_many(self, keys: builtins.list[str]) -> builtins.list[str]:
         """Remove several objects; the keys that could not be removed."""
         failed = []
         for key in keys:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import hashlib
@@ -15,6 +16,7 @@ from .. import stops
 from ..errors import InvalidInput, PreconditionFailed
 from ..locks import exclusive_lock
 from ..modes import open_plain, umask
+from ..streams import Readable
 from .base import Leftovers, ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink
 
 CHUNK = 8 * 1024 * 1024
@@ -70,7 +72,7 @@ class LocalStore(ObjectStore):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _copy(self, src: BinaryIO, out: BinaryIO, progress: Progress | None) -> None:
+    def _copy(self, src: Readable, out: BinaryIO, progress: Progress | None) -> None:
         while chunk := src.read(CHUNK):
             stops.check()
             out.write(chunk)
@@ -81,7 +83,7 @@ class LocalStore(ObjectStore):
         with open_plain(path) as src:
             self._write_atomic(key, lambda out: self._copy(src, out, progress))
 
-    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
+    def put_stream(self, key: str, stream: Readable, progress: Progress | None = None,
                    size_bound: int | None = None) -> None:
         self._write_atomic(key, lambda out: self._copy(stream, out, progress))
 
@@ -193,7 +195,7 @@ class LocalStore(ObjectStore):
                 with contextlib.suppress(OSError):  # not empty, or gone
                     os.rmdir(dirpath)
 
-    def _temp_files(self, data_prefix: str, older_than: float) -> tuple[list[Path], int]:
+    def _temp_files(self, data_prefix: str, older_than: float) -> tuple[builtins.list[Path], int]:
         """This namespace's temp files unchanged since `older_than` (epoch seconds: left by interrupted writes),
         and how many others of its uploads (data writes) there are. Other namespaces' are theirs to clean up."""
         uploads = _temp_prefix(data_prefix)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import BinaryIO
 
 import botocore.exceptions
 from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
@@ -17,6 +17,7 @@ from ..abandon import parallel_map
 from ..advice import NO_BUCKET
 from ..config import StorageSettings
 from ..errors import AccessDenied, IntegrityError, NotConfigured, PreconditionFailed, TransientError
+from ..streams import Readable
 from .base import Leftovers, ObjectInfo, ObjectMissing, ObjectStore, Progress, Sink, pipelined_copy
 from .ranges import (RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, StreamProbe, Unanswered, fetch_ranges,
                      ranges_pay)
@@ -83,7 +84,7 @@ class S3Store(ObjectStore):
         with _translate(key, self._location):
             finish(self._manager().upload(str(path), self.bucket, key, subscribers=subs), done.event)
 
-    def put_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None,
+    def put_stream(self, key: str, stream: Readable, progress: Progress | None = None,
                    size_bound: int | None = None) -> None:
         done = Done()
         subs = [done, *([TransferProgress(progress)] if progress else [])]
@@ -273,8 +274,8 @@ class S3Store(ObjectStore):
         except ObjectMissing:
             pass
 
-    def delete_many(self, keys: list[str]) -> list[str]:
-        failed: list[str] = []
+    def delete_many(self, keys: builtins.list[str]) -> builtins.list[str]:
+        failed: builtins.list[str] = []
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             if batch:

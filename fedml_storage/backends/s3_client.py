@@ -63,7 +63,7 @@ def s3_client(settings: StorageSettings) -> BaseClient:
     s3_options: dict | None = None
     if custom:
         s3_options = {"addressing_style": "path"}
-        if endpoint.lower().startswith("https://"):
+        if endpoint is not None and endpoint.lower().startswith("https://"):
             # With when_required checksums botocore would SHA-256 every part for the signature. Over TLS that
             # buys nothing (AWS's own SDKs leave payloads unsigned there; R2 asks for it); plain http stays signed.
             s3_options["payload_signing_enabled"] = False

@@ -48,13 +48,12 @@ class translate:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> None:  # never swallows: raises the core's error or lets exc go on
         if exc is None or isinstance(exc, (StorageFailure, ObjectMissing, TransientError, PreconditionFailed)):
-            return False
+            return
         mapped = self._answered(exc) if isinstance(exc, botocore.exceptions.ClientError) else self._unanswered(exc)
-        if mapped is None:
-            return False
-        raise mapped from None
+        if mapped is not None:
+            raise mapped from None
 
     def _unanswered(self, exc: BaseException) -> Exception | None:
         """The core's error for a request the store did not answer with an error: no credentials, a transport or
