@@ -56,10 +56,10 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
         does not wait for ever. `location`: the store the sensor checked before deferring (StorageClient.location);
         a triggerer whose connection or configuration reaches another fails instead of watching the wrong store."""
         super().__init__()
-        self.wait = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, version, fedml_storage_conn_id,
-                                           service, namespace)))
-        self.pacing = {"poke_interval": poke_interval, "exponential_backoff": exponential_backoff,
-                       "max_wait": max_wait}
+        self.wait: dict[str, Any] = dict(zip(WAIT_FIELDS, (name, metadata_key, metadata_value, version,
+                                                           fedml_storage_conn_id, service, namespace)))
+        self.pacing: dict[str, Any] = {"poke_interval": poke_interval, "exponential_backoff": exponential_backoff,
+                                       "max_wait": max_wait}
         self.deadline = deadline
         self.location = location
 
@@ -94,6 +94,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     self.log.warning("the triggerer reaches %s, the sensor checked %s before deferring; if that is not "
                                      "the same store, give the triggerer the workers' connection", here, self.location)
             checks = 0
+            unreachable: FedMLStorageException | None
             while True:
                 checks += 1
                 try:

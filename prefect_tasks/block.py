@@ -18,7 +18,7 @@ from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Rea
                            StorageSettings, is_unset)
 from fedml_storage.advice import kept_in, relative_paths, unattended_dest
 from fedml_storage.api_keys import check_api_key
-from fedml_storage.config import SERVICES, SIZE_SETTINGS, setting_hints, size_in_bytes
+from fedml_storage.config import SERVICES, SIZE_SETTINGS, Service, setting_hints, size_in_bytes
 
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.I)  # a secret's field by another name (aws_secret_...)
 
@@ -53,7 +53,7 @@ def _masked(exc: ValidationError) -> ValidationError:
     def secret(field: object) -> bool:
         return isinstance(field, str) and bool(_SECRET_NAME.search(field))
 
-    details = []
+    details: list[Any] = []  # pydantic's InitErrorDetails
     for error in exc.errors():
         given = error["input"]
         if error["loc"] and secret(error["loc"][0]):
@@ -89,7 +89,7 @@ class FedMLStorage(Block):
     _block_type_slug = "fedml-storage"
     _logo_url = None
     _description = "Settings to move datasets through FedML storage (LOCAL, S3 or R2) from Prefect flows."
-    _documentation_url = "https://pypi.org/project/fedml-storage/"
+    _documentation_url = "https://pypi.org/project/fedml-storage/"  # type: ignore[assignment]  # Prefect takes text
     _code_example = """
 ```python
 from prefect_tasks import FedMLStorage, upload_data
@@ -100,7 +100,7 @@ storage = FedMLStorage.load("BLOCK_NAME")
 upload_data("data/mnist", storage=storage)
 ```"""
 
-    service: Literal[SERVICES] | None = Field(None, description=f"Storage service: {', '.join(SERVICES)}.")
+    service: Service | None = Field(None, description=f"Storage service: {', '.join(SERVICES)}.")
     bucket: str | None = Field(None, **_core("bucket"))
     endpoint_url: str | None = Field(None, **_core("endpoint_url"))
     region: str | None = Field(None, **_core("region"))
@@ -235,7 +235,9 @@ upload_data("data/mnist", storage=storage)
         cached = (self.__pydantic_private__ or {}).get("_digest")
         if cached is None or cached[0] is not self.api_key:
             salt = os.urandom(16)
-            cached = self._digest = (self.api_key, salt, _fingerprint(self.api_key, salt))
+            digest = _fingerprint(self.api_key, salt)
+            assert digest is not None  # asked only of a block holding a key
+            cached = self._digest = (self.api_key, salt, digest)
         return cached[1], cached[2]
 
     def _pending_key(self) -> tuple[str, bytes, bytes] | None:
@@ -250,7 +252,7 @@ upload_data("data/mnist", storage=storage)
             return
         name, salt, fingerprint = pending
         try:
-            key = type(self).load(name, _sync=True).api_key
+            key = type(self).load(name, _sync=True).api_key  # type: ignore[call-arg, union-attr]  # async_dispatch
         except ValueError as gone:
             if not isinstance(gone.__cause__, ObjectNotFound):
                 raise

@@ -24,7 +24,7 @@ try:  # Prefect versions without assets record no lineage
     from prefect.assets import Asset, add_asset_metadata
     from prefect.context import AssetContext
 except ImportError:  # pragma: no cover - depends on the installed Prefect
-    AssetContext = None
+    AssetContext = None  # type: ignore[misc, assignment]
 
 MATERIALIZED_BY = "fedml-storage"
 T = TypeVar("T")

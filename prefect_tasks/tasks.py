@@ -76,7 +76,8 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
                          "and dashes); the text given holds ':' and is not shown, as it may be an API key: a key "
                          "goes in the block's api_key field")
     if isinstance(storage, str):  # a saved block's name (or its slug, as the Prefect UI shows it)
-        storage = FedMLStorage.load(storage.removeprefix(f"{FedMLStorage._block_type_slug}/"), _sync=True)
+        storage = FedMLStorage.load(  # type: ignore[call-arg, assignment]  # async_dispatch's _sync
+            storage.removeprefix(f"{FedMLStorage._block_type_slug}/"), _sync=True)
     if storage is not None and not isinstance(storage, FedMLStorage):
         raise TypeError(f"storage must be a FedMLStorage block or a saved block's name, not a "
                         f"{type(storage).__name__}; with .map, pass storage=unmapped(block)")
@@ -264,7 +265,7 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
                       f"| skipped (unchanged) | {result.skipped} |\n"
                       + (f"| left out by ignore_patterns | {result.ignored} |\n" if result.ignored else "")),
             description=f"fedml-storage upload of {result.name}",
-            _sync=True,
+            _sync=True,  # type: ignore[call-arg]  # async_dispatch's
         )
     add_metadata(key, {k: details[k] for k in ("version", "sha256", "size", "uri", "skipped")})  # skipped: unchanged
     return hold_for_flow_run(details)
@@ -313,7 +314,8 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
             for i in items]
     if _in_run():
         create_table_artifact(key=_artifact_key("fedml-storage-list", namespace, prefix or ""), table=rows,
-                              _sync=True, description=f"Datasets in FedML storage (namespace {namespace!r}"
+                              _sync=True,  # type: ignore[call-arg]  # async_dispatch's
+                              description=f"Datasets in FedML storage (namespace {namespace!r}"
                               + (f", names starting {prefix!r})" if prefix else ")"))
     return items
 
