@@ -26,7 +26,7 @@ class FedMLStorageException(AirflowException):
         self.reason = reason
         self.retryable = retryable
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[str, str | None, bool]]:
         return type(self), (str(self), self.reason, self.retryable)
 
 

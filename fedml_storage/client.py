@@ -26,7 +26,7 @@ from .entry_cache import EntryCache
 from .errors import InvalidInput, NotFound, Unsupported, to_response
 from .own import check_target
 from .response import FedMLResponse, FedMLStorageError, ResponseCode
-from .results import DownloadResult, Readiness, StorageMetadata, asset_uri, human_size
+from .results import DownloadResult, Readiness, StorageMetadata, UploadResult, asset_uri, human_size
 from .store_check import check_store
 from .uploads import UploadRequest
 from .uploads import upload as _upload
@@ -159,7 +159,7 @@ class StorageClient:
         req = UploadRequest(data_path, name, description, metadata, tag_list, show_progress,
                             out_progress_to_err, progress_desc, ignore_patterns)
 
-        def run():
+        def run() -> UploadResult:
             catalog = self._catalog()
             with _digest_cache() as cache:
                 return _upload(req, self._ensure_settings(), catalog, cache)

@@ -202,7 +202,7 @@ class StorageSettings(BaseModel):
         data["partial_dir"] = str(self.partials_folder)
         return data
 
-    def __repr_args__(self):  # keep reprs short and secret-free
+    def __repr_args__(self) -> list[tuple[str | None, Any]]:  # keep reprs short and secret-free
         return [(k, v) for k, v in super().__repr_args__() if k != "api_key" or v is None] + (
             [("api_key", "****")] if self.api_key else []
         )

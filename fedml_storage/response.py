@@ -38,7 +38,7 @@ class FedMLStorageError(Exception):
         self.reason = response.reason
         self.retryable = response.retryable
 
-    def __reduce__(self):  # picklable: Prefect stores and ships failed tasks' exceptions
+    def __reduce__(self) -> tuple[type, tuple[FedMLResponse]]:  # picklable: Prefect stores and ships failed tasks' exceptions
         return type(self), (self.response,)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 
@@ -54,7 +55,7 @@ class _Detailed(str):
         super().__init_subclass__(**kwargs)
         cls._fields = tuple(inspect.get_annotations(cls))
 
-    def __new__(cls, value: str, **details: Any):
+    def __new__(cls, value: str, **details: Any) -> Self:
         obj = super().__new__(cls, value)
         for key in cls._fields:
             setattr(obj, key, details.get(key))
@@ -64,11 +65,11 @@ class _Detailed(str):
         """JSON-serialisable details."""
         return {key: getattr(self, key) for key in self._fields}
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., _Detailed], tuple[type, str, dict[str, Any]]]:
         return (_rebuild, (type(self), str(self), self.to_dict()))
 
 
-def _rebuild(cls, value, details):
+def _rebuild(cls: type[_Detailed], value: str, details: dict[str, Any]) -> _Detailed:
     return cls(value, **details)
 
 

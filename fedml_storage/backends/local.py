@@ -8,7 +8,7 @@ import errno
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,7 +48,7 @@ class LocalStore(ObjectStore):
         """One writer of manifests at a time, across processes."""
         return exclusive_lock(self.root / ".lock", shared=True)
 
-    def _write_atomic(self, key: str, fill) -> None:
+    def _write_atomic(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
         fd, tmp = tempfile.mkstemp(dir=self.root / TMP_DIR, prefix=_temp_prefix(key))
         try:

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import IO, Any, BinaryIO
 
 from s3transfer.futures import TransferFuture
 from s3transfer.subscribers import BaseSubscriber
@@ -26,7 +27,7 @@ class PlainFiles(OSUtils):
     """s3transfer's file access, opening only plain files: one replaced by a FIFO during the upload fails it
     instead of waiting for a writer for ever."""
 
-    def open_file_chunk_reader(self, filename, start_byte, size, callbacks):
+    def open_file_chunk_reader(self, filename: str, start_byte: int, size: int, callbacks: list) -> ReadFileChunk:
         f = open_plain(filename)
         try:
             now = os.fstat(f.fileno()).st_size
@@ -38,12 +39,13 @@ class PlainFiles(OSUtils):
             f.close()
             raise
 
-    def open_file_chunk_reader_from_fileobj(self, fileobj, chunk_size, full_file_size, callbacks, close_callbacks=None):
+    def open_file_chunk_reader_from_fileobj(self, fileobj: BinaryIO, chunk_size: int, full_file_size: int,
+                                            callbacks: list, close_callbacks: list | None = None) -> ReadFileChunk:
         # the part's length is the file's when the upload began: what is read must come up to it
         return _WholePart(fileobj, chunk_size, full_file_size, callbacks, enable_callbacks=False,
                           close_callbacks=close_callbacks)
 
-    def open(self, filename, mode):
+    def open(self, filename: str, mode: str) -> IO:
         return open_plain(filename) if mode == "rb" else super().open(filename, mode)
 
 
@@ -51,7 +53,7 @@ class _WholePart(ReadFileChunk):
     """A part of a file to upload that fails at once when the file comes short of it (cut or replaced meanwhile),
     instead of sending less than the length it declared and waiting for the store, read_timeout x max_attempts."""
 
-    def read(self, amount=None):
+    def read(self, amount: int | None = None) -> bytes:
         left = max(self._size - self._amount_read, 0)
         wanted = left if amount is None or amount < 0 else min(left, amount)
         data = super().read(amount)
@@ -71,7 +73,7 @@ class Progress(BaseSubscriber):
     def __init__(self, progress: ProgressCallback) -> None:
         self._progress = progress
 
-    def on_progress(self, bytes_transferred: int, **kwargs) -> None:
+    def on_progress(self, bytes_transferred: int, **kwargs: Any) -> None:
         self._progress(bytes_transferred)
 
 
@@ -81,7 +83,7 @@ class Done(BaseSubscriber):
     def __init__(self) -> None:
         self.event = threading.Event()
 
-    def on_done(self, future, **kwargs) -> None:
+    def on_done(self, future: TransferFuture, **kwargs: Any) -> None:
         self.event.set()
 
 
