@@ -18,7 +18,8 @@ from .advice import PICK_SERVICE, reword
 from .backends import ObjectStore, open_store
 from .catalog import Catalog, Manifest, malformed_version
 from .catalog_cleanup import cleanup
-from .config import (StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
+from .api_keys import mask_keys
+from .config import (PLAIN_SETTINGS, StorageSettings, is_unset, read_config_file, storage_home, validate_settings,
                      without_userinfo)
 from .digests import DigestCache
 from .downloads import download as _download
@@ -66,10 +67,11 @@ class StorageClient:
         self._store_listed = False  # see ready()
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in self._overrides.items() if k != "api_key"}
+        # an unknown argument (aws_secret_access_key=) is refused, and shown by name only
+        shown = {k: v if k in PLAIN_SETTINGS else "****" for k, v in self._overrides.items() if k != "api_key"}
         if isinstance(shown.get("endpoint_url"), str):  # a URL with user:secret@ is refused, but shown as given
             shown["endpoint_url"] = without_userinfo(shown["endpoint_url"])
-        return f"StorageClient({shown})"
+        return mask_keys(f"StorageClient({shown})")
 
     # -- resolution ---------------------------------------------------------
     def _resolve(self) -> StorageSettings:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from .api_keys import check_api_key
 from .errors import InvalidInput, NotConfigured
-from .validation import byte_size, resolved
+from .validation import byte_size, inputs_hidden, resolved
 
 log = logging.getLogger("fedml_storage")
 
@@ -193,6 +193,25 @@ class StorageSettings(BaseModel):
     def secret_values(self) -> list[str]:
         """Strings that must never appear in output."""
         return [self.api_key.get_secret_value()] if self.api_key else []
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise inputs_hidden(exc) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:  # refused (frozen), with the value in the details
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise inputs_hidden(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> StorageSettings:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise inputs_hidden(exc) from None
 
     def masked_dict(self) -> dict[str, Any]:
         """Settings for display: JSON-able, with the API key masked."""

@@ -9,6 +9,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .api_keys import looks_like_key
 from .errors import InvalidInput
 
@@ -20,6 +22,15 @@ MAX_DESCRIPTION_LENGTH = 4096
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def inputs_hidden(exc: ValidationError) -> ValidationError:
+    """The same validation error without the values given: its str hides them, but its details (`errors()`) and
+    its pickle (Prefect writes a failed run's exception to result storage) keep them, and a value may be a key or
+    hold one (an endpoint's user:secret@)."""
+    details: list[Any] = [{"type": e["type"], "loc": e["loc"], "input": "<hidden>",  # pydantic's InitErrorDetails
+                           **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+    return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
 def check_path(value: Any, what: str) -> Path:

@@ -19,6 +19,7 @@ from fedml_storage import (PLAIN_SETTINGS, FedMLResponse, FedMLStorageError, Rea
 from fedml_storage.advice import kept_in, relative_paths, unattended_dest
 from fedml_storage.api_keys import check_api_key
 from fedml_storage.config import SERVICES, SIZE_SETTINGS, Service, setting_hints, size_in_bytes
+from fedml_storage.validation import inputs_hidden
 
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.I)  # a secret's field by another name (aws_secret_...)
 
@@ -45,24 +46,6 @@ class _ClassOnly:
                             "a dataset call storage.delete_data(name); to remove this block, FedMLStorage."
                             f"{self.name}(block_name)")
         return refuse
-
-
-def _masked(exc: ValidationError) -> ValidationError:
-    """The validation error with every secret it was given masked in its details (Prefect pickles a failed run's
-    exception into result storage): the api_key, and a secret under another field's name (aws_secret_access_key)."""
-    def secret(field: object) -> bool:
-        return isinstance(field, str) and bool(_SECRET_NAME.search(field))
-
-    details: list[Any] = []  # pydantic's InitErrorDetails
-    for error in exc.errors():
-        given = error["input"]
-        if error["loc"] and secret(error["loc"][0]):
-            given = "**********"
-        elif isinstance(given, dict):
-            given = {k: "**********" if secret(k) else v for k, v in given.items()}
-        details.append({"type": error["type"], "loc": error["loc"], "input": given,
-                        **({"ctx": error["ctx"]} if "ctx" in error else {})})
-    return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
 PREFECT_LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
@@ -129,13 +112,13 @@ upload_data("data/mnist", storage=storage)
         try:
             super().__init__(*args, **data)
         except ValidationError as exc:  # its errors keep their inputs, a malformed key among them, and pickle them
-            raise _masked(exc) from None
+            raise inputs_hidden(exc) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
             super().__setattr__(name, value)
         except ValidationError as exc:  # block.api_key = "...": validated on assignment
-            raise _masked(exc) from None
+            raise inputs_hidden(exc) from None
 
     @model_validator(mode="before")
     @classmethod

@@ -100,6 +100,11 @@ def test_a_malformed_key_is_kept_out_of_the_error_and_of_result_storage(tmp_path
     with pytest.raises(ValidationError, match="aws_secret_access_key") as refused:  # a secret by prefect-aws's name
         FedMLStorage(aws_secret_access_key=secret)
     assert secret.encode() not in pickle.dumps(refused.value)
+    for given in ({"endpoint_url": f"http://AKIAKEYID0001:{secret}@minio:9000"}, {"credentials": f"ID:{secret}"},
+                  {"passwd": secret}):  # a secret in a field whose name says nothing of it (helper-102)
+        with pytest.raises(ValidationError) as refused:
+            FedMLStorage(service="S3", bucket="b", **given)
+        assert secret not in repr(refused.value.errors()) and secret.encode() not in pickle.dumps(refused.value)
     block = FedMLStorage(service="S3")
     with pytest.raises(ValidationError, match="api_key") as refused:  # set after the block was made
         block.api_key = f"'AKIAKEYID0001:{secret}'"
