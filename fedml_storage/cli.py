@@ -3,6 +3,7 @@ retry (EX_TEMPFAIL), 2 usage errors, 130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -169,8 +170,10 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.ClickException as exc:  # usage errors
-        exc.show()
+    except click.exceptions.ClickException as exc:  # usage errors, which quote what was given: a key, mistyped
+        shown = io.StringIO()
+        exc.show(file=shown)
+        click.echo(redact(shown.getvalue(), _key_arguments(sys.argv)), err=True, nl=False)
         sys.exit(exc.exit_code)
     except Exception as exc:  # unexpected: the core reports failures, so this is a bug
         secrets = [os.environ.get("FEDML_STORAGE_API_KEY"), *_key_arguments(sys.argv)]
@@ -183,14 +186,18 @@ def main() -> None:
 
 
 def _key_arguments(argv: list[str]) -> list[str]:
-    """The API keys given on the command line (--api-key's value, login's argument): to mask in error output."""
+    """What may be (part of) an API key on the command line, to mask in error output: --api-key's value, login's
+    argument, and when that holds no ':' the argument after it (a key typed with a space for its ':')."""
     keys = []
     for i, arg in enumerate(argv):
         if arg.startswith("--api-key="):
-            keys.append(arg.partition("=")[2])
-        elif arg in ("--api-key", "login") and i + 1 < len(argv):
-            keys.append(argv[i + 1])
-    return keys
+            value, after = [arg.partition("=")[2]], argv[i + 1:i + 2]
+        elif arg in ("--api-key", "login"):
+            value, after = argv[i + 1:i + 2], argv[i + 2:i + 3]
+        else:
+            continue
+        keys += value + (after if value and ":" not in value[0] else [])
+    return [key for key in keys if key not in cli.commands]
 
 
 class _Lowercase(logging.Formatter):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import traceback
 from typing import Any
 
 import botocore.exceptions
@@ -22,11 +23,18 @@ _REQUEST_LOGGERS = ("botocore.auth", "botocore.endpoint", "botocore.awsrequest",
                     "botocore.hooks", "botocore.parsers", "botocore.retryhandler", "urllib3.connectionpool")
 
 
-class _Masking(logging.Filter):
-    """Masks the secrets of the clients made here in botocore's own DEBUG records (this runs only for records
-    logged, so costs nothing while DEBUG is off)."""
+def _forms(secret: str) -> tuple[str, ...]:
+    """A secret as botocore's DEBUG records may hold it: as it is, escaped (a dict of headers), and in hex (AWS's
+    SignatureDoesNotMatch answer gives the canonical request as hex bytes, spaced, and the log holds the answer)."""
+    raw = secret.encode()
+    return tuple(dict.fromkeys((secret, repr(secret)[1:-1], repr(raw)[2:-1], raw.hex(), raw.hex(" "))))
 
-    KEPT = 64  # the most recent secrets: a process that makes clients for ever rotating tokens stays bounded
+
+class _Masking(logging.Filter):
+    """Masks the secrets of the clients made here in botocore's own DEBUG records, with a traceback attached to
+    one (this runs only for records logged, so costs nothing while DEBUG is off)."""
+
+    KEPT = 320  # the forms of the latest secrets: a process making clients for ever rotating tokens stays bounded
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +43,7 @@ class _Masking(logging.Filter):
 
     def add(self, *secrets: str | None) -> None:
         with self._lock:
-            fresh = [s for s in secrets if s and s not in self._secrets]
+            fresh = [form for s in secrets if s for form in _forms(s) if form not in self._secrets]
             self._secrets = (*self._secrets, *fresh)[-self.KEPT:]
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -44,6 +52,10 @@ class _Masking(logging.Filter):
             message = record.getMessage()
             if any(secret in message for secret in secrets):
                 record.msg, record.args = redact(message, secrets), None
+            if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+                text = "".join(traceback.format_exception(*record.exc_info))
+                if any(secret in text for secret in secrets):  # formatters print exc_text as it is
+                    record.exc_info, record.exc_text = None, redact(text, secrets).rstrip("\n")
         return True
 
 
