@@ -14,8 +14,7 @@ from fedml_storage import (
     DownloadResult, FedMLResponse, FedMLStorageError, Readiness, Reason, StorageClient, StorageMetadata,
     is_unset, unknown_settings,
 )
-from fedml_storage.advice import kept_in, needs_dest_path, relative_paths, unattended_dest
-from fedml_storage.config import config_path, configured_here
+from fedml_storage.advice import kept_in, needs_dest_path, relative_paths, unattended_dest, worker_local
 
 
 class FedMLStorageException(AirflowException):
@@ -114,15 +113,13 @@ class FedMLStorageHook(BaseHook):
                 f"Airflow connection {self.fedml_storage_conn_id!r} is not defined; create it (type "
                 "fedml_storage) or pass the fedml_storage_conn_id of one that is", "not_configured", False
             ) from None
-        if configured_here():
+        # a misspelt AIRFLOW_CONN_ variable looks the same: say where the data goes
+        warning = worker_local(f"No Airflow connection {self.fedml_storage_conn_id!r}",
+                               "Define the connection (type fedml_storage)")
+        if warning is None:
             self.log.debug("No connection %r: using fedml-storage's own configuration", self.fedml_storage_conn_id)
-        else:  # a misspelt AIRFLOW_CONN_ variable looks the same: say where the data goes
-            self.log.warning(
-                "No Airflow connection %r and no fedml-storage configuration on this worker (FEDML_STORAGE_* "
-                "variables or %s): datasets go to the embedded LOCAL store on this worker's disk, which tasks on "
-                "other workers do not see. Define the connection (type fedml_storage) for a shared store, or "
-                "set FEDML_STORAGE_SERVICE=LOCAL on the worker to keep them there",
-                self.fedml_storage_conn_id, config_path())
+        else:
+            self.log.warning("%s", warning)
         return {}
 
     def _api_key(self, conn: Any) -> str | None:

@@ -30,6 +30,19 @@ def kept_in(listing: str, settings_place: str | None = None, key_place: str | No
     return advice
 
 
+def worker_local(missing: str, remedy: str) -> str | None:
+    """Why a pipeline step given no store of its own (`missing`: no connection, no block) warns, unless this machine
+    configures fedml-storage itself: its datasets go to the LOCAL store on the worker's disk. None when configured."""
+    from .config import config_path, configured_here  # (config imports the advice of its own messages)
+
+    if configured_here():
+        return None
+    return (f"{missing} and no fedml-storage configuration on this worker (FEDML_STORAGE_* variables or "
+            f"{config_path()}): datasets go to the embedded LOCAL store on this worker's disk, which tasks on other "
+            f"workers do not see. {remedy} for a shared store, or set FEDML_STORAGE_SERVICE=LOCAL on the worker to "
+            "keep them there")
+
+
 def needs_dest_path(who: str, worker: str, holds: str) -> str:
     """Why `who`, a pipeline's download step, refuses to run without a dest_path: on an unattended `worker` the
     working directory (the API's default) `holds` things a dataset of the same name would replace as a whole."""

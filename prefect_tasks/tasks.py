@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
-from fedml_storage.advice import kept_in
+from fedml_storage.advice import kept_in, worker_local
 from fedml_storage.api_keys import mask_keys
 from fedml_storage.stops import StoppableCall
 
@@ -83,6 +83,9 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
                         f"{type(storage).__name__}; with .map, pass storage=unmapped(block)")
     if storage is not None:
         return storage.client(service=service, namespace=namespace)
+    if service is None and (warning := worker_local("No FedMLStorage block (storage=)",
+                                                    "Pass storage= a FedMLStorage block")) is not None:
+        _log().warning(warning)
     return StorageClient(service=service, namespace=namespace, log_failures=False,  # Prefect logs what we raise
                          advice=kept_in(PREFECT_LISTING, "a FedMLStorage block passed as storage=",
                                         "the api_key of a FedMLStorage block passed as storage="))

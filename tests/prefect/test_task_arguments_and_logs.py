@@ -164,3 +164,24 @@ def test_a_key_passed_in_the_wrong_argument_is_refused_and_never_shown(tmp_path:
     seen = "\n".join([*task_run_names(run_id), *run_logs(run_id)])
     assert key.split(":")[1] not in seen and key.split(":")[0] not in seen, seen
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*AKIA*"))
+
+
+def test_no_block_and_no_configuration_warns_that_data_stays_on_the_worker(isolated_home: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """Airflow's hook warned when no connection sent datasets to the worker's own disk; the Prefect tasks said
+    nothing, and a retry logged no location at all (helper-103)."""
+    (tmp_path / "ds.txt").write_text("x")
+
+    @flow
+    def uploads() -> str:
+        return upload_data(str(tmp_path / "ds.txt"))["uri"]
+
+    state = uploads(return_state=True)
+    assert state.result().startswith("file://")
+    warned = [m for m in run_logs(state.state_details.flow_run_id) if "No FedMLStorage block (storage=)" in m]
+    assert len(warned) == 1 and "LOCAL store on this worker's disk" in warned[0], warned
+    assert "Pass storage= a FedMLStorage block for a shared store" in warned[0]
+    monkeypatch.setenv("FEDML_STORAGE_SERVICE", "LOCAL")  # kept there on purpose: nothing to warn of
+    state = uploads(return_state=True)
+    assert state.result().startswith("file://")
+    assert not [m for m in run_logs(state.state_details.flow_run_id) if "No FedMLStorage block" in m]
