@@ -27,7 +27,8 @@ from .abandon import parallel_map
 from .advice import LISTING
 from .backends.base import ObjectMissing, ObjectStore
 from .entry_cache import EntryCache
-from .errors import Changed, Conflict, IntegrityError, InvalidInput, NotFound, PreconditionFailed, TransientError
+from .errors import (Changed, Conflict, IntegrityError, InvalidInput, NotConfigured, NotFound, PreconditionFailed,
+                     TransientError)
 
 log = logging.getLogger("fedml_storage")
 
@@ -185,6 +186,8 @@ class Catalog:
                 if (other := unicodedata.normalize(form, name)) != name and self._read_raw(other) is not None:
                     return f" (stored as {ascii(other)}: the same text in another Unicode form, {form}; pass that)"
             close = [other for other, _ in itertools.islice(self._listed(f"{name}."), 3)]
+        except NotConfigured:  # no S3 API there (a web server's 404 page for every key): "not found" would be false
+            raise
         except Exception:  # a hint must never turn "not found" into another failure
             return ""
         why = " a file keeps its extension" if any(map(self._a_file, close)) else ""  # a folder's is as given
@@ -305,9 +308,12 @@ class Catalog:
             return
         try:
             failed = self.store.delete_many(keys)
+        except NotConfigured as exc:  # no store at the endpoint (the failure reported says so): it holds nothing
+            log.debug("not removing %s: %s", keys[0], exc)
+            return
         except Exception as exc:  # the commit already happened; leftovers are invisible
-            log.warning("could not remove unreferenced data (%s); run cleanup() later to remove it",
-                        type(exc).__name__)
+            log.warning("could not remove unreferenced data (%s: %s); run cleanup() later to remove it",
+                        type(exc).__name__, exc)
             return
         if failed:
             log.warning("could not remove %d unreferenced object(s) (e.g. %s); run cleanup() later", len(failed),

@@ -144,12 +144,15 @@ class CuttingProxy:
             except OSError:
                 pass
 
-    def answer(self, pattern: bytes, status: str, code: str, message: str, times: int = 1) -> None:
+    def answer(self, pattern: bytes, status: str, code: str, message: str, times: int = 1, page: bool = False) -> None:
         """Answer the next `times` requests whose head matches `pattern` with an S3 error, instead of the server
-        (a store without the feature the request asks for)."""
+        (a store without the feature the request asks for); `page`: with an HTML page of the proxy's own instead."""
         body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
                 "</Error>").encode()
-        head = f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+        kind = "text/html" if page else "application/xml"
+        if page:
+            body = f"<!doctype html><html><body><h1>{status}</h1><p>{message}</p></body></html>".encode()
+        head = f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
         with self._lock:
             self._answers.extend([(re.compile(pattern), head.encode() + body)] * times)
 

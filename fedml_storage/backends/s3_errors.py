@@ -116,6 +116,8 @@ class translate:
         said = (f"{self.location} answered HTTP {status} {http.client.responses.get(status, '')} without an S3 error: "
                 "a web server or a proxy answered, not the store itself".replace("  ", " "))
         where = f"{NOT_S3}, and any proxy in front of the store"
+        if status == 501:  # a web server that takes GET only: no S3 API, and asking again will not make one
+            return NotConfigured(f"{said}; it does not implement this request: {where}")
         if status >= 500 or status in (408, 429):
             return TransientError(f"{said}; if this persists, {where}")
         if status == 413:
@@ -141,8 +143,8 @@ def _not_from_store(exc: botocore.exceptions.ClientError, code: str, status: int
     operation = exc.operation_name
     if operation == "HeadObject" or code not in ("", str(status)):  # a HEAD has no body: its code is always generic
         return False
-    if status == 404 and operation == "GetObject":  # a missing key, as ever
-        return False
+    if status == 404 and operation == "GetObject":  # a missing key, as ever (a proxy may put a page of its own on
+        return False  # the store's answer; a web server's is caught by the listing a not-found hint makes)
     page = str(exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("content-type", "")).lower() \
         .startswith("text/html")
     # a listing or write answered 404 without a body: a store says NoSuchBucket (a sandbox's or a proxy's 404)
