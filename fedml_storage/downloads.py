@@ -84,7 +84,8 @@ def download(
             dest, None if partial_dir is None else lambda tmp: partials.take(partial_dir, record.sha256, tmp))
         if partial_dir is not None:
             note = partials.Note(part.with_suffix(".sha"))
-        _check_space(dest, record.size - adopted + (record.source_size if record.kind != "file" else 0))
+        _check_space(dest, record.size - adopted + (record.source_size if record.kind != "file" else 0),
+                     record.kind != "file")
         with os.fdopen(fd, "r+b") as fh:
             record = _fetch(catalog, name, version, record, fh, adopted if adopted <= record.size else 0, tries,
                             note, show_progress, out_progress_to_err, progress_desc)
@@ -298,18 +299,21 @@ def _check_target(target: Path, kind: str) -> None:
                            "another dest_path")
 
 
-def _check_space(dest: Path, need: int) -> None:
-    """Fail before fetching anything when `dest` cannot hold what the download writes there."""
+def _check_space(dest: Path, need: int, folder: bool) -> None:
+    """Fail before fetching anything when `dest` cannot hold what the download writes there: for good when its
+    volume is smaller than that (not retried), else as a failure that freeing space cures."""
     try:
         usage = shutil.disk_usage(dest)
     except OSError:
         return
-    if usage.total and usage.free < need:  # total 0: a file system that reports no sizes
-        raise TransientError(
-            f"not enough space in {dest}: the download needs {human_size(need)} there (the data, and for a folder "
-            f"also its unpacked copy) and {human_size(usage.free)} is free; free some space or choose another "
-            "dest_path"
-        )
+    if not usage.total or usage.free >= need:  # total 0: a file system that reports no sizes
+        return
+    what = "the archive and its unpacked copy" if folder else "the data"
+    if usage.total < need:
+        raise InvalidInput(f"{dest} is on a volume of {human_size(usage.total)} in all: the download needs "
+                           f"{human_size(need)} there ({what}); choose a dest_path on a larger one")
+    raise TransientError(f"not enough space in {dest}: the download needs {human_size(need)} there ({what}) and "
+                         f"{human_size(usage.free)} is free; free some space or choose another dest_path")
 
 
 def _make_folder(dest: Path) -> list[Path]:

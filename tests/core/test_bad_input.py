@@ -223,21 +223,25 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-@pytest.mark.parametrize("kind", ["file", "folder"])
+@pytest.mark.parametrize(("kind", "kept", "retryable", "words"), [
+    ("file", 0, False, "on a volume of 1.00 MB in all"),  # larger than the disk: no retry helps (helper-103)
+    ("folder", 0, False, "(the archive and its unpacked copy); choose"),  # the archive fits, with its copy not
+    ("file", 600 << 10, True, "(the data) and"),  # fits once what is kept there is gone
+])
 def test_a_download_that_cannot_fit_fails_before_fetching_and_leaves_the_folder_as_it_was(
-    store: Store, tmp_path: Path, small_disk: Path, kind: str
+    store: Store, tmp_path: Path, small_disk: Path, kind: str, kept: int, retryable: bool, words: str
 ) -> None:
     src = tmp_path / "big"
     if kind == "file":
-        src.write_bytes(os.urandom(2 << 20))  # larger than the disk
+        src.write_bytes(os.urandom(600 << 10 if kept else 2 << 20))
     else:
         src.mkdir()  # the archive (600 KiB) fits, the archive and its unpacked copy (1.2 MiB) do not
         (src / "a.bin").write_bytes(os.urandom(600 << 10))
     assert store.client().upload(src).ok
-    (small_disk / "keep.txt").write_text("mine")
+    (small_disk / "keep.txt").write_bytes(b"m" * (kept or 4))
     response = api.download("big", service=store.service, api_key=store.api_key, dest_path=str(small_disk / "out"))
-    assert response.code == ResponseCode.ERROR and response.retryable, response.message
-    assert "not enough space" in response.message and "free some space" in response.message
+    assert response.retryable is retryable and words in response.message, response.message
+    assert ("not enough space" in response.message and "free some space" in response.message) is retryable
     assert sorted(p.name for p in small_disk.iterdir()) == ["keep.txt"]  # not even the folder it would have made
 
 
