@@ -97,7 +97,8 @@ class UploadResult(_Detailed):
     def summary(self) -> str:
         """One log line."""
         if self.skipped:
-            line = f"skipped upload of {self.name!r}: data unchanged, none sent (version {self.version})"
+            line = (f"skipped upload of {self.name!r}: data unchanged, none sent (version {self.version}, "
+                    f"{human_size(self.size)} at {self.uri})")
             if self.updated:  # only the catalog entry was written
                 line += f"; updated its {' and '.join(self.updated)}"
         else:

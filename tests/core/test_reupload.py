@@ -9,6 +9,7 @@ import pytest
 
 from fedml_storage.backends.local import LocalStore
 from fedml_storage.backends.s3 import S3Store
+from fedml_storage.results import human_size
 
 from .conftest import Store, make_tree
 
@@ -31,8 +32,9 @@ def test_unchanged_reupload_sends_no_data(store: Store, tmp_path: Path, monkeypa
     again = client.upload(src, description="second", metadata={"run": "2"})
     assert again.ok and again.data.skipped and again.data.version == first.version
     assert again.data.updated == ["description", "metadata"]
-    assert again.message.endswith("data unchanged, none sent (version %s); updated its description and metadata"
-                                  % first.version), again.message  # it said "unchanged", as if nothing was
+    assert again.message.endswith("data unchanged, none sent (version %s, %s at %s); updated its description and "
+                                  "metadata" % (first.version, human_size(first.size), first.uri)), again.message
+    # (it said "unchanged", as if nothing was; and no location, which a retry's log then lacked: helper-103)
     assert sent == []
     assert [k for k in store.keys() if "/data/" in k] == [k for k in keys_before if "/data/" in k]
     meta = client.get_metadata("tree").data
