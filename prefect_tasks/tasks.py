@@ -21,7 +21,7 @@ import anyio.to_thread
 import httpx
 from prefect import Task, get_run_logger, task
 from prefect.context import FlowRunContext, TaskRunContext
-from prefect.exceptions import MissingContextError
+from prefect.exceptions import MissingContextError, ObjectNotFound
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -76,8 +76,14 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
                          "and dashes); the text given holds ':' and is not shown, as it may be an API key: a key "
                          "goes in the block's api_key field")
     if isinstance(storage, str):  # a saved block's name (or its slug, as the Prefect UI shows it)
-        storage = FedMLStorage.load(  # type: ignore[call-arg, assignment]  # async_dispatch's _sync
-            storage.removeprefix(f"{FedMLStorage._block_type_slug}/"), _sync=True)
+        name = storage.removeprefix(f"{FedMLStorage._block_type_slug}/")
+        try:
+            storage = FedMLStorage.load(name, _sync=True)  # type: ignore[call-arg, assignment]  # async_dispatch's
+        except ValueError as exc:  # Prefect's, chained to the API's 404: some 80 lines of traceback
+            if not isinstance(exc.__cause__, ObjectNotFound):
+                raise
+            raise ValueError(f"no FedMLStorage block named {name!r} is saved on this Prefect server: save one "
+                             f"(FedMLStorage(...).save({name!r})) or pass the block itself as storage=") from None
     if storage is not None and not isinstance(storage, FedMLStorage):
         raise TypeError(f"storage must be a FedMLStorage block or a saved block's name, not a "
                         f"{type(storage).__name__}; with .map, pass storage=unmapped(block)")

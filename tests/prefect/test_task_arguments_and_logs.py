@@ -35,6 +35,14 @@ def test_a_wrong_storage_argument_says_what_to_pass(tmp_path: Path) -> None:
 
     assert by_slug() == "LOCAL" and (tmp_path / "store" / "default" / "manifests" / "a.txt.json").exists()
 
+    @flow
+    def by_a_name_never_saved() -> None:
+        upload_data.with_options(retries=0)(str(tmp_path / "a.txt"), storage="fedml-never-saved")
+
+    with pytest.raises(ValueError, match="no FedMLStorage block named 'fedml-never-saved' is saved") as missing:
+        by_a_name_never_saved()  # Prefect's own error came with its HTTP 404 chained: some 80 lines (helper-103)
+    assert missing.value.__cause__ is None and missing.value.__suppress_context__
+
 
 def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path, caplog) -> None:
     """A damaged catalog entry that list skips was said only on the worker's stderr, never in Prefect's UI; then
