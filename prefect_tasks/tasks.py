@@ -190,7 +190,7 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
                 with anyio.move_on_after(STOP_GRACE_SECONDS, shield=True):
                     while not call.ended.is_set():
                         await anyio.sleep(0.05)
-            _say_how_it_ended(call.outcome)
+            _say_how_it_ended(call.outcome, name)
             raise
 
     in_thread.__name__ = in_thread.__qualname__ = "a" + body.__name__.lstrip("_")  # its own task key
@@ -201,13 +201,20 @@ def _tasks(body: Callable[..., Any], name: str, run_name: str | Callable[..., st
 STOP_GRACE_SECONDS = 5.0  # how long a cancelled async task waits for its stopped body to clean up
 
 
-def _say_how_it_ended(outcome: str) -> None:
-    """Say in the run's log what became of a cancelled (or timed-out) async task's storage call."""
+STOPPED = {  # what a stopped call leaves, by operation
+    "upload": "nothing was published and what it had sent was removed",
+    "download": "nothing was put at dest_path; what it had fetched, if anything, is kept in partial_dir for a day, "
+                "where the next download of that version goes on from it",
+}
+
+
+def _say_how_it_ended(outcome: str, name: str) -> None:
+    """Say in the run's log what became of a cancelled (or timed-out) async task's storage call (`name`: upload,
+    download, ...)."""
     if outcome == "waiting":
         _log().info("the storage call had not started; it never will")
     elif outcome == "stopped":
-        _log().info("the storage call was stopped: nothing was published and what it had sent was removed (what a "
-                    "download fetched is kept in partial_dir for the next one)")
+        _log().info("the %s was stopped%s", name, f": {STOPPED[name]}" if name in STOPPED else "")
     elif outcome == "finished":
         _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
                        "is published, a download in place)")
