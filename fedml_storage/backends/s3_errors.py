@@ -109,7 +109,9 @@ class translate:
             return AccessDenied(f"access denied by {self.location} ({code}); check the API key "
                                 "(ACCESS_KEY_ID:SECRET_ACCESS_KEY) and that it may read and write this bucket")
         if code in _TRANSIENT or (isinstance(status, int) and status >= 500):
-            return TransientError(f"storage service busy or failing ({code or status}) at {self.location}")
+            retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts")
+            tries = f", {retried + 1} tries" if isinstance(retried, int) and retried else ""  # botocore's, silent
+            return TransientError(f"storage service busy or failing ({code or status}{tries}) at {self.location}")
         return StorageFailure(f"storage service refused the request for {self.key!r} ({code}: {err.get('Message', '')})")
 
     def _not_s3(self, status: int) -> Exception:

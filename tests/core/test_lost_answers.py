@@ -89,6 +89,7 @@ def test_a_read_botocore_gave_up_on_is_not_asked_again_three_times(s3_store: Sto
     with s3_store.client(endpoint_url=moto_proxy.endpoint, max_attempts=2, **settings) as client:
         response = client.download("blob.bin", str(tmp_path / "out"))
     assert response.code == ResponseCode.ERROR and response.retryable, response.message
+    assert "busy or failing (SlowDown, 2 tries)" in response.message  # botocore's retries are silent (helper-103)
     # max_attempts per request (per part: two here), not that again for every resumption botocore already retried
     assert requests(moto_proxy, data_get) <= {"stream": 2, "ranges": 4}[mode]
     assert not (tmp_path / "out").exists()
