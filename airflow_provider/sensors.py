@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import (AirflowFailException, AirflowSensorTimeout, 
 
 from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
 from .operators import push_keys
-from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger, in_seconds
+from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger, in_seconds, unreachable_detail
 
 
 class FedMLStorageDatasetSensor(BaseSensorOperator):
@@ -43,6 +43,7 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
         self.service = service
         self.namespace = namespace
         self.deferrable = deferrable
+        self._last = ""  # what the last check saw, for a timeout's message
 
     def hook(self) -> FedMLStorageHook:
         return FedMLStorageHook(self.fedml_storage_conn_id, service=self.service, namespace=self.namespace)
@@ -55,8 +56,10 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
                 if not exc.retryable:
                     raise
                 when = "after a backoff" if self.exponential_backoff else in_seconds(_seconds(self.poke_interval))
-                self.log.warning(UNREACHABLE, self.name, when, exc)
+                self._last = f"could not check dataset {self.name!r}: {unreachable_detail(exc)}"
+                self.log.warning(UNREACHABLE, self.name, when, unreachable_detail(exc))
                 return PokeReturnValue(False)
+        self._last = seen.detail.rstrip(". ")
         self.log.info("%s", seen.detail)
         return PokeReturnValue(seen.ready, _seen(self.name, seen.version, seen.sha256) if seen.ready else None)
 
@@ -68,7 +71,12 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
 
     def _wait(self, context: Context) -> Any:
         if not self.deferrable:
-            return super().execute(context)
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout as exc:  # Airflow's says only how long it waited: add why, as a deferral does
+                if not self._last:
+                    raise
+                raise AirflowSensorTimeout(f"sensor timed out: {self._last} ({exc})") from None
         done = self._first_poke(context)
         if done:
             return done.xcom_value

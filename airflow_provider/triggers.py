@@ -13,6 +13,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
 from fedml_storage.client import same_store
+from fedml_storage.errors import MAY_PASS
 
 from .hook import FedMLStorageException, FedMLStorageHook
 
@@ -20,6 +21,11 @@ from .hook import FedMLStorageException, FedMLStorageHook
 WAIT_FIELDS = ("name", "metadata_key", "metadata_value", "version", "fedml_storage_conn_id", "service", "namespace")
 
 UNREACHABLE = "cannot check dataset %r, checking again %s (if this persists, check the connection): %s"
+
+
+def unreachable_detail(exc: Exception) -> str:
+    """Why a check that waiting may cure failed, without the core's "try again": the sensor checks again itself."""
+    return str(exc).removesuffix(f" {MAY_PASS}")
 
 
 def next_wait(poke_interval: float, checks: int, exponential_backoff: bool = False,
@@ -94,7 +100,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     self.log.warning("the triggerer reaches %s, the sensor checked %s before deferring; if that is not "
                                      "the same store, give the triggerer the workers' connection", here, self.location)
             checks = 0
-            unreachable: FedMLStorageException | None
+            unreachable: str | None
             while True:
                 checks += 1
                 try:
@@ -103,7 +109,8 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     if not exc.retryable:  # not curable by waiting: hand it to the task, which fails with it
                         yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                         return
-                    unreachable, last = exc, f"could not check dataset {w['name']!r}: {exc}"
+                    unreachable = unreachable_detail(exc)
+                    last = f"could not check dataset {w['name']!r}: {unreachable}"
                 except Exception as exc:  # unexpected (e.g. a secrets backend down): the task fails, and may retry
                     yield TriggerEvent({"status": "error", "name": w["name"], "retryable": True,
                                         "message": f"{type(exc).__name__}: {exc}"})

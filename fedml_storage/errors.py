@@ -88,6 +88,8 @@ class IntegrityError(StorageFailure):
     reason = Reason.INTERNAL
 
 
+MAY_PASS = "This may pass: try again."  # how a failure that may pass ends
+
 MIN_SECRET_CHARS = 8  # key ids and secrets are 20-64 characters; masking shorter strings garbles messages
 # (a placeholder api_key="api_key" would hide every mention of the setting)
 
@@ -149,7 +151,7 @@ def to_response(
         code, reason, message = ResponseCode.FAILURE, exc.reason, f"{action} failed: {exc}"
     elif isinstance(exc, TransientError):
         code, reason = ResponseCode.ERROR, Reason.TRANSIENT
-        message = f"{action} failed: {exc}. This may pass: try again."
+        message = f"{action} failed: {exc}. {MAY_PASS}"
     else:
         code, reason = ResponseCode.ERROR, Reason.INTERNAL
         left = f"{after_error}; please" if after_error else "Please"

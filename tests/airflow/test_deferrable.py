@@ -152,6 +152,18 @@ def test_a_deferred_sensor_times_out_by_itself_where_deferrals_have_no_timeout(a
     assert states == [("failed",)], output[-3000:]
 
 
+def test_a_poking_sensor_that_times_out_says_what_it_last_saw(airflow_home: Path, isolated_home: Path) -> None:
+    """Airflow's own timeout said only how long it had waited; a deferred sensor said why (helper-103)."""
+    env = {**os.environ, **base_env(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
+    env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+    done = subprocess.run([AIRFLOW, "dags", "test", "fedml_storage_sensor_poke_timeout", "-f", str(DAGFILE)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    output = done.stdout + done.stderr
+    assert "sensor timed out: dataset 'never-stored' not stored yet (" in output, output[-3000:]
+    states = query(airflow_home, "SELECT state FROM task_instance WHERE dag_id='fedml_storage_sensor_poke_timeout'")
+    assert states == [("failed",)], output[-3000:]
+
+
 def test_the_trigger_fires_a_timeout_at_the_deadline_and_the_sensor_fails_or_skips_on_it(isolated_home: Path) -> None:
     from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
@@ -204,7 +216,7 @@ def test_trigger_keeps_waiting_with_a_warning_while_the_service_is_unreachable(
     out, err = capfd.readouterr()
     warned = [line for line in (caplog.text + out + err).splitlines()
               if "cannot check dataset 'ds'" in line and "cannot reach the storage endpoint" in line]
-    assert warned and all("warning" in line.lower() for line in warned)
+    assert warned and all("warning" in line.lower() and "try again" not in line for line in warned)
 
 
 def test_the_waits_between_checks_follow_poke_interval_and_backoff() -> None:

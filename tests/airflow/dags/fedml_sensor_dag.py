@@ -32,3 +32,11 @@ def sensor_timeout_dag():
 
 
 sensor_timeout_dag()
+
+
+@dag(dag_id="fedml_storage_sensor_poke_timeout", schedule=None, start_date=datetime(2026, 1, 1), catchup=False)
+def sensor_poke_timeout_dag():
+    FedMLStorageDatasetSensor(task_id="wait", name="never-stored", poke_interval=0.5, timeout=2)
+
+
+sensor_poke_timeout_dag()
