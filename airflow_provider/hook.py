@@ -178,8 +178,9 @@ class FedMLStorageHook(BaseHook):
         conn = f"Airflow connection {self.fedml_storage_conn_id!r}"
         origin = f"the {conn} or " if settings else ""
         origin += "the task's arguments"
-        advice = kept_in("FedMLStorageListOperator", f"the extra of {conn}", f"the password of {conn}") if settings \
-            else kept_in("FedMLStorageListOperator")  # no connection: the worker's configuration, the core's advice
+        calls = {"delete": "FedMLStorageDeleteOperator(name=", "cleanup": "FedMLStorageHook().cleanup"}
+        advice = kept_in("FedMLStorageListOperator", f"the extra of {conn}", f"the password of {conn}", **calls) \
+            if settings else kept_in("FedMLStorageListOperator", **calls)  # no connection: the worker's settings
         return StorageClient(origin=origin, log_failures=False, key_means_remote=True, advice=advice,
                              **{**settings, **overrides})
 

@@ -19,10 +19,16 @@ R2_BY_DEFAULT = (" Upload and download default to service='R2', as documented: f
                  "pass service=None, or name it, e.g. service='S3'")
 
 
-def kept_in(listing: str, settings_place: str | None = None, key_place: str | None = None) -> dict[str, str]:
+def kept_in(listing: str, settings_place: str | None = None, key_place: str | None = None, *,
+            delete: str | None = None, cleanup: str | None = None) -> dict[str, str]:
     """The advice for a framework whose `listing` (a task, an operator) shows what is stored and, when its settings
-    are kept in `settings_place` (its API key in `key_place`), for setting them there."""
+    are kept in `settings_place` (its API key in `key_place`), for setting them there. `delete` and `cleanup` call
+    what removes a dataset ("delete_data(", followed by the name) and leftovers ("....cleanup(") there."""
     advice = {LISTING: f"{listing} shows what is stored", R2_BY_DEFAULT: ""}
+    if delete is not None:  # the core's advice names a dataset as delete('name') (or delete("it's"))
+        advice |= {"delete('": f"{delete}'", 'delete("': f'{delete}"'}
+    if cleanup is not None:  # (after a space: the framework's words do not hold the core's phrase again)
+        advice[" cleanup("] = f" {cleanup}("
     if settings_place is not None and key_place is not None:
         advice |= {NO_CREDENTIALS: f"set {key_place} to ACCESS_KEY_ID:SECRET_ACCESS_KEY",
                    NO_BUCKET: f"set bucket in {settings_place} (or service LOCAL for the embedded store)",

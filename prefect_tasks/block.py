@@ -49,6 +49,7 @@ class _ClassOnly:
 
 
 PREFECT_LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
+PREFECT_CALLS = {"delete": "delete_data(", "cleanup": "a FedMLStorage block's cleanup"}  # and what removes things
 FLOW_DIR = "is where the flow run started (a worker's holds the flow code it pulled)"
 
 
@@ -259,7 +260,7 @@ upload_data("data/mnist", storage=storage)
         if why := relative_paths(settings, block, "machine running the flow"):
             raise FedMLStorageError(FedMLResponse(ResponseCode.FAILURE, why, None, Reason.INVALID_INPUT.value))
         return StorageClient(origin=f"{block} or the task's arguments", log_failures=False, key_means_remote=True,
-                             advice=kept_in(PREFECT_LISTING, block, f"the api_key field of {block}"),
+                             advice=kept_in(PREFECT_LISTING, block, f"the api_key field of {block}", **PREFECT_CALLS),
                              **{**settings, **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,

@@ -28,11 +28,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
-from fedml_storage.advice import kept_in, worker_local
+from fedml_storage.advice import kept_in, reword, worker_local
 from fedml_storage.api_keys import mask_keys
 from fedml_storage.stops import StoppableCall
 
-from .block import PREFECT_LISTING, FedMLStorage, require_dest_path
+from .block import PREFECT_CALLS, PREFECT_LISTING, FedMLStorage, require_dest_path
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
 
 
@@ -94,7 +94,7 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
         _log().warning(warning)
     return StorageClient(service=service, namespace=namespace, log_failures=False,  # Prefect logs what we raise
                          advice=kept_in(PREFECT_LISTING, "a FedMLStorage block passed as storage=",
-                                        "the api_key of a FedMLStorage block passed as storage="))
+                                        "the api_key of a FedMLStorage block passed as storage=", **PREFECT_CALLS))
 
 
 DEFAULT_NAMESPACE = StorageSettings.model_fields["namespace"].default
@@ -141,8 +141,11 @@ class _ToRunLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or _WORKING_FOR.get() is not self:  # another task's is its run's
             return True
-        self.target.log(record.levelno, "%s", record.getMessage())
+        self.target.log(record.levelno, "%s", reword(record.getMessage(), _LOG_ADVICE))  # in Prefect's words
         return False
+
+
+_LOG_ADVICE = kept_in(PREFECT_LISTING, **PREFECT_CALLS)
 
 
 @contextlib.contextmanager

@@ -79,6 +79,10 @@ def test_advice_names_the_connection_and_the_operator_not_python_calls(
     assert "R2 needs r2_account_id" in said and "service=None" not in said
     said = failure({"service": "LOCAL", "local_root": str(tmp_path / "store")}, lambda hook: hook.get_metadata("x"))
     assert "FedMLStorageListOperator shows what is stored" in said and "list_storage_objects" not in said
+    (tmp_path / "store" / "default" / "manifests").mkdir(parents=True, exist_ok=True)  # a damaged entry (helper-103)
+    (tmp_path / "store" / "default" / "manifests" / "bad.json").write_text("{not json")
+    said = failure({"service": "LOCAL", "local_root": str(tmp_path / "store")}, lambda hook: hook.get_metadata("bad"))
+    assert "FedMLStorageDeleteOperator(name='bad') removes it" in said and "delete('bad')" not in said
 
 
 def test_extras_named_the_airflow_2_way_still_work(s3_settings: dict, monkeypatch: pytest.MonkeyPatch,

@@ -57,3 +57,14 @@ def test_a_failure_is_logged_in_the_words_its_message_was_given(isolated_home, c
         got = client.get_metadata("never-stored")
     assert "the list task shows what is stored" in got.message and LISTING not in got.message
     assert [r.getMessage() for r in caplog.records if "never-stored" in r.getMessage()] == [got.message]
+
+
+def test_advice_to_delete_or_clean_up_is_reworded_once_for_a_framework() -> None:
+    from fedml_storage.advice import kept_in, reword
+
+    advice = kept_in("the list task", delete="FedMLStorageDeleteOperator(name=", cleanup="FedMLStorageHook().cleanup")
+    core = "delete('a') removes it; delete(\"it's\") too; run cleanup() later, or cleanup(older_than_seconds=0)"
+    once = reword(core, advice)
+    assert once == ("FedMLStorageDeleteOperator(name='a') removes it; FedMLStorageDeleteOperator(name=\"it's\") too; "
+                    "run FedMLStorageHook().cleanup() later, or FedMLStorageHook().cleanup(older_than_seconds=0)")
+    assert reword(once, advice) == once  # a message reworded again is unchanged

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
+from fedml_storage import FedMLStorageError
 from prefect_tasks import FedMLStorage, list_data, upload_data
 from prefect_tasks.tasks import _artifact_key
 
@@ -59,7 +60,9 @@ def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path, caplog) -> None:
     state = lists(return_state=True)
     assert state.result() == ["ok.txt"]
     logs = run_logs(state.state_details.flow_run_id)
-    assert [m for m in logs if m.startswith("skipping 'bad'") and "delete('bad') removes it" in m], logs
+    assert [m for m in logs if m.startswith("skipping 'bad'") and "delete_data('bad') removes it" in m], logs
+    with pytest.raises(FedMLStorageError, match=r"delete_data\('bad'\) removes it"):  # in Prefect's words (helper-103)
+        block.get_metadata("bad")
     said_by = [r.name for r in caplog.records if r.getMessage().startswith("skipping 'bad'")]
     assert "fedml_storage" not in said_by and len(said_by) <= 1, said_by
     for data in (tmp_path / "store" / "default" / "data" / "ok.txt").rglob("ok.txt"):
