@@ -18,7 +18,7 @@ from .backends.ranges import RangeIgnored
 from .catalog import Catalog, VersionRecord
 from .dest_temps import TEMP_PREFIX, new_part, remove, swap_in, sweep
 from .digests import DigestCache
-from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError
+from .errors import Conflict, IntegrityError, InvalidInput, NotFound, TransientError, name_folder
 from .local_match import MADE, download_mode, folder_made, holds_already, place_file
 from .made import MadeTree
 from .progress import DOWNLOAD_DESC, progress_bar
@@ -107,8 +107,9 @@ def download(
         done = True
     except IntegrityError:
         raise
-    except BaseException:  # a break, a full disk, Ctrl-C, a framework's timeout: what was fetched may serve again
+    except BaseException as exc:  # a break, a full disk, Ctrl-C, a timeout: what was fetched may serve again
         keep_in = partial_dir
+        name_folder(exc, dest, str(dest / TEMP_PREFIX))
         raise
     finally:
         if unpacked is not None:  # before the part file: a folder without one is taken for a killed download's

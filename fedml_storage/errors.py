@@ -110,6 +110,17 @@ def redact(text: str, secrets: Iterable[object]) -> str:
     return text
 
 
+def name_folder(exc: BaseException, folder: object, ours: str) -> None:
+    """Make a local error about space or access name `folder` when it names no file (a write to a full disk) or only
+    a temp file of ours (a path starting with `ours`), which would tell the user nothing."""
+    if isinstance(exc, OSError) and exc.errno in _FOLDER_ERRORS and (not exc.filename or
+                                                                     str(exc.filename).startswith(ours)):
+        exc.filename = str(folder)
+
+
+_FOLDER_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def local_os_error(exc: OSError) -> StorageFailure | TransientError | None:
     """The user-facing form of a local file-system error the user can act on, or None."""
     where = f" ({exc.filename})" if exc.filename else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import stops
-from ..errors import InvalidInput, PreconditionFailed
+from ..errors import InvalidInput, PreconditionFailed, name_folder
 from ..locks import exclusive_lock
 from ..modes import open_plain, umask
 from ..streams import Readable
@@ -68,8 +68,9 @@ class LocalStore(ObjectStore):
                 except FileNotFoundError:  # a delete pruned the (then empty) folder meanwhile
                     if attempt == 2 or not os.path.exists(tmp):
                         raise
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            name_folder(exc, self.root, str(self.root / TMP_DIR))
             raise
 
     def _copy(self, src: Readable, out: BinaryIO, progress: Progress | None) -> None:

@@ -130,3 +130,15 @@ def run_without_root(script: str, *args: str) -> subprocess.CompletedProcess[str
         pytest.skip("needs root and setpriv to run without permission overrides")
     cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable, "-c", script, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 1 MiB file system (tmpfs), where this machine lets us mount one."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)

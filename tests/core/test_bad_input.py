@@ -211,18 +211,6 @@ def test_a_failing_name_hint_leaves_a_plain_not_found(tmp_path: Path, monkeypatc
         assert "no data named 'nothere'" in response.message and "did you mean" not in response.message
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real 1 MiB file system (tmpfs), where this machine lets us mount one."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 @pytest.mark.parametrize(("kind", "kept", "retryable", "words"), [
     ("file", 0, False, "on a volume of 1.00 MB in all"),  # larger than the disk: no retry helps (helper-103)
     ("folder", 0, False, "(the archive and its unpacked copy); choose"),  # the archive fits, with its copy not
