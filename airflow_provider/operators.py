@@ -19,6 +19,7 @@ from airflow.sdk.definitions.mappedoperator import OperatorPartial
 from airflow.sdk.exceptions import AirflowFailException
 
 from fedml_storage import asset_uri, is_unset, planned_name
+from fedml_storage.results import listed_line
 
 from .hook import FedMLStorageHook, no_dest_path
 
@@ -271,8 +272,7 @@ class FedMLStorageListOperator(_StorageOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         with self.calls() as hook:
             items = self._call(hook.list, self.prefix)
-        self.log.info("listed %d dataset(s)%s: %s", len(items), f" starting {self.prefix!r}" if self.prefix else "",
-                      ", ".join(i["dataName"] for i in items[:20]))
+        self.log.info("%s", listed_line([i["dataName"] for i in items], self.prefix))
         return items
 
 

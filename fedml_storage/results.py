@@ -37,6 +37,12 @@ def asset_uri(namespace: str, name: str, *, iri: bool = False) -> str:
     return f"fedml://{namespace}/{quote(name, safe=_PATH_SAFE)}"
 
 
+def listed_line(names: list[str], prefix: str | None = None) -> str:
+    """One log line for a listing: how many datasets (with names starting `prefix`), and the first 20 names."""
+    line = f"listed {len(names)} dataset(s)" + (f" starting {prefix!r}" if prefix else "")
+    return line + (f": {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}" if names else "")
+
+
 class Readiness(NamedTuple):
     """Whether a dataset is ready for a downstream step, and a line saying why (not)."""
 

@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
+from fedml_storage.results import listed_line
 from fedml_storage.advice import kept_in, reword, worker_local
 from fedml_storage.api_keys import mask_keys
 from fedml_storage.stops import StoppableCall
@@ -327,7 +328,7 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
     with _client(storage, service, namespace) as client:
         items = [m.to_dict() for m in client.list(prefix=prefix).unwrap()]
         namespace = client.settings.namespace
-    _log().info("listed %d dataset(s)", len(items))
+    _log().info("%s", listed_line([i["dataName"] for i in items], prefix))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]

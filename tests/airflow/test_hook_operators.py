@@ -169,6 +169,7 @@ def test_operators_round_trip_with_xcom_values_and_no_secret(s3_conn_json: dict,
     assert "prefix" in FedMLStorageListOperator.template_fields
     assert FedMLStorageListOperator(task_id="ls2", prefix="other").execute(task_context()) == []
     assert [i["dataName"] for i in FedMLStorageListOperator(task_id="ls3", prefix="d").execute(task_context())] == ["ds"]
+    assert "listed 1 dataset(s) starting 'd': ds" in caplog.text + capfd.readouterr().out
     meta = FedMLStorageMetadataOperator(task_id="m", name="ds").execute(task_context())
     assert meta["user_metadata"] == {"k": "v"} and meta["tag_list"] == ["t"]
     assert FedMLStorageMetadataOperator(task_id="m2", name="ds", user_defined_only=True).execute(task_context()) == {

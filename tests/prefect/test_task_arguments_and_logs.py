@@ -61,6 +61,7 @@ def test_the_cores_warnings_reach_the_runs_log(tmp_path: Path, caplog) -> None:
     assert state.result() == ["ok.txt"]
     logs = run_logs(state.state_details.flow_run_id)
     assert [m for m in logs if m.startswith("skipping 'bad'") and "delete_data('bad') removes it" in m], logs
+    assert "listed 1 dataset(s): ok.txt" in logs  # the names, as Airflow's operator logs them (helper-103)
     with pytest.raises(FedMLStorageError, match=r"delete_data\('bad'\) removes it"):  # in Prefect's words (helper-103)
         block.get_metadata("bad")
     said_by = [r.name for r in caplog.records if r.getMessage().startswith("skipping 'bad'")]
