@@ -158,6 +158,10 @@ def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules |
                                f"{', '.join(tree.left_out[:5])}{', ...' if len(tree.left_out) > 5 else ''} (FIFOs, "
                                "sockets, devices, fedml-storage's own files, links to a folder held already); nothing "
                                "was uploaded: upload the folder that holds your data")
+        if tree is not None and not tree.entries.files:  # legal, but often an upstream step that wrote nothing
+            log.warning("%s holds no file (%s): it is stored as a dataset without data; if a step before this one "
+                        "should have written files there, it did not", src,
+                        f"{tree.entries.members} empty folder(s)" if tree.entries.members else "it is empty")
         stored = stops.result(reading)
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out

@@ -364,8 +364,8 @@ def test_an_item_removed_while_its_folder_is_read_is_a_change_not_bad_input(
     assert sorted(p.name for p in (tmp_path / "out" / "ds").rglob("*")) == sorted(p.name for p in src.rglob("*"))
 
 
-def test_a_folder_of_nothing_but_what_is_no_data_is_refused_not_stored_empty(isolated_home: Path,
-                                                                            tmp_path: Path) -> None:
+def test_a_folder_of_nothing_but_what_is_no_data_is_refused_not_stored_empty(isolated_home: Path, tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
     """Uploading fedml-storage's home itself, or a folder of FIFOs, published an empty dataset (helper-97)."""
     from fedml_storage import StorageClient
 
@@ -385,3 +385,5 @@ def test_a_folder_of_nothing_but_what_is_no_data_is_refused_not_stored_empty(iso
     os.symlink("run-1", layout / "latest")
     stored = client.upload(str(layout))
     assert stored.ok and stored.data.left_out == ["latest"], stored.message
+    # stored, with a warning: an upstream step that wrote nothing looked like any upload (helper-103)
+    assert f"{layout} holds no file (2 empty folder(s)): it is stored as a dataset without data" in caplog.text
