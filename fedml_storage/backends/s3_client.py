@@ -34,17 +34,19 @@ class _Masking(logging.Filter):
     """Masks the secrets of the clients made here in botocore's own DEBUG records, with a traceback attached to
     one (this runs only for records logged, so costs nothing while DEBUG is off)."""
 
-    KEPT = 320  # the forms of the latest secrets: a process making clients for ever rotating tokens stays bounded
+    KEPT = 64  # the most recent secrets: a process that makes clients for ever rotating tokens stays bounded
 
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: tuple[str, ...] = ()  # replaced whole, never changed in place: read without a lock
-        self._lock = threading.Lock()
+        self._kept: tuple[tuple[str, ...], ...] = ()  # each secret's forms, kept or dropped together
+        self._secrets: tuple[str, ...] = ()  # all their forms; both replaced whole, never changed in place: read
+        self._lock = threading.Lock()  # without a lock
 
     def add(self, *secrets: str | None) -> None:
         with self._lock:
-            fresh = [form for s in secrets if s for form in _forms(s) if form not in self._secrets]
-            self._secrets = (*self._secrets, *fresh)[-self.KEPT:]
+            fresh = [forms for forms in map(_forms, filter(None, secrets)) if forms not in self._kept]
+            self._kept = (*self._kept, *dict.fromkeys(fresh))[-self.KEPT:]
+            self._secrets = tuple(form for forms in self._kept for form in forms)
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self._secrets

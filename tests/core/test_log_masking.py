@@ -44,7 +44,7 @@ def test_the_log_masking_stays_bounded_and_safe_while_clients_are_made() -> None
         _MASKING.add(f"rotating-session-token-{i:06d}")
     logging_thread.join()
     logger.setLevel(logging.NOTSET)
-    assert errors == [] and len(_MASKING._secrets) == _MASKING.KEPT
+    assert errors == [] and len(_MASKING._kept) == _MASKING.KEPT
 
 
 def test_a_failure_is_logged_in_the_words_its_message_was_given(isolated_home, caplog) -> None:
