@@ -8,11 +8,11 @@ from typing import Any
 _API_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+(:[\x21-\x39\x3b-\x7e]+){1,2}$")  # printable ASCII parts
 _AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,124}")  # long-term and temporary AWS access key ids
 API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN)"
-# a key pair as a key passed in the wrong argument would be: an id of 16 or more capitals and digits (AWS's AKIA...,
-# DigitalOcean's DO00..., GCS's GOOG1E..., Wasabi, Linode) or of 24 or more hex digits (R2's 32, Backblaze B2's 25),
-# with a letter in it, then a secret of 20 or more base64 characters in both cases (a name seldom is all that)
-_KEY_PAIR = re.compile(r"(?<![0-9A-Za-z])(?:(?=[0-9]*[A-Z])[A-Z0-9]{16,128}|(?=[0-9]*[a-f])[0-9a-f]{24,128}):"
-                       r"(?=[A-Za-z0-9/+=]*[a-z])(?=[A-Za-z0-9/+=]*[A-Z])[A-Za-z0-9/+=]{20,}(?::[A-Za-z0-9/+=]+)?")
+# a key pair as a key passed in the wrong argument would be: an id of a provider's own shape (AWS's AKIA.../ASIA...,
+# GCS HMAC's GOOG1..., DigitalOcean's DO00...) or of 32 hex digits (R2, IBM COS) or 25 (Backblaze B2), then a secret
+# of 20 or more base64 characters. Only these shapes: a name such as 'COCO2017TRAIN:FasterRCNN...' must stay a name
+_KEY_PAIR = re.compile(r"(?<![0-9A-Za-z])(?:(?:AKIA|ASIA|GOOG1|DO00)[A-Z0-9]{12,124}|[0-9a-f]{32}|[0-9a-f]{25}):"
+                       r"[A-Za-z0-9/+=]{20,}(?::[A-Za-z0-9/+=]+)?")
 
 
 def check_api_key(raw: Any) -> str:

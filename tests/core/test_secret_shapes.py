@@ -15,11 +15,15 @@ from tests.conftest import TEST_API_KEY
 from tests.cutting_proxy import CuttingProxy
 
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-OTHER_KEYS = [  # shaped as DigitalOcean Spaces', Backblaze B2's and GCS HMAC keys are
+OTHER_KEYS = [  # shaped as DigitalOcean Spaces', Backblaze B2's, GCS HMAC, R2 and IBM COS keys are
     "DO00QWERTYUIOPASDFGH:Xk3mPq9vAbCdEfGhIjKlMnOpQrStUvWxYz0123456",
     "0012c4a5b6c7d8e0000000003:K001abcdEFGHijklMNOPqrstUVWXyz0",
     "GOOG1EABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH:abcdEFGHijklMNOPqrstUVWXyz0123456789abcd",
+    "7bfd00dacd3eaddb2706dc9dfa8e89c5:30c0902e8d17d2f2c183ae72701e04d25e571946a900c3e9a39eb2777b55f127",
+    "1f2e3d4c5b6a79881f2e3d4c5b6a7988:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071",
 ]
+NAMES = ["COCO2017TRAINIMAGES:FasterRCNNResNet50FPN", "EXPERIMENT20240601T1200Z:BaselineRunWithAugment",
+         "9fceb02d0ae598e95dc970b74767f19372d61af8:Models", "sha256:" + "e3b0c442" * 8]  # names, not keys (helper-104)
 
 
 @pytest.mark.parametrize("build", [
@@ -37,6 +41,15 @@ def test_a_settings_error_keeps_no_value_given(isolated_home: Path, build) -> No
     assert refused.value.errors() and SECRET not in repr(refused.value.errors()) + str(refused.value)
     assert SECRET.encode() not in pickle.dumps(refused.value)
     assert refused.value.errors()[0]["loc"]  # what is wrong is still named
+
+
+def test_names_with_a_colon_are_names_not_keys(isolated_home: Path, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()  # a folder: stored under the name as given
+    (tmp_path / "d" / "a.txt").write_text("x")
+    for name in NAMES:
+        assert api.upload(str(tmp_path / "d"), name=name, service="LOCAL").ok, name
+        assert api.get_storage_metadata(name).data.dataName == name
+        assert api.delete(name, service="LOCAL").data is True
 
 
 def test_a_clients_repr_shows_an_unknown_argument_by_name_only(isolated_home: Path) -> None:
