@@ -194,24 +194,26 @@ class StorageSettings(BaseModel):
         """Strings that must never appear in output."""
         return [self.api_key.get_secret_value()] if self.api_key else []
 
+    # Every way in hides the values given from its validation error's details (validation.inputs_hidden)
     def __init__(self, **data: Any) -> None:
-        try:
+        with inputs_hidden():
             super().__init__(**data)
-        except ValidationError as exc:
-            raise inputs_hidden(exc) from None
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # model_validate keeps strict=, context=
 
     def __setattr__(self, name: str, value: Any) -> None:  # refused (frozen), with the value in the details
-        try:
+        with inputs_hidden():
             super().__setattr__(name, value)
-        except ValidationError as exc:
-            raise inputs_hidden(exc) from None
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> StorageSettings:
-        try:
-            return super().model_validate(obj, *args, **kwargs)
-        except ValidationError as exc:
-            raise inputs_hidden(exc) from None
+    def model_validate(cls, *args: Any, **kwargs: Any) -> StorageSettings:
+        with inputs_hidden():
+            return super().model_validate(*args, **kwargs)
+
+    @classmethod
+    def model_validate_json(cls, *args: Any, **kwargs: Any) -> StorageSettings:
+        with inputs_hidden():
+            return super().model_validate_json(*args, **kwargs)
 
     def masked_dict(self) -> dict[str, Any]:
         """Settings for display: JSON-able, with the API key masked."""

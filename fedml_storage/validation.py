@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from .api_keys import looks_like_key
 from .errors import InvalidInput
@@ -24,12 +27,23 @@ MAX_TAG_LENGTH = 256
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
 
 
-def inputs_hidden(exc: ValidationError) -> ValidationError:
+@contextlib.contextmanager
+def inputs_hidden() -> Iterator[None]:
+    """Raise a validation error of the block as one without the values given (`without_inputs`)."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise without_inputs(exc) from None
+
+
+def without_inputs(exc: ValidationError) -> ValidationError:
     """The same validation error without the values given: its str hides them, but its details (`errors()`) and
     its pickle (Prefect writes a failed run's exception to result storage) keep them, and a value may be a key or
     hold one (an endpoint's user:secret@)."""
-    details: list[Any] = [{"type": e["type"], "loc": e["loc"], "input": "<hidden>",  # pydantic's InitErrorDetails
-                           **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]
+    # as custom errors of the same type and message: from_exception_data knows only pydantic-core's own types
+    # (path_type, from pydantic's Python side, raised KeyError)
+    details: list[Any] = [{"type": PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}")),
+                           "loc": e["loc"], "input": "<hidden>"} for e in exc.errors()]  # pydantic's InitErrorDetails
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 

@@ -110,16 +110,12 @@ upload_data("data/mnist", storage=storage)
     _digest: tuple[Any, bytes, bytes] | None = PrivateAttr(None)  # (the key object, salt, digest): see _key_digest
 
     def __init__(self, *args: Any, **data: Any) -> None:
-        try:
+        with inputs_hidden():  # its errors keep their inputs, a malformed key among them, and pickle them
             super().__init__(*args, **data)
-        except ValidationError as exc:  # its errors keep their inputs, a malformed key among them, and pickle them
-            raise inputs_hidden(exc) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        try:
+        with inputs_hidden():  # block.api_key = "...": validated on assignment
             super().__setattr__(name, value)
-        except ValidationError as exc:  # block.api_key = "...": validated on assignment
-            raise inputs_hidden(exc) from None
 
     @model_validator(mode="before")
     @classmethod
