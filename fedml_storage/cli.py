@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any
@@ -187,17 +188,21 @@ def main() -> None:
 
 def _key_arguments(argv: list[str]) -> list[str]:
     """What may be (part of) an API key on the command line, to mask in error output: --api-key's value, login's
-    argument, and when that holds no ':' the argument after it (a key typed with a space for its ':')."""
+    argument, and the key-like words after it that a key typed with spaces for its ':'s spills into."""
     keys = []
     for i, arg in enumerate(argv):
         if arg.startswith("--api-key="):
-            value, after = [arg.partition("=")[2]], argv[i + 1:i + 2]
+            value, after = [arg.partition("=")[2]], argv[i + 1:]
         elif arg in ("--api-key", "login"):
-            value, after = argv[i + 1:i + 2], argv[i + 2:i + 3]
+            value, after = argv[i + 1:i + 2], argv[i + 2:]
         else:
             continue
-        keys += value + (after if value and ":" not in value[0] else [])
+        spilled = 2 - value[0].count(":") if value else 0  # ID:SECRET:TOKEN has three parts at most
+        keys += value + [word for word in after[:spilled] if _KEY_PART.fullmatch(word)]
     return [key for key in keys if key not in cli.commands]
+
+
+_KEY_PART = re.compile(r":?[A-Za-z0-9/+=]{16,}:?")  # a key's id, secret or token (a command or a name is seldom)
 
 
 class _Lowercase(logging.Formatter):

@@ -10,6 +10,7 @@ import pytest
 from .test_cli import run
 
 KEY_ID, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+TOKEN = "FwoGZXIvYXdzEXAMPLEsessionTOKEN/never+logged=="
 SPACES = ("DO00QWERTYUIOPASDFGH", "Xk3mPq9vAbCdEfGhIjKlMnOpQrStUvWxYz0123456")  # not AWS's shape: DigitalOcean's
 
 
@@ -23,13 +24,16 @@ SPACES = ("DO00QWERTYUIOPASDFGH", "Xk3mPq9vAbCdEfGhIjKlMnOpQrStUvWxYz0123456")  
     ("configure", "--set", f"{KEY_ID}:{SECRET}"),
     ("upload", "--metadata", f"{KEY_ID}:{SECRET}", "x"),
     ("login", *SPACES),
+    ("login", KEY_ID, SECRET, TOKEN),  # a session token after a second space (helper-104)
+    ("login", f"{KEY_ID}:{SECRET}", TOKEN),
+    ("--api-key", f"{KEY_ID}:{SECRET}", TOKEN, "list"),
     ("--service", ":".join(SPACES), "list"),
 ])
 def test_a_key_in_the_wrong_place_is_not_echoed_by_a_usage_error(isolated_home: Path, args: tuple[str, ...]) -> None:
     refused = run(*args)
     assert refused.returncode == 2 and "Error:" in refused.stderr, refused
     shown = refused.stdout + refused.stderr
-    assert SECRET not in shown and SPACES[1] not in shown
+    assert SECRET not in shown and SPACES[1] not in shown and TOKEN not in shown
     assert not (isolated_home / "config.json").exists()
 
 
