@@ -23,7 +23,8 @@ def kept_in(listing: str, settings_place: str | None = None, key_place: str | No
             delete: str | None = None, cleanup: str | None = None) -> dict[str, str]:
     """The advice for a framework whose `listing` (a task, an operator) shows what is stored and, when its settings
     are kept in `settings_place` (its API key in `key_place`), for setting them there. `delete` and `cleanup` call
-    what removes a dataset ("delete_data(", followed by the name) and leftovers ("....cleanup(") there."""
+    what removes a dataset ("delete_data(", followed by the name) and leftovers ("....cleanup(", with no space before
+    "cleanup": a message reworded twice then stays as it is) there."""
     advice = {LISTING: f"{listing} shows what is stored", R2_BY_DEFAULT: ""}
     if delete is not None:  # the core's advice names a dataset as delete('name') (or delete("it's"))
         advice |= {"delete('": f"{delete}'", 'delete("': f'{delete}"'}

@@ -274,7 +274,7 @@ class Catalog:
         if manifest is None:
             log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
         else:
-            self.drop_data([v.key for v in manifest.versions if v.key not in keep])
+            self.drop_data([v.key for v in manifest.versions if v.key not in keep], committed=True)
         return manifest
 
     def _holds(self, name: str, body: bytes) -> bool:
@@ -302,16 +302,17 @@ class Catalog:
         except IntegrityError:
             return None
 
-    def drop_data(self, keys: list[str]) -> None:
-        """Best-effort removal of data no manifest references any more (cleanup catches the rest)."""
+    def drop_data(self, keys: list[str], *, committed: bool = False) -> None:
+        """Best-effort removal of data no manifest references any more (cleanup catches the rest); `committed`: the
+        change that unreferenced it was published (else it is a failed upload's, whose failure is reported)."""
         if not keys:
             return
         try:
             failed = self.store.delete_many(keys)
-        except NotConfigured as exc:  # no store at the endpoint (the failure reported says so): it holds nothing
-            log.debug("not removing %s: %s", keys[0], exc)
-            return
-        except Exception as exc:  # the commit already happened; leftovers are invisible
+        except Exception as exc:  # leftovers are invisible
+            if isinstance(exc, NotConfigured) and not committed:  # no store there, as the failure says: nothing stored
+                log.debug("not removing %s: %s", keys[0], exc)
+                return
             log.warning("could not remove unreferenced data (%s: %s); run cleanup() later to remove it",
                         type(exc).__name__, exc)
             return

@@ -115,7 +115,7 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):
             catalog.drop_data([data_key])  # never published: invisible, but do not leave it
         raise
-    catalog.drop_data(dropped)
+    catalog.drop_data(dropped, committed=True)
     return UploadResult(
         catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
@@ -161,7 +161,7 @@ def _scan_and_read(src: Path, catalog: Catalog, name: str, ignore: IgnoreRules |
         if tree is not None and not tree.entries.files:  # legal, but often an upstream step that wrote nothing
             log.warning("%s holds no file (%s): it is stored as a dataset without data; if a step before this one "
                         "should have written files there, it did not", src,
-                        f"{tree.entries.members} empty folder(s)" if tree.entries.members else "it is empty")
+                        f"only {tree.entries.members} folder(s)" if tree.entries.members else "it is empty")
         stored = stops.result(reading)
     except BaseException:
         # Not waiting for the read: a task timeout (raised here) must not wait for a stuck request to time out

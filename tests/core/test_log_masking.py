@@ -68,3 +68,8 @@ def test_advice_to_delete_or_clean_up_is_reworded_once_for_a_framework() -> None
     assert once == ("FedMLStorageDeleteOperator(name='a') removes it; FedMLStorageDeleteOperator(name=\"it's\") too; "
                     "run FedMLStorageHook().cleanup() later, or FedMLStorageHook().cleanup(older_than_seconds=0)")
     assert reword(once, advice) == once  # a message reworded again is unchanged
+    from prefect_tasks.block import PREFECT_CALLS
+
+    prefect = kept_in("list_data()", **PREFECT_CALLS)
+    once = reword(core, prefect)
+    assert "run the FedMLStorage block's .cleanup() later" in once and reword(once, prefect) == once  # (helper-104)

@@ -386,4 +386,4 @@ def test_a_folder_of_nothing_but_what_is_no_data_is_refused_not_stored_empty(iso
     stored = client.upload(str(layout))
     assert stored.ok and stored.data.left_out == ["latest"], stored.message
     # stored, with a warning: an upstream step that wrote nothing looked like any upload (helper-103)
-    assert f"{layout} holds no file (2 empty folder(s)): it is stored as a dataset without data" in caplog.text
+    assert f"{layout} holds no file (only 2 folder(s)): it is stored as a dataset without data" in caplog.text

@@ -115,6 +115,21 @@ def test_a_proxys_404_page_for_a_key_is_still_a_missing_key(moto_endpoint: str, 
             assert response.reason == "not_found" and "no data named 'ds'" in response.message, response
 
 
+def test_data_a_proxy_keeps_from_being_removed_after_a_publish_is_still_warned_of(
+        moto_endpoint: str, s3_bucket: str, moto_proxy: CuttingProxy, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Only a failed upload's removal is quiet when no store answers: after a publish, the replaced data stays."""
+    (tmp_path / "f.bin").write_bytes(b"1")
+    with StorageClient(service="S3", api_key=TEST_API_KEY, endpoint_url=moto_proxy.endpoint, bucket=s3_bucket,
+                       region="us-east-1") as client:
+        assert client.upload(str(tmp_path / "f.bin")).ok
+        (tmp_path / "f.bin").write_bytes(b"2")
+        moto_proxy.answer(rb"^(POST /[^ ]*\?delete|DELETE )", "405 Method Not Allowed", "", "Not Allowed", times=9,
+                          page=True)
+        assert client.upload(str(tmp_path / "f.bin")).ok  # published; the replaced version's data is left
+    assert "could not remove unreferenced data" in caplog.text and "run cleanup() later" in caplog.text
+
+
 def test_a_web_server_that_takes_only_get_is_not_asked_again(web_server: tuple[dict, str], tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """http.server answers 501 to a PUT: an upload was retried as a failure that may pass, each try warning that
