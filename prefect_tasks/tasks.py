@@ -209,6 +209,7 @@ STOPPED = {  # what a stopped call leaves, by operation
     "upload": "nothing was published and what it had sent was removed",
     "download": "nothing was put at dest_path; what it had fetched, if anything, is kept in partial_dir for a day, "
                 "where the next download of that version goes on from it",
+    "delete": "the dataset may or may not be deleted, as far as it got; get_data_metadata tells",
 }
 
 
@@ -218,7 +219,7 @@ def _say_how_it_ended(outcome: str, name: str) -> None:
     if outcome == "waiting":
         _log().info("the storage call had not started; it never will")
     elif outcome == "stopped":
-        _log().info("the %s was stopped%s", name, f": {STOPPED[name]}" if name in STOPPED else "")
+        _log().info("the %s call was stopped: %s", name, STOPPED.get(name, "it only reads, so nothing changed"))
     elif outcome == "finished":
         _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
                        "is published, a download in place)")

@@ -166,7 +166,7 @@ def test_a_timed_out_upload_in_a_worker_thread_stops_and_publishes_nothing(tmp_p
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     if how == "awaited async":
         logs = run_logs(state.state_details.flow_run_id)
-        assert [m for m in logs if m.startswith("the upload was stopped: nothing was published")], logs
+        assert [m for m in logs if m.startswith("the upload call was stopped: nothing was published")], logs
 
 
 def test_an_async_task_cancelled_before_its_thread_started_never_runs_its_call(tmp_path: Path, caplog,
@@ -231,9 +231,10 @@ def test_a_stopped_call_is_told_in_its_own_operations_words(caplog) -> None:
     from prefect_tasks.tasks import _say_how_it_ended
 
     with caplog.at_level("INFO", logger="prefect_tasks"):
-        for name in ("upload", "download", "delete"):
+        for name in ("upload", "download", "delete", "metadata"):
             _say_how_it_ended("stopped", name)
     said = [r.getMessage() for r in caplog.records if r.name == "prefect_tasks"]
-    assert said[0] == "the upload was stopped: nothing was published and what it had sent was removed"
-    assert said[1].startswith("the download was stopped: nothing was put at dest_path") and "publish" not in said[1]
-    assert said[2] == "the delete was stopped"
+    assert said[0] == "the upload call was stopped: nothing was published and what it had sent was removed"
+    assert said[1].startswith("the download call was stopped: nothing was put at dest_path")
+    assert "publish" not in said[1] and "may or may not be deleted" in said[2]
+    assert said[3] == "the metadata call was stopped: it only reads, so nothing changed"
