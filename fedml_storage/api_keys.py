@@ -8,11 +8,13 @@ from typing import Any
 _API_KEY_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+(:[\x21-\x39\x3b-\x7e]+){1,2}$")  # printable ASCII parts
 _AWS_KEY_ID = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,124}")  # long-term and temporary AWS access key ids
 API_KEY_FORM = "ACCESS_KEY_ID:SECRET_ACCESS_KEY (or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN)"
-# a key pair as a key passed in the wrong argument would be: an id of a provider's own shape (AWS's AKIA.../ASIA...,
-# GCS HMAC's GOOG1..., DigitalOcean's DO00...) or of 32 hex digits (R2, IBM COS) or 25 (Backblaze B2), then a secret
-# of 20 or more base64 characters. Only these shapes: a name such as 'COCO2017TRAIN:FasterRCNN...' must stay a name
-_KEY_PAIR = re.compile(r"(?<![0-9A-Za-z])(?:(?:AKIA|ASIA|GOOG1|DO00)[A-Z0-9]{12,124}|[0-9a-f]{32}|[0-9a-f]{25}):"
-                       r"[A-Za-z0-9/+=]{20,}(?::[A-Za-z0-9/+=]+)?")
+# a key pair as a key passed in the wrong argument would be: AWS's (AKIA.../ASIA... and 16 more, a 40-character
+# secret), or an id of another provider's shape (GCS HMAC's GOOG1..., DigitalOcean's DO00...) or of 32 hex digits (R2,
+# IBM COS) or 25 (Backblaze B2), then a secret of 20 or more base64 characters. Only these shapes: names such as
+# 'COCO2017TRAIN:FasterRCNN...' or 'ASIA2023CENSUSDATA01:populationbyprovince' must stay names
+_KEY_PAIR = re.compile(r"(?<![0-9A-Za-z])(?:(?:AKIA|ASIA)[A-Z0-9]{16}:[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])"
+                       r"|(?:(?:GOOG1|DO00)[A-Z0-9]{12,124}|[0-9a-f]{32}|[0-9a-f]{25}):[A-Za-z0-9/+=]{20,})"
+                       r"(?::[A-Za-z0-9/+=]+)?")
 
 
 def check_api_key(raw: Any) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .api_keys import check_api_key
 from .errors import InvalidInput, NotConfigured
@@ -194,25 +195,21 @@ class StorageSettings(BaseModel):
         """Strings that must never appear in output."""
         return [self.api_key.get_secret_value()] if self.api_key else []
 
-    # Every way in hides the values given from its validation error's details (validation.inputs_hidden)
-    def __init__(self, **data: Any) -> None:
+    @model_validator(mode="wrap")
+    @classmethod
+    def _inputs_hidden(cls, data: Any, handler: ModelWrapValidatorHandler[StorageSettings]) -> StorageSettings:
+        """Every way in (built, validated, from JSON, as another model's field) keeps the values given out of its
+        validation error's details (validation.inputs_hidden)."""
         with inputs_hidden():
-            super().__init__(**data)
-
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # model_validate keeps strict=, context=
+            return handler(data)
 
     def __setattr__(self, name: str, value: Any) -> None:  # refused (frozen), with the value in the details
         with inputs_hidden():
             super().__setattr__(name, value)
 
     @classmethod
-    def model_validate(cls, *args: Any, **kwargs: Any) -> StorageSettings:
-        with inputs_hidden():
-            return super().model_validate(*args, **kwargs)
-
-    @classmethod
-    def model_validate_json(cls, *args: Any, **kwargs: Any) -> StorageSettings:
-        with inputs_hidden():
+    def model_validate_json(cls, *args: Any, **kwargs: Any) -> StorageSettings:  # JSON that does not parse
+        with inputs_hidden():  # fails before any validator: its error holds the whole text
             return super().model_validate_json(*args, **kwargs)
 
     def masked_dict(self) -> dict[str, Any]:

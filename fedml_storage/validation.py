@@ -42,8 +42,8 @@ def without_inputs(exc: ValidationError) -> ValidationError:
     hold one (an endpoint's user:secret@)."""
     # as custom errors of the same type and message: from_exception_data knows only pydantic-core's own types
     # (path_type, from pydantic's Python side, raised KeyError)
-    details: list[Any] = [{"type": PydanticCustomError(e["type"], e["msg"].replace("{", "{{").replace("}", "}}")),
-                           "loc": e["loc"], "input": "<hidden>"} for e in exc.errors()]  # pydantic's InitErrorDetails
+    details: list[Any] = [{"type": PydanticCustomError(e["type"], e["msg"]), "loc": e["loc"],  # (without a context
+                           "input": "<hidden>"} for e in exc.errors()]  # its message is kept as it is, braces too)
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 

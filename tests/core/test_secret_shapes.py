@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fedml_storage import StorageClient, StorageSettings, api
 from tests.conftest import TEST_API_KEY
@@ -23,7 +23,8 @@ OTHER_KEYS = [  # shaped as DigitalOcean Spaces', Backblaze B2's, GCS HMAC, R2 a
     "1f2e3d4c5b6a79881f2e3d4c5b6a7988:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071",
 ]
 NAMES = ["COCO2017TRAINIMAGES:FasterRCNNResNet50FPN", "EXPERIMENT20240601T1200Z:BaselineRunWithAugment",
-         "9fceb02d0ae598e95dc970b74767f19372d61af8:Models", "sha256:" + "e3b0c442" * 8]  # names, not keys (helper-104)
+         "9fceb02d0ae598e95dc970b74767f19372d61af8:Models", "sha256:" + "e3b0c442" * 8,
+         "ASIA2023CENSUSDATA01:populationbyprovince"]  # names, not keys (helper-104)
 
 
 @pytest.mark.parametrize("build", [
@@ -34,6 +35,8 @@ NAMES = ["COCO2017TRAINIMAGES:FasterRCNNResNet50FPN", "EXPERIMENT20240601T1200Z:
     lambda: setattr(StorageSettings(), "api_key", f"AKIAIOSFODNN7EXAMPLE:{SECRET}"),  # frozen: refused
     lambda: StorageSettings.model_validate_json(f'{{"api_key": "AKIAIOSFODNN7EXAMPLE:{SECRET}"'),  # cut short
     lambda: StorageSettings(local_root=3, region=SECRET),  # an error type only pydantic's Python side knows
+    lambda: TypeAdapter(StorageSettings).validate_python({"api_key": SECRET}),  # not through __init__ (helper-105)
+    lambda: type("Job", (BaseModel,), {"__annotations__": {"s": StorageSettings}})(s={"region": 3, "api_key": SECRET}),
 ])
 def test_a_settings_error_keeps_no_value_given(isolated_home: Path, build) -> None:
     """Its str hid the values, but its details (errors()) and its pickle, which Prefect writes to result storage for
@@ -63,6 +66,9 @@ def test_settings_errors_keep_their_kind_and_validation_its_options(isolated_hom
         StorageSettings.model_validate({"max_attempts": "3"}, strict=True)
     assert strict.value.errors()[0]["type"] == "int_type"
     assert StorageSettings.model_validate({"max_attempts": "3"}).max_attempts == 3
+    with pytest.raises(ValidationError, match=r"expected `,` or `}` at") as cut:  # braces as pydantic wrote them
+        StorageSettings.model_validate_json('{"service": "S3" "bucket": "b"}')
+    assert "}}" not in str(cut.value)
 
 
 def test_a_clients_repr_shows_an_unknown_argument_by_name_only(isolated_home: Path) -> None:
