@@ -188,7 +188,8 @@ def main() -> None:
 
 def _key_arguments(argv: list[str]) -> list[str]:
     """What may be (part of) an API key on the command line, to mask in error output: --api-key's value, login's
-    argument, and the key-like words after it that a key typed with spaces for its ':'s spills into."""
+    argument, and the words after it that a key typed with spaces for its ':'s spills into: its secret, whatever
+    its form (a MinIO one may be short), and a session token, which is long."""
     keys = []
     for i, arg in enumerate(argv):
         if arg.startswith("--api-key="):
@@ -197,12 +198,17 @@ def _key_arguments(argv: list[str]) -> list[str]:
             value, after = argv[i + 1:i + 2], argv[i + 2:]
         else:
             continue
-        spilled = 2 - value[0].count(":") if value else 0  # ID:SECRET:TOKEN has three parts at most
-        keys += value + [word for word in after[:spilled] if _KEY_PART.fullmatch(word)]
+        keys += value
+        part = value[0].count(":") + 1 if value else 3  # the part of ID:SECRET:TOKEN the next word would be
+        for word in after[:max(0, 3 - part)]:
+            if word.startswith("-") or word in cli.commands or not (part == 1 or _TOKEN.fullmatch(word)):
+                break
+            keys.append(word)
+            part += 1
     return [key for key in keys if key not in cli.commands]
 
 
-_KEY_PART = re.compile(r":?[A-Za-z0-9/+=]{16,}:?")  # a key's id, secret or token (a command or a name is seldom)
+_TOKEN = re.compile(r":?[A-Za-z0-9/+=]{16,}")  # a session token (a command or a name seldom looks like one)
 
 
 class _Lowercase(logging.Formatter):

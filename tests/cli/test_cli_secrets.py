@@ -24,6 +24,8 @@ SPACES = ("DO00QWERTYUIOPASDFGH", "Xk3mPq9vAbCdEfGhIjKlMnOpQrStUvWxYz0123456")  
     ("configure", "--set", f"{KEY_ID}:{SECRET}"),
     ("upload", "--metadata", f"{KEY_ID}:{SECRET}", "x"),
     ("login", *SPACES),
+    ("login", "minioadmin", "Sup3rS3cr3t"),  # a short secret of the user's choosing (helper-105)
+    ("--api-key", "minioadmin", "minio-secret-123", "login"),
     ("login", KEY_ID, SECRET, TOKEN),  # a session token after a second space (helper-104)
     ("login", f"{KEY_ID}:{SECRET}", TOKEN),
     ("--api-key", f"{KEY_ID}:{SECRET}", TOKEN, "list"),
@@ -34,6 +36,7 @@ def test_a_key_in_the_wrong_place_is_not_echoed_by_a_usage_error(isolated_home: 
     assert refused.returncode == 2 and "Error:" in refused.stderr, refused
     shown = refused.stdout + refused.stderr
     assert SECRET not in shown and SPACES[1] not in shown and TOKEN not in shown
+    assert "Sup3rS3cr3t" not in shown and "minio-secret-123" not in shown
     assert not (isolated_home / "config.json").exists()
 
 
