@@ -274,7 +274,7 @@ class Catalog:
         if manifest is None:
             log.warning("deleted the unreadable catalog entry of %r; run cleanup() to remove its data", name)
         else:
-            self.drop_data([v.key for v in manifest.versions if v.key not in keep], committed=True)
+            self.drop_data([v.key for v in manifest.versions if v.key not in keep])
         return manifest
 
     def _holds(self, name: str, body: bytes) -> bool:
@@ -302,15 +302,15 @@ class Catalog:
         except IntegrityError:
             return None
 
-    def drop_data(self, keys: list[str], *, committed: bool = False) -> None:
-        """Best-effort removal of data no manifest references any more (cleanup catches the rest); `committed`: the
-        change that unreferenced it was published (else it is a failed upload's, whose failure is reported)."""
+    def drop_data(self, keys: list[str], *, cause: BaseException | None = None) -> None:
+        """Best-effort removal of data no manifest references any more (cleanup catches the rest); `cause`: the
+        failure of the upload that wrote it, which is reported."""
         if not keys:
             return
         try:
             failed = self.store.delete_many(keys)
         except Exception as exc:  # leftovers are invisible
-            if isinstance(exc, NotConfigured) and not committed:  # no store there, as the failure says: nothing stored
+            if isinstance(exc, NotConfigured) and isinstance(cause, NotConfigured):  # no store there: nothing stored
                 log.debug("not removing %s: %s", keys[0], exc)
                 return
             log.warning("could not remove unreferenced data (%s: %s); run cleanup() later to remove it",

@@ -113,9 +113,9 @@ def upload(req: UploadRequest, settings: StorageSettings, catalog: Catalog, cach
             _, dropped = catalog.commit(name, build, found if recent else UNREAD)
     except BaseException as exc:
         if data_key is not None and (isinstance(exc, Conflict) or not _maybe_published(catalog, name, data_key)):
-            catalog.drop_data([data_key])  # never published: invisible, but do not leave it
+            catalog.drop_data([data_key], cause=exc)  # never published: invisible, but do not leave it
         raise
-    catalog.drop_data(dropped, committed=True)
+    catalog.drop_data(dropped)
     return UploadResult(
         catalog.store.uri(final.key), name=name, uri=catalog.store.uri(final.key), version=final.version,
         sha256=final.sha256, content_digest=final.content_digest, size=final.size, source_size=final.source_size,
@@ -297,7 +297,7 @@ def _file(src: Path, name: str, catalog: Catalog, cache: DigestCache, current: V
                 digest = stops.result(hashing) if hashing else digest  # in here: a file it refuses is not kept either
             except BaseException as exc:
                 stop.set()  # no use for the digest now: Ctrl-C need not wait for the rest of the file to be read
-                catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
+                catalog.drop_data([key], cause=exc)  # never published; an interrupted transfer may have completed it
                 if isinstance(exc, Exception) and _changed(src, st):  # the cause, whatever the transfer made of it
                     raise _changed_error(src) from None
                 raise
@@ -345,9 +345,9 @@ def _directory(src: Path, entries: Entries, name: str, settings: StorageSettings
                     raise cause from None
                 raise InvalidInput(f"could not pack {src} ({type(cause).__name__}: {cause}); "
                                    "nothing was published") from None
-            except BaseException:
+            except BaseException as exc:
                 pipe.close_reader()
-                catalog.drop_data([key])  # never published; an interrupted transfer may have completed the object
+                catalog.drop_data([key], cause=exc)  # never published; an interrupted transfer may have completed it
                 raise
             zipping.result()
     digest = recorder.tree.hexdigest()

@@ -130,6 +130,25 @@ def test_data_a_proxy_keeps_from_being_removed_after_a_publish_is_still_warned_o
     assert "could not remove unreferenced data" in caplog.text and "run cleanup() later" in caplog.text
 
 
+def test_only_a_failure_of_no_store_keeps_a_failed_removal_quiet(isolated_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A failed upload whose data was stored (a file changed during it, a conflict) left it in silence when its
+    removal met a proxy's page (helper-105)."""
+    from fedml_storage.backends.local import LocalStore
+    from fedml_storage.errors import NotConfigured
+
+    def no_store(self, keys):
+        raise NotConfigured("answered HTTP 405 without an S3 error")
+
+    monkeypatch.setattr(LocalStore, "delete_many", no_store)
+    with StorageClient(service="LOCAL") as client:
+        catalog = client._catalog()
+        catalog.drop_data(["default/data/x/v/x"], cause=NotConfigured("answered HTTP 501"))
+        assert "could not remove" not in caplog.text  # the upload's own failure says no store answered
+        catalog.drop_data(["default/data/x/v/x"], cause=ValueError("x changed while it was being uploaded"))
+    assert "could not remove unreferenced data (NotConfigured: answered HTTP 405" in caplog.text
+
+
 def test_a_web_server_that_takes_only_get_is_not_asked_again(web_server: tuple[dict, str], tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """http.server answers 501 to a PUT: an upload was retried as a failure that may pass, each try warning that
