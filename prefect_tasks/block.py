@@ -49,7 +49,7 @@ class _ClassOnly:
 
 
 PREFECT_LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
-PREFECT_CALLS = {"delete": "delete_data(", "cleanup": "the FedMLStorage block's .cleanup"}  # what removes things
+PREFECT_CALLS = {"delete": "delete_data(", "cleanup": "a FedMLStorage block's .cleanup"}  # what removes things
 FLOW_DIR = "is where the flow run started (a worker's holds the flow code it pulled)"
 
 

@@ -72,4 +72,4 @@ def test_advice_to_delete_or_clean_up_is_reworded_once_for_a_framework() -> None
 
     prefect = kept_in("list_data()", **PREFECT_CALLS)
     once = reword(core, prefect)
-    assert "run the FedMLStorage block's .cleanup() later" in once and reword(once, prefect) == once  # (helper-104)
+    assert "run a FedMLStorage block's .cleanup() later" in once and reword(once, prefect) == once  # (helper-104)
