@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, SecretStr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, SecretStr, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from .api_keys import check_api_key
 from .errors import InvalidInput, NotConfigured

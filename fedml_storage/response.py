@@ -38,7 +38,8 @@ class FedMLStorageError(Exception):
         self.reason = response.reason
         self.retryable = response.retryable
 
-    def __reduce__(self) -> tuple[type, tuple[FedMLResponse]]:  # picklable: Prefect stores and ships failed tasks' exceptions
+    # picklable: Prefect stores and ships failed tasks' exceptions
+    def __reduce__(self) -> tuple[type, tuple[FedMLResponse]]:
         return type(self), (self.response,)
 
 
