@@ -28,9 +28,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
-from fedml_storage.results import listed_line
 from fedml_storage.advice import kept_in, reword, worker_local
 from fedml_storage.api_keys import mask_keys
+from fedml_storage.results import listed_line
 from fedml_storage.stops import StoppableCall
 
 from .block import PREFECT_CALLS, PREFECT_LISTING, FedMLStorage, require_dest_path
