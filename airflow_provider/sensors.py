@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import (AirflowFailException, AirflowSensorTimeout, 
 
 from .hook import FedMLStorageException, FedMLStorageFailException, FedMLStorageHook
 from .operators import push_keys
-from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger, in_seconds, unreachable_detail
+from .triggers import UNREACHABLE, WAIT_FIELDS, FedMLStorageDatasetTrigger, in_seconds, unreachable
 
 
 class FedMLStorageDatasetSensor(BaseSensorOperator):
@@ -56,8 +56,8 @@ class FedMLStorageDatasetSensor(BaseSensorOperator):
                 if not exc.retryable:
                     raise
                 when = "after a backoff" if self.exponential_backoff else in_seconds(_seconds(self.poke_interval))
-                self._last = f"could not check dataset {self.name!r}: {unreachable_detail(exc)}"
-                self.log.warning(UNREACHABLE, self.name, when, unreachable_detail(exc))
+                detail, self._last = unreachable(self.name, exc)
+                self.log.warning(UNREACHABLE, self.name, when, detail)
                 return PokeReturnValue(False)
         self._last = seen.detail.rstrip(". ")
         self.log.info("%s", seen.detail)

@@ -23,9 +23,11 @@ WAIT_FIELDS = ("name", "metadata_key", "metadata_value", "version", "fedml_stora
 UNREACHABLE = "cannot check dataset %r, checking again %s (if this persists, check the connection): %s"
 
 
-def unreachable_detail(exc: Exception) -> str:
-    """Why a check that waiting may cure failed, without the core's "try again": the sensor checks again itself."""
-    return str(exc).removesuffix(f" {MAY_PASS}")
+def unreachable(name: str, exc: Exception) -> tuple[str, str]:
+    """Why a check of `name` that waiting may cure failed (without the core's "try again": the sensor checks again
+    itself), and the line a timeout then ends with."""
+    detail = str(exc).removesuffix(f" {MAY_PASS}")
+    return detail, f"could not check dataset {name!r}: {detail}"
 
 
 def next_wait(poke_interval: float, checks: int, exponential_backoff: bool = False,
@@ -100,7 +102,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     self.log.warning("the triggerer reaches %s, the sensor checked %s before deferring; if that is not "
                                      "the same store, give the triggerer the workers' connection", here, self.location)
             checks = 0
-            unreachable: str | None
+            unreached: str | None
             while True:
                 checks += 1
                 try:
@@ -109,8 +111,7 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                     if not exc.retryable:  # not curable by waiting: hand it to the task, which fails with it
                         yield TriggerEvent({"status": "error", "name": w["name"], "message": str(exc)})
                         return
-                    unreachable = unreachable_detail(exc)
-                    last = f"could not check dataset {w['name']!r}: {unreachable}"
+                    unreached, last = unreachable(w["name"], exc)
                 except Exception as exc:  # unexpected (e.g. a secrets backend down): the task fails, and may retry
                     yield TriggerEvent({"status": "error", "name": w["name"], "retryable": True,
                                         "message": f"{type(exc).__name__}: {exc}"})
@@ -120,14 +121,14 @@ class FedMLStorageDatasetTrigger(BaseTrigger):
                         yield TriggerEvent({"status": "success", "name": w["name"], "message": seen.detail,
                                             "version": seen.version, "sha256": seen.sha256})
                         return
-                    unreachable, last = None, seen.detail.rstrip(". ")
+                    unreached, last = None, seen.detail.rstrip(". ")
                 left = float("inf") if self.deadline is None else self.deadline - time.time()
                 if left <= 0:  # as the poking loop, which checks once more after the timeout has passed
                     yield TriggerEvent({"status": "timeout", "name": w["name"], "message": f"sensor timed out: {last}"})
                     return
                 pause = min(next_wait(checks=checks, **self.pacing), left)  # the last check at the deadline
-                if unreachable is not None:
-                    self.log.warning(UNREACHABLE, w["name"], in_seconds(pause), unreachable)
+                if unreached is not None:
+                    self.log.warning(UNREACHABLE, w["name"], in_seconds(pause), unreached)
                 else:
                     self.log.info("%s (checking again %s)", last, in_seconds(pause))
                 await asyncio.sleep(pause)
