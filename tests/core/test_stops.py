@@ -118,11 +118,12 @@ def _data_key(store: Store) -> str:
 
 def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: Store, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Set as the first bytes are counted (on LOCAL in the copying thread, on S3 in s3transfer's)."""
+    """Set as the first bytes are counted (on LOCAL in the copying thread, on S3 in s3transfer's), the bytes then
+    coming slower than the stop is looked at (on 127.0.0.1 the whole file went in that time)."""
     src, version, keys = _stored_v1(store, tmp_path, size=24 * MiB)
     stop = threading.Event()
     counted: list[int] = []
-    _counting_bar(monkeypatch, counted, stop)
+    _counting_bar(monkeypatch, counted, stop, slow=2 * stops.POLL_SECONDS)
     dest = tmp_path / "dest"
     with store.client() as client, stop_when(stop):
         with pytest.raises(Stopped):
@@ -136,8 +137,10 @@ def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: S
     assert not dest.exists() or not list(dest.iterdir())
 
 
-def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: threading.Event | None = None) -> None:
-    """Progress bars that count the bytes they are told of (and set `stop` at the first)."""
+def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: threading.Event | None = None,
+                  slow: float = 0) -> None:
+    """Progress bars that count the bytes they are told of (and set `stop` at the first, then take `slow` seconds
+    over each: a slow link)."""
     import fedml_storage.progress
 
     class Bar(fedml_storage.progress.tqdm):
@@ -145,6 +148,7 @@ def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: thr
             counted.append(int(n or 0))
             if stop is not None:
                 stop.set()
+                threading.Event().wait(slow)
             return super().update(n)
 
     monkeypatch.setattr(fedml_storage.progress, "tqdm", Bar)
