@@ -24,13 +24,14 @@ class CuttingProxy:
         self._lock = threading.Lock()
         self._cuts: list[int] = []
         self._header_cuts: list[tuple[bytes, int, float]] = []
-        self.request_heads: list[bytes] = []
+        self.request_heads: list[bytes] = []  # the head (request line and headers) of every request seen
         self._rewrites: list[tuple[bytes, bytes, bytes]] = []
         self._hooks: list[tuple[re.Pattern[bytes], Callable[[], object]]] = []
         self._answers: list[tuple[re.Pattern[bytes], bytes]] = []
         self._flips: list[tuple[bytes, int]] = []
         self._answer_delays: list[tuple[bytes, float]] = []
-        self.rewritten = 0  # the head (request line and headers) of every request seen
+        self.rewritten = 0
+        self.held = 0  # answers held back so far: the server had each one's whole request
         self.cut = 0  # connections cut so far
         self.flipped = 0  # answer bytes damaged so far
         self.bytes_down = 0  # response bytes passed to clients, all connections
@@ -112,6 +113,8 @@ class CuttingProxy:
                         continue  # the server never sees this request
                 if down and re.match(rb"HTTP/1\.. [2-5]", data):
                     if (pause := self._take(self._answer_delays, conn["request"])) is not None:
+                        with self._lock:
+                            self.held += 1
                         time.sleep(pause[1])
                     data = self._rewritten(conn["request"], data)
                     if self._cut_headers_now(conn["request"], data, dst):
