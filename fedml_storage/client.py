@@ -33,7 +33,7 @@ from .uploads import UploadRequest
 from .uploads import upload as _upload
 from .validation import check_name, check_prefix, metadata_value_as_stored
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("fedml_storage")
 
 T = TypeVar("T")
 SERVICE_HINT = "; calls without service= use the default service"  # how a message's hint of a wrong service starts

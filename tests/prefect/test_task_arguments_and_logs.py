@@ -10,7 +10,7 @@ import pytest
 from prefect import flow
 
 from fedml_storage import FedMLStorageError
-from prefect_tasks import FedMLStorage, list_data, upload_data
+from prefect_tasks import FedMLStorage, delete_data, list_data, upload_data
 from prefect_tasks.tasks import _artifact_key
 
 from .conftest import run_logs
@@ -197,3 +197,23 @@ def test_no_block_and_no_configuration_warns_that_data_stays_on_the_worker(isola
     state = uploads(return_state=True)
     assert state.result().startswith("file://")
     assert not [m for m in run_logs(state.state_details.flow_run_id) if "No FedMLStorage block" in m]
+
+
+def test_a_delete_of_a_name_not_stored_warns_in_the_runs_log(tmp_path: Path, caplog) -> None:
+    """Its warning (which dataset was meant) came from a logger of the core's that the run's log did not take: it
+    reached the worker's console only."""
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "model.safetensors").write_text("weights")
+    block.upload(str(tmp_path / "model.safetensors"), "weights")
+
+    @flow
+    def clean() -> bool:
+        return delete_data("weights", storage=block)
+
+    state = clean(return_state=True)
+    assert state.result() is False
+    logs = run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if m.startswith("'weights' was not stored, nothing was deleted (did you mean "
+                                            "'weights.safetensors'?")], logs
+    said_by = [r.name for r in caplog.records if r.getMessage().startswith("'weights' was not stored, nothing")]
+    assert not [n for n in said_by if n.startswith("fedml_storage")], said_by  # said once on the console
