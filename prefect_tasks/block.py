@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
@@ -20,6 +21,8 @@ from fedml_storage.advice import kept_in, relative_paths, unattended_dest
 from fedml_storage.api_keys import check_api_key
 from fedml_storage.config import SERVICES, SIZE_SETTINGS, Service, setting_hints, size_in_bytes
 from fedml_storage.validation import inputs_hidden
+
+from .run_log import core_lines_in_run_log
 
 _SECRET_NAME = re.compile(r"key|secret|token|password", re.I)  # a secret's field by another name (aws_secret_...)
 
@@ -50,6 +53,7 @@ class _ClassOnly:
 
 PREFECT_LISTING = "list_data() (or a block's list())"  # what shows the datasets stored, in Prefect
 PREFECT_CALLS = {"delete": "delete_data(", "cleanup": "a FedMLStorage block's .cleanup"}  # what removes things
+LOG_ADVICE = kept_in(PREFECT_LISTING, **PREFECT_CALLS)  # the core's log lines in Prefect's words
 FLOW_DIR = "is where the flow run started (a worker's holds the flow code it pulled)"
 
 
@@ -259,19 +263,25 @@ upload_data("data/mnist", storage=storage)
                              advice=kept_in(PREFECT_LISTING, block, f"the api_key field of {block}", **PREFECT_CALLS),
                              **{**settings, **{k: v for k, v in overrides.items() if not is_unset(v)}})
 
+    @contextlib.contextmanager
+    def _calls(self) -> Iterator[StorageClient]:
+        """A client for the methods below; in a run, what the core logs meanwhile goes to the run's log."""
+        with core_lines_in_run_log(LOG_ADVICE), self.client() as client:
+            yield client
+
     def upload(self, data_path: str, name: str | None = None, description: str | None = None,
                metadata: dict[str, str] | None = None, tag_list: list[str] | None = None, *,
                ignore_patterns: list[str] | str | None = None) -> dict[str, Any]:
         """Store a file or directory (without a folder's items matching `ignore_patterns`, .gitignore syntax);
         the upload's details. Raises FedMLStorageError on failure."""
-        with self.client() as client:
+        with self._calls() as client:
             return client.upload(data_path, name, description, metadata, tag_list,
                                  ignore_patterns=ignore_patterns).unwrap().to_dict()
 
     def download(self, name: str, dest_path: str | None = None, version: str | None = None) -> str:
         """Fetch a dataset into the folder `dest_path` (required); its absolute path."""
         require_dest_path(dest_path, "FedMLStorage.download")
-        with self.client() as client:
+        with self._calls() as client:
             return str(client.download(name, dest_path, version=version).unwrap())
 
     # On an instance, Prefect's delete/adelete (which remove a saved block document: `storage.delete("mnist")`
@@ -281,23 +291,23 @@ upload_data("data/mnist", storage=storage)
 
     def delete_data(self, name: str, missing_ok: bool = True) -> bool:
         """Remove a dataset; whether it was there to delete (with `missing_ok`, a name not stored returns False)."""
-        with self.client() as client:
+        with self._calls() as client:
             return client.delete(name, missing_ok=missing_ok).unwrap()
 
     def list(self, prefix: str | None = None) -> list[dict[str, Any]]:
         """Every dataset's metadata as dicts (of names starting with `prefix`, when given)."""
-        with self.client() as client:
+        with self._calls() as client:
             return [m.to_dict() for m in client.list(prefix=prefix).unwrap()]
 
     def get_metadata(self, name: str) -> dict[str, Any]:
         """Stored metadata (including the user-defined dict) of a dataset."""
-        with self.client() as client:
+        with self._calls() as client:
             return client.get_metadata(name).unwrap().to_dict()
 
     def cleanup(self, older_than_seconds: float = 3600) -> dict[str, int]:
         """Remove what interrupted uploads left in this store (never published data, incomplete multipart uploads)
         older than the grace period; the counts. What a warning's "run cleanup() later" asks for."""
-        with self.client() as client:
+        with self._calls() as client:
             return client.cleanup(older_than_seconds).unwrap()
 
 

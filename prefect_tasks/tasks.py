@@ -8,33 +8,30 @@ thread of an async task, Prefect would otherwise return coroutines.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import hashlib
-import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
 import httpx
-from prefect import Task, get_run_logger, task
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.exceptions import MissingContextError, ObjectNotFound
+from prefect import Task, task
+from prefect.exceptions import ObjectNotFound
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from fedml_storage import DownloadResult, FedMLStorageError, StorageClient, StorageSettings, human_size, planned_name
-from fedml_storage.advice import kept_in, reword, worker_local
+from fedml_storage.advice import kept_in, worker_local
 from fedml_storage.api_keys import mask_keys
 from fedml_storage.results import listed_line
 from fedml_storage.stops import StoppableCall
 
-from .block import PREFECT_CALLS, PREFECT_LISTING, FedMLStorage, require_dest_path
+from .block import LOG_ADVICE, PREFECT_CALLS, PREFECT_LISTING, FedMLStorage, require_dest_path
 from .lineage import add_metadata, declare_input, declare_output, hold_for_flow_run
+from .run_log import core_lines_in_run_log, in_run, run_logger
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -92,7 +89,7 @@ def _client(storage: FedMLStorage | str | None, service: str | None, namespace: 
         return storage.client(service=service, namespace=namespace)
     if service is None and (warning := worker_local("No FedMLStorage block (storage=)",
                                                     "Pass storage= a FedMLStorage block")) is not None:
-        _log().warning(warning)
+        run_logger().warning(warning)
     return StorageClient(service=service, namespace=namespace, log_failures=False,  # Prefect logs what we raise
                          advice=kept_in(PREFECT_LISTING, "a FedMLStorage block passed as storage=",
                                         "the api_key of a FedMLStorage block passed as storage=", **PREFECT_CALLS))
@@ -111,58 +108,6 @@ def _artifact_key(prefix: str, namespace: str, name: str = "") -> str:
     if namespace == DEFAULT_NAMESPACE and slugs[1] == name and len(key) <= 100:
         return key
     return f"{key[:91]}-{hashlib.sha256(f'{namespace}/{name}'.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-
-
-def _log() -> logging.Logger | logging.LoggerAdapter:
-    """The run's logger; outside a run (`upload_data.fn(...)` called directly) the package's own."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("prefect_tasks")
-
-
-def _in_run() -> bool:
-    """Whether a Prefect run is under way: artifacts outside one are deprecated (`upload_data.fn(...)`)."""
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
-
-
-# Which task body a thread works for: set in the body's thread; the core hands its context on to its own helper
-# threads (the zip writer, the catalog read), so their warnings are the task's too.
-_WORKING_FOR: contextvars.ContextVar[object | None] = contextvars.ContextVar("fedml_storage_task", default=None)
-
-
-class _ToRunLog(logging.Filter):
-    """Passes the core's warnings, from the task's own work, to the run's log (seen in Prefect's UI and on its
-    console) instead of to the core logger's handlers: shown once, not also by the root logger Prefect sets up."""
-
-    def __init__(self, target: logging.Logger | logging.LoggerAdapter) -> None:
-        super().__init__()
-        self.target = target
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or _WORKING_FOR.get() is not self:  # another task's is its run's
-            return True
-        self.target.log(record.levelno, "%s", reword(record.getMessage(), _LOG_ADVICE))  # in Prefect's words
-        return False
-
-
-_LOG_ADVICE = kept_in(PREFECT_LISTING, **PREFECT_CALLS)
-
-
-@contextlib.contextmanager
-def _core_warnings_in_run_log() -> Iterator[None]:
-    if not _in_run():  # outside a run the core's own logging says it already
-        yield
-        return
-    core = logging.getLogger("fedml_storage")
-    forward = _ToRunLog(_log())
-    token = _WORKING_FOR.set(forward)
-    core.addFilter(forward)
-    try:
-        yield
-    finally:
-        core.removeFilter(forward)
-        _WORKING_FOR.reset(token)
 
 
 def _untied(details: dict[str, Any]) -> dict[str, Any]:
@@ -217,24 +162,24 @@ def _say_how_it_ended(outcome: str, name: str) -> None:
     """Say in the run's log what became of a cancelled (or timed-out) async task's storage call (`name`: upload,
     download, ...)."""
     if outcome == "waiting":
-        _log().info("the storage call had not started; it never will")
+        run_logger().info("the storage call had not started; it never will")
     elif outcome == "stopped":
-        _log().info("the %s call was stopped: %s", name, STOPPED.get(name, "it only reads, so nothing changed"))
+        run_logger().info("the %s call was stopped: %s", name, STOPPED.get(name, "it only reads, so nothing changed"))
     elif outcome == "finished":
-        _log().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
+        run_logger().warning("the storage call had finished before it could be stopped: what it did stands (an upload "
                        "is published, a download in place)")
     elif outcome == "running":
-        _log().warning("the storage call is still waiting for an answer after %s s; it stops after it, and "
+        run_logger().warning("the storage call is still waiting for an answer after %s s; it stops after it, and "
                        "cleanup() removes anything it leaves", STOP_GRACE_SECONDS)
     else:
-        _log().warning("the storage call ended with %s as it was being stopped", outcome)
+        run_logger().warning("the storage call ended with %s as it was being stopped", outcome)
 
 
 def _task_body(body: Callable[..., Any]) -> Callable[..., Any]:
-    """The body with the core's warnings in the run log."""
+    """The body with the core's lines in the run log."""
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with _core_warnings_in_run_log():
+        with core_lines_in_run_log(LOG_ADVICE):
             return body(*args, **kwargs)
     return run
 
@@ -275,9 +220,9 @@ def _upload_data(data_path: str, name: str | None = None, description: str | Non
                                ignore_patterns=ignore_patterns).unwrap()
         if planned is None:  # could not be told beforehand
             key = declare_output(client, result.name)
-    _log().info("%s", result.summary())
+    run_logger().info("%s", result.summary())
     details = _untied(result.to_dict())
-    if _in_run():
+    if in_run():
         create_markdown_artifact(
             key=_artifact_key("fedml-upload", result.namespace, result.name),
             markdown=(f"### Uploaded `{result.name}`\n\n| field | value |\n|---|---|\n"
@@ -304,7 +249,7 @@ def _download_data(name: str, dest_path: str | None = None, version: str | None 
     with _client(storage, service, namespace) as client:
         result = client.download(name, dest_path, version=version).unwrap()
         declare_input(client, name)
-    _log().info("%s", result.summary())
+    run_logger().info("%s", result.summary())
     return hold_for_flow_run(result)
 
 
@@ -318,7 +263,7 @@ def _delete_data(name: str, storage: FedMLStorage | str | None = None, service: 
     with _client(storage, service, namespace) as client:
         response = client.delete(name, missing_ok=missing_ok)
         deleted = response.unwrap()
-    _log().info("%s", response.message)
+    run_logger().info("%s", response.message)
     return deleted
 
 
@@ -329,11 +274,11 @@ def _list_data(storage: FedMLStorage | str | None = None, service: str | None = 
     with _client(storage, service, namespace) as client:
         items = [m.to_dict() for m in client.list(prefix=prefix).unwrap()]
         namespace = client.settings.namespace
-    _log().info("%s", listed_line([i["dataName"] for i in items], prefix))
+    run_logger().info("%s", listed_line([i["dataName"] for i in items], prefix))
     rows = [{"name": i["dataName"], "size": i["size"], "version": i["version"], "files": i["file_count"],
              "description": i["description"], "tags": ", ".join(i["tag_list"]), "updated": i["updatedAt"]}
             for i in items]
-    if _in_run():
+    if in_run():
         create_table_artifact(key=_artifact_key("fedml-storage-list", namespace, prefix or ""), table=rows,
                               _sync=True,  # type: ignore[call-arg]  # async_dispatch's
                               description=f"Datasets in FedML storage (namespace {namespace!r}"
@@ -350,10 +295,10 @@ def _get_data_metadata(name: str, user_defined_only: bool = False, storage: FedM
     with _client(storage, service, namespace) as client:
         if user_defined_only:
             user = client.get_user_metadata(name).unwrap()
-            _log().info("user metadata of %r: %d key(s)", name, len(user))
+            run_logger().info("user metadata of %r: %d key(s)", name, len(user))
             return _untied(user)
         meta = _untied(client.get_metadata(name).unwrap().to_dict())
-    _log().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
+    run_logger().info("metadata of %r: version %s, %s", name, meta["version"], meta["size"])
     return meta
 
 

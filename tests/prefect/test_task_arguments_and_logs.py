@@ -3,6 +3,8 @@ called outside a run: each through real flow runs on the test server."""
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -217,3 +219,66 @@ def test_a_delete_of_a_name_not_stored_warns_in_the_runs_log(tmp_path: Path, cap
                                             "'weights.safetensors'?")], logs
     said_by = [r.name for r in caplog.records if r.getMessage().startswith("'weights' was not stored, nothing")]
     assert not [n for n in said_by if n.startswith("fedml_storage")], said_by  # said once on the console
+
+
+def test_the_cores_notes_reach_the_runs_log_as_airflows_task_log(tmp_path: Path, caplog) -> None:
+    """Only its warnings were passed on: its INFO lines (an item left out of an upload, a download going on from what
+    an earlier one fetched) never reached a Prefect run's log, whose root logger stops INFO (helper-103)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "data.csv").write_text("a,b\n")
+    os.mkfifo(tree / "pipe")
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+
+    @flow
+    def up() -> bool:
+        return upload_data(str(tree), storage=block)["skipped"]
+
+    state = up(return_state=True)
+    assert state.result() is False
+    logs = run_logs(state.state_details.flow_run_id)
+    assert [m for m in logs if m == f"leaving out {tree / 'pipe'}: neither a file nor a folder"], logs
+    said_by = [r.name for r in caplog.records if r.getMessage().startswith("leaving out")]
+    assert not [n for n in said_by if n.startswith("fedml_storage")], said_by  # said once on the console
+    assert logging.getLogger("fedml_storage").level == logging.NOTSET  # as it was
+
+
+def test_a_blocks_methods_called_in_a_flow_say_the_cores_lines_in_its_log(tmp_path: Path) -> None:
+    """They went to the worker's console only."""
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    (tmp_path / "model.safetensors").write_text("weights")
+    block.upload(str(tmp_path / "model.safetensors"), "weights")
+
+    @flow
+    def clean() -> bool:
+        return block.delete_data("weights")
+
+    state = clean(return_state=True)
+    assert state.result() is False
+    assert [m for m in run_logs(state.state_details.flow_run_id) if m.startswith(
+        "'weights' was not stored, nothing was deleted (did you mean 'weights.safetensors'?")]
+
+
+def test_while_a_task_forwards_the_cores_lines_others_keep_the_cores_level(monkeypatch, caplog) -> None:
+    """The core's logger lets INFO through while a run forwards its lines; lines of no run's work (another thread of
+    the worker's) stay as quiet as they were."""
+    import threading
+
+    from prefect_tasks import run_log
+
+    core = logging.getLogger("fedml_storage")
+    run = logging.getLogger("tests.a-run")
+    monkeypatch.setattr(run_log, "in_run", lambda: True)
+    monkeypatch.setattr(run_log, "run_logger", lambda: run)
+    caplog.set_level(logging.WARNING)  # Prefect's root level
+    caplog.set_level(logging.INFO, logger="tests.a-run")
+    with run_log.core_lines_in_run_log({}):
+        core.info("the run's own")
+        elsewhere = threading.Thread(target=core.info, args=("no run's",))
+        elsewhere.start()
+        elsewhere.join()
+        core.warning("the run's warning")
+    core.info("after the run")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("tests.a-run", "the run's own"), ("tests.a-run", "the run's warning")]
+    assert core.level == logging.NOTSET and not core.filters

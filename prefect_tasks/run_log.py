@@ -1,0 +1,101 @@
+"""The core's log lines in a Prefect run's log: what a task (or a block's method called in a run) has the core do is
+said where the run is seen (Prefect's UI and console), once, in Prefect's words."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
+
+from fedml_storage.advice import reword
+
+CORE = logging.getLogger("fedml_storage")
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger; outside a run (`upload_data.fn(...)` called directly) the package's own."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("prefect_tasks")
+
+
+def in_run() -> bool:
+    """Whether a Prefect run is under way: artifacts outside one are deprecated (`upload_data.fn(...)`)."""
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+class _ToRunLog(logging.Filter):
+    """Passes the core's lines (INFO and up) from the work it was made for to the run's log instead of to the core
+    logger's handlers: shown once, not also by the root logger Prefect sets up."""
+
+    def __init__(self, target: logging.Logger | logging.LoggerAdapter, advice: Mapping[str, str]) -> None:
+        super().__init__()
+        self.target, self.advice = target, advice
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        working_for = _WORKING_FOR.get()
+        if working_for is self and record.levelno >= logging.INFO:
+            self.target.log(record.levelno, "%s", reword(record.getMessage(), self.advice))
+            return False
+        # another run's work (its own filter passes it on), or none's: kept as the core's level was before
+        return working_for is not None or record.levelno >= _LEVEL.floor
+
+
+# Which forwarding the work in this context is for: set in the task's thread; the core hands its context on to its
+# own helper threads (the zip writer, the catalog read), so their lines are the task's too.
+_WORKING_FOR: contextvars.ContextVar[_ToRunLog | None] = contextvars.ContextVar("fedml_storage_task", default=None)
+
+
+class _CoreLevel:
+    """While runs forward the core's lines, the core logger lets INFO through, which Prefect's root logger (WARNING)
+    would stop; `floor` is the level lines of no run's work keep meanwhile. A level set on the core logger stands."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self.floor = logging.NOTSET
+
+    @contextlib.contextmanager
+    def info_let_through(self) -> Iterator[None]:
+        with self._lock:
+            if self._runs == 0 and CORE.level == logging.NOTSET and not CORE.isEnabledFor(logging.INFO):
+                self.floor = CORE.getEffectiveLevel()
+                CORE.setLevel(logging.INFO)
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0 and self.floor != logging.NOTSET:
+                    if CORE.level == logging.INFO:  # (unless set since)
+                        CORE.setLevel(logging.NOTSET)
+                    self.floor = logging.NOTSET
+
+
+_LEVEL = _CoreLevel()
+
+
+@contextlib.contextmanager
+def core_lines_in_run_log(advice: Mapping[str, str]) -> Iterator[None]:
+    """In a run, the core's lines from the work done in this block go to the run's log, their advice reworded by
+    `advice` (`fedml_storage.advice.reword`); outside one, the core's own logging says them."""
+    if not in_run():
+        yield
+        return
+    forward = _ToRunLog(run_logger(), advice)
+    token = _WORKING_FOR.set(forward)
+    CORE.addFilter(forward)
+    try:
+        with _LEVEL.info_let_through():
+            yield
+    finally:
+        CORE.removeFilter(forward)
+        _WORKING_FOR.reset(token)
