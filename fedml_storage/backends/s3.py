@@ -24,6 +24,7 @@ from .ranges import (RANGE_ADVICE, RANGE_ATTEMPTS, Counted, RangeIgnored, Stream
 from .responses import register as check_responses
 from .s3_client import s3_client
 from .s3_errors import MISSING_CODES, translate as _translate, web_page_answer
+from .s3_retries import say_retries
 from .s3_transfers import Done, PlainFiles, Progress as TransferProgress, finish
 
 log = logging.getLogger("fedml_storage")
@@ -69,6 +70,7 @@ class S3Store(ObjectStore):
         self._stream_min_rate = settings.stream_min_rate
         self._transfers: TransferManager | None = None
         self._location = f"{endpoint.rstrip('/')}/{self.bucket}" if endpoint else f"s3://{self.bucket}"
+        say_retries(self._client, self._location)
 
     def _manager(self) -> TransferManager:
         if self._transfers is None:

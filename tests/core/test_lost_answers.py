@@ -155,3 +155,43 @@ def test_a_file_cut_short_while_its_parts_go_up_fails_at_once_as_changed(
     assert "changed while it was being uploaded" in response.message or "became shorter" in response.message
     assert "no answer from" not in caplog.text  # no part waited for bytes that were never coming
     assert s3_store.keys() == []  # nothing published, no object left
+
+
+@pytest.mark.parametrize("say_every", [60, 0])
+def test_botocores_retries_are_said_as_they_happen(s3_store: Store, stored: bytes, moto_proxy: CuttingProxy,
+                                                   tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch,
+                                                   say_every: float) -> None:
+    """A step waiting on a busy store showed nothing while botocore asked again with backoff (helper-103): a note
+    for a retry, unless one was said within SAY_EVERY seconds."""
+    from fedml_storage.backends import s3_retries
+
+    monkeypatch.setattr(s3_retries, "SAY_EVERY", say_every)
+    data_get = rf"GET /{s3_store.bucket}/default/data/"
+    moto_proxy.answer(data_get.encode(), "503 Slow Down", "SlowDown", "Please reduce your request rate.", times=2)
+    with caplog.at_level(logging.INFO, logger="fedml_storage"), \
+            s3_store.client(endpoint_url=moto_proxy.endpoint) as client:
+        assert client.download("blob.bin", str(tmp_path / "out")).ok
+    notes = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    said = f"{moto_proxy.endpoint}/{s3_store.bucket} answered SlowDown (503) to GetObject: asking again"
+    assert notes == [f"{said} (try {n} of 6)" for n in ([2] if say_every else [2, 3])], notes
+    assert (tmp_path / "out" / "blob.bin").read_bytes() == stored
+
+
+def test_retries_not_said_are_counted_in_the_next_note(monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from fedml_storage.backends import s3_retries
+
+    clock = iter([0.0, 1.0, 2.0, 6.0])
+    monkeypatch.setattr(s3_retries, "_now", lambda: next(clock))
+    notes = s3_retries._RetryNotes("s3://b")
+    retry = {"context": {}}
+    notes.answered(retry, caught_exception=ConnectionResetError())
+    with caplog.at_level(logging.INFO, logger="fedml_storage"):
+        for attempt in (2, 3, 2, 4):  # the third of another request
+            retry["context"]["retries"] = {"attempt": attempt, "max": 6}
+            notes.asking_again(SimpleNamespace(context=retry["context"]), "UploadPart")
+    assert [r.getMessage() for r in caplog.records] == [
+        "s3://b gave no usable answer (ConnectionResetError) to UploadPart: asking again (try 2 of 6)",
+        "s3://b gave no usable answer (ConnectionResetError) to UploadPart: asking again (try 4 of 6); "
+        "3 retries since the last note"]
