@@ -65,7 +65,7 @@ def download(
         partials.sweep(partial_dir)
     target = dest / name
     if cache is not None and holds_already(target, record, cache):
-        return _result(target, name, record, started, replaced=False, skipped=True)
+        return _result(target, name, record, started, catalog, replaced=False, skipped=True)
     if confirm_replace is not None and os.path.lexists(target):
         _check_target(target, record.kind)  # not asked, then refused: a folder where a file goes, a mount point
         _confirmed(confirm_replace, target)
@@ -127,7 +127,7 @@ def download(
                     folder.rmdir()
                 except OSError:
                     break
-    return _result(target, name, record, started, replaced=replaced, skipped=False)
+    return _result(target, name, record, started, catalog, replaced=replaced, skipped=False)
 
 
 def _dest_folder(name: str, dest_path: str | os.PathLike | None) -> Path:
@@ -187,11 +187,12 @@ def _confirmed(confirm_replace: Callable[[Path], bool], target: Path) -> None:
         raise InvalidInput(f"{target} was left as it is (replacing it was declined): nothing was downloaded")
 
 
-def _result(target: Path, name: str, record: VersionRecord, started: float, *, replaced: bool,
+def _result(target: Path, name: str, record: VersionRecord, started: float, catalog: Catalog, *, replaced: bool,
             skipped: bool) -> DownloadResult:
     return DownloadResult(
-        str(target), name=name, path=str(target), version=record.version, sha256=record.sha256, size=record.size,
-        seconds=round(time.monotonic() - started, 3), kind=record.kind, replaced=replaced, skipped=skipped,
+        str(target), name=name, path=str(target), uri=catalog.store.uri(record.key), version=record.version,
+        sha256=record.sha256, size=record.size, seconds=round(time.monotonic() - started, 3), kind=record.kind,
+        replaced=replaced, skipped=skipped,
     )
 
 

@@ -124,11 +124,12 @@ class UploadResult(_Detailed):
 
 
 class DownloadResult(_Detailed):
-    """The absolute local path, with name, version, digest, size, time, and whether the path held that version
-    already (`skipped`: nothing was fetched)."""
+    """The absolute local path, with name, the stored data's URI, version, digest, size, time, and whether the path
+    held that version already (`skipped`: nothing was fetched)."""
 
     name: str
     path: str
+    uri: str  # the stored data's
     version: str
     sha256: str
     size: int
@@ -141,9 +142,9 @@ class DownloadResult(_Detailed):
         """One log line."""
         if self.skipped:
             return (f"kept {self.path} as it is: it holds {self.name!r} version {self.version} already (its "
-                    "digests match), nothing fetched")
+                    f"digests match), nothing fetched from {self.uri}")
         return (f"downloaded {self.name!r} (version {self.version}, {human_size(self.size)} in "
-                f"{self.seconds:.2f} s, sha256 verified) to {self.path}"
+                f"{self.seconds:.2f} s, sha256 verified) from {self.uri} to {self.path}"
                 + (", replacing what was there" if self.replaced else ""))
 
 

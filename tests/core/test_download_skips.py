@@ -35,7 +35,7 @@ def test_a_copy_of_the_version_asked_for_is_kept_and_nothing_is_fetched(
     src = make_tree(tmp_path / "ds")
     (tmp_path / "model.bin").write_bytes(os.urandom(300_000))
     client = store.client()
-    assert client.upload(str(src)).ok and client.upload(str(tmp_path / "model.bin")).ok
+    uris = {r.name: r.uri for r in (client.upload(str(p)).unwrap() for p in (src, tmp_path / "model.bin"))}
     fetched = _count_fetches(store, monkeypatch)
     out = tmp_path / "out"
     for name in ("ds", "model.bin"):
@@ -46,7 +46,8 @@ def test_a_copy_of_the_version_asked_for_is_kept_and_nothing_is_fetched(
         assert again.skipped and not again.replaced and len(fetched) == 1, again.summary()
         assert os.stat(again).st_ino == inode  # kept, not replaced by a new copy
         assert (again.version, again.sha256, again.path) == (first.version, first.sha256, first.path)
-        assert "nothing fetched" in again.summary() and again.to_dict()["skipped"] is True
+        assert again.summary().endswith(f"nothing fetched from {uris[name]}") and again.to_dict()["skipped"] is True
+        assert f"sha256 verified) from {uris[name]} to {first}" in first.summary()  # which store (helper-103)
         shutil.rmtree(isolated_home / "cache")  # without the digest cache: read and hashed, still kept
         assert client.download(name, str(out)).unwrap().skipped and len(fetched) == 1
         fetched.clear()
