@@ -34,7 +34,8 @@ def _tries(airflow_home: Path) -> list[tuple]:
                                "dag_run WHERE dag_id='fedml_storage_retry' ORDER BY id DESC LIMIT 1)")
 
 
-def _start_upload_dag(airflow_home: Path, tmp_path: Path, size: int, extra: dict) -> subprocess.Popen:
+def _start_upload_dag(airflow_home: Path, tmp_path: Path, size: int, extra: dict, more_env: dict | None = None
+                      ) -> subprocess.Popen:
     """`airflow dags test` of the retry DAG, uploading a folder of `size` random bytes to S3 with these settings;
     its output goes to tmp_path/dags-test.log."""
     data = tmp_path / "retried"
@@ -43,7 +44,7 @@ def _start_upload_dag(airflow_home: Path, tmp_path: Path, size: int, extra: dict
     conn = {"conn_type": "fedml_storage", "password": TEST_API_KEY,
             "extra": {"service": "S3", "region": "us-east-1", **extra}}
     env = {**os.environ, **base_env(airflow_home), "AIRFLOW_CONN_FEDML_STORAGE_DEFAULT": json.dumps(conn),
-           "FEDML_RETRY_DATA": str(data), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent)}
+           "FEDML_RETRY_DATA": str(data), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGFILE.parent), **(more_env or {})}
     log = (tmp_path / "dags-test.log").open("w")
     return subprocess.Popen([AIRFLOW, "dags", "test", "fedml_storage_retry", "-f", str(DAGFILE)], env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -51,8 +52,10 @@ def _start_upload_dag(airflow_home: Path, tmp_path: Path, size: int, extra: dict
 
 def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_path: Path) -> None:
     port = _free_port()
+    up = tmp_path / "store-up"  # the retry waits for it
     proc = _start_upload_dag(airflow_home, tmp_path, 10_000, {"bucket": "retry-bucket", "max_attempts": 1,
-                                                              "endpoint_url": f"http://127.0.0.1:{port}"})
+                                                              "endpoint_url": f"http://127.0.0.1:{port}"},
+                             {"FEDML_RETRY_STORE_UP": str(up)})
     server = None
     try:
         deadline = time.monotonic() + 120
@@ -66,6 +69,7 @@ def test_first_try_fails_retry_succeeds_and_stores_once(airflow_home: Path, tmp_
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         s3_client(f"http://127.0.0.1:{port}").create_bucket(Bucket="retry-bucket")
+        up.touch()
         assert proc.wait(timeout=120) == 0
         output = (tmp_path / "dags-test.log").read_text()
         assert "cannot reach the storage endpoint" in output and "Marking run" in output

@@ -58,7 +58,11 @@ def test_cleanup_with_nothing_old_reads_no_catalog_entry(store: Store, tmp_path:
     assert store.keys() == keys  # all of it referenced
 
 
-def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store) -> None:
+def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from fedml_storage import catalog_cleanup
+
     s3 = s3_client(s3_store.endpoint)
     bucket = s3_store.bucket
 
@@ -70,8 +74,11 @@ def test_cleanup_aborts_idle_multipart_uploads_not_active_ones(s3_store: Store) 
     idle = start("default/data/idle/v1/idle")
     active = s3.create_multipart_upload(Bucket=bucket, Key="default/data/busy/v1/busy")["UploadId"]
     time_module.sleep(2.5)
+    now = time_module.time()
     s3.upload_part(Bucket=bucket, Key="default/data/busy/v1/busy", UploadId=active, PartNumber=1, Body=b"y" * 1024)
-    # both started over 2 s ago; only the idle one has sent nothing since
+    # both started over 2 s ago; only the idle one has sent nothing since. The cleanup runs as of `now` (moto keeps
+    # whole seconds: a cleanup that came over a second later found the active one's part 2 s old as well)
+    monkeypatch.setattr(catalog_cleanup, "time", SimpleNamespace(time=lambda: now))
     result = s3_store.client().cleanup(older_than_seconds=2)
     assert result.ok and result.data["incomplete_uploads_removed"] == 1
     assert result.data["incomplete_uploads_kept"] == 1 and "kept 1 incomplete upload(s)" in result.message
