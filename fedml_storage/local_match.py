@@ -260,12 +260,13 @@ def _clock_past(newest: int, probe: Path) -> bool:
     deadline = time.monotonic() + 0.05  # a kernel's clock ticks within 10 ms
     retried = False
     while True:
+        late = time.monotonic() > deadline  # read first: a thread held up past the deadline still tries once more
         os.utime(probe)
         ctime = os.stat(probe).st_ctime_ns
         if ctime > newest:
             return True
-        if ctime % 1_000_000 == 0 or time.monotonic() > deadline:  # whole ms or coarser (FAT, HFS+, ext3):
-            return False  # waiting for the next second would cost each download more than it saves a re-run
+        if ctime % 1_000_000 == 0 or late:  # whole ms or coarser (FAT, HFS+, ext3): waiting for the next second
+            return False  # would cost each download more than it saves a re-run
         if retried:  # the first retry comes at once: from 6.13 Linux gives a file whose times were just read a
             time.sleep(0.001)  # fine-grained time, where the first try could only repeat the latest time handed out
         retried = True

@@ -167,3 +167,28 @@ def test_the_probe_is_removed_when_the_wait_for_the_clock_is_interrupted(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         local_match.place_file(part, tmp_path / "model.bin", "digest-1", DigestCache(tmp_path / "digests.sqlite"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["digests.sqlite", part.name])  # not placed, no probe
+
+
+def test_a_thread_held_up_past_the_clock_wait_still_looks_once_more(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy machine holding the thread up for 50 ms between its look at the clock and the deadline check gave up
+    on a clock that had long passed: the download was not remembered, and its re-run read every file again."""
+    import time
+    from types import SimpleNamespace
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    os.utime(probe)
+    if os.stat(probe).st_ctime_ns % 1_000_000 == 0:
+        pytest.skip("this filesystem keeps whole milliseconds or coarser")
+    newest = os.stat(probe).st_ctime_ns + 5_000_000  # 5 ms ahead of the filesystem's clock
+    calls = iter(range(100))
+
+    def held_up() -> float:  # the deadline is set at 0; every later reading comes after a hold-up
+        if next(calls):
+            time.sleep(0.02)
+            return 1.0
+        return 0.0
+
+    monkeypatch.setattr(local_match, "time", SimpleNamespace(monotonic=held_up, sleep=time.sleep))
+    assert local_match._clock_past(newest, probe)
