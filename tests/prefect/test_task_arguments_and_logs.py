@@ -94,7 +94,13 @@ def test_warnings_from_the_cores_own_threads_reach_the_runs_log(tmp_path: Path, 
     tree.mkdir()
     for i in range(20):
         (tree / f"file-{i:03d}.txt").write_text(str(i))
-    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+    logs = _first_upload_logs(tree, tmp_path / "store")
+    assert [m for m in logs if "central directory" in m and "temporary folder" in m], logs
+
+
+def _first_upload_logs(tree: Path, store: Path) -> list[str]:
+    """What a flow run that uploads `tree` for the first time (to a LOCAL store at `store`) logs."""
+    block = FedMLStorage(service="LOCAL", local_root=str(store))
 
     @flow
     def up() -> bool:
@@ -102,8 +108,7 @@ def test_warnings_from_the_cores_own_threads_reach_the_runs_log(tmp_path: Path, 
 
     state = up(return_state=True)
     assert state.result() is False
-    logs = run_logs(state.state_details.flow_run_id)
-    assert [m for m in logs if "central directory" in m and "temporary folder" in m], logs
+    return run_logs(state.state_details.flow_run_id)
 
 
 def test_outside_a_run_the_cores_warnings_are_said_once(tmp_path: Path, caplog) -> None:
@@ -228,15 +233,7 @@ def test_the_cores_notes_reach_the_runs_log_as_airflows_task_log(tmp_path: Path,
     tree.mkdir()
     (tree / "data.csv").write_text("a,b\n")
     os.mkfifo(tree / "pipe")
-    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
-
-    @flow
-    def up() -> bool:
-        return upload_data(str(tree), storage=block)["skipped"]
-
-    state = up(return_state=True)
-    assert state.result() is False
-    logs = run_logs(state.state_details.flow_run_id)
+    logs = _first_upload_logs(tree, tmp_path / "store")
     assert [m for m in logs if m == f"leaving out {tree / 'pipe'}: neither a file nor a folder"], logs
     said_by = [r.name for r in caplog.records if r.getMessage().startswith("leaving out")]
     assert not [n for n in said_by if n.startswith("fedml_storage")], said_by  # said once on the console
