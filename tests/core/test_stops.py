@@ -123,7 +123,7 @@ def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: S
     src, version, keys = _stored_v1(store, tmp_path, size=24 * MiB)
     stop = threading.Event()
     counted: list[int] = []
-    _counting_bar(monkeypatch, counted, stop, slow=2 * stops.POLL_SECONDS)
+    _counting_bar(monkeypatch, counted, stop)
     dest = tmp_path / "dest"
     with store.client() as client, stop_when(stop):
         with pytest.raises(Stopped):
@@ -137,10 +137,9 @@ def test_a_stop_set_mid_transfer_leaves_the_store_and_dest_as_they_were(store: S
     assert not dest.exists() or not list(dest.iterdir())
 
 
-def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: threading.Event | None = None,
-                  slow: float = 0) -> None:
-    """Progress bars that count the bytes they are told of (and set `stop` at the first, then take `slow` seconds
-    over each: a slow link)."""
+def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: threading.Event | None = None) -> None:
+    """Progress bars that count the bytes they are told of (and set `stop` at the first, each then taking two of the
+    stop's polls: a slow link)."""
     import fedml_storage.progress
 
     class Bar(fedml_storage.progress.tqdm):
@@ -148,7 +147,7 @@ def _counting_bar(monkeypatch: pytest.MonkeyPatch, counted: list[int], stop: thr
             counted.append(int(n or 0))
             if stop is not None:
                 stop.set()
-                threading.Event().wait(slow)
+                threading.Event().wait(2 * stops.POLL_SECONDS)
             return super().update(n)
 
     monkeypatch.setattr(fedml_storage.progress, "tqdm", Bar)
