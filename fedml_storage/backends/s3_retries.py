@@ -10,6 +10,8 @@ from typing import Any
 
 from botocore.client import BaseClient
 
+from .responses import _SILENCE
+
 log = logging.getLogger("fedml_storage")
 
 SAY_EVERY = 5.0  # seconds between notes: parts retried in parallel would otherwise make a line each
@@ -27,12 +29,19 @@ class _RetryNotes:
     def answered(self, request_dict: dict, response: tuple | None = None, caught_exception: Exception | None = None,
                  **_: Any) -> None:
         """botocore's needs-retry: keep what the store answered, for the note if it asks again."""
-        if caught_exception is not None:
+        if isinstance(caught_exception, _SILENCE):
+            cause = None  # responses.warn_of_silence says these retries already (WARNING)
+        elif caught_exception is not None:
             cause = f"gave no usable answer ({type(caught_exception).__name__})"
         elif response is not None:
             http, parsed = response
             code = parsed.get("Error", {}).get("Code")
-            cause = f"answered {code} ({http.status_code})" if code else f"answered HTTP {http.status_code}"
+            if code:
+                cause = f"answered {code} ({http.status_code})"
+            elif 200 <= http.status_code < 300:  # asked again by responses.register: the answer came cut short
+                cause = f"sent an answer cut short in transit (HTTP {http.status_code})"
+            else:
+                cause = f"answered HTTP {http.status_code}"
         else:
             return
         request_dict["context"][_CAUSE] = cause
@@ -41,7 +50,7 @@ class _RetryNotes:
         """botocore's request-created: a note when the request is a retry (at most one per SAY_EVERY seconds)."""
         retries = request.context.get("retries") or {}
         attempt = retries.get("attempt", 1)
-        if attempt < 2:
+        if attempt < 2 or request.context.get(_CAUSE, "") is None:  # not a retry, or one said already
             return
         now = _now()
         with self._lock:

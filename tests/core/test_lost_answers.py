@@ -195,3 +195,22 @@ def test_retries_not_said_are_counted_in_the_next_note(monkeypatch, caplog: pyte
         "s3://b gave no usable answer (ConnectionResetError) to UploadPart: asking again (try 2 of 6)",
         "s3://b gave no usable answer (ConnectionResetError) to UploadPart: asking again (try 4 of 6); "
         "3 retries since the last note"]
+
+
+def test_a_retry_of_an_answer_cut_short_says_so_and_a_timed_out_one_is_said_once(
+        s3_store: Store, stored: bytes, moto_proxy: CuttingProxy, caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """A 200 cut inside its headers was noted as "answered HTTP 200", as if the store had said something wrong; a
+    request nobody answered in time had its retry said twice, by the WARNING of the silence and by a note (helper-107)."""
+    from fedml_storage.backends import s3_retries
+
+    monkeypatch.setattr(s3_retries, "SAY_EVERY", 0)
+    manifest = f"GET /{s3_store.bucket}/default/manifests/blob.bin.json"
+    moto_proxy.cut_headers(manifest, 40)
+    moto_proxy.cut_headers(manifest, 0, stall=2)  # the next attempt: no answer within read_timeout
+    with caplog.at_level(logging.INFO, logger="fedml_storage"), \
+            s3_store.client(endpoint_url=moto_proxy.endpoint, read_timeout=1, max_attempts=4) as client:
+        assert client.get_metadata("blob.bin").ok
+    notes = [r.getMessage() for r in caplog.records if "asking again (try" in r.getMessage()]
+    assert notes == [f"{moto_proxy.endpoint}/{s3_store.bucket} sent an answer cut short in transit (HTTP 200) to "
+                     "GetObject: asking again (try 2 of 4)"], notes
+    assert len([r for r in caplog.records if r.getMessage().startswith("no answer from")]) == 1, caplog.text
