@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from . import stops
 
 T = TypeVar("T")
 
@@ -58,7 +59,7 @@ def parallel_map(fn: Callable[[Any], T], items: list[Any], workers: int, name: s
     if not items:
         return []
     helpers = Helpers()
-    with ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix=name) as pool:
+    with stops.ContextThreads(max(1, min(workers, len(items))), thread_name_prefix=name) as pool:
         try:
             return list(pool.map(helpers.job(fn), items))  # map's results, left on a raise, cancel those queued
         except BaseException:

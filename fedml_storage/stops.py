@@ -27,6 +27,24 @@ def submit(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> Future
     return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
+class ContextThreads(ThreadPoolExecutor):
+    """A pool whose jobs run in a copy of the submitter's context, as `submit`'s: what they log is the submitter's
+    work (s3transfer's and the range pool's requests, whose retries are noted). `stop`=False leaves the caller's stop
+    out (s3transfer's threads are stopped by cancelling the transfer, never by a `Stopped` raised inside them)."""
+
+    stop = True
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        context = contextvars.copy_context()
+        if not self.stop:
+            context.run(_EVENT.set, None)
+        return super().submit(context.run, fn, *args, **kwargs)
+
+
+class TransferThreads(ContextThreads):
+    stop = False
+
+
 def submit_daemon(fn: Callable[..., T], *args: Any, name: str) -> Future[T]:
     """`fn(*args)` in a daemon thread of its own, in a copy of the caller's context (as `submit`): for a request the
     caller may give up on, which must not keep the interpreter from exiting (it waits for a pool's threads)."""

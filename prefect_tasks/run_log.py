@@ -31,21 +31,34 @@ def in_run() -> bool:
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
-class _ToRunLog(logging.Filter):
-    """Passes the core's lines (INFO and up) from the work it was made for to the run's log instead of to the core
-    logger's handlers: shown once, not also by the root logger Prefect sets up."""
+class _ToRunLog:
+    """Where the core's lines (INFO and up) from the work it was made for go: the run's log, in Prefect's words."""
 
     def __init__(self, target: logging.Logger | logging.LoggerAdapter, advice: Mapping[str, str]) -> None:
-        super().__init__()
         self.target, self.advice = target, advice
+        self.open = True  # until the work's block ends
+
+
+class _Forwarding(logging.Filter):
+    """The core logger's one filter for every run: passes a record of a run's work to that run's log instead of to
+    the core logger's handlers (shown once, not also by the root logger Prefect sets up). Added once and never
+    removed: logging iterates a logger's live list of filters, so a run's filter removed as it ended made a record
+    of another run's work skip that run's filter (to the console, not its run's log)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         working_for = _WORKING_FOR.get()
-        if working_for is self and record.levelno >= logging.INFO:
-            self.target.log(record.levelno, "%s", reword(record.getMessage(), self.advice))
+        if working_for is not None and working_for.open and record.levelno >= logging.INFO:
+            working_for.target.log(record.levelno, "%s", reword(record.getMessage(), working_for.advice))
+            if record.levelno >= _LEVEL.floor:  # handlers a user put on the core logger still get what they got
+                for handler in CORE.handlers:  # (not Prefect's: PREFECT_LOGGING_EXTRA_LOGGERS adds its API's)
+                    if not type(handler).__module__.startswith("prefect.") and record.levelno >= handler.level:
+                        handler.handle(record)
             return False
-        # another run's work (its own filter passes it on), or none's: kept as the core's level was before
-        return working_for is not None or record.levelno >= _LEVEL.floor
+        # work whose block has ended (a helper thread's late line), or none's: kept as the core's level was before
+        return record.levelno >= _LEVEL.floor
+
+
+_FORWARDING = _Forwarding()
 
 
 # Which forwarding the work in this context is for: set in the task's thread; the core hands its context on to its
@@ -91,11 +104,11 @@ def core_lines_in_run_log(advice: Mapping[str, str]) -> Iterator[None]:
         yield
         return
     forward = _ToRunLog(run_logger(), advice)
+    CORE.addFilter(_FORWARDING)  # (once: a no-op when it is there)
     token = _WORKING_FOR.set(forward)
-    CORE.addFilter(forward)
     try:
         with _LEVEL.info_let_through():
             yield
     finally:
-        CORE.removeFilter(forward)
+        forward.open = False
         _WORKING_FOR.reset(token)

@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from .. import stops
@@ -160,7 +159,7 @@ def fetch_ranges(
 
     in_order = hasattr(os, "pread")  # else (Windows) the whole file is hashed at the end
     helpers = Helpers()
-    with ThreadPoolExecutor(workers, thread_name_prefix="fedml-storage-range") as pool:
+    with stops.ContextThreads(workers, thread_name_prefix="fedml-storage-range") as pool:
         parts = [(lo, pool.submit(helpers.job(fetch), lo)) for lo in range(start, size, part)]
         pending = {future for _, future in parts}
         hashed = 0  # parts hashed, in order, while later ones still download

@@ -13,6 +13,7 @@ import botocore.exceptions
 from botocore.retries.standard import RetryContext, ThrottledRetryableChecker, TransientRetryableChecker
 from s3transfer.manager import TransferConfig, TransferManager
 
+from .. import stops
 from ..abandon import parallel_map
 from ..advice import NO_BUCKET
 from ..config import StorageSettings
@@ -74,7 +75,8 @@ class S3Store(ObjectStore):
 
     def _manager(self) -> TransferManager:
         if self._transfers is None:
-            self._transfers = TransferManager(self._client, self._upload_config, osutil=PlainFiles())
+            self._transfers = TransferManager(self._client, self._upload_config, osutil=PlainFiles(),
+                                              executor_cls=stops.TransferThreads)
         return self._transfers
 
     def uri(self, key: str) -> str:
@@ -99,7 +101,7 @@ class S3Store(ObjectStore):
             held = max(1, self._upload_config.max_in_memory_upload_chunks * part // bigger)
             manager = TransferManager(self._client, TransferConfig(
                 multipart_threshold=bigger, multipart_chunksize=bigger, max_request_concurrency=held,
-                max_in_memory_upload_chunks=held))
+                max_in_memory_upload_chunks=held), executor_cls=stops.TransferThreads)
         try:
             with _translate(key, self._location):
                 finish(manager.upload(stream, self.bucket, key, subscribers=subs), done.event,
