@@ -55,13 +55,22 @@ class Helpers:
 
 def parallel_map(fn: Callable[[Any], T], items: list[Any], workers: int, name: str) -> list[T]:
     """`fn` of each item, in order, on up to `workers` threads named `name`. Once the caller is interrupted (a task
-    timeout) or a job fails, jobs not yet started are dropped and those running are given up."""
+    timeout), its stop is set (`stop_when`) or a job fails, jobs not yet started are dropped and those running are
+    given up."""
     if not items:
         return []
     helpers = Helpers()
+
+    def stoppable(item: Any) -> T:
+        stops.check()  # a job queued when the caller's stop came is not started
+        return fn(item)
+
     with stops.ContextThreads(max(1, min(workers, len(items))), thread_name_prefix=name) as pool:
+        futures = [pool.submit(helpers.job(stoppable), item) for item in items]
         try:
-            return list(pool.map(helpers.job(fn), items))  # map's results, left on a raise, cancel those queued
+            return [stops.result(future) for future in futures]  # in order; `Stopped` once the stop is set
         except BaseException:
+            for future in futures:  # those queued are dropped
+                future.cancel()
             helpers.give_up()
             raise

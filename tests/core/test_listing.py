@@ -124,3 +124,31 @@ def test_a_damaged_cache_row_is_read_again_from_the_store_and_the_cache_is_priva
     read = _count_reads(monkeypatch)
     assert [m.dataName for m in client.list().unwrap()] == ["f.txt"] and read == ["f.txt"]
     assert [m.dataName for m in client.list().unwrap()] == ["f.txt"] and read == ["f.txt"]  # the row repaired
+
+
+def test_a_stop_set_while_listing_ends_the_listing_and_its_reads_not_yet_started(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped listing (a task timeout) went on reading every catalog entry, 40 where one was enough to stop
+    (helper-108): the entries not yet read are left, and the caller is told at once."""
+    import threading
+
+    from fedml_storage import Stopped, catalog, stop_when
+
+    client = store.client()
+    (tmp_path / "f.txt").write_text("x")
+    for i in range(40):
+        assert client.upload(str(tmp_path / "f.txt"), f"d{i:02}").ok
+    stop, parsed = threading.Event(), []
+    real_parse = catalog._parse
+
+    def stop_at_the_first(raw: bytes, name: str, own: str) -> catalog.Manifest:
+        parsed.append(name)  # (read from the store, or from the cache of entries on S3)
+        stop.set()
+        return real_parse(raw, name, own)
+
+    monkeypatch.setattr(catalog, "_parse", stop_at_the_first)
+    with stop_when(stop), pytest.raises(Stopped):
+        client.list()
+    assert 1 <= len(parsed) <= 8, parsed  # those running when the stop came (8 threads), no more
+    monkeypatch.undo()
+    assert len(client.list().unwrap()) == 40  # the same client, outside the block, lists them all
