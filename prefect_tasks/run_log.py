@@ -48,17 +48,32 @@ class _Forwarding(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         working_for = _WORKING_FOR.get()
         if working_for is not None and working_for.open and record.levelno >= logging.INFO:
-            working_for.target.log(record.levelno, "%s", reword(record.getMessage(), working_for.advice))
-            if record.levelno >= _LEVEL.floor:  # handlers a user put on the core logger still get what they got
+            if (passed := self._filters_after(record)) is None:
+                return False
+            working_for.target.log(passed.levelno, "%s", reword(passed.getMessage(), working_for.advice))
+            if passed.levelno >= _LEVEL.floor:  # handlers a user put on the core logger still get what they got
                 for handler in CORE.handlers:  # (not Prefect's: PREFECT_LOGGING_EXTRA_LOGGERS adds its API's)
-                    if not type(handler).__module__.startswith("prefect.") and record.levelno >= handler.level:
-                        handler.handle(record)
+                    if not type(handler).__module__.startswith("prefect.") and passed.levelno >= handler.level:
+                        handler.handle(passed)
             return False
         # work whose block has ended (a helper thread's late line), or none's: kept as the core's level was before
         return record.levelno >= _LEVEL.floor
 
+    def _filters_after(self, record: logging.LogRecord) -> logging.LogRecord | None:
+        """`record` as the core logger's filters after this one leave it (None: one drops it). Logging asks them only
+        if this one passes it, and a user's filter (a redaction, say) added after the first run must still apply."""
+        filters = list(CORE.filters)  # a copy: others may add or remove theirs meanwhile
+        for f in filters[filters.index(self) + 1:] if self in filters else []:
+            result = f.filter(record) if hasattr(f, "filter") else f(record)
+            if not result:
+                return None
+            if isinstance(result, logging.LogRecord):  # (Python 3.12: a filter may hand back a record to use)
+                record = result
+        return record
+
 
 _FORWARDING = _Forwarding()
+_ADDING = threading.Lock()
 
 
 # Which forwarding the work in this context is for: set in the task's thread; the core hands its context on to its
@@ -104,7 +119,8 @@ def core_lines_in_run_log(advice: Mapping[str, str]) -> Iterator[None]:
         yield
         return
     forward = _ToRunLog(run_logger(), advice)
-    CORE.addFilter(_FORWARDING)  # (once: a no-op when it is there)
+    with _ADDING:  # addFilter's check-then-append is not atomic: two runs starting at once could add it twice
+        CORE.addFilter(_FORWARDING)  # (once: a no-op when it is there)
     token = _WORKING_FOR.set(forward)
     try:
         with _LEVEL.info_let_through():

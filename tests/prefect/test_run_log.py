@@ -140,6 +140,42 @@ def test_a_handler_of_the_users_own_on_the_core_logger_still_gets_its_lines(tmp_
     assert run_logs(state.state_details.flow_run_id).count(line) == 1
 
 
+def test_a_filter_the_user_adds_to_the_core_logger_after_a_first_run_still_applies(tmp_path: Path) -> None:
+    """The one forwarding filter is added at a process's first run: a filter the user added later (a redaction)
+    came after it, and logging never asked it about a line forwarded to a run's log (helper-108)."""
+    block = FedMLStorage(service="LOCAL", local_root=str(tmp_path / "store"))
+
+    class Masking(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg, record.args = record.getMessage().replace("secret-project", "<masked>"), None
+            return "drop-me" not in record.msg
+
+    def leaving_out(n: int) -> list[str]:
+        tree = tmp_path / f"secret-project-{n}"
+        tree.mkdir()
+        (tree / "a.txt").write_text("a")
+        os.mkfifo(tree / "pipe")
+        os.mkfifo(tree / "drop-me")
+
+        @flow
+        def upload() -> None:
+            upload_data(str(tree), storage=block)
+
+        state = upload(return_state=True)
+        assert state.is_completed(), state
+        return [m for m in run_logs(state.state_details.flow_run_id) if m.startswith("leaving out")]
+
+    assert len(leaving_out(1)) == 2  # a first run in this process (a worker serving flows, a notebook)
+    core, masking = logging.getLogger("fedml_storage"), Masking()
+    core.addFilter(masking)
+    try:
+        said = leaving_out(2)
+    finally:
+        core.removeFilter(masking)
+    assert said == [f"leaving out {tmp_path / '<masked>-2' / 'pipe'}: neither a file nor a folder"], said
+    assert core.filters.count(run_log._FORWARDING) == 1
+
+
 def test_a_run_ending_while_another_runs_line_is_on_its_way_loses_nothing(monkeypatch) -> None:
     """logging walks a logger's live list of filters: a run's filter taken off the core logger as that run ended
     made the walk skip the filter after it, and another run's line went to the console, not to that run's log. The
